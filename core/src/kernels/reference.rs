@@ -1,0 +1,269 @@
+//! The scalar reference kernels: the oracle every optimised kernel is tested against.
+//!
+//! These follow ggml's reference C implementations (`quantize_row_*_ref`, `dequantize_row_*`,
+//! the generic `ggml_vec_dot_*`) operation for operation, so their results match llama.cpp and
+//! the `gguf` Python package bit for bit where those are deterministic. Keep this file simple:
+//! plain loops, no SIMD, no cleverness. Slices of mismatched lengths are processed up to the
+//! shorter one (callers validate shapes once at load time), so nothing here can panic.
+
+use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
+
+/// Dequantise Q4_0 blocks into `y` (`32 * x.len()` values).
+pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        for j in 0..QK / 2 {
+            let lo = (b.qs[j] & 0x0f) as i32 - 8;
+            let hi = (b.qs[j] >> 4) as i32 - 8;
+            out[j] = lo as f32 * d;
+            out[j + QK / 2] = hi as f32 * d;
+        }
+    }
+}
+
+/// Dequantise Q4_1 blocks into `y`.
+pub fn dequantize_row_q4_1(x: &[BlockQ4_1], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        let m = f16_le(b.m);
+        for j in 0..QK / 2 {
+            let lo = (b.qs[j] & 0x0f) as f32;
+            let hi = (b.qs[j] >> 4) as f32;
+            out[j] = lo * d + m;
+            out[j + QK / 2] = hi * d + m;
+        }
+    }
+}
+
+/// Dequantise Q8_0 blocks into `y`.
+pub fn dequantize_row_q8_0(x: &[BlockQ8_0], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        for (o, &q) in out.iter_mut().zip(b.qs.iter()) {
+            *o = (q as i8) as f32 * d;
+        }
+    }
+}
+
+/// Dequantise Q8_1 blocks into `y`.
+pub fn dequantize_row_q8_1(x: &[BlockQ8_1], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        for (o, &q) in out.iter_mut().zip(b.qs.iter()) {
+            *o = (q as i8) as f32 * d;
+        }
+    }
+}
+
+/// Convert little-endian f16 bytes into `y`.
+pub fn dequantize_row_f16(x: &[u8], y: &mut [f32]) {
+    for (c, o) in x.chunks_exact(2).zip(y.iter_mut()) {
+        *o = f16_le([c[0], c[1]]);
+    }
+}
+
+/// Convert little-endian bf16 bytes into `y`.
+pub fn dequantize_row_bf16(x: &[u8], y: &mut [f32]) {
+    for (c, o) in x.chunks_exact(2).zip(y.iter_mut()) {
+        *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+    }
+}
+
+/// Convert little-endian f32 bytes into `y`.
+pub fn dequantize_row_f32(x: &[u8], y: &mut [f32]) {
+    for (c, o) in x.chunks_exact(4).zip(y.iter_mut()) {
+        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+/// Dequantise one row of any supported type from its bytes. Returns `false` (and writes
+/// nothing) for a type this build cannot run.
+pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {
+    use crate::quant::cast_blocks;
+    match ty {
+        GgmlType::F32 => dequantize_row_f32(x, y),
+        GgmlType::F16 => dequantize_row_f16(x, y),
+        GgmlType::BF16 => dequantize_row_bf16(x, y),
+        GgmlType::Q4_0 => match cast_blocks::<BlockQ4_0>(x) {
+            Ok(b) => dequantize_row_q4_0(b, y),
+            Err(_) => return false,
+        },
+        GgmlType::Q4_1 => match cast_blocks::<BlockQ4_1>(x) {
+            Ok(b) => dequantize_row_q4_1(b, y),
+            Err(_) => return false,
+        },
+        GgmlType::Q8_0 => match cast_blocks::<BlockQ8_0>(x) {
+            Ok(b) => dequantize_row_q8_0(b, y),
+            Err(_) => return false,
+        },
+        GgmlType::Q8_1 => match cast_blocks::<BlockQ8_1>(x) {
+            Ok(b) => dequantize_row_q8_1(b, y),
+            Err(_) => return false,
+        },
+        _ => return false,
+    }
+    true
+}
+
+/// `(int8_t)` conversion as C does for in-range values: truncate toward zero.
+#[inline]
+fn trunc_i8(v: f32) -> i8 {
+    v as i8
+}
+
+/// Quantise to Q8_0 (ggml `quantize_row_q8_0_ref`): `d = max|x| / 127`, `q = round(x / d)`.
+pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xb, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(libm::fabsf(*v)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        for (q, v) in b.qs.iter_mut().zip(xb) {
+            *q = libm::roundf(v * id) as i8 as u8;
+        }
+    }
+}
+
+/// Quantise to Q8_1 (ggml `quantize_row_q8_1_ref`): as Q8_0 plus `s = d * sum(q)`.
+pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (xb, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(libm::fabsf(*v)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        let mut sum: i32 = 0;
+        for (q, v) in b.qs.iter_mut().zip(xb) {
+            let qi = libm::roundf(v * id) as i8;
+            sum += qi as i32;
+            *q = qi as u8;
+        }
+        b.s = to_f16_le(sum as f32 * d);
+    }
+}
+
+/// Quantise to Q4_0 (ggml `quantize_row_q4_0_ref`): `d = max / -8` where `max` is the value of
+/// largest magnitude (with its sign), `q = min(15, trunc(x / d + 8.5))`.
+pub fn quantize_row_q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
+    for (xb, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let mut amax = 0.0f32;
+        let mut max = 0.0f32;
+        for &v in xb {
+            if amax < libm::fabsf(v) {
+                amax = libm::fabsf(v);
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        for j in 0..QK / 2 {
+            let x0 = xb[j] * id;
+            let x1 = xb[QK / 2 + j] * id;
+            let q0 = (trunc_i8(x0 + 8.5) as u8).min(15);
+            let q1 = (trunc_i8(x1 + 8.5) as u8).min(15);
+            b.qs[j] = q0 | (q1 << 4);
+        }
+    }
+}
+
+/// Quantise to Q4_1 (ggml `quantize_row_q4_1_ref`): `d = (max - min) / 15`, `m = min`,
+/// `q = min(15, trunc((x - min) / d + 0.5))`.
+pub fn quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
+    for (xb, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let mut min = f32::MAX;
+        let mut max = -f32::MAX;
+        for &v in xb {
+            min = min.min(v);
+            max = max.max(v);
+        }
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_f16_le(d);
+        b.m = to_f16_le(min);
+        for j in 0..QK / 2 {
+            let x0 = (xb[j] - min) * id;
+            let x1 = (xb[QK / 2 + j] - min) * id;
+            let q0 = (trunc_i8(x0 + 0.5) as u8).min(15);
+            let q1 = (trunc_i8(x1 + 0.5) as u8).min(15);
+            b.qs[j] = q0 | (q1 << 4);
+        }
+    }
+}
+
+/// Dot of Q4_0 weights with Q8_0 activations (ggml `ggml_vec_dot_q4_0_q8_0` generic path).
+pub fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi: i32 = 0;
+        for j in 0..QK / 2 {
+            let v0 = (a.qs[j] & 0x0f) as i32 - 8;
+            let v1 = (a.qs[j] >> 4) as i32 - 8;
+            sumi += v0 * (b.qs[j] as i8) as i32 + v1 * (b.qs[j + QK / 2] as i8) as i32;
+        }
+        sumf += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    sumf
+}
+
+/// Dot of Q4_1 weights with Q8_1 activations: `sum(d_x d_y q_x q_y) + m_x s_y` per block.
+pub fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi: i32 = 0;
+        for j in 0..QK / 2 {
+            let v0 = (a.qs[j] & 0x0f) as i32;
+            let v1 = (a.qs[j] >> 4) as i32;
+            sumi += v0 * (b.qs[j] as i8) as i32 + v1 * (b.qs[j + QK / 2] as i8) as i32;
+        }
+        sumf += (f16_le(a.d) * f16_le(b.d)) * sumi as f32 + f16_le(a.m) * f16_le(b.s);
+    }
+    sumf
+}
+
+/// Dot of Q8_0 weights with Q8_0 activations.
+pub fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi: i32 = 0;
+        for j in 0..QK {
+            sumi += (a.qs[j] as i8) as i32 * (b.qs[j] as i8) as i32;
+        }
+        sumf += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    sumf
+}
+
+/// Plain f32 dot product.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Dot of one weight row (any supported type, as bytes) with an f32 activation, dequantising
+/// one block at a time. This is exact up to f32 rounding: no activation quantisation.
+pub fn dot_row_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let bl = ty.block_len();
+    let bb = ty.block_bytes();
+    // Dequantise in chunks of 32 elements (one block for the 32-wide types, 32 elements for
+    // plain types) so the buffer stays on the stack.
+    let step_elems = if bl == 1 { QK } else { bl };
+    let step_bytes = if bl == 1 { QK * bb } else { bb };
+    if step_elems != QK {
+        return 0.0; // K-quants are not runnable in this build; shapes are rejected at load.
+    }
+    let mut buf = [0f32; QK];
+    let mut acc = 0.0f32;
+    let mut rows = row.chunks_exact(step_bytes);
+    let mut xs = x.chunks_exact(QK);
+    for (rb, xb) in (&mut rows).zip(&mut xs) {
+        dequantize_row(ty, rb, &mut buf);
+        acc += dot_f32(&buf, xb);
+    }
+    // Plain types may have a tail shorter than 32 elements.
+    let (rt, xt) = (rows.remainder(), xs.remainder());
+    if !rt.is_empty() && bl == 1 {
+        let n = xt.len().min(rt.len() / bb);
+        dequantize_row(ty, rt, &mut buf[..n]);
+        acc += dot_f32(&buf[..n], xt);
+    }
+    acc
+}

@@ -1,0 +1,33 @@
+//! # edgelora
+//!
+//! A `#![no_std]` inference core for quantised llama-family models with swappable LoRA
+//! adapters, from a Cortex-M4 to an x86 server.
+//!
+//! - [`format::gguf`]: zero-copy, fully validated GGUF reader.
+//! - [`quant`]: ggml block layouts (Q4_0, Q4_1, Q8_0, Q8_1) and element types.
+//! - [`kernels`]: the scalar reference oracle and the dispatcher used by the model.
+//! - [`model`]: llama-family config, weights, caller-owned [`model::State`] and `forward`.
+//! - [`tokenizer`]: byte-level BPE (gpt2) and SentencePiece-style (llama) from GGUF metadata.
+//! - [`sample`]: greedy, temperature, top-k, top-p, repetition penalty, seeded RNG.
+//!
+//! No allocator is needed by default; the `alloc` feature adds owned conveniences and `std`
+//! adds host conveniences. No function in this crate panics on any input bytes.
+#![no_std]
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod error;
+pub mod format;
+pub mod kernels;
+pub mod model;
+pub mod quant;
+pub mod sample;
+pub mod tokenizer;
+
+pub use error::{Error, ErrorKind, Result};
+pub use format::gguf::Gguf;

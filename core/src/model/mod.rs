@@ -1,0 +1,605 @@
+//! The llama-family forward pass: read this file first.
+//!
+//! Data flow for one token at position `pos` (shapes in comments, `dim` = residual width):
+//!
+//! ```text
+//! x = token_embd[token]                                  // (dim,)
+//! for each layer:
+//!     xb = rmsnorm(x) * attn_norm                        // (dim,)
+//!     q = Wq xb; k = Wk xb; v = Wv xb                    // (q_dim,), (kv_dim,), (kv_dim,)
+//!     rope(q, k, pos)                                    // adjacent pairs, llama.cpp layout
+//!     k, v -> cache[layer][pos]
+//!     att_out = softmax(q k^T / sqrt(head_dim)) v        // (q_dim,), per head, GQA
+//!     x += Wo att_out                                    // (dim,)
+//!     xb = rmsnorm(x) * ffn_norm
+//!     x += Wdown (silu(Wgate xb) * (Wup xb))             // hidden (ffn_dim,)
+//! logits = Woutput (rmsnorm(x) * output_norm)            // (vocab,)
+//! ```
+//!
+//! Rope: llama.cpp's converter permutes the rows of `attn_q`/`attn_k` so that rope rotates
+//! adjacent pairs `(x[2i], x[2i+1])` by `pos * base^(-2i / rope_dims)`; that is what GGUF files
+//! expect and what this code does (equivalent to Hugging Face's `rotate_half` on unpermuted
+//! weights).
+//!
+//! Memory: weights are borrowed from the GGUF bytes; everything that changes lives in a
+//! [`State`] carved from one caller-provided `&mut [f32]` whose length is
+//! [`State::len_for`]`(config, ctx)`, a pure function. `forward` never allocates and never
+//! panics: token ids, positions and the state's shape are checked and reported as errors.
+
+mod config;
+
+pub use config::Config;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::gguf::{Gguf, TensorInfo};
+use crate::kernels::{matvec, MatRef};
+use crate::quant::GgmlType;
+
+/// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
+pub const DEFAULT_MAX_LAYERS: usize = 64;
+
+/// An F32 vector stored as little-endian bytes (norm weights), read without alignment needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VecRef<'a>(&'a [u8]);
+
+impl<'a> VecRef<'a> {
+    fn from_tensor(t: &TensorInfo<'a>, len: usize) -> Result<Self> {
+        if t.ty != GgmlType::F32 {
+            return Err(
+                Error::new(ErrorKind::UnsupportedTensorType, "norm weights must be F32")
+                    .named(t.name.as_bytes()),
+            );
+        }
+        if t.n_elements() != len as u64 || t.n_dims != 1 {
+            return Err(Error::new(ErrorKind::ShapeMismatch, "norm weight length")
+                .named(t.name.as_bytes())
+                .detail(t.n_elements(), len as u64));
+        }
+        Ok(VecRef(t.data))
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterate the values.
+    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+        self.0
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+}
+
+/// The weights of one transformer block.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer<'w> {
+    /// `blk.N.attn_norm.weight` (dim,)
+    pub attn_norm: VecRef<'w>,
+    /// `blk.N.attn_q.weight` (q_dim x dim)
+    pub wq: MatRef<'w>,
+    /// `blk.N.attn_k.weight` (kv_dim x dim)
+    pub wk: MatRef<'w>,
+    /// `blk.N.attn_v.weight` (kv_dim x dim)
+    pub wv: MatRef<'w>,
+    /// `blk.N.attn_output.weight` (dim x q_dim)
+    pub wo: MatRef<'w>,
+    /// `blk.N.ffn_norm.weight` (dim,)
+    pub ffn_norm: VecRef<'w>,
+    /// `blk.N.ffn_gate.weight` (ffn_dim x dim)
+    pub w_gate: MatRef<'w>,
+    /// `blk.N.ffn_up.weight` (ffn_dim x dim)
+    pub w_up: MatRef<'w>,
+    /// `blk.N.ffn_down.weight` (dim x ffn_dim)
+    pub w_down: MatRef<'w>,
+}
+
+/// Names of the per-layer tensors, in [`Layer`] field order.
+pub const LAYER_TENSORS: [&str; 9] = [
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// Format `blk.{i}.{part}.weight` into `buf` without allocating.
+fn layer_tensor_name<'b>(buf: &'b mut [u8; 64], i: usize, part: &str) -> &'b str {
+    struct W<'b> {
+        buf: &'b mut [u8; 64],
+        n: usize,
+    }
+    impl core::fmt::Write for W<'_> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let end = self
+                .n
+                .checked_add(s.len())
+                .filter(|&e| e <= self.buf.len())
+                .ok_or(core::fmt::Error)?;
+            self.buf[self.n..end].copy_from_slice(s.as_bytes());
+            self.n = end;
+            Ok(())
+        }
+    }
+    let mut w = W { buf, n: 0 };
+    let _ = core::fmt::write(&mut w, format_args!("blk.{i}.{part}.weight"));
+    let n = w.n;
+    core::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// A loaded llama-family model: config plus weight views into the GGUF bytes.
+#[derive(Clone, Debug)]
+pub struct Model<'w, const L: usize = DEFAULT_MAX_LAYERS> {
+    config: Config,
+    token_embd: MatRef<'w>,
+    output_norm: VecRef<'w>,
+    output: MatRef<'w>,
+    layers: [Option<Layer<'w>>; L],
+}
+
+fn mat<'w>(g: &Gguf<'w>, name: &str, rows: usize, cols: usize) -> Result<MatRef<'w>> {
+    let t = g.tensor(name)?;
+    let m = MatRef::from_tensor(&t)?;
+    if m.rows() != rows || m.cols() != cols {
+        return Err(
+            Error::new(ErrorKind::ShapeMismatch, "matrix shape (rows x cols)")
+                .named(name.as_bytes())
+                .detail((m.rows() * m.cols()) as u64, (rows * cols) as u64),
+        );
+    }
+    Ok(m)
+}
+
+impl<'w, const L: usize> Model<'w, L> {
+    /// Build the model from a parsed GGUF: reads the config and checks every tensor's
+    /// presence, type and shape.
+    ///
+    /// # Errors
+    /// Config errors (see [`Config::from_gguf`]), [`ErrorKind::MissingTensor`],
+    /// [`ErrorKind::ShapeMismatch`] or [`ErrorKind::UnsupportedTensorType`] naming the
+    /// tensor, [`ErrorKind::TooMany`] if the model has more than `L` layers.
+    pub fn from_gguf(g: &Gguf<'w>) -> Result<Self> {
+        let c = Config::from_gguf(g)?;
+        if c.n_layers > L {
+            return Err(
+                Error::new(ErrorKind::TooMany, "layers (raise Model's L parameter)")
+                    .detail(c.n_layers as u64, L as u64),
+            );
+        }
+        let token_embd = mat(g, "token_embd.weight", c.vocab, c.dim)?;
+        let output = if c.tied_output {
+            token_embd
+        } else {
+            mat(g, "output.weight", c.vocab, c.dim)?
+        };
+        let output_norm = VecRef::from_tensor(&g.tensor("output_norm.weight")?, c.dim)?;
+        let mut layers = [None; L];
+        let mut nb = [0u8; 64];
+        for (i, slot) in layers.iter_mut().enumerate().take(c.n_layers) {
+            let mut m = |part: &str, rows: usize, cols: usize| {
+                mat(g, layer_tensor_name(&mut nb, i, part), rows, cols)
+            };
+            let wq = m("attn_q", c.q_dim(), c.dim)?;
+            let wk = m("attn_k", c.kv_dim(), c.dim)?;
+            let wv = m("attn_v", c.kv_dim(), c.dim)?;
+            let wo = m("attn_output", c.dim, c.q_dim())?;
+            let w_gate = m("ffn_gate", c.ffn_dim, c.dim)?;
+            let w_up = m("ffn_up", c.ffn_dim, c.dim)?;
+            let w_down = m("ffn_down", c.dim, c.ffn_dim)?;
+            let attn_norm = VecRef::from_tensor(
+                &g.tensor(layer_tensor_name(&mut nb, i, "attn_norm"))?,
+                c.dim,
+            )?;
+            let ffn_norm =
+                VecRef::from_tensor(&g.tensor(layer_tensor_name(&mut nb, i, "ffn_norm"))?, c.dim)?;
+            *slot = Some(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        Ok(Model {
+            config: c,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Layer `i`'s weights.
+    pub fn layer(&self, i: usize) -> Option<&Layer<'w>> {
+        self.layers.get(i)?.as_ref()
+    }
+
+    /// The token embedding matrix (vocab x dim).
+    pub const fn token_embd(&self) -> &MatRef<'w> {
+        &self.token_embd
+    }
+
+    /// The output head (vocab x dim); the embedding when tied.
+    pub const fn output(&self) -> &MatRef<'w> {
+        &self.output
+    }
+
+    /// Run one token at `pos` and return the logits (vocab,).
+    ///
+    /// `pos` may be at most the number of positions already in the state's KV cache
+    /// ([`State::len`]): equal appends, smaller rewinds (later positions are discarded).
+    ///
+    /// # Errors
+    /// [`ErrorKind::TokenOutOfRange`], [`ErrorKind::ContextFull`] if `pos >= state.ctx()`,
+    /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache or the state was
+    /// sized for another model.
+    pub fn forward<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>) -> Result<&'s [f32]> {
+        self.step(token, pos, s, true)?;
+        Ok(&*s.logits)
+    }
+
+    /// Run a batch of prompt tokens at positions `start..start + tokens.len()` and return the
+    /// logits of the last one.
+    ///
+    /// # Errors
+    /// As [`Model::forward`]; [`ErrorKind::InvalidArgument`] for an empty batch. On error,
+    /// positions before the failing token stay in the cache.
+    pub fn prefill<'s>(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        s: &'s mut State<'_>,
+    ) -> Result<&'s [f32]> {
+        let (last, rest) = tokens
+            .split_last()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "empty prompt batch"))?;
+        // Validate the whole batch before touching the cache.
+        for &t in tokens {
+            self.check_token(t)?;
+        }
+        let end = start
+            .checked_add(tokens.len())
+            .ok_or_else(|| Error::new(ErrorKind::ContextFull, "prompt batch"))?;
+        if end > s.ctx {
+            return Err(
+                Error::new(ErrorKind::ContextFull, "prompt batch").detail(end as u64, s.ctx as u64)
+            );
+        }
+        for (i, &t) in rest.iter().enumerate() {
+            self.step(t, start + i, s, false)?;
+        }
+        self.forward(*last, start + rest.len(), s)
+    }
+
+    fn check_token(&self, token: u32) -> Result<()> {
+        if token as usize >= self.config.vocab {
+            return Err(Error::new(ErrorKind::TokenOutOfRange, "token id")
+                .detail(token as u64, self.config.vocab as u64));
+        }
+        Ok(())
+    }
+
+    fn step(&self, token: u32, pos: usize, s: &mut State<'_>, want_logits: bool) -> Result<()> {
+        let c = &self.config;
+        if s.cfg != *c {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "state was sized for a different model",
+            ));
+        }
+        self.check_token(token)?;
+        if pos >= s.ctx {
+            return Err(
+                Error::new(ErrorKind::ContextFull, "position").detail(pos as u64, s.ctx as u64)
+            );
+        }
+        if pos > s.filled {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "position skips past the filled KV cache",
+            )
+            .detail(pos as u64, s.filled as u64));
+        }
+        let (dim, hd, kv_dim, ctx) = (c.dim, c.head_dim, c.kv_dim(), s.ctx);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+
+        // x = token_embd[token]                                            // (dim,)
+        self.token_embd.dequantize_row(token as usize, s.x)?;
+        // rope table for this position: (cos, sin) per rotated pair          // (rope_dims,)
+        rope_table(s.rope, pos, c.rope_base, c.rope_dims);
+
+        for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
+            let Some(w) = layer else {
+                return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
+            };
+            // Attention.
+            rmsnorm(s.xb, s.x, w.attn_norm, c.rms_eps); //                        (dim,)
+            let at = (l * ctx + pos) * kv_dim;
+            let kc = s.k_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
+            let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
+            matvec(&w.wq, s.xb, s.q); //                                          (q_dim,)
+            matvec(&w.wk, s.xb, kc);
+            matvec(&w.wv, s.xb, vc);
+            rope(s.q, hd, s.rope);
+            rope(kc, hd, s.rope);
+
+            let layer_k = s
+                .k_cache
+                .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                .ok_or_else(internal)?;
+            let layer_v = s
+                .v_cache
+                .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                .ok_or_else(internal)?;
+            for (h, (qh, out)) in
+                s.q.chunks_exact(hd)
+                    .zip(s.att_out.chunks_exact_mut(hd))
+                    .enumerate()
+            {
+                let kvo = (h / group) * hd;
+                let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
+                for (a, kt) in att.iter_mut().zip(layer_k.chunks_exact(kv_dim)) {
+                    *a = dot(qh, &kt[kvo..kvo + hd]) * scale;
+                }
+                softmax(att);
+                out.fill(0.0);
+                for (&a, vt) in att.iter().zip(layer_v.chunks_exact(kv_dim)) {
+                    for (o, v) in out.iter_mut().zip(&vt[kvo..kvo + hd]) {
+                        *o += a * v;
+                    }
+                }
+            }
+            matvec(&w.wo, s.att_out, s.xb); //                                    (dim,)
+            add(s.x, s.xb);
+
+            // Feed-forward (SwiGLU).
+            rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
+            matvec(&w.w_gate, s.xb, s.hb); //                                     (ffn_dim,)
+            matvec(&w.w_up, s.xb, s.hb2); //                                      (ffn_dim,)
+            for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
+                *g = silu(*g) * u;
+            }
+            matvec(&w.w_down, s.hb, s.xb); //                                     (dim,)
+            add(s.x, s.xb);
+        }
+        s.filled = pos + 1;
+        if want_logits {
+            rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
+            matvec(&self.output, &s.xb[..dim], s.logits); //                      (vocab,)
+        }
+        Ok(())
+    }
+}
+
+fn internal() -> Error {
+    Error::new(
+        ErrorKind::InvalidArgument,
+        "state buffers do not match the model",
+    )
+}
+
+/// `out = x / rms(x) * w`.
+fn rmsnorm(out: &mut [f32], x: &[f32], w: VecRef<'_>, eps: f32) {
+    let n = x.len().max(1) as f32;
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, &v), wi) in out.iter_mut().zip(x).zip(w.iter()) {
+        *o = v * inv * wi;
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+/// In-place softmax (max-subtracted).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    if sum > 0.0 {
+        let inv = 1.0 / sum;
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// Fill `(cos, sin)` pairs for `pos`: angle_i = pos * base^(-2i/rope_dims), in f64 so that
+/// long positions keep their precision.
+fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
+    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
+        let inv_freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dims as f64);
+        let angle = pos as f64 * inv_freq;
+        cs[0] = libm::cos(angle) as f32;
+        cs[1] = libm::sin(angle) as f32;
+    }
+}
+
+/// Rotate adjacent pairs of every head in `x` (heads of `head_dim`) by the table.
+fn rope(x: &mut [f32], head_dim: usize, table: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, cs) in head.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cs[0] - b * cs[1];
+            pair[1] = a * cs[1] + b * cs[0];
+        }
+    }
+}
+
+/// Everything that changes during inference: activations, scratch, KV cache and logits,
+/// carved from one caller-provided buffer.
+#[derive(Debug)]
+pub struct State<'s> {
+    cfg: Config,
+    ctx: usize,
+    filled: usize,
+    x: &'s mut [f32],
+    xb: &'s mut [f32],
+    q: &'s mut [f32],
+    att_out: &'s mut [f32],
+    hb: &'s mut [f32],
+    hb2: &'s mut [f32],
+    att: &'s mut [f32],
+    rope: &'s mut [f32],
+    logits: &'s mut [f32],
+    k_cache: &'s mut [f32],
+    v_cache: &'s mut [f32],
+}
+
+impl<'s> State<'s> {
+    /// Number of `f32` values a state for `cfg` with `ctx` positions needs, or `None` if the
+    /// size overflows `usize`.
+    pub fn checked_len_for(cfg: &Config, ctx: usize) -> Option<usize> {
+        let kv = cfg.n_layers.checked_mul(ctx)?.checked_mul(cfg.kv_dim())?;
+        let parts = [
+            cfg.dim,       // x
+            cfg.dim,       // xb
+            cfg.q_dim(),   // q
+            cfg.q_dim(),   // att_out
+            cfg.ffn_dim,   // hb
+            cfg.ffn_dim,   // hb2
+            ctx,           // att (one head at a time)
+            cfg.rope_dims, // rope (cos, sin) pairs
+            cfg.vocab,     // logits
+            kv,            // k cache
+            kv,            // v cache
+        ];
+        parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
+    }
+
+    /// Number of `f32` values a state for `cfg` with `ctx` positions needs (saturating).
+    pub fn len_for(cfg: &Config, ctx: usize) -> usize {
+        Self::checked_len_for(cfg, ctx).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes a state for `cfg` with `ctx` positions needs.
+    pub fn bytes_for(cfg: &Config, ctx: usize) -> usize {
+        Self::len_for(cfg, ctx).saturating_mul(4)
+    }
+
+    /// Carve a state out of `buf`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `ctx` is 0 or above the model's context length,
+    /// [`ErrorKind::BufferTooSmall`] if `buf` is shorter than [`State::len_for`].
+    pub fn new(cfg: &Config, ctx: usize, buf: &'s mut [f32]) -> Result<Self> {
+        if ctx == 0 || ctx > cfg.ctx_len {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "context length (1..=model context)",
+            )
+            .detail(ctx as u64, cfg.ctx_len as u64));
+        }
+        let need = Self::checked_len_for(cfg, ctx)
+            .ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "state size overflows"))?;
+        if buf.len() < need {
+            return Err(
+                Error::new(ErrorKind::BufferTooSmall, "state buffer (f32 values)")
+                    .detail(buf.len() as u64, need as u64),
+            );
+        }
+        let kv = cfg.n_layers * ctx * cfg.kv_dim();
+        let rest = &mut buf[..need];
+        rest.fill(0.0);
+        let (x, rest) = rest.split_at_mut(cfg.dim);
+        let (xb, rest) = rest.split_at_mut(cfg.dim);
+        let (q, rest) = rest.split_at_mut(cfg.q_dim());
+        let (att_out, rest) = rest.split_at_mut(cfg.q_dim());
+        let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
+        let (hb2, rest) = rest.split_at_mut(cfg.ffn_dim);
+        let (att, rest) = rest.split_at_mut(ctx);
+        let (rope, rest) = rest.split_at_mut(cfg.rope_dims);
+        let (logits, rest) = rest.split_at_mut(cfg.vocab);
+        let (k_cache, v_cache) = rest.split_at_mut(kv);
+        Ok(State {
+            cfg: *cfg,
+            ctx,
+            filled: 0,
+            x,
+            xb,
+            q,
+            att_out,
+            hb,
+            hb2,
+            att,
+            rope,
+            logits,
+            k_cache,
+            v_cache,
+        })
+    }
+
+    /// Positions this state can hold.
+    pub const fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Positions currently in the KV cache.
+    pub const fn len(&self) -> usize {
+        self.filled
+    }
+
+    /// True if the KV cache is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Forget the KV cache (O(1): later positions overwrite it).
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Keep only the first `n` positions of the KV cache.
+    pub fn truncate(&mut self, n: usize) {
+        self.filled = self.filled.min(n);
+    }
+
+    /// The logits of the last `forward`.
+    pub fn logits(&self) -> &[f32] {
+        self.logits
+    }
+
+    /// The final hidden state before the output norm (dim,), for debugging and parity.
+    pub fn hidden(&self) -> &[f32] {
+        self.x
+    }
+}
+
+/// An owned state buffer of the right size (needs the `alloc` feature).
+#[cfg(feature = "alloc")]
+pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
+    alloc::vec![0.0; State::len_for(cfg, ctx).min(isize::MAX as usize / 4)]
+}

@@ -1,0 +1,369 @@
+//! Tensor element types and the exact ggml block layouts.
+//!
+//! Every block type is `#[repr(C)]` with byte-array fields only, so it has alignment 1 and every
+//! bit pattern is a valid value. That is what makes [`cast_blocks`] sound on any `&[u8]` of the
+//! right length, wherever the tensor sits in the file.
+//!
+//! Layouts (ggml, `ggml-common.h`; 32 weights per block):
+//! - Q4_0: f16 `d` + 16 bytes of nibbles, `w = (q - 8) * d`
+//! - Q4_1: f16 `d`, f16 `m` + 16 bytes, `w = q * d + m`
+//! - Q8_0: f16 `d` + 32 x i8, `w = q * d`
+//! - Q8_1: f16 `d`, f16 `s = d * sum(q)` + 32 x i8
+//!
+//! In a 4-bit block the low nibble of byte `j` is element `j`, the high nibble element `j + 16`.
+
+use crate::error::{Error, ErrorKind, Result};
+use core::mem::{align_of, size_of};
+
+/// Weights per quantised block.
+pub const QK: usize = 32;
+
+/// ggml tensor types. Only some are runnable (see [`GgmlType::is_supported`]); the others are
+/// known so that files containing them can be parsed and inspected with correct sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    BF16,
+}
+
+impl GgmlType {
+    /// Map a ggml type id (as stored in GGUF tensor infos) to a type.
+    pub const fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
+            8 => GgmlType::Q8_0,
+            9 => GgmlType::Q8_1,
+            10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
+            15 => GgmlType::Q8_K,
+            24 => GgmlType::I8,
+            25 => GgmlType::I16,
+            26 => GgmlType::I32,
+            27 => GgmlType::I64,
+            28 => GgmlType::F64,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// The ggml type id.
+    pub const fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q8_1 => 9,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
+            GgmlType::Q8_K => 15,
+            GgmlType::I8 => 24,
+            GgmlType::I16 => 25,
+            GgmlType::I32 => 26,
+            GgmlType::I64 => 27,
+            GgmlType::F64 => 28,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Elements per block (1 for plain types).
+    pub const fn block_len(self) -> usize {
+        match self {
+            GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::I8
+            | GgmlType::I16
+            | GgmlType::I32
+            | GgmlType::I64
+            | GgmlType::F64 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
+            GgmlType::Q8_0 | GgmlType::Q8_1 => 32,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::I32 => 4,
+            GgmlType::F16 | GgmlType::BF16 | GgmlType::I16 => 2,
+            GgmlType::I8 => 1,
+            GgmlType::I64 | GgmlType::F64 => 8,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q8_1 => 36,
+            GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
+            GgmlType::Q8_K => 292,
+        }
+    }
+
+    /// Upper-case ggml name (`"Q4_1"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q8_1 => "Q8_1",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+            GgmlType::Q8_K => "Q8_K",
+            GgmlType::I8 => "I8",
+            GgmlType::I16 => "I16",
+            GgmlType::I32 => "I32",
+            GgmlType::I64 => "I64",
+            GgmlType::F64 => "F64",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// Parse a ggml type name, case-insensitively (`"q8_0"`).
+    pub fn from_name(s: &str) -> Option<GgmlType> {
+        (0..=30u32)
+            .filter_map(GgmlType::from_id)
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
+    /// True if the kernels in this build can run matrices of this type.
+    pub const fn is_supported(self) -> bool {
+        matches!(
+            self,
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::BF16
+                | GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q8_0
+                | GgmlType::Q8_1
+        )
+    }
+
+    /// Bytes taken by one row of `n` elements, or `None` if `n` is not a whole number of
+    /// blocks or the size overflows.
+    pub const fn row_bytes(self, n: u64) -> Option<u64> {
+        let bl = self.block_len() as u64;
+        if n % bl != 0 {
+            return None;
+        }
+        (n / bl).checked_mul(self.block_bytes() as u64)
+    }
+}
+
+/// Marker for ggml block structs: `#[repr(C)]`, alignment 1, every bit pattern valid.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` structs made only of `u8` arrays (so `align_of == 1`,
+/// no padding, and any byte pattern is a valid value).
+pub unsafe trait Block: Copy + 'static {
+    /// The ggml type stored in this block.
+    const TYPE: GgmlType;
+}
+
+/// Q4_0 block: `w = (q - 8) * d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ4_0 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// 32 nibbles: low nibble of byte j is element j, high nibble element j+16.
+    pub qs: [u8; 16],
+}
+
+/// Q4_1 block: `w = q * d + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ4_1 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// Minimum, f16 little-endian.
+    pub m: [u8; 2],
+    /// 32 nibbles, as in [`BlockQ4_0`].
+    pub qs: [u8; 16],
+}
+
+/// Q8_0 block: `w = q * d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ8_0 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// 32 signed bytes (stored as `u8`, reinterpret with `as i8`).
+    pub qs: [u8; 32],
+}
+
+/// Q8_1 block: `w = q * d`, with `s = d * sum(q)` precomputed for Q4_1 dots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ8_1 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// `d * sum(qs)`, f16 little-endian.
+    pub s: [u8; 2],
+    /// 32 signed bytes.
+    pub qs: [u8; 32],
+}
+
+const _: () = assert!(size_of::<BlockQ4_0>() == 18 && align_of::<BlockQ4_0>() == 1);
+const _: () = assert!(size_of::<BlockQ4_1>() == 20 && align_of::<BlockQ4_1>() == 1);
+const _: () = assert!(size_of::<BlockQ8_0>() == 34 && align_of::<BlockQ8_0>() == 1);
+const _: () = assert!(size_of::<BlockQ8_1>() == 36 && align_of::<BlockQ8_1>() == 1);
+
+// SAFETY: each is #[repr(C)] of u8 arrays only (checked by the asserts above).
+unsafe impl Block for BlockQ4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+}
+// SAFETY: as above.
+unsafe impl Block for BlockQ4_1 {
+    const TYPE: GgmlType = GgmlType::Q4_1;
+}
+// SAFETY: as above.
+unsafe impl Block for BlockQ8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+}
+// SAFETY: as above.
+unsafe impl Block for BlockQ8_1 {
+    const TYPE: GgmlType = GgmlType::Q8_1;
+}
+
+impl BlockQ4_0 {
+    /// An all-zero block.
+    pub const ZERO: BlockQ4_0 = BlockQ4_0 {
+        d: [0; 2],
+        qs: [0; 16],
+    };
+}
+impl BlockQ4_1 {
+    /// An all-zero block.
+    pub const ZERO: BlockQ4_1 = BlockQ4_1 {
+        d: [0; 2],
+        m: [0; 2],
+        qs: [0; 16],
+    };
+}
+impl BlockQ8_0 {
+    /// An all-zero block.
+    pub const ZERO: BlockQ8_0 = BlockQ8_0 {
+        d: [0; 2],
+        qs: [0; 32],
+    };
+}
+impl BlockQ8_1 {
+    /// An all-zero block.
+    pub const ZERO: BlockQ8_1 = BlockQ8_1 {
+        d: [0; 2],
+        s: [0; 2],
+        qs: [0; 32],
+    };
+}
+
+/// Read a little-endian f16 stored as two bytes.
+#[inline(always)]
+pub fn f16_le(b: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(b).to_f32()
+}
+
+/// Store an f32 as little-endian f16 bytes (round to nearest even).
+#[inline(always)]
+pub fn to_f16_le(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// View bytes as blocks without copying.
+///
+/// # Errors
+/// [`ErrorKind::BadDims`] if `bytes.len()` is not a multiple of the block size.
+pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Result<&[T]> {
+    let sz = size_of::<T>();
+    if bytes.len() % sz != 0 {
+        return Err(Error::new(
+            ErrorKind::BadDims,
+            "byte length is not a whole number of blocks",
+        )
+        .detail(bytes.len() as u64, sz as u64));
+    }
+    // SAFETY: T is repr(C) of u8 arrays (Block's contract): alignment 1, no padding, every bit
+    // pattern valid. The length is a whole multiple of size_of::<T>() (checked above), so the
+    // new slice covers exactly the same bytes with the same lifetime.
+    Ok(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / sz) })
+}
+
+/// View blocks as mutable bytes' blocks (for quantising into a caller buffer).
+///
+/// # Errors
+/// [`ErrorKind::BadDims`] if `bytes.len()` is not a multiple of the block size.
+pub fn cast_blocks_mut<T: Block>(bytes: &mut [u8]) -> Result<&mut [T]> {
+    let sz = size_of::<T>();
+    if bytes.len() % sz != 0 {
+        return Err(Error::new(
+            ErrorKind::BadDims,
+            "byte length is not a whole number of blocks",
+        )
+        .detail(bytes.len() as u64, sz as u64));
+    }
+    // SAFETY: as in cast_blocks; the exclusive borrow is carried over to the result.
+    Ok(
+        unsafe {
+            core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / sz)
+        },
+    )
+}
+
+/// View blocks as their bytes.
+pub fn blocks_as_bytes<T: Block>(blocks: &[T]) -> &[u8] {
+    // SAFETY: Block types have no padding and alignment 1, so their memory is plain bytes.
+    unsafe {
+        core::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), core::mem::size_of_val(blocks))
+    }
+}
