@@ -24,6 +24,7 @@ extern crate std;
 pub mod error;
 pub mod format;
 pub mod kernels;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod sample;

@@ -542,6 +542,9 @@ fn read_kv<'a>(cur: &mut Cursor<'a>) -> Result<(&'a str, Value<'a>)> {
 struct DataSection {
     start: u64,
     alignment: u32,
+    /// Length of the whole file; larger than the slice when only a prefix (the header) is
+    /// present, as while streaming.
+    file_len: u64,
 }
 
 fn read_tensor_info<'a>(
@@ -612,7 +615,7 @@ fn read_tensor_info<'a>(
             .named(nm)
             .detail(
                 offset.saturating_add(nbytes),
-                (file.len() as u64).saturating_sub(ds.start),
+                ds.file_len.saturating_sub(ds.start),
             )
     };
     let abs = ds.start.checked_add(offset).ok_or_else(oob)?;
@@ -621,7 +624,12 @@ fn read_tensor_info<'a>(
         usize::try_from(abs).map_err(|_| oob())?,
         usize::try_from(end).map_err(|_| oob())?,
     );
-    let data = file.get(a..e).ok_or_else(oob)?;
+    if end > ds.file_len {
+        return Err(oob());
+    }
+    // With the whole file present (file_len == file.len()) this always succeeds; with only a
+    // header prefix the data is not there yet and the view is empty.
+    let data = file.get(a..e).unwrap_or(&[]);
     Ok(TensorInfo {
         name,
         ty,
@@ -663,6 +671,15 @@ impl Bloom {
     }
 }
 
+/// Result of checking a header prefix ([`Gguf::parse_header`]).
+#[derive(Clone, Copy, Debug)]
+pub enum HeaderState<'a> {
+    /// The header is complete and valid.
+    Complete(Gguf<'a>),
+    /// More bytes are needed: the prefix must be at least this long for the next read.
+    NeedMore(u64),
+}
+
 /// A parsed, validated GGUF file borrowed from its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Gguf<'a> {
@@ -684,6 +701,52 @@ impl<'a> Gguf<'a> {
     /// value types, duplicate keys or tensors, an invalid `general.alignment`, unknown tensor
     /// types, bad dims, tensor data outside the file, misaligned or overlapping.
     pub fn parse(bytes: &'a [u8]) -> Result<Gguf<'a>> {
+        Self::parse_impl(bytes, bytes.len() as u64)
+    }
+
+    /// Validate the header of a file of `total_len` bytes of which only `prefix` has arrived.
+    ///
+    /// Returns `Ok(None)` while the header is incomplete, `Ok(Some(data_offset))` once the whole
+    /// header (metadata and tensor infos) is present and valid against `total_len` (every
+    /// tensor inside the file, aligned, not overlapping). Used by the streaming loader to
+    /// reject a bad stream as soon as its header is complete.
+    ///
+    /// # Errors
+    /// Any header error [`Gguf::parse`] would report, and [`ErrorKind::InvalidArgument`] if
+    /// `prefix` is longer than `total_len`.
+    pub fn check_header(prefix: &[u8], total_len: u64) -> Result<Option<u64>> {
+        Ok(match Gguf::parse_header(prefix, total_len)? {
+            HeaderState::Complete(g) => Some(g.data_offset()),
+            HeaderState::NeedMore(_) => None,
+        })
+    }
+
+    /// Like [`Gguf::check_header`] but returns the header view (metadata lookups work, tensor
+    /// infos are validated against `total_len`, tensor data views are empty where the data has
+    /// not arrived), or how long the prefix must at least be before the next attempt can get
+    /// further.
+    ///
+    /// # Errors
+    /// As [`Gguf::check_header`].
+    pub fn parse_header(prefix: &'a [u8], total_len: u64) -> Result<HeaderState<'a>> {
+        if prefix.len() as u64 > total_len {
+            return Err(Error::new(ErrorKind::InvalidArgument, "prefix longer than the declared file"));
+        }
+        match Self::parse_impl(prefix, total_len) {
+            Ok(g) => Ok(HeaderState::Complete(g)),
+            Err(e) if e.kind() == ErrorKind::Truncated && (prefix.len() as u64) < total_len => {
+                // The failed read started at `offset` and needed `detail.0` bytes.
+                let need = match (e.offset(), e.details()) {
+                    (Some(off), Some((n, _))) => off.saturating_add(n),
+                    _ => prefix.len() as u64 + 1,
+                };
+                Ok(HeaderState::NeedMore(need.clamp(prefix.len() as u64 + 1, total_len)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse_impl(bytes: &'a [u8], file_len: u64) -> Result<Gguf<'a>> {
         let mut cur = Cursor::new(bytes);
         let magic: [u8; 4] = cur.array("magic")?;
         if magic != MAGIC {
@@ -764,14 +827,15 @@ impl<'a> Gguf<'a> {
         let header_end = cur.pos() as u64;
         let a = alignment as u64;
         let data_start = header_end.div_ceil(a) * a;
-        if data_start > bytes.len() as u64 && n_tensors > 0 {
+        if data_start > file_len && n_tensors > 0 {
             return Err(
                 Error::new(ErrorKind::Truncated, "padding before tensor data")
                     .at(header_end)
-                    .detail(data_start, bytes.len() as u64),
+                    .detail(data_start, file_len),
             );
         }
         let data = DataSection {
+            file_len,
             start: data_start,
             alignment,
         };

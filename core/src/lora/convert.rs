@@ -1,0 +1,282 @@
+//! PEFT -> GGUF LoRA converter (feature `std`).
+//!
+//! Reads `adapter_config.json` and `adapter_model.safetensors` as PEFT writes them and produces
+//! an adapter in llama.cpp's GGUF LoRA layout that both edgelora and llama.cpp load:
+//! - module scale `s = alpha / r`, or `alpha / sqrt(r)` with `use_rslora`, with `rank_pattern`
+//!   and `alpha_pattern` overriding per module (first key `k` for which the module name is `k`
+//!   or ends in `.k`; keys using regex syntax are refused rather than guessed);
+//! - that scale is folded into B so the file holds one `adapter.lora.alpha` and the runtime
+//!   scale `alpha / r` is right for every module (llama.cpp's converter ignores rsLoRA and
+//!   per-module alpha; files from this converter do not depend on that);
+//! - `fan_in_fan_out` transposes A and B back to PyTorch Linear layout;
+//! - the rows of B for q_proj and k_proj get llama.cpp's rope permutation, as the base's
+//!   attn_q/attn_k rows did;
+//! - the base fingerprint ([`super::base_fingerprint`]), rank and task name are recorded.
+//!
+//! Anything it cannot represent is refused with an error naming the field or tensor: embedding
+//! LoRA, biases, DoRA magnitudes and `modules_to_save` replacements (not yet supported), and
+//! `init_lora_weights` methods that rewrite the base (PiSSA, OLoRA, LoftQ, CorDA, EVA).
+
+use super::{base_fingerprint, FINGERPRINT_KEY};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::gguf::Gguf;
+use crate::format::gguf_write::{GgufWriter, OwnedValue};
+use crate::format::safetensors::SafeTensors;
+use crate::kernels::reference;
+use crate::model::{Config, Model, LINEAR_NAMES};
+use crate::quant::{self, BlockQ8_0, GgmlType};
+use serde_json::Value as J;
+use std::collections::BTreeMap;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+/// HF module names in [`LINEAR_NAMES`] order.
+pub const HF_LINEARS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// Converter options.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Storage type for A and B: F32, F16 or Q8_0 (B falls back to F16 when its rows, of
+    /// length r, are not a whole number of Q8_0 blocks).
+    pub dtype: GgmlType,
+    /// Task name recorded as `adapter.edgelora.task` (default: from the config, if any).
+    pub task: Option<String>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions { dtype: GgmlType::F16, task: None }
+    }
+}
+
+/// What the converter did.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertReport {
+    /// `(gguf target, rank, effective PEFT scale)` per pair.
+    pub pairs: Vec<(String, usize, f32)>,
+    /// The alpha written to the file.
+    pub alpha: f32,
+    /// Notes for the user (type fallbacks and the like).
+    pub notes: Vec<String>,
+}
+
+fn refuse(what: &'static str, field: &str) -> Error {
+    Error::new(ErrorKind::BadValue, what).named(field.as_bytes())
+}
+
+/// Look up a per-module override: first key equal to the module name or a dotted suffix of it.
+fn pattern_lookup<'j>(pat: Option<&'j J>, module: &str, field: &str) -> Result<Option<&'j J>> {
+    let Some(obj) = pat.and_then(|p| p.as_object()) else { return Ok(None) };
+    for (k, v) in obj {
+        if !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.') {
+            return Err(refuse("pattern key uses regex syntax this converter does not evaluate", field));
+        }
+        if module == k || module.ends_with(&["." as &str, k].concat()) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// Convert a PEFT adapter for the llama-family `base`.
+///
+/// # Errors
+/// Parse errors of either file; [`ErrorKind::BadValue`] naming the config field or tensor for
+/// anything not representable; [`ErrorKind::MissingTensor`] / [`ErrorKind::ShapeMismatch`]
+/// naming the module when the adapter does not fit the base.
+pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opts: &ConvertOptions) -> Result<(Vec<u8>, ConvertReport)> {
+    let cfg: J = serde_json::from_slice(config_json).map_err(|_| refuse("adapter_config.json is not valid JSON", "adapter_config.json"))?;
+    let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    if let Some(t) = get("peft_type").and_then(|v| v.as_str()) {
+        if t != "LORA" {
+            return Err(refuse("only PEFT LoRA adapters are supported", "peft_type"));
+        }
+    }
+    let r_default = get("r").and_then(|v| v.as_u64()).ok_or_else(|| refuse("missing or invalid", "r"))? as usize;
+    let alpha_default = get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| refuse("missing or invalid", "lora_alpha"))? as f32;
+    let rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
+    let fifo = get("fan_in_fan_out").and_then(|v| v.as_bool()).unwrap_or(false);
+    if get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false) {
+        return Err(refuse("DoRA adapters are not supported by this converter yet", "use_dora"));
+    }
+    if let Some(b) = get("bias").and_then(|v| v.as_str()) {
+        if b != "none" {
+            return Err(refuse("LoRA biases cannot be represented (bias must be \"none\")", "bias"));
+        }
+    }
+    if get("lora_bias").and_then(|v| v.as_bool()).unwrap_or(false) {
+        return Err(refuse("LoRA biases cannot be represented", "lora_bias"));
+    }
+    if let Some(m) = get("modules_to_save").and_then(|v| v.as_array()) {
+        if !m.is_empty() {
+            return Err(refuse("modules_to_save (replacement layers) are not supported by this converter yet", "modules_to_save"));
+        }
+    }
+    if let Some(init) = get("init_lora_weights").and_then(|v| v.as_str()) {
+        let lower = init.to_ascii_lowercase();
+        if ["pissa", "olora", "loftq", "corda", "eva"].iter().any(|m| lower.starts_with(m)) {
+            return Err(refuse("this init rewrites the base weights; the adapter alone cannot reproduce it", "init_lora_weights"));
+        }
+    }
+    let st = SafeTensors::parse(safetensors)?;
+    let model: std::boxed::Box<Model<'_, 128>> = std::boxed::Box::new(Model::from_gguf(base)?);
+    let mc: Config = *model.config();
+
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", OwnedValue::Str(base.get_str("general.architecture")?.to_string()));
+    w.set("general.type", OwnedValue::Str("adapter".into()));
+    w.set("adapter.type", OwnedValue::Str("lora".into()));
+    let alpha_g = if alpha_default != 0.0 { alpha_default } else { 1.0 };
+    w.set("adapter.lora.alpha", OwnedValue::F32(alpha_g));
+    w.set(FINGERPRINT_KEY, OwnedValue::U64(base_fingerprint(base)));
+    let task = opts.task.clone().or_else(|| get("task_name").and_then(|v| v.as_str()).map(|s| s.to_string()));
+    if let Some(t) = &task {
+        w.set("adapter.edgelora.task", OwnedValue::Str(t.clone()));
+    }
+    let mut report = ConvertReport { alpha: alpha_g, ..Default::default() };
+
+    // Group tensors by module: module name -> (A, B).
+    let mut mods: BTreeMap<String, (Option<usize>, Option<usize>)> = BTreeMap::new();
+    for (i, t) in st.tensors.iter().enumerate() {
+        let n = t.name.as_str();
+        let core_name = n.strip_prefix("base_model.model.").unwrap_or(n);
+        if n.contains("lora_embedding") || n.contains("embed_tokens") {
+            return Err(refuse("embedding LoRA is not supported", n));
+        }
+        if n.contains("lora_magnitude_vector") {
+            return Err(refuse("DoRA magnitudes are not supported by this converter yet", n));
+        }
+        let (module, is_a) = if let Some(m) = core_name.strip_suffix(".lora_A.weight") {
+            (m, true)
+        } else if let Some(m) = core_name.strip_suffix(".lora_B.weight") {
+            (m, false)
+        } else {
+            return Err(refuse("tensor is not a LoRA A/B weight (biases and replacement modules cannot be represented)", n));
+        };
+        let e = mods.entry(module.to_string()).or_default();
+        if is_a {
+            e.0 = Some(i);
+        } else {
+            e.1 = Some(i);
+        }
+    }
+    let mut maxr = 0;
+    let mut entries = Vec::new();
+    for (module, (ai, bi)) in &mods {
+        let (Some(ai), Some(bi)) = (*ai, *bi) else {
+            return Err(Error::new(ErrorKind::MissingTensor, "module has only one of lora_A / lora_B").named(module.as_bytes()));
+        };
+        // model.layers.{i}.{self_attn|mlp}.{proj}
+        let parsed = module.strip_prefix("model.layers.").and_then(|r| {
+            let (num, rest) = r.split_once('.')?;
+            let proj = rest.rsplit('.').next()?;
+            Some((num.parse::<usize>().ok()?, HF_LINEARS.iter().position(|p| *p == proj)?))
+        });
+        let (layer, lin) = parsed.ok_or_else(|| refuse("LoRA target is not a llama decoder linear (q/k/v/o/gate/up/down_proj)", module))?;
+        let wt = model.layer(layer).ok_or_else(|| Error::new(ErrorKind::MissingTensor, "layer not in base").named(module.as_bytes()))?.linear(lin);
+        let (out_d, in_d) = (wt.rows(), wt.cols());
+        let (ta, tb) = (&st.tensors[ai], &st.tensors[bi]);
+        let mut a = ta.to_f32();
+        let mut b = tb.to_f32();
+        let (sa, sb) = (ta.shape.clone(), tb.shape.clone());
+        if sa.len() != 2 || sb.len() != 2 {
+            return Err(Error::new(ErrorKind::BadDims, "LoRA A and B must be 2-D").named(module.as_bytes()));
+        }
+        let r = if fifo { sa[1] } else { sa[0] };
+        if fifo {
+            a = transpose(&a, sa[0], sa[1]);
+            b = transpose(&b, sb[0], sb[1]);
+        }
+        let (a_in, b_out, b_r) = if fifo { (sa[0], sb[1], sb[0]) } else { (sa[1], sb[0], sb[1]) };
+        if a_in != in_d || b_out != out_d || b_r != r || r == 0 || r > super::MAX_RANK {
+            return Err(Error::new(ErrorKind::ShapeMismatch, "LoRA A/B shapes vs base linear (in, out, rank)")
+                .named(module.as_bytes())
+                .detail((a_in * b_out) as u64, (in_d * out_d) as u64));
+        }
+        let r_cfg = match pattern_lookup(get("rank_pattern"), module, "rank_pattern")? {
+            Some(v) => v.as_u64().ok_or_else(|| refuse("rank_pattern values must be integers", "rank_pattern"))? as usize,
+            None => r_default,
+        };
+        if r_cfg != r {
+            return Err(Error::new(ErrorKind::ShapeMismatch, "tensor rank differs from the config's r / rank_pattern").named(module.as_bytes()).detail(r as u64, r_cfg as u64));
+        }
+        let alpha_m = match pattern_lookup(get("alpha_pattern"), module, "alpha_pattern")? {
+            Some(v) => v.as_f64().ok_or_else(|| refuse("alpha_pattern values must be numbers", "alpha_pattern"))? as f32,
+            None => alpha_default,
+        };
+        let s_m = if rslora { alpha_m / libm::sqrtf(r as f32) } else { alpha_m / r as f32 };
+        let fold = s_m * r as f32 / alpha_g;
+        for v in b.iter_mut() {
+            *v *= fold;
+        }
+        if lin <= 1 {
+            let heads = if lin == 0 { mc.n_heads } else { mc.n_kv_heads };
+            b = permute_rows_for_rope(&b, heads, out_d / heads, r);
+        }
+        maxr = maxr.max(r);
+        let target = ["blk.", &layer.to_string(), ".", LINEAR_NAMES[lin], ".weight"].concat();
+        report.pairs.push((target.clone(), r, s_m));
+        entries.push((layer, lin, target, a, b, r, in_d, out_d));
+    }
+    if entries.is_empty() {
+        return Err(Error::new(ErrorKind::MissingTensor, "adapter_model.safetensors has no LoRA weights"));
+    }
+    entries.sort_by_key(|e| (e.0, e.1));
+    for (_, _, target, a, b, r, in_d, out_d) in entries {
+        let (ty_a, da) = encode(&a, in_d, opts.dtype);
+        let (ty_b, db) = encode(&b, r, opts.dtype);
+        if ty_b != opts.dtype {
+            let note = "lora_b kept as F16: its rows (length r) are not a whole number of Q8_0 blocks".to_string();
+            if !report.notes.contains(&note) {
+                report.notes.push(note);
+            }
+        }
+        w.add_tensor(&[target.as_str(), ".lora_a"].concat(), ty_a, &[in_d as u64, r as u64], da)?;
+        w.add_tensor(&[target.as_str(), ".lora_b"].concat(), ty_b, &[r as u64, out_d as u64], db)?;
+    }
+    w.set("adapter.edgelora.rank", OwnedValue::U32(maxr as u32));
+    Ok((w.to_bytes(), report))
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = std::vec![0f32; x.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = x[i * cols + j];
+        }
+    }
+    t
+}
+
+/// llama.cpp's permutation of q/k rows: within each head, row `2i + j` of the output comes
+/// from row `j * head_dim/2 + i` of the input (HF's rotate_half layout -> adjacent pairs).
+pub fn permute_rows_for_rope(x: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = std::vec![0f32; x.len()];
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + j * half + i;
+                let dst = h * head_dim + 2 * i + j;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&x[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Encode rows of `row_len` values as `ty` (F32, F16, or Q8_0 when rows fit whole blocks,
+/// else F16).
+pub fn encode(x: &[f32], row_len: usize, ty: GgmlType) -> (GgmlType, Vec<u8>) {
+    match ty {
+        GgmlType::F32 => (GgmlType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        GgmlType::Q8_0 if row_len % quant::QK == 0 => {
+            let mut out = std::vec![0u8; x.len() / quant::QK * 34];
+            if let Ok(blocks) = quant::cast_blocks_mut::<BlockQ8_0>(&mut out) {
+                reference::quantize_row_q8_0(x, blocks);
+            }
+            (GgmlType::Q8_0, out)
+        }
+        _ => (GgmlType::F16, x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+    }
+}

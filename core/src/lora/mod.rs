@@ -1,0 +1,401 @@
+//! LoRA adapters: `y = W x + s * B (A x)` with `A` r x in, `B` out x r.
+//!
+//! An [`Adapter`] is a set of (target, A, B) views borrowed from a GGUF LoRA file in llama.cpp's
+//! layout: `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (f32),
+//! tensors `<base tensor>.lora_a` (ggml dims `[in, r]`, i.e. an r x in matrix) and
+//! `<base tensor>.lora_b` (`[r, out]`, an out x r matrix). The scale applied is
+//! `user_scale * alpha / r` (llama.cpp's convention; the converter folds PEFT's per-module
+//! scales, rsLoRA included, into B so that one alpha holds for the file).
+//!
+//! [`Adapter::bind`] checks the adapter against a loaded base (architecture, fingerprint of the
+//! base when the file records one, every target present, shapes) and resolves every pair into
+//! a per-(layer, linear) slot table held in caller memory, so the forward pass finds its pairs
+//! in O(1). An [`AdapterSet`] is a small fixed list of bound adapters with per-adapter scales;
+//! switching sets is O(1): it swaps references, no weights are rewritten.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::gguf::{Gguf, TensorInfo};
+use crate::kernels::{reference, MatRef};
+use crate::model::{Config, Model, LINEARS};
+use crate::quant::GgmlType;
+
+#[cfg(feature = "std")]
+pub mod convert;
+pub mod merge;
+pub mod stream;
+
+/// Largest rank accepted (bounds the scratch the forward pass needs: [`MAX_RANK`] floats).
+pub const MAX_RANK: usize = 256;
+/// Most adapters active at once in an [`AdapterSet`].
+pub const MAX_ACTIVE: usize = 4;
+/// Metadata key where edgelora's converter records the base fingerprint.
+pub const FINGERPRINT_KEY: &str = "adapter.edgelora.base_fingerprint";
+
+/// A and B of one target matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraPair<'a> {
+    /// r x in.
+    pub a: MatRef<'a>,
+    /// out x r.
+    pub b: MatRef<'a>,
+}
+
+impl LoraPair<'_> {
+    /// The rank r.
+    pub const fn rank(&self) -> usize {
+        self.a.rows()
+    }
+}
+
+/// A parsed, self-consistent LoRA adapter borrowed from its GGUF bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Adapter<'a> {
+    gguf: Gguf<'a>,
+    alpha: f32,
+    n_pairs: usize,
+    max_rank: usize,
+    fingerprint: Option<u64>,
+}
+
+fn lora_types_ok(t: &TensorInfo<'_>) -> Result<()> {
+    match t.ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => Ok(()),
+        _ => Err(Error::new(ErrorKind::UnsupportedTensorType, "LoRA tensors must be F32, F16, BF16 or Q8_0")
+            .named(t.name.as_bytes())),
+    }
+}
+
+impl<'a> Adapter<'a> {
+    /// Parse and check an adapter file on its own (no base needed).
+    ///
+    /// # Errors
+    /// GGUF errors; [`ErrorKind::WrongType`]/[`ErrorKind::BadValue`] if it is not a LoRA
+    /// adapter (`general.type`, `adapter.type`, `adapter.lora.alpha`); for tensors: names that
+    /// are not `*.lora_a`/`*.lora_b`, an A without its B (or the reverse), unsupported types,
+    /// inconsistent ranks or a rank above [`MAX_RANK`] — each naming the tensor.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let g = Gguf::parse(bytes)?;
+        if g.get_str("general.type")? != "adapter" {
+            return Err(Error::new(ErrorKind::BadValue, "not an adapter file (general.type)").named(b"general.type"));
+        }
+        if g.get_str("adapter.type")? != "lora" {
+            return Err(Error::new(ErrorKind::BadValue, "only LoRA adapters are supported").named(b"adapter.type"));
+        }
+        let alpha = g.get_f32("adapter.lora.alpha")?;
+        if !alpha.is_finite() {
+            return Err(Error::new(ErrorKind::BadValue, "alpha must be finite").named(b"adapter.lora.alpha"));
+        }
+        let fingerprint = match g.get(FINGERPRINT_KEY) {
+            None => None,
+            Some(v) => Some(v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(|| {
+                Error::new(ErrorKind::WrongType, "fingerprint must be uint64").named(FINGERPRINT_KEY.as_bytes())
+            })?),
+        };
+        let mut n_pairs = 0;
+        let mut max_rank = 0;
+        for t in g.tensors() {
+            let (base, is_a) = split_lora_name(t.name)
+                .ok_or_else(|| Error::new(ErrorKind::BadValue, "tensor is not a .lora_a/.lora_b").named(t.name.as_bytes()))?;
+            lora_types_ok(&t)?;
+            if !is_a {
+                // Every B must have its A (checked from the A side below, so only existence here).
+                find_pair_tensor(&g, base, true)?;
+                continue;
+            }
+            let b = find_pair_tensor(&g, base, false)?;
+            let pair = pair_from(&t, &b)?;
+            n_pairs += 1;
+            max_rank = max_rank.max(pair.rank());
+        }
+        if n_pairs == 0 {
+            return Err(Error::new(ErrorKind::MissingTensor, "adapter has no LoRA tensors"));
+        }
+        Ok(Adapter { gguf: g, alpha, n_pairs, max_rank, fingerprint })
+    }
+
+    /// The underlying GGUF.
+    pub const fn gguf(&self) -> &Gguf<'a> {
+        &self.gguf
+    }
+    /// `adapter.lora.alpha`.
+    pub const fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    /// Number of (A, B) pairs.
+    pub const fn n_pairs(&self) -> usize {
+        self.n_pairs
+    }
+    /// Largest rank of any pair.
+    pub const fn max_rank(&self) -> usize {
+        self.max_rank
+    }
+    /// Base fingerprint recorded by the converter, if any.
+    pub const fn fingerprint(&self) -> Option<u64> {
+        self.fingerprint
+    }
+
+    /// Iterate `(target tensor name, pair)`.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a str, LoraPair<'a>)> + '_ {
+        let g = self.gguf;
+        g.tensors().filter_map(move |t| {
+            let (base, is_a) = split_lora_name(t.name)?;
+            if !is_a {
+                return None;
+            }
+            let b = find_pair_tensor(&g, base, false).ok()?;
+            Some((base, pair_from(&t, &b).ok()?))
+        })
+    }
+
+    /// Number of slots [`Adapter::bind`] needs for a model with this config.
+    pub const fn slots_len(cfg: &Config) -> usize {
+        cfg.n_layers * LINEARS
+    }
+
+    /// Check the adapter against a base model and resolve its pairs into `slots`.
+    ///
+    /// `base` is the GGUF the model was loaded from (for the architecture and fingerprint).
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnsupportedArch`] for another architecture; [`ErrorKind::BadValue`] naming
+    /// the fingerprint key if it records a different base; [`ErrorKind::MissingTensor`] for a
+    /// target the base does not have or edgelora cannot adapt (embeddings, output head);
+    /// [`ErrorKind::ShapeMismatch`] naming the tensor; [`ErrorKind::BufferTooSmall`] if
+    /// `slots` is shorter than [`Adapter::slots_len`].
+    pub fn bind<'s, const L: usize>(
+        &self,
+        base: &Gguf<'_>,
+        model: &Model<'_, L>,
+        slots: &'s mut [Option<LoraPair<'a>>],
+    ) -> Result<BoundAdapter<'a, 's>> {
+        let cfg = model.config();
+        let need = Self::slots_len(cfg);
+        let slots = slots
+            .get_mut(..need)
+            .ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "adapter slots").detail(0, need as u64))?;
+        if let Ok(arch) = self.gguf.get_str("general.architecture") {
+            let base_arch = base.get_str("general.architecture")?;
+            if arch != base_arch {
+                return Err(Error::new(ErrorKind::UnsupportedArch, "adapter architecture differs from the base")
+                    .named(arch.as_bytes()));
+            }
+        }
+        if let Some(fp) = self.fingerprint {
+            let got = base_fingerprint(base);
+            if fp != got {
+                return Err(Error::new(ErrorKind::BadValue, "adapter was converted for a different base model")
+                    .named(FINGERPRINT_KEY.as_bytes())
+                    .detail(got, fp));
+            }
+        }
+        // Resolve everything into a local pass first so a failure leaves `slots` untouched
+        // for the caller only after success: we write slots at the end.
+        for (name, pair) in self.pairs() {
+            let (layer, kind) = parse_target(name).ok_or_else(|| {
+                Error::new(ErrorKind::MissingTensor, "LoRA target is not a per-layer linear edgelora can adapt")
+                    .named(name.as_bytes())
+            })?;
+            let w = model
+                .layer(layer)
+                .map(|l| l.linear(kind))
+                .ok_or_else(|| Error::new(ErrorKind::MissingTensor, "LoRA target layer not in base").named(name.as_bytes()))?;
+            if pair.a.cols() != w.cols() || pair.b.rows() != w.rows() {
+                return Err(Error::new(ErrorKind::ShapeMismatch, "LoRA pair does not fit its target (in, out)")
+                    .named(name.as_bytes())
+                    .detail((pair.a.cols() * pair.b.rows()) as u64, (w.cols() * w.rows()) as u64));
+            }
+        }
+        slots.fill(None);
+        for (name, pair) in self.pairs() {
+            if let Some((layer, kind)) = parse_target(name) {
+                if let Some(s) = slots.get_mut(layer * LINEARS + kind) {
+                    *s = Some(pair);
+                }
+            }
+        }
+        Ok(BoundAdapter { slots, alpha: self.alpha, n_layers: cfg.n_layers })
+    }
+}
+
+/// An adapter resolved against a base: its pairs by (layer, linear).
+#[derive(Debug)]
+pub struct BoundAdapter<'a, 's> {
+    slots: &'s [Option<LoraPair<'a>>],
+    alpha: f32,
+    n_layers: usize,
+}
+
+impl<'a> BoundAdapter<'a, '_> {
+    /// The pair for `(layer, linear)`, where linear indexes [`crate::model::LINEAR_NAMES`].
+    #[inline]
+    pub fn pair(&self, layer: usize, linear: usize) -> Option<&LoraPair<'a>> {
+        self.slots.get(layer * LINEARS + linear)?.as_ref()
+    }
+    /// `adapter.lora.alpha`.
+    pub const fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    /// Layers of the base it was bound to.
+    pub const fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+}
+
+/// The active adapters and their user scales. Copying or replacing a set is O(1).
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterSet<'r, 'a, 's> {
+    entries: [Option<(&'r BoundAdapter<'a, 's>, f32)>; MAX_ACTIVE],
+}
+
+impl Default for AdapterSet<'_, '_, '_> {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
+    /// No adapters: the base model alone.
+    pub const EMPTY: Self = AdapterSet { entries: [None; MAX_ACTIVE] };
+
+    /// A set with one adapter at `scale`.
+    pub fn single(a: &'r BoundAdapter<'a, 's>, scale: f32) -> Self {
+        let mut s = Self::EMPTY;
+        s.entries[0] = Some((a, scale));
+        s
+    }
+
+    /// Add an adapter.
+    ///
+    /// # Errors
+    /// [`ErrorKind::TooMany`] if [`MAX_ACTIVE`] are already active;
+    /// [`ErrorKind::InvalidArgument`] for a non-finite scale.
+    pub fn push(&mut self, a: &'r BoundAdapter<'a, 's>, scale: f32) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "adapter scale must be finite"));
+        }
+        let slot = self
+            .entries
+            .iter_mut()
+            .find(|e| e.is_none())
+            .ok_or_else(|| Error::new(ErrorKind::TooMany, "active adapters").detail(MAX_ACTIVE as u64 + 1, MAX_ACTIVE as u64))?;
+        *slot = Some((a, scale));
+        Ok(())
+    }
+
+    /// Change the scale of active adapter `i` (in push order).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if there is no adapter `i` or the scale is not finite.
+    pub fn set_scale(&mut self, i: usize, scale: f32) -> Result<()> {
+        match self.entries.get_mut(i) {
+            Some(Some(e)) if scale.is_finite() => {
+                e.1 = scale;
+                Ok(())
+            }
+            _ => Err(Error::new(ErrorKind::InvalidArgument, "no such active adapter, or scale not finite").detail(i as u64, MAX_ACTIVE as u64)),
+        }
+    }
+
+    /// Number of active adapters.
+    pub fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_some()).count()
+    }
+
+    /// True if no adapter is active.
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(|e| e.is_none())
+    }
+
+    /// Iterate `(adapter, user scale)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&'r BoundAdapter<'a, 's>, f32)> + '_ {
+        self.entries.iter().flatten().copied()
+    }
+
+    /// Add `sum_i s_i B_i (A_i x)` of every active adapter for `(layer, linear)` to `y`.
+    /// `tmp` must hold at least [`MAX_RANK`] floats. Shapes were checked at bind time; this
+    /// cannot panic.
+    #[inline]
+    pub fn apply(&self, layer: usize, linear: usize, x: &[f32], y: &mut [f32], tmp: &mut [f32]) {
+        for (ad, user) in self.iter() {
+            let Some(p) = ad.pair(layer, linear) else { continue };
+            let r = p.rank();
+            let Some(t) = tmp.get_mut(..r) else { continue };
+            crate::kernels::matvec(&p.a, x, t); //                      (r,)
+            let s = user * ad.alpha / r as f32;
+            for (o, row) in y.iter_mut().zip(p.b.data().chunks_exact(p.b.row_bytes())) {
+                *o += s * reference::dot_row_f32(p.b.ty(), row, t);
+            }
+        }
+    }
+}
+
+/// Split `X.lora_a` / `X.lora_b` into `(X, is_a)`.
+pub fn split_lora_name(name: &str) -> Option<(&str, bool)> {
+    if let Some(b) = name.strip_suffix(".lora_a") {
+        Some((b, true))
+    } else {
+        name.strip_suffix(".lora_b").map(|b| (b, false))
+    }
+}
+
+fn find_pair_tensor<'a>(g: &Gguf<'a>, base: &str, want_a: bool) -> Result<TensorInfo<'a>> {
+    let suffix = if want_a { ".lora_a" } else { ".lora_b" };
+    g.tensors()
+        .find(|t| t.name.len() == base.len() + suffix.len() && t.name.starts_with(base) && t.name.ends_with(suffix))
+        .ok_or_else(|| Error::new(ErrorKind::MissingTensor, if want_a { "lora_a for this lora_b" } else { "lora_b for this lora_a" }).named(base.as_bytes()))
+}
+
+fn pair_from<'a>(a: &TensorInfo<'a>, b: &TensorInfo<'a>) -> Result<LoraPair<'a>> {
+    lora_types_ok(a)?;
+    lora_types_ok(b)?;
+    let am = MatRef::from_tensor(a)?;
+    let bm = MatRef::from_tensor(b)?;
+    let r = am.rows();
+    if r == 0 || r > MAX_RANK {
+        return Err(Error::new(ErrorKind::BadDims, "LoRA rank").named(a.name.as_bytes()).detail(r as u64, MAX_RANK as u64));
+    }
+    if bm.cols() != r {
+        return Err(Error::new(ErrorKind::ShapeMismatch, "lora_b columns must equal lora_a rows (rank)")
+            .named(b.name.as_bytes())
+            .detail(bm.cols() as u64, r as u64));
+    }
+    Ok(LoraPair { a: am, b: bm })
+}
+
+/// Parse `blk.{i}.{linear}.weight` into `(i, linear index)`.
+pub fn parse_target(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (num, rest) = rest.split_once('.')?;
+    if num.is_empty() || num.len() > 5 || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let layer: usize = num.parse().ok()?;
+    let part = rest.strip_suffix(".weight")?;
+    let k = crate::model::LINEAR_NAMES.iter().position(|n| *n == part)?;
+    Some((layer, k))
+}
+
+/// A 64-bit fingerprint of a base model: FNV-1a over the architecture, every tensor's name,
+/// type and dims, and up to 256 bytes from the start and end of each tensor's data. Cheap
+/// enough for a microcontroller at load time and different for any two real fine-tunes.
+pub fn base_fingerprint(g: &Gguf<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(g.get_str("general.architecture").unwrap_or("").as_bytes());
+    for t in g.tensors() {
+        eat(t.name.as_bytes());
+        eat(&t.ty.id().to_le_bytes());
+        for d in t.dims() {
+            eat(&d.to_le_bytes());
+        }
+        let n = t.data.len();
+        eat(&t.data[..n.min(256)]);
+        eat(&t.data[n.saturating_sub(256)..]);
+    }
+    h
+}

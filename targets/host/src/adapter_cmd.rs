@@ -1,0 +1,273 @@
+//! `edgelora adapter ...` and `edgelora merge`.
+
+use crate::commands::parse_adapter_arg;
+use crate::util::{human, map, resolve_model};
+use anyhow::{bail, Context, Result};
+use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
+use edgelora::lora::convert::{convert_peft, ConvertOptions};
+use edgelora::lora::merge::{merge_into, merged_len};
+use edgelora::lora::{stream, Adapter, LoraPair};
+use edgelora::model::{Model, LINEARS, LINEAR_NAMES};
+use edgelora::quant::GgmlType;
+use edgelora::Gguf;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AdapterCmd {
+    /// Convert a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) into a
+    /// GGUF LoRA adapter that edgelora and llama.cpp load.
+    Convert(ConvertArgs),
+    /// Show an adapter's metadata and pairs, and check it against a base.
+    Inspect(InspectAdapterArgs),
+    /// Wrap an adapter GGUF in the streaming frame (length + CRC-32) for chunked transfer.
+    Frame(FrameArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// PEFT adapter directory.
+    pub peft_dir: PathBuf,
+    /// Base model GGUF the adapter was trained on (or alias such as `smollm2`).
+    #[arg(long)]
+    pub base: String,
+    /// Output GGUF file.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Storage type of A and B: f32, f16 or q8_0.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Task name to record in the adapter.
+    #[arg(long)]
+    pub task: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectAdapterArgs {
+    /// Adapter GGUF.
+    pub adapter: PathBuf,
+    /// Base model to check it against.
+    #[arg(long)]
+    pub base: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FrameArgs {
+    /// Adapter GGUF.
+    pub adapter: PathBuf,
+    /// Output stream file.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+}
+
+pub fn adapter(cmd: AdapterCmd) -> Result<()> {
+    match cmd {
+        AdapterCmd::Convert(a) => convert(a),
+        AdapterCmd::Inspect(a) => inspect(a),
+        AdapterCmd::Frame(a) => {
+            let bytes = std::fs::read(&a.adapter)
+                .with_context(|| format!("reading {}", a.adapter.display()))?;
+            Adapter::parse(&bytes)
+                .with_context(|| format!("{} is not a valid adapter", a.adapter.display()))?;
+            let mut out = stream::frame_header(&bytes).to_vec();
+            out.extend_from_slice(&bytes);
+            std::fs::write(&a.out, &out)?;
+            eprintln!(
+                "wrote {} ({} payload, CRC-32 {:08x})",
+                a.out.display(),
+                human(bytes.len() as u64),
+                stream::Crc32::of(&bytes)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let cfg = std::fs::read(a.peft_dir.join("adapter_config.json"))
+        .with_context(|| format!("reading {}/adapter_config.json", a.peft_dir.display()))?;
+    let st = std::fs::read(a.peft_dir.join("adapter_model.safetensors"))
+        .with_context(|| format!("reading {}/adapter_model.safetensors", a.peft_dir.display()))?;
+    let base_path = resolve_model(&a.base)?;
+    let bm = map(&base_path)?;
+    let base = Gguf::parse(&bm).with_context(|| format!("parsing {}", base_path.display()))?;
+    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "q8_0" => GgmlType::Q8_0,
+        other => bail!("--dtype {other}: expected f32, f16 or q8_0"),
+    };
+    let (bytes, rep) = convert_peft(
+        &cfg,
+        &st,
+        &base,
+        &ConvertOptions {
+            dtype,
+            task: a.task.clone(),
+        },
+    )
+    .with_context(|| format!("converting {}", a.peft_dir.display()))?;
+    // Check the result loads and binds before writing it.
+    let ad = Adapter::parse(&bytes).context("converted adapter does not parse (bug)")?;
+    let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
+    let mut slots = vec![None; Adapter::slots_len(model.config())];
+    ad.bind(&base, &model, &mut slots)
+        .context("converted adapter does not bind to the base (bug)")?;
+    std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
+    let mut scales: Vec<f32> = rep.pairs.iter().map(|p| p.2).collect();
+    scales.sort_by(f32::total_cmp);
+    scales.dedup();
+    eprintln!(
+        "wrote {}: {} pairs, alpha {}, PEFT scales {:?}, {}",
+        a.out.display(),
+        rep.pairs.len(),
+        rep.alpha,
+        scales,
+        human(bytes.len() as u64)
+    );
+    for n in &rep.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectAdapterArgs) -> Result<()> {
+    let m = map(&a.adapter)?;
+    let ad = Adapter::parse(&m).with_context(|| format!("{}", a.adapter.display()))?;
+    println!("{}: {}", a.adapter.display(), human(m.len() as u64));
+    println!(
+        "alpha {}, {} pairs, max rank {}, base fingerprint {:?}",
+        ad.alpha(),
+        ad.n_pairs(),
+        ad.max_rank(),
+        ad.fingerprint().map(|f| format!("{f:016x}"))
+    );
+    if let Ok(t) = ad.gguf().get_str("adapter.edgelora.task") {
+        println!("task: {t}");
+    }
+    for (name, p) in ad.pairs() {
+        println!(
+            "  {name:<32} r={:<3} A {} {}x{}  B {} {}x{}",
+            p.rank(),
+            p.a.ty().name(),
+            p.a.rows(),
+            p.a.cols(),
+            p.b.ty().name(),
+            p.b.rows(),
+            p.b.cols()
+        );
+    }
+    if let Some(b) = a.base {
+        let bp = resolve_model(&b)?;
+        let bm = map(&bp)?;
+        let base = Gguf::parse(&bm)?;
+        let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
+        let mut slots = vec![None; Adapter::slots_len(model.config())];
+        match ad.bind(&base, &model, &mut slots) {
+            Ok(_) => println!("fits {}", bp.display()),
+            Err(e) => println!("does NOT fit {}: {e}", bp.display()),
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Base model GGUF (or alias).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Adapter FILE[:SCALE] to merge (repeatable).
+    #[arg(long = "adapter", required = true)]
+    pub adapters: Vec<String>,
+    /// Output GGUF.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Type of the merged matrices: f32, f16, q8_0, or `base` (re-quantise to each tensor's own
+    /// type; reports how much of the update is lost).
+    #[arg(long = "type", default_value = "q8_0")]
+    pub ty: String,
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let bp = resolve_model(&a.model)?;
+    let bm = map(&bp)?;
+    let base = Gguf::parse(&bm)?;
+    let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
+    let cfg = *model.config();
+    let mut maps = vec![];
+    let mut scales = vec![];
+    for s in &a.adapters {
+        let (f, sc) = parse_adapter_arg(s)?;
+        maps.push((map(std::path::Path::new(&f))?, f));
+        scales.push(sc);
+    }
+    let parsed: Vec<Adapter> = maps
+        .iter()
+        .map(|(m, f)| Adapter::parse(m).with_context(|| f.clone()))
+        .collect::<Result<_>>()?;
+    let mut slots: Vec<Vec<Option<LoraPair>>> = parsed
+        .iter()
+        .map(|_| vec![None; Adapter::slots_len(&cfg)])
+        .collect();
+    let mut bound = vec![];
+    for ((p, sl), (_, f)) in parsed.iter().zip(slots.iter_mut()).zip(&maps) {
+        bound.push(
+            p.bind(&base, &model, sl)
+                .with_context(|| format!("{f} does not fit the base"))?,
+        );
+    }
+    let fixed = match a.ty.to_ascii_lowercase().as_str() {
+        "f32" => Some(GgmlType::F32),
+        "f16" => Some(GgmlType::F16),
+        "q8_0" => Some(GgmlType::Q8_0),
+        "base" => None,
+        o => bail!("--type {o}: expected f32, f16, q8_0 or base"),
+    };
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata() {
+        w.set(k, OwnedValue::from_value(&v));
+    }
+    let mut merged: std::collections::HashMap<String, (GgmlType, Vec<u8>)> = Default::default();
+    let (mut lost, mut n) = (0, 0);
+    let mut worst = 0f64;
+    for l in 0..cfg.n_layers {
+        for k in 0..LINEARS {
+            let pairs: Vec<(LoraPair, f32)> = bound
+                .iter()
+                .zip(&scales)
+                .filter_map(|(b, s)| b.pair(l, k).map(|p| (*p, s * b.alpha() / p.rank() as f32)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let wm = *model.layer(l).context("layer")?.linear(k);
+            let ty = fixed.unwrap_or(wm.ty());
+            let mut out = vec![0u8; merged_len(&wm, ty).context("row length vs type")?];
+            let mut row = vec![0f32; 2 * wm.cols()];
+            let st = merge_into(&wm, &pairs, ty, &mut out, &mut row)?;
+            let name = format!("blk.{l}.{}.weight", LINEAR_NAMES[k]);
+            n += 1;
+            worst = worst.max(st.rel_err);
+            if st.update_lost() {
+                lost += 1;
+                eprintln!("warning: {name} -> {}: rounding error is {:.0}% of the update (update mostly lost)", ty.name(), st.rel_err * 100.0);
+            }
+            merged.insert(name, (ty, out));
+        }
+    }
+    for t in base.tensors() {
+        match merged.remove(t.name) {
+            Some((ty, bytes)) => w.add_tensor(t.name, ty, t.dims(), bytes)?,
+            None => w.add_tensor(t.name, t.ty, t.dims(), t.data.to_vec())?,
+        };
+    }
+    let bytes = w.to_bytes();
+    Gguf::parse(&bytes).context("merged file does not parse (bug)")?;
+    std::fs::write(&a.out, &bytes)?;
+    eprintln!(
+        "merged {n} matrices into {} ({}); worst rounding error {:.1}% of the update; {lost} tensors lost most of their update",
+        a.out.display(),
+        human(bytes.len() as u64),
+        worst * 100.0
+    );
+    Ok(())
+}

@@ -1,0 +1,675 @@
+//! The subcommands.
+
+use crate::tok::Tok;
+use crate::util::{human, map, peak_rss, resolve_model};
+use anyhow::{bail, Context, Result};
+use edgelora::format::gguf::{Gguf, Value};
+use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
+use edgelora::model::{state_buffer, Model, State};
+use edgelora::sample::{Sampler, SamplerConfig};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+// ---------------------------------------------------------------- inspect
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// GGUF file (or alias such as `smollm2`).
+    pub model: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every array element and full strings instead of a preview.
+    #[arg(long)]
+    pub full: bool,
+}
+
+fn value_text(v: &Value<'_>, full: bool) -> String {
+    match v {
+        Value::Str(b) => {
+            let s = String::from_utf8_lossy(b);
+            if !full && s.chars().count() > 80 {
+                format!(
+                    "{:?}... ({} bytes)",
+                    s.chars().take(80).collect::<String>(),
+                    b.len()
+                )
+            } else {
+                format!("{s:?}")
+            }
+        }
+        Value::Array(a) => {
+            let n = if full { a.len() } else { a.len().min(6) };
+            let items: Vec<String> = a.iter().take(n).map(|x| value_text(&x, false)).collect();
+            let more = if n < a.len() { ", ..." } else { "" };
+            format!(
+                "[{}; {}] [{}{}]",
+                a.elem_type().name(),
+                a.len(),
+                items.join(", "),
+                more
+            )
+        }
+        Value::F32(x) => format!("{x}"),
+        Value::F64(x) => format!("{x}"),
+        Value::Bool(x) => format!("{x}"),
+        other => format!("{}", other.as_int().unwrap_or_default()),
+    }
+}
+
+fn value_json(v: &Value<'_>, full: bool) -> serde_json::Value {
+    match v {
+        Value::Str(b) => json!(String::from_utf8_lossy(b)),
+        Value::Array(a) => {
+            let n = if full { a.len() } else { a.len().min(16) };
+            json!({"type": a.elem_type().name(), "len": a.len(), "values": a.iter().take(n).map(|x| value_json(&x, full)).collect::<Vec<_>>()})
+        }
+        Value::F32(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Bool(x) => json!(x),
+        other => {
+            let i = other.as_int().unwrap_or_default();
+            if i >= 0 {
+                json!(i as u64)
+            } else {
+                json!(i as i64)
+            }
+        }
+    }
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let path = resolve_model(&a.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m).with_context(|| format!("parsing {}", path.display()))?;
+    let mut by_type: std::collections::BTreeMap<&str, (usize, u64, u64)> = Default::default();
+    for t in g.tensors() {
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.data.len() as u64;
+        e.2 += t.n_elements();
+    }
+    let cfg = edgelora::model::Config::from_gguf(&g);
+    if a.json {
+        let out = json!({
+            "file": path.display().to_string(),
+            "file_bytes": m.len(),
+            "version": g.version(),
+            "alignment": g.alignment(),
+            "data_offset": g.data_offset(),
+            "metadata": g.metadata().map(|(k, v)| json!({"key": k, "type": v.value_type().name(), "value": value_json(&v, a.full)})).collect::<Vec<_>>(),
+            "tensors": g.tensors().map(|t| json!({"name": t.name, "type": t.ty.name(), "dims": t.dims(), "offset": t.offset, "bytes": t.data.len()})).collect::<Vec<_>>(),
+            "bytes_by_type": by_type.iter().map(|(k, v)| json!({"type": k, "tensors": v.0, "bytes": v.1, "elements": v.2})).collect::<Vec<_>>(),
+            "config": cfg.as_ref().ok().map(|c| format!("{c:?}")),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}: {}", path.display(), human(m.len() as u64));
+    println!(
+        "GGUF v{}, {} metadata keys, {} tensors, alignment {}, data at byte {}",
+        g.version(),
+        g.kv_count(),
+        g.tensor_count(),
+        g.alignment(),
+        g.data_offset()
+    );
+    println!("\nmetadata:");
+    for (k, v) in g.metadata() {
+        println!(
+            "  {k:<44} {:<8} {}",
+            v.value_type().name(),
+            value_text(&v, a.full)
+        );
+    }
+    println!("\ntensors:");
+    println!(
+        "  {:<32} {:<5} {:<18} {:>12} {:>10}",
+        "name", "type", "dims", "offset", "bytes"
+    );
+    for t in g.tensors() {
+        let dims = t
+            .dims()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ");
+        println!(
+            "  {:<32} {:<5} {:<18} {:>12} {:>10}",
+            t.name,
+            t.ty.name(),
+            dims,
+            t.offset,
+            t.data.len()
+        );
+    }
+    println!("\nbytes by type:");
+    let total: u64 = by_type.values().map(|v| v.1).sum();
+    for (k, v) in &by_type {
+        println!(
+            "  {k:<5} {:>5} tensors {:>12} elements {:>10} ({:.1}%)",
+            v.0,
+            v.2,
+            human(v.1),
+            100.0 * v.1 as f64 / total.max(1) as f64
+        );
+    }
+    match cfg {
+        Ok(c) => {
+            println!("\nmodel: {c:?}");
+            println!(
+                "state for 2048 positions: {} (KV cache f32)",
+                human(State::bytes_for(&c, 2048.min(c.ctx_len)) as u64)
+            );
+        }
+        Err(e) => println!("\nnot a runnable llama model: {e}"),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- shared model setup
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file, or `smollm2` for models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    #[arg(long, short = 'm', default_value = "smollm2")]
+    pub model: String,
+    /// Context length to allocate the KV cache for (capped at the model's).
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: usize,
+    /// LoRA adapter (GGUF, llama.cpp layout) applied unmerged, as FILE or FILE:SCALE;
+    /// repeat for several at once.
+    #[arg(long = "adapter", value_name = "FILE[:SCALE]")]
+    pub adapters: Vec<String>,
+}
+
+/// Split `FILE[:SCALE]`.
+pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
+    if let Some((f, sc)) = s.rsplit_once(':') {
+        if let Ok(v) = sc.parse::<f32>() {
+            return Ok((f.to_string(), v));
+        }
+    }
+    Ok((s.to_string(), 1.0))
+}
+
+/// Memory-mapped adapter files and their parsed views.
+pub struct Adapters {
+    maps: Vec<memmap2::Mmap>,
+    scales: Vec<f32>,
+    names: Vec<String>,
+}
+
+impl Adapters {
+    pub fn open(args: &[String]) -> Result<Self> {
+        let mut maps = vec![];
+        let mut scales = vec![];
+        let mut names = vec![];
+        for a in args {
+            let (f, s) = parse_adapter_arg(a)?;
+            maps.push(map(std::path::Path::new(&f))?);
+            scales.push(s);
+            names.push(f);
+        }
+        Ok(Adapters {
+            maps,
+            scales,
+            names,
+        })
+    }
+
+    /// Parse every adapter.
+    pub fn parse(&self) -> Result<Vec<Adapter<'_>>> {
+        self.maps
+            .iter()
+            .zip(&self.names)
+            .map(|(m, n)| Adapter::parse(m).with_context(|| format!("adapter {n}")))
+            .collect()
+    }
+
+    /// Bind parsed adapters to the model, filling `slots` (one Vec per adapter).
+    pub fn bind<'a, 's>(
+        &self,
+        parsed: &[Adapter<'a>],
+        base: &Gguf<'_>,
+        model: &Model<'_>,
+        slots: &'s mut [Vec<Option<LoraPair<'a>>>],
+    ) -> Result<Vec<BoundAdapter<'a, 's>>> {
+        let mut out = vec![];
+        for ((a, sl), n) in parsed.iter().zip(slots.iter_mut()).zip(&self.names) {
+            let t = std::time::Instant::now();
+            let b = a
+                .bind(base, model, sl)
+                .with_context(|| format!("adapter {n} does not fit the model"))?;
+            eprintln!(
+                "adapter {n}: {} pairs, rank <= {}, alpha {}, bound in {:.2} ms",
+                a.n_pairs(),
+                a.max_rank(),
+                a.alpha(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// Slot tables for `n` adapters.
+    pub fn slots<'a>(&self, model: &Model<'_>) -> Vec<Vec<Option<LoraPair<'a>>>> {
+        (0..self.maps.len())
+            .map(|_| vec![None; Adapter::slots_len(model.config())])
+            .collect()
+    }
+
+    pub fn set<'r, 'a, 's>(
+        &self,
+        bound: &'r [BoundAdapter<'a, 's>],
+    ) -> Result<AdapterSet<'r, 'a, 's>> {
+        let mut set = AdapterSet::EMPTY;
+        for (b, s) in bound.iter().zip(&self.scales) {
+            set.push(b, *s)?;
+        }
+        Ok(set)
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// RNG seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SampleArgs {
+    fn sampler(&self) -> Result<Sampler> {
+        Ok(Sampler::new(SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed: self.seed,
+        })?)
+    }
+}
+
+// ---------------------------------------------------------------- generate
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Maximum new tokens.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub n: usize,
+    /// Wrap the prompt in the model's chat template (ChatML) as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat (default: the template's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Print one JSON object (text, token ids, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Timings of one generation.
+struct Gen {
+    tokens: Vec<u32>,
+    text: String,
+    prefill_s: f64,
+    decode_s: f64,
+    n_prompt: usize,
+    stop: &'static str,
+}
+
+/// Run prompt `ids` from position `start` (the state already holds `start` positions) and
+/// sample up to `n` tokens, streaming text through `on_text`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &Model<'_>,
+    tok: &Tok<'_>,
+    st: &mut State<'_>,
+    start: usize,
+    ids: &[u32],
+    n: usize,
+    sampler: &mut Sampler,
+    history: &mut Vec<u32>,
+    set: &AdapterSet<'_, '_, '_>,
+    mut on_text: impl FnMut(&str),
+) -> Result<Gen> {
+    if start + ids.len() >= st.ctx() {
+        bail!(
+            "prompt of {} tokens does not fit the context of {} (use --ctx)",
+            start + ids.len(),
+            st.ctx()
+        );
+    }
+    let t0 = Instant::now();
+    let mut logits = model.prefill_with(ids, start, st, set)?.to_vec();
+    let prefill_s = t0.elapsed().as_secs_f64();
+    history.extend_from_slice(ids);
+    let mut dec = tok.decoder();
+    let mut out = vec![];
+    let mut text = String::new();
+    let mut pos = start + ids.len();
+    let t1 = Instant::now();
+    let mut stop = "length";
+    for _ in 0..n {
+        let next = sampler.sample(&mut logits, history)?;
+        if tok.is_eog(next) {
+            stop = "eog";
+            history.push(next);
+            // Keep the end token in the cache so a chat can continue after it.
+            if pos < st.ctx() {
+                model.forward_with(next, pos, st, set)?;
+            }
+            break;
+        }
+        out.push(next);
+        history.push(next);
+        let piece = dec.push(next)?;
+        on_text(&piece);
+        text.push_str(&piece);
+        if pos + 1 >= st.ctx() {
+            stop = "context";
+            break;
+        }
+        logits.copy_from_slice(model.forward_with(next, pos, st, set)?);
+        pos += 1;
+    }
+    let tail = dec.finish();
+    on_text(&tail);
+    text.push_str(&tail);
+    Ok(Gen {
+        tokens: out,
+        text,
+        prefill_s,
+        decode_s: t1.elapsed().as_secs_f64(),
+        n_prompt: ids.len(),
+        stop,
+    })
+}
+
+fn report(g: &Gen) {
+    let rss = peak_rss().map(human).unwrap_or_else(|| "?".into());
+    eprintln!(
+        "\n[{} prompt tokens in {:.2} s ({:.1} tok/s); {} generated in {:.2} s ({:.1} tok/s); stop: {}; peak RSS {}]",
+        g.n_prompt,
+        g.prefill_s,
+        g.n_prompt as f64 / g.prefill_s.max(1e-9),
+        g.tokens.len(),
+        g.decode_s,
+        g.tokens.len() as f64 / g.decode_s.max(1e-9),
+        g.stop,
+        rss
+    );
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let path = resolve_model(&a.model.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m).with_context(|| format!("parsing {}", path.display()))?;
+    let model: Box<Model> =
+        Box::new(Model::from_gguf(&g).with_context(|| format!("loading {}", path.display()))?);
+    let tok = Tok::new(&g)?;
+    let ads = Adapters::open(&a.model.adapters)?;
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
+    let set = ads.set(&bound)?;
+    let cfg = *model.config();
+    let ctx = a.model.ctx.min(cfg.ctx_len);
+    let mut buf = state_buffer(&cfg, ctx);
+    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let text = if a.chat {
+        tok.chat_prompt(a.system.as_deref(), &[("user", a.prompt.as_str())])?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = tok.encode_prompt(&text, a.chat)?;
+    let mut sampler = a.sample.sampler()?;
+    let mut history = vec![];
+    let json = a.json;
+    let mut stdout = std::io::stdout();
+    let gen = run(
+        &model,
+        &tok,
+        &mut st,
+        0,
+        &ids,
+        a.n,
+        &mut sampler,
+        &mut history,
+        &set,
+        |s| {
+            if !json {
+                let _ = stdout.write_all(s.as_bytes());
+                let _ = stdout.flush();
+            }
+        },
+    )?;
+    if json {
+        let out = json!({
+            "model": path.display().to_string(),
+            "prompt": text,
+            "prompt_tokens": ids,
+            "tokens": gen.tokens,
+            "text": gen.text,
+            "stop": gen.stop,
+            "prefill_tokens_per_s": gen.n_prompt as f64 / gen.prefill_s.max(1e-9),
+            "decode_tokens_per_s": gen.tokens.len() as f64 / gen.decode_s.max(1e-9),
+            "peak_rss_bytes": peak_rss(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!();
+    }
+    report(&gen);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- chat
+
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System message (default: the template's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Maximum tokens per reply.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    pub n: usize,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+pub fn chat(a: ChatArgs) -> Result<()> {
+    let path = resolve_model(&a.model.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m)?;
+    let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
+    let tok = Tok::new(&g)?;
+    let ads = Adapters::open(&a.model.adapters)?;
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
+    let set = ads.set(&bound)?;
+    let cfg = *model.config();
+    let ctx = a.model.ctx.min(cfg.ctx_len);
+    let mut buf = state_buffer(&cfg, ctx);
+    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut sampler = a.sample.sampler()?;
+    let mut history = vec![];
+    let mut pos = 0usize;
+    let mut first = true;
+    eprintln!(
+        "chatting with {} (empty line or Ctrl-D to quit)",
+        path.display()
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        // Only the new turn is rendered and run: the earlier ones are already in the cache.
+        let text = tok.chat_turn(a.system.as_deref(), line.trim_end(), first)?;
+        let ids = tok.encode_prompt(&text, true)?;
+        first = false;
+        let mut stdout = std::io::stdout();
+        let gen = match run(
+            &model,
+            &tok,
+            &mut st,
+            pos,
+            &ids,
+            a.n,
+            &mut sampler,
+            &mut history,
+            &set,
+            |s| {
+                let _ = stdout.write_all(s.as_bytes());
+                let _ = stdout.flush();
+            },
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("\n{e:#}; starting a new conversation");
+                st.clear();
+                pos = 0;
+                first = true;
+                continue;
+            }
+        };
+        println!();
+        pos = st.len();
+        report(&gen);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- logits
+
+#[derive(clap::Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to tokenize (with the model's tokenizer; BOS added if the model asks for it).
+    #[arg(long, short = 'p', conflicts_with = "tokens")]
+    pub prompt: Option<String>,
+    /// Comma-separated token ids, used as they are.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// How many of the largest logits to print per position.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let path = resolve_model(&a.model.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m)?;
+    let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
+    let ids = match (&a.tokens, &a.prompt) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => Tok::new(&g)?.encode_prompt(p, false)?,
+        (None, None) => bail!("give --prompt or --tokens"),
+    };
+    if ids.is_empty() {
+        bail!("no tokens");
+    }
+    let ads = Adapters::open(&a.model.adapters)?;
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
+    let set = ads.set(&bound)?;
+    let cfg = *model.config();
+    let ctx = ids.len().min(cfg.ctx_len);
+    let mut buf = state_buffer(&cfg, ctx);
+    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut rows = vec![];
+    for (pos, &t) in ids.iter().enumerate() {
+        let l = model
+            .forward_with(t, pos, &mut st, &set)
+            .with_context(|| format!("position {pos}"))?;
+        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
+        let k = a.top.min(l.len());
+        idx.select_nth_unstable_by(k.saturating_sub(1).min(l.len() - 1), |&x, &y| {
+            l[y as usize].total_cmp(&l[x as usize])
+        });
+        let mut top: Vec<u32> = idx[..k].to_vec();
+        top.sort_by(|&x, &y| l[y as usize].total_cmp(&l[x as usize]));
+        rows.push((
+            t,
+            top.iter().map(|&i| (i, l[i as usize])).collect::<Vec<_>>(),
+        ));
+    }
+    if a.json {
+        let out = json!({
+            "model": path.display().to_string(),
+            "tokens": ids,
+            "positions": rows.iter().enumerate().map(|(p, (t, top))| json!({
+                "pos": p, "token": t,
+                "top_ids": top.iter().map(|x| x.0).collect::<Vec<_>>(),
+                "top_logits": top.iter().map(|x| x.1).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        for (p, (t, top)) in rows.iter().enumerate() {
+            let s: Vec<String> = top.iter().map(|(i, v)| format!("{i}:{v:.3}")).collect();
+            println!("{p:>4} tok {t:>6} -> {}", s.join("  "));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- tokenize
+
+#[derive(clap::Args, Debug)]
+pub struct TokenizeArgs {
+    /// GGUF model whose tokenizer to use (or alias).
+    #[arg(long, short = 'm', default_value = "smollm2")]
+    pub model: String,
+    /// Text to tokenize.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Match special tokens such as <|im_start|> in the text.
+    #[arg(long)]
+    pub special: bool,
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = resolve_model(&a.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m)?;
+    let tok = Tok::new(&g)?;
+    let ids = tok.encode_prompt(&a.prompt, a.special)?;
+    for id in ids {
+        println!("{id:>6} {:?}", tok.piece(id));
+    }
+    Ok(())
+}

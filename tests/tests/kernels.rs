@@ -1,0 +1,638 @@
+//! Every fast kernel against the scalar oracle (`kernels::reference`), for every ISA this
+//! machine runs; ISAs it lacks print `SKIPPED` with the reason.
+//!
+//! What "agree" means:
+//! - Activation quantisers: bit-exact blocks (ggml `quantize_row_q8_{0,1}_ref`), finite input.
+//! - Quantised dots: the integer part is exact, so with unit scales (`d = 1`, `m = 0`) the
+//!   results must be *identical*. With real scales only the f32 accumulation differs: the
+//!   oracle adds `sumi * (d_w d_x)` (+ `m_w s_x`) block after block, a SIMD kernel keeps
+//!   partial sums in lanes, uses FMA and adds the lanes at the end. Both are sums of the same
+//!   exact products (`d_w d_x` of two f16s is exact in f32), so each is within `γ_n S` of the
+//!   exact value, where `S` is the sum of the absolute values of the terms and `γ_n ≈ n u`
+//!   (`u = 2^-24`, Higham, *Accuracy and Stability of Numerical Algorithms*, 4.2). The
+//!   oracle's chain has `2 nb` additions, a kernel's at most `nb + 8` (lanes, final
+//!   reduction, the `m s` sum), so `|fast - oracle| <= (3 nb + 8) u S` with
+//!   `S = sum_b |d_w d_x| sum_j |q_w q_x| + |m_w s_x|`.
+//! - Float rows (F16/BF16/F32 against f32): the same argument with `k` terms,
+//!   `|fast - oracle| <= (2 k + 16) u sum_j |w_j x_j|`.
+//!
+//! Forcing: `kernels::force(isa)` makes the dispatcher (the model's path) use that ISA; the
+//! tests then check `kernels::ran(isa)`, so a silent fallback fails. Set `EDGELORA_ISA=avx2`
+//! (etc.) to run the `env_forced_isa_actually_runs` check for one ISA, as
+//! `scripts/test-kernels-all-isas.sh` does for each.
+
+use edgelora::kernels::{self, reference as r, Isa, Kernel, MatRef};
+use edgelora::quant::{
+    blocks_as_bytes, f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK,
+};
+use std::sync::Mutex;
+
+/// Serialises tests that change the process-wide dispatcher.
+static GLOBAL: Mutex<()> = Mutex::new(());
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn q8(&mut self) -> u8 {
+        // Activation values are in -127..=127 (what the quantisers produce).
+        ((self.byte() as i32 % 255) - 127) as i8 as u8
+    }
+}
+
+/// The kernels of every ISA this machine runs; prints SKIPPED for the others.
+fn kernels_here() -> Vec<&'static Kernel> {
+    let mut v = vec![];
+    for isa in Isa::ALL {
+        match isa.kernel() {
+            Some(k) => v.push(k),
+            None => println!("SKIPPED {}: {}", isa.name(), why_missing(isa)),
+        }
+    }
+    assert!(v.iter().any(|k| k.isa() == Isa::Portable));
+    v
+}
+
+fn why_missing(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Avx2 | Isa::Avx512 if !cfg!(target_arch = "x86_64") => "not an x86_64 target",
+        Isa::Avx2 => "CPU/OS lacks AVX2+FMA+F16C",
+        Isa::Avx512 => "CPU/OS lacks AVX-512 F/BW/VL+VNNI",
+        Isa::Neon if !cfg!(target_arch = "aarch64") => {
+            "not an aarch64 target (run scripts/test-aarch64.sh)"
+        }
+        _ => "not available",
+    }
+}
+
+// ---- block generators --------------------------------------------------------------------
+
+/// f16 scales: random normal-range values, plus the extremes the tests must survive.
+fn scale(rng: &mut Rng, case: usize) -> [u8; 2] {
+    match case % 9 {
+        0 => [0, 0],                    // zero
+        1 => to_f16_le(65504.0),        // f16 max
+        2 => to_f16_le(-65504.0),       // negative max
+        3 => [1, 0],                    // smallest subnormal
+        4 => to_f16_le(-1e-3),          // negative
+        5 => to_f16_le(6.1e-5),         // smallest normal
+        _ => to_f16_le(rng.f() * 0.05), // typical
+    }
+}
+
+/// Nibble/quant bytes: random, all zero, all max, all min, alternating.
+fn qbyte(rng: &mut Rng, pattern: usize) -> u8 {
+    match pattern % 6 {
+        0 => 0x00,
+        1 => 0xff,
+        2 => 0x0f,
+        3 => 0xf0,
+        _ => rng.byte(),
+    }
+}
+
+fn q4_0_blocks(rng: &mut Rng, n: usize, extreme: bool) -> Vec<BlockQ4_0> {
+    (0..n)
+        .map(|i| {
+            let p = if extreme { i } else { 5 };
+            let mut b = BlockQ4_0 {
+                d: scale(rng, if extreme { i } else { 8 }),
+                qs: [0; 16],
+            };
+            b.qs.iter_mut().for_each(|q| *q = qbyte(rng, p));
+            b
+        })
+        .collect()
+}
+
+fn q4_1_blocks(rng: &mut Rng, n: usize, extreme: bool) -> Vec<BlockQ4_1> {
+    (0..n)
+        .map(|i| {
+            let p = if extreme { i } else { 5 };
+            let mut b = BlockQ4_1 {
+                d: scale(rng, if extreme { i } else { 8 }),
+                m: scale(rng, if extreme { i + 4 } else { 8 }),
+                qs: [0; 16],
+            };
+            b.qs.iter_mut().for_each(|q| *q = qbyte(rng, p));
+            b
+        })
+        .collect()
+}
+
+fn q8_0_weights(rng: &mut Rng, n: usize, extreme: bool) -> Vec<BlockQ8_0> {
+    (0..n)
+        .map(|i| {
+            let mut b = BlockQ8_0 {
+                d: scale(rng, if extreme { i } else { 8 }),
+                qs: [0; 32],
+            };
+            // Weights may hold -128 (0x80): files are not limited to the quantiser's range.
+            let pat = [0x00u8, 0x7f, 0x80, 0x81];
+            b.qs.iter_mut().for_each(|q| {
+                *q = if extreme && i % 2 == 0 {
+                    pat[i / 2 % 4]
+                } else {
+                    rng.byte()
+                }
+            });
+            b
+        })
+        .collect()
+}
+
+fn q8_acts(rng: &mut Rng, n: usize, extreme: bool) -> (Vec<BlockQ8_0>, Vec<BlockQ8_1>) {
+    let mut a0 = vec![];
+    let mut a1 = vec![];
+    for i in 0..n {
+        let mut qs = [0u8; 32];
+        let ext = [127u8, (-127i8) as u8, 0];
+        qs.iter_mut().for_each(|q| {
+            *q = if extreme && i % 2 == 1 {
+                ext[i / 2 % 3]
+            } else {
+                rng.q8()
+            }
+        });
+        let d = scale(rng, if extreme { i + 2 } else { 8 });
+        let sum: i32 = qs.iter().map(|&q| q as i8 as i32).sum();
+        let s = to_f16_le(sum as f32 * f16_le(d));
+        a0.push(BlockQ8_0 { d, qs });
+        a1.push(BlockQ8_1 { d, s, qs });
+    }
+    (a0, a1)
+}
+
+// ---- tolerances ----------------------------------------------------------------------------
+
+fn f(b: [u8; 2]) -> f64 {
+    f16_le(b) as f64
+}
+
+fn abs_terms_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f64 {
+    w.iter()
+        .zip(x)
+        .map(|(a, b)| {
+            let s: i64 = (0..16)
+                .map(|j| {
+                    let lo = (a.qs[j] & 15) as i64 - 8;
+                    let hi = (a.qs[j] >> 4) as i64 - 8;
+                    (lo * b.qs[j] as i8 as i64).abs() + (hi * b.qs[j + 16] as i8 as i64).abs()
+                })
+                .sum();
+            (f(a.d) * f(b.d)).abs() * s as f64
+        })
+        .sum()
+}
+
+fn abs_terms_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f64 {
+    w.iter()
+        .zip(x)
+        .map(|(a, b)| {
+            let s: i64 = (0..16)
+                .map(|j| {
+                    let lo = (a.qs[j] & 15) as i64;
+                    let hi = (a.qs[j] >> 4) as i64;
+                    (lo * b.qs[j] as i8 as i64).abs() + (hi * b.qs[j + 16] as i8 as i64).abs()
+                })
+                .sum();
+            (f(a.d) * f(b.d)).abs() * s as f64 + (f(a.m) * f(b.s)).abs()
+        })
+        .sum()
+}
+
+fn abs_terms_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f64 {
+    w.iter()
+        .zip(x)
+        .map(|(a, b)| {
+            let s: i64 = (0..32)
+                .map(|j| (a.qs[j] as i8 as i64 * b.qs[j] as i8 as i64).abs())
+                .sum();
+            (f(a.d) * f(b.d)).abs() * s as f64
+        })
+        .sum()
+}
+
+fn check_close(what: &str, got: f32, want: f32, nb: usize, s: f64) {
+    let tol = (3 * nb + 8) as f64 * U * s;
+    let err = (got as f64 - want as f64).abs();
+    assert!(
+        err <= tol || (got.is_nan() && want.is_nan()),
+        "{what}: got {got}, oracle {want}, |diff| {err:e} > bound {tol:e} (nb {nb}, S {s:e})"
+    );
+}
+
+const KS: [usize; 7] = [32, 64, 96, 576, 1536, 4096 + 32, 33 * 32];
+
+// ---- quantisers ------------------------------------------------------------------------------
+
+#[test]
+fn quantizers_are_bit_exact() {
+    let mut rng = Rng(0x1234_5678);
+    for k in kernels_here() {
+        for &n in &KS {
+            for case in 0..8 {
+                let mag = [1.0f32, 1e-3, 1e4, 1e-30, 3e5, 0.0, 1.0, 127.0][case];
+                let mut x: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+                if case == 6 {
+                    // Exact ties for roundf: x * id = q + 0.5 for some elements.
+                    for (i, v) in x.iter_mut().enumerate() {
+                        *v = (i % 64) as f32 * 0.5 - 16.0;
+                    }
+                }
+                if case == 7 {
+                    x.iter_mut().step_by(32).for_each(|v| *v = 0.0);
+                }
+                let nb = n / QK;
+                let (mut a0, mut b0) = (vec![BlockQ8_0::ZERO; nb], vec![BlockQ8_0::ZERO; nb]);
+                let (mut a1, mut b1) = (vec![BlockQ8_1::ZERO; nb], vec![BlockQ8_1::ZERO; nb]);
+                r::quantize_row_q8_0(&x, &mut a0);
+                k.quantize_q8_0(&x, &mut b0);
+                r::quantize_row_q8_1(&x, &mut a1);
+                k.quantize_q8_1(&x, &mut b1);
+                for i in 0..nb {
+                    assert_eq!(
+                        a0[i],
+                        b0[i],
+                        "{:?} q8_0 n={n} case={case} block {i}",
+                        k.isa()
+                    );
+                    assert_eq!(
+                        a1[i],
+                        b1[i],
+                        "{:?} q8_1 n={n} case={case} block {i}",
+                        k.isa()
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---- quantised dots --------------------------------------------------------------------------
+
+/// Checks one matrix (rows x nb blocks) three ways: matvec against the oracle's row dots,
+/// single-row dots, and untouched outputs past the rows.
+fn check_q4_0(k: &Kernel, w: &[BlockQ4_0], nb: usize, x: &[BlockQ8_0], what: &str) {
+    let rows = w.len() / nb;
+    let mut y = vec![f32::NAN; rows + 1];
+    k.matvec_q4_0(w, nb, x, &mut y);
+    for (i, row) in w.chunks_exact(nb).enumerate() {
+        let want = r::vec_dot_q4_0_q8_0(row, x);
+        check_close(what, y[i], want, nb, abs_terms_q4_0(row, x));
+    }
+    assert!(y[rows].is_nan(), "{what}: wrote past the rows");
+}
+
+fn check_q4_1(k: &Kernel, w: &[BlockQ4_1], nb: usize, x: &[BlockQ8_1], what: &str) {
+    let rows = w.len() / nb;
+    let mut y = vec![f32::NAN; rows + 1];
+    k.matvec_q4_1(w, nb, x, &mut y);
+    for (i, row) in w.chunks_exact(nb).enumerate() {
+        let want = r::vec_dot_q4_1_q8_1(row, x);
+        check_close(what, y[i], want, nb, abs_terms_q4_1(row, x));
+    }
+    assert!(y[rows].is_nan(), "{what}: wrote past the rows");
+}
+
+fn check_q8_0(k: &Kernel, w: &[BlockQ8_0], nb: usize, x: &[BlockQ8_0], what: &str) {
+    let rows = w.len() / nb;
+    let mut y = vec![f32::NAN; rows + 1];
+    k.matvec_q8_0(w, nb, x, &mut y);
+    for (i, row) in w.chunks_exact(nb).enumerate() {
+        let want = r::vec_dot_q8_0_q8_0(row, x);
+        check_close(what, y[i], want, nb, abs_terms_q8_0(row, x));
+    }
+    assert!(y[rows].is_nan(), "{what}: wrote past the rows");
+}
+
+#[test]
+fn quantized_dots_match_oracle_random_and_extreme() {
+    let mut rng = Rng(0xfeed_beef);
+    for k in kernels_here() {
+        for &n in &KS {
+            let nb = n / QK;
+            for rows in [1usize, 2, 3, 5, 8] {
+                for extreme in [false, true] {
+                    let what = format!("{:?} k={n} rows={rows} extreme={extreme}", k.isa());
+                    let (x0, x1) = q8_acts(&mut rng, nb, extreme);
+                    let w = q4_0_blocks(&mut rng, nb * rows, extreme);
+                    check_q4_0(k, &w, nb, &x0, &format!("q4_0 {what}"));
+                    let w = q4_1_blocks(&mut rng, nb * rows, extreme);
+                    check_q4_1(k, &w, nb, &x1, &format!("q4_1 {what}"));
+                    let w = q8_0_weights(&mut rng, nb * rows, extreme);
+                    check_q8_0(k, &w, nb, &x0, &format!("q8_0 {what}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_dots_model_shapes() {
+    // SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536, head 49152x576.
+    let mut rng = Rng(42);
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (1536, 576),
+        (576, 1536),
+        (49152, 576),
+    ];
+    for k in kernels_here() {
+        for &(rows, cols) in &shapes {
+            let nb = cols / QK;
+            let what = format!("{:?} {rows}x{cols}", k.isa());
+            let (x0, x1) = q8_acts(&mut rng, nb, false);
+            if rows == 49152 {
+                let w = q8_0_weights(&mut rng, nb * rows, false);
+                check_q8_0(k, &w, nb, &x0, &format!("q8_0 {what}"));
+                continue;
+            }
+            let w = q4_1_blocks(&mut rng, nb * rows, false);
+            check_q4_1(k, &w, nb, &x1, &format!("q4_1 {what}"));
+            let w = q4_0_blocks(&mut rng, nb * rows, false);
+            check_q4_0(k, &w, nb, &x0, &format!("q4_0 {what}"));
+        }
+    }
+}
+
+#[test]
+fn integer_parts_are_bit_exact_with_unit_scales() {
+    // d = 1, m = 0: every result is an integer below 2^24, so summation order cannot round
+    // and the kernels must return exactly the oracle's value.
+    let one = to_f16_le(1.0);
+    let mut rng = Rng(7);
+    for k in kernels_here() {
+        for &n in &[32usize, 96, 576, 1536] {
+            let nb = n / QK;
+            let rows = 3;
+            let (mut x0, mut x1) = q8_acts(&mut rng, nb, false);
+            x0.iter_mut().for_each(|b| b.d = one);
+            x1.iter_mut().for_each(|b| {
+                b.d = one;
+                b.s = [0, 0];
+            });
+            let mut w0 = q4_0_blocks(&mut rng, nb * rows, false);
+            w0.iter_mut().for_each(|b| b.d = one);
+            let mut w1 = q4_1_blocks(&mut rng, nb * rows, false);
+            w1.iter_mut().for_each(|b| {
+                b.d = one;
+                b.m = [0, 0];
+            });
+            let mut w8 = q8_0_weights(&mut rng, nb * rows, false);
+            w8.iter_mut().for_each(|b| b.d = one);
+            let mut y = vec![0f32; rows];
+            k.matvec_q4_0(&w0, nb, &x0, &mut y);
+            for (i, row) in w0.chunks_exact(nb).enumerate() {
+                assert_eq!(
+                    y[i],
+                    r::vec_dot_q4_0_q8_0(row, &x0),
+                    "{:?} q4_0 n={n}",
+                    k.isa()
+                );
+            }
+            k.matvec_q4_1(&w1, nb, &x1, &mut y);
+            for (i, row) in w1.chunks_exact(nb).enumerate() {
+                assert_eq!(
+                    y[i],
+                    r::vec_dot_q4_1_q8_1(row, &x1),
+                    "{:?} q4_1 n={n}",
+                    k.isa()
+                );
+            }
+            k.matvec_q8_0(&w8, nb, &x0, &mut y);
+            for (i, row) in w8.chunks_exact(nb).enumerate() {
+                assert_eq!(
+                    y[i],
+                    r::vec_dot_q8_0_q8_0(row, &x0),
+                    "{:?} q8_0 n={n}",
+                    k.isa()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn degenerate_shapes_do_not_panic() {
+    let mut rng = Rng(9);
+    for k in kernels_here() {
+        let (x0, x1) = q8_acts(&mut rng, 2, false);
+        let w = q4_1_blocks(&mut rng, 6, false);
+        // bpr = 0 and too-short activations zero the output.
+        let mut y = vec![1.0f32; 3];
+        k.matvec_q4_1(&w, 0, &x1, &mut y);
+        assert_eq!(y, [0.0; 3]);
+        y.fill(1.0);
+        k.matvec_q4_1(&w, 3, &x1, &mut y);
+        assert_eq!(y, [0.0; 3]);
+        // Empty everything.
+        k.matvec_q4_0(&[], 1, &x0, &mut []);
+        k.matvec_q8_0(&[], 1, &[], &mut []);
+        assert_eq!(k.dot_q4_1_q8_1(&[], &[]), 0.0);
+        // More outputs than rows: the extra stay untouched.
+        let mut y = vec![f32::NAN; 5];
+        k.matvec_q4_1(&w, 2, &x1, &mut y);
+        assert!(y[..3].iter().all(|v| v.is_finite()) && y[3..].iter().all(|v| v.is_nan()));
+        // Whole blocks only in the quantisers.
+        let mut b = [BlockQ8_0::ZERO; 2];
+        k.quantize_q8_0(&[1.0; 40], &mut b);
+        assert_eq!(b[1], BlockQ8_0::ZERO);
+        k.matvec_float(GgmlType::F16, &[0u8; 6], 0, &[], &mut [1.0]);
+        k.matvec_float(GgmlType::Q4_0, &[0u8; 6], 3, &[0.0; 3], &mut [1.0]);
+    }
+}
+
+// ---- float rows ------------------------------------------------------------------------------
+
+#[test]
+fn float_rows_match_oracle() {
+    let mut rng = Rng(0xabc);
+    for k in kernels_here() {
+        for &n in &[1usize, 7, 8, 31, 32, 33, 64, 100, 576, 1536, 4095] {
+            for rows in [1usize, 3] {
+                let x: Vec<f32> = (0..n).map(|_| rng.f() * 3.0).collect();
+                let vals: Vec<f32> = (0..n * rows)
+                    .map(|i| match i % 11 {
+                        0 => 0.0,
+                        1 => -65504.0,
+                        2 => 6e-8,
+                        _ => rng.f() * 2.0,
+                    })
+                    .collect();
+                for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+                    let bytes: Vec<u8> = match ty {
+                        GgmlType::F16 => vals.iter().flat_map(|&v| to_f16_le(v)).collect(),
+                        GgmlType::BF16 => vals
+                            .iter()
+                            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                            .collect(),
+                        _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    };
+                    let m = MatRef::new(ty, rows, n, &bytes).unwrap();
+                    let mut y = vec![f32::NAN; rows];
+                    k.matvec_float(ty, &bytes, n, &x, &mut y);
+                    for (i, row) in bytes.chunks_exact(m.row_bytes()).enumerate() {
+                        let want = r::dot_row_f32(ty, row, &x);
+                        let mut deq = vec![0f32; n];
+                        r::dequantize_row(ty, row, &mut deq);
+                        let s: f64 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum();
+                        let tol = (2 * n + 16) as f64 * U * s;
+                        assert!(
+                            ((y[i] - want) as f64).abs() <= tol,
+                            "{:?} {ty:?} n={n} row {i}: {} vs oracle {want} (bound {tol:e})",
+                            k.isa(),
+                            y[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- the model path (MatRef + Input) and the dispatcher -----------------------------------
+
+#[test]
+fn matvec_input_quantises_once_and_matches_kernel() {
+    let mut rng = Rng(77);
+    let k = kernels::best();
+    let (rows, cols) = (5, 96);
+    let nb = cols / QK;
+    let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+    let w = q4_1_blocks(&mut rng, nb * rows, false);
+    let m = MatRef::new(GgmlType::Q4_1, rows, cols, blocks_as_bytes(&w)).unwrap();
+    let (mut s0, mut s1) = (vec![BlockQ8_0::ZERO; nb], vec![BlockQ8_1::ZERO; nb]);
+    let mut inp = kernels::Input::new(&x, &mut s0, &mut s1, k, kernels::KernelMode::Fast);
+    let mut y = vec![0f32; rows];
+    kernels::matvec_input(&m, &mut inp, &mut y);
+    let xq = inp.q8_1().unwrap().to_vec();
+    let mut want = vec![0f32; rows];
+    k.matvec_q4_1(&w, nb, &xq, &mut want);
+    assert_eq!(y, want);
+    // Reference mode runs the f32 oracle.
+    let mut inp = kernels::Input::new(&x, &mut s0, &mut s1, k, kernels::KernelMode::Reference);
+    kernels::matvec_input(&m, &mut inp, &mut y);
+    let mut want = vec![0f32; rows];
+    kernels::matvec(&m, &x, &mut want);
+    assert_eq!(y, want);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn detection_agrees_with_std() {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    assert_eq!(Isa::Avx2.kernel().is_some(), avx2);
+    assert_eq!(Isa::Avx512.kernel().is_some(), avx512);
+    assert!(Isa::Neon.kernel().is_none());
+}
+
+/// A tiny quantised model forward under each forced ISA: the forced ISA must be the one
+/// that ran.
+#[test]
+fn forcing_each_isa_runs_it_in_the_model() {
+    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/tiny/tiny-q4_1.gguf"
+    ))
+    .unwrap();
+    let g = edgelora::Gguf::parse(&bytes).unwrap();
+    let model: edgelora::model::Model = edgelora::model::Model::from_gguf(&g).unwrap();
+    let cfg = *model.config();
+    let mut buf = vec![0f32; edgelora::model::State::len_for(&cfg, 8)];
+    let before = kernels::active().isa();
+    let mut outs = vec![];
+    for k in kernels_here() {
+        let isa = k.isa();
+        kernels::force(isa).unwrap();
+        kernels::reset_ran();
+        let mut st = edgelora::model::State::new(&cfg, 8, &mut buf).unwrap();
+        let l = model.forward(3, 0, &mut st).unwrap().to_vec();
+        assert_eq!(kernels::active().isa(), isa);
+        assert!(
+            kernels::ran(isa),
+            "forced {} but it did not run",
+            isa.name()
+        );
+        for other in Isa::ALL.into_iter().filter(|&o| o != isa) {
+            assert!(
+                !kernels::ran(other),
+                "forced {} but {} ran",
+                isa.name(),
+                other.name()
+            );
+        }
+        outs.push((isa, l));
+    }
+    kernels::force(before).unwrap();
+    // All ISAs compute the same quantised model: logits agree to f32 summation error.
+    let (_, base) = &outs[0];
+    let scale = base.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (isa, l) in &outs[1..] {
+        let d = l
+            .iter()
+            .zip(base)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-4 * scale,
+            "{isa:?} logits differ from portable by {d}"
+        );
+    }
+    println!(
+        "forced and verified: {:?}",
+        outs.iter().map(|o| o.0).collect::<Vec<_>>()
+    );
+}
+
+/// `EDGELORA_ISA=<isa> cargo test --test kernels env_forced`: fails if that ISA is unknown,
+/// unavailable (the dispatcher would fall back) or did not run.
+#[test]
+fn env_forced_isa_actually_runs() {
+    let Ok(want) = std::env::var("EDGELORA_ISA") else {
+        println!("SKIPPED: EDGELORA_ISA not set");
+        return;
+    };
+    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+    let isa = Isa::from_name(&want).unwrap_or_else(|| panic!("EDGELORA_ISA={want}: unknown"));
+    assert!(
+        isa.kernel().is_some(),
+        "EDGELORA_ISA={want}: this CPU cannot run it ({})",
+        why_missing(isa)
+    );
+    kernels::reset_ran();
+    let k = kernels::active();
+    let x = [0.5f32; 64];
+    let mut b = [BlockQ8_1::ZERO; 2];
+    k.quantize_q8_1(&x, &mut b);
+    assert_eq!(
+        k.isa(),
+        isa,
+        "EDGELORA_ISA={want} but the dispatcher chose {:?}",
+        k.isa()
+    );
+    assert!(kernels::ran(isa), "EDGELORA_ISA={want} did not run");
+}
