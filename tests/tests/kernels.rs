@@ -27,8 +27,13 @@ use edgelora::quant::{
 };
 use std::sync::Mutex;
 
-/// Serialises tests that change the process-wide dispatcher.
+/// Serialises the tests: the dispatcher and the `ran` record are process-wide, and a test
+/// that checks "the forced ISA ran, no other did" must not see kernels run by another test.
 static GLOBAL: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
@@ -71,7 +76,7 @@ fn why_missing(isa: Isa) -> &'static str {
     match isa {
         Isa::Avx2 | Isa::Avx512 if !cfg!(target_arch = "x86_64") => "not an x86_64 target",
         Isa::Avx2 => "CPU/OS lacks AVX2+FMA+F16C",
-        Isa::Avx512 => "CPU/OS lacks AVX-512 F/BW/VL+VNNI",
+        Isa::Avx512 => "CPU/OS lacks AVX-512 F/BW/VL+VNNI+VBMI",
         Isa::Neon if !cfg!(target_arch = "aarch64") => {
             "not an aarch64 target (run scripts/test-aarch64.sh)"
         }
@@ -231,17 +236,20 @@ fn check_close(what: &str, got: f32, want: f32, nb: usize, s: f64) {
     let tol = (3 * nb + 8) as f64 * U * s;
     let err = (got as f64 - want as f64).abs();
     assert!(
-        err <= tol || (got.is_nan() && want.is_nan()),
+        got == want || err <= tol || (got.is_nan() && want.is_nan()),
         "{what}: got {got}, oracle {want}, |diff| {err:e} > bound {tol:e} (nb {nb}, S {s:e})"
     );
 }
 
-const KS: [usize; 7] = [32, 64, 96, 576, 1536, 4096 + 32, 33 * 32];
+/// Row lengths: one block, small, the model's, 4096+32, odd block counts, and past the
+/// AVX-512 kernels' repacking limit (8192 + 32, which falls back to AVX2).
+const KS: [usize; 8] = [32, 64, 96, 576, 1536, 4096 + 32, 33 * 32, 8192 + 32];
 
 // ---- quantisers ------------------------------------------------------------------------------
 
 #[test]
 fn quantizers_are_bit_exact() {
+    let _g = lock();
     let mut rng = Rng(0x1234_5678);
     for k in kernels_here() {
         for &n in &KS {
@@ -322,6 +330,7 @@ fn check_q8_0(k: &Kernel, w: &[BlockQ8_0], nb: usize, x: &[BlockQ8_0], what: &st
 
 #[test]
 fn quantized_dots_match_oracle_random_and_extreme() {
+    let _g = lock();
     let mut rng = Rng(0xfeed_beef);
     for k in kernels_here() {
         for &n in &KS {
@@ -344,6 +353,7 @@ fn quantized_dots_match_oracle_random_and_extreme() {
 
 #[test]
 fn quantized_dots_model_shapes() {
+    let _g = lock();
     // SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536, head 49152x576.
     let mut rng = Rng(42);
     let shapes = [
@@ -373,6 +383,7 @@ fn quantized_dots_model_shapes() {
 
 #[test]
 fn integer_parts_are_bit_exact_with_unit_scales() {
+    let _g = lock();
     // d = 1, m = 0: every result is an integer below 2^24, so summation order cannot round
     // and the kernels must return exactly the oracle's value.
     let one = to_f16_le(1.0);
@@ -430,6 +441,7 @@ fn integer_parts_are_bit_exact_with_unit_scales() {
 
 #[test]
 fn degenerate_shapes_do_not_panic() {
+    let _g = lock();
     let mut rng = Rng(9);
     for k in kernels_here() {
         let (x0, x1) = q8_acts(&mut rng, 2, false);
@@ -462,6 +474,7 @@ fn degenerate_shapes_do_not_panic() {
 
 #[test]
 fn float_rows_match_oracle() {
+    let _g = lock();
     let mut rng = Rng(0xabc);
     for k in kernels_here() {
         for &n in &[1usize, 7, 8, 31, 32, 33, 64, 100, 576, 1536, 4095] {
@@ -510,6 +523,7 @@ fn float_rows_match_oracle() {
 
 #[test]
 fn matvec_input_quantises_once_and_matches_kernel() {
+    let _g = lock();
     let mut rng = Rng(77);
     let k = kernels::best();
     let (rows, cols) = (5, 96);
@@ -536,6 +550,7 @@ fn matvec_input_quantises_once_and_matches_kernel() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn detection_agrees_with_std() {
+    let _g = lock();
     let avx2 = is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c");
@@ -543,7 +558,8 @@ fn detection_agrees_with_std() {
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni");
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vbmi");
     assert_eq!(Isa::Avx2.kernel().is_some(), avx2);
     assert_eq!(Isa::Avx512.kernel().is_some(), avx512);
     assert!(Isa::Neon.kernel().is_none());
@@ -553,7 +569,7 @@ fn detection_agrees_with_std() {
 /// that ran.
 #[test]
 fn forcing_each_isa_runs_it_in_the_model() {
-    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = lock();
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/tiny/tiny-q4_1.gguf"
@@ -612,11 +628,11 @@ fn forcing_each_isa_runs_it_in_the_model() {
 /// unavailable (the dispatcher would fall back) or did not run.
 #[test]
 fn env_forced_isa_actually_runs() {
+    let _g = lock();
     let Ok(want) = std::env::var("EDGELORA_ISA") else {
         println!("SKIPPED: EDGELORA_ISA not set");
         return;
     };
-    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
     let isa = Isa::from_name(&want).unwrap_or_else(|| panic!("EDGELORA_ISA={want}: unknown"));
     assert!(
         isa.kernel().is_some(),

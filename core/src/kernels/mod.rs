@@ -14,7 +14,7 @@
 //!
 //! Every instruction set has its own module with a `detect() -> Option<&'static Kernel>`:
 //! [`portable`] (always), `x86_64::avx2` (AVX2+FMA+F16C), `x86_64::avx512` (AVX-512
-//! F/BW/VL + VNNI), `aarch64::neon`. A [`Kernel`] is a table of entry points; holding one is the
+//! F/BW/VL + VNNI + VBMI), `aarch64::neon`. A [`Kernel`] is a table of entry points; holding one is the
 //! proof that its instructions exist on this CPU, which is why `#[target_feature]` functions
 //! sit behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it
 //! out; [`force`] (or the `EDGELORA_ISA` environment variable, read once under `std`) picks
@@ -40,6 +40,8 @@ pub mod reference;
 pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+pub mod arm;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::TensorInfo;
@@ -173,15 +175,18 @@ pub enum Isa {
     Portable,
     /// x86_64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86_64 AVX-512 F/BW/VL with VNNI (`vpdpbusd`), plus AVX2/FMA/F16C.
+    /// x86_64 AVX-512 F/BW/VL with VNNI (`vpdpbusd`) and VBMI (`vpermt2b`), plus
+    /// AVX2/FMA/F16C.
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// Cortex-M DSP extension (`SMLAD`/`SXTB16`), compiled in by the `cortex-m-dsp` feature.
+    Dsp,
 }
 
 impl Isa {
     /// Every ISA, slowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dsp];
 
     const fn index(self) -> usize {
         match self {
@@ -189,6 +194,7 @@ impl Isa {
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
             Isa::Neon => 3,
+            Isa::Dsp => 4,
         }
     }
 
@@ -199,6 +205,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
+            Isa::Dsp => "dsp",
         }
     }
 
@@ -389,6 +396,9 @@ fn detect(isa: Isa) -> Option<&'static Kernel> {
         Isa::Avx512 => x86_64::avx512::detect(),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => aarch64::neon::detect(),
+        // Compile-time choice on Cortex-M: present if and only if the feature built it.
+        #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+        Isa::Dsp => arm::dsp::detect(),
         #[allow(unreachable_patterns)]
         _ => None,
     }
@@ -407,9 +417,9 @@ fn probe() {
     PROBED.store(true, Ordering::Release);
 }
 
-/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON > portable).
+/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON > DSP > portable).
 pub fn best() -> &'static Kernel {
-    [Isa::Avx512, Isa::Avx2, Isa::Neon]
+    [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Dsp]
         .into_iter()
         .find_map(Isa::kernel)
         .unwrap_or(&portable::KERNEL)

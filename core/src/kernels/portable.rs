@@ -102,7 +102,7 @@ fn dot_float<const N: usize>(row: &[u8], x: &[f32], conv: impl Fn(&[u8]) -> f32)
     acc.iter().sum::<f32>() + tail
 }
 
-fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+pub(crate) fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     for (row, o) in w.chunks_exact(cols * 2).zip(y) {
         *o = dot_float::<2>(row, x, |e| f16_le([e[0], e[1]]));
     }

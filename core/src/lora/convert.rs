@@ -11,11 +11,16 @@
 //! - `fan_in_fan_out` transposes A and B back to PyTorch Linear layout;
 //! - the rows of B for q_proj and k_proj get llama.cpp's rope permutation, as the base's
 //!   attn_q/attn_k rows did;
-//! - the base fingerprint ([`super::base_fingerprint`]), rank and task name are recorded.
+//! - the base fingerprint ([`super::base_fingerprint`]), rank and task name are recorded;
+//! - DoRA (`use_dora`): the per-row factor `m / ||W + s B A||` is computed here against the
+//!   exact quantised base and stored as `<target>.dora_scale` (F32), so a device applies DoRA
+//!   with one multiply per output and no extra memory (the fingerprint ties it to that base;
+//!   such files are edgelora-only, llama.cpp does not know DoRA);
+//! - `modules_to_save = ["lm_head"]`: the saved head becomes a replacement `output.weight`.
 //!
 //! Anything it cannot represent is refused with an error naming the field or tensor: embedding
-//! LoRA, biases, DoRA magnitudes and `modules_to_save` replacements (not yet supported), and
-//! `init_lora_weights` methods that rewrite the base (PiSSA, OLoRA, LoftQ, CorDA, EVA).
+//! LoRA, biases, other `modules_to_save`, and `init_lora_weights` methods that rewrite the base
+//! (PiSSA, OLoRA, LoftQ, CorDA, EVA).
 
 use super::{base_fingerprint, FINGERPRINT_KEY};
 use crate::error::{Error, ErrorKind, Result};
@@ -96,9 +101,7 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
     let alpha_default = get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| refuse("missing or invalid", "lora_alpha"))? as f32;
     let rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
     let fifo = get("fan_in_fan_out").and_then(|v| v.as_bool()).unwrap_or(false);
-    if get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false) {
-        return Err(refuse("DoRA adapters are not supported by this converter yet", "use_dora"));
-    }
+    let dora = get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false);
     if let Some(b) = get("bias").and_then(|v| v.as_str()) {
         if b != "none" {
             return Err(refuse("LoRA biases cannot be represented (bias must be \"none\")", "bias"));
@@ -108,8 +111,8 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
         return Err(refuse("LoRA biases cannot be represented", "lora_bias"));
     }
     if let Some(m) = get("modules_to_save").and_then(|v| v.as_array()) {
-        if !m.is_empty() {
-            return Err(refuse("modules_to_save (replacement layers) are not supported by this converter yet", "modules_to_save"));
+        if m.iter().any(|x| x.as_str() != Some("lm_head")) {
+            return Err(refuse("modules_to_save: only lm_head (a replacement output head) can be represented", "modules_to_save"));
         }
     }
     if let Some(init) = get("init_lora_weights").and_then(|v| v.as_str()) {
@@ -135,34 +138,44 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
     }
     let mut report = ConvertReport { alpha: alpha_g, ..Default::default() };
 
-    // Group tensors by module: module name -> (A, B).
-    let mut mods: BTreeMap<String, (Option<usize>, Option<usize>)> = BTreeMap::new();
+    // Group tensors by module: module name -> (A, B, DoRA magnitude).
+    let mut mods: BTreeMap<String, (Option<usize>, Option<usize>, Option<usize>)> = BTreeMap::new();
+    let mut head = None;
     for (i, t) in st.tensors.iter().enumerate() {
         let n = t.name.as_str();
         let core_name = n.strip_prefix("base_model.model.").unwrap_or(n);
         if n.contains("lora_embedding") || n.contains("embed_tokens") {
             return Err(refuse("embedding LoRA is not supported", n));
         }
-        if n.contains("lora_magnitude_vector") {
-            return Err(refuse("DoRA magnitudes are not supported by this converter yet", n));
+        if core_name == "lm_head.weight" || core_name == "lm_head.modules_to_save.default.weight" {
+            head = Some(i);
+            continue;
         }
-        let (module, is_a) = if let Some(m) = core_name.strip_suffix(".lora_A.weight") {
-            (m, true)
+        let mag = core_name
+            .strip_suffix(".lora_magnitude_vector.weight")
+            .or_else(|| core_name.strip_suffix(".lora_magnitude_vector"));
+        let (module, slot) = if let Some(m) = core_name.strip_suffix(".lora_A.weight") {
+            (m, 0)
         } else if let Some(m) = core_name.strip_suffix(".lora_B.weight") {
-            (m, false)
+            (m, 1)
+        } else if let Some(m) = mag {
+            if !dora {
+                return Err(refuse("DoRA magnitude present but use_dora is false", n));
+            }
+            (m, 2)
         } else {
-            return Err(refuse("tensor is not a LoRA A/B weight (biases and replacement modules cannot be represented)", n));
+            return Err(refuse("tensor is not a LoRA A/B weight, DoRA magnitude or lm_head (biases and other replacement modules cannot be represented)", n));
         };
         let e = mods.entry(module.to_string()).or_default();
-        if is_a {
-            e.0 = Some(i);
-        } else {
-            e.1 = Some(i);
+        match slot {
+            0 => e.0 = Some(i),
+            1 => e.1 = Some(i),
+            _ => e.2 = Some(i),
         }
     }
     let mut maxr = 0;
     let mut entries = Vec::new();
-    for (module, (ai, bi)) in &mods {
+    for (module, (ai, bi, mi)) in &mods {
         let (Some(ai), Some(bi)) = (*ai, *bi) else {
             return Err(Error::new(ErrorKind::MissingTensor, "module has only one of lora_A / lora_B").named(module.as_bytes()));
         };
@@ -209,20 +222,61 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
         for v in b.iter_mut() {
             *v *= fold;
         }
+        let mut mag = match mi {
+            Some(mi) => {
+                if !dora {
+                    return Err(refuse("DoRA magnitude present but use_dora is false", module));
+                }
+                let m = st.tensors[*mi].to_f32();
+                if m.len() != out_d {
+                    return Err(Error::new(ErrorKind::ShapeMismatch, "DoRA magnitude length vs out features").named(module.as_bytes()));
+                }
+                Some(m)
+            }
+            None if dora => return Err(Error::new(ErrorKind::MissingTensor, "use_dora but no lora_magnitude_vector").named(module.as_bytes())),
+            None => None,
+        };
         if lin <= 1 {
             let heads = if lin == 0 { mc.n_heads } else { mc.n_kv_heads };
             b = permute_rows_for_rope(&b, heads, out_d / heads, r);
+            mag = mag.map(|m| permute_rows_for_rope(&m, heads, out_d / heads, 1));
         }
+        // DoRA: g[o] = m[o] / ||W[o,:] + s (B A)[o,:]|| against the exact (quantised) base
+        // rows, so the device needs no extra memory or work at load. The fingerprint recorded
+        // below ties the file to this base.
+        let dora_scale = match mag {
+            Some(m) => {
+                let mut g = std::vec![0f32; out_d];
+                let mut wrow = std::vec![0f32; in_d];
+                let s_run = alpha_g / r as f32;
+                for (o, go) in g.iter_mut().enumerate() {
+                    wt.dequantize_row(o, &mut wrow)?;
+                    for k in 0..r {
+                        let f = s_run * b[o * r + k];
+                        for (w, av) in wrow.iter_mut().zip(&a[k * in_d..(k + 1) * in_d]) {
+                            *w += f * av;
+                        }
+                    }
+                    let norm = libm::sqrt(wrow.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()) as f32;
+                    *go = if norm > 0.0 { m[o] / norm } else { 1.0 };
+                }
+                Some(g)
+            }
+            None => None,
+        };
         maxr = maxr.max(r);
         let target = ["blk.", &layer.to_string(), ".", LINEAR_NAMES[lin], ".weight"].concat();
         report.pairs.push((target.clone(), r, s_m));
-        entries.push((layer, lin, target, a, b, r, in_d, out_d));
+        entries.push((layer, lin, target, a, b, r, in_d, out_d, dora_scale));
     }
-    if entries.is_empty() {
+    if entries.is_empty() && head.is_none() {
         return Err(Error::new(ErrorKind::MissingTensor, "adapter_model.safetensors has no LoRA weights"));
     }
     entries.sort_by_key(|e| (e.0, e.1));
-    for (_, _, target, a, b, r, in_d, out_d) in entries {
+    for (_, _, target, a, b, r, in_d, out_d, dora_scale) in entries {
+        if let Some(g) = dora_scale {
+            w.add_tensor(&[target.as_str(), super::DORA_SUFFIX].concat(), GgmlType::F32, &[out_d as u64], encode(&g, out_d, GgmlType::F32).1)?;
+        }
         let (ty_a, da) = encode(&a, in_d, opts.dtype);
         let (ty_b, db) = encode(&b, r, opts.dtype);
         if ty_b != opts.dtype {
@@ -233,6 +287,19 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
         }
         w.add_tensor(&[target.as_str(), ".lora_a"].concat(), ty_a, &[in_d as u64, r as u64], da)?;
         w.add_tensor(&[target.as_str(), ".lora_b"].concat(), ty_b, &[r as u64, out_d as u64], db)?;
+    }
+    if let Some(hi) = head {
+        let t = &st.tensors[hi];
+        let o = model.output();
+        if t.shape != [o.rows(), o.cols()] {
+            return Err(Error::new(ErrorKind::ShapeMismatch, "lm_head replacement vs base output head").named(t.name.as_bytes()));
+        }
+        let (ty, data) = encode(&t.to_f32(), o.cols(), opts.dtype);
+        w.add_tensor(super::HEAD_TENSOR, ty, &[o.cols() as u64, o.rows() as u64], data)?;
+        report.notes.push("lm_head from modules_to_save is stored as a replacement output.weight".into());
+    }
+    if dora {
+        report.notes.push("DoRA: per-row magnitude scales precomputed against this base (edgelora-only tensors)".into());
     }
     w.set("adapter.edgelora.rank", OwnedValue::U32(maxr as u32));
     Ok((w.to_bytes(), report))

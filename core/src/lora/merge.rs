@@ -81,10 +81,10 @@ pub fn merge_into(w: &MatRef<'_>, pairs: &[(LoraPair<'_>, f32)], ty: GgmlType, o
         }
         // delta for this row = exact - W row
         w.dequantize_row(o, tmp)?;
-        st.delta_norm += exact.iter().zip(tmp.iter()).map(|(e, b)| ((e - b) as f64).powi(2)).sum::<f64>();
+        st.delta_norm += exact.iter().zip(tmp.iter()).map(|(e, b)| { let d = (e - b) as f64; d * d }).sum::<f64>();
         encode_row(ty, exact, orow);
         r::dequantize_row(ty, orow, tmp);
-        st.err_norm += exact.iter().zip(tmp.iter()).map(|(e, q)| ((e - q) as f64).powi(2)).sum::<f64>();
+        st.err_norm += exact.iter().zip(tmp.iter()).map(|(e, q)| { let d = (e - q) as f64; d * d }).sum::<f64>();
     }
     st.delta_norm = libm::sqrt(st.delta_norm);
     st.err_norm = libm::sqrt(st.err_norm);

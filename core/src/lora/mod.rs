@@ -38,6 +38,9 @@ pub struct LoraPair<'a> {
     pub a: MatRef<'a>,
     /// out x r.
     pub b: MatRef<'a>,
+    /// DoRA: per-output-row factor `m / ||W + s B A||_row` (F32 bytes, `out` values),
+    /// precomputed by the converter against the exact base (bound by the fingerprint).
+    pub dora: Option<&'a [u8]>,
 }
 
 impl LoraPair<'_> {
@@ -55,7 +58,14 @@ pub struct Adapter<'a> {
     n_pairs: usize,
     max_rank: usize,
     fingerprint: Option<u64>,
+    head: Option<MatRef<'a>>,
 }
+
+/// Name of a replacement output head carried by an adapter (PEFT `modules_to_save` of
+/// `lm_head`).
+pub const HEAD_TENSOR: &str = "output.weight";
+/// Suffix of a DoRA per-row scale tensor (`blk.N.attn_q.weight.dora_scale`).
+pub const DORA_SUFFIX: &str = ".dora_scale";
 
 fn lora_types_ok(t: &TensorInfo<'_>) -> Result<()> {
     match t.ty {
@@ -93,9 +103,25 @@ impl<'a> Adapter<'a> {
         };
         let mut n_pairs = 0;
         let mut max_rank = 0;
+        let mut head = None;
         for t in g.tensors() {
+            if t.name == HEAD_TENSOR {
+                head = Some(MatRef::from_tensor(&t)?);
+                continue;
+            }
+            if let Some(base) = t.name.strip_suffix(DORA_SUFFIX) {
+                if t.ty != GgmlType::F32 || t.n_dims != 1 {
+                    return Err(Error::new(ErrorKind::UnsupportedTensorType, "DoRA scale must be a 1-D F32 tensor").named(t.name.as_bytes()));
+                }
+                let a = find_pair_tensor(&g, base, true)?;
+                let b = find_pair_tensor(&g, base, false)?;
+                if t.ne[0] != b.ne[1] || a.ne[1] == 0 {
+                    return Err(Error::new(ErrorKind::ShapeMismatch, "DoRA scale length vs lora_b rows").named(t.name.as_bytes()));
+                }
+                continue;
+            }
             let (base, is_a) = split_lora_name(t.name)
-                .ok_or_else(|| Error::new(ErrorKind::BadValue, "tensor is not a .lora_a/.lora_b").named(t.name.as_bytes()))?;
+                .ok_or_else(|| Error::new(ErrorKind::BadValue, "tensor is not a .lora_a/.lora_b/.dora_scale or output.weight").named(t.name.as_bytes()))?;
             lora_types_ok(&t)?;
             if !is_a {
                 // Every B must have its A (checked from the A side below, so only existence here).
@@ -107,10 +133,10 @@ impl<'a> Adapter<'a> {
             n_pairs += 1;
             max_rank = max_rank.max(pair.rank());
         }
-        if n_pairs == 0 {
+        if n_pairs == 0 && head.is_none() {
             return Err(Error::new(ErrorKind::MissingTensor, "adapter has no LoRA tensors"));
         }
-        Ok(Adapter { gguf: g, alpha, n_pairs, max_rank, fingerprint })
+        Ok(Adapter { gguf: g, alpha, n_pairs, max_rank, fingerprint, head })
     }
 
     /// The underlying GGUF.
@@ -129,6 +155,10 @@ impl<'a> Adapter<'a> {
     pub const fn max_rank(&self) -> usize {
         self.max_rank
     }
+    /// Replacement output head, if the adapter carries one.
+    pub const fn head(&self) -> Option<&MatRef<'a>> {
+        self.head.as_ref()
+    }
     /// Base fingerprint recorded by the converter, if any.
     pub const fn fingerprint(&self) -> Option<u64> {
         self.fingerprint
@@ -143,7 +173,9 @@ impl<'a> Adapter<'a> {
                 return None;
             }
             let b = find_pair_tensor(&g, base, false).ok()?;
-            Some((base, pair_from(&t, &b).ok()?))
+            let mut p = pair_from(&t, &b).ok()?;
+            p.dora = find_dora(&g, base);
+            Some((base, p))
         })
     }
 
@@ -205,6 +237,14 @@ impl<'a> Adapter<'a> {
                     .detail((pair.a.cols() * pair.b.rows()) as u64, (w.cols() * w.rows()) as u64));
             }
         }
+        if let Some(h) = &self.head {
+            let o = model.output();
+            if h.rows() != o.rows() || h.cols() != o.cols() {
+                return Err(Error::new(ErrorKind::ShapeMismatch, "replacement output head vs base head")
+                    .named(HEAD_TENSOR.as_bytes())
+                    .detail((h.rows() * h.cols()) as u64, (o.rows() * o.cols()) as u64));
+            }
+        }
         slots.fill(None);
         for (name, pair) in self.pairs() {
             if let Some((layer, kind)) = parse_target(name) {
@@ -213,7 +253,7 @@ impl<'a> Adapter<'a> {
                 }
             }
         }
-        Ok(BoundAdapter { slots, alpha: self.alpha, n_layers: cfg.n_layers })
+        Ok(BoundAdapter { slots, alpha: self.alpha, n_layers: cfg.n_layers, head: self.head })
     }
 }
 
@@ -223,6 +263,7 @@ pub struct BoundAdapter<'a, 's> {
     slots: &'s [Option<LoraPair<'a>>],
     alpha: f32,
     n_layers: usize,
+    head: Option<MatRef<'a>>,
 }
 
 impl<'a> BoundAdapter<'a, '_> {
@@ -238,6 +279,10 @@ impl<'a> BoundAdapter<'a, '_> {
     /// Layers of the base it was bound to.
     pub const fn n_layers(&self) -> usize {
         self.n_layers
+    }
+    /// Replacement output head, if any.
+    pub const fn head(&self) -> Option<&MatRef<'a>> {
+        self.head.as_ref()
     }
 }
 
@@ -311,6 +356,11 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
         self.entries.iter().flatten().copied()
     }
 
+    /// The output head to use: the first active adapter's replacement head, if any.
+    pub fn head(&self) -> Option<&'r MatRef<'a>> {
+        self.iter().find_map(|(a, _)| a.head.as_ref())
+    }
+
     /// Add `sum_i s_i B_i (A_i x)` of every active adapter for `(layer, linear)` to `y`.
     /// `tmp` must hold at least [`MAX_RANK`] floats. Shapes were checked at bind time; this
     /// cannot panic.
@@ -324,6 +374,12 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
             let s = user * ad.alpha / r as f32;
             for (o, row) in y.iter_mut().zip(p.b.data().chunks_exact(p.b.row_bytes())) {
                 *o += s * reference::dot_row_f32(p.b.ty(), row, t);
+            }
+            // DoRA: rescale every output row of (W x + s B A x) by its magnitude factor.
+            if let Some(g) = p.dora {
+                for (o, c) in y.iter_mut().zip(g.chunks_exact(4)) {
+                    *o *= f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
             }
         }
     }
@@ -359,7 +415,13 @@ fn pair_from<'a>(a: &TensorInfo<'a>, b: &TensorInfo<'a>) -> Result<LoraPair<'a>>
             .named(b.name.as_bytes())
             .detail(bm.cols() as u64, r as u64));
     }
-    Ok(LoraPair { a: am, b: bm })
+    Ok(LoraPair { a: am, b: bm, dora: None })
+}
+
+fn find_dora<'a>(g: &Gguf<'a>, base: &str) -> Option<&'a [u8]> {
+    g.tensors()
+        .find(|t| t.name.len() == base.len() + DORA_SUFFIX.len() && t.name.starts_with(base) && t.name.ends_with(DORA_SUFFIX))
+        .map(|t| t.data)
 }
 
 /// Parse `blk.{i}.{linear}.weight` into `(i, linear index)`.

@@ -467,7 +467,7 @@ impl<'w, const L: usize> Model<'w, L> {
         if want_logits {
             rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
             let mut oin = Input::new(&s.xb[..dim], s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input(&self.output, &mut oin, s.logits); //                     (vocab,)
+            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); //                     (vocab,)
         }
         Ok(())
     }

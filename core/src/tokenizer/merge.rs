@@ -9,7 +9,7 @@
 //!
 //! Instead of a heap, the keys sit in the leaves of a min segment tree over byte offsets: the
 //! next merge is the leftmost leaf equal to the root, every update is `O(log n)`, and the
-//! memory is a fixed `3n + 2·next_pow2(n)` words: no allocation and no growth. The oracle for
+//! memory is a fixed `4n + 2·next_pow2(n)` words: no allocation and no growth. The oracle for
 //! this loop is the quadratic scan in the tests below.
 
 /// "No symbol" / "no pair" marker.
@@ -17,7 +17,12 @@ pub(crate) const NONE: u32 = u32::MAX;
 
 /// Words of working memory for a piece of `n` bytes (`n >= 1`).
 pub(crate) const fn work_len(n: usize) -> usize {
-    3 * n + 2 * n.next_power_of_two()
+    // Saturating: a piece too large for the address space asks for more than any buffer has.
+    let p = match n.checked_next_power_of_two() {
+        Some(p) => p,
+        None => return usize::MAX,
+    };
+    n.saturating_mul(4).saturating_add(p.saturating_mul(2))
 }
 
 /// What the merge loop needs to know about a vocabulary.
@@ -43,6 +48,8 @@ pub(crate) fn merge_piece<P: PairKey>(
     let (ids, rest) = work.split_at_mut(n);
     let (next, rest) = rest.split_at_mut(n);
     let (prev, rest) = rest.split_at_mut(n);
+    // The merged id of the pair whose key is in the leaf (saves a second lookup per merge).
+    let (mid, rest) = rest.split_at_mut(n);
     let tree = &mut rest[..2 * p];
 
     // Link the initial symbols.
@@ -57,6 +64,20 @@ pub(crate) fn merge_piece<P: PairKey>(
         last = off as u32;
     }
     let end_of = |next: &[u32], i: usize| if next[i] == NONE { n } else { next[i] as usize };
+    // Key of the pair starting at symbol `l` (followed by `r`), recording its merged id.
+    let key = |mid: &mut [u32], next: &[u32], ids: &[u32], l: usize, r: usize| match keys.pair(
+        l,
+        r,
+        end_of(next, r),
+        ids[l],
+        ids[r],
+    ) {
+        Some((k, m)) => {
+            mid[l] = m;
+            k
+        }
+        None => NONE,
+    };
 
     // Leaves: key of the pair starting at each symbol; internal nodes: min of children.
     tree.fill(NONE);
@@ -67,9 +88,7 @@ pub(crate) fn merge_piece<P: PairKey>(
             break;
         }
         let j = j as usize;
-        if let Some((k, _)) = keys.pair(i, j, end_of(next, j), ids[i], ids[j]) {
-            tree[p + i] = k;
-        }
+        tree[p + i] = key(mid, next, ids, i, j);
         i = j;
     }
     for node in (1..p).rev() {
@@ -96,15 +115,7 @@ pub(crate) fn merge_piece<P: PairKey>(
         }
         let i = node - p;
         let j = next[i] as usize;
-        let merged = keys
-            .pair(i, j, end_of(next, j), ids[i], ids[j])
-            .map(|(_, m)| m);
-        let Some(merged) = merged else {
-            // Cannot happen (the key was computed from the same state); drop the stale leaf.
-            set(tree, p, i, NONE);
-            continue;
-        };
-        ids[i] = merged;
+        ids[i] = mid[i];
         let k = next[j];
         next[i] = k;
         if k != NONE {
@@ -114,18 +125,13 @@ pub(crate) fn merge_piece<P: PairKey>(
         let key_i = if k == NONE {
             NONE
         } else {
-            let k = k as usize;
-            keys.pair(i, k, end_of(next, k), ids[i], ids[k])
-                .map_or(NONE, |(key, _)| key)
+            key(mid, next, ids, i, k as usize)
         };
         set(tree, p, i, key_i);
         let h = prev[i];
         if h != NONE {
-            let h = h as usize;
-            let key_h = keys
-                .pair(h, i, end_of(next, i), ids[h], ids[i])
-                .map_or(NONE, |(key, _)| key);
-            set(tree, p, h, key_h);
+            let key_h = key(mid, next, ids, h as usize, i);
+            set(tree, p, h as usize, key_h);
         }
     }
 

@@ -182,6 +182,20 @@ pub struct ModelArgs {
     /// repeat for several at once.
     #[arg(long = "adapter", value_name = "FILE[:SCALE]")]
     pub adapters: Vec<String>,
+    /// Use the scalar reference kernels with f32 activations (slow; the parity baseline)
+    /// instead of the SIMD kernels with Q8-quantised activations.
+    #[arg(long)]
+    pub reference: bool,
+}
+
+impl ModelArgs {
+    fn mode(&self) -> edgelora::model::KernelMode {
+        if self.reference {
+            edgelora::model::KernelMode::Reference
+        } else {
+            edgelora::model::KernelMode::Fast
+        }
+    }
 }
 
 /// Split `FILE[:SCALE]`.
@@ -439,6 +453,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let ctx = a.model.ctx.min(cfg.ctx_len);
     let mut buf = state_buffer(&cfg, ctx);
     let mut st = State::new(&cfg, ctx, &mut buf)?;
+    st.set_kernel_mode(a.model.mode());
     let text = if a.chat {
         tok.chat_prompt(a.system.as_deref(), &[("user", a.prompt.as_str())])?
     } else {
@@ -517,6 +532,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let ctx = a.model.ctx.min(cfg.ctx_len);
     let mut buf = state_buffer(&cfg, ctx);
     let mut st = State::new(&cfg, ctx, &mut buf)?;
+    st.set_kernel_mode(a.model.mode());
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];
     let mut pos = 0usize;
@@ -610,6 +626,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let ctx = ids.len().min(cfg.ctx_len);
     let mut buf = state_buffer(&cfg, ctx);
     let mut st = State::new(&cfg, ctx, &mut buf)?;
+    st.set_kernel_mode(a.model.mode());
     let mut rows = vec![];
     for (pos, &t) in ids.iter().enumerate() {
         let l = model
@@ -670,6 +687,101 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let ids = tok.encode_prompt(&a.prompt, a.special)?;
     for id in ids {
         println!("{id:>6} {:?}", tok.piece(id));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- bench
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed per prefill run.
+    #[arg(long, default_value_t = 64)]
+    pub prompt_len: usize,
+    /// Tokens generated per decode run.
+    #[arg(long, default_value_t = 64)]
+    pub gen: usize,
+    /// Repetitions; the best run is reported (least disturbed by other processes).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let path = resolve_model(&a.model.model)?;
+    let m = map(&path)?;
+    let g = Gguf::parse(&m)?;
+    let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
+    let ads = Adapters::open(&a.model.adapters)?;
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
+    let set = ads.set(&bound)?;
+    let cfg = *model.config();
+    let ctx = (a.prompt_len + a.gen + 1).min(cfg.ctx_len);
+    let mut buf = state_buffer(&cfg, ctx);
+    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    st.set_kernel_mode(a.model.mode());
+    // A fixed, ordinary token sequence (ids spread over the vocabulary).
+    let prompt: Vec<u32> = (0..a.prompt_len).map(|i| ((i * 7919 + 13) % cfg.vocab) as u32).collect();
+    let (mut best_pp, mut best_tg) = (0f64, 0f64);
+    for _ in 0..a.reps.max(1) {
+        st.clear();
+        let t = Instant::now();
+        let mut logits = model.prefill_with(&prompt, 0, &mut st, &set)?.to_vec();
+        best_pp = best_pp.max(prompt.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..a.gen {
+            let next = edgelora::sample::argmax(&logits);
+            logits.copy_from_slice(model.forward_with(next, prompt.len() + i, &mut st, &set)?);
+        }
+        best_tg = best_tg.max(a.gen as f64 / t.elapsed().as_secs_f64());
+    }
+    // Adapter swap cost: replacing the active set (what a request switch does).
+    let swap_ns = if bound.is_empty() {
+        None
+    } else {
+        let n = 1_000_000u32;
+        let t = Instant::now();
+        let mut cur = AdapterSet::EMPTY;
+        for i in 0..n {
+            cur = if i % 2 == 0 { AdapterSet::single(&bound[0], 1.0) } else { AdapterSet::EMPTY };
+            std::hint::black_box(&cur);
+        }
+        std::hint::black_box(cur);
+        Some(t.elapsed().as_nanos() as f64 / n as f64)
+    };
+    let rss = peak_rss();
+    let kernel = edgelora::kernels::active_isa_name();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "model": path.display().to_string(),
+                "kernel": kernel,
+                "mode": format!("{:?}", a.model.mode()),
+                "adapters": a.model.adapters,
+                "prompt_tokens": a.prompt_len,
+                "gen_tokens": a.gen,
+                "prefill_tokens_per_s": best_pp,
+                "decode_tokens_per_s": best_tg,
+                "swap_ns": swap_ns,
+                "peak_rss_bytes": rss,
+            }))?
+        );
+    } else {
+        println!("model    {}", path.display());
+        println!("kernel   {kernel} ({:?})", a.model.mode());
+        println!("prefill  {best_pp:.1} tokens/s ({} tokens, best of {})", a.prompt_len, a.reps);
+        println!("decode   {best_tg:.1} tokens/s ({} tokens, best of {})", a.gen, a.reps);
+        if let Some(ns) = swap_ns {
+            println!("swap     {ns:.1} ns per adapter-set switch");
+        }
+        println!("peak RSS {}", rss.map(human).unwrap_or_else(|| "?".into()));
     }
     Ok(())
 }

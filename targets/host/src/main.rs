@@ -30,6 +30,8 @@ enum Cmd {
     Chat(commands::ChatArgs),
     /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
     Logits(commands::LogitsArgs),
+    /// Measure prefill and decode tokens/s, adapter swap time and peak RSS.
+    Bench(commands::BenchArgs),
     /// Print the token ids of a text.
     Tokenize(commands::TokenizeArgs),
     /// LoRA adapter tools: convert from PEFT, inspect, frame for streaming.
@@ -49,6 +51,7 @@ fn main() -> Result<()> {
         Cmd::Chat(a) => commands::chat(a),
         Cmd::Logits(a) => commands::logits(a),
         Cmd::Tokenize(a) => commands::tokenize(a),
+        Cmd::Bench(a) => commands::bench(a),
         Cmd::Fetch(a) => fetch::fetch(a),
         Cmd::Adapter(a) => adapter_cmd::adapter(a),
         Cmd::Merge(a) => adapter_cmd::merge(a),

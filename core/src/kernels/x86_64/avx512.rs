@@ -1,4 +1,428 @@
-//! placeholder
-use crate::kernels::Kernel;
-/// x
-pub fn detect() -> Option<&'static Kernel> { None }
+//! AVX-512 kernels: F/BW/VL + VNNI (`vpdpbusd`) + VBMI (`vpermt2b`).
+//!
+//! # Why this shape
+//!
+//! A ggml block row is an array of 18/20/34-byte structs: scales interleaved with quants.
+//! The AVX2 path pays per block and per row for a scalar scale load and f16 conversion,
+//! which costs about as much as the integer dot itself. Here one row's blocks are taken four
+//! (Q4_0/Q4_1, 72/80 bytes) or two (Q8_0, 68 bytes) at a time with two loads, and
+//! - `vpermt2b` gathers the four blocks' 64 quant bytes into one register,
+//! - `vpermw` gathers their four `d` (and `m`) into one register for one `vcvtph2ps`,
+//! - two `vpdpbusd` (low and high nibbles) produce 16 lanes of i32, four per block.
+//!
+//! The activation is repacked once per matvec (into a stack buffer, `MAX_BLOCKS` blocks at
+//! most) into the same lane order, with its scales already converted to f32 and spread over
+//! the block's lanes, so the per-row loop has no activation-side conversions. Q8_0 weights are
+//! signed, and `vpdpbusd` wants unsigned x signed: the weight is biased by `^ 0x80`
+//! (`w + 128`) and the accumulator starts from the precomputed `-128 * sum(x)` of each
+//! lane, which makes the integer result exact (also for `w = -128`). Q4_0 likewise starts
+//! from `-8 * sum(x)`.
+//!
+//! A partial last group is loaded with byte masks (masked-off bytes are not accessed) and
+//! its missing blocks have zero activation and zero scales, so they add nothing. Rows with
+//! more than `MAX_BLOCKS` blocks (8192 columns) use the AVX2 kernels. Activation quantising
+//! and float rows also use the AVX2 kernels (not hot in any model we run; AVX2 is implied).
+//!
+//! Two rows are computed per pass so the activation loads are shared.
+
+use super::avx2;
+use crate::kernels::{Isa, Kernel};
+use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use core::arch::x86_64::*;
+
+static KERNEL: Kernel = Kernel {
+    isa: Isa::Avx512,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    q8_0: q8_0_rows,
+    f16: avx2::f16_rows,
+    bf16: avx2::bf16_rows,
+    f32: avx2::f32_rows,
+    quantize_q8_0: avx2::quantize_q8_0,
+    quantize_q8_1: avx2::quantize_q8_1,
+};
+
+/// The AVX-512 table if this CPU and OS support AVX-512 F/BW/VL/VNNI/VBMI (and AVX2).
+pub fn detect() -> Option<&'static Kernel> {
+    super::features().avx512.then_some(&KERNEL)
+}
+
+/// Largest row (in 32-element blocks) the repacked-activation kernels take.
+const MAX_BLOCKS: usize = 256;
+
+macro_rules! entry {
+    ($name:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
+        fn $name(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32]) {
+            if bpr > MAX_BLOCKS {
+                return $fallback(w, bpr, x, y);
+            }
+            // SAFETY: reachable only through `KERNEL`, which `detect` hands out only after
+            // checking AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and OS ZMM/opmask support.
+            unsafe { $tf(w, bpr, x, y) }
+        }
+    };
+}
+
+entry!(q4_0_rows, q4_0_rows_tf, avx2::q4_0_rows, BlockQ4_0, BlockQ8_0);
+entry!(q4_1_rows, q4_1_rows_tf, avx2::q4_1_rows, BlockQ4_1, BlockQ8_1);
+entry!(q8_0_rows, q8_0_rows_tf, avx2::q8_0_rows, BlockQ8_0, BlockQ8_0);
+
+// ---- constant permutations -------------------------------------------------------------------
+
+/// Byte indices gathering the quants of `G` blocks of `bs` bytes (`off` bytes of header each),
+/// `64 / G` bytes per block, from two 64-byte registers (index bit 6 picks the second).
+const fn qs_index(bs: usize, off: usize, g: usize) -> [u8; 64] {
+    let mut t = [0u8; 64];
+    let per = 64 / g;
+    let mut i = 0;
+    while i < 64 {
+        t[i] = (bs * (i / per) + off + i % per) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// Word indices: the `d` of block `i` in lane `i`, then (Q4_1) its `m` in lane `4 + i`.
+const fn dm_index(bs: usize, g: usize, with_m: bool) -> [u16; 32] {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < g {
+        t[i] = (bs / 2 * i) as u16;
+        if with_m {
+            t[4 + i] = (bs / 2 * i + 1) as u16;
+        }
+        i += 1;
+    }
+    t
+}
+
+const fn lane_index(per_block: u32) -> [u32; 16] {
+    let mut t = [0u32; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = i as u32 / per_block;
+        i += 1;
+    }
+    t
+}
+
+static QS_Q4_1: [u8; 64] = qs_index(20, 4, 4);
+static QS_Q4_0: [u8; 64] = qs_index(18, 2, 4);
+static QS_Q8_0: [u8; 64] = qs_index(34, 2, 2);
+static DM_Q4_1: [u16; 32] = dm_index(20, 4, true);
+static D_Q4_0: [u16; 32] = dm_index(18, 4, false);
+static D_Q8_0: [u16; 32] = dm_index(34, 2, false);
+static LANES4: [u32; 16] = lane_index(4);
+static LANES8: [u32; 16] = lane_index(8);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load_idx<T>(t: &'static [T]) -> __m512i {
+    debug_assert!(core::mem::size_of_val(t) == 64);
+    // SAFETY: every table passed here is 64 bytes (`[u8; 64]`, `[u16; 32]`, `[u32; 16]`).
+    unsafe { _mm512_loadu_si512(t.as_ptr().cast()) }
+}
+
+// ---- loads -----------------------------------------------------------------------------------
+
+/// The first `min(bytes.len(), 128)` bytes of `bytes` as two registers, zero beyond.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load_group(bytes: &[u8]) -> (__m512i, __m512i) {
+    let n = bytes.len().min(128);
+    let p = bytes.as_ptr();
+    let v0 = if n >= 64 {
+        // SAFETY: 64 bytes from `p` lie in `bytes`.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    } else {
+        // SAFETY: only the first `n` bytes (in `bytes`) are enabled; masked-off bytes are not
+        // accessed and cannot fault.
+        unsafe { _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast()) }
+    };
+    let v1 = if n > 64 {
+        let m = if n == 128 { !0 } else { (1u64 << (n - 64)) - 1 };
+        // SAFETY: `p + 64` is in bounds (n > 64) and only bytes `64..n` are enabled.
+        unsafe { _mm512_maskz_loadu_epi8(m, p.add(64).cast()) }
+    } else {
+        _mm512_setzero_si512()
+    };
+    (v0, v1)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load64(a: &[u8; 64]) -> __m512i {
+    // SAFETY: `a` is 64 readable bytes; no alignment requirement.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load16f(a: &[f32; 16]) -> __m512 {
+    // SAFETY: `a` is 16 readable f32s; no alignment requirement.
+    unsafe { _mm512_loadu_ps(a.as_ptr()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load16i(a: &[i32; 16]) -> __m512i {
+    // SAFETY: `a` is 16 readable i32s; no alignment requirement.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn load8f(a: &[f32; 8]) -> __m256 {
+    // SAFETY: `a` is 8 readable f32s; no alignment requirement.
+    unsafe { _mm256_loadu_ps(a.as_ptr()) }
+}
+
+// ---- repacked activations --------------------------------------------------------------------
+
+/// Four activation blocks in the lane order of the 4-bit kernels.
+#[derive(Clone, Copy)]
+struct Act4 {
+    /// Elements 0..16 of block i at bytes 16i..16i+16.
+    lo: [u8; 64],
+    /// Elements 16..32 of block i at bytes 16i..16i+16.
+    hi: [u8; 64],
+    /// `d` of block i in lanes 4i..4i+4.
+    d: [f32; 16],
+    /// Q4_1: `s` of block i in lane 4 + i (lanes 0..4 zero); Q4_0: unused.
+    s: [f32; 8],
+    /// Q4_0: per lane, `-8 *` the sum of the 8 activation bytes that lane multiplies.
+    corr: [i32; 16],
+}
+
+const ACT4_ZERO: Act4 = Act4 {
+    lo: [0; 64],
+    hi: [0; 64],
+    d: [0.0; 16],
+    s: [0.0; 8],
+    corr: [0; 16],
+};
+
+/// Two activation blocks in the lane order of the Q8_0 kernel.
+#[derive(Clone, Copy)]
+struct Act2 {
+    qs: [u8; 64],
+    d: [f32; 16],
+    /// Per lane, `-128 *` the sum of the 4 activation bytes that lane multiplies.
+    corr: [i32; 16],
+}
+
+const ACT2_ZERO: Act2 = Act2 {
+    qs: [0; 64],
+    d: [0.0; 16],
+    corr: [0; 16],
+};
+
+fn pack4<'a>(qs: impl Iterator<Item = (&'a [u8; 32], [u8; 2], [u8; 2])>, out: &mut [Act4]) {
+    for (j, (q, d, s)) in qs.enumerate() {
+        let (g, i) = (j / 4, j % 4);
+        let Some(a) = out.get_mut(g) else { return };
+        a.lo[16 * i..16 * i + 16].copy_from_slice(&q[..16]);
+        a.hi[16 * i..16 * i + 16].copy_from_slice(&q[16..]);
+        a.d[4 * i..4 * i + 4].fill(f16_le(d));
+        a.s[4 + i] = f16_le(s);
+        for l in 0..4 {
+            let sum: i32 = (0..4)
+                .map(|b| q[4 * l + b] as i8 as i32 + q[16 + 4 * l + b] as i8 as i32)
+                .sum();
+            a.corr[4 * i + l] = -8 * sum;
+        }
+    }
+}
+
+fn pack2(x: &[BlockQ8_0], out: &mut [Act2]) {
+    for (j, b) in x.iter().enumerate() {
+        let (g, i) = (j / 2, j % 2);
+        let Some(a) = out.get_mut(g) else { return };
+        a.qs[32 * i..32 * i + 32].copy_from_slice(&b.qs);
+        a.d[8 * i..8 * i + 8].fill(f16_le(b.d));
+        for l in 0..8 {
+            let sum: i32 = b.qs[4 * l..4 * l + 4].iter().map(|&v| v as i8 as i32).sum();
+            a.corr[8 * i + l] = -128 * sum;
+        }
+    }
+}
+
+// ---- Q4_1 x Q8_1 -----------------------------------------------------------------------------
+
+struct Q4Consts {
+    qs: __m512i,
+    dm: __m512i,
+    lanes: __m512i,
+    nib: __m512i,
+}
+
+/// One row's contribution from one group of four blocks (`bytes`, up to 80).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512, accm: &mut __m256) {
+    let (v0, v1) = load_group(bytes);
+    let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
+    let lo = _mm512_and_si512(q, c.nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
+    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load64(&a.lo));
+    let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
+    let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
+    *accm = _mm256_fmadd_ps(dm, load8f(&a.s), *accm);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn finish(acc: __m512, accm: __m256) -> f32 {
+    let m = _mm256_add_ps(accm, _mm512_castps512_ps256(acc));
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    avx2::hsum(_mm256_add_ps(m, hi))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
+    let ng = bpr.div_ceil(4);
+    let act = &mut act[..ng];
+    pack4(x.iter().map(|b| (&b.qs, b.d, b.s)), act);
+    let c = Q4Consts {
+        qs: load_idx(&QS_Q4_1),
+        dm: load_idx(&DM_Q4_1),
+        lanes: load_idx(&LANES4),
+        nib: _mm512_set1_epi8(0x0f),
+    };
+    let row_bytes = bpr * 20;
+    let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut outs = y.chunks_exact_mut(2);
+    for o in &mut outs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            break;
+        };
+        let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
+        let (mut a1, mut m1) = (_mm512_setzero_ps(), _mm256_setzero_ps());
+        for ((g0, g1), a) in r0.chunks(80).zip(r1.chunks(80)).zip(act.iter()) {
+            q4_1_group(g0, a, &c, &mut a0, &mut m0);
+            q4_1_group(g1, a, &c, &mut a1, &mut m1);
+        }
+        o[0] = finish(a0, m0);
+        o[1] = finish(a1, m1);
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
+        for (g, a) in r.chunks(80).zip(act.iter()) {
+            q4_1_group(g, a, &c, &mut a0, &mut m0);
+        }
+        *o = finish(a0, m0);
+    }
+}
+
+// ---- Q4_0 x Q8_0 -----------------------------------------------------------------------------
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_0_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512) {
+    let (v0, v1) = load_group(bytes);
+    let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
+    let lo = _mm512_and_si512(q, c.nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
+    // sum (q - 8) x = sum q x - 8 sum x: start from the precomputed -8 sum x.
+    let s = _mm512_dpbusd_epi32(load16i(&a.corr), lo, load64(&a.lo));
+    let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
+    let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d4));
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
+    let ng = bpr.div_ceil(4);
+    let act = &mut act[..ng];
+    pack4(x.iter().map(|b| (&b.qs, b.d, [0, 0])), act);
+    let c = Q4Consts {
+        qs: load_idx(&QS_Q4_0),
+        dm: load_idx(&D_Q4_0),
+        lanes: load_idx(&LANES4),
+        nib: _mm512_set1_epi8(0x0f),
+    };
+    let row_bytes = bpr * 18;
+    let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut outs = y.chunks_exact_mut(2);
+    for o in &mut outs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            break;
+        };
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for ((g0, g1), a) in r0.chunks(72).zip(r1.chunks(72)).zip(act.iter()) {
+            q4_0_group(g0, a, &c, &mut a0);
+            q4_0_group(g1, a, &c, &mut a1);
+        }
+        o[0] = _mm512_reduce_add_ps(a0);
+        o[1] = _mm512_reduce_add_ps(a1);
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        let mut a0 = _mm512_setzero_ps();
+        for (g, a) in r.chunks(72).zip(act.iter()) {
+            q4_0_group(g, a, &c, &mut a0);
+        }
+        *o = _mm512_reduce_add_ps(a0);
+    }
+}
+
+// ---- Q8_0 x Q8_0 -----------------------------------------------------------------------------
+
+struct Q8Consts {
+    qs: __m512i,
+    d: __m512i,
+    lanes: __m512i,
+    bias: __m512i,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_group(bytes: &[u8], a: &Act2, c: &Q8Consts, acc: &mut __m512) {
+    let (v0, v1) = load_group(bytes);
+    // w + 128 as unsigned bytes; the accumulator starts at -128 * sum x.
+    let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
+    let s = _mm512_dpbusd_epi32(load16i(&a.corr), q, load64(&a.qs));
+    let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
+    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    let mut act = [ACT2_ZERO; MAX_BLOCKS / 2];
+    let ng = bpr.div_ceil(2);
+    let act = &mut act[..ng];
+    pack2(x, act);
+    let c = Q8Consts {
+        qs: load_idx(&QS_Q8_0),
+        d: load_idx(&D_Q8_0),
+        lanes: load_idx(&LANES8),
+        bias: _mm512_set1_epi8(-128),
+    };
+    let row_bytes = bpr * 34;
+    let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut outs = y.chunks_exact_mut(2);
+    for o in &mut outs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            break;
+        };
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for ((g0, g1), a) in r0.chunks(68).zip(r1.chunks(68)).zip(act.iter()) {
+            q8_0_group(g0, a, &c, &mut a0);
+            q8_0_group(g1, a, &c, &mut a1);
+        }
+        o[0] = _mm512_reduce_add_ps(a0);
+        o[1] = _mm512_reduce_add_ps(a1);
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        let mut a0 = _mm512_setzero_ps();
+        for (g, a) in r.chunks(68).zip(act.iter()) {
+            q8_0_group(g, a, &c, &mut a0);
+        }
+        *o = _mm512_reduce_add_ps(a0);
+    }
+}

@@ -15,8 +15,9 @@ use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
 pub(crate) struct Features {
     /// AVX2 + FMA + F16C with OS support for YMM state.
     pub avx2: bool,
-    /// AVX-512 F/BW/VL + VNNI with OS support for ZMM and opmask state (plus `avx2`).
-    pub avx512_vnni: bool,
+    /// AVX-512 F/BW/VL + VNNI + VBMI with OS support for ZMM and opmask state (plus
+    /// `avx2`): Intel Ice Lake / Sapphire Rapids, AMD Zen 4 and later.
+    pub avx512: bool,
 }
 
 #[target_feature(enable = "xsave")]
@@ -50,11 +51,12 @@ pub(crate) fn features() -> Features {
         && bit(l1.ecx, 12) // fma
         && bit(l1.ecx, 29) // f16c
         && bit(ebx7, 5); // avx2
-    let avx512_vnni = avx2
+    let avx512 = avx2
         && os_zmm
         && bit(ebx7, 16) // avx512f
         && bit(ebx7, 30) // avx512bw
         && bit(ebx7, 31) // avx512vl
+        && bit(ecx7, 1) // avx512_vbmi
         && bit(ecx7, 11); // avx512_vnni
-    Features { avx2, avx512_vnni }
+    Features { avx2, avx512 }
 }

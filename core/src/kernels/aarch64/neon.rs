@@ -1,0 +1,233 @@
+//! aarch64 Advanced SIMD (NEON) kernels.
+//!
+//! Quantised dots widen i8 x i8 products to i16 (`smull`/`smull2`; `|q_w q_x| <= 128 * 127`
+//! fits) and pairwise-add them into i32 lanes (`sadalp`), then one `fmla` by the block scale.
+//! The dot-product extension (`sdot`) would do the multiply-add in one instruction, but its
+//! intrinsics are still unstable in Rust 1.95 (`stdarch_neon_dotprod`); not used yet.
+//!
+//! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
+//! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
+//!
+//! F16 rows use the portable kernel (the f16 vector types are unstable in Rust 1.95).
+
+use crate::kernels::{portable, Isa, Kernel};
+use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use core::arch::aarch64::*;
+
+static KERNEL: Kernel = Kernel {
+    isa: Isa::Neon,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    q8_0: q8_0_rows,
+    f16: portable::f16_rows,
+    bf16: bf16_rows,
+    f32: f32_rows,
+    quantize_q8_0,
+    quantize_q8_1,
+};
+
+/// The NEON table where the target has NEON (every aarch64 Linux/macOS target; checked at run
+/// time under `std`, at compile time otherwise).
+pub fn detect() -> Option<&'static Kernel> {
+    #[cfg(feature = "std")]
+    let has = std::arch::is_aarch64_feature_detected!("neon");
+    #[cfg(not(feature = "std"))]
+    let has = cfg!(target_feature = "neon");
+    has.then_some(&KERNEL)
+}
+
+macro_rules! entry {
+    ($name:ident, $tf:ident, ($($a:ident: $t:ty),*)) => {
+        fn $name($($a: $t),*) {
+            // SAFETY: reachable only through `KERNEL`, which `detect` hands out only when the
+            // CPU has NEON.
+            unsafe { $tf($($a),*) }
+        }
+    };
+}
+
+entry!(q4_0_rows, q4_0_rows_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(q4_1_rows, q4_1_rows_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
+entry!(q8_0_rows, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
+entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn ld_u8(a: &[u8; 16]) -> uint8x16_t {
+    // SAFETY: `a` is 16 readable bytes; `ld1` has no alignment requirement.
+    unsafe { vld1q_u8(a.as_ptr()) }
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn ld_s8(a: &[u8], at: usize) -> int8x16_t {
+    let a: &[u8; 16] = match a.get(at..at + 16).and_then(|s| s.try_into().ok()) {
+        Some(a) => a,
+        None => return vdupq_n_s8(0),
+    };
+    vreinterpretq_s8_u8(ld_u8(a))
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn ld_f32(a: &[f32; 4]) -> float32x4_t {
+    // SAFETY: `a` is 4 readable f32s; no alignment requirement.
+    unsafe { vld1q_f32(a.as_ptr()) }
+}
+
+/// Sum of `a * b` over 16 i8 lanes, into 4 i32 lanes added to `acc`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn mla16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    let p1 = vmull_high_s8(a, b);
+    vpadalq_s16(vpadalq_s16(acc, p0), p1)
+}
+
+/// The 32 quants of a 4-bit block as (elements 0..16, elements 16..32), unsigned 0..=15.
+#[target_feature(enable = "neon")]
+#[inline]
+fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
+    let q = ld_u8(qs);
+    (
+        vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))),
+        vreinterpretq_s8_u8(vshrq_n_u8(q, 4)),
+    )
+}
+
+#[target_feature(enable = "neon")]
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        let mut acc = vdupq_n_f32(0.0);
+        for (a, b) in row.iter().zip(x) {
+            let (lo, hi) = nibbles(&a.qs);
+            let eight = vdupq_n_s8(8);
+            let s = mla16(vdupq_n_s32(0), vsubq_s8(lo, eight), ld_s8(&b.qs, 0));
+            let s = mla16(s, vsubq_s8(hi, eight), ld_s8(&b.qs, 16));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+        }
+        *o = vaddvq_f32(acc);
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        let mut acc = vdupq_n_f32(0.0);
+        let mut ms = 0.0f32;
+        for (a, b) in row.iter().zip(x) {
+            let (lo, hi) = nibbles(&a.qs);
+            let s = mla16(vdupq_n_s32(0), lo, ld_s8(&b.qs, 0));
+            let s = mla16(s, hi, ld_s8(&b.qs, 16));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+            ms += f16_le(a.m) * f16_le(b.s);
+        }
+        *o = vaddvq_f32(acc) + ms;
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        let mut acc = vdupq_n_f32(0.0);
+        for (a, b) in row.iter().zip(x) {
+            let s = mla16(vdupq_n_s32(0), ld_s8(&a.qs, 0), ld_s8(&b.qs, 0));
+            let s = mla16(s, ld_s8(&a.qs, 16), ld_s8(&b.qs, 16));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+        }
+        *o = vaddvq_f32(acc);
+    }
+}
+
+/// Dot of rows whose 4 elements at a time come from `conv` (16 bytes of F32, 8 of BF16).
+#[target_feature(enable = "neon")]
+fn bf16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
+        let (w4, wt) = row.as_chunks::<8>();
+        let (x4, xt) = x.as_chunks::<4>();
+        let mut acc = vdupq_n_f32(0.0);
+        for (wc, xc) in w4.iter().zip(x4) {
+            // SAFETY: `wc` is 8 readable bytes (4 little-endian bf16).
+            let h = unsafe { vld1_u16(wc.as_ptr().cast()) };
+            let v = vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+            acc = vfmaq_f32(acc, v, ld_f32(xc));
+        }
+        let mut s = vaddvq_f32(acc);
+        for (e, &xv) in wt.chunks_exact(2).zip(xt) {
+            s += f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16) * xv;
+        }
+        *o = s;
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn f32_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    for (row, o) in w.chunks_exact(cols * 4).zip(y) {
+        let (w4, wt) = row.as_chunks::<16>();
+        let (x4, xt) = x.as_chunks::<4>();
+        let mut acc = vdupq_n_f32(0.0);
+        for (wc, xc) in w4.iter().zip(x4) {
+            // SAFETY: `wc` is 16 readable bytes (4 little-endian f32, any bit pattern valid).
+            let v = unsafe { vld1q_f32(wc.as_ptr().cast()) };
+            acc = vfmaq_f32(acc, v, ld_f32(xc));
+        }
+        let mut s = vaddvq_f32(acc);
+        for (e, &xv) in wt.chunks_exact(4).zip(xt) {
+            s += f32::from_le_bytes([e[0], e[1], e[2], e[3]]) * xv;
+        }
+        *o = s;
+    }
+}
+
+/// One block as ggml's reference does it; returns (`d`, sum of quants).
+#[target_feature(enable = "neon")]
+#[inline]
+fn quant_block(xb: &[f32; QK], qs: &mut [u8; QK]) -> (f32, i32) {
+    let (x4, _) = xb.as_chunks::<4>();
+    let mut m = vdupq_n_f32(0.0);
+    for c in x4 {
+        m = vmaxq_f32(m, vabsq_f32(ld_f32(c)));
+    }
+    let amax = vmaxvq_f32(m);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = vdupq_n_s32(0);
+    for (c, out) in x4.chunks_exact(4).zip(qs.chunks_exact_mut(16)) {
+        let mut q = [vdupq_n_s32(0); 4];
+        for (qi, v) in q.iter_mut().zip(c) {
+            // fcvtas: round to nearest, ties away from zero (= roundf).
+            *qi = vcvtaq_s32_f32(vmulq_n_f32(ld_f32(v), id));
+            sum = vaddq_s32(sum, *qi);
+        }
+        let h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+        let h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+        let b = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
+        let mut tmp = [0u8; 16];
+        // SAFETY: `tmp` is 16 writable bytes.
+        unsafe { vst1q_u8(tmp.as_mut_ptr(), vreinterpretq_u8_s8(b)) };
+        out.copy_from_slice(&tmp);
+    }
+    (d, vaddvq_s32(sum))
+}
+
+#[target_feature(enable = "neon")]
+fn quantize_q8_0_tf(x: &[f32], y: &mut [BlockQ8_0]) {
+    let (xb, _) = x.as_chunks::<QK>();
+    for (c, b) in xb.iter().zip(y) {
+        let (d, _) = quant_block(c, &mut b.qs);
+        b.d = to_f16_le(d);
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn quantize_q8_1_tf(x: &[f32], y: &mut [BlockQ8_1]) {
+    let (xb, _) = x.as_chunks::<QK>();
+    for (c, b) in xb.iter().zip(y) {
+        let (d, sum) = quant_block(c, &mut b.qs);
+        b.d = to_f16_le(d);
+        b.s = to_f16_le(sum as f32 * d);
+    }
+}

@@ -1,0 +1,78 @@
+//! The demo image: the tiny model and two adapters in flash, generating for a prompt with the
+//! base, with adapter A, with B, with both, rejecting bad input, and streaming B in chunks as
+//! if from a UART (see [`edgelora_firmware::scenario`]). Prints `EL ...` lines over
+//! semihosting, then the budget line, and exits 0 on success.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use cortex_m_rt::entry;
+use edgelora::kernels::{self, Isa};
+use edgelora::lora::LoraPair;
+use edgelora_firmware::config::{BOARD, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES, TOK_WORDS};
+use edgelora_firmware::scenario::{self, Assets, Buffers};
+use edgelora_firmware::{assets, exit, paint_stack, print_budget, Aligned, Once, Out};
+
+// Everything that changes lives in statics sized by build.rs (no heap): .bss, zeroed by
+// cortex-m-rt before main.
+static STATE: Once<[f32; STATE_F32S]> = Once::new([0.0; STATE_F32S]);
+static TOK: Once<[u32; TOK_WORDS]> = Once::new([0; TOK_WORDS]);
+static PROMPT_IDS: Once<[u32; PROMPT_CAP]> = Once::new([0; PROMPT_CAP]);
+static GEN: Once<[u32; N_GEN]> = Once::new([0; N_GEN]);
+const NO_PAIR: Option<LoraPair<'static>> = None;
+static SLOTS_A: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; SLOTS]);
+static SLOTS_B: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; SLOTS]);
+static SLOTS_S: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; SLOTS]);
+static STREAM: Once<Aligned<[u8; STREAM_BYTES]>> = Once::new(Aligned([0; STREAM_BYTES]));
+
+#[entry]
+fn main() -> ! {
+    paint_stack();
+    let mut out = Out;
+    let _ = writeln!(out, "EL-BOARD {BOARD} kernel={}", kernels::active_isa_name());
+    let (Some(state), Some(tok), Some(prompt), Some(gen), Some(sa), Some(sb), Some(ss), Some(stream)) = (
+        STATE.take(),
+        TOK.take(),
+        PROMPT_IDS.take(),
+        GEN.take(),
+        SLOTS_A.take(),
+        SLOTS_B.take(),
+        SLOTS_S.take(),
+        STREAM.take(),
+    ) else {
+        let _ = writeln!(out, "EL-FAIL statics taken twice");
+        exit(false)
+    };
+    let a = Assets {
+        base: &assets::BASE.0,
+        adapter_a: &assets::ADAPTER_A.0,
+        adapter_b: &assets::ADAPTER_B.0,
+        adapter_wrong: &assets::ADAPTER_WRONG.0,
+        prompt: PROMPT,
+        ctx: CTX,
+    };
+    let b = Buffers {
+        state,
+        tok,
+        prompt,
+        gen,
+        slots_a: sa,
+        slots_b: sb,
+        slots_s: ss,
+        stream: &mut stream.0,
+    };
+    let ok = match scenario::run::<MAX_LAYERS, _>(&a, b, &mut out) {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(out, "EL-FAIL {e}");
+            false
+        }
+    };
+    let _ = write!(out, "EL-KERNELS ran=");
+    for isa in Isa::ALL.into_iter().filter(|&i| kernels::ran(i)) {
+        let _ = write!(out, "{} ", isa.name());
+    }
+    let _ = writeln!(out);
+    let _ = print_budget(&mut out);
+    exit(ok)
+}

@@ -1,0 +1,52 @@
+//! The runtime alone, for the flash budget: parse the GGUF in flash, load the model, bind
+//! adapter A, prefill fixed token ids and generate greedily. No tokenizer and no error
+//! formatting, so `EL-BUDGET flash_runtime` is what inference itself costs in flash.
+//! Prints the generated ids (checked against the host by tests/tests/firmware.rs).
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use cortex_m_rt::entry;
+use edgelora::lora::{Adapter, AdapterSet, LoraPair};
+use edgelora::model::{Model, State};
+use edgelora::sample::argmax;
+use edgelora::Gguf;
+use edgelora_firmware::config::{CTX, MAX_LAYERS, N_GEN, SLOTS, STATE_F32S};
+use edgelora_firmware::{assets, exit, paint_stack, print_budget, Once, Out};
+
+/// Prompt ids (any ids below the vocabulary size of every model this runs).
+pub const IDS: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 120];
+
+static STATE: Once<[f32; STATE_F32S]> = Once::new([0.0; STATE_F32S]);
+const NO_PAIR: Option<LoraPair<'static>> = None;
+static SLOTS_A: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; SLOTS]);
+
+fn run(out: &mut [u32; N_GEN]) -> Option<()> {
+    let g = Gguf::parse(&assets::BASE.0).ok()?;
+    let model: Model<'_, MAX_LAYERS> = Model::from_gguf(&g).ok()?;
+    let mut st = State::new(model.config(), CTX, STATE.take()?).ok()?;
+    let ad = Adapter::parse(&assets::ADAPTER_A.0).ok()?;
+    let bound = ad.bind(&g, &model, SLOTS_A.take()?).ok()?;
+    let set = AdapterSet::single(&bound, 1.0);
+    let mut logits = model.prefill_with(&IDS, 0, &mut st, &set).ok()?;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = argmax(logits);
+        logits = model.forward_with(*o, IDS.len() + i, &mut st, &set).ok()?;
+    }
+    Some(())
+}
+
+#[entry]
+fn main() -> ! {
+    paint_stack();
+    let mut ids = [0u32; N_GEN];
+    let ok = run(&mut ids).is_some();
+    let mut o = Out;
+    let _ = write!(o, "EL-RUNTIME ok={ok} ids=");
+    for id in ids {
+        let _ = write!(o, "{id},");
+    }
+    let _ = writeln!(o);
+    let _ = print_budget(&mut o);
+    exit(ok)
+}

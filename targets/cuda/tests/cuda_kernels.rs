@@ -1,0 +1,2 @@
+mod common;
+fn main() { common::run("cuda_kernels", vec![]) }

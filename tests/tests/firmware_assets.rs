@@ -1,0 +1,105 @@
+//! The adapters the Cortex-M firmware carries in flash (`targets/cortex-m/assets/`), made
+//! here from the base named in `targets/cortex-m/assets/manifest.txt`.
+//!
+//! The files are committed so that the firmware builds without running anything first; this
+//! test regenerates them in memory and fails if the committed bytes differ (deterministic
+//! generator, so any difference is a stale file). `EDGELORA_REGEN_ASSETS=1` rewrites them.
+
+use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
+use edgelora::lora::{base_fingerprint, FINGERPRINT_KEY};
+use edgelora::model::{Model, LINEAR_NAMES};
+use edgelora::quant::GgmlType;
+use edgelora::Gguf;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `key = value` lines of the firmware's asset manifest.
+fn manifest(key: &str) -> String {
+    let text = std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("manifest lacks {key}"))
+}
+
+/// xorshift values in [-amp, amp).
+fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A llama.cpp-layout LoRA GGUF for `base`: rank `r` (alpha = r, so the scale is 1) on the
+/// linears `which` of every layer (`None`: all), F32 A and B.
+fn adapter(base: &Gguf<'_>, r: usize, seed: u64, fingerprint: u64, which: Option<&[usize]>, layers: Option<usize>) -> Vec<u8> {
+    let m: Model<'_> = Model::from_gguf(base).unwrap();
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", OwnedValue::Str("llama".into()));
+    w.set("general.type", OwnedValue::Str("adapter".into()));
+    w.set("adapter.type", OwnedValue::Str("lora".into()));
+    w.set("adapter.lora.alpha", OwnedValue::F32(r as f32));
+    w.set(FINGERPRINT_KEY, OwnedValue::U64(fingerprint));
+    let n_layers = layers.unwrap_or(m.config().n_layers);
+    for l in 0..n_layers {
+        for (k, name) in LINEAR_NAMES.iter().enumerate() {
+            if which.is_some_and(|ks| !ks.contains(&k)) {
+                continue;
+            }
+            let t = m.layer(l).unwrap().linear(k);
+            let target = format!("blk.{l}.{name}.weight");
+            let a = rnd(seed * 7919 + (l * 10 + k) as u64, r * t.cols(), 0.3);
+            let b = rnd(seed * 7919 + 1000 + (l * 10 + k) as u64, t.rows() * r, 0.3);
+            w.add_tensor(&format!("{target}.lora_a"), GgmlType::F32, &[t.cols() as u64, r as u64], f32_bytes(&a)).unwrap();
+            w.add_tensor(&format!("{target}.lora_b"), GgmlType::F32, &[r as u64, t.rows() as u64], f32_bytes(&b)).unwrap();
+        }
+    }
+    w.to_bytes()
+}
+
+/// (manifest key, bytes) of every generated asset.
+fn generate() -> Vec<(&'static str, Vec<u8>)> {
+    let base_bytes = std::fs::read(root().join(manifest("base"))).unwrap();
+    let g = Gguf::parse(&base_bytes).unwrap();
+    let fp = base_fingerprint(&g);
+    vec![
+        ("adapter_a", adapter(&g, 4, 1, fp, None, None)),
+        // B: attention and FFN of every layer too, another seed and a higher rank.
+        ("adapter_b", adapter(&g, 8, 2, fp, None, None)),
+        // Records another base: must be refused at bind time.
+        ("adapter_wrong_base", adapter(&g, 1, 3, fp ^ 0x00de_ad00, Some(&[0]), Some(1))),
+    ]
+}
+
+#[test]
+fn firmware_adapters_are_current() {
+    let regen = std::env::var_os("EDGELORA_REGEN_ASSETS").is_some();
+    for (key, bytes) in generate() {
+        let path = root().join(manifest(key));
+        if regen {
+            std::fs::write(&path, &bytes).unwrap();
+            println!("wrote {} ({} bytes)", path.display(), bytes.len());
+            continue;
+        }
+        let have = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            have == bytes,
+            "{} is stale or missing: run EDGELORA_REGEN_ASSETS=1 cargo test -p edgelora-tests --test firmware_assets",
+            path.display()
+        );
+    }
+}
