@@ -67,6 +67,21 @@ fn main() {
                 (rows * nb * 34) as f64 / t80 / 1e9,
                 macs / t80 / 1e9,
             );
+            if rows < 49152 {
+                // Blocked matmul over a 16-token batch: MACs per second over all columns.
+                let cols = 16;
+                let xb1: Vec<BlockQ8_1> = x1.iter().cycle().take(nb * cols).copied().collect();
+                let xb0: Vec<BlockQ8_0> = x0.iter().cycle().take(nb * cols).copied().collect();
+                let mut yb = vec![0f32; rows * cols];
+                let m41 = time(|| k.matmul_q4_1(black_box(&w41), nb, rows, black_box(&xb1), &mut yb));
+                let m80 = time(|| k.matmul_q8_0(black_box(&w80), nb, rows, black_box(&xb0), &mut yb));
+                println!(
+                    "{:>20} matmul x{cols}: q4_1 {:>6.2} GMAC/s | q8_0 {:>6.2} GMAC/s",
+                    "",
+                    macs * cols as f64 / m41 / 1e9,
+                    macs * cols as f64 / m80 / 1e9,
+                );
+            }
         }
     }
 }

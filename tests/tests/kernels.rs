@@ -652,3 +652,53 @@ fn env_forced_isa_actually_runs() {
     );
     assert!(kernels::ran(isa), "EDGELORA_ISA={want} did not run");
 }
+
+// ---- blocked matmul (prompt batches) ---------------------------------------------------------
+
+#[test]
+fn matmul_matches_oracle_per_column() {
+    let _g = lock();
+    let mut rng = Rng(0x5eed);
+    for k in kernels_here() {
+        for &n in &[32usize, 96, 576, 1536, 8192 + 32] {
+            let nb = n / QK;
+            for rows in [1usize, 3, 7] {
+                for cols in [1usize, 2, 3, 4, 5, 9] {
+                    let what = format!("{:?} k={n} rows={rows} cols={cols}", k.isa());
+                    let mut x0 = vec![];
+                    let mut x1 = vec![];
+                    for c in 0..cols {
+                        let (a, b) = q8_acts(&mut rng, nb, c % 2 == 1);
+                        x0.extend(a);
+                        x1.extend(b);
+                    }
+                    let w1 = q4_1_blocks(&mut rng, nb * rows, false);
+                    let w8 = q8_0_weights(&mut rng, nb * rows, rows == 3);
+                    let mut y = vec![f32::NAN; cols * rows + 1];
+                    k.matmul_q4_1(&w1, nb, rows, &x1, &mut y);
+                    for c in 0..cols {
+                        let xc = &x1[c * nb..(c + 1) * nb];
+                        for (r, row) in w1.chunks_exact(nb).enumerate() {
+                            let want = r::vec_dot_q4_1_q8_1(row, xc);
+                            let s = abs_terms_q4_1(row, xc);
+                            check_close(&format!("mm q4_1 {what} c={c}"), y[c * rows + r], want, nb, s);
+                        }
+                    }
+                    assert!(y[cols * rows].is_nan(), "{what}: wrote past the output");
+                    k.matmul_q8_0(&w8, nb, rows, &x0, &mut y);
+                    for c in 0..cols {
+                        let xc = &x0[c * nb..(c + 1) * nb];
+                        for (r, row) in w8.chunks_exact(nb).enumerate() {
+                            let want = r::vec_dot_q8_0_q8_0(row, xc);
+                            let s = abs_terms_q8_0(row, xc);
+                            check_close(&format!("mm q8_0 {what} c={c}"), y[c * rows + r], want, nb, s);
+                        }
+                    }
+                }
+            }
+        }
+        // Degenerate shapes.
+        k.matmul_q4_1(&[], 0, 0, &[], &mut []);
+        k.matmul_q8_0(&[BlockQ8_0::ZERO; 2], 1, 5, &[BlockQ8_0::ZERO; 3], &mut [0.0; 4]);
+    }
+}

@@ -234,7 +234,9 @@ pub(crate) type FRowsFn = fn(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]);
 pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
 
 /// One instruction set's entry points. Only its module's `detect` creates one, after checking
-/// that the CPU has the instructions; that is what makes calling its entries safe.
+/// that the CPU has the instructions; that is what makes calling its entries safe. Crate
+/// invariant: a `Kernel` whose `isa` is X is only ever constructed by X's own module, so the
+/// `isa` field is itself proof that X runs here (the blocked matmuls rely on it).
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub(crate) isa: Isa,
@@ -359,6 +361,44 @@ impl Kernel {
         let n = w.len().min(x.len());
         self.matvec_q8_0(&w[..n], n, &x[..n], &mut y);
         y[0]
+    }
+
+    /// Blocked `Y = W X` for a batch of activations (prompt tokens): `x` holds `n` columns of
+    /// `bpr` blocks each (`n = x.len() / bpr`), `y` receives column `c` at
+    /// `y[c * rows .. (c + 1) * rows]`. Kernels with a blocked implementation (AVX-512) load
+    /// and unpack each weight group once for several columns; the others run one matvec per
+    /// column. Columns or rows that do not fit the slices are skipped. Never panics.
+    pub fn matmul_q4_1(&self, w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+        if bpr == 0 || rows == 0 || w.len() / bpr < rows {
+            return;
+        }
+        let n = (x.len() / bpr).min(y.len() / rows);
+        let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
+        #[cfg(target_arch = "x86_64")]
+        if x86_64::avx512::matmul_q4_1(self, w, bpr, rows, x, y) {
+            self.mark();
+            return;
+        }
+        for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
+            self.matvec_q4_1(w, bpr, xc, yc);
+        }
+    }
+
+    /// As [`Kernel::matmul_q4_1`] for Q8_0 weights and activations.
+    pub fn matmul_q8_0(&self, w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        if bpr == 0 || rows == 0 || w.len() / bpr < rows {
+            return;
+        }
+        let n = (x.len() / bpr).min(y.len() / rows);
+        let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
+        #[cfg(target_arch = "x86_64")]
+        if x86_64::avx512::matmul_q8_0(self, w, bpr, rows, x, y) {
+            self.mark();
+            return;
+        }
+        for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
+            self.matvec_q8_0(w, bpr, xc, yc);
+        }
     }
 
     /// Quantise `x` to Q8_0, bit-exact with ggml's `quantize_row_q8_0_ref` for finite input.

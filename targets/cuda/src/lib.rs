@@ -13,7 +13,7 @@
 //!   several adapters with scales ([`gpu::GpuAdapters`]).
 //! - [`cpu`]: the CPU side of per-layer parity — the core's forward step repeated on its public
 //!   kernels, recording every layer — and the error-injection runs that derive tolerances.
-//! - [`tol`]: tolerances and their derivation; difference figures.
+//! - [`tol`]: tolerances and their derivation; difference figures; [`parity`]: the comparison.
 //! - [`testdata`]: random adapters and truncated models for tests and the device check.
 //!
 //! Without the `cuda` feature nothing here touches CUDA and the crate builds anywhere; with it,
@@ -25,6 +25,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod parity;
 pub mod testdata;
 pub mod tol;
 

@@ -5,7 +5,7 @@ use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
 use edgelora::kernels::reference;
 use edgelora::lora::DORA_SUFFIX;
 use edgelora::model::{Model, LINEAR_NAMES};
-use edgelora::quant::{blocks_as_bytes, to_f16_le, BlockQ8_0, GgmlType};
+use edgelora::quant::{blocks_as_bytes, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 use edgelora::Gguf;
 
 /// What [`random_adapter`] writes.
@@ -64,7 +64,7 @@ pub fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
 /// Encode row-major values (`rows x cols`) as a tensor of type `ty`.
 ///
 /// # Panics
-/// For a type other than F32/F16/BF16/Q8_0, or Q8_0 with `cols` not a multiple of 32 (test
+/// For a type other than F32/F16/BF16/Q4_0/Q4_1/Q8_0, or a block type with `cols` not a multiple of 32 (test
 /// inputs only; the specs above never ask for that).
 pub fn encode(ty: GgmlType, v: &[f32], cols: usize) -> Vec<u8> {
     match ty {
@@ -81,6 +81,18 @@ pub fn encode(ty: GgmlType, v: &[f32], cols: usize) -> Vec<u8> {
             assert!(cols % 32 == 0, "Q8_0 rows must be whole blocks");
             let mut blocks = vec![BlockQ8_0::ZERO; v.len() / 32];
             reference::quantize_row_q8_0(v, &mut blocks);
+            blocks_as_bytes(&blocks).to_vec()
+        }
+        GgmlType::Q4_0 => {
+            assert!(cols % 32 == 0, "Q4_0 rows must be whole blocks");
+            let mut blocks = vec![BlockQ4_0::ZERO; v.len() / 32];
+            reference::quantize_row_q4_0(v, &mut blocks);
+            blocks_as_bytes(&blocks).to_vec()
+        }
+        GgmlType::Q4_1 => {
+            assert!(cols % 32 == 0, "Q4_1 rows must be whole blocks");
+            let mut blocks = vec![BlockQ4_1::ZERO; v.len() / 32];
+            reference::quantize_row_q4_1(v, &mut blocks);
             blocks_as_bytes(&blocks).to_vec()
         }
         other => panic!("encode: {other:?} is not a test type"),

@@ -5,6 +5,8 @@
 
 mod adapter_cmd;
 mod commands;
+#[cfg(feature = "cuda")]
+mod cuda_cmd;
 mod fetch;
 mod tok;
 mod util;
@@ -29,7 +31,14 @@ enum Cmd {
     /// Interactive chat with a chat model (ChatML), one line per turn; empty line or Ctrl-D quits.
     Chat(commands::ChatArgs),
     /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
+    #[cfg(not(feature = "cuda"))]
     Logits(commands::LogitsArgs),
+    /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
+    #[cfg(feature = "cuda")]
+    Logits(cuda_cmd::LogitsArgs),
+    /// Run CPU and GPU side by side; print per-layer and logit differences and top-1 agreement.
+    #[cfg(feature = "cuda")]
+    Parity(cuda_cmd::ParityArgs),
     /// Measure prefill and decode tokens/s, adapter swap time and peak RSS.
     Bench(commands::BenchArgs),
     /// Print the token ids of a text.
@@ -49,7 +58,12 @@ fn main() -> Result<()> {
         Cmd::Inspect(a) => commands::inspect(a),
         Cmd::Generate(a) => commands::generate(a),
         Cmd::Chat(a) => commands::chat(a),
+        #[cfg(not(feature = "cuda"))]
         Cmd::Logits(a) => commands::logits(a),
+        #[cfg(feature = "cuda")]
+        Cmd::Logits(a) => cuda_cmd::logits(a),
+        #[cfg(feature = "cuda")]
+        Cmd::Parity(a) => cuda_cmd::parity(a),
         Cmd::Tokenize(a) => commands::tokenize(a),
         Cmd::Bench(a) => commands::bench(a),
         Cmd::Fetch(a) => fetch::fetch(a),

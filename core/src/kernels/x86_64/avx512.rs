@@ -426,3 +426,135 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
         *o = _mm512_reduce_add_ps(a0);
     }
 }
+
+// ---- blocked matmul for prompt batches ---------------------------------------------------------
+
+/// Columns (tokens) per pass: each weight group is loaded and unpacked once for `COLS`
+/// activations, so weight traffic and unpacking are divided by `COLS`.
+const COLS: usize = 4;
+
+/// `y[c * rows + r] = dot(w row r, x column c)` for `n = x.len() / bpr` columns (each column
+/// `bpr` contiguous blocks), or `false` if this kernel does not take the shape (the caller
+/// then runs matvecs). `k` must be an AVX-512 kernel table (the proof that the CPU has it).
+pub(crate) fn matmul_q4_1(
+    k: &Kernel,
+    w: &[BlockQ4_1],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_1],
+    y: &mut [f32],
+) -> bool {
+    if k.isa != Isa::Avx512 || bpr == 0 || bpr > MAX_BLOCKS || w.len() < rows * bpr {
+        return false;
+    }
+    // SAFETY: a `Kernel` with `isa == Avx512` is only ever created by this module's `detect`
+    // (crate invariant, see `Kernel`), after checking every feature `matmul_q4_1_tf` enables.
+    unsafe { matmul_q4_1_tf(&w[..rows * bpr], bpr, rows, x, y) };
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    let mut act = [[ACT4_ZERO; MAX_BLOCKS / 4]; COLS];
+    let ng = bpr.div_ceil(4);
+    let c = Q4Consts {
+        qs: load_idx(&QS_Q4_1),
+        dm: load_idx(&DM_Q4_1),
+        lanes: load_idx(&LANES4),
+        nib: _mm512_set1_epi8(0x0f),
+    };
+    let wb = blocks_as_bytes(w);
+    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+        let ncol = (xs.len() / bpr).min(ys.len() / rows);
+        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
+            a[..ng].fill(ACT4_ZERO);
+            pack4(xc.iter().map(|b| (&b.qs, b.d, b.s)), &mut a[..ng]);
+        }
+        for (r, row) in wb.chunks_exact(bpr * 20).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); COLS];
+            let mut accm = [_mm256_setzero_ps(); COLS];
+            for (g, bytes) in row.chunks(80).enumerate() {
+                let (v0, v1) = load_group(bytes);
+                let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
+                let lo = _mm512_and_si512(q, c.nib);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
+                let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+                for j in 0..COLS {
+                    if j < ncol {
+                        let a = &act[j][g];
+                        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load64(&a.lo));
+                        let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
+                        let sc = _mm512_mul_ps(d, load16f(&a.d));
+                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
+                        accm[j] = _mm256_fmadd_ps(dm, load8f(&a.s), accm[j]);
+                    }
+                }
+            }
+            for j in 0..ncol {
+                if let Some(o) = ys.get_mut(j * rows + r) {
+                    *o = finish(acc[j], accm[j]);
+                }
+            }
+        }
+    }
+}
+
+/// As [`matmul_q4_1`] for Q8_0 weights and Q8_0 activations.
+pub(crate) fn matmul_q8_0(
+    k: &Kernel,
+    w: &[BlockQ8_0],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_0],
+    y: &mut [f32],
+) -> bool {
+    if k.isa != Isa::Avx512 || bpr == 0 || bpr > MAX_BLOCKS || w.len() < rows * bpr {
+        return false;
+    }
+    // SAFETY: as in `matmul_q4_1`.
+    unsafe { matmul_q8_0_tf(&w[..rows * bpr], bpr, rows, x, y) };
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    let mut act = [[ACT2_ZERO; MAX_BLOCKS / 2]; COLS];
+    let ng = bpr.div_ceil(2);
+    let c = Q8Consts {
+        qs: load_idx(&QS_Q8_0),
+        d: load_idx(&D_Q8_0),
+        lanes: load_idx(&LANES8),
+        bias: _mm512_set1_epi8(-128),
+    };
+    let wb = blocks_as_bytes(w);
+    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+        let ncol = (xs.len() / bpr).min(ys.len() / rows);
+        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
+            a[..ng].fill(ACT2_ZERO);
+            pack2(xc, &mut a[..ng]);
+        }
+        for (r, row) in wb.chunks_exact(bpr * 34).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); COLS];
+            for (g, bytes) in row.chunks(68).enumerate() {
+                let (v0, v1) = load_group(bytes);
+                let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
+                let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
+                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
+                for j in 0..COLS {
+                    if j < ncol {
+                        let a = &act[j][g];
+                        let s = _mm512_dpbusd_epi32(load16i(&a.corr), q, load64(&a.qs));
+                        let sc = _mm512_mul_ps(d, load16f(&a.d));
+                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
+                    }
+                }
+            }
+            for j in 0..ncol {
+                if let Some(o) = ys.get_mut(j * rows + r) {
+                    *o = _mm512_reduce_add_ps(acc[j]);
+                }
+            }
+        }
+    }
+}

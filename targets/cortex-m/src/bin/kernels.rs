@@ -1,7 +1,236 @@
+//! Kernel checks on the device: the active kernel (DSP with feature `dsp`, else portable)
+//! against the scalar reference, and instructions per MAC measured with SysTick.
+//!
+//! Integer parts: every block dot is compared as an `i32` with a plain loop (DSP build only:
+//! the DSP block functions are public for this). Whole matvecs: the active kernel's rows must
+//! equal `reference::vec_dot_*` bit for bit (same float formula, blocks in order), over
+//! shapes of 0, 1, 2, 3, 7, 64 and 128 blocks per row, random blocks and extreme ones
+//! (-128/127 bytes, nibbles 0/15, f16 max, subnormal and zero scales).
+//!
+//! Speed: run under `qemu-system-arm -icount shift=0` (one instruction = 1 ns of virtual
+//! time), SysTick on the core clock counts virtual time; a calibration loop of known length
+//! turns ticks into instructions, so the figure is instructions (not cycles) per MAC.
 #![no_std]
 #![no_main]
-use edgelora_firmware as _;
-#[cortex_m_rt::entry]
+
+use core::fmt::Write;
+use cortex_m::peripheral::{syst::SystClkSource, SYST};
+use cortex_m_rt::entry;
+use edgelora::kernels::{self, reference, Isa, Kernel};
+use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0};
+use edgelora_firmware::{exit, Out};
+
+/// xorshift64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u32
+    }
+}
+
+const MAXB: usize = 128;
+const ROWS: usize = 4;
+
+/// Fill blocks: `case` picks random or extreme contents.
+fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        blk.d = scale(r, case.wrapping_add(i as u32));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 5 {
+                0 => 0x80, // -128
+                1 => 0x7f,
+                2 => if r.next() & 1 == 0 { 0x80 } else { 0x7f },
+                _ => r.next() as u8,
+            };
+        }
+    }
+}
+
+fn fill_q4(r: &mut Rng, b: &mut [BlockQ4_0], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        blk.d = scale(r, case.wrapping_add(i as u32));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 4 {
+                0 => 0x00, // every weight -8
+                1 => 0xff, // every weight 7
+                _ => r.next() as u8,
+            };
+        }
+    }
+}
+
+fn scale(r: &mut Rng, case: u32) -> [u8; 2] {
+    match case % 7 {
+        0 => to_f16_le(65504.0),
+        1 => [1, 0], // smallest subnormal
+        2 => [0, 0],
+        _ => to_f16_le((r.next() % 2000) as f32 / 1000.0 - 1.0),
+    }
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Compare the active kernel's matvecs with the reference over every shape and case.
+fn check_rows(k: &Kernel, w8: &mut [BlockQ8_0], w4: &mut [BlockQ4_0], x: &mut [BlockQ8_0]) -> Result<u32, &'static str> {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut n = 0;
+    for bpr in [0usize, 1, 2, 3, 7, 64, MAXB] {
+        for case in 0..10u32 {
+            fill_q8(&mut r, &mut w8[..ROWS * bpr], case);
+            fill_q4(&mut r, &mut w4[..ROWS * bpr], case + 1);
+            fill_q8(&mut r, &mut x[..bpr], case + 2);
+            let mut y = [0f32; ROWS];
+            k.matvec_q8_0(&w8[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+            for (row, &got) in w8[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
+                let want = if bpr == 0 { 0.0 } else { reference::vec_dot_q8_0_q8_0(row, &x[..bpr]) };
+                if !same(got, want) {
+                    return Err("q8_0 rows differ from the reference");
+                }
+            }
+            k.matvec_q4_0(&w4[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+            for (row, &got) in w4[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
+                let want = if bpr == 0 { 0.0 } else { reference::vec_dot_q4_0_q8_0(row, &x[..bpr]) };
+                if !same(got, want) {
+                    return Err("q4_0 rows differ from the reference");
+                }
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Integer parts of single blocks, DSP against a plain loop.
+#[cfg(feature = "dsp")]
+fn check_blocks() -> Result<u32, &'static str> {
+    use edgelora::kernels::arm::dsp;
+    let mut r = Rng(42);
+    let mut n = 0;
+    for case in 0..2000u32 {
+        let mut w8 = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }];
+        let mut w4 = [BlockQ4_0 { d: [0; 2], qs: [0; 16] }];
+        let mut x = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }];
+        fill_q8(&mut r, &mut w8, case);
+        fill_q4(&mut r, &mut w4, case / 5);
+        fill_q8(&mut r, &mut x, case / 3);
+        let want8: i32 = w8[0].qs.iter().zip(&x[0].qs).map(|(&a, &b)| a as i8 as i32 * b as i8 as i32).sum();
+        let mut want4 = 0i32;
+        for j in 0..16 {
+            want4 += ((w4[0].qs[j] & 15) as i32 - 8) * x[0].qs[j] as i8 as i32;
+            want4 += ((w4[0].qs[j] >> 4) as i32 - 8) * x[0].qs[j + 16] as i8 as i32;
+        }
+        if dsp::block_q8_0(&w8[0], &x[0]) != want8 {
+            return Err("q8_0 block integer sum");
+        }
+        if dsp::block_q4_0(&w4[0], &x[0]) != want4 {
+            return Err("q4_0 block integer sum");
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(not(feature = "dsp"))]
+fn check_blocks() -> Result<u32, &'static str> {
+    Ok(0)
+}
+
+/// SysTick ticks (down-counter, 24 bits) taken by `f`.
+fn ticks(f: impl FnOnce()) -> u32 {
+    let start = SYST::get_current();
+    f();
+    let end = SYST::get_current();
+    start.wrapping_sub(end) & 0x00ff_ffff
+}
+
+/// Instructions per tick, from a loop of known length (4 instructions per iteration).
+fn calibrate() -> f32 {
+    const N: u32 = 100_000;
+    let t = ticks(|| {
+        // SAFETY: a register-only countdown loop.
+        unsafe {
+            core::arch::asm!(
+                "2:", "nop", "nop", "subs {n}, #1", "bne 2b",
+                n = inout(reg) N => _, options(nomem, nostack)
+            )
+        };
+    });
+    (4 * N) as f32 / t.max(1) as f32
+}
+
+#[entry]
 fn main() -> ! {
-    edgelora_firmware::exit(true)
+    // cortex-m-rt's #[entry] turns `static mut`s declared first in main into `&'static mut`
+    // references (main runs once), so no aliasing exists.
+    static mut W8: [BlockQ8_0; ROWS * MAXB] = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }; ROWS * MAXB];
+    static mut W4: [BlockQ4_0; ROWS * MAXB] = [BlockQ4_0 { d: [0; 2], qs: [0; 16] }; ROWS * MAXB];
+    static mut X: [BlockQ8_0; MAXB] = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }; MAXB];
+    let mut out = Out;
+    let Some(mut p) = cortex_m::Peripherals::take() else { exit(false) };
+    p.SYST.set_clock_source(SystClkSource::Core);
+    p.SYST.set_reload(0x00ff_ffff);
+    p.SYST.clear_current();
+    p.SYST.enable_counter();
+
+    let (w8, w4, x): (&mut [BlockQ8_0], &mut [BlockQ4_0], &mut [BlockQ8_0]) = (W8, W4, X);
+
+    let k = kernels::active();
+    let _ = writeln!(out, "EL-KERNEL active={}", k.isa().name());
+    kernels::reset_ran();
+    let mut ok = true;
+    match check_blocks() {
+        Ok(n) => {
+            let _ = writeln!(out, "EL-KERNEL blocks_int_exact cases={n}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "EL-FAIL {e}");
+            ok = false;
+        }
+    }
+    match check_rows(k, w8, w4, x) {
+        Ok(n) => {
+            let _ = writeln!(out, "EL-KERNEL rows_bit_exact_vs_reference cases={n}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "EL-FAIL {e}");
+            ok = false;
+        }
+    }
+    let ran_dsp = kernels::ran(Isa::Dsp);
+    let _ = writeln!(out, "EL-KERNEL ran_dsp={ran_dsp}");
+
+    // Instructions per MAC: ROWS x 64 blocks (256 rows' worth of work per call repeated 8x).
+    let ipt = calibrate();
+    let bpr = 64;
+    let macs = (8 * ROWS * bpr * 32) as f32;
+    let port = Isa::Portable.kernel();
+    for (name, kern) in [("portable", port), ("active", Some(k))] {
+        let Some(kern) = kern else { continue };
+        let mut y = [0f32; ROWS];
+        let t8 = ticks(|| {
+            for _ in 0..8 {
+                kern.matvec_q8_0(&w8[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+            }
+        });
+        let t4 = ticks(|| {
+            for _ in 0..8 {
+                kern.matvec_q4_0(&w4[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+            }
+        });
+        let _ = writeln!(
+            out,
+            "EL-IPM kernel={name}({}) q8_0={:.2} q4_0={:.2} insn/MAC",
+            kern.isa().name(),
+            t8 as f32 * ipt / macs,
+            t4 as f32 * ipt / macs
+        );
+    }
+    let _ = writeln!(out, "EL-IPM calibration insn_per_tick={ipt:.2}");
+    exit(ok)
 }

@@ -1,0 +1,740 @@
+//! C API for edgelora (`include/edgelora.h`, kept by hand and checked against this file by
+//! `tests/tests/ffi_header.rs`).
+//!
+//! Nothing here allocates: every object lives in memory the caller passes in, sized by an
+//! `el_*_size` query, 8-byte aligned (checked). The model, adapter and stream bytes are
+//! borrowed, not copied: they must stay in place, unchanged, while any object made from them
+//! is in use (in flash they always do). Objects hold pointers to the objects they were made
+//! from (state and adapter to model, state to its active adapters): free nothing before its
+//! users. Every function returns an `el_status`; on error `el_last_error` gives the core's
+//! message (which key, tensor or byte offset was wrong). No input bytes reach a panic.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![allow(non_camel_case_types)]
+
+use core::ffi::{c_char, c_int, c_void};
+use core::mem::{align_of, size_of};
+use core::sync::atomic::{AtomicBool, Ordering};
+use edgelora::lora::stream::StreamLoader;
+use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
+use edgelora::model::{Model, State};
+use edgelora::sample::argmax;
+use edgelora::tokenizer::Tokenizer;
+use edgelora::{Error, ErrorKind, Gguf};
+
+/// Most layers a model opened through this API may have.
+pub const EL_MAX_LAYERS: usize = 32;
+/// Alignment every caller-provided object memory must have.
+pub const EL_ALIGN: usize = 8;
+
+/// Status codes (`el_status` in C).
+pub const EL_OK: c_int = 0;
+/// A required pointer was null.
+pub const EL_ERR_NULL: c_int = 1;
+/// Caller memory too small or misaligned, or an output buffer too short.
+pub const EL_ERR_BUFFER: c_int = 2;
+/// Model or adapter bytes are malformed or unsupported.
+pub const EL_ERR_FORMAT: c_int = 3;
+/// Adapter does not fit the base (another base, missing target, shape).
+pub const EL_ERR_MISMATCH: c_int = 4;
+/// Position at or past the state's context.
+pub const EL_ERR_CONTEXT: c_int = 5;
+/// Invalid argument (token id, scale, empty prompt, too many adapters, ...).
+pub const EL_ERR_ARG: c_int = 6;
+/// Adapter stream: bad frame, checksum mismatch, truncated, too long.
+pub const EL_ERR_STREAM: c_int = 7;
+
+struct ModelH {
+    gguf: Gguf<'static>,
+    model: Model<'static, EL_MAX_LAYERS>,
+}
+
+/// Opaque model handle.
+pub struct el_model(ModelH);
+
+struct StateH {
+    state: State<'static>,
+    model: *const el_model,
+    active: [(*const el_adapter, f32); MAX_ACTIVE],
+    n_active: usize,
+}
+
+/// Opaque inference state.
+pub struct el_state(StateH);
+
+/// Opaque bound adapter.
+pub struct el_adapter {
+    bound: BoundAdapter<'static, 'static>,
+    model: *const el_model,
+}
+
+/// Opaque adapter stream receiver.
+pub struct el_stream(Option<StreamLoader<'static>>);
+
+/// Opaque tokenizer.
+pub struct el_tokenizer(Tokenizer<'static>);
+
+/// Model hyper-parameters (`el_model_info` in C).
+#[repr(C)]
+pub struct el_model_info {
+    /// Transformer blocks.
+    pub n_layers: u32,
+    /// Residual width.
+    pub dim: u32,
+    /// Vocabulary size (logits per forward).
+    pub vocab: u32,
+    /// Context the model was trained for (the most `el_state_init` accepts).
+    pub ctx_len: u32,
+}
+
+// ---- errors ------------------------------------------------------------------------------
+
+/// The last error, formatted; guarded by a try-lock (a racing writer simply skips).
+struct Last {
+    lock: AtomicBool,
+    buf: core::cell::UnsafeCell<([u8; 192], usize)>,
+}
+// SAFETY: `buf` is only touched while `lock` is held (acquired with swap).
+unsafe impl Sync for Last {}
+static LAST: Last = Last { lock: AtomicBool::new(false), buf: core::cell::UnsafeCell::new(([0; 192], 0)) };
+
+fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
+    if LAST.lock.swap(true, Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: the lock is held, so this is the only reference.
+    let r = f(unsafe { &mut *LAST.buf.get() });
+    LAST.lock.store(false, Ordering::Release);
+    Some(r)
+}
+
+struct Cursor<'a>(&'a mut ([u8; 192], usize));
+impl core::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.0 .1 < self.0 .0.len() {
+                self.0 .0[self.0 .1] = b;
+                self.0 .1 += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record(msg: core::fmt::Arguments<'_>) {
+    with_last(|l| {
+        l.1 = 0;
+        let _ = core::fmt::write(&mut Cursor(l), msg);
+    });
+}
+
+fn status_of(e: &Error) -> c_int {
+    match e.kind() {
+        ErrorKind::BufferTooSmall => EL_ERR_BUFFER,
+        ErrorKind::ContextFull => EL_ERR_CONTEXT,
+        ErrorKind::InvalidArgument | ErrorKind::TokenOutOfRange | ErrorKind::TooMany => EL_ERR_ARG,
+        ErrorKind::ShapeMismatch | ErrorKind::MissingTensor | ErrorKind::UnsupportedArch => EL_ERR_MISMATCH,
+        _ => EL_ERR_FORMAT,
+    }
+}
+
+fn fail(code: c_int, e: &Error) -> c_int {
+    record(format_args!("{e}"));
+    code
+}
+
+fn err(e: Error) -> c_int {
+    fail(status_of(&e), &e)
+}
+
+fn bad(code: c_int, msg: &'static str) -> c_int {
+    record(format_args!("{msg}"));
+    code
+}
+
+/// A short static description of a status code (never null).
+///
+/// # Safety
+/// None: any value is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn el_status_str(status: c_int) -> *const c_char {
+    let s: &'static [u8] = match status {
+        EL_OK => b"ok\0",
+        EL_ERR_NULL => b"null pointer argument\0",
+        EL_ERR_BUFFER => b"buffer too small or misaligned\0",
+        EL_ERR_FORMAT => b"malformed or unsupported model/adapter bytes\0",
+        EL_ERR_MISMATCH => b"adapter does not fit the base model\0",
+        EL_ERR_CONTEXT => b"context full\0",
+        EL_ERR_ARG => b"invalid argument\0",
+        EL_ERR_STREAM => b"adapter stream error\0",
+        _ => b"unknown status\0",
+    };
+    s.as_ptr().cast()
+}
+
+/// Copy the last error's message (NUL-terminated, truncated to `cap`) into `buf`; returns its
+/// full length. Process-wide, not per thread.
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes (or null with `cap` 0).
+#[no_mangle]
+pub unsafe extern "C" fn el_last_error(buf: *mut c_char, cap: usize) -> usize {
+    with_last(|l| {
+        let n = l.1;
+        if !buf.is_null() && cap > 0 {
+            let k = n.min(cap - 1);
+            // SAFETY: the caller gives `cap` writable bytes; k + 1 <= cap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(l.0.as_ptr(), buf.cast::<u8>(), k);
+                *buf.add(k) = 0;
+            }
+        }
+        n
+    })
+    .unwrap_or(0)
+}
+
+// ---- memory helpers ------------------------------------------------------------------------
+
+/// Check caller memory for an object of `need` bytes.
+fn room(mem: *mut c_void, len: usize, need: usize) -> Result<(), c_int> {
+    if mem.is_null() {
+        return Err(bad(EL_ERR_NULL, "object memory is null"));
+    }
+    if (mem as usize) % EL_ALIGN != 0 {
+        return Err(bad(EL_ERR_BUFFER, "object memory must be 8-byte aligned"));
+    }
+    if len < need {
+        return Err(bad(EL_ERR_BUFFER, "object memory smaller than the el_*_size query"));
+    }
+    Ok(())
+}
+
+const fn up(n: usize) -> usize {
+    n.div_ceil(EL_ALIGN) * EL_ALIGN
+}
+
+macro_rules! nonnull {
+    ($($p:expr),+) => {
+        if $($p.is_null())||+ {
+            return bad(EL_ERR_NULL, "null pointer argument");
+        }
+    };
+}
+
+/// Borrow `len` bytes at `p` for as long as the caller promises (the API's contract).
+///
+/// # Safety
+/// `p` valid for `len` bytes, unchanged while borrowed.
+unsafe fn bytes(p: *const u8, len: usize) -> &'static [u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: per the caller's contract.
+    unsafe { core::slice::from_raw_parts(p, len) }
+}
+
+// ---- model ---------------------------------------------------------------------------------
+
+/// Bytes of object memory `el_model_open` needs.
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn el_model_size() -> usize {
+    size_of::<el_model>()
+}
+
+/// Parse a GGUF model in place (`gguf` is borrowed, not copied) into `mem`.
+///
+/// # Safety
+/// `gguf` valid for `gguf_len` bytes and unchanged while the model is used; `mem` valid for
+/// `mem_len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_model_open(mem: *mut c_void, mem_len: usize, gguf: *const u8, gguf_len: usize, out: *mut *mut el_model) -> c_int {
+    nonnull!(gguf, out);
+    if let Err(c) = room(mem, mem_len, size_of::<el_model>()) {
+        return c;
+    }
+    // SAFETY: the caller's contract on `gguf`.
+    let g = match Gguf::parse(unsafe { bytes(gguf, gguf_len) }) {
+        Ok(g) => g,
+        Err(e) => return err(e),
+    };
+    let model = match Model::from_gguf(&g) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let p = mem.cast::<el_model>();
+    // SAFETY: `mem` is aligned (room checks 8, and el_model's alignment is at most 8 on the
+    // targets this builds for: asserted below) and large enough; `out` is writable.
+    unsafe {
+        p.write(el_model(ModelH { gguf: g, model }));
+        *out = p;
+    }
+    EL_OK
+}
+
+const _: () = assert!(align_of::<el_model>() <= EL_ALIGN);
+const _: () = assert!(align_of::<el_state>() <= EL_ALIGN);
+const _: () = assert!(align_of::<el_adapter>() <= EL_ALIGN);
+const _: () = assert!(align_of::<el_stream>() <= EL_ALIGN);
+const _: () = assert!(align_of::<el_tokenizer>() <= EL_ALIGN);
+const _: () = assert!(align_of::<Option<LoraPair<'static>>>() <= EL_ALIGN);
+
+/// Fill `info` with the model's hyper-parameters.
+///
+/// # Safety
+/// `model` from `el_model_open`; `info` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_model_info(model: *const el_model, info: *mut el_model_info) -> c_int {
+    nonnull!(model, info);
+    // SAFETY: valid handle per contract.
+    let c = unsafe { &*model }.0.model.config();
+    // SAFETY: writable per contract.
+    unsafe {
+        *info = el_model_info { n_layers: c.n_layers as u32, dim: c.dim as u32, vocab: c.vocab as u32, ctx_len: c.ctx_len as u32 };
+    }
+    EL_OK
+}
+
+// ---- state ---------------------------------------------------------------------------------
+
+/// Bytes of memory `el_state_init` needs for `ctx` positions (0 if it would overflow).
+///
+/// # Safety
+/// `model` from `el_model_open` (or null: returns 0).
+#[no_mangle]
+pub unsafe extern "C" fn el_state_size(model: *const el_model, ctx: u32) -> usize {
+    if model.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle per contract.
+    let c = unsafe { &*model }.0.model.config();
+    State::checked_len_for(c, ctx as usize)
+        .and_then(|n| n.checked_mul(4))
+        .and_then(|n| n.checked_add(up(size_of::<el_state>())))
+        .unwrap_or(0)
+}
+
+/// Make a state for `ctx` positions in `mem` (KV cache, activations and logits all inside).
+///
+/// # Safety
+/// `model` from `el_model_open`, outliving the state; `mem` valid for `mem_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn el_state_init(model: *const el_model, ctx: u32, mem: *mut c_void, mem_len: usize, out: *mut *mut el_state) -> c_int {
+    nonnull!(model, out);
+    // SAFETY: per contract.
+    let need = unsafe { el_state_size(model, ctx) };
+    if need == 0 {
+        return bad(EL_ERR_ARG, "state size overflows");
+    }
+    if let Err(c) = room(mem, mem_len, need) {
+        return c;
+    }
+    // SAFETY: valid handle per contract.
+    let cfg = *unsafe { &*model }.0.model.config();
+    let head = up(size_of::<el_state>());
+    let n = (need - head) / 4;
+    // SAFETY: [mem + head, mem + need) lies in the caller's memory, 4-aligned (head is a
+    // multiple of 8, mem 8-aligned), used only through this state from now on; f32 has no
+    // invalid bit patterns and State::new zeroes what it uses.
+    let buf = unsafe { core::slice::from_raw_parts_mut(mem.cast::<u8>().add(head).cast::<f32>(), n) };
+    let state = match State::new(&cfg, ctx as usize, buf) {
+        Ok(s) => s,
+        Err(e) => return err(e),
+    };
+    let p = mem.cast::<el_state>();
+    // SAFETY: aligned and in range (checked by room); `out` writable.
+    unsafe {
+        p.write(el_state(StateH { state, model, active: [(core::ptr::null(), 0.0); MAX_ACTIVE], n_active: 0 }));
+        *out = p;
+    }
+    EL_OK
+}
+
+// ---- adapters ------------------------------------------------------------------------------
+
+/// Bytes of memory `el_adapter_load` needs for an adapter of this model.
+///
+/// # Safety
+/// `model` from `el_model_open` (or null: returns 0).
+#[no_mangle]
+pub unsafe extern "C" fn el_adapter_size(model: *const el_model) -> usize {
+    if model.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle per contract.
+    let c = unsafe { &*model }.0.model.config();
+    up(size_of::<el_adapter>()) + Adapter::slots_len(c) * size_of::<Option<LoraPair<'static>>>()
+}
+
+/// Parse a GGUF LoRA adapter (borrowed, not copied) and bind it to `model` in `mem`.
+///
+/// # Safety
+/// `bytes` valid for `len` bytes and unchanged while the adapter is used; `model` outlives
+/// it; `mem` valid for `mem_len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_adapter_load(model: *const el_model, bytes_ptr: *const u8, len: usize, mem: *mut c_void, mem_len: usize, out: *mut *mut el_adapter) -> c_int {
+    nonnull!(model, bytes_ptr, out);
+    // SAFETY: per contract.
+    let need = unsafe { el_adapter_size(model) };
+    if let Err(c) = room(mem, mem_len, need) {
+        return c;
+    }
+    // SAFETY: valid handle per contract.
+    let m = &unsafe { &*model }.0;
+    // SAFETY: the caller's contract on the bytes.
+    let ad = match Adapter::parse(unsafe { bytes(bytes_ptr, len) }) {
+        Ok(a) => a,
+        Err(e) => return err(e),
+    };
+    let head = up(size_of::<el_adapter>());
+    let n = Adapter::slots_len(m.model.config());
+    let slots_p = mem.cast::<u8>().wrapping_add(head).cast::<Option<LoraPair<'static>>>();
+    // SAFETY: the slots lie in [mem + head, mem + need), aligned (head multiple of 8, the
+    // element's alignment <= 8), and are initialised before the slice is formed.
+    let slots = unsafe {
+        for i in 0..n {
+            slots_p.add(i).write(None);
+        }
+        core::slice::from_raw_parts_mut(slots_p, n)
+    };
+    let bound = match ad.bind(&m.gguf, &m.model, slots) {
+        Ok(b) => b,
+        Err(e) => {
+            let code = if e.kind() == ErrorKind::BadValue { EL_ERR_MISMATCH } else { status_of(&e) };
+            return fail(code, &e);
+        }
+    };
+    let p = mem.cast::<el_adapter>();
+    // SAFETY: aligned and in range; `out` writable.
+    unsafe {
+        p.write(el_adapter { bound, model });
+        *out = p;
+    }
+    EL_OK
+}
+
+/// Make `adapters[0..n]` with `scales[0..n]` the active set of `state` (n = 0: base only).
+/// On error the previous set stays active.
+///
+/// # Safety
+/// `state` from `el_state_init`; each adapter from `el_adapter_load` for the same model,
+/// outliving its use by the state; `adapters` and `scales` valid for `n` entries.
+#[no_mangle]
+pub unsafe extern "C" fn el_set_adapters(state: *mut el_state, adapters: *const *const el_adapter, scales: *const f32, n: usize) -> c_int {
+    nonnull!(state);
+    if n > MAX_ACTIVE {
+        return bad(EL_ERR_ARG, "more active adapters than MAX_ACTIVE (4)");
+    }
+    if n > 0 && (adapters.is_null() || scales.is_null()) {
+        return bad(EL_ERR_NULL, "null adapters or scales");
+    }
+    // SAFETY: valid handle per contract.
+    let s = &mut unsafe { &mut *state }.0;
+    let mut next = [(core::ptr::null(), 0.0); MAX_ACTIVE];
+    for (i, slot) in next.iter_mut().enumerate().take(n) {
+        // SAFETY: `n` entries each, per contract.
+        let (a, sc) = unsafe { (*adapters.add(i), *scales.add(i)) };
+        if a.is_null() {
+            return bad(EL_ERR_NULL, "null adapter");
+        }
+        // SAFETY: valid adapter handle per contract.
+        if unsafe { &*a }.model != s.model {
+            return bad(EL_ERR_MISMATCH, "adapter was loaded for another model handle");
+        }
+        if !sc.is_finite() {
+            return bad(EL_ERR_ARG, "adapter scale must be finite");
+        }
+        *slot = (a, sc);
+    }
+    s.active = next;
+    s.n_active = n;
+    EL_OK
+}
+
+fn active_set(s: &StateH) -> AdapterSet<'static, 'static, 'static> {
+    let mut set = AdapterSet::EMPTY;
+    for &(a, sc) in &s.active[..s.n_active] {
+        // SAFETY: handles checked non-null in el_set_adapters; outliving the state per contract.
+        let b: &'static BoundAdapter<'static, 'static> = unsafe { &(*a).bound };
+        let _ = set.push(b, sc); // at most MAX_ACTIVE, scales finite: cannot fail
+    }
+    set
+}
+
+// ---- inference -----------------------------------------------------------------------------
+
+/// Run `token` at `pos` (at most the positions already filled) with the active adapters;
+/// `*logits` points at `*n_vocab` floats inside the state, valid until the next call.
+///
+/// # Safety
+/// Handles from this API for the same model; `logits` and `n_vocab` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_forward(model: *const el_model, state: *mut el_state, token: u32, pos: u32, logits: *mut *const f32, n_vocab: *mut usize) -> c_int {
+    nonnull!(model, state, logits, n_vocab);
+    // SAFETY: valid handles per contract.
+    let (m, s) = (&unsafe { &*model }.0, &mut unsafe { &mut *state }.0);
+    if s.model != model {
+        return bad(EL_ERR_MISMATCH, "state was made for another model handle");
+    }
+    let set = active_set(s);
+    match m.model.forward_with(token, pos as usize, &mut s.state, &set) {
+        Ok(l) => {
+            // SAFETY: writable per contract.
+            unsafe {
+                *logits = l.as_ptr();
+                *n_vocab = l.len();
+            }
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// Greedy generation: clear the state, run `prompt`, then write up to `max_out` ids to `out`
+/// (stopping after `eos`; pass `0xFFFFFFFF` for none). `*n_out` is the count written.
+///
+/// # Safety
+/// Handles from this API for the same model; `prompt` valid for `n_prompt` ids, `out` for
+/// `max_out`; `n_out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_generate(model: *const el_model, state: *mut el_state, prompt: *const u32, n_prompt: usize, out: *mut u32, max_out: usize, eos: u32, n_out: *mut usize) -> c_int {
+    nonnull!(model, state, prompt, n_out);
+    if max_out > 0 && out.is_null() {
+        return bad(EL_ERR_NULL, "null output");
+    }
+    // SAFETY: valid handles per contract.
+    let (m, s) = (&unsafe { &*model }.0, &mut unsafe { &mut *state }.0);
+    if s.model != model {
+        return bad(EL_ERR_MISMATCH, "state was made for another model handle");
+    }
+    // SAFETY: per contract.
+    let (prompt, outs) = unsafe {
+        (core::slice::from_raw_parts(prompt, n_prompt), if max_out == 0 { &mut [][..] } else { core::slice::from_raw_parts_mut(out, max_out) })
+    };
+    // SAFETY: writable per contract.
+    unsafe { *n_out = 0 };
+    let set = active_set(s);
+    s.state.clear();
+    let mut logits = match m.model.prefill_with(prompt, 0, &mut s.state, &set) {
+        Ok(l) => l,
+        Err(e) => return err(e),
+    };
+    let mut n = 0;
+    while n < outs.len() {
+        let t = argmax(logits);
+        outs[n] = t;
+        n += 1;
+        // SAFETY: writable per contract.
+        unsafe { *n_out = n };
+        if t == eos || n == outs.len() {
+            break;
+        }
+        logits = match m.model.forward_with(t, prompt.len() + n - 1, &mut s.state, &set) {
+            Ok(l) => l,
+            Err(e) => return err(e),
+        };
+    }
+    EL_OK
+}
+
+// ---- adapter streaming ---------------------------------------------------------------------
+
+/// Bytes of memory `el_stream_begin` needs.
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn el_stream_size() -> usize {
+    size_of::<el_stream>()
+}
+
+/// Start receiving one framed adapter (24-byte `ELAS` header + GGUF) into `buf`.
+///
+/// # Safety
+/// `buf` valid for `buf_len` bytes, untouched by the caller until the payload is no longer
+/// used; `mem` valid for `mem_len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_stream_begin(mem: *mut c_void, mem_len: usize, buf: *mut u8, buf_len: usize, out: *mut *mut el_stream) -> c_int {
+    nonnull!(buf, out);
+    if let Err(c) = room(mem, mem_len, size_of::<el_stream>()) {
+        return c;
+    }
+    // SAFETY: per contract, exclusively the stream's from now on.
+    let b = unsafe { core::slice::from_raw_parts_mut(buf, buf_len) };
+    let p = mem.cast::<el_stream>();
+    // SAFETY: aligned and in range; `out` writable.
+    unsafe {
+        p.write(el_stream(Some(StreamLoader::new(b))));
+        *out = p;
+    }
+    EL_OK
+}
+
+/// Feed the next chunk (any size). After an error the stream stays failed.
+///
+/// # Safety
+/// `stream` from `el_stream_begin`; `chunk` valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn el_stream_push(stream: *mut el_stream, chunk: *const u8, len: usize) -> c_int {
+    nonnull!(stream);
+    if len > 0 && chunk.is_null() {
+        return bad(EL_ERR_NULL, "null chunk");
+    }
+    // SAFETY: valid handle per contract.
+    let Some(l) = unsafe { &mut *stream }.0.as_mut() else {
+        return bad(EL_ERR_ARG, "stream already finished");
+    };
+    // SAFETY: per contract.
+    match l.push(unsafe { bytes(chunk, len) }) {
+        Ok(_) => EL_OK,
+        Err(e) => fail(EL_ERR_STREAM, &e),
+    }
+}
+
+/// Check the checksum and the adapter, and hand out the payload (inside the stream's
+/// buffer) for `el_adapter_load`. The stream is finished either way.
+///
+/// # Safety
+/// `stream` from `el_stream_begin`; `payload` and `len` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_stream_finish(stream: *mut el_stream, payload: *mut *const u8, len: *mut usize) -> c_int {
+    nonnull!(stream, payload, len);
+    // SAFETY: valid handle per contract.
+    let Some(l) = unsafe { &mut *stream }.0.take() else {
+        return bad(EL_ERR_ARG, "stream already finished");
+    };
+    match l.finish() {
+        Ok(p) => {
+            // SAFETY: writable per contract.
+            unsafe {
+                *payload = p.as_ptr();
+                *len = p.len();
+            }
+            EL_OK
+        }
+        Err(e) => fail(EL_ERR_STREAM, &e),
+    }
+}
+
+// ---- tokenizer -----------------------------------------------------------------------------
+
+/// `u32` words of scratch the model's tokenizer needs (`*words`).
+///
+/// # Safety
+/// `model` from `el_model_open`; `words` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_scratch_words(model: *const el_model, words: *mut usize) -> c_int {
+    nonnull!(model, words);
+    // SAFETY: valid handle per contract.
+    match Tokenizer::scratch_len(&unsafe { &*model }.0.gguf) {
+        Ok(n) => {
+            // SAFETY: writable per contract.
+            unsafe { *words = n };
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// Bytes of memory `el_tokenizer_open` needs (besides the scratch).
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_size() -> usize {
+    size_of::<el_tokenizer>()
+}
+
+/// Build the model's tokenizer with its indexes in `scratch` (`el_tokenizer_scratch_words`).
+///
+/// # Safety
+/// `model` outlives the tokenizer; `scratch` valid for `words` u32s and used only by it;
+/// `mem` valid for `mem_len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_open(model: *const el_model, scratch: *mut u32, words: usize, mem: *mut c_void, mem_len: usize, out: *mut *mut el_tokenizer) -> c_int {
+    nonnull!(model, scratch, out);
+    if let Err(c) = room(mem, mem_len, size_of::<el_tokenizer>()) {
+        return c;
+    }
+    // SAFETY: per contract.
+    let (m, s) = unsafe { (&(*model).0, core::slice::from_raw_parts_mut(scratch, words)) };
+    let t = match Tokenizer::new(&m.gguf, s) {
+        Ok(t) => t,
+        Err(e) => return err(e),
+    };
+    let p = mem.cast::<el_tokenizer>();
+    // SAFETY: aligned and in range; `out` writable.
+    unsafe {
+        p.write(el_tokenizer(t));
+        *out = p;
+    }
+    EL_OK
+}
+
+/// Encode UTF-8 `text` (special tokens parsed), with BOS first if `add_bos` and the
+/// vocabulary has one. `out` is also working memory: `10 * len + 16` ids always suffice.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`; `text` valid for `len` bytes, `out` for `cap` ids, `n`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenize(tok: *const el_tokenizer, text: *const c_char, len: usize, add_bos: c_int, out: *mut u32, cap: usize, n: *mut usize) -> c_int {
+    nonnull!(tok, text, out, n);
+    // SAFETY: per contract.
+    let (t, raw, outs) = unsafe { (&(*tok).0, bytes(text.cast(), len), core::slice::from_raw_parts_mut(out, cap)) };
+    let Ok(s) = core::str::from_utf8(raw) else {
+        return bad(EL_ERR_ARG, "text is not UTF-8");
+    };
+    let mut k = 0;
+    if add_bos != 0 {
+        if let Some(b) = t.bos_id() {
+            let Some(o) = outs.first_mut() else {
+                return bad(EL_ERR_BUFFER, "no room for BOS");
+            };
+            *o = b;
+            k = 1;
+        }
+    }
+    match t.encode(s, true, &mut outs[k..]) {
+        Ok(c) => {
+            // SAFETY: writable per contract.
+            unsafe { *n = k + c };
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// Decode `ids` to UTF-8 into `out` (NUL-terminated if room); `*len` is the byte count.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`; `ids` valid for `n` ids, `out` for `cap` bytes, `len`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_detokenize(tok: *const el_tokenizer, ids: *const u32, n: usize, out: *mut c_char, cap: usize, len: *mut usize) -> c_int {
+    nonnull!(tok, ids, out, len);
+    // SAFETY: per contract.
+    let (t, ids, o) = unsafe { (&(*tok).0, core::slice::from_raw_parts(ids, n), core::slice::from_raw_parts_mut(out.cast::<u8>(), cap)) };
+    let room = cap.saturating_sub(1);
+    match t.decode_into(ids, &mut o[..room]) {
+        Ok(k) => {
+            if let Some(z) = o.get_mut(k) {
+                *z = 0;
+            }
+            // SAFETY: writable per contract.
+            unsafe { *len = k };
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+#[cfg(all(not(feature = "std"), target_os = "none"))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    // Unreachable from input bytes (the core returns errors); a C firmware sees a hang it can
+    // catch with its watchdog rather than undefined behaviour.
+    loop {}
+}
