@@ -10,9 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgelora::kernels::{reference, Isa, Kernel};
-use edgelora::quant::{
-    to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK,
-};
+use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -26,7 +24,9 @@ const SHAPES: [(usize, usize, &str); 5] = [
 ];
 
 fn lcg(seed: &mut u64) -> u8 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (*seed >> 56) as u8
 }
 
@@ -58,15 +58,27 @@ fn bench(c: &mut Criterion) {
         reference::quantize_row_q8_1(&x, &mut x1);
         let d = to_f16_le(0.01);
         let w40: Vec<BlockQ4_0> = (0..rows * nb)
-            .map(|_| BlockQ4_0 { d, qs: core::array::from_fn(|_| lcg(&mut seed)) })
+            .map(|_| BlockQ4_0 {
+                d,
+                qs: core::array::from_fn(|_| lcg(&mut seed)),
+            })
             .collect();
         let w41: Vec<BlockQ4_1> = (0..rows * nb)
-            .map(|_| BlockQ4_1 { d, m: d, qs: core::array::from_fn(|_| lcg(&mut seed)) })
+            .map(|_| BlockQ4_1 {
+                d,
+                m: d,
+                qs: core::array::from_fn(|_| lcg(&mut seed)),
+            })
             .collect();
         let w80: Vec<BlockQ8_0> = (0..rows * nb)
-            .map(|_| BlockQ8_0 { d, qs: core::array::from_fn(|_| lcg(&mut seed)) })
+            .map(|_| BlockQ8_0 {
+                d,
+                qs: core::array::from_fn(|_| lcg(&mut seed)),
+            })
             .collect();
-        let wf16: Vec<u8> = (0..rows * cols).flat_map(|_| to_f16_le(lcg(&mut seed) as f32 / 256.0)).collect();
+        let wf16: Vec<u8> = (0..rows * cols)
+            .flat_map(|_| to_f16_le(lcg(&mut seed) as f32 / 256.0))
+            .collect();
         let mut y = vec![0f32; rows];
 
         let mut g = c.benchmark_group(format!("matvec {name}"));
@@ -89,7 +101,9 @@ fn bench(c: &mut Criterion) {
             });
             g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
             g.bench_function(BenchmarkId::new("f16", isa), |b| {
-                b.iter(|| k.matvec_float(GgmlType::F16, black_box(&wf16), cols, black_box(&x), &mut y))
+                b.iter(|| {
+                    k.matvec_float(GgmlType::F16, black_box(&wf16), cols, black_box(&x), &mut y)
+                })
             });
         }
         g.finish();
@@ -98,10 +112,13 @@ fn bench(c: &mut Criterion) {
     let x = act(1536, &mut seed);
     let mut q1 = vec![BlockQ8_1::ZERO; 1536 / QK];
     let mut g = c.benchmark_group("quantize 1536 -> q8_1");
-    g.warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(500));
+    g.warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(500));
     g.throughput(Throughput::Bytes(1536 * 4));
     for k in kernels() {
-        g.bench_function(k.isa().name(), |b| b.iter(|| k.quantize_q8_1(black_box(&x), &mut q1)));
+        g.bench_function(k.isa().name(), |b| {
+            b.iter(|| k.quantize_q8_1(black_box(&x), &mut q1))
+        });
     }
     g.bench_function("reference", |b| {
         b.iter(|| reference::quantize_row_q8_1(black_box(&x), &mut q1))

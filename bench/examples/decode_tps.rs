@@ -15,7 +15,10 @@ use std::time::Instant;
 /// CPU time of this thread: on a loaded machine wall time includes time slices given to
 /// other processes; thread CPU time does not (memory-bandwidth contention remains).
 fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported
     // on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

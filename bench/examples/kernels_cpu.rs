@@ -12,14 +12,19 @@ use edgelora::quant::{to_f16_le, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use std::hint::black_box;
 
 fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is supported on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn lcg(seed: &mut u64) -> u8 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (*seed >> 56) as u8
 }
 
@@ -39,20 +44,35 @@ fn time(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let mut seed = 1u64;
-    let shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)];
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (1536, 576),
+        (576, 1536),
+        (49152, 576),
+    ];
     for (rows, cols) in shapes {
         let nb = cols / QK;
-        let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0)
+            .collect();
         let mut x0 = vec![BlockQ8_0::ZERO; nb];
         let mut x1 = vec![BlockQ8_1::ZERO; nb];
         reference::quantize_row_q8_0(&x, &mut x0);
         reference::quantize_row_q8_1(&x, &mut x1);
         let d = to_f16_le(0.01);
         let w41: Vec<BlockQ4_1> = (0..rows * nb)
-            .map(|_| BlockQ4_1 { d, m: d, qs: core::array::from_fn(|_| lcg(&mut seed)) })
+            .map(|_| BlockQ4_1 {
+                d,
+                m: d,
+                qs: core::array::from_fn(|_| lcg(&mut seed)),
+            })
             .collect();
         let w80: Vec<BlockQ8_0> = (0..rows * nb)
-            .map(|_| BlockQ8_0 { d, qs: core::array::from_fn(|_| lcg(&mut seed)) })
+            .map(|_| BlockQ8_0 {
+                d,
+                qs: core::array::from_fn(|_| lcg(&mut seed)),
+            })
             .collect();
         let mut y = vec![0f32; rows];
         for k in Isa::ALL.into_iter().filter_map(Isa::kernel) {
@@ -73,8 +93,10 @@ fn main() {
                 let xb1: Vec<BlockQ8_1> = x1.iter().cycle().take(nb * cols).copied().collect();
                 let xb0: Vec<BlockQ8_0> = x0.iter().cycle().take(nb * cols).copied().collect();
                 let mut yb = vec![0f32; rows * cols];
-                let m41 = time(|| k.matmul_q4_1(black_box(&w41), nb, rows, black_box(&xb1), &mut yb));
-                let m80 = time(|| k.matmul_q8_0(black_box(&w80), nb, rows, black_box(&xb0), &mut yb));
+                let m41 =
+                    time(|| k.matmul_q4_1(black_box(&w41), nb, rows, black_box(&xb1), &mut yb));
+                let m80 =
+                    time(|| k.matmul_q8_0(black_box(&w80), nb, rows, black_box(&xb0), &mut yb));
                 println!(
                     "{:>20} matmul x{cols}: q4_1 {:>6.2} GMAC/s | q8_0 {:>6.2} GMAC/s",
                     "",

@@ -681,7 +681,13 @@ fn matmul_matches_oracle_per_column() {
                         for (r, row) in w1.chunks_exact(nb).enumerate() {
                             let want = r::vec_dot_q4_1_q8_1(row, xc);
                             let s = abs_terms_q4_1(row, xc);
-                            check_close(&format!("mm q4_1 {what} c={c}"), y[c * rows + r], want, nb, s);
+                            check_close(
+                                &format!("mm q4_1 {what} c={c}"),
+                                y[c * rows + r],
+                                want,
+                                nb,
+                                s,
+                            );
                         }
                     }
                     assert!(y[cols * rows].is_nan(), "{what}: wrote past the output");
@@ -691,7 +697,13 @@ fn matmul_matches_oracle_per_column() {
                         for (r, row) in w8.chunks_exact(nb).enumerate() {
                             let want = r::vec_dot_q8_0_q8_0(row, xc);
                             let s = abs_terms_q8_0(row, xc);
-                            check_close(&format!("mm q8_0 {what} c={c}"), y[c * rows + r], want, nb, s);
+                            check_close(
+                                &format!("mm q8_0 {what} c={c}"),
+                                y[c * rows + r],
+                                want,
+                                nb,
+                                s,
+                            );
                         }
                     }
                 }
@@ -699,6 +711,12 @@ fn matmul_matches_oracle_per_column() {
         }
         // Degenerate shapes.
         k.matmul_q4_1(&[], 0, 0, &[], &mut []);
-        k.matmul_q8_0(&[BlockQ8_0::ZERO; 2], 1, 5, &[BlockQ8_0::ZERO; 3], &mut [0.0; 4]);
+        k.matmul_q8_0(
+            &[BlockQ8_0::ZERO; 2],
+            1,
+            5,
+            &[BlockQ8_0::ZERO; 3],
+            &mut [0.0; 4],
+        );
     }
 }

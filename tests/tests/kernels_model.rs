@@ -38,7 +38,8 @@ fn q_tail(z: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.231_641_9 * z);
     let poly = t
         * (0.319_381_530
-            + t * (-0.356_563_782 + t * (1.781_477_937 + t * (-1.821_255_978 + t * 1.330_274_429))));
+            + t * (-0.356_563_782
+                + t * (1.781_477_937 + t * (-1.821_255_978 + t * 1.330_274_429))));
     (-z * z / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * poly
 }
 
@@ -51,8 +52,11 @@ fn smollm2_fast_path_top1_agreement() {
     // SAFETY: read-only private mapping of a file nobody modifies during the test.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.unwrap();
     let refs: Value = serde_json::from_slice(
-        &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/smollm2/hf_top5.json"))
-            .unwrap(),
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/smollm2/hf_top5.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let g = Gguf::parse(&bytes).unwrap();
@@ -67,10 +71,18 @@ fn smollm2_fast_path_top1_agreement() {
     let mut sq = 0f64;
     let mut flips = vec![];
     for case in refs["cases"].as_array().unwrap() {
-        let ids: Vec<u32> =
-            case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut st = State::new(&cfg, ctx, &mut buf).unwrap();
-        assert_eq!(st.kernel_mode(), KernelMode::Fast, "the default must be the fast path");
+        assert_eq!(
+            st.kernel_mode(),
+            KernelMode::Fast,
+            "the default must be the fast path"
+        );
         for (pos, &t) in ids.iter().enumerate() {
             let l = model.forward(t, pos, &mut st).unwrap();
             let hf_ids: Vec<usize> = case["top_ids"][pos]
@@ -79,8 +91,12 @@ fn smollm2_fast_path_top1_agreement() {
                 .iter()
                 .map(|v| v.as_u64().unwrap() as usize)
                 .collect();
-            let hf_l: Vec<f64> =
-                case["top_logits"][pos].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let hf_l: Vec<f64> = case["top_logits"][pos]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let ours = edgelora::sample::argmax(l) as usize;
             n += 1;
             let margin = hf_l[0] - hf_l[1];
@@ -116,7 +132,10 @@ fn smollm2_fast_path_top1_agreement() {
         flips.len()
     );
     assert!(n > 200);
-    assert!(sigma < 0.25, "logit noise sigma {sigma} is above the derived 0.25");
+    assert!(
+        sigma < 0.25,
+        "logit noise sigma {sigma} is above the derived 0.25"
+    );
     assert!(
         flips.len() as f64 <= allowed,
         "{} top-1 flips, more than the {allowed:.2} that sigma {sigma:.3} explains",
@@ -136,7 +155,10 @@ fn smollm2_fast_path_top1_agreement() {
 #[test]
 fn tiny_models_fast_vs_reference() {
     for variant in ["f32", "q8_0", "q4_1"] {
-        let p = format!("{}/fixtures/tiny/tiny-{variant}.gguf", env!("CARGO_MANIFEST_DIR"));
+        let p = format!(
+            "{}/fixtures/tiny/tiny-{variant}.gguf",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let bytes = std::fs::read(&p).unwrap();
         let g = Gguf::parse(&bytes).unwrap();
         let model: Model = Model::from_gguf(&g).unwrap();
@@ -148,14 +170,26 @@ fn tiny_models_fast_vs_reference() {
         refp.set_kernel_mode(KernelMode::Reference);
         let (mut worst_max, mut err2, mut ref2, mut cnt) = (0f32, 0f64, 0f64, 0usize);
         let mut gaps = vec![];
-        for (pos, t) in [1u32, 5, 9, 2, 7, 3, 11, 4, 8, 6, 10, 12].into_iter().enumerate() {
+        for (pos, t) in [1u32, 5, 9, 2, 7, 3, 11, 4, 8, 6, 10, 12]
+            .into_iter()
+            .enumerate()
+        {
             let t = t % cfg.vocab as u32;
             let a = model.forward(t, pos, &mut fast).unwrap().to_vec();
             let b = model.forward(t, pos, &mut refp).unwrap();
             let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+                / scale;
             worst_max = worst_max.max(d);
-            err2 += a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>();
+            err2 += a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>();
             ref2 += b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>();
             cnt += b.len();
             let mut sorted = b.to_vec();
@@ -174,9 +208,15 @@ fn tiny_models_fast_vs_reference() {
             continue;
         }
         let bound = 4.0 / (127.0 * 12f64.sqrt()) * ((2 * cfg.n_layers + 1) as f64).sqrt();
-        assert!(rel_rms < bound, "tiny-{variant}: relative RMS error {rel_rms} >= {bound}");
+        assert!(
+            rel_rms < bound,
+            "tiny-{variant}: relative RMS error {rel_rms} >= {bound}"
+        );
         for (gap, same) in gaps {
-            assert!(same || gap < 6.0 * rms_err, "tiny-{variant}: argmax flip at gap {gap}");
+            assert!(
+                same || gap < 6.0 * rms_err,
+                "tiny-{variant}: argmax flip at gap {gap}"
+            );
         }
     }
 }

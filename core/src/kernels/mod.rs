@@ -34,18 +34,20 @@
 //! `n_blocks` terms (see `tests/tests/kernels.rs` for the bound). The activation quantisers
 //! are bit-exact with ggml's `quantize_row_q8_0_ref` / `quantize_row_q8_1_ref` for finite input.
 
-pub mod portable;
-pub mod reference;
-#[cfg(target_arch = "x86_64")]
-pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
 pub mod arm;
+pub mod portable;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::TensorInfo;
-use crate::quant::{cast_blocks, cast_blocks_mut, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
+use crate::quant::{
+    cast_blocks, cast_blocks_mut, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK,
+};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// A borrowed row-major matrix of `rows` rows of `cols` elements of type `ty`.
@@ -211,7 +213,9 @@ impl Isa {
 
     /// Parse a name from [`Isa::name`], case-insensitively.
     pub fn from_name(s: &str) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s))
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s))
     }
 
     /// This ISA's kernel if this CPU runs it (probed once, then cached).
@@ -368,7 +372,14 @@ impl Kernel {
     /// `y[c * rows .. (c + 1) * rows]`. Kernels with a blocked implementation (AVX-512) load
     /// and unpack each weight group once for several columns; the others run one matvec per
     /// column. Columns or rows that do not fit the slices are skipped. Never panics.
-    pub fn matmul_q4_1(&self, w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    pub fn matmul_q4_1(
+        &self,
+        w: &[BlockQ4_1],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_1],
+        y: &mut [f32],
+    ) {
         if bpr == 0 || rows == 0 || w.len() / bpr < rows {
             return;
         }
@@ -385,7 +396,14 @@ impl Kernel {
     }
 
     /// As [`Kernel::matmul_q4_1`] for Q8_0 weights and activations.
-    pub fn matmul_q8_0(&self, w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    pub fn matmul_q8_0(
+        &self,
+        w: &[BlockQ8_0],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_0],
+        y: &mut [f32],
+    ) {
         if bpr == 0 || rows == 0 || w.len() / bpr < rows {
             return;
         }
@@ -417,15 +435,14 @@ impl Kernel {
     }
 }
 
-const NULL: AtomicPtr<Kernel> = AtomicPtr::new(core::ptr::null_mut());
 /// Per ISA: its kernel if this CPU runs it, else null. Filled once by `probe`.
-static AVAILABLE: [AtomicPtr<Kernel>; Isa::ALL.len()] = [NULL; Isa::ALL.len()];
+static AVAILABLE: [AtomicPtr<Kernel>; Isa::ALL.len()] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; Isa::ALL.len()];
 static PROBED: AtomicBool = AtomicBool::new(false);
 /// The kernel [`active`] hands out; null until first use.
-static ACTIVE: AtomicPtr<Kernel> = NULL;
-const FALSE: AtomicBool = AtomicBool::new(false);
+static ACTIVE: AtomicPtr<Kernel> = AtomicPtr::new(core::ptr::null_mut());
 /// Per ISA: has one of its kernels executed since the last [`reset_ran`]?
-static RAN: [AtomicBool; Isa::ALL.len()] = [FALSE; Isa::ALL.len()];
+static RAN: [AtomicBool; Isa::ALL.len()] = [const { AtomicBool::new(false) }; Isa::ALL.len()];
 
 fn detect(isa: Isa) -> Option<&'static Kernel> {
     match isa {
@@ -589,7 +606,7 @@ impl<'a> Input<'a> {
     /// the length is not a whole number of blocks.
     pub fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {
         let nb = self.x.len() / QK;
-        if self.x.len() % QK != 0 || self.q8_0.len() < nb {
+        if !self.x.len().is_multiple_of(QK) || self.q8_0.len() < nb {
             return None;
         }
         if !self.have_q8_0 {
@@ -602,7 +619,7 @@ impl<'a> Input<'a> {
     /// As [`Input::q8_0`] for Q8_1.
     pub fn q8_1(&mut self) -> Option<&[BlockQ8_1]> {
         let nb = self.x.len() / QK;
-        if self.x.len() % QK != 0 || self.q8_1.len() < nb {
+        if !self.x.len().is_multiple_of(QK) || self.q8_1.len() < nb {
             return None;
         }
         if !self.have_q8_1 {

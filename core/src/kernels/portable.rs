@@ -110,7 +110,9 @@ pub(crate) fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 
 fn bf16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     for (row, o) in w.chunks_exact(cols * 2).zip(y) {
-        *o = dot_float::<2>(row, x, |e| f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16));
+        *o = dot_float::<2>(row, x, |e| {
+            f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16)
+        });
     }
 }
 

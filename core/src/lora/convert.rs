@@ -121,6 +121,22 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
             return Err(refuse("this init rewrites the base weights; the adapter alone cannot reproduce it", "init_lora_weights"));
         }
     }
+    // Options that change what the adapter computes in ways a (target, A, B) file cannot hold.
+    for (field, what) in [
+        ("trainable_token_indices", "trainable embedding rows cannot be represented"),
+        ("layer_replication", "layer replication changes the model's structure"),
+        ("alora_invocation_tokens", "activated LoRA (aLoRA) is not supported"),
+        ("target_parameters", "LoRA on raw parameters is not supported"),
+    ] {
+        if get(field).is_some_and(|v| !(v.as_array().is_some_and(|a| a.is_empty()) || v.as_object().is_some_and(|o| o.is_empty()))) {
+            return Err(refuse(what, field));
+        }
+    }
+    for field in ["use_qalora", "use_bdlora"] {
+        if get(field).and_then(|v| v.as_bool()).unwrap_or(false) {
+            return Err(refuse("this LoRA variant is not supported", field));
+        }
+    }
     let st = SafeTensors::parse(safetensors)?;
     let model: std::boxed::Box<Model<'_, 128>> = std::boxed::Box::new(Model::from_gguf(base)?);
     let mc: Config = *model.config();

@@ -32,8 +32,8 @@ pub use config::Config;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{act_scratch_f32s, matvec_input, Input, MatRef};
 pub use crate::kernels::KernelMode;
+use crate::kernels::{act_scratch_f32s, matvec_input, Input, MatRef};
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 

@@ -57,7 +57,7 @@ size_t el_last_error(char *buf, size_t cap);
 /* Model */
 size_t el_model_size(void);
 int el_model_open(void *mem, size_t mem_len, const uint8_t *gguf, size_t gguf_len, el_model **out);
-int el_model_info(const el_model *model, el_model_info *info);
+int el_model_get_info(const el_model *model, el_model_info *info);
 
 /* State (KV cache, activations, logits) */
 size_t el_state_size(const el_model *model, uint32_t ctx);

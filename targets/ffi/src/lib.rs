@@ -286,7 +286,7 @@ const _: () = assert!(align_of::<Option<LoraPair<'static>>>() <= EL_ALIGN);
 /// # Safety
 /// `model` from `el_model_open`; `info` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_model_info(model: *const el_model, info: *mut el_model_info) -> c_int {
+pub unsafe extern "C" fn el_model_get_info(model: *const el_model, info: *mut el_model_info) -> c_int {
     nonnull!(model, info);
     // SAFETY: valid handle per contract.
     let c = unsafe { &*model }.0.model.config();

@@ -24,8 +24,8 @@ static KERNEL: Kernel = Kernel {
     f16: f16_rows,
     bf16: bf16_rows,
     f32: f32_rows,
-    quantize_q8_0: quantize_q8_0,
-    quantize_q8_1: quantize_q8_1,
+    quantize_q8_0,
+    quantize_q8_1,
 };
 
 /// The AVX2 table if this CPU and OS support AVX2, FMA and F16C.
@@ -370,8 +370,14 @@ fn quant_block(xb: &[f32; QK], qs: &mut [u8; QK]) -> (f32, [u8; 2], i32) {
         let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(s, sign), one));
         *q = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
     }
-    let sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    let sum = _mm256_add_epi32(
+        _mm256_add_epi32(qi[0], qi[1]),
+        _mm256_add_epi32(qi[2], qi[3]),
+    );
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256(sum, 1),
+    );
     let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
     let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
     let packed = _mm256_packs_epi16(

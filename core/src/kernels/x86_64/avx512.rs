@@ -63,9 +63,27 @@ macro_rules! entry {
     };
 }
 
-entry!(q4_0_rows, q4_0_rows_tf, avx2::q4_0_rows, BlockQ4_0, BlockQ8_0);
-entry!(q4_1_rows, q4_1_rows_tf, avx2::q4_1_rows, BlockQ4_1, BlockQ8_1);
-entry!(q8_0_rows, q8_0_rows_tf, avx2::q8_0_rows, BlockQ8_0, BlockQ8_0);
+entry!(
+    q4_0_rows,
+    q4_0_rows_tf,
+    avx2::q4_0_rows,
+    BlockQ4_0,
+    BlockQ8_0
+);
+entry!(
+    q4_1_rows,
+    q4_1_rows_tf,
+    avx2::q4_1_rows,
+    BlockQ4_1,
+    BlockQ8_1
+);
+entry!(
+    q8_0_rows,
+    q8_0_rows_tf,
+    avx2::q8_0_rows,
+    BlockQ8_0,
+    BlockQ8_0
+);
 
 // ---- constant permutations -------------------------------------------------------------------
 
@@ -478,8 +496,11 @@ fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: 
                 let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
                 let lo = _mm512_and_si512(q, c.nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
-                let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+                let dm =
+                    _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
                 let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+                // Fixed trip count so the accumulators stay in registers.
+                #[allow(clippy::needless_range_loop)]
                 for j in 0..COLS {
                     if j < ncol {
                         let a = &act[j][g];
@@ -491,9 +512,9 @@ fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: 
                     }
                 }
             }
-            for j in 0..ncol {
+            for (j, (a, m)) in acc.iter().zip(&accm).take(ncol).enumerate() {
                 if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = finish(acc[j], accm[j]);
+                    *o = finish(*a, *m);
                 }
             }
         }
@@ -541,6 +562,8 @@ fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: 
                 let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
                 let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
                 let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
+                // Fixed trip count so the accumulators stay in registers.
+                #[allow(clippy::needless_range_loop)]
                 for j in 0..COLS {
                     if j < ncol {
                         let a = &act[j][g];
@@ -550,9 +573,9 @@ fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: 
                     }
                 }
             }
-            for j in 0..ncol {
+            for (j, a) in acc.iter().take(ncol).enumerate() {
                 if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = _mm512_reduce_add_ps(acc[j]);
+                    *o = _mm512_reduce_add_ps(*a);
                 }
             }
         }

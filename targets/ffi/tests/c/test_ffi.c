@@ -1,0 +1,145 @@
+/* Host test of the C API, built with gcc against libedgelora_ffi.a by tests/tests/ffi.rs.
+ * Usage: test_ffi BASE.gguf ADAPTER_A.gguf ADAPTER_B.gguf PROMPT
+ * Prints "C <name> ids=..." lines for the Rust side to compare, and "C ok" at the end.
+ * File reading uses malloc here; the library itself allocates nothing. */
+#include "edgelora.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        int st_ = (call);                                                      \
+        if (st_ != EL_OK) {                                                    \
+            char msg_[256];                                                    \
+            el_last_error(msg_, sizeof msg_);                                  \
+            fprintf(stderr, "%s:%d: %s -> %d (%s): %s\n", __FILE__, __LINE__,  \
+                    #call, st_, el_status_str(st_), msg_);                     \
+            exit(1);                                                           \
+        }                                                                      \
+    } while (0)
+
+static uint8_t *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(1); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n);
+    if (!b || fread(b, 1, (size_t)n, f) != (size_t)n) { perror(path); exit(1); }
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+/* 8-byte aligned caller memory. */
+static void *obj(size_t n) { return aligned_alloc(EL_ALIGN, (n + 7) / 8 * 8); }
+
+static void print_ids(const char *name, const uint32_t *ids, size_t n) {
+    printf("C %s ids=", name);
+    for (size_t i = 0; i < n; i++) printf("%s%u", i ? "," : "", ids[i]);
+    printf("\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) { fprintf(stderr, "usage: %s BASE A B PROMPT\n", argv[0]); return 2; }
+    size_t base_len, a_len, b_len;
+    uint8_t *base = read_file(argv[1], &base_len);
+    uint8_t *a_bytes = read_file(argv[2], &a_len);
+    uint8_t *b_bytes = read_file(argv[3], &b_len);
+    const char *prompt = argv[4];
+
+    el_model *m;
+    CHECK(el_model_open(obj(el_model_size()), el_model_size(), base, base_len, &m));
+    el_model_info info;
+    CHECK(el_model_get_info(m, &info));
+    printf("C info layers=%u dim=%u vocab=%u ctx=%u\n", info.n_layers, info.dim, info.vocab, info.ctx_len);
+
+    const uint32_t ctx = 128;
+    size_t ssz = el_state_size(m, ctx);
+    el_state *s;
+    CHECK(el_state_init(m, ctx, obj(ssz), ssz, &s));
+
+    size_t words;
+    CHECK(el_tokenizer_scratch_words(m, &words));
+    el_tokenizer *tok;
+    uint32_t *scratch = malloc(words * sizeof *scratch);
+    CHECK(el_tokenizer_open(m, scratch, words, obj(el_tokenizer_size()), el_tokenizer_size(), &tok));
+    uint32_t ids[512];
+    size_t n_ids;
+    CHECK(el_tokenize(tok, prompt, strlen(prompt), 1, ids, 512, &n_ids));
+    print_ids("prompt", ids, n_ids);
+
+    uint32_t out[16];
+    size_t n_out;
+    CHECK(el_generate(m, s, ids, n_ids, out, 16, EL_NO_EOS, &n_out));
+    print_ids("base", out, n_out);
+    char text[256];
+    size_t tlen;
+    CHECK(el_detokenize(tok, out, n_out, text, sizeof text, &tlen));
+    printf("C base text_bytes=%zu\n", tlen);
+
+    size_t asz = el_adapter_size(m);
+    el_adapter *a, *b, *bs;
+    CHECK(el_adapter_load(m, a_bytes, a_len, obj(asz), asz, &a));
+    CHECK(el_adapter_load(m, b_bytes, b_len, obj(asz), asz, &b));
+    float one = 1.0f;
+    CHECK(el_set_adapters(s, (const el_adapter *const *)&a, &one, 1));
+    CHECK(el_generate(m, s, ids, n_ids, out, 16, EL_NO_EOS, &n_out));
+    print_ids("lora_a", out, n_out);
+    CHECK(el_set_adapters(s, (const el_adapter *const *)&b, &one, 1));
+    CHECK(el_generate(m, s, ids, n_ids, out, 16, EL_NO_EOS, &n_out));
+    print_ids("lora_b", out, n_out);
+
+    /* Errors come back as codes with messages, and B stays active. */
+    int st = el_model_open(obj(el_model_size()), el_model_size(), a_bytes, a_len, &m);
+    char msg[256];
+    el_last_error(msg, sizeof msg);
+    printf("C reject model_from_adapter status=%d msg=%s\n", st, msg);
+    if (st == EL_OK) return 1;
+    const float *logits;
+    size_t nv;
+    st = el_forward(m, s, 0, ctx, &logits, &nv);
+    el_last_error(msg, sizeof msg);
+    printf("C reject context_overflow status=%d msg=%s\n", st, msg);
+    if (st != EL_ERR_CONTEXT) return 1;
+    st = el_model_open((char *)obj(el_model_size() + 8) + 1, el_model_size(), base, base_len, &m);
+    printf("C reject misaligned status=%d\n", st);
+    if (st != EL_ERR_BUFFER) return 1;
+
+    /* Stream A in 61-byte chunks (a 24-byte ELAS frame header built here), then use it. */
+    uint8_t *rx = malloc(a_len);
+    el_stream *stream;
+    CHECK(el_stream_begin(obj(el_stream_size()), el_stream_size(), rx, a_len, &stream));
+    /* Frame: "ELAS", version 1, u64 length, CRC-32 of payload, CRC-32 of bytes 0..20. */
+    extern uint32_t crc32_ieee(const uint8_t *p, size_t n);
+    uint8_t hdr[24] = {'E', 'L', 'A', 'S', 1, 0, 0, 0};
+    for (int i = 0; i < 8; i++) hdr[8 + i] = (uint8_t)((uint64_t)a_len >> (8 * i));
+    uint32_t c = crc32_ieee(a_bytes, a_len);
+    for (int i = 0; i < 4; i++) hdr[16 + i] = (uint8_t)(c >> (8 * i));
+    c = crc32_ieee(hdr, 20);
+    for (int i = 0; i < 4; i++) hdr[20 + i] = (uint8_t)(c >> (8 * i));
+    CHECK(el_stream_push(stream, hdr, 24));
+    for (size_t at = 0; at < a_len; at += 61) {
+        size_t k = a_len - at < 61 ? a_len - at : 61;
+        CHECK(el_stream_push(stream, a_bytes + at, k));
+    }
+    const uint8_t *payload;
+    size_t plen;
+    CHECK(el_stream_finish(stream, &payload, &plen));
+    CHECK(el_adapter_load(m, payload, plen, obj(asz), asz, &bs));
+    CHECK(el_set_adapters(s, (const el_adapter *const *)&bs, &one, 1));
+    CHECK(el_generate(m, s, ids, n_ids, out, 16, EL_NO_EOS, &n_out));
+    print_ids("stream_a", out, n_out);
+    printf("C ok\n");
+    return 0;
+}
+
+uint32_t crc32_ieee(const uint8_t *p, size_t n) {
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+}
