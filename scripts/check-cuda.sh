@@ -66,9 +66,13 @@ run() {
   fi
   local a1="$bin/smol-a1.gguf" a2="$bin/smol-a2.gguf"
   [ -d "$C/stage-c" ] && stage >/dev/null 2>&1
-  if [ -f "$STAGE/smol.part0" ] && [ -f "$STAGE/smol.part1" ] && [ -f "$STAGE/smol.part2" ]; then
-    mkdir -p models && cat "$STAGE"/smol.part0 "$STAGE"/smol.part1 "$STAGE"/smol.part2 > "$SMOL"
-    [ "$(sha256sum "$SMOL" | cut -d' ' -f1)" = "$(cat "$bin/smol.sha256")" ] || { echo "SmolLM2 reassembly: checksum mismatch"; rm -f "$SMOL"; }
+  if [ ! -f "$SMOL" ] && [ -f "$STAGE/smol.part0" ] && [ -f "$STAGE/smol.part1" ] && [ -f "$STAGE/smol.part2" ]; then
+    mkdir -p models && cat "$STAGE"/smol.part0 "$STAGE"/smol.part1 "$STAGE"/smol.part2 > "$SMOL.tmp"
+    if [ "$(sha256sum "$SMOL.tmp" | cut -d' ' -f1)" = "$(cat "$bin/smol.sha256")" ]; then
+      mv "$SMOL.tmp" "$SMOL"
+    else
+      echo "SmolLM2 reassembly: checksum mismatch" && rm -f "$SMOL.tmp"
+    fi
   fi
   if [ -f "$SMOL" ]; then
     model=$SMOL

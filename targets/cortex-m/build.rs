@@ -40,9 +40,22 @@ fn main() {
         println!("cargo:rerun-if-changed={}", p.display());
         p
     };
-    let num = |k: &str| -> usize { m[k].parse().unwrap_or_else(|_| panic!("manifest `{k}` is not a number")) };
-    let (base_p, a_p, b_p, w_p) = (path("base"), path("adapter_a"), path("adapter_b"), path("adapter_wrong_base"));
-    for (env, p) in [("EL_BASE", &base_p), ("EL_ADAPTER_A", &a_p), ("EL_ADAPTER_B", &b_p), ("EL_ADAPTER_WRONG", &w_p)] {
+    let num = |k: &str| -> usize {
+        m[k].parse()
+            .unwrap_or_else(|_| panic!("manifest `{k}` is not a number"))
+    };
+    let (base_p, a_p, b_p, w_p) = (
+        path("base"),
+        path("adapter_a"),
+        path("adapter_b"),
+        path("adapter_wrong_base"),
+    );
+    for (env, p) in [
+        ("EL_BASE", &base_p),
+        ("EL_ADAPTER_A", &a_p),
+        ("EL_ADAPTER_B", &b_p),
+        ("EL_ADAPTER_WRONG", &w_p),
+    ] {
         println!("cargo:rustc-env={env}={}", p.display());
     }
 
@@ -65,15 +78,45 @@ fn main() {
     let mut s = String::new();
     writeln!(s, "/// Prompt generated from in every run.").unwrap();
     writeln!(s, "pub const PROMPT: &str = {prompt:?};").unwrap();
-    writeln!(s, "/// Tokens generated per run.\npub const N_GEN: usize = {n_gen};").unwrap();
-    writeln!(s, "/// Context the state is sized for.\npub const CTX: usize = {ctx};").unwrap();
+    writeln!(
+        s,
+        "/// Tokens generated per run.\npub const N_GEN: usize = {n_gen};"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "/// Context the state is sized for.\npub const CTX: usize = {ctx};"
+    )
+    .unwrap();
     writeln!(s, "/// Layers of the model in flash (`Model<'_, MAX_LAYERS>`).\npub const MAX_LAYERS: usize = {};", cfg.n_layers).unwrap();
-    writeln!(s, "/// `State::len_for(cfg, CTX)` f32 values.\npub const STATE_F32S: usize = {state};").unwrap();
-    writeln!(s, "/// `Tokenizer::scratch_len` u32 words.\npub const TOK_WORDS: usize = {tok_words};").unwrap();
-    writeln!(s, "/// `Adapter::slots_len` per bound adapter.\npub const SLOTS: usize = {};", Adapter::slots_len(&cfg)).unwrap();
+    writeln!(
+        s,
+        "/// `State::len_for(cfg, CTX)` f32 values.\npub const STATE_F32S: usize = {state};"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "/// `Tokenizer::scratch_len` u32 words.\npub const TOK_WORDS: usize = {tok_words};"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "/// `Adapter::slots_len` per bound adapter.\npub const SLOTS: usize = {};",
+        Adapter::slots_len(&cfg)
+    )
+    .unwrap();
     writeln!(s, "/// Receive buffer for a streamed adapter (the larger flash adapter).\npub const STREAM_BYTES: usize = {};", stream.next_multiple_of(32)).unwrap();
-    writeln!(s, "/// Prompt id capacity (`Tokenizer::encode_buf_len`).\npub const PROMPT_CAP: usize = {};", Tokenizer::encode_buf_len(prompt.len())).unwrap();
-    writeln!(s, "/// Board this image was linked for.\npub const BOARD: &str = {board:?};").unwrap();
+    writeln!(
+        s,
+        "/// Prompt id capacity (`Tokenizer::encode_buf_len`).\npub const PROMPT_CAP: usize = {};",
+        Tokenizer::encode_buf_len(prompt.len())
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "/// Board this image was linked for.\npub const BOARD: &str = {board:?};"
+    )
+    .unwrap();
     std::fs::write(out.join("config.rs"), s).unwrap();
 }
 
@@ -83,7 +126,9 @@ fn read_manifest(p: &Path) -> BTreeMap<String, String> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("manifest line without `=`: {l}"));
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("manifest line without `=`: {l}"));
             (k.trim().to_string(), v.trim().to_string())
         })
         .collect()

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn ids(v: &[u32]) -> String {
@@ -28,7 +31,10 @@ fn greedy(m: &Model<'_>, set: &AdapterSet<'_, '_, '_>, prompt: &[u32]) -> String
         let t = edgelora::sample::argmax(&logits);
         out.push(t);
         if i < 15 {
-            logits = m.forward_with(t, prompt.len() + i, &mut st, set).unwrap().to_vec();
+            logits = m
+                .forward_with(t, prompt.len() + i, &mut st, set)
+                .unwrap()
+                .to_vec();
         }
     }
     ids(&out)
@@ -62,20 +68,36 @@ fn c_program_links_staticlib_and_matches_rust() {
         .arg(&exe)
         .output()
         .unwrap();
-    assert!(out.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gcc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let base_p = root.join("tests/fixtures/tiny/tiny-q8_0.gguf");
     let a_p = root.join("targets/cortex-m/assets/tiny-lora-a.gguf");
     let b_p = root.join("targets/cortex-m/assets/tiny-lora-b.gguf");
     let prompt = "Once upon a time";
-    let run = Command::new(&exe).args([&base_p, &a_p, &b_p]).arg(prompt).output().unwrap();
+    let run = Command::new(&exe)
+        .args([&base_p, &a_p, &b_p])
+        .arg(prompt)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     print!("{stdout}");
-    assert!(run.status.success(), "test_ffi failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "test_ffi failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.lines().any(|l| l == "C ok"));
     let c_ids = |name: &str| -> String {
         let tag = format!("C {name} ids=");
-        stdout.lines().find_map(|l| l.strip_prefix(&tag)).unwrap_or_else(|| panic!("no {name}")).to_string()
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&tag))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_string()
     };
 
     let base = std::fs::read(&base_p).unwrap();
@@ -90,9 +112,15 @@ fn c_program_links_staticlib_and_matches_rust() {
     let (a, b) = (Adapter::parse(&ab).unwrap(), Adapter::parse(&bb).unwrap());
     let n = Adapter::slots_len(m.config());
     let (mut sa, mut sb) = (vec![None; n], vec![None; n]);
-    let (ba, bbd) = (a.bind(&g, &m, &mut sa).unwrap(), b.bind(&g, &m, &mut sb).unwrap());
+    let (ba, bbd) = (
+        a.bind(&g, &m, &mut sa).unwrap(),
+        b.bind(&g, &m, &mut sb).unwrap(),
+    );
     let la = greedy(&m, &AdapterSet::single(&ba, 1.0), &p);
     assert_eq!(c_ids("lora_a"), la);
-    assert_eq!(c_ids("lora_b"), greedy(&m, &AdapterSet::single(&bbd, 1.0), &p));
+    assert_eq!(
+        c_ids("lora_b"),
+        greedy(&m, &AdapterSet::single(&bbd, 1.0), &p)
+    );
     assert_eq!(c_ids("stream_a"), la);
 }

@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)).unwrap()
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+    )
+    .unwrap()
 }
 
 /// A Rust FFI type in C spelling, e.g. `*const *const el_adapter` -> `const el_adapter *const *`.
@@ -17,7 +22,11 @@ fn c_type(rust: &str) -> String {
         if inner.starts_with('*') {
             format!("{}{}*", c_type(inner), if is_const { "const " } else { "" })
         } else {
-            format!("{}{} *", if is_const { "const " } else { "" }, c_type(inner))
+            format!(
+                "{}{} *",
+                if is_const { "const " } else { "" },
+                c_type(inner)
+            )
         }
     };
     if let Some(r) = t.strip_prefix("*const") {
@@ -50,7 +59,14 @@ fn rust_fns(src: &str) -> BTreeMap<String, (String, Vec<String>)> {
     for part in src.split("pub unsafe extern \"C\" fn ").skip(1) {
         let (name, rest) = part.split_once('(').unwrap();
         let (params, rest) = rest.split_once(')').unwrap();
-        let ret = rest.split('{').next().unwrap().trim().strip_prefix("->").unwrap_or("").trim();
+        let ret = rest
+            .split('{')
+            .next()
+            .unwrap()
+            .trim()
+            .strip_prefix("->")
+            .unwrap_or("")
+            .trim();
         let ps = params
             .split(',')
             .filter(|p| !p.trim().is_empty())
@@ -64,9 +80,15 @@ fn rust_fns(src: &str) -> BTreeMap<String, (String, Vec<String>)> {
 /// name -> (return, [param types]) from the header's one-line prototypes.
 fn header_fns(h: &str) -> BTreeMap<String, (String, Vec<String>)> {
     let mut m = BTreeMap::new();
-    for line in h.lines().map(str::trim).filter(|l| l.ends_with(");") && l.contains("el_")) {
+    for line in h
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.ends_with(");") && l.contains("el_") && !l.starts_with('*'))
+    {
         let (head, params) = line.trim_end_matches(");").split_once('(').unwrap();
-        let at = head.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap();
+        let at = head
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap();
         let (ret, name) = (&head[..=at], &head[at + 1..]);
         let ps = if params.trim() == "void" {
             vec![]
@@ -75,7 +97,9 @@ fn header_fns(h: &str) -> BTreeMap<String, (String, Vec<String>)> {
                 .split(',')
                 .map(|p| {
                     let p = p.trim();
-                    let cut = p.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap();
+                    let cut = p
+                        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .unwrap();
                     squash(&p[..=cut])
                 })
                 .collect()
@@ -87,20 +111,32 @@ fn header_fns(h: &str) -> BTreeMap<String, (String, Vec<String>)> {
 
 #[test]
 fn header_matches_rust_exports() {
-    let (src, h) = (read("targets/ffi/src/lib.rs"), read("targets/ffi/include/edgelora.h"));
+    let (src, h) = (
+        read("targets/ffi/src/lib.rs"),
+        read("targets/ffi/include/edgelora.h"),
+    );
     let (r, c) = (rust_fns(&src), header_fns(&h));
     assert!(r.len() >= 20, "found only {} exports", r.len());
     let rn: Vec<_> = r.keys().collect();
     let cn: Vec<_> = c.keys().collect();
     assert_eq!(rn, cn, "functions differ between lib.rs and edgelora.h");
     for (name, sig) in &r {
-        assert_eq!(sig, &c[name], "signature of {name}: lib.rs (left) vs edgelora.h (right)");
+        assert_eq!(
+            sig, &c[name],
+            "signature of {name}: lib.rs (left) vs edgelora.h (right)"
+        );
     }
     // Status codes and constants.
     for line in src.lines().filter(|l| l.starts_with("pub const EL_")) {
-        let (name, v) = line.trim_start_matches("pub const ").split_once(':').unwrap();
+        let (name, v) = line
+            .trim_start_matches("pub const ")
+            .split_once(':')
+            .unwrap();
         let v = v.split('=').nth(1).unwrap().trim().trim_end_matches(';');
         let define = format!("#define {name} {v}");
-        assert!(h.lines().any(|l| l.starts_with(&define)), "edgelora.h lacks `{define}`");
+        assert!(
+            h.lines().any(|l| l.starts_with(&define)),
+            "edgelora.h lacks `{define}`"
+        );
     }
 }

@@ -28,11 +28,15 @@ use std::process::Command;
 use std::sync::Mutex;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn manifest(key: &str) -> String {
-    let text = std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
@@ -42,11 +46,18 @@ fn manifest(key: &str) -> String {
 }
 
 fn asset(key: &str) -> &'static [u8] {
-    Box::leak(std::fs::read(root().join(manifest(key))).unwrap().into_boxed_slice())
+    Box::leak(
+        std::fs::read(root().join(manifest(key)))
+            .unwrap()
+            .into_boxed_slice(),
+    )
 }
 
 fn qemu_missing() -> bool {
-    let ok = Command::new("qemu-system-arm").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("qemu-system-arm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         println!("SKIPPED: qemu-system-arm not installed");
     }
@@ -79,14 +90,19 @@ fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
         .expect("run cargo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
+        if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
             println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
             return None;
         }
         panic!("firmware build failed ({bin}, {features}):\n{stderr}");
     }
     let elf = dir.join("target/thumbv7em-none-eabihf/release").join(bin);
-    let copy = dir.join("target").join(format!("{bin}-{board}{}.elf", if dsp { "-dsp" } else { "" }));
+    let copy = dir.join("target").join(format!(
+        "{bin}-{board}{}.elf",
+        if dsp { "-dsp" } else { "" }
+    ));
     std::fs::copy(&elf, &copy).unwrap();
     Some(copy)
 }
@@ -124,7 +140,10 @@ fn host_lines() -> Vec<String> {
         Box::leak(vec![v; n].into_boxed_slice())
     }
     let slots = Adapter::slots_len(&cfg);
-    let stream = asset("adapter_a").len().max(asset("adapter_b").len()).next_multiple_of(32);
+    let stream = asset("adapter_a")
+        .len()
+        .max(asset("adapter_b").len())
+        .next_multiple_of(32);
     let bufs = scenario::Buffers {
         state: leak(0.0, State::len_for(&cfg, ctx)),
         tok: leak(0, Tokenizer::scratch_len(&g).unwrap()),
@@ -152,12 +171,18 @@ fn host_lines() -> Vec<String> {
 }
 
 fn el_lines(s: &str) -> Vec<String> {
-    s.lines().filter(|l| l.starts_with("EL ")).map(str::to_string).collect()
+    s.lines()
+        .filter(|l| l.starts_with("EL "))
+        .map(str::to_string)
+        .collect()
 }
 
 /// `key=value` fields of the line starting with `tag`.
 fn fields(out: &str, tag: &str) -> Vec<(String, String)> {
-    let line = out.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {tag} line in:\n{out}"));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(tag))
+        .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"));
     line.split_whitespace()
         .filter_map(|f| f.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -165,14 +190,24 @@ fn fields(out: &str, tag: &str) -> Vec<(String, String)> {
 }
 
 fn field(out: &str, tag: &str, key: &str) -> String {
-    fields(out, tag).into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("no {key} in {tag}"))
+    fields(out, tag)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {key} in {tag}"))
 }
 
 /// Check the EL-BUDGET line against `budget.txt` limits `{image}.{key}`.
 fn check_budget(out: &str, image: &str) {
     let limits = std::fs::read_to_string(root().join("targets/cortex-m/budget.txt")).unwrap();
-    for (k, v) in limits.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')) {
-        let Some((img, key)) = k.trim().split_once('.') else { continue };
+    for (k, v) in limits
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+    {
+        let Some((img, key)) = k.trim().split_once('.') else {
+            continue;
+        };
         if img != image {
             continue;
         }
@@ -191,17 +226,29 @@ fn firmware_demo_matches_host_on_m4f_and_m7() {
     let want = host_lines();
     assert!(want.iter().any(|l| l == "EL scenario ok"), "{want:#?}");
     for (board, dsp) in [("an386", false), ("an386", true), ("an500", true)] {
-        let Some(elf) = build("demo", board, dsp) else { return };
+        let Some(elf) = build("demo", board, dsp) else {
+            return;
+        };
         let out = run_qemu(&elf, board, "");
         print!("--- demo {board} dsp={dsp}\n{out}");
         let kernel = if dsp { "dsp" } else { "portable" };
         assert_eq!(field(&out, "EL-BOARD", "kernel"), kernel);
-        assert_eq!(field(&out, "EL-KERNELS", "ran"), kernel, "the chosen kernel must be the one that ran");
+        assert_eq!(
+            field(&out, "EL-KERNELS", "ran"),
+            kernel,
+            "the chosen kernel must be the one that ran"
+        );
         let got = el_lines(&out);
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g, w, "firmware ({board}, {kernel}) and host differ");
         }
-        assert_eq!(got.len(), want.len(), "firmware printed {} EL lines, host {}", got.len(), want.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "firmware printed {} EL lines, host {}",
+            got.len(),
+            want.len()
+        );
         check_budget(&out, "demo");
     }
 }
@@ -230,10 +277,15 @@ fn firmware_runtime_matches_host_and_fits_budget() {
     for i in 0..n_gen {
         let t = edgelora::sample::argmax(&logits);
         want.push_str(&format!("{t},"));
-        logits = m.forward_with(t, ids.len() + i, &mut st, &set).unwrap().to_vec();
+        logits = m
+            .forward_with(t, ids.len() + i, &mut st, &set)
+            .unwrap()
+            .to_vec();
     }
     for (board, dsp) in [("an386", false), ("an500", true)] {
-        let Some(elf) = build("runtime", board, dsp) else { return };
+        let Some(elf) = build("runtime", board, dsp) else {
+            return;
+        };
         let out = run_qemu(&elf, board, "");
         print!("--- runtime {board} dsp={dsp}\n{out}");
         assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
@@ -248,12 +300,17 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
         return;
     }
     for board in ["an386", "an500"] {
-        let Some(elf) = build("kernels", board, true) else { return };
+        let Some(elf) = build("kernels", board, true) else {
+            return;
+        };
         let out = run_qemu(&elf, board, "-icount shift=0");
         print!("--- kernels {board}\n{out}");
         assert_eq!(field(&out, "EL-KERNEL active", "active"), "dsp");
         assert_eq!(field(&out, "EL-KERNEL ran_dsp", "ran_dsp"), "true");
         assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
-        assert_eq!(field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"), "70");
+        assert_eq!(
+            field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
+            "70"
+        );
     }
 }

@@ -18,7 +18,8 @@ fn root() -> PathBuf {
 
 /// `key = value` lines of the firmware's asset manifest.
 fn manifest(key: &str) -> String {
-    let text = std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
@@ -46,7 +47,14 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
 
 /// A llama.cpp-layout LoRA GGUF for `base`: rank `r` (alpha = r, so the scale is 1) on the
 /// linears `which` of every layer (`None`: all), F32 A and B.
-fn adapter(base: &Gguf<'_>, r: usize, seed: u64, fingerprint: u64, which: Option<&[usize]>, layers: Option<usize>) -> Vec<u8> {
+fn adapter(
+    base: &Gguf<'_>,
+    r: usize,
+    seed: u64,
+    fingerprint: u64,
+    which: Option<&[usize]>,
+    layers: Option<usize>,
+) -> Vec<u8> {
     let m: Model<'_> = Model::from_gguf(base).unwrap();
     let mut w = GgufWriter::new();
     w.set("general.architecture", OwnedValue::Str("llama".into()));
@@ -64,8 +72,20 @@ fn adapter(base: &Gguf<'_>, r: usize, seed: u64, fingerprint: u64, which: Option
             let target = format!("blk.{l}.{name}.weight");
             let a = rnd(seed * 7919 + (l * 10 + k) as u64, r * t.cols(), 0.3);
             let b = rnd(seed * 7919 + 1000 + (l * 10 + k) as u64, t.rows() * r, 0.3);
-            w.add_tensor(&format!("{target}.lora_a"), GgmlType::F32, &[t.cols() as u64, r as u64], f32_bytes(&a)).unwrap();
-            w.add_tensor(&format!("{target}.lora_b"), GgmlType::F32, &[r as u64, t.rows() as u64], f32_bytes(&b)).unwrap();
+            w.add_tensor(
+                &format!("{target}.lora_a"),
+                GgmlType::F32,
+                &[t.cols() as u64, r as u64],
+                f32_bytes(&a),
+            )
+            .unwrap();
+            w.add_tensor(
+                &format!("{target}.lora_b"),
+                GgmlType::F32,
+                &[r as u64, t.rows() as u64],
+                f32_bytes(&b),
+            )
+            .unwrap();
         }
     }
     w.to_bytes()
@@ -81,7 +101,10 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
         // B: attention and FFN of every layer too, another seed and a higher rank.
         ("adapter_b", adapter(&g, 8, 2, fp, None, None)),
         // Records another base: must be refused at bind time.
-        ("adapter_wrong_base", adapter(&g, 1, 3, fp ^ 0x00de_ad00, Some(&[0]), Some(1))),
+        (
+            "adapter_wrong_base",
+            adapter(&g, 1, 3, fp ^ 0x00de_ad00, Some(&[0]), Some(1)),
+        ),
     ]
 }
 

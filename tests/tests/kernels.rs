@@ -80,6 +80,9 @@ fn why_missing(isa: Isa) -> &'static str {
         Isa::Neon if !cfg!(target_arch = "aarch64") => {
             "not an aarch64 target (run scripts/test-aarch64.sh)"
         }
+        Isa::Dsp => {
+            "Cortex-M DSP kernels are chosen at compile time (target arm, feature cortex-m-dsp)"
+        }
         _ => "not available",
     }
 }

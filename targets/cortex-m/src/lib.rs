@@ -28,7 +28,8 @@ macro_rules! asset {
     ($name:ident, $env:literal, $doc:literal) => {
         #[doc = $doc]
         #[link_section = ".rodata.edgelora_assets"]
-        pub static $name: Aligned<[u8; include_bytes!(env!($env)).len()]> = Aligned(*include_bytes!(env!($env)));
+        pub static $name: Aligned<[u8; include_bytes!(env!($env)).len()]> =
+            Aligned(*include_bytes!(env!($env)));
     };
 }
 
@@ -38,14 +39,26 @@ pub mod assets {
     asset!(BASE, "EL_BASE", "Base model GGUF.");
     asset!(ADAPTER_A, "EL_ADAPTER_A", "Adapter A.");
     asset!(ADAPTER_B, "EL_ADAPTER_B", "Adapter B.");
-    asset!(ADAPTER_WRONG, "EL_ADAPTER_WRONG", "Adapter recording another base.");
+    asset!(
+        ADAPTER_WRONG,
+        "EL_ADAPTER_WRONG",
+        "Adapter recording another base."
+    );
 
     /// Bytes of all assets together (subtracted from .rodata for the runtime's flash figure).
     pub fn total() -> usize {
         // black_box keeps every asset in every image that reports a budget, so this sum is
         // what .rodata really holds (an image that does not use an asset would otherwise drop
         // it and the subtraction would be wrong).
-        [&BASE.0[..], &ADAPTER_A.0[..], &ADAPTER_B.0[..], &ADAPTER_WRONG.0[..]].iter().map(|a| core::hint::black_box(*a).len()).sum()
+        [
+            &BASE.0[..],
+            &ADAPTER_A.0[..],
+            &ADAPTER_B.0[..],
+            &ADAPTER_WRONG.0[..],
+        ]
+        .iter()
+        .map(|a| core::hint::black_box(*a).len())
+        .sum()
     }
 }
 
@@ -62,10 +75,16 @@ unsafe impl<T: Send> Sync for Once<T> {}
 impl<T> Once<T> {
     /// A static holding `v`.
     pub const fn new(v: T) -> Self {
-        Once { taken: AtomicBool::new(false), cell: UnsafeCell::new(v) }
+        Once {
+            taken: AtomicBool::new(false),
+            cell: UnsafeCell::new(v),
+        }
     }
 
     /// The one exclusive reference, or `None` if it was taken already.
+    // `&mut` from `&`: sound because the atomic flag lets exactly one caller through, ever
+    // (the pattern of `static_cell::StaticCell`).
+    #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut T> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;
@@ -90,7 +109,11 @@ impl fmt::Write for Out {
 
 /// Leave QEMU with success (0) or failure (1).
 pub fn exit(ok: bool) -> ! {
-    debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    debug::exit(if ok {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
     #[allow(clippy::empty_loop)]
     loop {}
 }
@@ -169,7 +192,10 @@ pub fn paint_stack() {
 /// Bytes of stack used since [`paint_stack`], measured from the top of RAM to the deepest
 /// word no longer painted.
 pub fn stack_high_water() -> usize {
-    let (lo, hi) = (PAINT_LO.load(Ordering::Relaxed), PAINT_HI.load(Ordering::Relaxed));
+    let (lo, hi) = (
+        PAINT_LO.load(Ordering::Relaxed),
+        PAINT_HI.load(Ordering::Relaxed),
+    );
     let mut p = lo;
     while p < hi {
         // SAFETY: the window painted by `paint_stack`, read back word by word.
@@ -213,6 +239,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 #[cortex_m_rt::exception]
 unsafe fn HardFault(ef: &cortex_m_rt::ExceptionFrame) -> ! {
     use fmt::Write;
-    let _ = writeln!(Out, "EL-HARDFAULT pc={:#010x} lr={:#010x}", ef.pc(), ef.lr());
+    let _ = writeln!(
+        Out,
+        "EL-HARDFAULT pc={:#010x} lr={:#010x}",
+        ef.pc(),
+        ef.lr()
+    );
     exit(false)
 }

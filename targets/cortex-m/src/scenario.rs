@@ -15,6 +15,10 @@
 //!
 //! Only `core` and `edgelora`: no allocation, every buffer is handed in.
 
+// The core's `Error` is Copy and about 80 bytes by design (an inline copy of the offending
+// name, no allocator); boxing it is not an option here, and errors are the rare path.
+#![allow(clippy::result_large_err)]
+
 use core::fmt::{self, Write};
 use edgelora::lora::stream::{frame_header, StreamLoader};
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
@@ -192,7 +196,10 @@ fn run_line<const L: usize, W: Write>(
 ) -> Result<u32, Failure> {
     let (n, hash) = generate(m, s, set, tok, prompt, gen).step("generate")?;
     let ids = &gen[..n];
-    let mut text = Text::<256> { buf: [0; 256], len: 0 };
+    let mut text = Text::<256> {
+        buf: [0; 256],
+        len: 0,
+    };
     let mut d = tok.decoder();
     for &id in ids {
         d.push_to(id, &mut text).step("decode")?;
@@ -224,7 +231,11 @@ fn stream_in<'b, W: Write>(
         let n = CHUNK.min(end - at);
         for (i, c) in chunk[..n].iter_mut().enumerate() {
             let k = at + i;
-            *c = if k < header.len() { header[k] } else { payload[k - header.len()] };
+            *c = if k < header.len() {
+                header[k]
+            } else {
+                payload[k - header.len()]
+            };
             if Some(k) == flip_at.map(|f| f + header.len()) {
                 *c ^= 0x40;
             }
@@ -235,7 +246,11 @@ fn stream_in<'b, W: Write>(
     }
     let got = loader.finish()?;
     // Only a complete, verified stream gets here.
-    let _ = writeln!(out, "EL stream bytes={total} chunks={chunks} payload={}", got.len());
+    let _ = writeln!(
+        out,
+        "EL stream bytes={total} chunks={chunks} payload={}",
+        got.len()
+    );
     Ok(got)
 }
 
@@ -243,7 +258,11 @@ fn stream_in<'b, W: Write>(
 ///
 /// # Errors
 /// The first [`Failure`]; the caller reports it and exits with a failure status.
-pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &mut W) -> Result<(), Failure> {
+pub fn run<'b, const L: usize, W: Write>(
+    a: &Assets<'b>,
+    b: Buffers<'b>,
+    out: &mut W,
+) -> Result<(), Failure> {
     let g = Gguf::parse(a.base).step("parse base")?;
     let model: Model<'b, L> = Model::from_gguf(&g).step("load model")?;
     let cfg = *model.config();
@@ -266,7 +285,10 @@ pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &m
             np = 1;
         }
     }
-    let rest = b.prompt.get_mut(np..).ok_or(Failure::Check("prompt buffer"))?;
+    let rest = b
+        .prompt
+        .get_mut(np..)
+        .ok_or(Failure::Check("prompt buffer"))?;
     np += tok.encode(a.prompt, false, rest).step("encode prompt")?;
     let prompt = &b.prompt[..np];
     write!(out, "EL prompt {:?} ids=", a.prompt)?;
@@ -275,7 +297,16 @@ pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &m
 
     let mut st = State::new(&cfg, a.ctx, b.state).step("state")?;
     let gen = b.gen;
-    let h_base = run_line(out, "base", &model, &mut st, &AdapterSet::EMPTY, &tok, prompt, gen)?;
+    let h_base = run_line(
+        out,
+        "base",
+        &model,
+        &mut st,
+        &AdapterSet::EMPTY,
+        &tok,
+        prompt,
+        gen,
+    )?;
 
     let ad_a = Adapter::parse(a.adapter_a).step("parse adapter A")?;
     let bound_a = ad_a.bind(&g, &model, b.slots_a).step("bind adapter A")?;
@@ -294,7 +325,16 @@ pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &m
     let mut mix = AdapterSet::EMPTY;
     mix.push(&bound_a, 0.5).step("mix")?;
     mix.push(&bound_b, 0.5).step("mix")?;
-    run_line(out, "mix_a0.5_b0.5", &model, &mut st, &mix, &tok, prompt, gen)?;
+    run_line(
+        out,
+        "mix_a0.5_b0.5",
+        &model,
+        &mut st,
+        &mix,
+        &tok,
+        prompt,
+        gen,
+    )?;
 
     // Bad input while B is active: every one is an error value, and B stays in place.
     let active = set_b;
@@ -315,12 +355,39 @@ pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &m
     let r = stream_in(out, b.stream, a.base, None, Some(64)).map(drop);
     reject(out, "oversized_stream", r)?;
     let wrong = Adapter::parse(a.adapter_wrong).step("parse wrong-base adapter")?;
-    reject(out, "wrong_base", wrong.bind(&g, &model, b.slots_s).map(drop))?;
-    reject(out, "context_overflow", model.forward_with(0, a.ctx, &mut st, &active).map(drop))?;
+    reject(
+        out,
+        "wrong_base",
+        wrong.bind(&g, &model, b.slots_s).map(drop),
+    )?;
+    reject(
+        out,
+        "context_overflow",
+        model.forward_with(0, a.ctx, &mut st, &active).map(drop),
+    )?;
     let long = [0u32; 1];
-    reject(out, "prompt_past_context", model.prefill_with(&long, a.ctx, &mut st, &active).map(drop))?;
-    reject(out, "token_out_of_range", model.forward_with(cfg.vocab as u32, 0, &mut st, &active).map(drop))?;
-    let h_kept = run_line(out, "lora_b_kept", &model, &mut st, &active, &tok, prompt, gen)?;
+    reject(
+        out,
+        "prompt_past_context",
+        model.prefill_with(&long, a.ctx, &mut st, &active).map(drop),
+    )?;
+    reject(
+        out,
+        "token_out_of_range",
+        model
+            .forward_with(cfg.vocab as u32, 0, &mut st, &active)
+            .map(drop),
+    )?;
+    let h_kept = run_line(
+        out,
+        "lora_b_kept",
+        &model,
+        &mut st,
+        &active,
+        &tok,
+        prompt,
+        gen,
+    )?;
     if h_kept != h_b {
         return Err(Failure::Check("adapter B changed after rejected input"));
     }
@@ -328,10 +395,23 @@ pub fn run<'b, const L: usize, W: Write>(a: &Assets<'b>, b: Buffers<'b>, out: &m
     // Stream B in chunks into the receive buffer, then swap to it.
     let payload = stream_in(out, b.stream, a.adapter_b, None, None).step("stream adapter")?;
     let ad_s = Adapter::parse(payload).step("parse streamed adapter")?;
-    let bound_s = ad_s.bind(&g, &model, b.slots_s).step("bind streamed adapter")?;
-    let h_s = run_line(out, "stream_b", &model, &mut st, &AdapterSet::single(&bound_s, 1.0), &tok, prompt, gen)?;
+    let bound_s = ad_s
+        .bind(&g, &model, b.slots_s)
+        .step("bind streamed adapter")?;
+    let h_s = run_line(
+        out,
+        "stream_b",
+        &model,
+        &mut st,
+        &AdapterSet::single(&bound_s, 1.0),
+        &tok,
+        prompt,
+        gen,
+    )?;
     if h_s != h_b {
-        return Err(Failure::Check("streamed adapter differs from the same adapter in flash"));
+        return Err(Failure::Check(
+            "streamed adapter differs from the same adapter in flash",
+        ));
     }
     writeln!(out, "EL scenario ok")?;
     Ok(())

@@ -19,9 +19,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let seed: u64 = seed.parse()?;
             let spec = match *kind {
                 // Every linear, rank 8, F16, with DoRA row factors.
-                "all-f16-dora" => AdapterSpec { dora: true, ..AdapterSpec::all_f16(8, seed) },
+                "all-f16-dora" => AdapterSpec {
+                    dora: true,
+                    ..AdapterSpec::all_f16(8, seed)
+                },
                 // q and v only, rank 4, Q8_0 A and F32 B (the types llama.cpp's converter may write).
-                "qv-q8" => AdapterSpec { a_ty: GgmlType::Q8_0, b_ty: GgmlType::F32, targets: vec![0, 2], rank: 4, alpha: 8.0, ..AdapterSpec::all_f16(4, seed) },
+                "qv-q8" => AdapterSpec {
+                    a_ty: GgmlType::Q8_0,
+                    b_ty: GgmlType::F32,
+                    targets: vec![0, 2],
+                    rank: 4,
+                    alpha: 8.0,
+                    ..AdapterSpec::all_f16(4, seed)
+                },
                 other => return Err(format!("unknown adapter kind {other}; {usage}").into()),
             };
             let bytes = random_adapter(&g, &spec)?;

@@ -60,14 +60,19 @@ impl Trace {
 pub fn output_norm(g: &Gguf<'_>, cfg: &Config) -> edgelora::Result<Vec<f32>> {
     let t = g.tensor("output_norm.weight")?;
     if t.ty != GgmlType::F32 || t.data.len() != cfg.dim * 4 {
-        return Err(Error::new(ErrorKind::ShapeMismatch, "output_norm.weight (F32, dim)").named(b"output_norm.weight"));
+        return Err(
+            Error::new(ErrorKind::ShapeMismatch, "output_norm.weight (F32, dim)")
+                .named(b"output_norm.weight"),
+        );
     }
     Ok(f32s(t.data))
 }
 
 /// Little-endian f32 bytes to values.
 pub fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// The (cos, sin) pairs for `pos`, exactly as the core's `rope_table` computes them.
@@ -117,7 +122,7 @@ impl Jitter {
     }
 
     /// Uniform in [-1, 1] (splitmix64).
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -128,7 +133,7 @@ impl Jitter {
 
     /// `1 + xi * rel` for a fresh xi.
     fn factor(&mut self, rel: f64) -> f32 {
-        (1.0 + self.next() * rel) as f32
+        (1.0 + self.sample() * rel) as f32
     }
 }
 
@@ -156,7 +161,10 @@ fn abs_matvec(w: &MatRef<'_>, x: &[f32]) -> Vec<f64> {
     (0..w.rows())
         .map(|r| {
             reference::dequantize_row(w.ty(), w.row(r).unwrap_or(&[]), &mut buf);
-            buf.iter().zip(x).map(|(a, b)| (a.abs() * b.abs()) as f64).sum()
+            buf.iter()
+                .zip(x)
+                .map(|(a, b)| (a.abs() * b.abs()) as f64)
+                .sum()
         })
         .collect()
 }
@@ -164,9 +172,17 @@ fn abs_matvec(w: &MatRef<'_>, x: &[f32]) -> Vec<f64> {
 /// Bound on the CPU/GPU difference of every output of `y = W x (+ LoRA)` for linear `lin` of
 /// layer `l` (`None` for the output head): the reorder bound of the base matvec plus, per
 /// adapter, the scaled bound of `B (A x)` including how A's own bound propagates through B.
-fn linear_bound(w: &MatRef<'_>, x: &[f32], set: &AdapterSet<'_, '_, '_>, at: Option<(usize, usize)>) -> Vec<f64> {
+fn linear_bound(
+    w: &MatRef<'_>,
+    x: &[f32],
+    set: &AdapterSet<'_, '_, '_>,
+    at: Option<(usize, usize)>,
+) -> Vec<f64> {
     let (sums, nb) = chunk_abs_sums(w, x);
-    let mut bound: Vec<f64> = sums.iter().map(|&s| tol::sum_reorder_bound(nb, s)).collect();
+    let mut bound: Vec<f64> = sums
+        .iter()
+        .map(|&s| tol::sum_reorder_bound(nb, s))
+        .collect();
     let Some((l, lin)) = at else { return bound };
     for (ad, user) in set.iter() {
         let Some(p) = ad.pair(l, lin) else { continue };
@@ -175,12 +191,17 @@ fn linear_bound(w: &MatRef<'_>, x: &[f32], set: &AdapterSet<'_, '_, '_>, at: Opt
         let mut t = vec![0f32; r];
         matvec(&p.a, x, &mut t);
         let (ta, na) = chunk_abs_sums(&p.a, x);
-        let t_bound: Vec<f32> = ta.iter().map(|&v| tol::sum_reorder_bound(na, v) as f32).collect();
+        let t_bound: Vec<f32> = ta
+            .iter()
+            .map(|&v| tol::sum_reorder_bound(na, v) as f32)
+            .collect();
         let (bs, nbb) = chunk_abs_sums(&p.b, &t);
         let prop = abs_matvec(&p.b, &t_bound);
         let dora = p.dora.map(f32s);
         for (i, o) in bound.iter_mut().enumerate() {
-            let g = dora.as_ref().map_or(1.0, |d| d.get(i).map_or(1.0, |v| v.abs() as f64));
+            let g = dora
+                .as_ref()
+                .map_or(1.0, |d| d.get(i).map_or(1.0, |v| v.abs() as f64));
             *o = (*o + s * (tol::sum_reorder_bound(nbb, bs[i]) + prop[i]) + U2 * s * bs[i]) * g;
         }
     }
@@ -192,7 +213,7 @@ const U2: f64 = 2.0 * tol::U;
 
 fn jitter_add(y: &mut [f32], bound: &[f64], j: &mut Jitter) {
     for (v, b) in y.iter_mut().zip(bound) {
-        *v += (j.next() * b) as f32;
+        *v += (j.sample() * b) as f32;
     }
 }
 
@@ -215,13 +236,22 @@ pub fn trace(
         return Err(Error::new(ErrorKind::InvalidArgument, "no tokens"));
     }
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-        return Err(Error::new(ErrorKind::TokenOutOfRange, "token id").detail(t as u64, c.vocab as u64));
+        return Err(
+            Error::new(ErrorKind::TokenOutOfRange, "token id").detail(t as u64, c.vocab as u64)
+        );
     }
     if set.iter().any(|(a, _)| a.n_layers() != c.n_layers) {
-        return Err(Error::new(ErrorKind::InvalidArgument, "adapter was bound to a different model"));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "adapter was bound to a different model",
+        ));
     }
     let mut jit = jitter.map(Jitter::new);
-    let mode = if jit.is_some() { KernelMode::Reference } else { mode };
+    let mode = if jit.is_some() {
+        KernelMode::Reference
+    } else {
+        mode
+    };
     let onorm = output_norm(g, &c)?;
     let (dim, hd, kv_dim, n) = (c.dim, c.head_dim, c.kv_dim(), tokens.len());
     let group = c.n_heads / c.n_kv_heads;
@@ -229,7 +259,9 @@ pub fn trace(
     let kern = kernels::active();
     let norms: Vec<(Vec<f32>, Vec<f32>)> = (0..c.n_layers)
         .map(|l| {
-            let w = model.layer(l).ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "layer not loaded"))?;
+            let w = model
+                .layer(l)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "layer not loaded"))?;
             Ok((w.attn_norm.iter().collect(), w.ffn_norm.iter().collect()))
         })
         .collect::<edgelora::Result<_>>()?;
@@ -250,14 +282,21 @@ pub fn trace(
     let nblk = dim.max(c.q_dim()).max(c.ffn_dim).div_ceil(32);
     let mut q8_0 = vec![BlockQ8_0::ZERO; nblk];
     let mut q8_1 = vec![BlockQ8_1::ZERO; nblk];
-    let mut out = Trace { dim, vocab: c.vocab, hidden: vec![Vec::with_capacity(n * dim); c.n_layers], logits: Vec::with_capacity(n * c.vocab) };
+    let mut out = Trace {
+        dim,
+        vocab: c.vocab,
+        hidden: vec![Vec::with_capacity(n * dim); c.n_layers],
+        logits: Vec::with_capacity(n * c.vocab),
+    };
 
     // One linear as the core runs it: base matvec on the mode's path, then LoRA; with jitter,
     // the injected difference on top.
     macro_rules! linear {
         ($w:expr, $input:expr, $y:expr, $l:expr, $lin:expr) => {{
             let w: &MatRef<'_> = $w;
-            let bound = jit.as_ref().map(|_| linear_bound(w, $input, set, $lin.map(|k: usize| ($l, k))));
+            let bound = jit
+                .as_ref()
+                .map(|_| linear_bound(w, $input, set, $lin.map(|k: usize| ($l, k))));
             let mut inp = Input::new($input, &mut q8_0, &mut q8_1, kern, mode);
             matvec_input(w, &mut inp, $y);
             if let Some(k) = $lin {
@@ -273,8 +312,12 @@ pub fn trace(
         model.token_embd().dequantize_row(token as usize, &mut x)?; //        (dim,)
         rope_table(&mut table, pos, c.rope_base, c.rope_dims);
         for (l, (attn_norm, ffn_norm)) in norms.iter().enumerate() {
-            let w = model.layer(l).ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "layer not loaded"))?;
-            let f = jit.as_mut().map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
+            let w = model
+                .layer(l)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "layer not loaded"))?;
+            let f = jit
+                .as_mut()
+                .map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
             rmsnorm(&mut xb, &x, attn_norm, c.rms_eps, f);
             let at = (l * n + pos) * kv_dim;
             linear!(&w.wq, &xb, &mut q, l, Some(0));
@@ -285,7 +328,11 @@ pub fn trace(
 
             let layer_k = &kc[l * n * kv_dim..(l * n + pos + 1) * kv_dim];
             let layer_v = &vc[l * n * kv_dim..(l * n + pos + 1) * kv_dim];
-            for (h, (qh, o)) in q.chunks_exact(hd).zip(att_out.chunks_exact_mut(hd)).enumerate() {
+            for (h, (qh, o)) in q
+                .chunks_exact(hd)
+                .zip(att_out.chunks_exact_mut(hd))
+                .enumerate()
+            {
                 let kvo = (h / group) * hd;
                 let a = &mut att[..pos + 1]; //                                  (pos+1,)
                 for (ai, kt) in a.iter_mut().zip(layer_k.chunks_exact(kv_dim)) {
@@ -310,7 +357,9 @@ pub fn trace(
                 *a += b;
             }
 
-            let f = jit.as_mut().map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
+            let f = jit
+                .as_mut()
+                .map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
             rmsnorm(&mut xb, &x, ffn_norm, c.rms_eps, f);
             linear!(&w.w_gate, &xb, &mut hb, l, Some(4));
             linear!(&w.w_up, &xb, &mut hb2, l, Some(5));
@@ -328,7 +377,9 @@ pub fn trace(
             }
             out.hidden[l].extend_from_slice(&x);
         }
-        let f = jit.as_mut().map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
+        let f = jit
+            .as_mut()
+            .map_or(1.0, |j| j.factor(tol::rmsnorm_rel_bound(dim)));
         rmsnorm(&mut xb, &x, &onorm, c.rms_eps, f);
         let head = set.head().unwrap_or(model.output());
         linear!(head, &xb, &mut logits, 0, None::<usize>);
@@ -361,13 +412,23 @@ pub fn derive_tolerance(
     tokens: &[u32],
     reference_trace: &Trace,
 ) -> edgelora::Result<Tolerance> {
-    let mut t = Tolerance { hidden: vec![0.0; reference_trace.hidden.len()], logits: 0.0 };
+    let mut t = Tolerance {
+        hidden: vec![0.0; reference_trace.hidden.len()],
+        logits: 0.0,
+    };
     for seed in tol::JITTER_SEEDS {
         let j = trace(model, g, set, tokens, KernelMode::Reference, Some(seed))?;
-        for ((tl, a), b) in t.hidden.iter_mut().zip(&reference_trace.hidden).zip(&j.hidden) {
+        for ((tl, a), b) in t
+            .hidden
+            .iter_mut()
+            .zip(&reference_trace.hidden)
+            .zip(&j.hidden)
+        {
             *tl = tl.max(tol::Diff::of(a, b).max_abs);
         }
-        t.logits = t.logits.max(tol::Diff::of(&reference_trace.logits, &j.logits).max_abs);
+        t.logits = t
+            .logits
+            .max(tol::Diff::of(&reference_trace.logits, &j.logits).max_abs);
     }
     // A floor of a few ulps of the largest value, so that an op whose injected difference
     // happened to cancel still tolerates the GPU's own last-bit differences.

@@ -13,7 +13,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError,
+    LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use edgelora::kernels::MatRef;
 use edgelora::lora::{AdapterSet, MAX_RANK};
@@ -87,7 +90,8 @@ pub fn probe_driver() -> Result<()> {
         Ok(())
     } else {
         Err(CudaError::Unavailable(
-            "no NVIDIA driver: libcuda.so not found (no GPU driver installed on this machine)".into(),
+            "no NVIDIA driver: libcuda.so not found (no GPU driver installed on this machine)"
+                .into(),
         ))
     }
 }
@@ -109,7 +113,11 @@ pub fn probe_nvrtc() -> Result<()> {
 
 /// NVRTC options: no FMA contraction, so products and sums round as they do in Rust.
 pub fn compile_options() -> CompileOptions {
-    CompileOptions { fmad: Some(false), name: Some("edgelora_kernels.cu".into()), ..Default::default() }
+    CompileOptions {
+        fmad: Some(false),
+        name: Some("edgelora_kernels.cu".into()),
+        ..Default::default()
+    }
 }
 
 /// Compile every kernel in [`KERNELS_CU`] to PTX with NVRTC (needs libnvrtc, not a GPU).
@@ -120,7 +128,9 @@ pub fn compile_ptx() -> Result<String> {
     probe_nvrtc()?;
     match cudarc::nvrtc::compile_ptx_with_opts(KERNELS_CU, compile_options()) {
         Ok(p) => Ok(p.to_src()),
-        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(CudaError::Compile(log.to_string_lossy().into_owned())),
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+            Err(CudaError::Compile(log.to_string_lossy().into_owned()))
+        }
         Err(e) => Err(CudaError::Compile(format!("{e:?}"))),
     }
 }
@@ -144,12 +154,16 @@ pub const TYPED: [&str; 6] = ["f32", "f16", "bf16", "q4_0", "q4_1", "q8_0"];
 pub const UNTYPED: [&str; 6] = ["rmsnorm", "rope", "attention", "swiglu", "add", "row_scale"];
 /// Tokens per warp pass in `matmul_*` (`NT` in kernels.cu).
 const NT: usize = 4;
-/// Most dynamic shared memory the attention kernel asks for (the default per-block limit).
-const MAX_SMEM: usize = 48 * 1024;
+/// Most dynamic shared memory the attention kernel asks for: the default 48 KiB per block
+/// less 1 KiB for `block_reduce`'s static arrays.
+const MAX_SMEM: usize = 47 * 1024;
 
 /// Every kernel entry point's name.
 pub fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = TYPED.iter().flat_map(|t| [format!("matmul_{t}"), format!("get_rows_{t}")]).collect();
+    let mut v: Vec<String> = TYPED
+        .iter()
+        .flat_map(|t| [format!("matmul_{t}"), format!("get_rows_{t}")])
+        .collect();
     v.extend(UNTYPED.iter().map(|s| s.to_string()));
     v
 }
@@ -178,7 +192,11 @@ fn grid(n: usize, per: usize) -> Result<u32> {
 }
 
 fn elems(n: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig { grid_dim: (grid(n, 256)?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+    Ok(LaunchConfig {
+        grid_dim: (grid(n, 256)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn need(len: usize, want: usize, what: &str) -> Result<()> {
@@ -197,19 +215,28 @@ impl Gpu {
     /// [`CudaError::Driver`] if loading the module fails (e.g. PTX newer than the driver).
     pub fn new(ordinal: usize) -> Result<Gpu> {
         probe_driver()?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::Unavailable(format!("no CUDA device {ordinal}: {e:?}")))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| CudaError::Unavailable(format!("no CUDA device {ordinal}: {e:?}")))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let ptx = match std::env::var_os(PTX_ENV) {
             Some(p) => {
-                let src = std::fs::read_to_string(&p).map_err(|e| CudaError::Invalid(format!("{PTX_ENV}={}: {e}", p.to_string_lossy())))?;
+                let src = std::fs::read_to_string(&p).map_err(|e| {
+                    CudaError::Invalid(format!("{PTX_ENV}={}: {e}", p.to_string_lossy()))
+                })?;
                 Ptx::from_src(src)
             }
             None => Ptx::from_src(compile_ptx()?),
         };
         let module = ctx.load_module(ptx)?;
         let f = |n: &str| module.load_function(n).map_err(CudaError::from);
-        let matmul = TYPED.iter().map(|t| f(&format!("matmul_{t}"))).collect::<Result<Vec<_>>>()?;
-        let get_rows = TYPED.iter().map(|t| f(&format!("get_rows_{t}"))).collect::<Result<Vec<_>>>()?;
+        let matmul = TYPED
+            .iter()
+            .map(|t| f(&format!("matmul_{t}")))
+            .collect::<Result<Vec<_>>>()?;
+        let get_rows = TYPED
+            .iter()
+            .map(|t| f(&format!("get_rows_{t}")))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Gpu {
             stream: ctx.default_stream(),
             matmul,
@@ -242,8 +269,15 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Driver`].
-    pub fn upload<T: cudarc::driver::DeviceRepr + Copy + Default>(&self, v: &[T]) -> Result<CudaSlice<T>> {
-        let s = if v.is_empty() { self.stream.clone_htod(&[T::default()])? } else { self.stream.clone_htod(v)? };
+    pub fn upload<T: cudarc::driver::DeviceRepr + Copy + Default>(
+        &self,
+        v: &[T],
+    ) -> Result<CudaSlice<T>> {
+        let s = if v.is_empty() {
+            self.stream.clone_htod(&[T::default()])?
+        } else {
+            self.stream.clone_htod(v)?
+        };
         self.stream.synchronize()?;
         Ok(s)
     }
@@ -261,7 +295,9 @@ impl Gpu {
     /// # Errors
     /// [`CudaError::Invalid`] if it holds fewer, [`CudaError::Driver`].
     pub fn download(&self, s: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {
-        let v = s.try_slice(0..n).ok_or_else(|| CudaError::Invalid(format!("download of {n} from {}", s.len())))?;
+        let v = s
+            .try_slice(0..n)
+            .ok_or_else(|| CudaError::Invalid(format!("download of {n} from {}", s.len())))?;
         let out = self.stream.clone_dtoh(&v)?;
         self.stream.synchronize()?;
         Ok(out)
@@ -272,18 +308,42 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn matmul(&self, w: &DMat, x: &CudaView<'_, f32>, n: usize, y: &mut CudaViewMut<'_, f32>, scale: f32, accumulate: bool) -> Result<()> {
+    pub fn matmul(
+        &self,
+        w: &DMat,
+        x: &CudaView<'_, f32>,
+        n: usize,
+        y: &mut CudaViewMut<'_, f32>,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<()> {
         need(x.len(), n * w.cols, "matmul input")?;
         need(y.len(), n * w.rows, "matmul output")?;
         if n == 0 || w.rows == 0 {
             return Ok(());
         }
-        let (rows, cols, nn) = (i32_arg(w.rows, "rows")?, i32_arg(w.cols, "cols")?, i32_arg(n, "tokens")?);
+        let (rows, cols, nn) = (
+            i32_arg(w.rows, "rows")?,
+            i32_arg(w.cols, "cols")?,
+            i32_arg(n, "tokens")?,
+        );
         let row_bytes = w.row_bytes as i64;
         let acc = accumulate as i32;
-        let cfg = LaunchConfig { grid_dim: (grid(w.rows, 4)?, grid(n, NT)?, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (grid(w.rows, 4)?, grid(n, NT)?, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(&self.matmul[w.code]);
-        b.arg(&w.buf).arg(&rows).arg(&cols).arg(&row_bytes).arg(x).arg(&nn).arg(y).arg(&scale).arg(&acc);
+        b.arg(&w.buf)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&row_bytes)
+            .arg(x)
+            .arg(&nn)
+            .arg(y)
+            .arg(&scale)
+            .arg(&acc);
         // SAFETY: the signature matches matmul_* in kernels.cu; x holds n*cols and y n*rows
         // values (checked above), w.buf holds rows*row_bytes bytes (DMat::upload).
         unsafe { b.launch(cfg) }?;
@@ -294,7 +354,13 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn get_rows(&self, w: &DMat, ids: &CudaView<'_, i32>, n: usize, out: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    pub fn get_rows(
+        &self,
+        w: &DMat,
+        ids: &CudaView<'_, i32>,
+        n: usize,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
         need(ids.len(), n, "row ids")?;
         need(out.len(), n * w.cols, "rows output")?;
         if n == 0 {
@@ -302,9 +368,22 @@ impl Gpu {
         }
         let (rows, cols) = (i32_arg(w.rows, "rows")?, i32_arg(w.cols, "cols")?);
         let row_bytes = w.row_bytes as i64;
-        let cfg = LaunchConfig { grid_dim: (grid(w.cols.div_ceil(32), 128)?, u32::try_from(n).or_else(|_| invalid("too many ids"))?, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                grid(w.cols.div_ceil(32), 128)?,
+                u32::try_from(n).or_else(|_| invalid("too many ids"))?,
+                1,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(&self.get_rows[w.code]);
-        b.arg(&w.buf).arg(&rows).arg(&cols).arg(&row_bytes).arg(ids).arg(out);
+        b.arg(&w.buf)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&row_bytes)
+            .arg(ids)
+            .arg(out);
         // SAFETY: matches get_rows_*; ids holds n values, out n*cols, ids are range-checked on
         // the device.
         unsafe { b.launch(cfg) }?;
@@ -315,12 +394,28 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn rmsnorm(&self, x: &CudaView<'_, f32>, w: &CudaSlice<f32>, out: &mut CudaViewMut<'_, f32>, n: usize, dim: usize, eps: f32) -> Result<()> {
+    pub fn rmsnorm(
+        &self,
+        x: &CudaView<'_, f32>,
+        w: &CudaSlice<f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
         need(x.len(), n * dim, "rmsnorm input")?;
         need(out.len(), n * dim, "rmsnorm output")?;
         need(w.len(), dim, "rmsnorm weight")?;
         let d = i32_arg(dim, "dim")?;
-        let cfg = LaunchConfig { grid_dim: (u32::try_from(n.max(1)).or_else(|_| invalid("too many rows"))?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(n.max(1)).or_else(|_| invalid("too many rows"))?,
+                1,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -337,7 +432,16 @@ impl Gpu {
     /// # Errors
     /// [`CudaError::Invalid`] for bad shapes, [`CudaError::Driver`].
     #[allow(clippy::too_many_arguments)]
-    pub fn rope(&self, x: &mut CudaViewMut<'_, f32>, n: usize, stride: usize, heads: usize, head_dim: usize, table: &CudaView<'_, f32>, pairs: usize) -> Result<()> {
+    pub fn rope(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        n: usize,
+        stride: usize,
+        heads: usize,
+        head_dim: usize,
+        table: &CudaView<'_, f32>,
+        pairs: usize,
+    ) -> Result<()> {
         if 2 * pairs > head_dim || heads * head_dim > stride {
             return invalid("rope shape");
         }
@@ -346,8 +450,21 @@ impl Gpu {
         if n == 0 || pairs == 0 {
             return Ok(());
         }
-        let (s, h, hd, p) = (i32_arg(stride, "stride")?, i32_arg(heads, "heads")?, i32_arg(head_dim, "head_dim")?, i32_arg(pairs, "pairs")?);
-        let cfg = LaunchConfig { grid_dim: (u32::try_from(n).or_else(|_| invalid("too many tokens"))?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let (s, h, hd, p) = (
+            i32_arg(stride, "stride")?,
+            i32_arg(heads, "heads")?,
+            i32_arg(head_dim, "head_dim")?,
+            i32_arg(pairs, "pairs")?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(n).or_else(|_| invalid("too many tokens"))?,
+                1,
+                1,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(&self.f_rope);
         b.arg(x).arg(&s).arg(&h).arg(&hd).arg(table).arg(&p);
         // SAFETY: matches rope; sizes checked above.
@@ -362,7 +479,17 @@ impl Gpu {
     /// [`CudaError::Invalid`] for bad shapes or a context too long for shared memory,
     /// [`CudaError::Driver`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(&self, q: &CudaView<'_, f32>, kc: &CudaView<'_, f32>, vc: &CudaView<'_, f32>, out: &mut CudaViewMut<'_, f32>, n: usize, heads: (usize, usize), head_dim: usize, start: usize) -> Result<()> {
+    pub fn attention(
+        &self,
+        q: &CudaView<'_, f32>,
+        kc: &CudaView<'_, f32>,
+        vc: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        n: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+        start: usize,
+    ) -> Result<()> {
         let (nh, nkv) = heads;
         if nkv == 0 || nh % nkv != 0 || head_dim == 0 {
             return invalid("attention heads");
@@ -379,11 +506,32 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let (a, b_, c, s) = (i32_arg(nh, "heads")?, i32_arg(nkv, "kv heads")?, i32_arg(head_dim, "head_dim")?, i32_arg(start, "start")?);
+        let (a, b_, c, s) = (
+            i32_arg(nh, "heads")?,
+            i32_arg(nkv, "kv heads")?,
+            i32_arg(head_dim, "head_dim")?,
+            i32_arg(start, "start")?,
+        );
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
-        let cfg = LaunchConfig { grid_dim: (a as u32, u32::try_from(n).or_else(|_| invalid("too many tokens"))?, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                a as u32,
+                u32::try_from(n).or_else(|_| invalid("too many tokens"))?,
+                1,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
         let mut b = self.stream.launch_builder(&self.f_attention);
-        b.arg(q).arg(kc).arg(vc).arg(out).arg(&a).arg(&b_).arg(&c).arg(&s).arg(&scale);
+        b.arg(q)
+            .arg(kc)
+            .arg(vc)
+            .arg(out)
+            .arg(&a)
+            .arg(&b_)
+            .arg(&c)
+            .arg(&s)
+            .arg(&scale);
         // SAFETY: matches attention; sizes and shared memory checked above.
         unsafe { b.launch(cfg) }?;
         Ok(())
@@ -393,7 +541,12 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn swiglu(&self, g: &mut CudaViewMut<'_, f32>, u: &CudaView<'_, f32>, len: usize) -> Result<()> {
+    pub fn swiglu(
+        &self,
+        g: &mut CudaViewMut<'_, f32>,
+        u: &CudaView<'_, f32>,
+        len: usize,
+    ) -> Result<()> {
         need(g.len(), len, "swiglu gate")?;
         need(u.len(), len, "swiglu up")?;
         let n = i32_arg(len, "len")?;
@@ -408,7 +561,12 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn add(&self, x: &mut CudaViewMut<'_, f32>, y: &CudaView<'_, f32>, len: usize) -> Result<()> {
+    pub fn add(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        y: &CudaView<'_, f32>,
+        len: usize,
+    ) -> Result<()> {
         need(x.len(), len, "add target")?;
         need(y.len(), len, "add source")?;
         let n = i32_arg(len, "len")?;
@@ -423,7 +581,13 @@ impl Gpu {
     ///
     /// # Errors
     /// [`CudaError::Invalid`] for short buffers, [`CudaError::Driver`].
-    pub fn row_scale(&self, y: &mut CudaViewMut<'_, f32>, g: &CudaSlice<f32>, rows: usize, n: usize) -> Result<()> {
+    pub fn row_scale(
+        &self,
+        y: &mut CudaViewMut<'_, f32>,
+        g: &CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
         need(y.len(), n * rows, "row_scale target")?;
         need(g.len(), rows, "row_scale factors")?;
         let (r, nn) = (i32_arg(rows, "rows")?, i32_arg(n, "tokens")?);
@@ -458,7 +622,13 @@ impl DMat {
     /// # Errors
     /// [`CudaError::Invalid`] for a type without kernels, [`CudaError::Driver`].
     pub fn upload(gpu: &Gpu, m: &MatRef<'_>) -> Result<DMat> {
-        Ok(DMat { code: ty_code(m.ty())?, rows: m.rows(), cols: m.cols(), row_bytes: m.row_bytes(), buf: gpu.upload(m.data())? })
+        Ok(DMat {
+            code: ty_code(m.ty())?,
+            rows: m.rows(),
+            cols: m.cols(),
+            row_bytes: m.row_bytes(),
+            buf: gpu.upload(m.data())?,
+        })
     }
 
     /// Rows (outputs).
@@ -498,14 +668,32 @@ impl GpuModel {
         let cfg = *model.config();
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
-            let w = model.layer(l).ok_or_else(|| CudaError::Invalid(format!("layer {l} not loaded")))?;
-            let lin = (0..LINEARS).map(|k| DMat::upload(gpu, w.linear(k))).collect::<Result<Vec<_>>>()?;
+            let w = model
+                .layer(l)
+                .ok_or_else(|| CudaError::Invalid(format!("layer {l} not loaded")))?;
+            let lin = (0..LINEARS)
+                .map(|k| DMat::upload(gpu, w.linear(k)))
+                .collect::<Result<Vec<_>>>()?;
             let an: Vec<f32> = w.attn_norm.iter().collect();
             let fnm: Vec<f32> = w.ffn_norm.iter().collect();
-            layers.push(GpuLayer { attn_norm: gpu.upload(&an)?, ffn_norm: gpu.upload(&fnm)?, lin });
+            layers.push(GpuLayer {
+                attn_norm: gpu.upload(&an)?,
+                ffn_norm: gpu.upload(&fnm)?,
+                lin,
+            });
         }
-        let output = if cfg.tied_output { None } else { Some(DMat::upload(gpu, model.output())?) };
-        Ok(GpuModel { cfg, embd: DMat::upload(gpu, model.token_embd())?, output, output_norm: gpu.upload(&output_norm(g, &cfg)?)?, layers })
+        let output = if cfg.tied_output {
+            None
+        } else {
+            Some(DMat::upload(gpu, model.output())?)
+        };
+        Ok(GpuModel {
+            cfg,
+            embd: DMat::upload(gpu, model.token_embd())?,
+            output,
+            output_norm: gpu.upload(&output_norm(g, &cfg)?)?,
+            layers,
+        })
     }
 
     /// The model's config.
@@ -565,7 +753,14 @@ impl GpuAdapters {
                 }
             }
             let head = ad.head().map(|h| DMat::upload(gpu, h)).transpose()?;
-            list.push((GpuAdapter { alpha: ad.alpha(), pairs, head }, scale));
+            list.push((
+                GpuAdapter {
+                    alpha: ad.alpha(),
+                    pairs,
+                    head,
+                },
+                scale,
+            ));
         }
         Ok(GpuAdapters { list, n_layers })
     }
@@ -603,7 +798,10 @@ impl GpuState {
     /// [`CudaError::Driver`] (out of memory).
     pub fn new(gpu: &Gpu, cfg: &Config, ctx: usize, batch: usize) -> Result<GpuState> {
         if ctx == 0 || batch == 0 || ctx > cfg.ctx_len {
-            return invalid(format!("state: ctx {ctx} (1..={}), batch {batch} (>= 1)", cfg.ctx_len));
+            return invalid(format!(
+                "state: ctx {ctx} (1..={}), batch {batch} (>= 1)",
+                cfg.ctx_len
+            ));
         }
         let b = batch.min(ctx);
         let kv = cfg.n_layers * ctx * cfg.kv_dim();
@@ -648,12 +846,14 @@ pub struct GpuOutput {
 
 macro_rules! view {
     ($s:expr, $r:expr) => {
-        $s.try_slice($r).ok_or_else(|| CudaError::Invalid("buffer range".into()))?
+        $s.try_slice($r)
+            .ok_or_else(|| CudaError::Invalid("buffer range".into()))?
     };
 }
 macro_rules! view_mut {
     ($s:expr, $r:expr) => {
-        $s.try_slice_mut($r).ok_or_else(|| CudaError::Invalid("buffer range".into()))?
+        $s.try_slice_mut($r)
+            .ok_or_else(|| CudaError::Invalid("buffer range".into()))?
     };
 }
 
@@ -664,7 +864,15 @@ impl GpuModel {
     /// # Errors
     /// [`CudaError::Invalid`] for an empty list, a token outside the vocabulary, `start` past
     /// the filled cache, or positions beyond the state's context; [`CudaError::Driver`].
-    pub fn forward(&self, gpu: &Gpu, st: &mut GpuState, tokens: &[u32], start: usize, ads: &GpuAdapters, trace: bool) -> Result<GpuOutput> {
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        st: &mut GpuState,
+        tokens: &[u32],
+        start: usize,
+        ads: &GpuAdapters,
+        trace: bool,
+    ) -> Result<GpuOutput> {
         let c = &self.cfg;
         if tokens.is_empty() {
             return invalid("no tokens");
@@ -673,12 +881,20 @@ impl GpuModel {
             return invalid(format!("token {t} outside the vocabulary ({})", c.vocab));
         }
         if start > st.filled || start + tokens.len() > st.ctx {
-            return invalid(format!("positions {start}..{} with {} filled of {}", start + tokens.len(), st.filled, st.ctx));
+            return invalid(format!(
+                "positions {start}..{} with {} filled of {}",
+                start + tokens.len(),
+                st.filled,
+                st.ctx
+            ));
         }
         if !ads.list.is_empty() && ads.n_layers != c.n_layers {
             return invalid("adapters were uploaded for another layer count");
         }
-        let mut out = GpuOutput { hidden: vec![vec![]; if trace { c.n_layers } else { 0 }], logits: Vec::with_capacity(tokens.len() * c.vocab) };
+        let mut out = GpuOutput {
+            hidden: vec![vec![]; if trace { c.n_layers } else { 0 }],
+            logits: Vec::with_capacity(tokens.len() * c.vocab),
+        };
         for (i, chunk) in tokens.chunks(st.batch).enumerate() {
             self.batch(gpu, st, chunk, start + i * st.batch, ads, &mut out)?;
         }
@@ -688,9 +904,21 @@ impl GpuModel {
     /// LoRA on `y` (`n x rows`) for linear `k` of layer `l`, as `AdapterSet::apply`: per
     /// adapter, `tmp = A x`, `y += (user * alpha / r) B tmp`, then DoRA's row factors.
     #[allow(clippy::too_many_arguments)]
-    fn lora(&self, gpu: &Gpu, ads: &GpuAdapters, l: usize, k: usize, x: &CudaView<'_, f32>, n: usize, y: &mut CudaViewMut<'_, f32>, tmp: &mut CudaSlice<f32>) -> Result<()> {
+    fn lora(
+        &self,
+        gpu: &Gpu,
+        ads: &GpuAdapters,
+        l: usize,
+        k: usize,
+        x: &CudaView<'_, f32>,
+        n: usize,
+        y: &mut CudaViewMut<'_, f32>,
+        tmp: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         for (ad, user) in &ads.list {
-            let Some(p) = ad.pairs.get(l * LINEARS + k).and_then(|p| p.as_ref()) else { continue };
+            let Some(p) = ad.pairs.get(l * LINEARS + k).and_then(|p| p.as_ref()) else {
+                continue;
+            };
             let r = p.a.rows;
             let s = user * ad.alpha / r as f32;
             gpu.matmul(&p.a, x, n, &mut view_mut!(tmp, 0..n * r), 1.0, false)?;
@@ -702,10 +930,19 @@ impl GpuModel {
         Ok(())
     }
 
-    fn batch(&self, gpu: &Gpu, st: &mut GpuState, tokens: &[u32], p0: usize, ads: &GpuAdapters, out: &mut GpuOutput) -> Result<()> {
+    fn batch(
+        &self,
+        gpu: &Gpu,
+        st: &mut GpuState,
+        tokens: &[u32],
+        p0: usize,
+        ads: &GpuAdapters,
+        out: &mut GpuOutput,
+    ) -> Result<()> {
         let c = &self.cfg;
         let m = tokens.len();
-        let (dim, qd, kvd, ffn, hd, ctx) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim, st.ctx);
+        let (dim, qd, kvd, ffn, hd, ctx) =
+            (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim, st.ctx);
         // Token ids and this batch's rope tables (computed as the CPU does, in f64 by libm).
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         gpu.stream.memcpy_htod(&ids, &mut view_mut!(st.ids, 0..m))?;
@@ -713,24 +950,101 @@ impl GpuModel {
         for (i, row) in table.chunks_exact_mut(c.rope_dims).enumerate() {
             rope_table(row, p0 + i, c.rope_base, c.rope_dims);
         }
-        gpu.stream.memcpy_htod(&table, &mut view_mut!(st.table, 0..m * c.rope_dims))?;
+        gpu.stream
+            .memcpy_htod(&table, &mut view_mut!(st.table, 0..m * c.rope_dims))?;
 
         // x = token_embd[tokens]                                                  (m, dim)
-        gpu.get_rows(&self.embd, &view!(st.ids, 0..m), m, &mut view_mut!(st.x, 0..m * dim))?;
+        gpu.get_rows(
+            &self.embd,
+            &view!(st.ids, 0..m),
+            m,
+            &mut view_mut!(st.x, 0..m * dim),
+        )?;
         for (l, w) in self.layers.iter().enumerate() {
             let kv_at = (l * ctx + p0) * kvd..(l * ctx + p0 + m) * kvd; //         (m, kv_dim)
             let kv_layer = l * ctx * kvd..(l * ctx + p0 + m) * kvd; //               (p0+m, kv_dim)
-            gpu.rmsnorm(&view!(st.x, 0..m * dim), &w.attn_norm, &mut view_mut!(st.xb, 0..m * dim), m, dim, c.rms_eps)?;
+            gpu.rmsnorm(
+                &view!(st.x, 0..m * dim),
+                &w.attn_norm,
+                &mut view_mut!(st.xb, 0..m * dim),
+                m,
+                dim,
+                c.rms_eps,
+            )?;
             let xb = view!(st.xb, 0..m * dim);
-            gpu.matmul(&w.lin[0], &xb, m, &mut view_mut!(st.q, 0..m * qd), 1.0, false)?;
-            self.lora(gpu, ads, l, 0, &xb, m, &mut view_mut!(st.q, 0..m * qd), &mut st.tmp)?;
-            gpu.matmul(&w.lin[1], &xb, m, &mut view_mut!(st.kc, kv_at.clone()), 1.0, false)?;
-            self.lora(gpu, ads, l, 1, &xb, m, &mut view_mut!(st.kc, kv_at.clone()), &mut st.tmp)?;
-            gpu.matmul(&w.lin[2], &xb, m, &mut view_mut!(st.vc, kv_at.clone()), 1.0, false)?;
-            self.lora(gpu, ads, l, 2, &xb, m, &mut view_mut!(st.vc, kv_at.clone()), &mut st.tmp)?;
+            gpu.matmul(
+                &w.lin[0],
+                &xb,
+                m,
+                &mut view_mut!(st.q, 0..m * qd),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                0,
+                &xb,
+                m,
+                &mut view_mut!(st.q, 0..m * qd),
+                &mut st.tmp,
+            )?;
+            gpu.matmul(
+                &w.lin[1],
+                &xb,
+                m,
+                &mut view_mut!(st.kc, kv_at.clone()),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                1,
+                &xb,
+                m,
+                &mut view_mut!(st.kc, kv_at.clone()),
+                &mut st.tmp,
+            )?;
+            gpu.matmul(
+                &w.lin[2],
+                &xb,
+                m,
+                &mut view_mut!(st.vc, kv_at.clone()),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                2,
+                &xb,
+                m,
+                &mut view_mut!(st.vc, kv_at.clone()),
+                &mut st.tmp,
+            )?;
             let table = view!(st.table, 0..m * c.rope_dims);
-            gpu.rope(&mut view_mut!(st.q, 0..m * qd), m, qd, c.n_heads, hd, &table, c.rope_dims / 2)?;
-            gpu.rope(&mut view_mut!(st.kc, kv_at.clone()), m, kvd, c.n_kv_heads, hd, &table, c.rope_dims / 2)?;
+            gpu.rope(
+                &mut view_mut!(st.q, 0..m * qd),
+                m,
+                qd,
+                c.n_heads,
+                hd,
+                &table,
+                c.rope_dims / 2,
+            )?;
+            gpu.rope(
+                &mut view_mut!(st.kc, kv_at.clone()),
+                m,
+                kvd,
+                c.n_kv_heads,
+                hd,
+                &table,
+                c.rope_dims / 2,
+            )?;
             gpu.attention(
                 &view!(st.q, 0..m * qd),
                 &view!(st.kc, kv_layer.clone()),
@@ -742,28 +1056,125 @@ impl GpuModel {
                 p0,
             )?;
             let ao = view!(st.att_out, 0..m * qd);
-            gpu.matmul(&w.lin[3], &ao, m, &mut view_mut!(st.xb, 0..m * dim), 1.0, false)?;
-            self.lora(gpu, ads, l, 3, &ao, m, &mut view_mut!(st.xb, 0..m * dim), &mut st.tmp)?;
-            gpu.add(&mut view_mut!(st.x, 0..m * dim), &view!(st.xb, 0..m * dim), m * dim)?;
+            gpu.matmul(
+                &w.lin[3],
+                &ao,
+                m,
+                &mut view_mut!(st.xb, 0..m * dim),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                3,
+                &ao,
+                m,
+                &mut view_mut!(st.xb, 0..m * dim),
+                &mut st.tmp,
+            )?;
+            gpu.add(
+                &mut view_mut!(st.x, 0..m * dim),
+                &view!(st.xb, 0..m * dim),
+                m * dim,
+            )?;
 
-            gpu.rmsnorm(&view!(st.x, 0..m * dim), &w.ffn_norm, &mut view_mut!(st.xb, 0..m * dim), m, dim, c.rms_eps)?;
+            gpu.rmsnorm(
+                &view!(st.x, 0..m * dim),
+                &w.ffn_norm,
+                &mut view_mut!(st.xb, 0..m * dim),
+                m,
+                dim,
+                c.rms_eps,
+            )?;
             let xb = view!(st.xb, 0..m * dim);
-            gpu.matmul(&w.lin[4], &xb, m, &mut view_mut!(st.hb, 0..m * ffn), 1.0, false)?;
-            self.lora(gpu, ads, l, 4, &xb, m, &mut view_mut!(st.hb, 0..m * ffn), &mut st.tmp)?;
-            gpu.matmul(&w.lin[5], &xb, m, &mut view_mut!(st.hb2, 0..m * ffn), 1.0, false)?;
-            self.lora(gpu, ads, l, 5, &xb, m, &mut view_mut!(st.hb2, 0..m * ffn), &mut st.tmp)?;
-            gpu.swiglu(&mut view_mut!(st.hb, 0..m * ffn), &view!(st.hb2, 0..m * ffn), m * ffn)?;
+            gpu.matmul(
+                &w.lin[4],
+                &xb,
+                m,
+                &mut view_mut!(st.hb, 0..m * ffn),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                4,
+                &xb,
+                m,
+                &mut view_mut!(st.hb, 0..m * ffn),
+                &mut st.tmp,
+            )?;
+            gpu.matmul(
+                &w.lin[5],
+                &xb,
+                m,
+                &mut view_mut!(st.hb2, 0..m * ffn),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                5,
+                &xb,
+                m,
+                &mut view_mut!(st.hb2, 0..m * ffn),
+                &mut st.tmp,
+            )?;
+            gpu.swiglu(
+                &mut view_mut!(st.hb, 0..m * ffn),
+                &view!(st.hb2, 0..m * ffn),
+                m * ffn,
+            )?;
             let hb = view!(st.hb, 0..m * ffn);
-            gpu.matmul(&w.lin[6], &hb, m, &mut view_mut!(st.xb, 0..m * dim), 1.0, false)?;
-            self.lora(gpu, ads, l, 6, &hb, m, &mut view_mut!(st.xb, 0..m * dim), &mut st.tmp)?;
-            gpu.add(&mut view_mut!(st.x, 0..m * dim), &view!(st.xb, 0..m * dim), m * dim)?;
+            gpu.matmul(
+                &w.lin[6],
+                &hb,
+                m,
+                &mut view_mut!(st.xb, 0..m * dim),
+                1.0,
+                false,
+            )?;
+            self.lora(
+                gpu,
+                ads,
+                l,
+                6,
+                &hb,
+                m,
+                &mut view_mut!(st.xb, 0..m * dim),
+                &mut st.tmp,
+            )?;
+            gpu.add(
+                &mut view_mut!(st.x, 0..m * dim),
+                &view!(st.xb, 0..m * dim),
+                m * dim,
+            )?;
             if let Some(h) = out.hidden.get_mut(l) {
                 h.extend(gpu.download(&st.x, m * dim)?);
             }
         }
-        gpu.rmsnorm(&view!(st.x, 0..m * dim), &self.output_norm, &mut view_mut!(st.xb, 0..m * dim), m, dim, c.rms_eps)?;
+        gpu.rmsnorm(
+            &view!(st.x, 0..m * dim),
+            &self.output_norm,
+            &mut view_mut!(st.xb, 0..m * dim),
+            m,
+            dim,
+            c.rms_eps,
+        )?;
         let head = ads.head().or(self.output.as_ref()).unwrap_or(&self.embd);
-        gpu.matmul(head, &view!(st.xb, 0..m * dim), m, &mut view_mut!(st.logits, 0..m * c.vocab), 1.0, false)?;
+        gpu.matmul(
+            head,
+            &view!(st.xb, 0..m * dim),
+            m,
+            &mut view_mut!(st.logits, 0..m * c.vocab),
+            1.0,
+            false,
+        )?;
         out.logits.extend(gpu.download(&st.logits, m * c.vocab)?);
         gpu.sync()?;
         st.filled = p0 + m;

@@ -18,8 +18,18 @@ pub struct Report {
 }
 
 /// Compare a CPU trace with GPU per-layer states (`gpu_hidden`, may be empty) and logits.
-pub fn compare(cpu: &Trace, gpu_hidden: &[Vec<f32>], gpu_logits: &[f32], tol: Option<Tolerance>) -> Report {
-    let layers = cpu.hidden.iter().zip(gpu_hidden).map(|(c, g)| Diff::of(c, g)).collect();
+pub fn compare(
+    cpu: &Trace,
+    gpu_hidden: &[Vec<f32>],
+    gpu_logits: &[f32],
+    tol: Option<Tolerance>,
+) -> Report {
+    let layers = cpu
+        .hidden
+        .iter()
+        .zip(gpu_hidden)
+        .map(|(c, g)| Diff::of(c, g))
+        .collect();
     let margin = tol.as_ref().map_or(f32::INFINITY, |t| 2.0 * t.logits);
     Report {
         layers,
@@ -35,27 +45,43 @@ impl Report {
     pub fn failures(&self, cpu: &Trace, gpu_logits_len: usize) -> Vec<String> {
         let mut f = vec![];
         if gpu_logits_len != cpu.logits.len() {
-            f.push(format!("GPU returned {gpu_logits_len} logits, CPU {}", cpu.logits.len()));
+            f.push(format!(
+                "GPU returned {gpu_logits_len} logits, CPU {}",
+                cpu.logits.len()
+            ));
         }
         for (l, d) in self.layers.iter().enumerate() {
             if d.non_finite > 0 {
                 f.push(format!("layer {l}: {} non-finite values", d.non_finite));
             }
             if let Some(t) = self.tol.as_ref().and_then(|t| t.hidden.get(l)) {
-                if !(d.max_abs <= *t) {
-                    f.push(format!("layer {l}: max |diff| {:.3e} > tolerance {t:.3e}", d.max_abs));
+                if d.max_abs > *t || d.max_abs.is_nan() {
+                    f.push(format!(
+                        "layer {l}: max |diff| {:.3e} > tolerance {t:.3e}",
+                        d.max_abs
+                    ));
                 }
             }
         }
         if self.logits.non_finite > 0 {
-            f.push(format!("logits: {} non-finite values", self.logits.non_finite));
+            f.push(format!(
+                "logits: {} non-finite values",
+                self.logits.non_finite
+            ));
         }
         if let Some(t) = &self.tol {
-            if !(self.logits.max_abs <= t.logits) {
-                f.push(format!("logits: max |diff| {:.3e} > tolerance {:.3e}", self.logits.max_abs, t.logits));
+            if self.logits.max_abs > t.logits || self.logits.max_abs.is_nan() {
+                f.push(format!(
+                    "logits: max |diff| {:.3e} > tolerance {:.3e}",
+                    self.logits.max_abs, t.logits
+                ));
             }
             if self.top1.decisive_misses > 0 {
-                f.push(format!("top-1 differs at {} positions whose CPU margin exceeds {:.3e}", self.top1.decisive_misses, 2.0 * t.logits));
+                f.push(format!(
+                    "top-1 differs at {} positions whose CPU margin exceeds {:.3e}",
+                    self.top1.decisive_misses,
+                    2.0 * t.logits
+                ));
             }
         }
         f
@@ -67,11 +93,26 @@ impl Report {
         let tol_of = |t: Option<f32>| t.map_or("-".to_string(), |v| format!("{v:.3e}"));
         for (l, d) in self.layers.iter().enumerate() {
             let t = self.tol.as_ref().and_then(|t| t.hidden.get(l).copied());
-            s += &format!("layer {l:>3}   {:.3e}   {:.3e}   {:>9.3}   {}\n", d.max_abs, d.mean_abs, d.ref_max, tol_of(t));
+            s += &format!(
+                "layer {l:>3}   {:.3e}   {:.3e}   {:>9.3}   {}\n",
+                d.max_abs,
+                d.mean_abs,
+                d.ref_max,
+                tol_of(t)
+            );
         }
         let d = &self.logits;
-        s += &format!("logits      {:.3e}   {:.3e}   {:>9.3}   {}\n", d.max_abs, d.mean_abs, d.ref_max, tol_of(self.tol.as_ref().map(|t| t.logits)));
-        s += &format!("top-1 agreement: {}/{} positions", self.top1.agree, self.top1.positions);
+        s += &format!(
+            "logits      {:.3e}   {:.3e}   {:>9.3}   {}\n",
+            d.max_abs,
+            d.mean_abs,
+            d.ref_max,
+            tol_of(self.tol.as_ref().map(|t| t.logits))
+        );
+        s += &format!(
+            "top-1 agreement: {}/{} positions",
+            self.top1.agree, self.top1.positions
+        );
         if self.top1.agree != self.top1.positions {
             s += &format!(" ({} decisive misses)", self.top1.decisive_misses);
         }

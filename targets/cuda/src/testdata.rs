@@ -78,19 +78,19 @@ pub fn encode(ty: GgmlType, v: &[f32], cols: usize) -> Vec<u8> {
             })
             .collect(),
         GgmlType::Q8_0 => {
-            assert!(cols % 32 == 0, "Q8_0 rows must be whole blocks");
+            assert!(cols.is_multiple_of(32), "Q8_0 rows must be whole blocks");
             let mut blocks = vec![BlockQ8_0::ZERO; v.len() / 32];
             reference::quantize_row_q8_0(v, &mut blocks);
             blocks_as_bytes(&blocks).to_vec()
         }
         GgmlType::Q4_0 => {
-            assert!(cols % 32 == 0, "Q4_0 rows must be whole blocks");
+            assert!(cols.is_multiple_of(32), "Q4_0 rows must be whole blocks");
             let mut blocks = vec![BlockQ4_0::ZERO; v.len() / 32];
             reference::quantize_row_q4_0(v, &mut blocks);
             blocks_as_bytes(&blocks).to_vec()
         }
         GgmlType::Q4_1 => {
-            assert!(cols % 32 == 0, "Q4_1 rows must be whole blocks");
+            assert!(cols.is_multiple_of(32), "Q4_1 rows must be whole blocks");
             let mut blocks = vec![BlockQ4_1::ZERO; v.len() / 32];
             reference::quantize_row_q4_1(v, &mut blocks);
             blocks_as_bytes(&blocks).to_vec()
@@ -113,24 +113,52 @@ pub fn random_adapter(base: &Gguf<'_>, spec: &AdapterSpec) -> edgelora::Result<V
     w.set("adapter.lora.alpha", OwnedValue::F32(spec.alpha));
     let r = spec.rank;
     for l in 0..c.n_layers {
-        let layer = m.layer(l).ok_or_else(|| edgelora::Error::new(edgelora::ErrorKind::InvalidArgument, "layer"))?;
+        let layer = m
+            .layer(l)
+            .ok_or_else(|| edgelora::Error::new(edgelora::ErrorKind::InvalidArgument, "layer"))?;
         for &k in &spec.targets {
             let t = layer.linear(k);
             let name = format!("blk.{l}.{}.weight", LINEAR_NAMES[k]);
-            let s = spec.seed.wrapping_mul(1_000_003).wrapping_add((l * 16 + k) as u64);
+            let s = spec
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add((l * 16 + k) as u64);
             let a = rnd(s, r * t.cols(), spec.amp);
             let b = rnd(s ^ 0xb, t.rows() * r, spec.amp);
-            w.add_tensor(&format!("{name}.lora_a"), spec.a_ty, &[t.cols() as u64, r as u64], encode(spec.a_ty, &a, t.cols()))?;
-            w.add_tensor(&format!("{name}.lora_b"), spec.b_ty, &[r as u64, t.rows() as u64], encode(spec.b_ty, &b, r))?;
+            w.add_tensor(
+                &format!("{name}.lora_a"),
+                spec.a_ty,
+                &[t.cols() as u64, r as u64],
+                encode(spec.a_ty, &a, t.cols()),
+            )?;
+            w.add_tensor(
+                &format!("{name}.lora_b"),
+                spec.b_ty,
+                &[r as u64, t.rows() as u64],
+                encode(spec.b_ty, &b, r),
+            )?;
             if spec.dora {
-                let g: Vec<f32> = rnd(s ^ 0xd, t.rows(), 0.1).iter().map(|v| 1.0 + v).collect();
-                w.add_tensor(&format!("{name}{DORA_SUFFIX}"), GgmlType::F32, &[t.rows() as u64], encode(GgmlType::F32, &g, 1))?;
+                let g: Vec<f32> = rnd(s ^ 0xd, t.rows(), 0.1)
+                    .iter()
+                    .map(|v| 1.0 + v)
+                    .collect();
+                w.add_tensor(
+                    &format!("{name}{DORA_SUFFIX}"),
+                    GgmlType::F32,
+                    &[t.rows() as u64],
+                    encode(GgmlType::F32, &g, 1),
+                )?;
             }
         }
     }
     if spec.head {
         let h = rnd(spec.seed ^ 0x4ead, c.vocab * c.dim, spec.amp);
-        w.add_tensor("output.weight", GgmlType::F16, &[c.dim as u64, c.vocab as u64], encode(GgmlType::F16, &h, c.dim))?;
+        w.add_tensor(
+            "output.weight",
+            GgmlType::F16,
+            &[c.dim as u64, c.vocab as u64],
+            encode(GgmlType::F16, &h, c.dim),
+        )?;
     }
     Ok(w.to_bytes())
 }
@@ -142,11 +170,19 @@ pub fn random_adapter(base: &Gguf<'_>, spec: &AdapterSpec) -> edgelora::Result<V
 pub fn truncate_layers(base: &Gguf<'_>, keep: usize) -> edgelora::Result<Vec<u8>> {
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata() {
-        let v = if k == "llama.block_count" { OwnedValue::U32(keep as u32) } else { OwnedValue::from_value(&v) };
+        let v = if k == "llama.block_count" {
+            OwnedValue::U32(keep as u32)
+        } else {
+            OwnedValue::from_value(&v)
+        };
         w.set(k, v);
     }
     for t in base.tensors() {
-        let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+        let layer = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
         if layer.is_some_and(|l| l >= keep) {
             continue;
         }

@@ -33,12 +33,30 @@ const TINY_TOKENS: [u32; 9] = [1, 17, 42, 99, 3, 250, 7, 7, 120];
 const SMOL_TOKENS: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 378];
 
 /// Parity of `model_bytes` with the given adapter files and scales, printing the figures.
-fn parity(g: &Gpu, name: &str, model_bytes: &[u8], adapters: &[(Vec<u8>, f32)], tokens: &[u32]) -> R {
+fn parity(
+    g: &Gpu,
+    name: &str,
+    model_bytes: &[u8],
+    adapters: &[(Vec<u8>, f32)],
+    tokens: &[u32],
+) -> R {
     let gg = Gguf::parse(model_bytes).map_err(f)?;
     let m: Model<'_> = Model::from_gguf(&gg).map_err(f)?;
-    let parsed: Vec<Adapter<'_>> = adapters.iter().map(|(b, _)| Adapter::parse(b)).collect::<Result<_, _>>().map_err(f)?;
-    let mut slots: Vec<Vec<Option<LoraPair<'_>>>> = parsed.iter().map(|_| vec![None; Adapter::slots_len(m.config())]).collect();
-    let bound: Vec<BoundAdapter<'_, '_>> = parsed.iter().zip(slots.iter_mut()).map(|(a, s)| a.bind(&gg, &m, s)).collect::<Result<_, _>>().map_err(f)?;
+    let parsed: Vec<Adapter<'_>> = adapters
+        .iter()
+        .map(|(b, _)| Adapter::parse(b))
+        .collect::<Result<_, _>>()
+        .map_err(f)?;
+    let mut slots: Vec<Vec<Option<LoraPair<'_>>>> = parsed
+        .iter()
+        .map(|_| vec![None; Adapter::slots_len(m.config())])
+        .collect();
+    let bound: Vec<BoundAdapter<'_, '_>> = parsed
+        .iter()
+        .zip(slots.iter_mut())
+        .map(|(a, s)| a.bind(&gg, &m, s))
+        .collect::<Result<_, _>>()
+        .map_err(f)?;
     let mut set = AdapterSet::EMPTY;
     for (b, (_, s)) in bound.iter().zip(adapters) {
         set.push(b, *s).map_err(f)?;
@@ -51,7 +69,12 @@ fn parity(g: &Gpu, name: &str, model_bytes: &[u8], adapters: &[(Vec<u8>, f32)], 
     let mut st = GpuState::new(g, m.config(), tokens.len(), 64).map_err(f)?;
     let out = gm.forward(g, &mut st, tokens, 0, &ga, true).map_err(f)?;
     let rep = compare(&cpu, &out.hidden, &out.logits, Some(tol));
-    println!("== {name}, {} adapter(s), {} tokens\n{}", adapters.len(), tokens.len(), rep.table());
+    println!(
+        "== {name}, {} adapter(s), {} tokens\n{}",
+        adapters.len(),
+        tokens.len(),
+        rep.table()
+    );
     let fails = rep.failures(&cpu, out.logits.len());
     if fails.is_empty() {
         Ok(())
@@ -63,13 +86,28 @@ fn parity(g: &Gpu, name: &str, model_bytes: &[u8], adapters: &[(Vec<u8>, f32)], 
 /// The two adapters of these tests, for the base in `bytes`.
 fn two_adapters(bytes: &[u8], with_head: bool) -> Result<Vec<(Vec<u8>, f32)>, Failed> {
     let gg = Gguf::parse(bytes).map_err(f)?;
-    let a = AdapterSpec { dora: true, ..AdapterSpec::all_f16(8, 21) };
-    let b = AdapterSpec { a_ty: GgmlType::Q8_0, b_ty: GgmlType::F32, targets: vec![0, 2], head: with_head, rank: 4, alpha: 8.0, ..AdapterSpec::all_f16(4, 22) };
-    Ok(vec![(random_adapter(&gg, &a).map_err(f)?, 0.7), (random_adapter(&gg, &b).map_err(f)?, 1.3)])
+    let a = AdapterSpec {
+        dora: true,
+        ..AdapterSpec::all_f16(8, 21)
+    };
+    let b = AdapterSpec {
+        a_ty: GgmlType::Q8_0,
+        b_ty: GgmlType::F32,
+        targets: vec![0, 2],
+        head: with_head,
+        rank: 4,
+        alpha: 8.0,
+        ..AdapterSpec::all_f16(4, 22)
+    };
+    Ok(vec![
+        (random_adapter(&gg, &a).map_err(f)?, 0.7),
+        (random_adapter(&gg, &b).map_err(f)?, 1.3),
+    ])
 }
 
 fn tiny(name: &str) -> Result<Vec<u8>, Failed> {
-    read_repo(&format!("tests/fixtures/tiny/{name}.gguf")).ok_or_else(|| "tiny fixtures missing".into())
+    read_repo(&format!("tests/fixtures/tiny/{name}.gguf"))
+        .ok_or_else(|| "tiny fixtures missing".into())
 }
 
 fn tiny_parity(g: &Gpu) -> R {
@@ -83,8 +121,15 @@ fn tiny_parity(g: &Gpu) -> R {
 
 fn tiny_llamacpp_adapter(g: &Gpu) -> R {
     let bytes = tiny("tiny-f32")?;
-    let ad = read_repo("tests/fixtures/lora/tiny/plain.llamacpp.gguf").ok_or("tests/fixtures/lora/tiny/plain.llamacpp.gguf missing")?;
-    parity(g, "tiny-f32 + plain.llamacpp.gguf", &bytes, &[(ad, 0.5)], &TINY_TOKENS)
+    let ad = read_repo("tests/fixtures/lora/tiny/plain.llamacpp.gguf")
+        .ok_or("tests/fixtures/lora/tiny/plain.llamacpp.gguf missing")?;
+    parity(
+        g,
+        "tiny-f32 + plain.llamacpp.gguf",
+        &bytes,
+        &[(ad, 0.5)],
+        &TINY_TOKENS,
+    )
 }
 
 fn batching_is_exact(g: &Gpu) -> R {
@@ -95,19 +140,34 @@ fn batching_is_exact(g: &Gpu) -> R {
     let none = GpuAdapters::none();
     let n = TINY_TOKENS.len();
     let mut one = GpuState::new(g, m.config(), n, 64).map_err(f)?;
-    let all = gm.forward(g, &mut one, &TINY_TOKENS, 0, &none, false).map_err(f)?.logits;
+    let all = gm
+        .forward(g, &mut one, &TINY_TOKENS, 0, &none, false)
+        .map_err(f)?
+        .logits;
     let mut three = GpuState::new(g, m.config(), n, 3).map_err(f)?;
-    let by3 = gm.forward(g, &mut three, &TINY_TOKENS, 0, &none, false).map_err(f)?.logits;
+    let by3 = gm
+        .forward(g, &mut three, &TINY_TOKENS, 0, &none, false)
+        .map_err(f)?
+        .logits;
     let mut inc = GpuState::new(g, m.config(), n, 64).map_err(f)?;
     let mut step = vec![];
     for (p, t) in TINY_TOKENS.iter().enumerate() {
-        step.extend(gm.forward(g, &mut inc, &[*t], p, &none, false).map_err(f)?.logits);
+        step.extend(
+            gm.forward(g, &mut inc, &[*t], p, &none, false)
+                .map_err(f)?
+                .logits,
+        );
     }
     if all != by3 || all != step {
-        return Err("GPU logits depend on batching (one batch vs batches of 3 vs token by token)".into());
+        return Err(
+            "GPU logits depend on batching (one batch vs batches of 3 vs token by token)".into(),
+        );
     }
     // Rewinding the cache and recomputing the tail gives the same logits again.
-    let tail = gm.forward(g, &mut inc, &TINY_TOKENS[5..], 5, &none, false).map_err(f)?.logits;
+    let tail = gm
+        .forward(g, &mut inc, &TINY_TOKENS[5..], 5, &none, false)
+        .map_err(f)?
+        .logits;
     if tail[..] != all[5 * m.config().vocab..] {
         return Err("recomputing after a rewind changed the logits".into());
     }
@@ -120,14 +180,23 @@ fn smollm2_parity(g: &Gpu) -> R {
         return Ok(());
     };
     parity(g, "SmolLM2-135M Q4_1", &bytes, &[], &SMOL_TOKENS)?;
-    parity(g, "SmolLM2-135M Q4_1", &bytes, &two_adapters(&bytes, false)?, &SMOL_TOKENS)
+    parity(
+        g,
+        "SmolLM2-135M Q4_1",
+        &bytes,
+        &two_adapters(&bytes, false)?,
+        &SMOL_TOKENS,
+    )
 }
 
 fn main() {
     common::run(
         "cuda_model",
         vec![
-            ("tiny_models_per_layer_parity_with_and_without_adapters", tiny_parity),
+            (
+                "tiny_models_per_layer_parity_with_and_without_adapters",
+                tiny_parity,
+            ),
             ("tiny_f32_llamacpp_adapter_parity", tiny_llamacpp_adapter),
             ("batching_and_kv_cache_are_exact", batching_is_exact),
             ("smollm2_per_layer_parity_two_adapters", smollm2_parity),

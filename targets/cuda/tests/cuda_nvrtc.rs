@@ -16,25 +16,50 @@ fn entry<'a>(ptx: &'a str, name: &str) -> Option<&'a str> {
 
 fn compile_all() -> Result<(), Failed> {
     let ptx = compile_ptx().map_err(|e| Failed::from(e.to_string()))?;
-    let missing: Vec<String> = kernel_names().into_iter().filter(|k| entry(&ptx, k).is_none()).collect();
+    let missing: Vec<String> = kernel_names()
+        .into_iter()
+        .filter(|k| entry(&ptx, k).is_none())
+        .collect();
     if !missing.is_empty() {
         return Err(format!("kernels missing from the PTX: {missing:?}").into());
     }
     // --fmad=false must hold where the tolerances assume CPU rounding: the dot products, rope,
     // adds and dequantisation contain no contracted multiply-adds. (expf and the division may
     // use fma internally by design; the kernels that call them are not checked.)
-    let exact = ["matmul_f32", "matmul_f16", "matmul_bf16", "matmul_q4_0", "matmul_q4_1", "matmul_q8_0", "get_rows_q4_1", "rope", "add", "row_scale"];
+    let exact = [
+        "matmul_f32",
+        "matmul_f16",
+        "matmul_bf16",
+        "matmul_q4_0",
+        "matmul_q4_1",
+        "matmul_q8_0",
+        "get_rows_q4_1",
+        "rope",
+        "add",
+        "row_scale",
+    ];
     for k in exact {
         let body = entry(&ptx, k).unwrap_or("");
         if body.contains("fma.rn.f32") {
-            return Err(format!("{k}: PTX contains fma.rn.f32 although compiled with --fmad=false").into());
+            return Err(format!(
+                "{k}: PTX contains fma.rn.f32 although compiled with --fmad=false"
+            )
+            .into());
         }
     }
     if let Some(out) = std::env::var_os("EDGELORA_PTX_OUT") {
         std::fs::write(&out, &ptx).map_err(|e| Failed::from(e.to_string()))?;
-        println!("wrote {} bytes of PTX to {}", ptx.len(), out.to_string_lossy());
+        println!(
+            "wrote {} bytes of PTX to {}",
+            ptx.len(),
+            out.to_string_lossy()
+        );
     }
-    println!("NVRTC compiled {} kernels into {} bytes of PTX", kernel_names().len(), ptx.len());
+    println!(
+        "NVRTC compiled {} kernels into {} bytes of PTX",
+        kernel_names().len(),
+        ptx.len()
+    );
     Ok(())
 }
 
@@ -48,6 +73,8 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let trials = vec![Trial::test("nvrtc_compiles_every_kernel", compile_all).with_ignored_flag(skip.is_some())];
+    let trials =
+        vec![Trial::test("nvrtc_compiles_every_kernel", compile_all)
+            .with_ignored_flag(skip.is_some())];
     libtest_mimic::run(&args, trials).exit()
 }

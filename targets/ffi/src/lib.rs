@@ -95,7 +95,10 @@ struct Last {
 }
 // SAFETY: `buf` is only touched while `lock` is held (acquired with swap).
 unsafe impl Sync for Last {}
-static LAST: Last = Last { lock: AtomicBool::new(false), buf: core::cell::UnsafeCell::new(([0; 192], 0)) };
+static LAST: Last = Last {
+    lock: AtomicBool::new(false),
+    buf: core::cell::UnsafeCell::new(([0; 192], 0)),
+};
 
 fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
     if LAST.lock.swap(true, Ordering::Acquire) {
@@ -132,7 +135,9 @@ fn status_of(e: &Error) -> c_int {
         ErrorKind::BufferTooSmall => EL_ERR_BUFFER,
         ErrorKind::ContextFull => EL_ERR_CONTEXT,
         ErrorKind::InvalidArgument | ErrorKind::TokenOutOfRange | ErrorKind::TooMany => EL_ERR_ARG,
-        ErrorKind::ShapeMismatch | ErrorKind::MissingTensor | ErrorKind::UnsupportedArch => EL_ERR_MISMATCH,
+        ErrorKind::ShapeMismatch | ErrorKind::MissingTensor | ErrorKind::UnsupportedArch => {
+            EL_ERR_MISMATCH
+        }
         _ => EL_ERR_FORMAT,
     }
 }
@@ -200,11 +205,14 @@ fn room(mem: *mut c_void, len: usize, need: usize) -> Result<(), c_int> {
     if mem.is_null() {
         return Err(bad(EL_ERR_NULL, "object memory is null"));
     }
-    if (mem as usize) % EL_ALIGN != 0 {
+    if !(mem as usize).is_multiple_of(EL_ALIGN) {
         return Err(bad(EL_ERR_BUFFER, "object memory must be 8-byte aligned"));
     }
     if len < need {
-        return Err(bad(EL_ERR_BUFFER, "object memory smaller than the el_*_size query"));
+        return Err(bad(
+            EL_ERR_BUFFER,
+            "object memory smaller than the el_*_size query",
+        ));
     }
     Ok(())
 }
@@ -250,7 +258,13 @@ pub unsafe extern "C" fn el_model_size() -> usize {
 /// `gguf` valid for `gguf_len` bytes and unchanged while the model is used; `mem` valid for
 /// `mem_len` bytes; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_model_open(mem: *mut c_void, mem_len: usize, gguf: *const u8, gguf_len: usize, out: *mut *mut el_model) -> c_int {
+pub unsafe extern "C" fn el_model_open(
+    mem: *mut c_void,
+    mem_len: usize,
+    gguf: *const u8,
+    gguf_len: usize,
+    out: *mut *mut el_model,
+) -> c_int {
     nonnull!(gguf, out);
     if let Err(c) = room(mem, mem_len, size_of::<el_model>()) {
         return c;
@@ -286,13 +300,21 @@ const _: () = assert!(align_of::<Option<LoraPair<'static>>>() <= EL_ALIGN);
 /// # Safety
 /// `model` from `el_model_open`; `info` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_model_get_info(model: *const el_model, info: *mut el_model_info) -> c_int {
+pub unsafe extern "C" fn el_model_get_info(
+    model: *const el_model,
+    info: *mut el_model_info,
+) -> c_int {
     nonnull!(model, info);
     // SAFETY: valid handle per contract.
     let c = unsafe { &*model }.0.model.config();
     // SAFETY: writable per contract.
     unsafe {
-        *info = el_model_info { n_layers: c.n_layers as u32, dim: c.dim as u32, vocab: c.vocab as u32, ctx_len: c.ctx_len as u32 };
+        *info = el_model_info {
+            n_layers: c.n_layers as u32,
+            dim: c.dim as u32,
+            vocab: c.vocab as u32,
+            ctx_len: c.ctx_len as u32,
+        };
     }
     EL_OK
 }
@@ -321,7 +343,13 @@ pub unsafe extern "C" fn el_state_size(model: *const el_model, ctx: u32) -> usiz
 /// # Safety
 /// `model` from `el_model_open`, outliving the state; `mem` valid for `mem_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn el_state_init(model: *const el_model, ctx: u32, mem: *mut c_void, mem_len: usize, out: *mut *mut el_state) -> c_int {
+pub unsafe extern "C" fn el_state_init(
+    model: *const el_model,
+    ctx: u32,
+    mem: *mut c_void,
+    mem_len: usize,
+    out: *mut *mut el_state,
+) -> c_int {
     nonnull!(model, out);
     // SAFETY: per contract.
     let need = unsafe { el_state_size(model, ctx) };
@@ -338,7 +366,8 @@ pub unsafe extern "C" fn el_state_init(model: *const el_model, ctx: u32, mem: *m
     // SAFETY: [mem + head, mem + need) lies in the caller's memory, 4-aligned (head is a
     // multiple of 8, mem 8-aligned), used only through this state from now on; f32 has no
     // invalid bit patterns and State::new zeroes what it uses.
-    let buf = unsafe { core::slice::from_raw_parts_mut(mem.cast::<u8>().add(head).cast::<f32>(), n) };
+    let buf =
+        unsafe { core::slice::from_raw_parts_mut(mem.cast::<u8>().add(head).cast::<f32>(), n) };
     let state = match State::new(&cfg, ctx as usize, buf) {
         Ok(s) => s,
         Err(e) => return err(e),
@@ -346,7 +375,12 @@ pub unsafe extern "C" fn el_state_init(model: *const el_model, ctx: u32, mem: *m
     let p = mem.cast::<el_state>();
     // SAFETY: aligned and in range (checked by room); `out` writable.
     unsafe {
-        p.write(el_state(StateH { state, model, active: [(core::ptr::null(), 0.0); MAX_ACTIVE], n_active: 0 }));
+        p.write(el_state(StateH {
+            state,
+            model,
+            active: [(core::ptr::null(), 0.0); MAX_ACTIVE],
+            n_active: 0,
+        }));
         *out = p;
     }
     EL_OK
@@ -374,7 +408,14 @@ pub unsafe extern "C" fn el_adapter_size(model: *const el_model) -> usize {
 /// `bytes` valid for `len` bytes and unchanged while the adapter is used; `model` outlives
 /// it; `mem` valid for `mem_len` bytes; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_adapter_load(model: *const el_model, bytes_ptr: *const u8, len: usize, mem: *mut c_void, mem_len: usize, out: *mut *mut el_adapter) -> c_int {
+pub unsafe extern "C" fn el_adapter_load(
+    model: *const el_model,
+    bytes_ptr: *const u8,
+    len: usize,
+    mem: *mut c_void,
+    mem_len: usize,
+    out: *mut *mut el_adapter,
+) -> c_int {
     nonnull!(model, bytes_ptr, out);
     // SAFETY: per contract.
     let need = unsafe { el_adapter_size(model) };
@@ -390,7 +431,10 @@ pub unsafe extern "C" fn el_adapter_load(model: *const el_model, bytes_ptr: *con
     };
     let head = up(size_of::<el_adapter>());
     let n = Adapter::slots_len(m.model.config());
-    let slots_p = mem.cast::<u8>().wrapping_add(head).cast::<Option<LoraPair<'static>>>();
+    let slots_p = mem
+        .cast::<u8>()
+        .wrapping_add(head)
+        .cast::<Option<LoraPair<'static>>>();
     // SAFETY: the slots lie in [mem + head, mem + need), aligned (head multiple of 8, the
     // element's alignment <= 8), and are initialised before the slice is formed.
     let slots = unsafe {
@@ -402,7 +446,11 @@ pub unsafe extern "C" fn el_adapter_load(model: *const el_model, bytes_ptr: *con
     let bound = match ad.bind(&m.gguf, &m.model, slots) {
         Ok(b) => b,
         Err(e) => {
-            let code = if e.kind() == ErrorKind::BadValue { EL_ERR_MISMATCH } else { status_of(&e) };
+            let code = if e.kind() == ErrorKind::BadValue {
+                EL_ERR_MISMATCH
+            } else {
+                status_of(&e)
+            };
             return fail(code, &e);
         }
     };
@@ -422,7 +470,12 @@ pub unsafe extern "C" fn el_adapter_load(model: *const el_model, bytes_ptr: *con
 /// `state` from `el_state_init`; each adapter from `el_adapter_load` for the same model,
 /// outliving its use by the state; `adapters` and `scales` valid for `n` entries.
 #[no_mangle]
-pub unsafe extern "C" fn el_set_adapters(state: *mut el_state, adapters: *const *const el_adapter, scales: *const f32, n: usize) -> c_int {
+pub unsafe extern "C" fn el_set_adapters(
+    state: *mut el_state,
+    adapters: *const *const el_adapter,
+    scales: *const f32,
+    n: usize,
+) -> c_int {
     nonnull!(state);
     if n > MAX_ACTIVE {
         return bad(EL_ERR_ARG, "more active adapters than MAX_ACTIVE (4)");
@@ -441,7 +494,10 @@ pub unsafe extern "C" fn el_set_adapters(state: *mut el_state, adapters: *const 
         }
         // SAFETY: valid adapter handle per contract.
         if unsafe { &*a }.model != s.model {
-            return bad(EL_ERR_MISMATCH, "adapter was loaded for another model handle");
+            return bad(
+                EL_ERR_MISMATCH,
+                "adapter was loaded for another model handle",
+            );
         }
         if !sc.is_finite() {
             return bad(EL_ERR_ARG, "adapter scale must be finite");
@@ -471,7 +527,14 @@ fn active_set(s: &StateH) -> AdapterSet<'static, 'static, 'static> {
 /// # Safety
 /// Handles from this API for the same model; `logits` and `n_vocab` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_forward(model: *const el_model, state: *mut el_state, token: u32, pos: u32, logits: *mut *const f32, n_vocab: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_forward(
+    model: *const el_model,
+    state: *mut el_state,
+    token: u32,
+    pos: u32,
+    logits: *mut *const f32,
+    n_vocab: *mut usize,
+) -> c_int {
     nonnull!(model, state, logits, n_vocab);
     // SAFETY: valid handles per contract.
     let (m, s) = (&unsafe { &*model }.0, &mut unsafe { &mut *state }.0);
@@ -479,7 +542,10 @@ pub unsafe extern "C" fn el_forward(model: *const el_model, state: *mut el_state
         return bad(EL_ERR_MISMATCH, "state was made for another model handle");
     }
     let set = active_set(s);
-    match m.model.forward_with(token, pos as usize, &mut s.state, &set) {
+    match m
+        .model
+        .forward_with(token, pos as usize, &mut s.state, &set)
+    {
         Ok(l) => {
             // SAFETY: writable per contract.
             unsafe {
@@ -499,7 +565,16 @@ pub unsafe extern "C" fn el_forward(model: *const el_model, state: *mut el_state
 /// Handles from this API for the same model; `prompt` valid for `n_prompt` ids, `out` for
 /// `max_out`; `n_out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_generate(model: *const el_model, state: *mut el_state, prompt: *const u32, n_prompt: usize, out: *mut u32, max_out: usize, eos: u32, n_out: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_generate(
+    model: *const el_model,
+    state: *mut el_state,
+    prompt: *const u32,
+    n_prompt: usize,
+    out: *mut u32,
+    max_out: usize,
+    eos: u32,
+    n_out: *mut usize,
+) -> c_int {
     nonnull!(model, state, prompt, n_out);
     if max_out > 0 && out.is_null() {
         return bad(EL_ERR_NULL, "null output");
@@ -511,7 +586,14 @@ pub unsafe extern "C" fn el_generate(model: *const el_model, state: *mut el_stat
     }
     // SAFETY: per contract.
     let (prompt, outs) = unsafe {
-        (core::slice::from_raw_parts(prompt, n_prompt), if max_out == 0 { &mut [][..] } else { core::slice::from_raw_parts_mut(out, max_out) })
+        (
+            core::slice::from_raw_parts(prompt, n_prompt),
+            if max_out == 0 {
+                &mut [][..]
+            } else {
+                core::slice::from_raw_parts_mut(out, max_out)
+            },
+        )
     };
     // SAFETY: writable per contract.
     unsafe { *n_out = 0 };
@@ -531,7 +613,10 @@ pub unsafe extern "C" fn el_generate(model: *const el_model, state: *mut el_stat
         if t == eos || n == outs.len() {
             break;
         }
-        logits = match m.model.forward_with(t, prompt.len() + n - 1, &mut s.state, &set) {
+        logits = match m
+            .model
+            .forward_with(t, prompt.len() + n - 1, &mut s.state, &set)
+        {
             Ok(l) => l,
             Err(e) => return err(e),
         };
@@ -556,7 +641,13 @@ pub unsafe extern "C" fn el_stream_size() -> usize {
 /// `buf` valid for `buf_len` bytes, untouched by the caller until the payload is no longer
 /// used; `mem` valid for `mem_len` bytes; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_stream_begin(mem: *mut c_void, mem_len: usize, buf: *mut u8, buf_len: usize, out: *mut *mut el_stream) -> c_int {
+pub unsafe extern "C" fn el_stream_begin(
+    mem: *mut c_void,
+    mem_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out: *mut *mut el_stream,
+) -> c_int {
     nonnull!(buf, out);
     if let Err(c) = room(mem, mem_len, size_of::<el_stream>()) {
         return c;
@@ -577,7 +668,11 @@ pub unsafe extern "C" fn el_stream_begin(mem: *mut c_void, mem_len: usize, buf: 
 /// # Safety
 /// `stream` from `el_stream_begin`; `chunk` valid for `len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn el_stream_push(stream: *mut el_stream, chunk: *const u8, len: usize) -> c_int {
+pub unsafe extern "C" fn el_stream_push(
+    stream: *mut el_stream,
+    chunk: *const u8,
+    len: usize,
+) -> c_int {
     nonnull!(stream);
     if len > 0 && chunk.is_null() {
         return bad(EL_ERR_NULL, "null chunk");
@@ -599,7 +694,11 @@ pub unsafe extern "C" fn el_stream_push(stream: *mut el_stream, chunk: *const u8
 /// # Safety
 /// `stream` from `el_stream_begin`; `payload` and `len` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_stream_finish(stream: *mut el_stream, payload: *mut *const u8, len: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_stream_finish(
+    stream: *mut el_stream,
+    payload: *mut *const u8,
+    len: *mut usize,
+) -> c_int {
     nonnull!(stream, payload, len);
     // SAFETY: valid handle per contract.
     let Some(l) = unsafe { &mut *stream }.0.take() else {
@@ -625,7 +724,10 @@ pub unsafe extern "C" fn el_stream_finish(stream: *mut el_stream, payload: *mut 
 /// # Safety
 /// `model` from `el_model_open`; `words` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_tokenizer_scratch_words(model: *const el_model, words: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_tokenizer_scratch_words(
+    model: *const el_model,
+    words: *mut usize,
+) -> c_int {
     nonnull!(model, words);
     // SAFETY: valid handle per contract.
     match Tokenizer::scratch_len(&unsafe { &*model }.0.gguf) {
@@ -653,7 +755,14 @@ pub unsafe extern "C" fn el_tokenizer_size() -> usize {
 /// `model` outlives the tokenizer; `scratch` valid for `words` u32s and used only by it;
 /// `mem` valid for `mem_len` bytes; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_tokenizer_open(model: *const el_model, scratch: *mut u32, words: usize, mem: *mut c_void, mem_len: usize, out: *mut *mut el_tokenizer) -> c_int {
+pub unsafe extern "C" fn el_tokenizer_open(
+    model: *const el_model,
+    scratch: *mut u32,
+    words: usize,
+    mem: *mut c_void,
+    mem_len: usize,
+    out: *mut *mut el_tokenizer,
+) -> c_int {
     nonnull!(model, scratch, out);
     if let Err(c) = room(mem, mem_len, size_of::<el_tokenizer>()) {
         return c;
@@ -680,10 +789,24 @@ pub unsafe extern "C" fn el_tokenizer_open(model: *const el_model, scratch: *mut
 /// `tok` from `el_tokenizer_open`; `text` valid for `len` bytes, `out` for `cap` ids, `n`
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_tokenize(tok: *const el_tokenizer, text: *const c_char, len: usize, add_bos: c_int, out: *mut u32, cap: usize, n: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_tokenize(
+    tok: *const el_tokenizer,
+    text: *const c_char,
+    len: usize,
+    add_bos: c_int,
+    out: *mut u32,
+    cap: usize,
+    n: *mut usize,
+) -> c_int {
     nonnull!(tok, text, out, n);
     // SAFETY: per contract.
-    let (t, raw, outs) = unsafe { (&(*tok).0, bytes(text.cast(), len), core::slice::from_raw_parts_mut(out, cap)) };
+    let (t, raw, outs) = unsafe {
+        (
+            &(*tok).0,
+            bytes(text.cast(), len),
+            core::slice::from_raw_parts_mut(out, cap),
+        )
+    };
     let Ok(s) = core::str::from_utf8(raw) else {
         return bad(EL_ERR_ARG, "text is not UTF-8");
     };
@@ -713,10 +836,23 @@ pub unsafe extern "C" fn el_tokenize(tok: *const el_tokenizer, text: *const c_ch
 /// `tok` from `el_tokenizer_open`; `ids` valid for `n` ids, `out` for `cap` bytes, `len`
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn el_detokenize(tok: *const el_tokenizer, ids: *const u32, n: usize, out: *mut c_char, cap: usize, len: *mut usize) -> c_int {
+pub unsafe extern "C" fn el_detokenize(
+    tok: *const el_tokenizer,
+    ids: *const u32,
+    n: usize,
+    out: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
     nonnull!(tok, ids, out, len);
     // SAFETY: per contract.
-    let (t, ids, o) = unsafe { (&(*tok).0, core::slice::from_raw_parts(ids, n), core::slice::from_raw_parts_mut(out.cast::<u8>(), cap)) };
+    let (t, ids, o) = unsafe {
+        (
+            &(*tok).0,
+            core::slice::from_raw_parts(ids, n),
+            core::slice::from_raw_parts_mut(out.cast::<u8>(), cap),
+        )
+    };
     let room = cap.saturating_sub(1);
     match t.decode_into(ids, &mut o[..room]) {
         Ok(k) => {

@@ -98,10 +98,21 @@ fn token_ids(g: &Gguf<'_>, tokens: &Option<Vec<u32>>, prompt: Option<&str>) -> R
 }
 
 /// Run the GPU forward over `ids` with the adapters of `set`.
-fn gpu_run(gpu: &Gpu, g: &Gguf<'_>, model: &Model<'_>, set: &AdapterSet<'_, '_, '_>, ids: &[u32], trace_layers: bool) -> Result<edgelora_cuda::gpu::GpuOutput> {
+fn gpu_run(
+    gpu: &Gpu,
+    g: &Gguf<'_>,
+    model: &Model<'_>,
+    set: &AdapterSet<'_, '_, '_>,
+    ids: &[u32],
+    trace_layers: bool,
+) -> Result<edgelora_cuda::gpu::GpuOutput> {
     let cfg = model.config();
     if ids.len() > cfg.ctx_len {
-        bail!("{} tokens exceed the model's context of {}", ids.len(), cfg.ctx_len);
+        bail!(
+            "{} tokens exceed the model's context of {}",
+            ids.len(),
+            cfg.ctx_len
+        );
     }
     let gm = GpuModel::upload(gpu, g, model)?;
     let ga = GpuAdapters::upload(gpu, set, cfg.n_layers)?;
@@ -133,7 +144,13 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
         .map(|(&t, l)| {
             let mut idx: Vec<u32> = (0..l.len() as u32).collect();
             idx.sort_by(|&x, &y| l[y as usize].total_cmp(&l[x as usize]));
-            (t, idx.iter().take(b.top).map(|&i| (i, l[i as usize])).collect())
+            (
+                t,
+                idx.iter()
+                    .take(b.top)
+                    .map(|&i| (i, l[i as usize]))
+                    .collect(),
+            )
         })
         .collect();
     if b.json {
@@ -162,7 +179,12 @@ pub fn parity(a: ParityArgs) -> Result<()> {
     let m = map(&path)?;
     let g = Gguf::parse(&m)?;
     let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
-    let ids = token_ids(&g, &a.tokens, Some(a.prompt.as_deref().unwrap_or("The capital of France is")).filter(|_| a.tokens.is_none()))?;
+    let ids = token_ids(
+        &g,
+        &a.tokens,
+        Some(a.prompt.as_deref().unwrap_or("The capital of France is"))
+            .filter(|_| a.tokens.is_none()),
+    )?;
     let ads = Adapters::open(&a.adapters)?;
     let parsed = ads.parse()?;
     let mut slots = ads.slots(&model);
@@ -180,7 +202,11 @@ pub fn parity(a: ParityArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let cpu = trace(&model, &g, &set, &ids, mode, None)?;
     let cpu_s = t0.elapsed().as_secs_f64();
-    let tol = if a.no_tol || a.cpu == CpuPath::Fast { None } else { Some(derive_tolerance(&model, &g, &set, &ids, &cpu)?) };
+    let tol = if a.no_tol || a.cpu == CpuPath::Fast {
+        None
+    } else {
+        Some(derive_tolerance(&model, &g, &set, &ids, &cpu)?)
+    };
     let rep = compare(&cpu, &out.hidden, &out.logits, tol);
     let fails = rep.failures(&cpu, out.logits.len());
     if a.json {

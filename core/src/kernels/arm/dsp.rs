@@ -43,7 +43,9 @@ fn sxtb16(x: u32) -> u32 {
     let r: u32;
     // SAFETY: register-only arithmetic (no memory, no flags); SXTB16 exists on every core the
     // `cortex-m-dsp` feature may be enabled for (see the module docs).
-    unsafe { asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+    };
     r
 }
 
@@ -52,7 +54,9 @@ fn sxtb16(x: u32) -> u32 {
 fn sxtb16_ror8(x: u32) -> u32 {
     let r: u32;
     // SAFETY: as `sxtb16`.
-    unsafe { asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+    };
     r
 }
 
@@ -62,7 +66,9 @@ fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     let r: i32;
     // SAFETY: as `sxtb16`. SMLAD sets the Q flag on overflow, which cannot happen here
     // (module docs) and which nothing reads; `preserves_flags` is about NZCV.
-    unsafe { asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack, preserves_flags))
+    };
     r
 }
 
@@ -71,7 +77,9 @@ fn smlad(a: u32, b: u32, acc: i32) -> i32 {
 fn ssub8(a: u32, b: u32) -> u32 {
     let r: u32;
     // SAFETY: as `sxtb16`. SSUB8 writes the GE flags (APSR.GE), not NZCV; nothing reads them.
-    unsafe { asm!("ssub8 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("ssub8 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack, preserves_flags))
+    };
     r
 }
 

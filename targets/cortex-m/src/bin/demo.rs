@@ -9,7 +9,9 @@ use core::fmt::Write;
 use cortex_m_rt::entry;
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::LoraPair;
-use edgelora_firmware::config::{BOARD, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES, TOK_WORDS};
+use edgelora_firmware::config::{
+    BOARD, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES, TOK_WORDS,
+};
 use edgelora_firmware::scenario::{self, Assets, Buffers};
 use edgelora_firmware::{assets, exit, paint_stack, print_budget, Aligned, Once, Out};
 
@@ -29,8 +31,21 @@ static STREAM: Once<Aligned<[u8; STREAM_BYTES]>> = Once::new(Aligned([0; STREAM_
 fn main() -> ! {
     paint_stack();
     let mut out = Out;
-    let _ = writeln!(out, "EL-BOARD {BOARD} kernel={}", kernels::active_isa_name());
-    let (Some(state), Some(tok), Some(prompt), Some(gen), Some(sa), Some(sb), Some(ss), Some(stream)) = (
+    let _ = writeln!(
+        out,
+        "EL-BOARD {BOARD} kernel={}",
+        kernels::active_isa_name()
+    );
+    let (
+        Some(state),
+        Some(tok),
+        Some(prompt),
+        Some(gen),
+        Some(sa),
+        Some(sb),
+        Some(ss),
+        Some(stream),
+    ) = (
         STATE.take(),
         TOK.take(),
         PROMPT_IDS.take(),
@@ -39,7 +54,8 @@ fn main() -> ! {
         SLOTS_B.take(),
         SLOTS_S.take(),
         STREAM.take(),
-    ) else {
+    )
+    else {
         let _ = writeln!(out, "EL-FAIL statics taken twice");
         exit(false)
     };

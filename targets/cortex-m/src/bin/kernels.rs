@@ -43,7 +43,13 @@ fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
             *q = match case % 5 {
                 0 => 0x80, // -128
                 1 => 0x7f,
-                2 => if r.next() & 1 == 0 { 0x80 } else { 0x7f },
+                2 => {
+                    if r.next() & 1 == 0 {
+                        0x80
+                    } else {
+                        0x7f
+                    }
+                }
                 _ => r.next() as u8,
             };
         }
@@ -77,7 +83,12 @@ fn same(a: f32, b: f32) -> bool {
 }
 
 /// Compare the active kernel's matvecs with the reference over every shape and case.
-fn check_rows(k: &Kernel, w8: &mut [BlockQ8_0], w4: &mut [BlockQ4_0], x: &mut [BlockQ8_0]) -> Result<u32, &'static str> {
+fn check_rows(
+    k: &Kernel,
+    w8: &mut [BlockQ8_0],
+    w4: &mut [BlockQ4_0],
+    x: &mut [BlockQ8_0],
+) -> Result<u32, &'static str> {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let mut n = 0;
     for bpr in [0usize, 1, 2, 3, 7, 64, MAXB] {
@@ -88,14 +99,22 @@ fn check_rows(k: &Kernel, w8: &mut [BlockQ8_0], w4: &mut [BlockQ4_0], x: &mut [B
             let mut y = [0f32; ROWS];
             k.matvec_q8_0(&w8[..ROWS * bpr], bpr, &x[..bpr], &mut y);
             for (row, &got) in w8[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 { 0.0 } else { reference::vec_dot_q8_0_q8_0(row, &x[..bpr]) };
+                let want = if bpr == 0 {
+                    0.0
+                } else {
+                    reference::vec_dot_q8_0_q8_0(row, &x[..bpr])
+                };
                 if !same(got, want) {
                     return Err("q8_0 rows differ from the reference");
                 }
             }
             k.matvec_q4_0(&w4[..ROWS * bpr], bpr, &x[..bpr], &mut y);
             for (row, &got) in w4[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 { 0.0 } else { reference::vec_dot_q4_0_q8_0(row, &x[..bpr]) };
+                let want = if bpr == 0 {
+                    0.0
+                } else {
+                    reference::vec_dot_q4_0_q8_0(row, &x[..bpr])
+                };
                 if !same(got, want) {
                     return Err("q4_0 rows differ from the reference");
                 }
@@ -113,13 +132,27 @@ fn check_blocks() -> Result<u32, &'static str> {
     let mut r = Rng(42);
     let mut n = 0;
     for case in 0..2000u32 {
-        let mut w8 = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }];
-        let mut w4 = [BlockQ4_0 { d: [0; 2], qs: [0; 16] }];
-        let mut x = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }];
+        let mut w8 = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32],
+        }];
+        let mut w4 = [BlockQ4_0 {
+            d: [0; 2],
+            qs: [0; 16],
+        }];
+        let mut x = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32],
+        }];
         fill_q8(&mut r, &mut w8, case);
         fill_q4(&mut r, &mut w4, case / 5);
         fill_q8(&mut r, &mut x, case / 3);
-        let want8: i32 = w8[0].qs.iter().zip(&x[0].qs).map(|(&a, &b)| a as i8 as i32 * b as i8 as i32).sum();
+        let want8: i32 = w8[0]
+            .qs
+            .iter()
+            .zip(&x[0].qs)
+            .map(|(&a, &b)| a as i8 as i32 * b as i8 as i32)
+            .sum();
         let mut want4 = 0i32;
         for j in 0..16 {
             want4 += ((w4[0].qs[j] & 15) as i32 - 8) * x[0].qs[j] as i8 as i32;
@@ -168,11 +201,22 @@ fn calibrate() -> f32 {
 fn main() -> ! {
     // cortex-m-rt's #[entry] turns `static mut`s declared first in main into `&'static mut`
     // references (main runs once), so no aliasing exists.
-    static mut W8: [BlockQ8_0; ROWS * MAXB] = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }; ROWS * MAXB];
-    static mut W4: [BlockQ4_0; ROWS * MAXB] = [BlockQ4_0 { d: [0; 2], qs: [0; 16] }; ROWS * MAXB];
-    static mut X: [BlockQ8_0; MAXB] = [BlockQ8_0 { d: [0; 2], qs: [0; 32] }; MAXB];
+    static mut W8: [BlockQ8_0; ROWS * MAXB] = [BlockQ8_0 {
+        d: [0; 2],
+        qs: [0; 32],
+    }; ROWS * MAXB];
+    static mut W4: [BlockQ4_0; ROWS * MAXB] = [BlockQ4_0 {
+        d: [0; 2],
+        qs: [0; 16],
+    }; ROWS * MAXB];
+    static mut X: [BlockQ8_0; MAXB] = [BlockQ8_0 {
+        d: [0; 2],
+        qs: [0; 32],
+    }; MAXB];
     let mut out = Out;
-    let Some(mut p) = cortex_m::Peripherals::take() else { exit(false) };
+    let Some(mut p) = cortex_m::Peripherals::take() else {
+        exit(false)
+    };
     p.SYST.set_clock_source(SystClkSource::Core);
     p.SYST.set_reload(0x00ff_ffff);
     p.SYST.clear_current();

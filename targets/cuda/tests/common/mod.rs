@@ -25,7 +25,12 @@ pub fn run(binary: &str, tests: Vec<(&'static str, Body)>) -> ! {
     let skip = match Gpu::new(0) {
         Ok(g) => {
             let cc = g.compute_capability().unwrap_or((0, 0));
-            println!("{binary}: running on {} (compute capability {}.{})", g.name(), cc.0, cc.1);
+            println!(
+                "{binary}: running on {} (compute capability {}.{})",
+                g.name(),
+                cc.0,
+                cc.1
+            );
             let _ = GPU.set(Mutex::new(g));
             None
         }
@@ -48,7 +53,9 @@ pub fn run(binary: &str, tests: Vec<(&'static str, Body)>) -> ! {
         .map(|(name, body)| {
             Trial::test(name, move || {
                 let g = GPU.get().ok_or("no GPU")?;
-                let g = g.lock().map_err(|_| "GPU mutex poisoned by an earlier failure")?;
+                let g = g
+                    .lock()
+                    .map_err(|_| "GPU mutex poisoned by an earlier failure")?;
                 body(&g)
             })
             .with_ignored_flag(skip.is_some())
