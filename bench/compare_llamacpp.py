@@ -20,7 +20,15 @@ import subprocess
 import sys
 import time
 
+import ctypes
+
 import llama_cpp
+
+
+@llama_cpp.llama_log_callback
+def _quiet(level, text, user_data):
+    """Drop llama.cpp's log lines so the table stays readable."""
+
 
 
 def bench_llamacpp(model, threads, n_prompt, n_gen, lora=None):
@@ -93,6 +101,7 @@ def main():
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--exe", default="target/release/edgelora")
     a = ap.parse_args()
+    llama_cpp.llama_log_set(_quiet, ctypes.c_void_p())
     llama_cpp.llama_backend_init()
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {platform.processor() or ''} "
           f"llama-cpp-python {llama_cpp.__version__}; model {a.model}; lora {a.lora}; "

@@ -34,7 +34,10 @@ def main():
     rng = np.random.default_rng(a.seed)
     targets = LINEARS if a.targets == "all" else ["attn_q", "attn_v"]
     n = 0
-    for name, (n_in, n_out) in sorted(shapes.items()):
+    for name, shape in sorted(shapes.items()):
+        if len(shape) != 2:
+            continue
+        n_in, n_out = shape
         parts = name.split(".")
         if len(parts) != 4 or parts[0] != "blk" or parts[2] not in targets:
             continue

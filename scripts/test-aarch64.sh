@@ -16,7 +16,11 @@ for tool in qemu-aarch64 aarch64-linux-gnu-gcc; do
 done
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-# Each ISA the emulated CPU has is tested by `kernels`; EDGELORA_ISA=neon makes
-# `env_forced_isa_actually_runs` fail unless NEON is what the dispatcher ran.
-EDGELORA_ISA=neon cargo test --target aarch64-unknown-linux-gnu -p edgelora-tests \
-    --test kernels "$@"
+# Each ISA the emulated CPU has (qemu's default `max` CPU has NEON and dotprod) is tested by
+# `kernels`; EDGELORA_ISA makes `env_forced_isa_actually_runs` fail unless that ISA is what the
+# dispatcher ran.
+for isa in neon neon-dotprod; do
+    echo "== EDGELORA_ISA=$isa (qemu-aarch64)"
+    EDGELORA_ISA=$isa cargo test --target aarch64-unknown-linux-gnu -p edgelora-tests \
+        --test kernels "$@"
+done

@@ -5,7 +5,8 @@
 //! Each benchmark is one matvec `y = W x` (activation already quantised, as in the model where
 //! it is quantised once per input). Criterion reports GB/s of weight bytes (`Throughput::
 //! Bytes`); GMAC/s = GB/s x (32 / bytes per block): Q4_0 x 1.78, Q4_1 x 1.6, Q8_0 x 0.94,
-//! F16 x 0.5. The 576x49152 head (30 MB) streams from DRAM; the per-layer matrices (0.1-0.6 MB)
+//! F16 x 0.5. `q4_1 matmul x16` is the blocked prompt-batch kernel over 16 tokens. The
+//! 576x49152 head (30 MB) streams from DRAM; the per-layer matrices (0.1-0.6 MB)
 //! are read from cache when benchmarked alone, so they show the kernels' compute ceiling.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -99,6 +100,16 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("q8_0", isa), |b| {
                 b.iter(|| k.matvec_q8_0(black_box(&w80), nb, black_box(&x0), &mut y))
             });
+            if rows < 49152 {
+                // Blocked matmul over a 16-token prompt batch; throughput counts the weight
+                // bytes once per token, as 16 matvecs would read them.
+                let xb: Vec<BlockQ8_1> = x1.iter().cycle().take(nb * 16).copied().collect();
+                let mut yb = vec![0f32; rows * 16];
+                g.throughput(Throughput::Bytes((rows * nb * 20 * 16) as u64));
+                g.bench_function(BenchmarkId::new("q4_1 matmul x16", isa), |b| {
+                    b.iter(|| k.matmul_q4_1(black_box(&w41), nb, rows, black_box(&xb), &mut yb))
+                });
+            }
             g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
             g.bench_function(BenchmarkId::new("f16", isa), |b| {
                 b.iter(|| {

@@ -77,9 +77,10 @@ fn why_missing(isa: Isa) -> &'static str {
         Isa::Avx2 | Isa::Avx512 if !cfg!(target_arch = "x86_64") => "not an x86_64 target",
         Isa::Avx2 => "CPU/OS lacks AVX2+FMA+F16C",
         Isa::Avx512 => "CPU/OS lacks AVX-512 F/BW/VL+VNNI+VBMI",
-        Isa::Neon if !cfg!(target_arch = "aarch64") => {
+        Isa::Neon | Isa::NeonDot if !cfg!(target_arch = "aarch64") => {
             "not an aarch64 target (run scripts/test-aarch64.sh)"
         }
+        Isa::NeonDot => "CPU lacks the dot-product extension",
         Isa::Dsp => {
             "Cortex-M DSP kernels are chosen at compile time (target arm, feature cortex-m-dsp)"
         }
@@ -565,7 +566,7 @@ fn detection_agrees_with_std() {
         && is_x86_feature_detected!("avx512vbmi");
     assert_eq!(Isa::Avx2.kernel().is_some(), avx2);
     assert_eq!(Isa::Avx512.kernel().is_some(), avx512);
-    assert!(Isa::Neon.kernel().is_none());
+    assert!(Isa::Neon.kernel().is_none() && Isa::NeonDot.kernel().is_none());
 }
 
 /// A tiny quantised model forward under each forced ISA: the forced ISA must be the one

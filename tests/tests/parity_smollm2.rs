@@ -51,6 +51,7 @@ fn smollm2_matches_transformers_teacher_forced() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let mut st = State::new(&cfg, ctx, &mut buf).unwrap();
+        st.set_kernel_mode(edgelora::model::KernelMode::Reference);
         for (pos, &t) in ids.iter().enumerate() {
             let l = model.forward(t, pos, &mut st).unwrap();
             let hf_ids: Vec<usize> = case["top_ids"][pos]

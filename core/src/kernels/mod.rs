@@ -2,7 +2,7 @@
 //!
 //! # Two paths
 //!
-//! - **Reference** ([`matvec`], [`reference`]): f32 activations against weights dequantised one
+//! - **Reference** ([`matvec`], [`reference`](mod@reference)): f32 activations against weights dequantised one
 //!   block at a time. The most accurate choice and the parity baseline; the model runs it under
 //!   [`KernelMode::Reference`].
 //! - **Fast** ([`Kernel`], [`matvec_input`]): as llama.cpp's CPU backend does, the activation
@@ -14,22 +14,27 @@
 //!
 //! Every instruction set has its own module with a `detect() -> Option<&'static Kernel>`:
 //! [`portable`] (always), `x86_64::avx2` (AVX2+FMA+F16C), `x86_64::avx512` (AVX-512
-//! F/BW/VL + VNNI + VBMI), `aarch64::neon`. A [`Kernel`] is a table of entry points; holding one is the
-//! proof that its instructions exist on this CPU, which is why `#[target_feature]` functions
-//! sit behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it
+//! F/BW/VL + VNNI + VBMI), `aarch64::neon` (NEON, and NEON with `sdot`), `arm::dsp` (Cortex-M,
+//! chosen at compile time). A [`Kernel`] is a table of entry points; holding one is the proof
+//! that its instructions exist on this CPU, which is why `#[target_feature]` functions sit
+//! behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it
 //! out; [`force`] (or the `EDGELORA_ISA` environment variable, read once under `std`) picks
 //! another; [`ran`] says whether a kernel of a given ISA actually executed, so a test that
 //! forces an ISA can fail when it silently ran something else (matrixmultiply's
 //! `MMTEST_ENSUREFEATURE`).
 //!
 //! Detection uses `cpuid`/`xgetbv` directly on x86_64 so it works without `std`. On targets
-//! without runtime detection (Cortex-M, RISC-V, wasm) only [`portable`] exists, so no other
-//! kernel is linked.
+//! without runtime detection (Cortex-M, RISC-V, wasm) only [`portable`] (and, with its feature,
+//! the DSP table) exists, so no other kernel is linked.
+//!
+//! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
+//! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`], which unpack each weight group once for
+//! several tokens (blocked on AVX-512, a matvec per token elsewhere).
 //!
 //! # Results
 //!
 //! The integer part of every quantised dot is exact, so each kernel agrees with
-//! [`reference`] bit for bit on it; the f32 accumulation of per-block terms runs in a different
+//! [`reference`](mod@reference) bit for bit on it; the f32 accumulation of per-block terms runs in a different
 //! order (SIMD lanes, FMA), so float results differ by at most the f32 summation error of
 //! `n_blocks` terms (see `tests/tests/kernels.rs` for the bound). The activation quantisers
 //! are bit-exact with ggml's `quantize_row_q8_0_ref` / `quantize_row_q8_1_ref` for finite input.
@@ -182,13 +187,23 @@ pub enum Isa {
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// aarch64 Advanced SIMD with the dot-product extension (`sdot`; Armv8.4-A, optional
+    /// from 8.2: Cortex-A55/A76 and later, Neoverse, Apple M1 and later).
+    NeonDot,
     /// Cortex-M DSP extension (`SMLAD`/`SXTB16`), compiled in by the `cortex-m-dsp` feature.
     Dsp,
 }
 
 impl Isa {
     /// Every ISA, slowest first.
-    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dsp];
+    pub const ALL: [Isa; 6] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::Dsp,
+    ];
 
     const fn index(self) -> usize {
         match self {
@@ -196,7 +211,8 @@ impl Isa {
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
             Isa::Neon => 3,
-            Isa::Dsp => 4,
+            Isa::NeonDot => 4,
+            Isa::Dsp => 5,
         }
     }
 
@@ -207,6 +223,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
             Isa::Dsp => "dsp",
         }
     }
@@ -453,6 +470,8 @@ fn detect(isa: Isa) -> Option<&'static Kernel> {
         Isa::Avx512 => x86_64::avx512::detect(),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => aarch64::neon::detect(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => aarch64::neon::detect_dotprod(),
         // Compile-time choice on Cortex-M: present if and only if the feature built it.
         #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
         Isa::Dsp => arm::dsp::detect(),
@@ -474,16 +493,16 @@ fn probe() {
     PROBED.store(true, Ordering::Release);
 }
 
-/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON > DSP > portable).
+/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON dotprod > NEON > DSP > portable).
 pub fn best() -> &'static Kernel {
-    [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Dsp]
+    [Isa::Avx512, Isa::Avx2, Isa::NeonDot, Isa::Neon, Isa::Dsp]
         .into_iter()
         .find_map(Isa::kernel)
         .unwrap_or(&portable::KERNEL)
 }
 
 /// The kernel the model uses: [`best`] unless [`force`] (or, under `std`, the environment
-/// variable `EDGELORA_ISA=portable|avx2|avx512|neon`, read on first use) chose another. An
+/// variable `EDGELORA_ISA=portable|avx2|avx512|neon|neon-dotprod|dsp`, read on first use) chose another. An
 /// `EDGELORA_ISA` naming an ISA this CPU lacks is ignored; tests that set it check
 /// [`ran`] to catch that.
 pub fn active() -> &'static Kernel {

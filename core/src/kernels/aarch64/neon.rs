@@ -2,8 +2,10 @@
 //!
 //! Quantised dots widen i8 x i8 products to i16 (`smull`/`smull2`; `|q_w q_x| <= 128 * 127`
 //! fits) and pairwise-add them into i32 lanes (`sadalp`), then one `fmla` by the block scale.
-//! The dot-product extension (`sdot`) would do the multiply-add in one instruction, but its
-//! intrinsics are still unstable in Rust 1.95 (`stdarch_neon_dotprod`); not used yet.
+//! With the dot-product extension, `sdot` does the multiply and the 4-way add in one
+//! instruction ([`Isa::NeonDot`]). Its intrinsics are still unstable in Rust 1.95
+//! (`stdarch_neon_dotprod`), so it is one line of `asm!` in a function compiled with the
+//! `dotprod` target feature (stable), handed out only when the CPU reports it.
 //!
 //! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
 //! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
@@ -26,6 +28,14 @@ static KERNEL: Kernel = Kernel {
     quantize_q8_1,
 };
 
+static KERNEL_DOT: Kernel = Kernel {
+    isa: Isa::NeonDot,
+    q4_0: q4_0_rows_dot,
+    q4_1: q4_1_rows_dot,
+    q8_0: q8_0_rows_dot,
+    ..KERNEL
+};
+
 /// The NEON table where the target has NEON (every aarch64 Linux/macOS target; checked at run
 /// time under `std`, at compile time otherwise).
 pub fn detect() -> Option<&'static Kernel> {
@@ -36,11 +46,22 @@ pub fn detect() -> Option<&'static Kernel> {
     has.then_some(&KERNEL)
 }
 
+/// The NEON + `sdot` table where the CPU has the dot-product extension.
+pub fn detect_dotprod() -> Option<&'static Kernel> {
+    #[cfg(feature = "std")]
+    let has = std::arch::is_aarch64_feature_detected!("neon")
+        && std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(feature = "std"))]
+    let has = cfg!(all(target_feature = "neon", target_feature = "dotprod"));
+    has.then_some(&KERNEL_DOT)
+}
+
 macro_rules! entry {
     ($name:ident, $tf:ident, ($($a:ident: $t:ty),*)) => {
         fn $name($($a: $t),*) {
-            // SAFETY: reachable only through `KERNEL`, which `detect` hands out only when the
-            // CPU has NEON.
+            // SAFETY: reachable only through `KERNEL` / `KERNEL_DOT`, which `detect` /
+            // `detect_dotprod` hand out only when the CPU has NEON (and, for the `_dot` entries,
+            // the dot-product extension).
             unsafe { $tf($($a),*) }
         }
     };
@@ -49,6 +70,9 @@ macro_rules! entry {
 entry!(q4_0_rows, q4_0_rows_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
 entry!(q4_1_rows, q4_1_rows_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
 entry!(q8_0_rows, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(q4_0_rows_dot, q4_0_rows_dot_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(q4_1_rows_dot, q4_1_rows_dot_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
+entry!(q8_0_rows_dot, q8_0_rows_dot_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
 entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
@@ -98,49 +122,82 @@ fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     )
 }
 
-#[target_feature(enable = "neon")]
-fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(bpr).zip(y) {
-        let mut acc = vdupq_n_f32(0.0);
-        for (a, b) in row.iter().zip(x) {
-            let (lo, hi) = nibbles(&a.qs);
-            let eight = vdupq_n_s8(8);
-            let s = mla16(vdupq_n_s32(0), vsubq_s8(lo, eight), ld_s8(&b.qs, 0));
-            let s = mla16(s, vsubq_s8(hi, eight), ld_s8(&b.qs, 16));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
-        }
-        *o = vaddvq_f32(acc);
-    }
+/// `sdot`: each i32 lane of `acc` += the dot of the corresponding 4 i8 of `a` and `b`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+fn sdot16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut r = acc;
+    // SAFETY: one register-only instruction (no memory, no flags); `dotprod` is enabled for
+    // this function, and it is only reached through `KERNEL_DOT` (see `detect_dotprod`).
+    unsafe {
+        core::arch::asm!(
+            "sdot {r:v}.4s, {a:v}.16b, {b:v}.16b",
+            r = inout(vreg) r,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    r
 }
 
-#[target_feature(enable = "neon")]
-fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(bpr).zip(y) {
-        let mut acc = vdupq_n_f32(0.0);
-        let mut ms = 0.0f32;
-        for (a, b) in row.iter().zip(x) {
-            let (lo, hi) = nibbles(&a.qs);
-            let s = mla16(vdupq_n_s32(0), lo, ld_s8(&b.qs, 0));
-            let s = mla16(s, hi, ld_s8(&b.qs, 16));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
-            ms += f16_le(a.m) * f16_le(b.s);
+/// The quantised rows, once with `smull`/`sadalp` (`$mla = mla16`) and once with `sdot`.
+macro_rules! quant_rows {
+    ($feat:literal, $mla:ident, $q4_0:ident, $q4_1:ident, $q8_0:ident) => {
+        #[target_feature(enable = $feat)]
+        fn $q4_0(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+            for (row, o) in w.chunks_exact(bpr).zip(y) {
+                let mut acc = vdupq_n_f32(0.0);
+                for (a, b) in row.iter().zip(x) {
+                    let (lo, hi) = nibbles(&a.qs);
+                    let eight = vdupq_n_s8(8);
+                    let s = $mla(vdupq_n_s32(0), vsubq_s8(lo, eight), ld_s8(&b.qs, 0));
+                    let s = $mla(s, vsubq_s8(hi, eight), ld_s8(&b.qs, 16));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+                }
+                *o = vaddvq_f32(acc);
+            }
         }
-        *o = vaddvq_f32(acc) + ms;
-    }
+
+        #[target_feature(enable = $feat)]
+        fn $q4_1(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+            for (row, o) in w.chunks_exact(bpr).zip(y) {
+                let mut acc = vdupq_n_f32(0.0);
+                let mut ms = 0.0f32;
+                for (a, b) in row.iter().zip(x) {
+                    let (lo, hi) = nibbles(&a.qs);
+                    let s = $mla(vdupq_n_s32(0), lo, ld_s8(&b.qs, 0));
+                    let s = $mla(s, hi, ld_s8(&b.qs, 16));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+                    ms += f16_le(a.m) * f16_le(b.s);
+                }
+                *o = vaddvq_f32(acc) + ms;
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        fn $q8_0(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+            for (row, o) in w.chunks_exact(bpr).zip(y) {
+                let mut acc = vdupq_n_f32(0.0);
+                for (a, b) in row.iter().zip(x) {
+                    let s = $mla(vdupq_n_s32(0), ld_s8(&a.qs, 0), ld_s8(&b.qs, 0));
+                    let s = $mla(s, ld_s8(&a.qs, 16), ld_s8(&b.qs, 16));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+                }
+                *o = vaddvq_f32(acc);
+            }
+        }
+    };
 }
 
-#[target_feature(enable = "neon")]
-fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(bpr).zip(y) {
-        let mut acc = vdupq_n_f32(0.0);
-        for (a, b) in row.iter().zip(x) {
-            let s = mla16(vdupq_n_s32(0), ld_s8(&a.qs, 0), ld_s8(&b.qs, 0));
-            let s = mla16(s, ld_s8(&a.qs, 16), ld_s8(&b.qs, 16));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
-        }
-        *o = vaddvq_f32(acc);
-    }
-}
+quant_rows!("neon", mla16, q4_0_rows_tf, q4_1_rows_tf, q8_0_rows_tf);
+quant_rows!(
+    "neon,dotprod",
+    sdot16,
+    q4_0_rows_dot_tf,
+    q4_1_rows_dot_tf,
+    q8_0_rows_dot_tf
+);
 
 /// Dot of rows whose 4 elements at a time come from `conv` (16 bytes of F32, 8 of BF16).
 #[target_feature(enable = "neon")]

@@ -9,7 +9,7 @@
 //!
 //! Helpers carry the same `#[target_feature]` as the entry points so that the intrinsics in
 //! them are safe calls; they are private and only reachable from the entries, which are only
-//! reachable through [`KERNEL`]. Two rows are computed per pass so the activation block is
+//! reachable through `KERNEL`. Two rows are computed per pass so the activation block is
 //! loaded once for both and two independent FMA chains hide each other's latency.
 
 use crate::kernels::{Isa, Kernel};
@@ -84,6 +84,19 @@ fn load_ps_bytes(a: &[u8; 32]) -> __m256 {
     // SAFETY: `a` is 32 readable bytes (8 little-endian f32); `loadu` accepts any alignment
     // and every bit pattern is a valid f32.
     unsafe { _mm256_loadu_ps(a.as_ptr().cast()) }
+}
+
+/// Bytes ahead of the block being read that the matvecs prefetch (see `avx512::PREFETCH`).
+const PREFETCH: usize = 4096;
+
+/// Hint the cache to fetch the line `PREFETCH` bytes past `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead<T>(b: &T) {
+    // `wrapping_add`: the address may lie past the weights; a prefetch never faults or reads
+    // architecturally, so no safety condition applies to the pointer.
+    let p = (b as *const T).cast::<u8>().wrapping_add(PREFETCH);
+    _mm_prefetch::<_MM_HINT_T0>(p.cast());
 }
 
 // ---- small helpers ---------------------------------------------------------------------------
@@ -175,6 +188,7 @@ fn q4_0_block(a: &BlockQ4_0, y: __m256i) -> __m256i {
 fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (a, b) in w.iter().zip(x) {
+        prefetch_ahead(a);
         let s = q4_0_block(a, load32(&b.qs));
         acc = _mm256_fmadd_ps(scale2(a.d, b.d), _mm256_cvtepi32_ps(s), acc);
     }
@@ -185,6 +199,8 @@ fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
 fn dot2_q4_0(w0: &[BlockQ4_0], w1: &[BlockQ4_0], x: &[BlockQ8_0]) -> (f32, f32) {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        prefetch_ahead(a0);
+        prefetch_ahead(a1);
         let yv = load32(&b.qs);
         let s0 = q4_0_block(a0, yv);
         let s1 = q4_0_block(a1, yv);
@@ -204,6 +220,7 @@ fn dot_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm_setzero_ps();
     for (a, b) in w.iter().zip(x) {
+        prefetch_ahead(a);
         let sc = scales_q4_1(a, b);
         acc_m = _mm_add_ps(acc_m, sc);
         let s = dot_u8i8(nibbles(&a.qs), load32(&b.qs));
@@ -217,6 +234,8 @@ fn dot2_q4_1(w0: &[BlockQ4_1], w1: &[BlockQ4_1], x: &[BlockQ8_1]) -> (f32, f32) 
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (mut m0, mut m1) = (_mm_setzero_ps(), _mm_setzero_ps());
     for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        prefetch_ahead(a0);
+        prefetch_ahead(a1);
         let yv = load32(&b.qs);
         let (sc0, sc1) = (scales_q4_1(a0, b), scales_q4_1(a1, b));
         m0 = _mm_add_ps(m0, sc0);
@@ -241,6 +260,7 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
 fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (a, b) in w.iter().zip(x) {
+        prefetch_ahead(a);
         let s = dot_i8i8(load32(&a.qs), load32(&b.qs));
         acc = _mm256_fmadd_ps(scale2(a.d, b.d), _mm256_cvtepi32_ps(s), acc);
     }
@@ -251,6 +271,8 @@ fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 fn dot2_q8_0(w0: &[BlockQ8_0], w1: &[BlockQ8_0], x: &[BlockQ8_0]) -> (f32, f32) {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for ((a0, a1), b) in w0.iter().zip(w1).zip(x) {
+        prefetch_ahead(a0);
+        prefetch_ahead(a1);
         let yv = load32(&b.qs);
         let s0 = dot_i8i8(load32(&a0.qs), yv);
         let s1 = dot_i8i8(load32(&a1.qs), yv);

@@ -167,6 +167,23 @@ fn load_group(bytes: &[u8]) -> (__m512i, __m512i) {
     (v0, v1)
 }
 
+/// Bytes ahead of the group being read that the matvecs prefetch. Decode streams every weight
+/// once and the hardware prefetcher alone leaves the loads partly exposed: on the dev VM
+/// (2026-11-28, SmolLM2 Q4_1, one thread) decode went from 53-57 to 82-89 tokens/s with it;
+/// 2048 and 8192 measured the same within noise.
+const PREFETCH: usize = 4096;
+
+/// Hint the cache to fetch the two lines at `PREFETCH` bytes past the start of `bytes`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead(bytes: &[u8]) {
+    // `wrapping_add`: the address may lie past the slice; a prefetch never faults or reads
+    // architecturally, so no safety condition applies to the pointer.
+    let p = bytes.as_ptr().wrapping_add(PREFETCH);
+    _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn load64(a: &[u8; 64]) -> __m512i {
@@ -278,6 +295,7 @@ struct Q4Consts {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn q4_1_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512, accm: &mut __m256) {
+    prefetch_ahead(bytes);
     let (v0, v1) = load_group(bytes);
     let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
     let lo = _mm512_and_si512(q, c.nib);
@@ -340,6 +358,7 @@ fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn q4_0_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512) {
+    prefetch_ahead(bytes);
     let (v0, v1) = load_group(bytes);
     let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
     let lo = _mm512_and_si512(q, c.nib);
@@ -400,6 +419,7 @@ struct Q8Consts {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn q8_0_group(bytes: &[u8], a: &Act2, c: &Q8Consts, acc: &mut __m512) {
+    prefetch_ahead(bytes);
     let (v0, v1) = load_group(bytes);
     // w + 128 as unsigned bytes; the accumulator starts at -128 * sum x.
     let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
