@@ -140,7 +140,7 @@ impl Sampler {
             };
             sum += *v as f64;
         }
-        if !(sum > 0.0) || !sum.is_finite() {
+        if sum.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) || !sum.is_finite() {
             return Ok(argmax(logits));
         }
         // Threshold from top-k.

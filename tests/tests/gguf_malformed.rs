@@ -59,7 +59,7 @@ impl W {
     }
     /// F32 tensor with its data appended at the next aligned offset.
     fn f32_tensor(&mut self, name: &str, dims: &[u64], vals: &[f32]) -> &mut Self {
-        while self.data.len() % self.align != 0 {
+        while !self.data.len().is_multiple_of(self.align) {
             self.data.push(0);
         }
         let off = self.data.len() as u64;
@@ -75,7 +75,7 @@ impl W {
         out.extend(self.n_kv.to_le_bytes());
         out.extend(&self.kv);
         out.extend(&self.ti);
-        while out.len() % self.align != 0 {
+        while !out.len().is_multiple_of(self.align) {
             out.push(0);
         }
         out.extend(&self.data);

@@ -5,14 +5,18 @@ use edgelora::{ErrorKind as K, Gguf};
 use serde_json::{json, Value as J};
 
 fn fx(p: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(p)
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(p)
 }
 
 #[test]
 fn refusals_name_the_field() {
     let base_bytes = std::fs::read(fx("tiny/tiny-f32.gguf")).unwrap();
     let base = Gguf::parse(&base_bytes).unwrap();
-    let cfg: J = serde_json::from_slice(&std::fs::read(fx("lora/tiny/plain/adapter_config.json")).unwrap()).unwrap();
+    let cfg: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/tiny/plain/adapter_config.json")).unwrap())
+            .unwrap();
     let st = std::fs::read(fx("lora/tiny/plain/adapter_model.safetensors")).unwrap();
     let opts = ConvertOptions::default();
     // The untouched config converts.
@@ -35,12 +39,29 @@ fn refusals_name_the_field() {
         let e = convert_peft(&serde_json::to_vec(&c).unwrap(), &st, &base, &opts).unwrap_err();
         let msg = e.to_string();
         println!("{field}={value}: {msg}");
-        let names_it = msg.contains(field) || e.kind() == K::ShapeMismatch || e.kind() == K::MissingTensor;
+        let names_it =
+            msg.contains(field) || e.kind() == K::ShapeMismatch || e.kind() == K::MissingTensor;
         assert!(names_it, "{field}: {msg}");
     }
     // Not JSON; truncated safetensors; a base with other shapes.
     assert!(convert_peft(b"{", &st, &base, &opts).is_err());
-    assert_eq!(convert_peft(&serde_json::to_vec(&cfg).unwrap(), &st[..st.len() / 2], &base, &opts).unwrap_err().kind(), K::OutOfBounds);
+    assert_eq!(
+        convert_peft(
+            &serde_json::to_vec(&cfg).unwrap(),
+            &st[..st.len() / 2],
+            &base,
+            &opts
+        )
+        .unwrap_err()
+        .kind(),
+        K::OutOfBounds
+    );
     let other = std::fs::read(fx("gguf/all_types.gguf")).unwrap();
-    assert!(convert_peft(&serde_json::to_vec(&cfg).unwrap(), &st, &Gguf::parse(&other).unwrap(), &opts).is_err());
+    assert!(convert_peft(
+        &serde_json::to_vec(&cfg).unwrap(),
+        &st,
+        &Gguf::parse(&other).unwrap(),
+        &opts
+    )
+    .is_err());
 }

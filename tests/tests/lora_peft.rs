@@ -17,26 +17,43 @@ use serde_json::Value as J;
 use std::path::PathBuf;
 
 fn fx(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(p)
 }
 
 fn convert(dir: &str, base: &Gguf<'_>, dtype: GgmlType) -> Vec<u8> {
     let d = fx(dir);
     let cfg = std::fs::read(d.join("adapter_config.json")).unwrap();
     let st = std::fs::read(d.join("adapter_model.safetensors")).unwrap();
-    convert_peft(&cfg, &st, base, &ConvertOptions { dtype, task: None }).unwrap_or_else(|e| panic!("{dir}: {e}")).0
+    convert_peft(&cfg, &st, base, &ConvertOptions { dtype, task: None })
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .0
 }
 
 fn ids(v: &J) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
-fn run(model: &Model<'_>, set: &AdapterSet<'_, '_, '_>, tokens: &[u32], mode: KernelMode) -> Vec<Vec<f32>> {
+fn run(
+    model: &Model<'_>,
+    set: &AdapterSet<'_, '_, '_>,
+    tokens: &[u32],
+    mode: KernelMode,
+) -> Vec<Vec<f32>> {
     let cfg = *model.config();
     let mut buf = state_buffer(&cfg, tokens.len());
     let mut st = State::new(&cfg, tokens.len(), &mut buf).unwrap();
     st.set_kernel_mode(mode);
-    tokens.iter().enumerate().map(|(p, &t)| model.forward_with(t, p, &mut st, set).unwrap().to_vec()).collect()
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(p, &t)| model.forward_with(t, p, &mut st, set).unwrap().to_vec())
+        .collect()
 }
 
 fn argmax(x: &[f32]) -> usize {
@@ -47,9 +64,20 @@ fn argmax(x: &[f32]) -> usize {
 fn cmp_full(got: &[Vec<f32>], want: &J) -> (f32, usize, usize) {
     let (mut worst, mut agree, mut n) = (0f32, 0, 0);
     for (g, w) in got.iter().zip(want.as_array().unwrap()) {
-        let w: Vec<f32> = w.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let w: Vec<f32> = w
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
-        worst = worst.max(g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale);
+        worst = worst.max(
+            g.iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+                / scale,
+        );
         agree += (argmax(g) == argmax(&w)) as usize;
         n += 1;
     }
@@ -61,11 +89,17 @@ fn tiny_peft_adapters_match_transformers_peft() {
     let base_bytes = std::fs::read(fx("tiny/tiny-f32.gguf")).unwrap();
     let base = Gguf::parse(&base_bytes).unwrap();
     let model: Model = Model::from_gguf(&base).unwrap();
-    let refs: J = serde_json::from_slice(&std::fs::read(fx("lora/tiny/refs.json")).unwrap()).unwrap();
+    let refs: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/tiny/refs.json")).unwrap()).unwrap();
     let n = Adapter::slots_len(model.config());
     // Base cases first: no adapter.
     for c in refs["base_cases"].as_array().unwrap() {
-        let got = run(&model, &AdapterSet::EMPTY, &ids(&c["tokens"]), KernelMode::Reference);
+        let got = run(
+            &model,
+            &AdapterSet::EMPTY,
+            &ids(&c["tokens"]),
+            KernelMode::Reference,
+        );
         let (w, a, k) = cmp_full(&got, &c["logits"]);
         assert!(w < 1e-4 && a == k, "base {}: {w} {a}/{k}", c["seq"]);
     }
@@ -75,9 +109,19 @@ fn tiny_peft_adapters_match_transformers_peft() {
         let mut slots = vec![None; n];
         let b = ad.bind(&base, &model, &mut slots).unwrap();
         let (mut worst, mut agree, mut total) = (0f32, 0, 0);
-        for c in refs["cases"].as_array().unwrap().iter().filter(|c| c["adapter"] == name) {
+        for c in refs["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["adapter"] == name)
+        {
             let scale = c["scale"].as_f64().unwrap() as f32;
-            let got = run(&model, &AdapterSet::single(&b, scale), &ids(&c["tokens"]), KernelMode::Reference);
+            let got = run(
+                &model,
+                &AdapterSet::single(&b, scale),
+                &ids(&c["tokens"]),
+                KernelMode::Reference,
+            );
             let (w, a, k) = cmp_full(&got, &c["logits"]);
             worst = worst.max(w);
             agree += a;
@@ -90,14 +134,27 @@ fn tiny_peft_adapters_match_transformers_peft() {
     }
     // llama.cpp's converter: right for plain LoRA, wrong scale for rsLoRA (per-module alpha
     // and alpha/sqrt(r) are ignored) -- edgelora runs its files faithfully either way.
-    for (name, file) in [("plain", "lora/tiny/plain.llamacpp.gguf"), ("rslora", "lora/tiny/rslora.llamacpp.gguf")] {
+    for (name, file) in [
+        ("plain", "lora/tiny/plain.llamacpp.gguf"),
+        ("rslora", "lora/tiny/rslora.llamacpp.gguf"),
+    ] {
         let bytes = std::fs::read(fx(file)).unwrap();
         let ad = Adapter::parse(&bytes).unwrap();
         let mut slots = vec![None; n];
         let b = ad.bind(&base, &model, &mut slots).unwrap();
         let (mut worst, mut agree, mut total) = (0f32, 0, 0);
-        for c in refs["cases"].as_array().unwrap().iter().filter(|c| c["adapter"] == name && c["scale"] == 1.0) {
-            let got = run(&model, &AdapterSet::single(&b, 1.0), &ids(&c["tokens"]), KernelMode::Reference);
+        for c in refs["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["adapter"] == name && c["scale"] == 1.0)
+        {
+            let got = run(
+                &model,
+                &AdapterSet::single(&b, 1.0),
+                &ids(&c["tokens"]),
+                KernelMode::Reference,
+            );
             let (w, a, k) = cmp_full(&got, &c["logits"]);
             worst = worst.max(w);
             agree += a;
@@ -105,9 +162,15 @@ fn tiny_peft_adapters_match_transformers_peft() {
         }
         println!("tiny {name:<6}: llama.cpp-converted vs PEFT: max rel |dlogit| {worst:.1e}, top-1 {agree}/{total}");
         if name == "plain" {
-            assert!(worst < 1e-3, "llama.cpp plain adapter should match PEFT: {worst}");
+            assert!(
+                worst < 1e-3,
+                "llama.cpp plain adapter should match PEFT: {worst}"
+            );
         } else {
-            assert!(worst > 1e-2, "llama.cpp's rsLoRA scale was expected to be off");
+            assert!(
+                worst > 1e-2,
+                "llama.cpp's rsLoRA scale was expected to be off"
+            );
         }
     }
 }
@@ -117,7 +180,8 @@ fn tiny_merge_matches_unmerged() {
     let base_bytes = std::fs::read(fx("tiny/tiny-f32.gguf")).unwrap();
     let base = Gguf::parse(&base_bytes).unwrap();
     let model: Model = Model::from_gguf(&base).unwrap();
-    let refs: J = serde_json::from_slice(&std::fs::read(fx("lora/tiny/refs.json")).unwrap()).unwrap();
+    let refs: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/tiny/refs.json")).unwrap()).unwrap();
     let bytes = convert("lora/tiny/plain", &base, GgmlType::F32);
     let ad = Adapter::parse(&bytes).unwrap();
     let mut slots = vec![None; Adapter::slots_len(model.config())];
@@ -130,23 +194,44 @@ fn tiny_merge_matches_unmerged() {
                 let p: LoraPair = *b.pair(l, k).unwrap();
                 let mut out = vec![0u8; merged_len(&w, ty).unwrap()];
                 let mut row = vec![0f32; 2 * w.cols()];
-                merge_into(&w, &[(p, ad.alpha() / p.rank() as f32)], ty, &mut out, &mut row).unwrap();
+                merge_into(
+                    &w,
+                    &[(p, ad.alpha() / p.rank() as f32)],
+                    ty,
+                    &mut out,
+                    &mut row,
+                )
+                .unwrap();
                 bufs.push((l, k, w, out));
             }
         }
         let mut merged = model.clone();
         for (l, k, w, out) in &bufs {
-            *merged.layer_mut(*l).unwrap().linear_mut(*k) = edgelora::kernels::MatRef::new(ty, w.rows(), w.cols(), out).unwrap();
+            *merged.layer_mut(*l).unwrap().linear_mut(*k) =
+                edgelora::kernels::MatRef::new(ty, w.rows(), w.cols(), out).unwrap();
         }
         let (mut worst, mut agree, mut total) = (0f32, 0, 0);
-        for c in refs["cases"].as_array().unwrap().iter().filter(|c| c["adapter"] == "plain" && c["scale"] == 1.0) {
-            let got = run(&merged, &AdapterSet::EMPTY, &ids(&c["tokens"]), KernelMode::Reference);
+        for c in refs["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["adapter"] == "plain" && c["scale"] == 1.0)
+        {
+            let got = run(
+                &merged,
+                &AdapterSet::EMPTY,
+                &ids(&c["tokens"]),
+                KernelMode::Reference,
+            );
             let (w, a, k) = cmp_full(&got, &c["logits"]);
             worst = worst.max(w);
             agree += a;
             total += k;
         }
-        println!("tiny plain merged to {}: max rel |dlogit| vs PEFT {worst:.1e}, top-1 {agree}/{total}", ty.name());
+        println!(
+            "tiny plain merged to {}: max rel |dlogit| vs PEFT {worst:.1e}, top-1 {agree}/{total}",
+            ty.name()
+        );
         // Merging into F16/Q8_0 also rounds the (F32) base weights: F16 keeps 11 bits
         // (relative 2^-11 per weight), Q8_0 about 7 bits of the block maximum; through two
         // random layers that moves logits by ~0.1% and ~5% of their range respectively.
@@ -162,26 +247,38 @@ fn tiny_merge_matches_unmerged() {
     }
 }
 
-const SMOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+const SMOL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
 
 #[test]
 fn smollm2_peft_adapters_top1_vs_transformers_peft() {
     let Ok(f) = std::fs::File::open(SMOL) else {
-        println!("SKIPPED: {SMOL} is absent; run `cargo run --release -p edgelora-cli -- fetch smollm2`");
+        println!(
+            "SKIPPED: {SMOL} is absent; run `cargo run --release -p edgelora-cli -- fetch smollm2`"
+        );
         return;
     };
     // SAFETY: read-only private mapping of a file nobody modifies during the test.
     let mm = unsafe { memmap2::Mmap::map(&f) }.unwrap();
     let base = Gguf::parse(&mm).unwrap();
     let model: Box<Model> = Box::new(Model::from_gguf(&base).unwrap());
-    let refs: J = serde_json::from_slice(&std::fs::read(fx("lora/smollm2/refs.json")).unwrap()).unwrap();
+    let refs: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/smollm2/refs.json")).unwrap()).unwrap();
     let n = Adapter::slots_len(model.config());
     let mut files: Vec<(String, Vec<u8>)> = vec![];
     for name in ["plain", "rslora", "dora"] {
-        files.push((format!("{name} (edgelora convert)"), convert(&format!("lora/smollm2/{name}"), &base, GgmlType::F16)));
+        files.push((
+            format!("{name} (edgelora convert)"),
+            convert(&format!("lora/smollm2/{name}"), &base, GgmlType::F16),
+        ));
     }
     for name in ["plain", "rslora"] {
-        files.push((format!("{name} (llama.cpp convert)"), std::fs::read(fx(&format!("lora/smollm2/{name}.llamacpp.gguf"))).unwrap()));
+        files.push((
+            format!("{name} (llama.cpp convert)"),
+            std::fs::read(fx(&format!("lora/smollm2/{name}.llamacpp.gguf"))).unwrap(),
+        ));
     }
     let mut results = vec![];
     for (label, bytes) in &files {
@@ -191,15 +288,33 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
         let b = ad.bind(&base, &model, &mut slots).unwrap();
         // The fast path (Q8 activations) is measured for our own files only, to keep the
         // test short; the reference path for all.
-        let modes: &[KernelMode] =
-            if label.contains("edgelora") { &[KernelMode::Reference, KernelMode::Fast] } else { &[KernelMode::Reference] };
+        let modes: &[KernelMode] = if label.contains("edgelora") {
+            &[KernelMode::Reference, KernelMode::Fast]
+        } else {
+            &[KernelMode::Reference]
+        };
         for &mode in modes {
             let (mut agree, mut total, mut max_d, mut forced) = (0, 0, 0f32, true);
-            for c in refs["cases"].as_array().unwrap().iter().filter(|c| c["adapter"] == adapter_name) {
-                let got = run(&model, &AdapterSet::single(&b, 1.0), &ids(&c["tokens"]), mode);
+            for c in refs["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["adapter"] == adapter_name)
+            {
+                let got = run(
+                    &model,
+                    &AdapterSet::single(&b, 1.0),
+                    &ids(&c["tokens"]),
+                    mode,
+                );
                 for (p, g) in got.iter().enumerate() {
                     let top = ids(&c["top_ids"][p]);
-                    let tl: Vec<f32> = c["top_logits"][p].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+                    let tl: Vec<f32> = c["top_logits"][p]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                        .collect();
                     total += 1;
                     if argmax(g) == top[0] as usize {
                         agree += 1;
@@ -222,11 +337,27 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
         if label.contains("edgelora") && *mode == KernelMode::Reference {
             assert!(*forced, "{label}: a confident PEFT top-1 was missed");
             assert!(*max_d < 0.05, "{label}: {max_d}");
-            assert!(*agree as f64 >= 0.97 * *total as f64, "{label}: {agree}/{total}");
+            assert!(
+                *agree as f64 >= 0.97 * *total as f64,
+                "{label}: {agree}/{total}"
+            );
         }
     }
     // Our rsLoRA conversion must be closer to PEFT than llama.cpp's.
-    let get = |l: &str| results.iter().find(|r| r.0 == l && r.1 == KernelMode::Reference).unwrap();
-    let (ours, theirs) = (get("rslora (edgelora convert)"), get("rslora (llama.cpp convert)"));
-    assert!(ours.4 < theirs.4, "rsLoRA: ours max |d| {} vs llama.cpp {}", ours.4, theirs.4);
+    let get = |l: &str| {
+        results
+            .iter()
+            .find(|r| r.0 == l && r.1 == KernelMode::Reference)
+            .unwrap()
+    };
+    let (ours, theirs) = (
+        get("rslora (edgelora convert)"),
+        get("rslora (llama.cpp convert)"),
+    );
+    assert!(
+        ours.4 < theirs.4,
+        "rsLoRA: ours max |d| {} vs llama.cpp {}",
+        ours.4,
+        theirs.4
+    );
 }

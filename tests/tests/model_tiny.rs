@@ -68,7 +68,7 @@ fn check_variant(variant: &str) {
         // Greedy continuation of the first case must match HF generate().
         if let Some(greedy) = case.get("greedy").and_then(|g| g.as_array()) {
             let mut st = State::new(&cfg, 64, &mut buf).unwrap();
-        st.set_kernel_mode(edgelora::model::KernelMode::Reference);
+            st.set_kernel_mode(edgelora::model::KernelMode::Reference);
             let mut next = edgelora::sample::argmax(model.prefill(&tokens, 0, &mut st).unwrap());
             let mut out = vec![];
             for (i, _) in greedy.iter().enumerate() {

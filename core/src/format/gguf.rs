@@ -730,7 +730,10 @@ impl<'a> Gguf<'a> {
     /// As [`Gguf::check_header`].
     pub fn parse_header(prefix: &'a [u8], total_len: u64) -> Result<HeaderState<'a>> {
         if prefix.len() as u64 > total_len {
-            return Err(Error::new(ErrorKind::InvalidArgument, "prefix longer than the declared file"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "prefix longer than the declared file",
+            ));
         }
         match Self::parse_impl(prefix, total_len) {
             Ok(g) => Ok(HeaderState::Complete(g)),
@@ -740,7 +743,9 @@ impl<'a> Gguf<'a> {
                     (Some(off), Some((n, _))) => off.saturating_add(n),
                     _ => prefix.len() as u64 + 1,
                 };
-                Ok(HeaderState::NeedMore(need.clamp(prefix.len() as u64 + 1, total_len)))
+                Ok(HeaderState::NeedMore(
+                    need.clamp(prefix.len() as u64 + 1, total_len),
+                ))
             }
             Err(e) => Err(e),
         }

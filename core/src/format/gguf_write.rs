@@ -62,7 +62,9 @@ impl OwnedValue {
             V::U64(x) => OwnedValue::U64(x),
             V::I64(x) => OwnedValue::I64(x),
             V::F64(x) => OwnedValue::F64(x),
-            V::Array(a) => OwnedValue::Array(a.iter().map(|e| OwnedValue::from_value(&e)).collect()),
+            V::Array(a) => {
+                OwnedValue::Array(a.iter().map(|e| OwnedValue::from_value(&e)).collect())
+            }
         }
     }
 
@@ -126,7 +128,11 @@ impl Default for GgufWriter {
 impl GgufWriter {
     /// A writer with the default alignment (32).
     pub fn new() -> Self {
-        GgufWriter { alignment: 32, kv: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            alignment: 32,
+            kv: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// Set (or replace) a metadata value; `general.alignment` also sets the alignment.
@@ -151,7 +157,13 @@ impl GgufWriter {
     /// # Errors
     /// [`ErrorKind::BadDims`] if the byte length does not match type and dims;
     /// [`ErrorKind::DuplicateTensor`] if the name is taken.
-    pub fn add_tensor(&mut self, name: &str, ty: GgmlType, dims: &[u64], data: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        dims: &[u64],
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         let rows: u64 = dims.iter().skip(1).product();
         let want = dims
             .first()
@@ -159,14 +171,21 @@ impl GgufWriter {
             .and_then(|rb| rb.checked_mul(rows))
             .ok_or_else(|| Error::new(ErrorKind::BadDims, "tensor dims").named(name.as_bytes()))?;
         if want != data.len() as u64 || dims.is_empty() || dims.len() > 4 {
-            return Err(Error::new(ErrorKind::BadDims, "tensor byte length vs type and dims")
-                .named(name.as_bytes())
-                .detail(data.len() as u64, want));
+            return Err(
+                Error::new(ErrorKind::BadDims, "tensor byte length vs type and dims")
+                    .named(name.as_bytes())
+                    .detail(data.len() as u64, want),
+            );
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::new(ErrorKind::DuplicateTensor, "writer").named(name.as_bytes()));
         }
-        self.tensors.push(TensorEntry { name: name.into(), ty, dims: dims.into(), data });
+        self.tensors.push(TensorEntry {
+            name: name.into(),
+            ty,
+            dims: dims.into(),
+            data,
+        });
         Ok(self)
     }
 

@@ -71,7 +71,9 @@ impl StTensor<'_> {
                 Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
                 Dtype::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
                 Dtype::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+                Dtype::F64 => {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                }
             })
             .collect()
     }
@@ -104,30 +106,51 @@ impl<'a> SafeTensors<'a> {
             .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
             .ok_or_else(|| Error::new(ErrorKind::Truncated, "safetensors header length").at(0))?;
         if n > MAX_HEADER {
-            return Err(Error::new(ErrorKind::TooMany, "safetensors header bytes").at(0).detail(n, MAX_HEADER));
+            return Err(Error::new(ErrorKind::TooMany, "safetensors header bytes")
+                .at(0)
+                .detail(n, MAX_HEADER));
         }
-        let hdr = bytes
-            .get(8..8 + n as usize)
-            .ok_or_else(|| Error::new(ErrorKind::Truncated, "safetensors header").at(8).detail(n, bytes.len() as u64 - 8))?;
+        let hdr = bytes.get(8..8 + n as usize).ok_or_else(|| {
+            Error::new(ErrorKind::Truncated, "safetensors header")
+                .at(8)
+                .detail(n, bytes.len() as u64 - 8)
+        })?;
         let data = &bytes[8 + n as usize..];
-        let json: serde_json::Value = serde_json::from_slice(hdr).map_err(|_| bad("safetensors header is not valid JSON").at(8))?;
-        let obj = json.as_object().ok_or_else(|| bad("safetensors header is not a JSON object").at(8))?;
+        let json: serde_json::Value = serde_json::from_slice(hdr)
+            .map_err(|_| bad("safetensors header is not valid JSON").at(8))?;
+        let obj = json
+            .as_object()
+            .ok_or_else(|| bad("safetensors header is not a JSON object").at(8))?;
         let mut tensors = Vec::new();
         let mut metadata = BTreeMap::new();
         for (name, v) in obj {
             if name == "__metadata__" {
                 if let Some(m) = v.as_object() {
                     for (k, v) in m {
-                        metadata.insert(k.clone(), v.as_str().map(|s| s.to_string()).unwrap_or_else(|| v.to_string()));
+                        metadata.insert(
+                            k.clone(),
+                            v.as_str()
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| v.to_string()),
+                        );
                     }
                 }
                 continue;
             }
             let nb = name.as_bytes();
-            let e = v.as_object().ok_or_else(|| bad("tensor entry is not an object").named(nb))?;
-            let dt = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("tensor dtype missing").named(nb))?;
+            let e = v
+                .as_object()
+                .ok_or_else(|| bad("tensor entry is not an object").named(nb))?;
+            let dt = e
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| bad("tensor dtype missing").named(nb))?;
             let dtype = Dtype::parse(dt).ok_or_else(|| {
-                Error::new(ErrorKind::UnsupportedTensorType, "safetensors dtype (F32, F16, BF16, F64 supported)").named(nb)
+                Error::new(
+                    ErrorKind::UnsupportedTensorType,
+                    "safetensors dtype (F32, F16, BF16, F64 supported)",
+                )
+                .named(nb)
             })?;
             let shape: Vec<usize> = e
                 .get("shape")
@@ -136,7 +159,9 @@ impl<'a> SafeTensors<'a> {
                 .iter()
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| bad("tensor shape entries must be non-negative integers").named(nb))?;
+                .ok_or_else(|| {
+                    bad("tensor shape entries must be non-negative integers").named(nb)
+                })?;
             if shape.len() > 8 {
                 return Err(Error::new(ErrorKind::BadDims, "too many dims").named(nb));
             }
@@ -146,22 +171,46 @@ impl<'a> SafeTensors<'a> {
                 .filter(|o| o.len() == 2)
                 .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
                 .ok_or_else(|| bad("data_offsets must be [start, end]").named(nb))?;
-            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::new(ErrorKind::BadDims, "shape overflows").named(nb))?;
-            let want = numel.checked_mul(dtype.size()).ok_or_else(|| Error::new(ErrorKind::BadDims, "size overflows").named(nb))?;
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| Error::new(ErrorKind::BadDims, "shape overflows").named(nb))?;
+            let want = numel
+                .checked_mul(dtype.size())
+                .ok_or_else(|| Error::new(ErrorKind::BadDims, "size overflows").named(nb))?;
             if offs.1 < offs.0 || offs.1 - offs.0 != want as u64 {
-                return Err(Error::new(ErrorKind::BadDims, "data_offsets length vs shape x dtype").named(nb).detail(offs.1.wrapping_sub(offs.0), want as u64));
+                return Err(
+                    Error::new(ErrorKind::BadDims, "data_offsets length vs shape x dtype")
+                        .named(nb)
+                        .detail(offs.1.wrapping_sub(offs.0), want as u64),
+                );
             }
             let slice = usize::try_from(offs.0)
                 .ok()
                 .zip(usize::try_from(offs.1).ok())
                 .and_then(|(a, b)| data.get(a..b))
-                .ok_or_else(|| Error::new(ErrorKind::OutOfBounds, "tensor data").named(nb).detail(offs.1, data.len() as u64))?;
-            tensors.push((offs.0, StTensor { name: name.clone(), dtype, shape, data: slice }));
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::OutOfBounds, "tensor data")
+                        .named(nb)
+                        .detail(offs.1, data.len() as u64)
+                })?;
+            tensors.push((
+                offs.0,
+                StTensor {
+                    name: name.clone(),
+                    dtype,
+                    shape,
+                    data: slice,
+                },
+            ));
         }
         tensors.sort_by_key(|t| t.0);
         for w in tensors.windows(2) {
             if w[1].0 < w[0].0 + w[0].1.data.len() as u64 {
-                return Err(Error::new(ErrorKind::Overlap, "safetensors tensors overlap").named(w[1].1.name.as_bytes()));
+                return Err(
+                    Error::new(ErrorKind::Overlap, "safetensors tensors overlap")
+                        .named(w[1].1.name.as_bytes()),
+                );
             }
         }
         let mut tensors: Vec<StTensor<'a>> = tensors.into_iter().map(|t| t.1).collect();
@@ -171,6 +220,9 @@ impl<'a> SafeTensors<'a> {
 
     /// Find a tensor by name.
     pub fn get(&self, name: &str) -> Option<&StTensor<'a>> {
-        self.tensors.binary_search_by(|t| t.name.as_str().cmp(name)).ok().map(|i| &self.tensors[i])
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
     }
 }

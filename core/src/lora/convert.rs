@@ -36,7 +36,15 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 
 /// HF module names in [`LINEAR_NAMES`] order.
-pub const HF_LINEARS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const HF_LINEARS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// Converter options.
 #[derive(Clone, Debug)]
@@ -50,7 +58,10 @@ pub struct ConvertOptions {
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { dtype: GgmlType::F16, task: None }
+        ConvertOptions {
+            dtype: GgmlType::F16,
+            task: None,
+        }
     }
 }
 
@@ -71,10 +82,18 @@ fn refuse(what: &'static str, field: &str) -> Error {
 
 /// Look up a per-module override: first key equal to the module name or a dotted suffix of it.
 fn pattern_lookup<'j>(pat: Option<&'j J>, module: &str, field: &str) -> Result<Option<&'j J>> {
-    let Some(obj) = pat.and_then(|p| p.as_object()) else { return Ok(None) };
+    let Some(obj) = pat.and_then(|p| p.as_object()) else {
+        return Ok(None);
+    };
     for (k, v) in obj {
-        if !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.') {
-            return Err(refuse("pattern key uses regex syntax this converter does not evaluate", field));
+        if !k
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+        {
+            return Err(refuse(
+                "pattern key uses regex syntax this converter does not evaluate",
+                field,
+            ));
         }
         if module == k || module.ends_with(&["." as &str, k].concat()) {
             return Ok(Some(v));
@@ -89,22 +108,41 @@ fn pattern_lookup<'j>(pat: Option<&'j J>, module: &str, field: &str) -> Result<O
 /// Parse errors of either file; [`ErrorKind::BadValue`] naming the config field or tensor for
 /// anything not representable; [`ErrorKind::MissingTensor`] / [`ErrorKind::ShapeMismatch`]
 /// naming the module when the adapter does not fit the base.
-pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opts: &ConvertOptions) -> Result<(Vec<u8>, ConvertReport)> {
-    let cfg: J = serde_json::from_slice(config_json).map_err(|_| refuse("adapter_config.json is not valid JSON", "adapter_config.json"))?;
+pub fn convert_peft(
+    config_json: &[u8],
+    safetensors: &[u8],
+    base: &Gguf<'_>,
+    opts: &ConvertOptions,
+) -> Result<(Vec<u8>, ConvertReport)> {
+    let cfg: J = serde_json::from_slice(config_json).map_err(|_| {
+        refuse(
+            "adapter_config.json is not valid JSON",
+            "adapter_config.json",
+        )
+    })?;
     let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
     if let Some(t) = get("peft_type").and_then(|v| v.as_str()) {
         if t != "LORA" {
             return Err(refuse("only PEFT LoRA adapters are supported", "peft_type"));
         }
     }
-    let r_default = get("r").and_then(|v| v.as_u64()).ok_or_else(|| refuse("missing or invalid", "r"))? as usize;
-    let alpha_default = get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| refuse("missing or invalid", "lora_alpha"))? as f32;
+    let r_default = get("r")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| refuse("missing or invalid", "r"))? as usize;
+    let alpha_default = get("lora_alpha")
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| refuse("missing or invalid", "lora_alpha"))? as f32;
     let rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
-    let fifo = get("fan_in_fan_out").and_then(|v| v.as_bool()).unwrap_or(false);
+    let fifo = get("fan_in_fan_out")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let dora = get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false);
     if let Some(b) = get("bias").and_then(|v| v.as_str()) {
         if b != "none" {
-            return Err(refuse("LoRA biases cannot be represented (bias must be \"none\")", "bias"));
+            return Err(refuse(
+                "LoRA biases cannot be represented (bias must be \"none\")",
+                "bias",
+            ));
         }
     }
     if get("lora_bias").and_then(|v| v.as_bool()).unwrap_or(false) {
@@ -112,23 +150,47 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
     }
     if let Some(m) = get("modules_to_save").and_then(|v| v.as_array()) {
         if m.iter().any(|x| x.as_str() != Some("lm_head")) {
-            return Err(refuse("modules_to_save: only lm_head (a replacement output head) can be represented", "modules_to_save"));
+            return Err(refuse(
+                "modules_to_save: only lm_head (a replacement output head) can be represented",
+                "modules_to_save",
+            ));
         }
     }
     if let Some(init) = get("init_lora_weights").and_then(|v| v.as_str()) {
         let lower = init.to_ascii_lowercase();
-        if ["pissa", "olora", "loftq", "corda", "eva"].iter().any(|m| lower.starts_with(m)) {
-            return Err(refuse("this init rewrites the base weights; the adapter alone cannot reproduce it", "init_lora_weights"));
+        if ["pissa", "olora", "loftq", "corda", "eva"]
+            .iter()
+            .any(|m| lower.starts_with(m))
+        {
+            return Err(refuse(
+                "this init rewrites the base weights; the adapter alone cannot reproduce it",
+                "init_lora_weights",
+            ));
         }
     }
     // Options that change what the adapter computes in ways a (target, A, B) file cannot hold.
     for (field, what) in [
-        ("trainable_token_indices", "trainable embedding rows cannot be represented"),
-        ("layer_replication", "layer replication changes the model's structure"),
-        ("alora_invocation_tokens", "activated LoRA (aLoRA) is not supported"),
-        ("target_parameters", "LoRA on raw parameters is not supported"),
+        (
+            "trainable_token_indices",
+            "trainable embedding rows cannot be represented",
+        ),
+        (
+            "layer_replication",
+            "layer replication changes the model's structure",
+        ),
+        (
+            "alora_invocation_tokens",
+            "activated LoRA (aLoRA) is not supported",
+        ),
+        (
+            "target_parameters",
+            "LoRA on raw parameters is not supported",
+        ),
     ] {
-        if get(field).is_some_and(|v| !(v.as_array().is_some_and(|a| a.is_empty()) || v.as_object().is_some_and(|o| o.is_empty()))) {
+        if get(field).is_some_and(|v| {
+            !(v.as_array().is_some_and(|a| a.is_empty())
+                || v.as_object().is_some_and(|o| o.is_empty()))
+        }) {
             return Err(refuse(what, field));
         }
     }
@@ -142,20 +204,36 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
     let mc: Config = *model.config();
 
     let mut w = GgufWriter::new();
-    w.set("general.architecture", OwnedValue::Str(base.get_str("general.architecture")?.to_string()));
+    w.set(
+        "general.architecture",
+        OwnedValue::Str(base.get_str("general.architecture")?.to_string()),
+    );
     w.set("general.type", OwnedValue::Str("adapter".into()));
     w.set("adapter.type", OwnedValue::Str("lora".into()));
-    let alpha_g = if alpha_default != 0.0 { alpha_default } else { 1.0 };
+    let alpha_g = if alpha_default != 0.0 {
+        alpha_default
+    } else {
+        1.0
+    };
     w.set("adapter.lora.alpha", OwnedValue::F32(alpha_g));
     w.set(FINGERPRINT_KEY, OwnedValue::U64(base_fingerprint(base)));
-    let task = opts.task.clone().or_else(|| get("task_name").and_then(|v| v.as_str()).map(|s| s.to_string()));
+    let task = opts.task.clone().or_else(|| {
+        get("task_name")
+            .and_then(|v| v.as_str())
+            .map(|s| s.to_string())
+    });
     if let Some(t) = &task {
         w.set("adapter.edgelora.task", OwnedValue::Str(t.clone()));
     }
-    let mut report = ConvertReport { alpha: alpha_g, ..Default::default() };
+    let mut report = ConvertReport {
+        alpha: alpha_g,
+        ..Default::default()
+    };
 
     // Group tensors by module: module name -> (A, B, DoRA magnitude).
-    let mut mods: BTreeMap<String, (Option<usize>, Option<usize>, Option<usize>)> = BTreeMap::new();
+    // Module name -> indices of (lora_A, lora_B, DoRA magnitude) in the safetensors list.
+    type Parts = (Option<usize>, Option<usize>, Option<usize>);
+    let mut mods: BTreeMap<String, Parts> = BTreeMap::new();
     let mut head = None;
     for (i, t) in st.tensors.iter().enumerate() {
         let n = t.name.as_str();
@@ -193,47 +271,88 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
     let mut entries = Vec::new();
     for (module, (ai, bi, mi)) in &mods {
         let (Some(ai), Some(bi)) = (*ai, *bi) else {
-            return Err(Error::new(ErrorKind::MissingTensor, "module has only one of lora_A / lora_B").named(module.as_bytes()));
+            return Err(Error::new(
+                ErrorKind::MissingTensor,
+                "module has only one of lora_A / lora_B",
+            )
+            .named(module.as_bytes()));
         };
         // model.layers.{i}.{self_attn|mlp}.{proj}
         let parsed = module.strip_prefix("model.layers.").and_then(|r| {
             let (num, rest) = r.split_once('.')?;
             let proj = rest.rsplit('.').next()?;
-            Some((num.parse::<usize>().ok()?, HF_LINEARS.iter().position(|p| *p == proj)?))
+            Some((
+                num.parse::<usize>().ok()?,
+                HF_LINEARS.iter().position(|p| *p == proj)?,
+            ))
         });
-        let (layer, lin) = parsed.ok_or_else(|| refuse("LoRA target is not a llama decoder linear (q/k/v/o/gate/up/down_proj)", module))?;
-        let wt = model.layer(layer).ok_or_else(|| Error::new(ErrorKind::MissingTensor, "layer not in base").named(module.as_bytes()))?.linear(lin);
+        let (layer, lin) = parsed.ok_or_else(|| {
+            refuse(
+                "LoRA target is not a llama decoder linear (q/k/v/o/gate/up/down_proj)",
+                module,
+            )
+        })?;
+        let wt = model
+            .layer(layer)
+            .ok_or_else(|| {
+                Error::new(ErrorKind::MissingTensor, "layer not in base").named(module.as_bytes())
+            })?
+            .linear(lin);
         let (out_d, in_d) = (wt.rows(), wt.cols());
         let (ta, tb) = (&st.tensors[ai], &st.tensors[bi]);
         let mut a = ta.to_f32();
         let mut b = tb.to_f32();
         let (sa, sb) = (ta.shape.clone(), tb.shape.clone());
         if sa.len() != 2 || sb.len() != 2 {
-            return Err(Error::new(ErrorKind::BadDims, "LoRA A and B must be 2-D").named(module.as_bytes()));
+            return Err(
+                Error::new(ErrorKind::BadDims, "LoRA A and B must be 2-D").named(module.as_bytes())
+            );
         }
         let r = if fifo { sa[1] } else { sa[0] };
         if fifo {
             a = transpose(&a, sa[0], sa[1]);
             b = transpose(&b, sb[0], sb[1]);
         }
-        let (a_in, b_out, b_r) = if fifo { (sa[0], sb[1], sb[0]) } else { (sa[1], sb[0], sb[1]) };
+        let (a_in, b_out, b_r) = if fifo {
+            (sa[0], sb[1], sb[0])
+        } else {
+            (sa[1], sb[0], sb[1])
+        };
         if a_in != in_d || b_out != out_d || b_r != r || r == 0 || r > super::MAX_RANK {
-            return Err(Error::new(ErrorKind::ShapeMismatch, "LoRA A/B shapes vs base linear (in, out, rank)")
-                .named(module.as_bytes())
-                .detail((a_in * b_out) as u64, (in_d * out_d) as u64));
+            return Err(Error::new(
+                ErrorKind::ShapeMismatch,
+                "LoRA A/B shapes vs base linear (in, out, rank)",
+            )
+            .named(module.as_bytes())
+            .detail((a_in * b_out) as u64, (in_d * out_d) as u64));
         }
         let r_cfg = match pattern_lookup(get("rank_pattern"), module, "rank_pattern")? {
-            Some(v) => v.as_u64().ok_or_else(|| refuse("rank_pattern values must be integers", "rank_pattern"))? as usize,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| refuse("rank_pattern values must be integers", "rank_pattern"))?
+                as usize,
             None => r_default,
         };
         if r_cfg != r {
-            return Err(Error::new(ErrorKind::ShapeMismatch, "tensor rank differs from the config's r / rank_pattern").named(module.as_bytes()).detail(r as u64, r_cfg as u64));
+            return Err(Error::new(
+                ErrorKind::ShapeMismatch,
+                "tensor rank differs from the config's r / rank_pattern",
+            )
+            .named(module.as_bytes())
+            .detail(r as u64, r_cfg as u64));
         }
         let alpha_m = match pattern_lookup(get("alpha_pattern"), module, "alpha_pattern")? {
-            Some(v) => v.as_f64().ok_or_else(|| refuse("alpha_pattern values must be numbers", "alpha_pattern"))? as f32,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| refuse("alpha_pattern values must be numbers", "alpha_pattern"))?
+                as f32,
             None => alpha_default,
         };
-        let s_m = if rslora { alpha_m / libm::sqrtf(r as f32) } else { alpha_m / r as f32 };
+        let s_m = if rslora {
+            alpha_m / libm::sqrtf(r as f32)
+        } else {
+            alpha_m / r as f32
+        };
         let fold = s_m * r as f32 / alpha_g;
         for v in b.iter_mut() {
             *v *= fold;
@@ -241,15 +360,28 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
         let mut mag = match mi {
             Some(mi) => {
                 if !dora {
-                    return Err(refuse("DoRA magnitude present but use_dora is false", module));
+                    return Err(refuse(
+                        "DoRA magnitude present but use_dora is false",
+                        module,
+                    ));
                 }
                 let m = st.tensors[*mi].to_f32();
                 if m.len() != out_d {
-                    return Err(Error::new(ErrorKind::ShapeMismatch, "DoRA magnitude length vs out features").named(module.as_bytes()));
+                    return Err(Error::new(
+                        ErrorKind::ShapeMismatch,
+                        "DoRA magnitude length vs out features",
+                    )
+                    .named(module.as_bytes()));
                 }
                 Some(m)
             }
-            None if dora => return Err(Error::new(ErrorKind::MissingTensor, "use_dora but no lora_magnitude_vector").named(module.as_bytes())),
+            None if dora => {
+                return Err(Error::new(
+                    ErrorKind::MissingTensor,
+                    "use_dora but no lora_magnitude_vector",
+                )
+                .named(module.as_bytes()))
+            }
             None => None,
         };
         if lin <= 1 {
@@ -273,7 +405,9 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
                             *w += f * av;
                         }
                     }
-                    let norm = libm::sqrt(wrow.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()) as f32;
+                    let norm =
+                        libm::sqrt(wrow.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
+                            as f32;
                     *go = if norm > 0.0 { m[o] / norm } else { 1.0 };
                 }
                 Some(g)
@@ -281,41 +415,82 @@ pub fn convert_peft(config_json: &[u8], safetensors: &[u8], base: &Gguf<'_>, opt
             None => None,
         };
         maxr = maxr.max(r);
-        let target = ["blk.", &layer.to_string(), ".", LINEAR_NAMES[lin], ".weight"].concat();
+        let target = [
+            "blk.",
+            &layer.to_string(),
+            ".",
+            LINEAR_NAMES[lin],
+            ".weight",
+        ]
+        .concat();
         report.pairs.push((target.clone(), r, s_m));
         entries.push((layer, lin, target, a, b, r, in_d, out_d, dora_scale));
     }
     if entries.is_empty() && head.is_none() {
-        return Err(Error::new(ErrorKind::MissingTensor, "adapter_model.safetensors has no LoRA weights"));
+        return Err(Error::new(
+            ErrorKind::MissingTensor,
+            "adapter_model.safetensors has no LoRA weights",
+        ));
     }
     entries.sort_by_key(|e| (e.0, e.1));
     for (_, _, target, a, b, r, in_d, out_d, dora_scale) in entries {
         if let Some(g) = dora_scale {
-            w.add_tensor(&[target.as_str(), super::DORA_SUFFIX].concat(), GgmlType::F32, &[out_d as u64], encode(&g, out_d, GgmlType::F32).1)?;
+            w.add_tensor(
+                &[target.as_str(), super::DORA_SUFFIX].concat(),
+                GgmlType::F32,
+                &[out_d as u64],
+                encode(&g, out_d, GgmlType::F32).1,
+            )?;
         }
         let (ty_a, da) = encode(&a, in_d, opts.dtype);
         let (ty_b, db) = encode(&b, r, opts.dtype);
         if ty_b != opts.dtype {
-            let note = "lora_b kept as F16: its rows (length r) are not a whole number of Q8_0 blocks".to_string();
+            let note =
+                "lora_b kept as F16: its rows (length r) are not a whole number of Q8_0 blocks"
+                    .to_string();
             if !report.notes.contains(&note) {
                 report.notes.push(note);
             }
         }
-        w.add_tensor(&[target.as_str(), ".lora_a"].concat(), ty_a, &[in_d as u64, r as u64], da)?;
-        w.add_tensor(&[target.as_str(), ".lora_b"].concat(), ty_b, &[r as u64, out_d as u64], db)?;
+        w.add_tensor(
+            &[target.as_str(), ".lora_a"].concat(),
+            ty_a,
+            &[in_d as u64, r as u64],
+            da,
+        )?;
+        w.add_tensor(
+            &[target.as_str(), ".lora_b"].concat(),
+            ty_b,
+            &[r as u64, out_d as u64],
+            db,
+        )?;
     }
     if let Some(hi) = head {
         let t = &st.tensors[hi];
         let o = model.output();
         if t.shape != [o.rows(), o.cols()] {
-            return Err(Error::new(ErrorKind::ShapeMismatch, "lm_head replacement vs base output head").named(t.name.as_bytes()));
+            return Err(Error::new(
+                ErrorKind::ShapeMismatch,
+                "lm_head replacement vs base output head",
+            )
+            .named(t.name.as_bytes()));
         }
         let (ty, data) = encode(&t.to_f32(), o.cols(), opts.dtype);
-        w.add_tensor(super::HEAD_TENSOR, ty, &[o.cols() as u64, o.rows() as u64], data)?;
-        report.notes.push("lm_head from modules_to_save is stored as a replacement output.weight".into());
+        w.add_tensor(
+            super::HEAD_TENSOR,
+            ty,
+            &[o.cols() as u64, o.rows() as u64],
+            data,
+        )?;
+        report
+            .notes
+            .push("lm_head from modules_to_save is stored as a replacement output.weight".into());
     }
     if dora {
-        report.notes.push("DoRA: per-row magnitude scales precomputed against this base (edgelora-only tensors)".into());
+        report.notes.push(
+            "DoRA: per-row magnitude scales precomputed against this base (edgelora-only tensors)"
+                .into(),
+        );
     }
     w.set("adapter.edgelora.rank", OwnedValue::U32(maxr as u32));
     Ok((w.to_bytes(), report))
@@ -352,14 +527,22 @@ pub fn permute_rows_for_rope(x: &[f32], heads: usize, head_dim: usize, cols: usi
 /// else F16).
 pub fn encode(x: &[f32], row_len: usize, ty: GgmlType) -> (GgmlType, Vec<u8>) {
     match ty {
-        GgmlType::F32 => (GgmlType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        GgmlType::Q8_0 if row_len % quant::QK == 0 => {
+        GgmlType::F32 => (
+            GgmlType::F32,
+            x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        GgmlType::Q8_0 if row_len.is_multiple_of(quant::QK) => {
             let mut out = std::vec![0u8; x.len() / quant::QK * 34];
             if let Ok(blocks) = quant::cast_blocks_mut::<BlockQ8_0>(&mut out) {
                 reference::quantize_row_q8_0(x, blocks);
             }
             (GgmlType::Q8_0, out)
         }
-        _ => (GgmlType::F16, x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+        _ => (
+            GgmlType::F16,
+            x.iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        ),
     }
 }

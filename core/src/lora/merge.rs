@@ -45,20 +45,43 @@ pub fn merged_len(w: &MatRef<'_>, ty: GgmlType) -> Option<usize> {
 /// [`ErrorKind::BadDims`] if `cols` is not a whole number of blocks of `ty`;
 /// [`ErrorKind::ShapeMismatch`] if a pair does not fit `w`;
 /// [`ErrorKind::BufferTooSmall`] for short buffers.
-pub fn merge_into(w: &MatRef<'_>, pairs: &[(LoraPair<'_>, f32)], ty: GgmlType, out: &mut [u8], row: &mut [f32]) -> Result<MergeStats> {
-    if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
-        return Err(Error::new(ErrorKind::UnsupportedTensorType, "merge output type (F32, F16, Q8_0, Q4_0, Q4_1)"));
+pub fn merge_into(
+    w: &MatRef<'_>,
+    pairs: &[(LoraPair<'_>, f32)],
+    ty: GgmlType,
+    out: &mut [u8],
+    row: &mut [f32],
+) -> Result<MergeStats> {
+    if !matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
+    ) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedTensorType,
+            "merge output type (F32, F16, Q8_0, Q4_0, Q4_1)",
+        ));
     }
     let (rows, cols) = (w.rows(), w.cols());
-    let rb = ty.row_bytes(cols as u64).ok_or_else(|| Error::new(ErrorKind::BadDims, "row length vs output block size"))? as usize;
-    let need = rb.checked_mul(rows).ok_or_else(|| Error::new(ErrorKind::BadDims, "merged size"))?;
-    let out = out.get_mut(..need).ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "merge output").detail(0, need as u64))?;
+    let rb = ty
+        .row_bytes(cols as u64)
+        .ok_or_else(|| Error::new(ErrorKind::BadDims, "row length vs output block size"))?
+        as usize;
+    let need = rb
+        .checked_mul(rows)
+        .ok_or_else(|| Error::new(ErrorKind::BadDims, "merged size"))?;
+    let out = out.get_mut(..need).ok_or_else(|| {
+        Error::new(ErrorKind::BufferTooSmall, "merge output").detail(0, need as u64)
+    })?;
     if row.len() < 2 * cols {
-        return Err(Error::new(ErrorKind::BufferTooSmall, "merge row scratch").detail(row.len() as u64, 2 * cols as u64));
+        return Err(Error::new(ErrorKind::BufferTooSmall, "merge row scratch")
+            .detail(row.len() as u64, 2 * cols as u64));
     }
     for (p, _) in pairs {
         if p.a.cols() != cols || p.b.rows() != rows {
-            return Err(Error::new(ErrorKind::ShapeMismatch, "LoRA pair vs merged matrix"));
+            return Err(Error::new(
+                ErrorKind::ShapeMismatch,
+                "LoRA pair vs merged matrix",
+            ));
         }
     }
     let (exact, tmp) = row.split_at_mut(cols);
@@ -81,14 +104,32 @@ pub fn merge_into(w: &MatRef<'_>, pairs: &[(LoraPair<'_>, f32)], ty: GgmlType, o
         }
         // delta for this row = exact - W row
         w.dequantize_row(o, tmp)?;
-        st.delta_norm += exact.iter().zip(tmp.iter()).map(|(e, b)| { let d = (e - b) as f64; d * d }).sum::<f64>();
+        st.delta_norm += exact
+            .iter()
+            .zip(tmp.iter())
+            .map(|(e, b)| {
+                let d = (e - b) as f64;
+                d * d
+            })
+            .sum::<f64>();
         encode_row(ty, exact, orow);
         r::dequantize_row(ty, orow, tmp);
-        st.err_norm += exact.iter().zip(tmp.iter()).map(|(e, q)| { let d = (e - q) as f64; d * d }).sum::<f64>();
+        st.err_norm += exact
+            .iter()
+            .zip(tmp.iter())
+            .map(|(e, q)| {
+                let d = (e - q) as f64;
+                d * d
+            })
+            .sum::<f64>();
     }
     st.delta_norm = libm::sqrt(st.delta_norm);
     st.err_norm = libm::sqrt(st.err_norm);
-    st.rel_err = if st.delta_norm > 0.0 { st.err_norm / st.delta_norm } else { 0.0 };
+    st.rel_err = if st.delta_norm > 0.0 {
+        st.err_norm / st.delta_norm
+    } else {
+        0.0
+    };
     Ok(st)
 }
 

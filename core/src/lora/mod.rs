@@ -70,8 +70,11 @@ pub const DORA_SUFFIX: &str = ".dora_scale";
 fn lora_types_ok(t: &TensorInfo<'_>) -> Result<()> {
     match t.ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => Ok(()),
-        _ => Err(Error::new(ErrorKind::UnsupportedTensorType, "LoRA tensors must be F32, F16, BF16 or Q8_0")
-            .named(t.name.as_bytes())),
+        _ => Err(Error::new(
+            ErrorKind::UnsupportedTensorType,
+            "LoRA tensors must be F32, F16, BF16 or Q8_0",
+        )
+        .named(t.name.as_bytes())),
     }
 }
 
@@ -86,21 +89,32 @@ impl<'a> Adapter<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let g = Gguf::parse(bytes)?;
         if g.get_str("general.type")? != "adapter" {
-            return Err(Error::new(ErrorKind::BadValue, "not an adapter file (general.type)").named(b"general.type"));
+            return Err(
+                Error::new(ErrorKind::BadValue, "not an adapter file (general.type)")
+                    .named(b"general.type"),
+            );
         }
         if g.get_str("adapter.type")? != "lora" {
-            return Err(Error::new(ErrorKind::BadValue, "only LoRA adapters are supported").named(b"adapter.type"));
+            return Err(
+                Error::new(ErrorKind::BadValue, "only LoRA adapters are supported")
+                    .named(b"adapter.type"),
+            );
         }
         let alpha = g.get_f32("adapter.lora.alpha")?;
         if !alpha.is_finite() {
-            return Err(Error::new(ErrorKind::BadValue, "alpha must be finite").named(b"adapter.lora.alpha"));
+            return Err(Error::new(ErrorKind::BadValue, "alpha must be finite")
+                .named(b"adapter.lora.alpha"));
         }
-        let fingerprint = match g.get(FINGERPRINT_KEY) {
-            None => None,
-            Some(v) => Some(v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(|| {
-                Error::new(ErrorKind::WrongType, "fingerprint must be uint64").named(FINGERPRINT_KEY.as_bytes())
-            })?),
-        };
+        let fingerprint =
+            match g.get(FINGERPRINT_KEY) {
+                None => None,
+                Some(v) => Some(v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(
+                    || {
+                        Error::new(ErrorKind::WrongType, "fingerprint must be uint64")
+                            .named(FINGERPRINT_KEY.as_bytes())
+                    },
+                )?),
+            };
         let mut n_pairs = 0;
         let mut max_rank = 0;
         let mut head = None;
@@ -111,17 +125,30 @@ impl<'a> Adapter<'a> {
             }
             if let Some(base) = t.name.strip_suffix(DORA_SUFFIX) {
                 if t.ty != GgmlType::F32 || t.n_dims != 1 {
-                    return Err(Error::new(ErrorKind::UnsupportedTensorType, "DoRA scale must be a 1-D F32 tensor").named(t.name.as_bytes()));
+                    return Err(Error::new(
+                        ErrorKind::UnsupportedTensorType,
+                        "DoRA scale must be a 1-D F32 tensor",
+                    )
+                    .named(t.name.as_bytes()));
                 }
                 let a = find_pair_tensor(&g, base, true)?;
                 let b = find_pair_tensor(&g, base, false)?;
                 if t.ne[0] != b.ne[1] || a.ne[1] == 0 {
-                    return Err(Error::new(ErrorKind::ShapeMismatch, "DoRA scale length vs lora_b rows").named(t.name.as_bytes()));
+                    return Err(Error::new(
+                        ErrorKind::ShapeMismatch,
+                        "DoRA scale length vs lora_b rows",
+                    )
+                    .named(t.name.as_bytes()));
                 }
                 continue;
             }
-            let (base, is_a) = split_lora_name(t.name)
-                .ok_or_else(|| Error::new(ErrorKind::BadValue, "tensor is not a .lora_a/.lora_b/.dora_scale or output.weight").named(t.name.as_bytes()))?;
+            let (base, is_a) = split_lora_name(t.name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadValue,
+                    "tensor is not a .lora_a/.lora_b/.dora_scale or output.weight",
+                )
+                .named(t.name.as_bytes())
+            })?;
             lora_types_ok(&t)?;
             if !is_a {
                 // Every B must have its A (checked from the A side below, so only existence here).
@@ -134,9 +161,19 @@ impl<'a> Adapter<'a> {
             max_rank = max_rank.max(pair.rank());
         }
         if n_pairs == 0 && head.is_none() {
-            return Err(Error::new(ErrorKind::MissingTensor, "adapter has no LoRA tensors"));
+            return Err(Error::new(
+                ErrorKind::MissingTensor,
+                "adapter has no LoRA tensors",
+            ));
         }
-        Ok(Adapter { gguf: g, alpha, n_pairs, max_rank, fingerprint, head })
+        Ok(Adapter {
+            gguf: g,
+            alpha,
+            n_pairs,
+            max_rank,
+            fingerprint,
+            head,
+        })
     }
 
     /// The underlying GGUF.
@@ -202,47 +239,65 @@ impl<'a> Adapter<'a> {
     ) -> Result<BoundAdapter<'a, 's>> {
         let cfg = model.config();
         let need = Self::slots_len(cfg);
-        let slots = slots
-            .get_mut(..need)
-            .ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "adapter slots").detail(0, need as u64))?;
+        let slots = slots.get_mut(..need).ok_or_else(|| {
+            Error::new(ErrorKind::BufferTooSmall, "adapter slots").detail(0, need as u64)
+        })?;
         if let Ok(arch) = self.gguf.get_str("general.architecture") {
             let base_arch = base.get_str("general.architecture")?;
             if arch != base_arch {
-                return Err(Error::new(ErrorKind::UnsupportedArch, "adapter architecture differs from the base")
-                    .named(arch.as_bytes()));
+                return Err(Error::new(
+                    ErrorKind::UnsupportedArch,
+                    "adapter architecture differs from the base",
+                )
+                .named(arch.as_bytes()));
             }
         }
         if let Some(fp) = self.fingerprint {
             let got = base_fingerprint(base);
             if fp != got {
-                return Err(Error::new(ErrorKind::BadValue, "adapter was converted for a different base model")
-                    .named(FINGERPRINT_KEY.as_bytes())
-                    .detail(got, fp));
+                return Err(Error::new(
+                    ErrorKind::BadValue,
+                    "adapter was converted for a different base model",
+                )
+                .named(FINGERPRINT_KEY.as_bytes())
+                .detail(got, fp));
             }
         }
         // Resolve everything into a local pass first so a failure leaves `slots` untouched
         // for the caller only after success: we write slots at the end.
         for (name, pair) in self.pairs() {
             let (layer, kind) = parse_target(name).ok_or_else(|| {
-                Error::new(ErrorKind::MissingTensor, "LoRA target is not a per-layer linear edgelora can adapt")
+                Error::new(
+                    ErrorKind::MissingTensor,
+                    "LoRA target is not a per-layer linear edgelora can adapt",
+                )
+                .named(name.as_bytes())
+            })?;
+            let w = model.layer(layer).map(|l| l.linear(kind)).ok_or_else(|| {
+                Error::new(ErrorKind::MissingTensor, "LoRA target layer not in base")
                     .named(name.as_bytes())
             })?;
-            let w = model
-                .layer(layer)
-                .map(|l| l.linear(kind))
-                .ok_or_else(|| Error::new(ErrorKind::MissingTensor, "LoRA target layer not in base").named(name.as_bytes()))?;
             if pair.a.cols() != w.cols() || pair.b.rows() != w.rows() {
-                return Err(Error::new(ErrorKind::ShapeMismatch, "LoRA pair does not fit its target (in, out)")
-                    .named(name.as_bytes())
-                    .detail((pair.a.cols() * pair.b.rows()) as u64, (w.cols() * w.rows()) as u64));
+                return Err(Error::new(
+                    ErrorKind::ShapeMismatch,
+                    "LoRA pair does not fit its target (in, out)",
+                )
+                .named(name.as_bytes())
+                .detail(
+                    (pair.a.cols() * pair.b.rows()) as u64,
+                    (w.cols() * w.rows()) as u64,
+                ));
             }
         }
         if let Some(h) = &self.head {
             let o = model.output();
             if h.rows() != o.rows() || h.cols() != o.cols() {
-                return Err(Error::new(ErrorKind::ShapeMismatch, "replacement output head vs base head")
-                    .named(HEAD_TENSOR.as_bytes())
-                    .detail((h.rows() * h.cols()) as u64, (o.rows() * o.cols()) as u64));
+                return Err(Error::new(
+                    ErrorKind::ShapeMismatch,
+                    "replacement output head vs base head",
+                )
+                .named(HEAD_TENSOR.as_bytes())
+                .detail((h.rows() * h.cols()) as u64, (o.rows() * o.cols()) as u64));
             }
         }
         slots.fill(None);
@@ -253,7 +308,12 @@ impl<'a> Adapter<'a> {
                 }
             }
         }
-        Ok(BoundAdapter { slots, alpha: self.alpha, n_layers: cfg.n_layers, head: self.head })
+        Ok(BoundAdapter {
+            slots,
+            alpha: self.alpha,
+            n_layers: cfg.n_layers,
+            head: self.head,
+        })
     }
 }
 
@@ -300,7 +360,9 @@ impl Default for AdapterSet<'_, '_, '_> {
 
 impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// No adapters: the base model alone.
-    pub const EMPTY: Self = AdapterSet { entries: [None; MAX_ACTIVE] };
+    pub const EMPTY: Self = AdapterSet {
+        entries: [None; MAX_ACTIVE],
+    };
 
     /// A set with one adapter at `scale`.
     pub fn single(a: &'r BoundAdapter<'a, 's>, scale: f32) -> Self {
@@ -316,13 +378,19 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// [`ErrorKind::InvalidArgument`] for a non-finite scale.
     pub fn push(&mut self, a: &'r BoundAdapter<'a, 's>, scale: f32) -> Result<()> {
         if !scale.is_finite() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "adapter scale must be finite"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "adapter scale must be finite",
+            ));
         }
         let slot = self
             .entries
             .iter_mut()
             .find(|e| e.is_none())
-            .ok_or_else(|| Error::new(ErrorKind::TooMany, "active adapters").detail(MAX_ACTIVE as u64 + 1, MAX_ACTIVE as u64))?;
+            .ok_or_else(|| {
+                Error::new(ErrorKind::TooMany, "active adapters")
+                    .detail(MAX_ACTIVE as u64 + 1, MAX_ACTIVE as u64)
+            })?;
         *slot = Some((a, scale));
         Ok(())
     }
@@ -337,7 +405,11 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
                 e.1 = scale;
                 Ok(())
             }
-            _ => Err(Error::new(ErrorKind::InvalidArgument, "no such active adapter, or scale not finite").detail(i as u64, MAX_ACTIVE as u64)),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "no such active adapter, or scale not finite",
+            )
+            .detail(i as u64, MAX_ACTIVE as u64)),
         }
     }
 
@@ -367,7 +439,9 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     #[inline]
     pub fn apply(&self, layer: usize, linear: usize, x: &[f32], y: &mut [f32], tmp: &mut [f32]) {
         for (ad, user) in self.iter() {
-            let Some(p) = ad.pair(layer, linear) else { continue };
+            let Some(p) = ad.pair(layer, linear) else {
+                continue;
+            };
             let r = p.rank();
             let Some(t) = tmp.get_mut(..r) else { continue };
             crate::kernels::matvec(&p.a, x, t); //                      (r,)
@@ -397,8 +471,22 @@ pub fn split_lora_name(name: &str) -> Option<(&str, bool)> {
 fn find_pair_tensor<'a>(g: &Gguf<'a>, base: &str, want_a: bool) -> Result<TensorInfo<'a>> {
     let suffix = if want_a { ".lora_a" } else { ".lora_b" };
     g.tensors()
-        .find(|t| t.name.len() == base.len() + suffix.len() && t.name.starts_with(base) && t.name.ends_with(suffix))
-        .ok_or_else(|| Error::new(ErrorKind::MissingTensor, if want_a { "lora_a for this lora_b" } else { "lora_b for this lora_a" }).named(base.as_bytes()))
+        .find(|t| {
+            t.name.len() == base.len() + suffix.len()
+                && t.name.starts_with(base)
+                && t.name.ends_with(suffix)
+        })
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::MissingTensor,
+                if want_a {
+                    "lora_a for this lora_b"
+                } else {
+                    "lora_b for this lora_a"
+                },
+            )
+            .named(base.as_bytes())
+        })
 }
 
 fn pair_from<'a>(a: &TensorInfo<'a>, b: &TensorInfo<'a>) -> Result<LoraPair<'a>> {
@@ -408,19 +496,32 @@ fn pair_from<'a>(a: &TensorInfo<'a>, b: &TensorInfo<'a>) -> Result<LoraPair<'a>>
     let bm = MatRef::from_tensor(b)?;
     let r = am.rows();
     if r == 0 || r > MAX_RANK {
-        return Err(Error::new(ErrorKind::BadDims, "LoRA rank").named(a.name.as_bytes()).detail(r as u64, MAX_RANK as u64));
+        return Err(Error::new(ErrorKind::BadDims, "LoRA rank")
+            .named(a.name.as_bytes())
+            .detail(r as u64, MAX_RANK as u64));
     }
     if bm.cols() != r {
-        return Err(Error::new(ErrorKind::ShapeMismatch, "lora_b columns must equal lora_a rows (rank)")
-            .named(b.name.as_bytes())
-            .detail(bm.cols() as u64, r as u64));
+        return Err(Error::new(
+            ErrorKind::ShapeMismatch,
+            "lora_b columns must equal lora_a rows (rank)",
+        )
+        .named(b.name.as_bytes())
+        .detail(bm.cols() as u64, r as u64));
     }
-    Ok(LoraPair { a: am, b: bm, dora: None })
+    Ok(LoraPair {
+        a: am,
+        b: bm,
+        dora: None,
+    })
 }
 
 fn find_dora<'a>(g: &Gguf<'a>, base: &str) -> Option<&'a [u8]> {
     g.tensors()
-        .find(|t| t.name.len() == base.len() + DORA_SUFFIX.len() && t.name.starts_with(base) && t.name.ends_with(DORA_SUFFIX))
+        .find(|t| {
+            t.name.len() == base.len() + DORA_SUFFIX.len()
+                && t.name.starts_with(base)
+                && t.name.ends_with(DORA_SUFFIX)
+        })
         .map(|t| t.data)
 }
 

@@ -37,7 +37,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -179,9 +183,12 @@ impl<'b> StreamLoader<'b> {
         }
         let room = self.payload_len - self.have;
         if chunk.len() > room {
-            let e = Error::new(ErrorKind::InvalidArgument, "stream has bytes past the declared payload length")
-                .at((FRAME_HEADER + self.payload_len) as u64)
-                .detail((self.have + chunk.len()) as u64, self.payload_len as u64);
+            let e = Error::new(
+                ErrorKind::InvalidArgument,
+                "stream has bytes past the declared payload length",
+            )
+            .at((FRAME_HEADER + self.payload_len) as u64)
+            .detail((self.have + chunk.len()) as u64, self.payload_len as u64);
             return Err(self.fail(e));
         }
         // In range: have + chunk.len() <= payload_len <= buf.len() (checked in check_frame).
@@ -218,12 +225,19 @@ impl<'b> StreamLoader<'b> {
 
     fn check_adapter_kind(&self) -> Result<()> {
         // The header is complete, so metadata lookups on the prefix are in bounds.
-        let HeaderState::Complete(g) = Gguf::parse_header(&self.buf[..self.have], self.payload_len as u64)? else {
+        let HeaderState::Complete(g) =
+            Gguf::parse_header(&self.buf[..self.have], self.payload_len as u64)?
+        else {
             return Err(Error::new(ErrorKind::Truncated, "adapter header"));
         };
-        let ok = g.get_str("general.type") == Ok("adapter") && g.get_str("adapter.type") == Ok("lora");
+        let ok =
+            g.get_str("general.type") == Ok("adapter") && g.get_str("adapter.type") == Ok("lora");
         if !ok {
-            return Err(Error::new(ErrorKind::BadValue, "stream is not a LoRA adapter (general.type / adapter.type)").named(b"general.type"));
+            return Err(Error::new(
+                ErrorKind::BadValue,
+                "stream is not a LoRA adapter (general.type / adapter.type)",
+            )
+            .named(b"general.type"));
         }
         Ok(())
     }
@@ -244,7 +258,12 @@ impl<'b> StreamLoader<'b> {
         }
         let len = u64::from_le_bytes([f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[15]]);
         if len > self.buf.len() as u64 {
-            let e = Error::new(ErrorKind::BufferTooSmall, "adapter payload vs receive buffer").at(8).detail(len, self.buf.len() as u64);
+            let e = Error::new(
+                ErrorKind::BufferTooSmall,
+                "adapter payload vs receive buffer",
+            )
+            .at(8)
+            .detail(len, self.buf.len() as u64);
             return Err(self.fail(e));
         }
         self.payload_len = len as usize;
@@ -263,17 +282,20 @@ impl<'b> StreamLoader<'b> {
             return Err(e);
         }
         if self.frame_have < FRAME_HEADER || self.have < self.payload_len {
-            return Err(Error::new(ErrorKind::Truncated, "adapter stream ended early")
-                .at((self.frame_have + self.have) as u64)
-                .detail(self.have as u64, self.payload_len as u64));
+            return Err(
+                Error::new(ErrorKind::Truncated, "adapter stream ended early")
+                    .at((self.frame_have + self.have) as u64)
+                    .detail(self.have as u64, self.payload_len as u64),
+            );
         }
         if self.crc.value() != self.expected_crc {
-            return Err(Error::new(ErrorKind::BadValue, "adapter stream checksum mismatch")
-                .detail(self.crc.value() as u64, self.expected_crc as u64));
+            return Err(
+                Error::new(ErrorKind::BadValue, "adapter stream checksum mismatch")
+                    .detail(self.crc.value() as u64, self.expected_crc as u64),
+            );
         }
         let payload: &'b [u8] = &self.buf[..self.payload_len];
         Adapter::parse(payload)?;
         Ok(payload)
     }
 }
-

@@ -123,7 +123,7 @@ impl Config {
             }
         }
         let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
-        if !(rms_eps.is_finite() && rms_eps >= 0.0 && rms_eps < 1.0) {
+        if !(0.0..1.0).contains(&rms_eps) {
             return Err(bad("llama.attention.layer_norm_rms_epsilon"));
         }
         let emb = g.tensor("token_embd.weight")?;

@@ -105,7 +105,15 @@ pub struct Layer<'w> {
 pub const LINEARS: usize = 7;
 
 /// Per-layer linears LoRA can target, in the index order used by adapters and [`Layer::linear`].
-pub const LINEAR_NAMES: [&str; LINEARS] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+pub const LINEAR_NAMES: [&str; LINEARS] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 
 impl<'w> Layer<'w> {
     /// Linear `i` in [`LINEAR_NAMES`] order (out of range gives `ffn_down`).
@@ -303,7 +311,13 @@ impl<'w, const L: usize> Model<'w, L> {
     /// # Errors
     /// As [`Model::forward`]; [`ErrorKind::InvalidArgument`] if an adapter was bound to a
     /// model with another layer count.
-    pub fn forward_with<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>, set: &AdapterSet<'_, '_, '_>) -> Result<&'s [f32]> {
+    pub fn forward_with<'s>(
+        &self,
+        token: u32,
+        pos: usize,
+        s: &'s mut State<'_>,
+        set: &AdapterSet<'_, '_, '_>,
+    ) -> Result<&'s [f32]> {
         self.step(token, pos, s, true, set)?;
         Ok(&*s.logits)
     }
@@ -363,7 +377,14 @@ impl<'w, const L: usize> Model<'w, L> {
         Ok(())
     }
 
-    fn step(&self, token: u32, pos: usize, s: &mut State<'_>, want_logits: bool, set: &AdapterSet<'_, '_, '_>) -> Result<()> {
+    fn step(
+        &self,
+        token: u32,
+        pos: usize,
+        s: &mut State<'_>,
+        want_logits: bool,
+        set: &AdapterSet<'_, '_, '_>,
+    ) -> Result<()> {
         let c = &self.config;
         if s.cfg != *c {
             return Err(Error::new(
@@ -373,7 +394,10 @@ impl<'w, const L: usize> Model<'w, L> {
         }
         self.check_token(token)?;
         if set.iter().any(|(a, _)| a.n_layers() != c.n_layers) {
-            return Err(Error::new(ErrorKind::InvalidArgument, "adapter was bound to a different model"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "adapter was bound to a different model",
+            ));
         }
         if pos >= s.ctx {
             return Err(
@@ -406,7 +430,7 @@ impl<'w, const L: usize> Model<'w, L> {
             let at = (l * ctx + pos) * kv_dim;
             let kc = s.k_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
             let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
-            // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
+                                                                               // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
             matvec_input(&w.wq, &mut xin, s.q); //                                (q_dim,)
             set.apply(l, 0, s.xb, s.q, s.lora_tmp);
@@ -467,7 +491,8 @@ impl<'w, const L: usize> Model<'w, L> {
         if want_logits {
             rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
             let mut oin = Input::new(&s.xb[..dim], s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); //                     (vocab,)
+            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits);
+            //                     (vocab,)
         }
         Ok(())
     }

@@ -194,7 +194,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub const fn row_bytes(self, n: u64) -> Option<u64> {
         let bl = self.block_len() as u64;
-        if n % bl != 0 {
+        if !n.is_multiple_of(bl) {
             return None;
         }
         (n / bl).checked_mul(self.block_bytes() as u64)
@@ -326,7 +326,7 @@ pub fn to_f16_le(x: f32) -> [u8; 2] {
 /// [`ErrorKind::BadDims`] if `bytes.len()` is not a multiple of the block size.
 pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Result<&[T]> {
     let sz = size_of::<T>();
-    if bytes.len() % sz != 0 {
+    if !bytes.len().is_multiple_of(sz) {
         return Err(Error::new(
             ErrorKind::BadDims,
             "byte length is not a whole number of blocks",
@@ -345,7 +345,7 @@ pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Result<&[T]> {
 /// [`ErrorKind::BadDims`] if `bytes.len()` is not a multiple of the block size.
 pub fn cast_blocks_mut<T: Block>(bytes: &mut [u8]) -> Result<&mut [T]> {
     let sz = size_of::<T>();
-    if bytes.len() % sz != 0 {
+    if !bytes.len().is_multiple_of(sz) {
         return Err(Error::new(
             ErrorKind::BadDims,
             "byte length is not a whole number of blocks",

@@ -7,7 +7,7 @@ use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
 use edgelora::lora::convert::{convert_peft, ConvertOptions};
 use edgelora::lora::merge::{merge_into, merged_len};
 use edgelora::lora::{stream, Adapter, LoraPair};
-use edgelora::model::{Model, LINEARS, LINEAR_NAMES};
+use edgelora::model::{Model, LINEAR_NAMES};
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
 use std::path::PathBuf;
@@ -230,7 +230,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let (mut lost, mut n) = (0, 0);
     let mut worst = 0f64;
     for l in 0..cfg.n_layers {
-        for k in 0..LINEARS {
+        for (k, lin_name) in LINEAR_NAMES.iter().enumerate() {
             let pairs: Vec<(LoraPair, f32)> = bound
                 .iter()
                 .zip(&scales)
@@ -244,7 +244,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             let mut out = vec![0u8; merged_len(&wm, ty).context("row length vs type")?];
             let mut row = vec![0f32; 2 * wm.cols()];
             let st = merge_into(&wm, &pairs, ty, &mut out, &mut row)?;
-            let name = format!("blk.{l}.{}.weight", LINEAR_NAMES[k]);
+            let name = format!("blk.{l}.{lin_name}.weight");
             n += 1;
             worst = worst.max(st.rel_err);
             if st.update_lost() {

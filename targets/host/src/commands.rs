@@ -383,10 +383,9 @@ fn run(
     let mut dec = tok.decoder();
     let mut out = vec![];
     let mut text = String::new();
-    let mut pos = start + ids.len();
     let t1 = Instant::now();
     let mut stop = "length";
-    for _ in 0..n {
+    for pos in (start + ids.len()..).take(n) {
         let next = sampler.sample(&mut logits, history)?;
         if tok.is_eog(next) {
             stop = "eog";
@@ -407,7 +406,6 @@ fn run(
             break;
         }
         logits.copy_from_slice(model.forward_with(next, pos, st, set)?);
-        pos += 1;
     }
     let tail = dec.finish();
     on_text(&tail);
@@ -727,7 +725,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut st = State::new(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
     // A fixed, ordinary token sequence (ids spread over the vocabulary).
-    let prompt: Vec<u32> = (0..a.prompt_len).map(|i| ((i * 7919 + 13) % cfg.vocab) as u32).collect();
+    let prompt: Vec<u32> = (0..a.prompt_len)
+        .map(|i| ((i * 7919 + 13) % cfg.vocab) as u32)
+        .collect();
     let (mut best_pp, mut best_tg) = (0f64, 0f64);
     for _ in 0..a.reps.max(1) {
         st.clear();
@@ -749,7 +749,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let t = Instant::now();
         let mut cur = AdapterSet::EMPTY;
         for i in 0..n {
-            cur = if i % 2 == 0 { AdapterSet::single(&bound[0], 1.0) } else { AdapterSet::EMPTY };
+            cur = if i % 2 == 0 {
+                AdapterSet::single(&bound[0], 1.0)
+            } else {
+                AdapterSet::EMPTY
+            };
             std::hint::black_box(&cur);
         }
         std::hint::black_box(cur);
@@ -776,8 +780,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         println!("model    {}", path.display());
         println!("kernel   {kernel} ({:?})", a.model.mode());
-        println!("prefill  {best_pp:.1} tokens/s ({} tokens, best of {})", a.prompt_len, a.reps);
-        println!("decode   {best_tg:.1} tokens/s ({} tokens, best of {})", a.gen, a.reps);
+        println!(
+            "prefill  {best_pp:.1} tokens/s ({} tokens, best of {})",
+            a.prompt_len, a.reps
+        );
+        println!(
+            "decode   {best_tg:.1} tokens/s ({} tokens, best of {})",
+            a.gen, a.reps
+        );
         if let Some(ns) = swap_ns {
             println!("swap     {ns:.1} ns per adapter-set switch");
         }

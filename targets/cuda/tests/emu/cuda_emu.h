@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -22,6 +23,8 @@ inline float* emu_dyn_smem() { return emu_dyn.data(); }
 inline std::barrier<>* emu_block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 inline float emu_shfl[32][32];
+// The state above is global: one launch at a time (the Rust test harness runs tests in threads).
+inline std::mutex emu_launch_lock;
 
 #define __global__
 #define __device__
@@ -53,6 +56,7 @@ inline float __int_as_float(int i) {
 // Run kernel<<<grid, block, smem>>>(args...) to completion.
 template <typename F, typename... A>
 void emu_launch(F kernel, emu_dim3 grid, emu_dim3 block, size_t smem, A... args) {
+    std::lock_guard<std::mutex> guard(emu_launch_lock);
     blockDim = block;
     gridDim = grid;
     for (unsigned by = 0; by < grid.y; by++) {
