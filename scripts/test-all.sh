@@ -24,6 +24,9 @@ echo "== no_std: core for thumbv7em-none-eabihf (no alloc, no std)"
 cargo build -p edgelora --no-default-features --target thumbv7em-none-eabihf --release
 cargo build -p edgelora --no-default-features --features alloc --target thumbv8m.main-none-eabihf --release
 
+echo "== aarch64 NEON kernels under qemu-user"
+bash scripts/test-aarch64.sh
+
 echo "== tests"
 # Release-like optimisation for tests is set in Cargo.toml ([profile.test]); parity runs a
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.
