@@ -31,3 +31,18 @@ echo "== tests"
 # Release-like optimisation for tests is set in Cargo.toml ([profile.test]); parity runs a
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.
 cargo test --workspace --all-targets -- --nocapture
+
+echo "== cuda feature (no GPU here: builds, NVRTC compile of every kernel; GPU tests print SKIPPED)"
+if [ ! -x .venv/bin/pip ]; then python3 -m venv .venv || echo "WARNING: python3 -m venv failed"; fi
+if [ -x .venv/bin/pip ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12 || echo "WARNING: nvrtc wheel not installed"
+fi
+NVRTC_LIB="$(ls -d "$PWD"/.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib 2>/dev/null | head -1 || true)"
+cargo clippy -p edgelora-cuda --features cuda --all-targets --no-deps -- -D warnings
+cargo build -p edgelora-cli --features cuda
+if [ -n "$NVRTC_LIB" ]; then
+  LD_LIBRARY_PATH="$NVRTC_LIB:${LD_LIBRARY_PATH:-}" EDGELORA_REQUIRE_NVRTC=1 cargo test -p edgelora-cuda --features cuda -- --nocapture
+else
+  echo "SKIPPED: NVRTC compile check (nvidia-cuda-nvrtc-cu12 wheel unavailable)"
+  cargo test -p edgelora-cuda --features cuda -- --nocapture
+fi

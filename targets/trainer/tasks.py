@@ -483,13 +483,44 @@ def _home_sentence(rng: random.Random) -> str:
         wd=rng.choice(_WEEKDAYS))
 
 
+_ECHO = [
+    '{p} said "{cmd}" and {q} repeated "{cmd}".',
+    '"{cmd}", {p} said, and then once more: "{cmd}".',
+    'The assistant heard "{cmd}" from {p}.',
+    '{p} went to the {r}. In the {r} the {w} was on, so {p} left the {r} {w} alone.',
+    'The {w} in the {r} showed {n}. {p} wrote {n} in the notebook and {q} read {n} out loud.',
+    '{p} asked about the {r} {w}. "The {r} {w}?" {q} asked back.',
+    'Is the {w} in the {r} at {n}? Yes, the {r} {w} is at {n}.',
+    'Rooms on the list: {r}, {r2}, {r3}. Again: {r}, {r2}, {r3}.',
+    'In the log the {w} is "{dev}" and the {r} is "{r}".',
+    'log {js} copied {js}',
+    'The assistant said "{rep}" to {p}.',
+    '{p} heard "{rep}" and said "{rep}" back, laughing.',
+]
+
+
+def _echo_line(rng: random.Random, held_out: set[str]) -> str | None:
+    """Text that repeats what it already said (names, numbers, quotes): the in-context copying
+    a model needs to carry a room, device or value from a prompt into an answer."""
+    cmd, m = make_command(rng)
+    if cmd in held_out:
+        return None
+    dev = rng.choice(sorted(DEVICE_WORDS))
+    rooms = rng.sample(ROOMS, 3)
+    return rng.choice(_ECHO).format(
+        p=rng.choice(_PEOPLE), q=rng.choice(_PEOPLE), cmd=cmd, r=rooms[0], r2=rooms[1], r3=rooms[2],
+        w=rng.choice(DEVICE_WORDS[dev][0]), dev=dev, n=rng.randint(0, 100),
+        js=intent_json(make_command(rng)[1]), rep=reply_text(make_command(rng)[1]))
+
+
 def corpus_lines(n_lines: int = 120_000, seed: int = SEED + 7) -> list[str]:
     """Domain text for pre-training, one short document a line.
 
     Mix (by line): commands alone, JSON records alone, replies alone (three separate draws, so
     a command is never followed by its own answer), prose that states spoken and written forms
     of times/numbers/percentages/durations together (the knowledge a pretrained model would
-    have), and household sentences. Inputs of every test split are excluded.
+    have), text that repeats itself (quotes, names, numbers: in-context copying, which real text
+    teaches a real LM) and household sentences. Inputs of every test split are excluded.
     """
     rng = random.Random(seed)
     splits = build_splits()
@@ -499,19 +530,23 @@ def corpus_lines(n_lines: int = 120_000, seed: int = SEED + 7) -> list[str]:
     lines: list[str] = []
     while len(lines) < n_lines:
         r = rng.random()
-        if r < 0.22:  # a few commands in a row, as a user might say them
+        if r < 0.22:  # repetition and copying
+            line = _echo_line(rng, held_out)
+            if line is not None:
+                lines.append(line)
+        elif r < 0.38:  # a few commands in a row, as a user might say them
             cmds = []
             while len(cmds) < rng.randint(1, 3):
                 c, _ = make_command(rng)
                 if c not in held_out:
                     cmds.append(c)
             lines.append(". ".join(cmds) + ".")
-        elif r < 0.34:  # device event log: JSON records of other commands
+        elif r < 0.48:  # device event log: JSON records of other commands
             recs = [intent_json(make_command(rng)[1]) for _ in range(rng.randint(1, 3))]
             lines.append("log " + " ".join(recs))
-        elif r < 0.46:  # assistant confirmations of other commands
+        elif r < 0.58:  # assistant confirmations of other commands
             lines.append(" ".join(reply_text(make_command(rng)[1]) for _ in range(rng.randint(1, 3))))
-        elif r < 0.76:  # spoken and written forms together
+        elif r < 0.84:  # spoken and written forms together
             make, templates = prose[rng.choices(list(prose), weights=[40, 25, 15, 20])[0]]
             s, c = make(rng)
             if s in held_out:

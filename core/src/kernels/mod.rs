@@ -621,6 +621,16 @@ impl<'a> Input<'a> {
         self.x
     }
 
+    /// The kernel this input runs with.
+    pub fn kernel(&self) -> &'static Kernel {
+        self.kernel
+    }
+
+    /// The path this input runs on.
+    pub fn mode(&self) -> KernelMode {
+        self.mode
+    }
+
     /// Quantised to Q8_0 (first call quantises), or `None` if the scratch is too small or
     /// the length is not a whole number of blocks.
     pub fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {

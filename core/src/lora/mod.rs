@@ -15,7 +15,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{reference, MatRef};
+use crate::kernels::{matvec_input, Input, MatRef};
 use crate::model::{Config, Model, LINEARS};
 use crate::quant::GgmlType;
 
@@ -434,20 +434,24 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     }
 
     /// Add `sum_i s_i B_i (A_i x)` of every active adapter for `(layer, linear)` to `y`.
-    /// `tmp` must hold at least [`MAX_RANK`] floats. Shapes were checked at bind time; this
-    /// cannot panic.
+    ///
+    /// `x` is the same [`Input`] the base matrix read, so `A x` reuses its quantised form when
+    /// A is Q8_0 and runs the SIMD float kernel when A is F16/F32 (the reference path when the
+    /// input is in reference mode). `tmp` needs [`MAX_RANK`] floats, `out_tmp` the output
+    /// width. Shapes were checked at bind time; this cannot panic.
     #[inline]
-    pub fn apply(&self, layer: usize, linear: usize, x: &[f32], y: &mut [f32], tmp: &mut [f32]) {
+    pub fn apply(&self, layer: usize, linear: usize, x: &mut Input<'_>, y: &mut [f32], tmp: &mut [f32], out_tmp: &mut [f32]) {
         for (ad, user) in self.iter() {
-            let Some(p) = ad.pair(layer, linear) else {
-                continue;
-            };
+            let Some(p) = ad.pair(layer, linear) else { continue };
             let r = p.rank();
             let Some(t) = tmp.get_mut(..r) else { continue };
-            crate::kernels::matvec(&p.a, x, t); //                      (r,)
+            matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            for (o, row) in y.iter_mut().zip(p.b.data().chunks_exact(p.b.row_bytes())) {
-                *o += s * reference::dot_row_f32(p.b.ty(), row, t);
+            let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else { continue };
+            let mut tin = Input::new(t, &mut [], &mut [], x.kernel(), x.mode());
+            matvec_input(&p.b, &mut tin, u); //                         (out,)
+            for (o, v) in y.iter_mut().zip(u.iter()) {
+                *o += s * v;
             }
             // DoRA: rescale every output row of (W x + s B A x) by its magnitude factor.
             if let Some(g) = p.dora {

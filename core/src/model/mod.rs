@@ -433,11 +433,11 @@ impl<'w, const L: usize> Model<'w, L> {
                                                                                // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
             matvec_input(&w.wq, &mut xin, s.q); //                                (q_dim,)
-            set.apply(l, 0, s.xb, s.q, s.lora_tmp);
+            set.apply(l, 0, &mut xin, s.q, s.lora_tmp, s.lora_out);
             matvec_input(&w.wk, &mut xin, kc);
-            set.apply(l, 1, s.xb, kc, s.lora_tmp);
+            set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
             matvec_input(&w.wv, &mut xin, vc);
-            set.apply(l, 2, s.xb, vc, s.lora_tmp);
+            set.apply(l, 2, &mut xin, vc, s.lora_tmp, s.lora_out);
             rope(s.q, hd, s.rope);
             rope(kc, hd, s.rope);
 
@@ -469,22 +469,22 @@ impl<'w, const L: usize> Model<'w, L> {
             }
             let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
             matvec_input(&w.wo, &mut ain, s.xb); //                                (dim,)
-            set.apply(l, 3, s.att_out, s.xb, s.lora_tmp);
+            set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
 
             // Feed-forward (SwiGLU).
             rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode); //    gate and up
             matvec_input(&w.w_gate, &mut xin, s.hb); //                           (ffn_dim,)
-            set.apply(l, 4, s.xb, s.hb, s.lora_tmp);
+            set.apply(l, 4, &mut xin, s.hb, s.lora_tmp, s.lora_out);
             matvec_input(&w.w_up, &mut xin, s.hb2); //                            (ffn_dim,)
-            set.apply(l, 5, s.xb, s.hb2, s.lora_tmp);
+            set.apply(l, 5, &mut xin, s.hb2, s.lora_tmp, s.lora_out);
             for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
                 *g = silu(*g) * u;
             }
             let mut hin = Input::new(s.hb, s.xq8_0, s.xq8_1, kern, s.mode);
             matvec_input(&w.w_down, &mut hin, s.xb); //                            (dim,)
-            set.apply(l, 6, s.hb, s.xb, s.lora_tmp);
+            set.apply(l, 6, &mut hin, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
         }
         s.filled = pos + 1;
@@ -583,6 +583,7 @@ pub struct State<'s> {
     att: &'s mut [f32],
     rope: &'s mut [f32],
     lora_tmp: &'s mut [f32],
+    lora_out: &'s mut [f32],
     xq8_0: &'s mut [BlockQ8_0],
     xq8_1: &'s mut [BlockQ8_1],
     mode: KernelMode,
@@ -607,6 +608,7 @@ impl<'s> State<'s> {
             ctx,           // att (one head at a time)
             cfg.rope_dims, // rope (cos, sin) pairs
             MAX_RANK,      // LoRA A x
+            cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
             act_q,         // an activation quantised to Q8_0 (kernels::Input)
             act_q,         // ... and to Q8_1
             cfg.vocab,     // logits
@@ -659,6 +661,7 @@ impl<'s> State<'s> {
         let (att, rest) = rest.split_at_mut(ctx);
         let (rope, rest) = rest.split_at_mut(cfg.rope_dims);
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
+        let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (xq8_0, rest) = rest.split_at_mut(act_q);
         let (xq8_1, rest) = rest.split_at_mut(act_q);
@@ -677,6 +680,7 @@ impl<'s> State<'s> {
             att,
             rope,
             lora_tmp,
+            lora_out,
             xq8_0: crate::kernels::scratch_blocks(xq8_0),
             xq8_1: crate::kernels::scratch_blocks(xq8_1),
             mode: KernelMode::Fast,

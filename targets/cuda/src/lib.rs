@@ -16,6 +16,11 @@
 //! - [`tol`]: tolerances and their derivation; difference figures; [`parity`]: the comparison.
 //! - [`testdata`]: random adapters and truncated models for tests and the device check.
 //!
+//! Tests: `cpu_trace` (the CPU trace equals the core's forward bit for bit) and
+//! `kernels_emulated` (the kernels built by g++ against a CPU emulation of the CUDA features
+//! they use, compared with the CPU reference) run everywhere; `cuda_nvrtc` needs libnvrtc;
+//! `cuda_kernels` and `cuda_model` need a GPU.
+//!
 //! Without the `cuda` feature nothing here touches CUDA and the crate builds anywhere; with it,
 //! cudarc loads `libcuda`/`libnvrtc` dynamically, so building still needs no toolkit. GPU
 //! tests list themselves as ignored, with the reason printed as `SKIPPED: ...`, when there is

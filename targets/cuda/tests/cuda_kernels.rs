@@ -42,7 +42,7 @@ fn check(what: &str, cpu: &[f32], gpu: &[f32], tol: &[f64]) -> R {
     let mut worst: Option<(usize, f64)> = None;
     for (i, ((&c, &g), &t)) in cpu.iter().zip(gpu).zip(tol).enumerate() {
         let d = (c as f64 - g as f64).abs();
-        let bad = !(d <= t) || c.is_nan() != g.is_nan();
+        let bad = d > t || d.is_nan() != (c.is_nan() && g.is_nan());
         if bad && worst.is_none_or(|w| d - t > w.1) {
             worst = Some((i, d - t));
         }

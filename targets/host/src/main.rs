@@ -5,6 +5,7 @@
 
 mod adapter_cmd;
 mod commands;
+mod demo;
 #[cfg(feature = "cuda")]
 mod cuda_cmd;
 mod fetch;
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// The main job: task adapters on the tiny default model (or --model smollm2), switching
+    /// adapters between requests; prints outputs, exact-match, swap time, tokens/s, memory.
+    Demo(demo::DemoArgs),
+    /// Exact-match of a task adapter (or the base alone) on the task's held-out test split.
+    Eval(demo::EvalArgs),
     /// Show a GGUF file's header, metadata, tensor table and bytes by type.
     Inspect(commands::InspectArgs),
     /// Generate text from a prompt (tokens/s on stderr).
@@ -55,6 +61,8 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Demo(a) => demo::demo(a),
+        Cmd::Eval(a) => demo::eval(a),
         Cmd::Inspect(a) => commands::inspect(a),
         Cmd::Generate(a) => commands::generate(a),
         Cmd::Chat(a) => commands::chat(a),

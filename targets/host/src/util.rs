@@ -30,6 +30,16 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     anyhow::bail!("model file '{arg}' does not exist")
 }
 
+/// A path inside the repository: relative to the working directory if it exists there (the
+/// usual case, running from the repository root), else relative to the source tree.
+pub fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
 /// Memory-map a file read-only.
 pub fn map(path: &Path) -> Result<memmap2::Mmap> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
