@@ -9,6 +9,7 @@
 //! - [`model`]: llama-family config, weights, caller-owned [`model::State`] and `forward`.
 //! - [`tokenizer`]: byte-level BPE (gpt2) and SentencePiece-style (llama) from GGUF metadata.
 //! - [`sample`]: greedy, temperature, top-k, top-p, repetition penalty, seeded RNG.
+//! - [`input_policy`]: what is validated, every hard cap and why, the guarantee per entry point.
 //!
 //! No allocator is needed by default; the `alloc` feature adds owned conveniences and `std`
 //! adds host conveniences. No function in this crate panics on any input bytes.
@@ -23,6 +24,7 @@ extern crate std;
 
 pub mod error;
 pub mod format;
+pub mod input_policy;
 pub mod kernels;
 pub mod lora;
 pub mod model;

@@ -5,7 +5,7 @@
 //! ```text
 //! byte 0   bits 0-1 weights (Q8_0, Q4_1, F32), bits 2-3 adapters (none, plain, rsLoRA,
 //!          both), bit 4 reference kernels from the start
-//! byte 1   context length of the state (1..=40; above the model's 32 must be refused)
+//! byte 1   context length of the state (1..=40)
 //! then ops until the input ends, one byte each plus arguments:
 //!   0 forward(token: u16 or raw u32, pos: u8)   1 prefill(n: u8 % 9 tokens, start: u8)
 //!   2 clear   3 truncate(u8)   4 toggle kernel mode   5 append(token: u16) at len()

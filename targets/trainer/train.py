@@ -261,6 +261,9 @@ def parse_args(argv=None):
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--targets", default="all-linear",
                     help="all-linear | qv | attn | mlp | comma-separated module names (q_proj,v_proj,...)")
+    ap.add_argument("--save-dtype", choices=("f32", "f16"), default="f32",
+                    help="dtype of A and B in adapter_model.safetensors (f16 halves the file; the "
+                         "adapter is then evaluated with f16-rounded weights)")
     ap.add_argument("--lr", type=float, default=None, help="default: 4e-3 for tiny, 1e-3 otherwise")
     ap.add_argument("--batch", type=int, default=16, help="examples per step (per process)")
     ap.add_argument("--warmup", type=int, default=None, help="default: steps/10, at most 50")
@@ -281,7 +284,9 @@ def main(argv=None) -> None:
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
 
-    accel = Accelerator()
+    # cpu=True without a GPU: that is also what turns on gloo data parallelism when torchrun /
+    # accelerate launch start several CPU processes (accelerate only does so when told "cpu")
+    accel = Accelerator(cpu=not torch.cuda.is_available())
     device = accel.device
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -330,7 +335,9 @@ def main(argv=None) -> None:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    model, opt, dl, sched = accel.prepare(model, opt, dl, sched)
+    # the scheduler is not handed to accelerate: it would step it once per process, and here
+    # --steps counts optimizer steps whatever the number of processes
+    model, opt, dl = accel.prepare(model, opt, dl)
 
     # --- base alone (LoRA off) --------------------------------------------------------------
     unwrapped = accel.unwrap_model(model)
@@ -371,12 +378,22 @@ def main(argv=None) -> None:
     # --- adapter evaluation, save, export (main process) -------------------------------------
     if main_proc:
         unwrapped = accel.unwrap_model(model)
+        if args.save_dtype == "f16":
+            # evaluate exactly the weights that are saved: round A and B to f16 first
+            with torch.no_grad():
+                for p in unwrapped.parameters():
+                    if p.requires_grad:
+                        p.copy_(p.half().float())
         lora_eval = evaluate(unwrapped, tok, args.task, test_rows, max_new, args.eval_batch, device)
         say(f"with adapter: exact match {lora_eval['exact_match']:.3f} ({lora_eval['correct']}/{lora_eval['n']}, "
             f"{lora_eval['seconds']} s)")
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
         unwrapped.save_pretrained(out, safe_serialization=True)
+        if args.save_dtype == "f16":
+            from safetensors.torch import load_file, save_file
+            st = out / "adapter_model.safetensors"
+            save_file({k: v.half() for k, v in load_file(st).items()}, st, metadata={"format": "pt"})
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
         cfg_path = out / "adapter_config.json"
         acfg = json.loads(cfg_path.read_text())
@@ -402,7 +419,7 @@ def main(argv=None) -> None:
             "steps": args.steps, "rank": args.rank, "alpha": args.alpha, "targets": args.targets,
             "dropout": args.dropout, "lr": lr, "warmup": warmup, "batch": args.batch,
             "processes": accel.num_processes, "seed": args.seed,
-            "trainable_params": n_train, "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size,
+            "trainable_params": n_train, "save_dtype": args.save_dtype, "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size,
             "test_n": len(test_rows),
             "exact_match_base_alone": base_eval["exact_match"] if base_eval else None,
             "exact_match_adapter": lora_eval["exact_match"],

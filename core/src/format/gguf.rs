@@ -7,8 +7,9 @@
 //! [`Gguf::parse`] walks the whole header once and checks everything a later access relies on:
 //! every length and count is capped (see the `MAX_*` constants), every offset is computed with
 //! checked arithmetic, every tensor's bytes lie inside the file, are aligned, do not overlap the
-//! previous tensor and have exactly the size that its type and dims imply. Keys and tensor names
-//! are unique and UTF-8. After that, lookups and iteration re-read the already-validated header
+//! previous tensor and have exactly the size that its type and dims imply, and nothing but
+//! alignment padding follows the last tensor's bytes. Keys and tensor names are unique and
+//! UTF-8. After that, lookups and iteration re-read the already-validated header
 //! without allocating; nothing is copied out of the input.
 //!
 //! # Input policy
@@ -699,7 +700,8 @@ impl<'a> Gguf<'a> {
     /// A typed [`Error`] naming the key or tensor and the byte offset for any malformed input:
     /// bad magic or version, truncation anywhere, counts or lengths above the caps, invalid
     /// value types, duplicate keys or tensors, an invalid `general.alignment`, unknown tensor
-    /// types, bad dims, tensor data outside the file, misaligned or overlapping.
+    /// types, bad dims, tensor data outside the file, misaligned or overlapping, bytes after
+    /// the last tensor beyond its alignment padding ([`ErrorKind::OutOfBounds`]).
     pub fn parse(bytes: &'a [u8]) -> Result<Gguf<'a>> {
         Self::parse_impl(bytes, bytes.len() as u64)
     }
@@ -860,7 +862,11 @@ impl<'a> Gguf<'a> {
                 .named(t.name.as_bytes())
                 .detail(t.offset, prev_end));
             }
-            prev_end = t.offset + t.data.len() as u64;
+            // The size from type and dims, not `t.data.len()`: while streaming, a tensor whose
+            // bytes have not arrived has an empty view but still occupies its range.
+            // `read_tensor_info` checked `offset + size` against the file length.
+            let size = t.ty.row_bytes(t.ne[0]).and_then(|r| r.checked_mul(t.n_rows()));
+            prev_end = t.offset + size.unwrap_or(t.data.len() as u64);
             if bloom.insert(t.name.as_bytes()) {
                 let mut c = Cursor::at(bytes, ti_start);
                 while c.pos() < at as usize {
@@ -871,6 +877,22 @@ impl<'a> Gguf<'a> {
                             .named(t.name.as_bytes()));
                     }
                 }
+            }
+        }
+        // Every byte is accounted for: after the last tensor only its alignment padding may
+        // follow (llama.cpp and gguf-py write exactly that). Otherwise the header describes
+        // less than the file holds, as when a tensor count was lowered: the data section then
+        // starts early and every tensor view would be shifted into other bytes.
+        if n_tensors > 0 {
+            let end = data_start + prev_end;
+            let padded = end.div_ceil(a) * a;
+            if file_len > padded {
+                return Err(Error::new(
+                    ErrorKind::OutOfBounds,
+                    "bytes after the last tensor's data (the header describes less than the file)",
+                )
+                .at(end)
+                .detail(file_len, padded));
             }
         }
         Ok(Gguf {

@@ -45,6 +45,8 @@ pub mod aarch64;
 pub mod arm;
 pub mod portable;
 pub mod reference;
+#[cfg(feature = "std")]
+pub mod threads;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -54,6 +56,36 @@ use crate::quant::{
     cast_blocks, cast_blocks_mut, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK,
 };
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+#[cfg(feature = "std")]
+pub use threads::{set_threads, threads};
+
+/// Row chunks handed to threads start at multiples of this: a multiple of every matvec's
+/// row grouping (pairs on AVX-512), so threaded results are bit-identical to one thread.
+const ROW_ALIGN: usize = 16;
+/// Column (token) chunks of a matmul start at multiples of the AVX-512 matmul's column block.
+const COL_ALIGN: usize = 4;
+
+/// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
+/// matvec: 1; columns of a matmul: `rows`), or `f(0, y)` with one thread or without `std`.
+#[cfg(feature = "std")]
+fn par<F: Fn(usize, &mut [f32]) + Sync>(y: &mut [f32], unit: usize, align: usize, f: F) {
+    threads::split(y, unit, align, f);
+}
+
+#[cfg(not(feature = "std"))]
+fn par<F: Fn(usize, &mut [f32]) + Sync>(y: &mut [f32], _unit: usize, _align: usize, f: F) {
+    f(0, y);
+}
+
+/// Run the row kernel `f` over `y` (rows of `bpr` blocks in `w`), rows split across threads.
+/// Callers guarantee `w.len() >= y.len() * bpr` and `x.len() == bpr`.
+fn rows_par<W: Sync, A: Sync>(f: QRowsFn<W, A>, w: &[W], bpr: usize, x: &[A], y: &mut [f32]) {
+    par(y, 1, ROW_ALIGN, |r0, ys| {
+        if let Some(wc) = w.get(r0 * bpr..(r0 + ys.len()) * bpr) {
+            f(wc, bpr, x, ys);
+        }
+    });
+}
 
 /// A borrowed row-major matrix of `rows` rows of `cols` elements of type `ty`.
 ///
@@ -311,7 +343,7 @@ impl Kernel {
             return;
         }
         self.mark();
-        (self.q4_0)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        rows_par(self.q4_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
     }
 
     /// As [`Kernel::matvec_q4_0`] for Q4_1 rows against Q8_1 activations
@@ -322,7 +354,7 @@ impl Kernel {
             return;
         }
         self.mark();
-        (self.q4_1)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        rows_par(self.q4_1, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
     }
 
     /// As [`Kernel::matvec_q4_0`] for Q8_0 rows against Q8_0 activations.
@@ -332,7 +364,7 @@ impl Kernel {
             return;
         }
         self.mark();
-        (self.q8_0)(&w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        rows_par(self.q8_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
     }
 
     /// `y = W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says which;
@@ -357,7 +389,12 @@ impl Kernel {
             return;
         }
         self.mark();
-        f(&w[..n * cols * es], cols, &x[..cols], &mut y[..n]);
+        let (w, x) = (&w[..n * cols * es], &x[..cols]);
+        par(&mut y[..n], 1, ROW_ALIGN, |r0, ys| {
+            if let Some(wc) = w.get(r0 * cols * es..(r0 + ys.len()) * cols * es) {
+                f(wc, cols, x, ys);
+            }
+        });
     }
 
     /// Dot of one Q4_0 row with Q8_0 activations (the shorter length counts).
@@ -403,8 +440,21 @@ impl Kernel {
         let n = (x.len() / bpr).min(y.len() / rows);
         let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if x86_64::avx512::matmul_q4_1(self, w, bpr, rows, x, y) {
+        if self.isa == Isa::Avx512 {
             self.mark();
+            // Columns (tokens) split across threads: each reads all of `w`, which at these
+            // shapes stays in L2, and writes its own contiguous columns of `y`.
+            par(y, rows, COL_ALIGN, |c0, yc| {
+                let nc = yc.len() / rows;
+                let Some(xc) = x.get(c0 * bpr..(c0 + nc) * bpr) else {
+                    return;
+                };
+                if !x86_64::avx512::matmul_q4_1(self, w, bpr, rows, xc, yc) {
+                    for (xv, yv) in xc.chunks_exact(bpr).zip(yc.chunks_exact_mut(rows)) {
+                        (self.q4_1)(&w[..rows * bpr], bpr, xv, yv);
+                    }
+                }
+            });
             return;
         }
         for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
@@ -427,8 +477,21 @@ impl Kernel {
         let n = (x.len() / bpr).min(y.len() / rows);
         let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if x86_64::avx512::matmul_q8_0(self, w, bpr, rows, x, y) {
+        if self.isa == Isa::Avx512 {
             self.mark();
+            // Columns (tokens) split across threads: each reads all of `w`, which at these
+            // shapes stays in L2, and writes its own contiguous columns of `y`.
+            par(y, rows, COL_ALIGN, |c0, yc| {
+                let nc = yc.len() / rows;
+                let Some(xc) = x.get(c0 * bpr..(c0 + nc) * bpr) else {
+                    return;
+                };
+                if !x86_64::avx512::matmul_q8_0(self, w, bpr, rows, xc, yc) {
+                    for (xv, yv) in xc.chunks_exact(bpr).zip(yc.chunks_exact_mut(rows)) {
+                        (self.q8_0)(&w[..rows * bpr], bpr, xv, yv);
+                    }
+                }
+            });
             return;
         }
         for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
@@ -462,6 +525,13 @@ static ACTIVE: AtomicPtr<Kernel> = AtomicPtr::new(core::ptr::null_mut());
 static RAN: [AtomicBool; Isa::ALL.len()] = [const { AtomicBool::new(false) }; Isa::ALL.len()];
 
 fn detect(isa: Isa) -> Option<&'static Kernel> {
+    // Miri interprets neither `cpuid`/`xgetbv` (inline assembly) nor most SIMD intrinsics, so
+    // under Miri only the portable kernel exists and every path runs scalar Rust
+    // (`scripts/miri.sh`).
+    #[cfg(miri)]
+    if isa != Isa::Portable {
+        return None;
+    }
     match isa {
         Isa::Portable => portable::detect(),
         #[cfg(target_arch = "x86_64")]
@@ -716,4 +786,122 @@ pub fn scratch_blocks<T: Block>(buf: &mut [f32]) -> &mut [T] {
     let bytes = unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
     let n = len / core::mem::size_of::<T>() * core::mem::size_of::<T>();
     cast_blocks_mut(&mut bytes[..n]).unwrap_or_default()
+}
+
+/// A batch of `n` activation vectors (prompt tokens) laid end to end, with scratch for their
+/// quantised forms, each made at most once per format and reused by every matrix that reads
+/// the batch (q/k/v; gate/up), as [`Input`] does for one vector.
+pub struct Batch<'a> {
+    x: &'a [f32],
+    n: usize,
+    q8_0: &'a mut [BlockQ8_0],
+    q8_1: &'a mut [BlockQ8_1],
+    have_q8_0: bool,
+    have_q8_1: bool,
+    kernel: &'static Kernel,
+    mode: KernelMode,
+}
+
+impl<'a> Batch<'a> {
+    /// Wrap `n` vectors of `x.len() / n` values each, with scratch for their quantised forms
+    /// (`x.len() / 32` blocks each; shorter scratch makes [`matmul_input`] fall back to one
+    /// [`matvec`] per vector).
+    pub fn new(
+        x: &'a [f32],
+        n: usize,
+        q8_0: &'a mut [BlockQ8_0],
+        q8_1: &'a mut [BlockQ8_1],
+        kernel: &'static Kernel,
+        mode: KernelMode,
+    ) -> Self {
+        Batch {
+            x,
+            n,
+            q8_0,
+            q8_1,
+            have_q8_0: false,
+            have_q8_1: false,
+            kernel,
+            mode,
+        }
+    }
+
+    /// Values per vector.
+    fn width(&self) -> usize {
+        self.x.len().checked_div(self.n).unwrap_or(0)
+    }
+
+    /// Whole batch as Q8_0 blocks (quantising is per 32-value block, so this equals each
+    /// vector quantised on its own when the width is a whole number of blocks).
+    fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {
+        let nb = self.x.len() / QK;
+        if !self.width().is_multiple_of(QK) || self.q8_0.len() < nb {
+            return None;
+        }
+        if !self.have_q8_0 {
+            self.kernel.quantize_q8_0(self.x, &mut self.q8_0[..nb]);
+            self.have_q8_0 = true;
+        }
+        Some(&self.q8_0[..nb])
+    }
+
+    /// As [`Batch::q8_0`] for Q8_1.
+    fn q8_1(&mut self) -> Option<&[BlockQ8_1]> {
+        let nb = self.x.len() / QK;
+        if !self.width().is_multiple_of(QK) || self.q8_1.len() < nb {
+            return None;
+        }
+        if !self.have_q8_1 {
+            self.kernel.quantize_q8_1(self.x, &mut self.q8_1[..nb]);
+            self.have_q8_1 = true;
+        }
+        Some(&self.q8_1[..nb])
+    }
+}
+
+/// `Y = W X` for a [`Batch`]: output vector `c` goes to `y[c * w.rows() .. (c + 1) * w.rows()]`.
+/// Q4_1 and Q8_0 weights run the blocked [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`];
+/// other types run one matvec per vector with the same arithmetic as [`matvec_input`].
+/// The batch's width must equal `w.cols()` (else `y` is left untouched). Never panics.
+pub fn matmul_input(w: &MatRef<'_>, x: &mut Batch<'_>, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    if x.width() != cols || cols == 0 || rows == 0 {
+        return;
+    }
+    let n = x.n.min(y.len() / rows);
+    let y = &mut y[..n * rows];
+    let k = x.kernel;
+    let bpr = cols / QK;
+    if x.mode == KernelMode::Fast {
+        match w.ty {
+            GgmlType::Q4_1 => {
+                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
+                    return k.matmul_q4_1(wb, bpr, rows, xb, y);
+                }
+            }
+            GgmlType::Q8_0 => {
+                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
+                    return k.matmul_q8_0(wb, bpr, rows, xb, y);
+                }
+            }
+            GgmlType::Q4_0 => {
+                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
+                    for (xc, yc) in xb.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
+                        k.matvec_q4_0(wb, bpr, xc, yc);
+                    }
+                    return;
+                }
+            }
+            GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {
+                for (xc, yc) in x.x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+                    k.matvec_float(w.ty, w.data, cols, xc, yc);
+                }
+                return;
+            }
+            _ => {}
+        }
+    }
+    for (xc, yc) in x.x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+        matvec(w, xc, yc);
+    }
 }

@@ -440,14 +440,26 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// input is in reference mode). `tmp` needs [`MAX_RANK`] floats, `out_tmp` the output
     /// width. Shapes were checked at bind time; this cannot panic.
     #[inline]
-    pub fn apply(&self, layer: usize, linear: usize, x: &mut Input<'_>, y: &mut [f32], tmp: &mut [f32], out_tmp: &mut [f32]) {
+    pub fn apply(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Input<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    ) {
         for (ad, user) in self.iter() {
-            let Some(p) = ad.pair(layer, linear) else { continue };
+            let Some(p) = ad.pair(layer, linear) else {
+                continue;
+            };
             let r = p.rank();
             let Some(t) = tmp.get_mut(..r) else { continue };
             matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else { continue };
+            let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
+                continue;
+            };
             let mut tin = Input::new(t, &mut [], &mut [], x.kernel(), x.mode());
             matvec_input(&p.b, &mut tin, u); //                         (out,)
             for (o, v) in y.iter_mut().zip(u.iter()) {

@@ -33,9 +33,15 @@ pub use config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
-use crate::kernels::{act_scratch_f32s, matvec_input, Input, MatRef};
+use crate::kernels::{act_scratch_f32s, matmul_input, matvec_input, Batch, Input, MatRef};
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+
+/// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
+/// activations for `min(PREFILL_BLOCK, ctx)` tokens). 16 covers four 4-column blocks of the
+/// AVX-512 matmul, so each weight group is unpacked once per 4 tokens; the block's
+/// activations (~350 KB for SmolLM2-135M) stay in L2.
+pub const PREFILL_BLOCK: usize = 16;
 
 /// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
 pub const DEFAULT_MAX_LAYERS: usize = 64;
@@ -327,7 +333,13 @@ impl<'w, const L: usize> Model<'w, L> {
     ///
     /// # Errors
     /// As [`Model::forward`]; [`ErrorKind::InvalidArgument`] for an empty batch. On error,
-    /// positions before the failing token stay in the cache.
+    /// positions before the failing block of [`PREFILL_BLOCK`] tokens stay in the cache.
+    ///
+    /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
+    /// layer by layer: every linear is one blocked matmul over the block (each weight read
+    /// once per block, not once per token), rope, cache writes and causal attention per token.
+    /// The logits equal [`Model::forward`] run token by token up to float summation order
+    /// (`tests/tests/prefill.rs`). [`KernelMode::Reference`] keeps the token-by-token oracle.
     pub fn prefill<'s>(
         &self,
         tokens: &[u32],
@@ -363,10 +375,175 @@ impl<'w, const L: usize> Model<'w, L> {
                 Error::new(ErrorKind::ContextFull, "prompt batch").detail(end as u64, s.ctx as u64)
             );
         }
-        for (i, &t) in rest.iter().enumerate() {
-            self.step(t, start + i, s, false, set)?;
+        if s.mode == KernelMode::Reference || s.block == 0 {
+            // The oracle path stays a plain loop of single-token steps.
+            for (i, &t) in rest.iter().enumerate() {
+                self.step(t, start + i, s, false, set)?;
+            }
+            return self.forward_with(*last, start + rest.len(), s, set);
         }
-        self.forward_with(*last, start + rest.len(), s, set)
+        self.check_state(start, s, set)?;
+        let block = s.block;
+        for (b, chunk) in tokens.chunks(block).enumerate() {
+            self.prefill_block(chunk, start + b * block, s, set)?;
+        }
+        // The last token's hidden state -> logits, exactly as `step` does.
+        let (c, kern) = (&self.config, crate::kernels::active());
+        let last_x = (tokens.len() - 1) % block * c.dim;
+        s.x.copy_from_slice(s.bx.get(last_x..last_x + c.dim).ok_or_else(internal)?);
+        rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
+        let mut oin = Input::new(&s.xb[..c.dim], s.xq8_0, s.xq8_1, kern, s.mode);
+        matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
+        Ok(&*s.logits)
+    }
+
+    /// Run `tokens` (at most `s.block`) at positions `pos0..` through every layer together:
+    /// the linears as blocked matmuls over the whole block, rope, cache writes and causal
+    /// attention per token. Leaves each token's residual in `s.bx` (block, dim).
+    fn prefill_block(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        s: &mut State<'_>,
+        set: &AdapterSet<'_, '_, '_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let n = tokens.len();
+        let (dim, qd, fd, hd, kv_dim, ctx) =
+            (c.dim, c.q_dim(), c.ffn_dim, c.head_dim, c.kv_dim(), s.ctx);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let (kern, mode) = (crate::kernels::active(), s.mode);
+        if n == 0 || n > s.block || pos0 + n > ctx {
+            return Err(internal());
+        }
+        // Positions from pos0 on are being rewritten: until this block is done they are not valid.
+        s.filled = s.filled.min(pos0);
+        // Per-block views (each token's vector at [i * width ..]).
+        let bx = s.bx.get_mut(..n * dim).ok_or_else(internal)?; //           (n, dim)
+        let bxb = s.bxb.get_mut(..n * dim).ok_or_else(internal)?; //         (n, dim)
+        let bq = s.bq.get_mut(..n * qd).ok_or_else(internal)?; //            (n, q_dim)
+        let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
+        let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
+        let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
+
+        // x_i = token_embd[token_i]
+        for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
+            self.token_embd.dequantize_row(t as usize, xi)?;
+        }
+        for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
+            let Some(w) = layer else {
+                return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
+            };
+            // Attention: q, k, v for the whole block; k and v straight into the cache.
+            for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
+                rmsnorm(o, xi, w.attn_norm, c.rms_eps);
+            }
+            let at = (l * ctx + pos0) * kv_dim;
+            let kc = s
+                .k_cache
+                .get_mut(at..at + n * kv_dim)
+                .ok_or_else(internal)?; // (n, kv_dim)
+            let vc = s
+                .v_cache
+                .get_mut(at..at + n * kv_dim)
+                .ok_or_else(internal)?; // (n, kv_dim)
+            let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
+            matmul_input(&w.wq, &mut xin, bq);
+            matmul_input(&w.wk, &mut xin, kc);
+            matmul_input(&w.wv, &mut xin, vc);
+            for i in 0..n {
+                let xi = &bxb[i * dim..(i + 1) * dim];
+                let mut tin = Input::new(xi, s.xq8_0, s.xq8_1, kern, mode);
+                let (lt, lo) = (&mut *s.lora_tmp, &mut *s.lora_out);
+                set.apply(l, 0, &mut tin, &mut bq[i * qd..(i + 1) * qd], lt, lo);
+                set.apply(
+                    l,
+                    1,
+                    &mut tin,
+                    &mut kc[i * kv_dim..(i + 1) * kv_dim],
+                    lt,
+                    lo,
+                );
+                set.apply(
+                    l,
+                    2,
+                    &mut tin,
+                    &mut vc[i * kv_dim..(i + 1) * kv_dim],
+                    lt,
+                    lo,
+                );
+                rope_table(s.rope, pos0 + i, c.rope_base, c.rope_dims);
+                rope(&mut bq[i * qd..(i + 1) * qd], hd, s.rope);
+                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, s.rope);
+            }
+            // Causal attention per token: token i sees positions ..= pos0 + i.
+            for (i, (qi, oi)) in bq
+                .chunks_exact(qd)
+                .zip(batt.chunks_exact_mut(qd))
+                .enumerate()
+            {
+                let pos = pos0 + i;
+                let layer_k = s
+                    .k_cache
+                    .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                    .ok_or_else(internal)?;
+                let layer_v = s
+                    .v_cache
+                    .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                    .ok_or_else(internal)?;
+                let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
+                attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale);
+            }
+            let mut ain = Batch::new(batt, n, s.bq8_0, s.bq8_1, kern, mode);
+            matmul_input(&w.wo, &mut ain, bxb); //                                  (n, dim)
+            for i in 0..n {
+                let mut tin = Input::new(&batt[i * qd..(i + 1) * qd], s.xq8_0, s.xq8_1, kern, mode);
+                set.apply(
+                    l,
+                    3,
+                    &mut tin,
+                    &mut bxb[i * dim..(i + 1) * dim],
+                    s.lora_tmp,
+                    s.lora_out,
+                );
+            }
+            add(bx, bxb);
+
+            // Feed-forward (SwiGLU).
+            for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
+                rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
+            }
+            let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
+            matmul_input(&w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
+            matmul_input(&w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
+            for i in 0..n {
+                let xi = &bxb[i * dim..(i + 1) * dim];
+                let mut tin = Input::new(xi, s.xq8_0, s.xq8_1, kern, mode);
+                let (lt, lo) = (&mut *s.lora_tmp, &mut *s.lora_out);
+                set.apply(l, 4, &mut tin, &mut bhb[i * fd..(i + 1) * fd], lt, lo);
+                set.apply(l, 5, &mut tin, &mut bhb2[i * fd..(i + 1) * fd], lt, lo);
+            }
+            for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
+                *g = silu(*g) * u;
+            }
+            let mut hin = Batch::new(bhb, n, s.bq8_0, s.bq8_1, kern, mode);
+            matmul_input(&w.w_down, &mut hin, bxb); //                              (n, dim)
+            for i in 0..n {
+                let mut tin = Input::new(&bhb[i * fd..(i + 1) * fd], s.xq8_0, s.xq8_1, kern, mode);
+                set.apply(
+                    l,
+                    6,
+                    &mut tin,
+                    &mut bxb[i * dim..(i + 1) * dim],
+                    s.lora_tmp,
+                    s.lora_out,
+                );
+            }
+            add(bx, bxb);
+        }
+        s.filled = pos0 + n;
+        Ok(())
     }
 
     fn check_token(&self, token: u32) -> Result<()> {
@@ -377,14 +554,9 @@ impl<'w, const L: usize> Model<'w, L> {
         Ok(())
     }
 
-    fn step(
-        &self,
-        token: u32,
-        pos: usize,
-        s: &mut State<'_>,
-        want_logits: bool,
-        set: &AdapterSet<'_, '_, '_>,
-    ) -> Result<()> {
+    /// Checks shared by `step` and `prefill`: the state fits this model, adapters were bound
+    /// to it, and `pos` is inside the context and does not skip past the filled cache.
+    fn check_state(&self, pos: usize, s: &State<'_>, set: &AdapterSet<'_, '_, '_>) -> Result<()> {
         let c = &self.config;
         if s.cfg != *c {
             return Err(Error::new(
@@ -392,7 +564,6 @@ impl<'w, const L: usize> Model<'w, L> {
                 "state was sized for a different model",
             ));
         }
-        self.check_token(token)?;
         if set.iter().any(|(a, _)| a.n_layers() != c.n_layers) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -411,6 +582,20 @@ impl<'w, const L: usize> Model<'w, L> {
             )
             .detail(pos as u64, s.filled as u64));
         }
+        Ok(())
+    }
+
+    fn step(
+        &self,
+        token: u32,
+        pos: usize,
+        s: &mut State<'_>,
+        want_logits: bool,
+        set: &AdapterSet<'_, '_, '_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        self.check_token(token)?;
+        self.check_state(pos, s, set)?;
         let (dim, hd, kv_dim, ctx) = (c.dim, c.head_dim, c.kv_dim(), s.ctx);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
@@ -449,24 +634,10 @@ impl<'w, const L: usize> Model<'w, L> {
                 .v_cache
                 .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
                 .ok_or_else(internal)?;
-            for (h, (qh, out)) in
-                s.q.chunks_exact(hd)
-                    .zip(s.att_out.chunks_exact_mut(hd))
-                    .enumerate()
-            {
-                let kvo = (h / group) * hd;
-                let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
-                for (a, kt) in att.iter_mut().zip(layer_k.chunks_exact(kv_dim)) {
-                    *a = dot(qh, &kt[kvo..kvo + hd]) * scale;
-                }
-                softmax(att);
-                out.fill(0.0);
-                for (&a, vt) in att.iter().zip(layer_v.chunks_exact(kv_dim)) {
-                    for (o, v) in out.iter_mut().zip(&vt[kvo..kvo + hd]) {
-                        *o += a * v;
-                    }
-                }
-            }
+            let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //          (pos+1,)
+            attend(
+                s.q, s.att_out, layer_k, layer_v, att, hd, kv_dim, group, scale,
+            );
             let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
             matvec_input(&w.wo, &mut ain, s.xb); //                                (dim,)
             set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
@@ -503,6 +674,36 @@ fn internal() -> Error {
         ErrorKind::InvalidArgument,
         "state buffers do not match the model",
     )
+}
+
+/// Causal attention of one token, all heads: `q` (n_heads*head_dim,) against the cached keys
+/// and values of positions `0..att.len()` (`k`, `v`: (att.len(), kv_dim)); `att` is scratch
+/// for one head's scores (att.len(),). GQA: query head `h` reads kv head `h / group`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    out: &mut [f32],
+    k: &[f32],
+    v: &[f32],
+    att: &mut [f32],
+    hd: usize,
+    kv_dim: usize,
+    group: usize,
+    scale: f32,
+) {
+    for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        let kvo = (h / group) * hd;
+        for (a, kt) in att.iter_mut().zip(k.chunks_exact(kv_dim)) {
+            *a = dot(qh, &kt[kvo..kvo + hd]) * scale;
+        }
+        softmax(att);
+        out.fill(0.0);
+        for (&a, vt) in att.iter().zip(v.chunks_exact(kv_dim)) {
+            for (o, v) in out.iter_mut().zip(&vt[kvo..kvo + hd]) {
+                *o += a * v;
+            }
+        }
+    }
 }
 
 /// `out = x / rms(x) * w`.
@@ -586,6 +787,16 @@ pub struct State<'s> {
     lora_out: &'s mut [f32],
     xq8_0: &'s mut [BlockQ8_0],
     xq8_1: &'s mut [BlockQ8_1],
+    /// Prompt tokens per prefill block: `min(PREFILL_BLOCK, ctx)`.
+    block: usize,
+    bx: &'s mut [f32],
+    bxb: &'s mut [f32],
+    bq: &'s mut [f32],
+    batt: &'s mut [f32],
+    bhb: &'s mut [f32],
+    bhb2: &'s mut [f32],
+    bq8_0: &'s mut [BlockQ8_0],
+    bq8_1: &'s mut [BlockQ8_1],
     mode: KernelMode,
     logits: &'s mut [f32],
     k_cache: &'s mut [f32],
@@ -598,24 +809,44 @@ impl<'s> State<'s> {
     pub fn checked_len_for(cfg: &Config, ctx: usize) -> Option<usize> {
         let kv = cfg.n_layers.checked_mul(ctx)?.checked_mul(cfg.kv_dim())?;
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
+        let blk = Self::block_for(ctx);
+        let act_qb = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim).checked_mul(blk)?);
         let parts = [
-            cfg.dim,       // x
-            cfg.dim,       // xb
-            cfg.q_dim(),   // q
-            cfg.q_dim(),   // att_out
-            cfg.ffn_dim,   // hb
-            cfg.ffn_dim,   // hb2
-            ctx,           // att (one head at a time)
-            cfg.rope_dims, // rope (cos, sin) pairs
-            MAX_RANK,      // LoRA A x
+            cfg.dim,                                   // x
+            cfg.dim,                                   // xb
+            cfg.q_dim(),                               // q
+            cfg.q_dim(),                               // att_out
+            cfg.ffn_dim,                               // hb
+            cfg.ffn_dim,                               // hb2
+            ctx,                                       // att (one head at a time)
+            cfg.rope_dims,                             // rope (cos, sin) pairs
+            MAX_RANK,                                  // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
-            act_q,         // an activation quantised to Q8_0 (kernels::Input)
-            act_q,         // ... and to Q8_1
-            cfg.vocab,     // logits
-            kv,            // k cache
-            kv,            // v cache
+            act_q,                         // an activation quantised to Q8_0 (kernels::Input)
+            act_q,                         // ... and to Q8_1
+            blk.checked_mul(cfg.dim)?,     // bx: prefill block residuals (block, dim)
+            blk.checked_mul(cfg.dim)?,     // bxb (block, dim)
+            blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
+            blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
+            blk.checked_mul(cfg.ffn_dim)?, // bhb (block, ffn_dim)
+            blk.checked_mul(cfg.ffn_dim)?, // bhb2 (block, ffn_dim)
+            act_qb,                        // the block's activations as Q8_0
+            act_qb,                        // ... and as Q8_1
+            cfg.vocab,                     // logits
+            kv,                            // k cache
+            kv,                            // v cache
         ];
         parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
+    }
+
+    /// Prompt tokens a state with `ctx` positions runs through the layers together in
+    /// [`Model::prefill`]: `min(PREFILL_BLOCK, ctx)` (a small context keeps a small state).
+    pub const fn block_for(ctx: usize) -> usize {
+        if ctx < PREFILL_BLOCK {
+            ctx
+        } else {
+            PREFILL_BLOCK
+        }
     }
 
     /// Number of `f32` values a state for `cfg` with `ctx` positions needs (saturating).
@@ -665,6 +896,16 @@ impl<'s> State<'s> {
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (xq8_0, rest) = rest.split_at_mut(act_q);
         let (xq8_1, rest) = rest.split_at_mut(act_q);
+        let block = Self::block_for(ctx);
+        let (bx, rest) = rest.split_at_mut(block * cfg.dim);
+        let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
+        let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
+        let (batt, rest) = rest.split_at_mut(block * cfg.q_dim());
+        let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim);
+        let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim);
+        let act_qb = act_scratch_f32s(block * cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
+        let (bq8_0, rest) = rest.split_at_mut(act_qb);
+        let (bq8_1, rest) = rest.split_at_mut(act_qb);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
         let (k_cache, v_cache) = rest.split_at_mut(kv);
         Ok(State {
@@ -683,6 +924,15 @@ impl<'s> State<'s> {
             lora_out,
             xq8_0: crate::kernels::scratch_blocks(xq8_0),
             xq8_1: crate::kernels::scratch_blocks(xq8_1),
+            block,
+            bx,
+            bxb,
+            bq,
+            batt,
+            bhb,
+            bhb2,
+            bq8_0: crate::kernels::scratch_blocks(bq8_0),
+            bq8_1: crate::kernels::scratch_blocks(bq8_1),
             mode: KernelMode::Fast,
             logits,
             k_cache,

@@ -276,6 +276,7 @@ pub fn trace(
     let mut att = vec![0f32; n]; //                                  (n,)
     let mut table = vec![0f32; c.rope_dims]; //                      (rope_dims,)
     let mut lora_tmp = vec![0f32; MAX_RANK]; //                      (MAX_RANK,)
+    let mut lora_out = vec![0f32; c.dim.max(c.q_dim()).max(c.ffn_dim)]; // (max out,)
     let mut logits = vec![0f32; c.vocab]; //                         (vocab,)
     let mut kc = vec![0f32; c.n_layers * n * kv_dim]; //             (layers, n, kv_dim)
     let mut vc = vec![0f32; c.n_layers * n * kv_dim]; //             (layers, n, kv_dim)
@@ -300,7 +301,7 @@ pub fn trace(
             let mut inp = Input::new($input, &mut q8_0, &mut q8_1, kern, mode);
             matvec_input(w, &mut inp, $y);
             if let Some(k) = $lin {
-                set.apply($l, k, $input, $y, &mut lora_tmp);
+                set.apply($l, k, &mut inp, $y, &mut lora_tmp, &mut lora_out);
             }
             if let (Some(j), Some(b)) = (jit.as_mut(), bound) {
                 jitter_add($y, &b, j);

@@ -186,10 +186,16 @@ pub struct ModelArgs {
     /// instead of the SIMD kernels with Q8-quantised activations.
     #[arg(long)]
     pub reference: bool,
+    /// Threads for the matrix kernels (rows of each matvec, tokens of each prompt matmul,
+    /// split across a persistent pool); results are bit-identical to one thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
 }
 
 impl ModelArgs {
+    /// The linears' path, after setting the process-wide kernel thread count from `--threads`.
     fn mode(&self) -> edgelora::model::KernelMode {
+        edgelora::kernels::set_threads(self.threads.into());
         if self.reference {
             edgelora::model::KernelMode::Reference
         } else {
@@ -768,6 +774,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 "model": path.display().to_string(),
                 "kernel": kernel,
                 "mode": format!("{:?}", a.model.mode()),
+                "threads": a.model.threads,
                 "adapters": a.model.adapters,
                 "prompt_tokens": a.prompt_len,
                 "gen_tokens": a.gen,
@@ -780,6 +787,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         println!("model    {}", path.display());
         println!("kernel   {kernel} ({:?})", a.model.mode());
+        println!("threads  {}", a.model.threads);
         println!(
             "prefill  {best_pp:.1} tokens/s ({} tokens, best of {})",
             a.prompt_len, a.reps

@@ -68,16 +68,27 @@ pub struct Example {
 }
 
 pub fn load_examples(data: &Option<PathBuf>, task: &str) -> Result<Vec<Example>> {
-    let dir = data.clone().unwrap_or_else(|| repo_path("targets/trainer/data"));
+    let dir = data
+        .clone()
+        .unwrap_or_else(|| repo_path("targets/trainer/data"));
     let p = dir.join(task).join("test.jsonl");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}", p.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}", p.display(), i + 1))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         match (get("input"), get("output")) {
             (Some(input), Some(output)) => out.push(Example { input, output }),
-            _ => bail!("{}:{}: expected \"input\" and \"output\" strings", p.display(), i + 1),
+            _ => bail!(
+                "{}:{}: expected \"input\" and \"output\" strings",
+                p.display(),
+                i + 1
+            ),
         }
     }
     Ok(out)
@@ -97,7 +108,11 @@ pub fn answer(
     st.clear();
     let ids = tok.encode_prompt(&format!("{task}: {input}\n"), false)?;
     if ids.len() + 1 >= st.ctx() {
-        bail!("prompt of {} tokens does not fit the context of {}", ids.len(), st.ctx());
+        bail!(
+            "prompt of {} tokens does not fit the context of {}",
+            ids.len(),
+            st.ctx()
+        );
     }
     let mut logits = model.prefill_with(&ids, 0, st, set)?.to_vec();
     let mut dec = tok.decoder();
@@ -121,7 +136,9 @@ pub fn answer(
 
 fn model_alias(m: &str) -> String {
     if m == "tiny" {
-        return repo_path("models/tiny/tiny-base.gguf").display().to_string();
+        return repo_path("models/tiny/tiny-base.gguf")
+            .display()
+            .to_string();
     }
     m.to_string()
 }
@@ -153,14 +170,25 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let mut maps = vec![];
     for t in TASKS {
         let p = dir.join(t).join("adapter.gguf");
-        let mm = map(&p).with_context(|| format!("adapter for task '{t}' (convert it with `edgelora adapter convert`)"))?;
+        let mm = map(&p).with_context(|| {
+            format!("adapter for task '{t}' (convert it with `edgelora adapter convert`)")
+        })?;
         maps.push((t, p, mm));
     }
-    let parsed: Vec<Adapter> = maps.iter().map(|(_, p, mm)| Adapter::parse(mm).with_context(|| p.display().to_string())).collect::<Result<_>>()?;
-    let mut slots: Vec<Vec<Option<LoraPair>>> = parsed.iter().map(|_| vec![None; Adapter::slots_len(&cfg)]).collect();
+    let parsed: Vec<Adapter> = maps
+        .iter()
+        .map(|(_, p, mm)| Adapter::parse(mm).with_context(|| p.display().to_string()))
+        .collect::<Result<_>>()?;
+    let mut slots: Vec<Vec<Option<LoraPair>>> = parsed
+        .iter()
+        .map(|_| vec![None; Adapter::slots_len(&cfg)])
+        .collect();
     let mut bound: Vec<BoundAdapter> = vec![];
     for ((ad, sl), (_, p, _)) in parsed.iter().zip(slots.iter_mut()).zip(&maps) {
-        bound.push(ad.bind(&g, &model, sl).with_context(|| format!("{} does not fit {}", p.display(), path.display()))?);
+        bound.push(
+            ad.bind(&g, &model, sl)
+                .with_context(|| format!("{} does not fit {}", p.display(), path.display()))?,
+        );
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     println!(
@@ -174,7 +202,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         human(State::bytes_for(&cfg, ctx) as u64),
         ctx
     );
-    let data: Vec<Vec<Example>> = TASKS.iter().map(|t| load_examples(&a.data, t)).collect::<Result<_>>()?;
+    let data: Vec<Vec<Example>> = TASKS
+        .iter()
+        .map(|t| load_examples(&a.data, t))
+        .collect::<Result<_>>()?;
     let mut score = [[0usize; 2]; TASKS.len()];
     let (mut gen_tokens, mut gen_secs, mut swap_ns, mut swaps) = (0usize, 0f64, 0f64, 0usize);
     // Round-robin over tasks so every request switches adapters.
@@ -187,7 +218,15 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             swaps += 1;
             let t1 = Instant::now();
             let (with, n1) = answer(&model, &tok, &mut st, &set, task, &ex.input, a.max_new)?;
-            let (base, n2) = answer(&model, &tok, &mut st, &AdapterSet::EMPTY, task, &ex.input, a.max_new)?;
+            let (base, n2) = answer(
+                &model,
+                &tok,
+                &mut st,
+                &AdapterSet::EMPTY,
+                task,
+                &ex.input,
+                a.max_new,
+            )?;
             gen_secs += t1.elapsed().as_secs_f64();
             gen_tokens += n1 + n2;
             let (ok_a, ok_b) = (with == ex.output, base == ex.output);
@@ -204,7 +243,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     println!("\nexact match on {} held-out inputs per task:", a.n);
     for (ti, task) in TASKS.iter().enumerate() {
         let n = a.n.min(data[ti].len()).max(1);
-        println!("  {task:<10} with adapter {}/{n}   base alone {}/{n}", score[ti][0], score[ti][1]);
+        println!(
+            "  {task:<10} with adapter {}/{n}   base alone {}/{n}",
+            score[ti][0], score[ti][1]
+        );
     }
     println!(
         "adapter swap {:.0} ns on average ({swaps} swaps, no weights rewritten; KV cache cleared per request)",
@@ -257,7 +299,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         let hit = pred == e.output;
         ok += hit as usize;
         if a.verbose {
-            println!("{} {i}: {:?} -> {pred:?}{}", if hit { "✓" } else { "✗" }, e.input, if hit { String::new() } else { format!(" (gold {:?})", e.output) });
+            println!(
+                "{} {i}: {:?} -> {pred:?}{}",
+                if hit { "✓" } else { "✗" },
+                e.input,
+                if hit {
+                    String::new()
+                } else {
+                    format!(" (gold {:?})", e.output)
+                }
+            );
         }
     }
     println!(
@@ -265,7 +316,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         a.task,
         ex.len(),
         100.0 * ok as f64 / ex.len().max(1) as f64,
-        a.adapter.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "base alone".into()),
+        a.adapter
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "base alone".into()),
         path.display(),
         t.elapsed().as_secs_f64()
     );

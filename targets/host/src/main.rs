@@ -5,9 +5,9 @@
 
 mod adapter_cmd;
 mod commands;
-mod demo;
 #[cfg(feature = "cuda")]
 mod cuda_cmd;
+mod demo;
 mod fetch;
 mod tok;
 mod util;
