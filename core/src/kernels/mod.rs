@@ -31,6 +31,14 @@
 //! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`], which unpack each weight group once for
 //! several tokens (blocked on AVX-512, a matvec per token elsewhere).
 //!
+//! # Threads (hosts, feature `std`)
+//!
+//! [`set_threads`]`(n)` splits every matvec's rows (and every matmul's columns) across the
+//! caller and a persistent pool of `n - 1` workers ([`threads`](mod@threads) explains the
+//! design). Chunk boundaries sit on multiples of each kernel's row/column grouping, so the
+//! results are bit-identical to one thread. One thread is the default; without `std` there
+//! is no pool and every split is a plain call.
+//!
 //! # Results
 //!
 //! The integer part of every quantised dot is exact, so each kernel agrees with

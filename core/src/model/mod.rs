@@ -43,6 +43,13 @@ use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 /// activations (~350 KB for SmolLM2-135M) stay in L2.
 pub const PREFILL_BLOCK: usize = 16;
 
+/// Whether this build has the blocked prefill code. Not on Cortex-M, RISC-V or wasm: their
+/// matmul is one matvec per token anyway, and the block code costs ~7 KB of flash on
+/// thumbv7em (over the 64 KiB runtime budget). The results are the same either way
+/// (`tests/tests/prefill.rs`). The state keeps the same layout on every target (the firmware
+/// test compares its size with the host's), so there the block buffers go unused.
+const BLOCKED_PREFILL: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
 /// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
 pub const DEFAULT_MAX_LAYERS: usize = 64;
 
@@ -375,7 +382,8 @@ impl<'w, const L: usize> Model<'w, L> {
                 Error::new(ErrorKind::ContextFull, "prompt batch").detail(end as u64, s.ctx as u64)
             );
         }
-        if s.mode == KernelMode::Reference || s.block == 0 {
+        // `BLOCKED_PREFILL` is a constant: when false the block path is not even compiled in.
+        if !BLOCKED_PREFILL || s.mode == KernelMode::Reference || s.block == 0 {
             // The oracle path stays a plain loop of single-token steps.
             for (i, &t) in rest.iter().enumerate() {
                 self.step(t, start + i, s, false, set)?;
