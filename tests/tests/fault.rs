@@ -39,11 +39,19 @@ fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
 }
 
 fn f16_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
+    x.iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect()
 }
 
 /// An F16 adapter for `base` on `targets` (layer, linear index), rank `r`.
-fn make(base: &Gguf<'_>, targets: &[(usize, usize)], r: usize, seed: u64, fingerprint: bool) -> Vec<u8> {
+fn make(
+    base: &Gguf<'_>,
+    targets: &[(usize, usize)],
+    r: usize,
+    seed: u64,
+    fingerprint: bool,
+) -> Vec<u8> {
     let m: Model<4> = Model::from_gguf(base).expect("base model");
     let mut w = GgufWriter::new();
     w.set("general.architecture", V::Str("llama".into()))
@@ -57,16 +65,28 @@ fn make(base: &Gguf<'_>, targets: &[(usize, usize)], r: usize, seed: u64, finger
         let t = m.layer(l).expect("layer").linear(k);
         let name = format!("blk.{l}.{}.weight", LINEAR_NAMES[k]);
         let s = seed * 100 + i as u64;
-        w.add_tensor(&format!("{name}.lora_a"), GgmlType::F16, &[t.cols() as u64, r as u64], f16_bytes(&rnd(s, r * t.cols(), 0.5)))
-            .expect("lora_a");
-        w.add_tensor(&format!("{name}.lora_b"), GgmlType::F16, &[r as u64, t.rows() as u64], f16_bytes(&rnd(s + 50, t.rows() * r, 0.5)))
-            .expect("lora_b");
+        w.add_tensor(
+            &format!("{name}.lora_a"),
+            GgmlType::F16,
+            &[t.cols() as u64, r as u64],
+            f16_bytes(&rnd(s, r * t.cols(), 0.5)),
+        )
+        .expect("lora_a");
+        w.add_tensor(
+            &format!("{name}.lora_b"),
+            GgmlType::F16,
+            &[r as u64, t.rows() as u64],
+            f16_bytes(&rnd(s + 50, t.rows() * r, 0.5)),
+        )
+        .expect("lora_b");
     }
     w.to_bytes()
 }
 
 fn all_linears(n_layers: usize) -> Vec<(usize, usize)> {
-    (0..n_layers).flat_map(|l| (0..LINEAR_NAMES.len()).map(move |k| (l, k))).collect()
+    (0..n_layers)
+        .flat_map(|l| (0..LINEAR_NAMES.len()).map(move |k| (l, k)))
+        .collect()
 }
 
 fn framed(payload: &[u8]) -> Vec<u8> {
@@ -83,7 +103,12 @@ fn logits(m: &Model<'_, 4>, set: &AdapterSet<'_, '_, '_>) -> Vec<u32> {
     let mut st = State::new(&cfg, TOKENS.len(), &mut buf).expect("state");
     let mut bits = vec![];
     for (p, &t) in TOKENS.iter().enumerate() {
-        bits.extend(m.forward_with(t, p, &mut st, set).expect("forward").iter().map(|v| v.to_bits()));
+        bits.extend(
+            m.forward_with(t, p, &mut st, set)
+                .expect("forward")
+                .iter()
+                .map(|v| v.to_bits()),
+        );
     }
     bits
 }
@@ -109,7 +134,12 @@ struct Device<'w> {
 
 impl<'w> Device<'w> {
     /// Deliver `stream` in `chunk`-byte pieces into `rx`; on success bind and report activation.
-    fn deliver_stream(&self, rx: &mut [u8], stream: &[u8], chunk: usize) -> (Fate, Option<Vec<u32>>) {
+    fn deliver_stream(
+        &self,
+        rx: &mut [u8],
+        stream: &[u8],
+        chunk: usize,
+    ) -> (Fate, Option<Vec<u32>>) {
         let mut l = StreamLoader::new(rx);
         for c in stream.chunks(chunk.max(1)) {
             if let Err(e) = l.push(c) {
@@ -127,7 +157,10 @@ impl<'w> Device<'w> {
         let a = match Adapter::parse(bytes) {
             Ok(a) => a,
             Err(e) => {
-                assert!(!parsed_by_loader, "finish() handed out bytes that do not parse: {e}");
+                assert!(
+                    !parsed_by_loader,
+                    "finish() handed out bytes that do not parse: {e}"
+                );
                 return (Fate::Parse(e.kind()), None);
             }
         };
@@ -137,7 +170,10 @@ impl<'w> Device<'w> {
                 assert!(slots.iter().all(Option::is_none), "failed bind wrote slots");
                 (Fate::Bind(e.kind()), None)
             }
-            Ok(b) => (Fate::Active, Some(logits(self.model, &AdapterSet::single(&b, 1.0)))),
+            Ok(b) => (
+                Fate::Active,
+                Some(logits(self.model, &AdapterSet::single(&b, 1.0))),
+            ),
         }
     }
 }
@@ -161,22 +197,39 @@ fn with_active_adapter(scenario: impl FnOnce(&Device<'_>, &mut Vec<u8>)) {
     let active_crc = Crc32::of(&active_bytes);
     let active = Adapter::parse(&active_bytes).expect("active adapter");
     let mut active_slots = vec![None; Adapter::slots_len(model.config())];
-    let bound = active.bind(&base, &model, &mut active_slots).expect("active binds");
+    let bound = active
+        .bind(&base, &model, &mut active_slots)
+        .expect("active binds");
     let before = logits(&model, &AdapterSet::single(&bound, 1.0));
-    assert_ne!(before, logits(&model, &AdapterSet::EMPTY), "the active adapter changes the logits");
+    assert_ne!(
+        before,
+        logits(&model, &AdapterSet::EMPTY),
+        "the active adapter changes the logits"
+    );
 
-    let dev = Device { base: &base, model: &model };
+    let dev = Device {
+        base: &base,
+        model: &model,
+    };
     let mut rx = vec![0u8; 1 << 20];
     scenario(&dev, &mut rx);
 
     // The active adapter is untouched: same bytes, same logits, bit for bit.
     assert_eq!(Crc32::of(&active_bytes), active_crc);
-    assert_eq!(logits(&model, &AdapterSet::single(&bound, 1.0)), before, "active adapter's logits changed");
+    assert_eq!(
+        logits(&model, &AdapterSet::single(&bound, 1.0)),
+        before,
+        "active adapter's logits changed"
+    );
     // Nothing lost: the receive buffer takes a good adapter, which behaves as a direct load.
     let good = make(&base, &[(0, 0), (1, 6)], 2, 7, true);
     let (fate, got) = dev.deliver_stream(&mut rx, &framed(&good), 61);
     assert_eq!(fate, Fate::Active);
-    assert_eq!(got, dev.activate(&good, false).1, "stream-loaded adapter differs from a direct load");
+    assert_eq!(
+        got,
+        dev.activate(&good, false).1,
+        "stream-loaded adapter differs from a direct load"
+    );
 }
 
 #[test]
@@ -185,7 +238,11 @@ fn power_cut_at_every_byte_of_a_raw_adapter() {
         let full = make(dev.base, &all_linears(2), 4, 2, true);
         let g = Gguf::parse(&full).expect("full");
         // End of the last tensor's bytes: a cut after it only loses alignment padding.
-        let content_end = g.tensors().map(|t| t.file_offset as usize + t.data.len()).max().expect("tensors");
+        let content_end = g
+            .tensors()
+            .map(|t| t.file_offset as usize + t.data.len())
+            .max()
+            .expect("tensors");
         let mut fates = vec![];
         for cut in 0..full.len() {
             let (fate, _) = dev.activate(&full[..cut], false);
@@ -200,7 +257,11 @@ fn power_cut_at_every_byte_of_a_raw_adapter() {
             }
             fates.push(fate);
         }
-        println!("raw power cuts over {} bytes: {:?}", full.len(), tally(&fates));
+        println!(
+            "raw power cuts over {} bytes: {:?}",
+            full.len(),
+            tally(&fates)
+        );
     });
 }
 
@@ -215,7 +276,10 @@ fn every_single_bit_flip_of_a_framed_adapter_is_refused() {
                 let mut s = stream.clone();
                 s[i] ^= 1 << bit;
                 let (fate, _) = dev.deliver_stream(rx, &s, 97);
-                assert!(matches!(fate, Fate::Stream(_)), "flip of byte {i} bit {bit}: {fate:?}");
+                assert!(
+                    matches!(fate, Fate::Stream(_)),
+                    "flip of byte {i} bit {bit}: {fate:?}"
+                );
                 fates.push(fate);
             }
         }
@@ -230,10 +294,18 @@ fn every_single_bit_flip_of_a_framed_adapter_is_refused() {
             let word = u32::from_le_bytes(s[at..at + 4].try_into().expect("4")) ^ pattern;
             s[at..at + 4].copy_from_slice(&word.to_le_bytes());
             let (fate, _) = dev.deliver_stream(rx, &s, 1 + j % 200);
-            assert!(matches!(fate, Fate::Stream(_)), "burst {j} at {at}: {fate:?}");
+            assert!(
+                matches!(fate, Fate::Stream(_)),
+                "burst {j} at {at}: {fate:?}"
+            );
             fates.push(fate);
         }
-        println!("framed flips: {} single-bit + 2000 bursts over {} bytes: {:?}", 8 * stream.len(), stream.len(), tally(&fates));
+        println!(
+            "framed flips: {} single-bit + 2000 bursts over {} bytes: {:?}",
+            8 * stream.len(),
+            stream.len(),
+            tally(&fates)
+        );
     });
 }
 
@@ -245,7 +317,9 @@ fn raw_bit_flips_never_change_an_adapters_structure_silently() {
         let raw = make(dev.base, &[(0, 0), (1, 6)], 2, 4, true);
         let g = Gguf::parse(&raw).expect("raw");
         let shape = |g: &Gguf<'_>| -> Vec<(String, GgmlType, Vec<u64>, u64)> {
-            g.tensors().map(|t| (t.name.to_string(), t.ty, t.dims().to_vec(), t.file_offset)).collect()
+            g.tensors()
+                .map(|t| (t.name.to_string(), t.ty, t.dims().to_vec(), t.file_offset))
+                .collect()
         };
         let want = shape(&g);
         let header_end = g.data_offset() as usize;
@@ -258,7 +332,11 @@ fn raw_bit_flips_never_change_an_adapters_structure_silently() {
                 let (fate, _) = dev.activate(&b, false);
                 if fate == Fate::Active {
                     let got = Gguf::parse(&b).expect("activated, so it parses");
-                    assert_eq!(shape(&got), want, "flip of byte {i} bit {bit} changed the structure but was accepted");
+                    assert_eq!(
+                        shape(&got),
+                        want,
+                        "flip of byte {i} bit {bit} changed the structure but was accepted"
+                    );
                     silent_value_changes += 1;
                 }
                 fates.push(fate);
@@ -281,7 +359,12 @@ fn duplicated_dropped_and_swapped_chunks_are_refused() {
         let mut fates = vec![];
         for size in [16, 100, 512, 4096] {
             let chunks: Vec<&[u8]> = stream.chunks(size).collect();
-            let join = |order: &[usize]| -> Vec<u8> { order.iter().flat_map(|&i| chunks[i].iter().copied()).collect() };
+            let join = |order: &[usize]| -> Vec<u8> {
+                order
+                    .iter()
+                    .flat_map(|&i| chunks[i].iter().copied())
+                    .collect()
+            };
             let n = chunks.len();
             for i in 0..n {
                 let mut dup: Vec<usize> = (0..n).collect();
@@ -296,12 +379,19 @@ fn duplicated_dropped_and_swapped_chunks_are_refused() {
                 }
                 for order in cases {
                     let (fate, _) = dev.deliver_stream(rx, &join(&order), size);
-                    assert!(matches!(fate, Fate::Stream(_)), "chunk {i} of {size}-byte chunks, order {order:?}: {fate:?}");
+                    assert!(
+                        matches!(fate, Fate::Stream(_)),
+                        "chunk {i} of {size}-byte chunks, order {order:?}: {fate:?}"
+                    );
                     fates.push(fate);
                 }
             }
         }
-        println!("chunk faults: {} deliveries refused: {:?}", fates.len(), tally(&fates));
+        println!(
+            "chunk faults: {} deliveries refused: {:?}",
+            fates.len(),
+            tally(&fates)
+        );
     });
 }
 
@@ -323,7 +413,10 @@ fn tensor_fields(b: &[u8], g: &Gguf<'_>) -> Vec<(usize, usize, usize, usize)> {
     for t in g.tensors() {
         let mut needle = (t.name.len() as u64).to_le_bytes().to_vec();
         needle.extend(t.name.as_bytes());
-        let at = b.windows(needle.len()).position(|w| w == needle).expect("info");
+        let at = b
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("info");
         let dims = at + needle.len() + 4;
         let ty = dims + 8 * t.n_dims;
         out.push((at, dims, ty, ty + 4));
@@ -347,17 +440,41 @@ fn headers_that_lie_about_sizes_are_refused() {
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("tensor count + 1", lie(&|b| set_u64(b, 8, n_t + 1))),
             ("tensor count - 1", lie(&|b| set_u64(b, 8, n_t - 1))),
-            ("tensor count - 2 (drops the last pair)", lie(&|b| set_u64(b, 8, n_t - 2))),
+            (
+                "tensor count - 2 (drops the last pair)",
+                lie(&|b| set_u64(b, 8, n_t - 2)),
+            ),
             ("tensor count 0", lie(&|b| set_u64(b, 8, 0))),
             ("metadata count + 1", lie(&|b| set_u64(b, 16, n_kv + 1))),
             ("metadata count - 1", lie(&|b| set_u64(b, 16, n_kv - 1))),
-            ("last tensor name length + 1", lie(&|b| map_u64(b, last_name, |v| v + 1))),
-            ("last tensor name length 2^40", lie(&|b| set_u64(b, last_name, 1 << 40))),
-            ("last tensor row length x 2", lie(&|b| map_u64(b, last_dim, |v| 2 * v))),
-            ("last tensor offset + 32", lie(&|b| map_u64(b, last_off, |v| v + 32))),
-            ("first tensor rank 4 -> 8", lie(&|b| set_u64(b, f[0].1 + 8, 8))),
-            ("file cut by one alignment block", good[..good.len() - 32].to_vec()),
-            ("64 bytes of garbage appended", lie(&|b| b.extend([0xa5; 64]))),
+            (
+                "last tensor name length + 1",
+                lie(&|b| map_u64(b, last_name, |v| v + 1)),
+            ),
+            (
+                "last tensor name length 2^40",
+                lie(&|b| set_u64(b, last_name, 1 << 40)),
+            ),
+            (
+                "last tensor row length x 2",
+                lie(&|b| map_u64(b, last_dim, |v| 2 * v)),
+            ),
+            (
+                "last tensor offset + 32",
+                lie(&|b| map_u64(b, last_off, |v| v + 32)),
+            ),
+            (
+                "first tensor rank 4 -> 8",
+                lie(&|b| set_u64(b, f[0].1 + 8, 8)),
+            ),
+            (
+                "file cut by one alignment block",
+                good[..good.len() - 32].to_vec(),
+            ),
+            (
+                "64 bytes of garbage appended",
+                lie(&|b| b.extend([0xa5; 64])),
+            ),
         ];
         let mut report = vec![];
         for (what, bytes) in &cases {
@@ -367,12 +484,21 @@ fn headers_that_lie_about_sizes_are_refused() {
             let (s1, _) = dev.deliver_stream(rx, &framed(bytes), 1);
             let (s2, _) = dev.deliver_stream(rx, &framed(bytes), 1000);
             for fate in [&raw, &s1, &s2] {
-                assert_ne!(*fate, Fate::Active, "{what}: accepted ({raw:?}, {s1:?}, {s2:?})");
+                assert_ne!(
+                    *fate,
+                    Fate::Active,
+                    "{what}: accepted ({raw:?}, {s1:?}, {s2:?})"
+                );
             }
             report.push(format!("{what}: raw {raw:?}, stream {s1:?}"));
         }
         // The frame itself lying about the payload length (header CRC recomputed).
-        for (what, declared) in [("frame length + 1", good.len() as u64 + 1), ("frame length - 1", good.len() as u64 - 1), ("frame length 0", 0), ("frame length 2^40", 1 << 40)] {
+        for (what, declared) in [
+            ("frame length + 1", good.len() as u64 + 1),
+            ("frame length - 1", good.len() as u64 - 1),
+            ("frame length 0", 0),
+            ("frame length 2^40", 1 << 40),
+        ] {
             let mut s = framed(&good);
             s[8..16].copy_from_slice(&declared.to_le_bytes());
             let c = Crc32::of(&s[..20]);
@@ -396,7 +522,9 @@ fn adapters_for_another_base_are_refused_before_activation() {
         };
         // A real SmolLM2-135M adapter (llama.cpp's converter) on the tiny base: wrong shapes.
         let smol = fixture("lora/smollm2/rslora.llamacpp.gguf");
-        check("SmolLM2 adapter on the tiny base", &smol, &|f| matches!(f, Fate::Bind(K::ShapeMismatch | K::MissingTensor)));
+        check("SmolLM2 adapter on the tiny base", &smol, &|f| {
+            matches!(f, Fate::Bind(K::ShapeMismatch | K::MissingTensor))
+        });
         // The same PEFT adapter converted for the Q4_1 base, delivered to the Q8_0 base: the
         // shapes fit, the fingerprint does not.
         let q41 = fixture("tiny/tiny-q4_1.gguf");
@@ -412,9 +540,21 @@ fn adapters_for_another_base_are_refused_before_activation() {
             .expect("convert")
             .0
         };
-        check("PEFT qv converted for the Q4_1 base", &peft("qv", &q41), &|f| *f == Fate::Bind(K::BadValue));
-        check("PEFT DoRA converted for the Q4_1 base", &peft("dora", &q41), &|f| *f == Fate::Bind(K::BadValue));
-        check("PEFT qv converted for this base", &peft("qv", dev.base), &|f| *f == Fate::Active);
+        check(
+            "PEFT qv converted for the Q4_1 base",
+            &peft("qv", &q41),
+            &|f| *f == Fate::Bind(K::BadValue),
+        );
+        check(
+            "PEFT DoRA converted for the Q4_1 base",
+            &peft("dora", &q41),
+            &|f| *f == Fate::Bind(K::BadValue),
+        );
+        check(
+            "PEFT qv converted for this base",
+            &peft("qv", dev.base),
+            &|f| *f == Fate::Active,
+        );
         // A hand-made adapter for a 3-layer model of the same width.
         let mut deep = make(dev.base, &[(1, 0)], 2, 8, false);
         for at in 0..deep.len() - 12 {
@@ -422,16 +562,32 @@ fn adapters_for_another_base_are_refused_before_activation() {
                 deep[at + 4] = b'2';
             }
         }
-        check("adapter for a deeper model", &deep, &|f| *f == Fate::Bind(K::MissingTensor));
+        check("adapter for a deeper model", &deep, &|f| {
+            *f == Fate::Bind(K::MissingTensor)
+        });
         // Another architecture's adapter.
         let mut w = GgufWriter::new();
         w.set("general.architecture", V::Str("gemma".into()))
             .set("general.type", V::Str("adapter".into()))
             .set("adapter.type", V::Str("lora".into()))
             .set("adapter.lora.alpha", V::F32(1.0));
-        w.add_tensor("blk.0.attn_q.weight.lora_a", GgmlType::F32, &[64, 1], vec![0; 256]).expect("a");
-        w.add_tensor("blk.0.attn_q.weight.lora_b", GgmlType::F32, &[1, 64], vec![0; 256]).expect("b");
-        check("gemma adapter", &w.to_bytes(), &|f| *f == Fate::Bind(K::UnsupportedArch));
+        w.add_tensor(
+            "blk.0.attn_q.weight.lora_a",
+            GgmlType::F32,
+            &[64, 1],
+            vec![0; 256],
+        )
+        .expect("a");
+        w.add_tensor(
+            "blk.0.attn_q.weight.lora_b",
+            GgmlType::F32,
+            &[1, 64],
+            vec![0; 256],
+        )
+        .expect("b");
+        check("gemma adapter", &w.to_bytes(), &|f| {
+            *f == Fate::Bind(K::UnsupportedArch)
+        });
         println!("other bases:\n  {}", report.join("\n  "));
     });
 }

@@ -38,7 +38,9 @@ fn dir() -> PathBuf {
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -109,7 +111,9 @@ fn run(entry: &str, bytes: &[u8]) -> Result<(), Error> {
         }
         "peft" => {
             let (opt, rest) = bytes.split_first().unwrap_or((&0, &[]));
-            let n = rest.get(..2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+            let n = rest
+                .get(..2)
+                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
             let rest = rest.get(2..).unwrap_or(&[]);
             let (cfg, st) = rest.split_at(n.min(rest.len()));
             let dtype = [T::F32, T::F16, T::Q8_0, T::Q4_0][(opt & 3) as usize];
@@ -117,7 +121,8 @@ fn run(entry: &str, bytes: &[u8]) -> Result<(), Error> {
             let (out, _) = convert_peft(cfg, st, &t.gguf, &ConvertOptions { dtype, task: None })?;
             let a = Adapter::parse(&out).expect("converter output parses");
             let mut slots = vec![None; Adapter::slots_len(t.model.config())];
-            a.bind(&t.gguf, &t.model, &mut slots).expect("converter output binds");
+            a.bind(&t.gguf, &t.model, &mut slots)
+                .expect("converter output binds");
             Ok(())
         }
         other => panic!("unknown entry point {other:?}"),
@@ -128,7 +133,12 @@ fn run(entry: &str, bytes: &[u8]) -> Result<(), Error> {
 fn corpus_gives_specific_errors() {
     let mut names: Vec<String> = std::fs::read_dir(dir())
         .expect("tests/fuzz-regressions exists")
-        .map(|e| e.expect("dir entry").file_name().into_string().expect("UTF-8 name"))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .into_string()
+                .expect("UTF-8 name")
+        })
         .filter(|n| n.ends_with(".bin"))
         .collect();
     names.sort();
@@ -144,11 +154,17 @@ fn corpus_gives_specific_errors() {
             Err(e) => format!("{:?}", e.kind()),
         };
         if std::env::var_os("EDGELORA_SHOW_ERRORS").is_some() {
-            let msg = run(entry, &bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            let msg = run(entry, &bytes)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             println!("{name}: {msg}");
         }
         if got != want {
-            let detail = run(entry, &bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            let detail = run(entry, &bytes)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             bad.push(format!("{name}: got {got} ({detail})"));
         }
         *per_entry.entry(entry.to_string()).or_default() += 1;
@@ -159,7 +175,13 @@ fn corpus_gives_specific_errors() {
         names.len(),
         kinds.len()
     );
-    assert!(bad.is_empty(), "{} of {} inputs gave the wrong outcome:\n{}", bad.len(), names.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} inputs gave the wrong outcome:\n{}",
+        bad.len(),
+        names.len(),
+        bad.join("\n")
+    );
     assert!(names.len() >= 100, "the corpus lost files: {}", names.len());
 }
 
@@ -198,13 +220,17 @@ fn tinfo(out: &mut Vec<u8>, name: &[u8], dims: &[u64], ty: u32, offset: u64) {
 }
 
 fn pad32(v: &mut Vec<u8>) {
-    while v.len() % 32 != 0 {
+    while !v.len().is_multiple_of(32) {
         v.push(0);
     }
 }
 
 /// A file of `tensors` (name, dims, type id, offset) with `data_len` zero bytes of data.
-fn raw_file(kvs: &[(&[u8], u32, Vec<u8>)], tensors: &[(&[u8], &[u64], u32, u64)], data_len: usize) -> Vec<u8> {
+fn raw_file(
+    kvs: &[(&[u8], u32, Vec<u8>)],
+    tensors: &[(&[u8], &[u64], u32, u64)],
+    data_len: usize,
+) -> Vec<u8> {
     let mut v = header(3, tensors.len() as u64, kvs.len() as u64);
     for (k, t, p) in kvs {
         kv(&mut v, k, *t, p);
@@ -230,7 +256,10 @@ fn strp(s: &[u8]) -> Vec<u8> {
 /// Replace the (unique) `marker` in `bytes` by `with` (same length).
 fn patch(mut bytes: Vec<u8>, marker: &[u8], with: &[u8]) -> Vec<u8> {
     assert_eq!(marker.len(), with.len());
-    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("marker present");
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("marker present");
     bytes[at..at + marker.len()].copy_from_slice(with);
     bytes
 }
@@ -268,10 +297,20 @@ fn adapter_meta() -> GgufWriter {
 
 /// An F16 LoRA pair of rank `r` for `target` with `input` inputs and `out` outputs.
 fn pair(w: &mut GgufWriter, target: &str, r: u64, input: u64, out: u64) {
-    w.add_tensor(&format!("{target}.lora_a"), T::F16, &[input, r], f16s((input * r) as usize, 1))
-        .expect("lora_a");
-    w.add_tensor(&format!("{target}.lora_b"), T::F16, &[r, out], f16s((r * out) as usize, 2))
-        .expect("lora_b");
+    w.add_tensor(
+        &format!("{target}.lora_a"),
+        T::F16,
+        &[input, r],
+        f16s((input * r) as usize, 1),
+    )
+    .expect("lora_a");
+    w.add_tensor(
+        &format!("{target}.lora_b"),
+        T::F16,
+        &[r, out],
+        f16s((r * out) as usize, 2),
+    )
+    .expect("lora_b");
 }
 
 /// A valid rank-2 adapter for the tiny model's `blk.0.attn_q` and `blk.1.ffn_down`.
@@ -304,13 +343,17 @@ fn micro_meta(skip: &str) -> GgufWriter {
 
 /// A Q8_0 embedding of 8 tokens x 32.
 fn micro_embd(w: &mut GgufWriter) {
-    w.add_tensor("token_embd.weight", T::Q8_0, &[32, 8], zeros(8 * 34)).expect("embd");
+    w.add_tensor("token_embd.weight", T::Q8_0, &[32, 8], zeros(8 * 34))
+        .expect("embd");
 }
 
 fn vocab_meta(model: &str, tokens: &[&str]) -> GgufWriter {
     let mut w = GgufWriter::new();
     w.set("tokenizer.ggml.model", V::Str(model.into()));
-    w.set("tokenizer.ggml.tokens", V::Array(tokens.iter().map(|t| V::Str((*t).into())).collect()));
+    w.set(
+        "tokenizer.ggml.tokens",
+        V::Array(tokens.iter().map(|t| V::Str((*t).into())).collect()),
+    );
     w
 }
 
@@ -366,7 +409,8 @@ fn peft_recipe(opt: u8, config: &[u8], st: &[u8]) -> Vec<u8> {
 
 /// The qv PEFT fixture's config with `edit` applied.
 fn qv_config(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
-    let mut c: serde_json::Value = serde_json::from_slice(&fixture("lora/tiny/qv/adapter_config.json")).expect("config");
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&fixture("lora/tiny/qv/adapter_config.json")).expect("config");
     edit(c.as_object_mut().expect("object"));
     serde_json::to_vec(&c).expect("json")
 }
@@ -391,13 +435,32 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     let mut v = header(3, 0, 1);
     v.extend(u64::MAX.to_le_bytes());
     add("gguf.StringTooLong.key-length", v);
-    add("gguf.InvalidUtf8.key", raw_file(&[(b"general.\xff\xfe", 4, u32p(1))], &[], 0));
-    add("gguf.BadValueType.value-type-13", raw_file(&[(b"k", 13, u32p(1))], &[], 0));
-    add("gguf.BadValue.bool-2", raw_file(&[(b"k", 7, vec![2])], &[], 0));
-    add("gguf.StringTooLong.string-value", raw_file(&[(b"k", 8, (MAX_STR_LEN + 1).to_le_bytes().to_vec())], &[], 0));
+    add(
+        "gguf.InvalidUtf8.key",
+        raw_file(&[(b"general.\xff\xfe", 4, u32p(1))], &[], 0),
+    );
+    add(
+        "gguf.BadValueType.value-type-13",
+        raw_file(&[(b"k", 13, u32p(1))], &[], 0),
+    );
+    add(
+        "gguf.BadValue.bool-2",
+        raw_file(&[(b"k", 7, vec![2])], &[], 0),
+    );
+    add(
+        "gguf.StringTooLong.string-value",
+        raw_file(
+            &[(b"k", 8, (MAX_STR_LEN + 1).to_le_bytes().to_vec())],
+            &[],
+            0,
+        ),
+    );
     let mut arr = u32p(0);
     arr.extend((MAX_ARRAY_LEN + 1).to_le_bytes());
-    add("gguf.TooMany.array-length", raw_file(&[(b"k", 9, arr)], &[], 0));
+    add(
+        "gguf.TooMany.array-length",
+        raw_file(&[(b"k", 9, arr)], &[], 0),
+    );
     let mut nested = vec![];
     for _ in 0..5 {
         nested.extend(u32p(9));
@@ -405,44 +468,118 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     }
     nested.extend(u32p(0));
     nested.extend(0u64.to_le_bytes());
-    add("gguf.NestingTooDeep.arrays-6-deep", raw_file(&[(b"k", 9, nested)], &[], 0));
+    add(
+        "gguf.NestingTooDeep.arrays-6-deep",
+        raw_file(&[(b"k", 9, nested)], &[], 0),
+    );
     let mut arr = u32p(99);
     arr.extend(1u64.to_le_bytes());
-    add("gguf.BadValueType.array-element-type", raw_file(&[(b"k", 9, arr)], &[], 0));
+    add(
+        "gguf.BadValueType.array-element-type",
+        raw_file(&[(b"k", 9, arr)], &[], 0),
+    );
     let mut v = header(3, 0, 1);
     let mut arr = u32p(4);
     arr.extend(100u64.to_le_bytes());
     arr.extend(zeros(40));
     kv(&mut v, b"k", 9, &arr);
     add("gguf.Truncated.array-data", v);
-    add("gguf.DuplicateKey.same-key-twice", raw_file(&[(b"a.b", 4, u32p(1)), (b"x", 4, u32p(1)), (b"a.b", 4, u32p(2))], &[], 0));
-    add("gguf.DuplicateTensor.same-name-twice", raw_file(&[], &[(b"t", &[8], 0, 0), (b"t", &[8], 0, 32)], 64));
-    add("gguf.BadAlignment.alignment-3", raw_file(&[(b"general.alignment", 4, u32p(3))], &[], 0));
-    add("gguf.BadAlignment.alignment-2^17", raw_file(&[(b"general.alignment", 4, u32p(1 << 17))], &[], 0));
-    add("gguf.BadAlignment.alignment-0", raw_file(&[(b"general.alignment", 4, u32p(0))], &[], 0));
-    add("gguf.WrongType.alignment-string", raw_file(&[(b"general.alignment", 8, strp(b"32"))], &[], 0));
-    add("gguf.InvalidUtf8.tensor-name", raw_file(&[], &[(b"blk.\xc3", &[8], 0, 0)], 32));
-    add("gguf.BadDims.n-dims-0", raw_file(&[], &[(b"t", &[], 0, 0)], 32));
-    add("gguf.BadDims.n-dims-5", raw_file(&[], &[(b"t", &[1, 1, 1, 1, 1], 0, 0)], 32));
-    add("gguf.BadDims.dim-0", raw_file(&[], &[(b"t", &[8, 0], 0, 0)], 32));
-    add("gguf.BadDims.element-count-overflows", raw_file(&[], &[(b"t", &[1 << 32, 1 << 32], 0, 0)], 32));
-    add("gguf.BadDims.q4_0-row-of-33", raw_file(&[], &[(b"t", &[33], 2, 0)], 32));
-    add("gguf.UnknownTensorType.type-99", raw_file(&[], &[(b"t", &[8], 99, 0)], 32));
-    add("gguf.Misaligned.offset-16", raw_file(&[], &[(b"t", &[4], 0, 16)], 64));
-    add("gguf.OutOfBounds.data-past-end", raw_file(&[], &[(b"t", &[32], 0, 0)], 64));
-    add("gguf.OutOfBounds.offset-near-u64-max", raw_file(&[], &[(b"t", &[4], 0, u64::MAX - 31)], 64));
-    add("gguf.Overlap.second-starts-inside-first", raw_file(&[], &[(b"a", &[16], 0, 32), (b"b", &[16], 0, 64)], 128));
+    add(
+        "gguf.DuplicateKey.same-key-twice",
+        raw_file(
+            &[
+                (b"a.b", 4, u32p(1)),
+                (b"x", 4, u32p(1)),
+                (b"a.b", 4, u32p(2)),
+            ],
+            &[],
+            0,
+        ),
+    );
+    add(
+        "gguf.DuplicateTensor.same-name-twice",
+        raw_file(&[], &[(b"t", &[8], 0, 0), (b"t", &[8], 0, 32)], 64),
+    );
+    add(
+        "gguf.BadAlignment.alignment-3",
+        raw_file(&[(b"general.alignment", 4, u32p(3))], &[], 0),
+    );
+    add(
+        "gguf.BadAlignment.alignment-2^17",
+        raw_file(&[(b"general.alignment", 4, u32p(1 << 17))], &[], 0),
+    );
+    add(
+        "gguf.BadAlignment.alignment-0",
+        raw_file(&[(b"general.alignment", 4, u32p(0))], &[], 0),
+    );
+    add(
+        "gguf.WrongType.alignment-string",
+        raw_file(&[(b"general.alignment", 8, strp(b"32"))], &[], 0),
+    );
+    add(
+        "gguf.InvalidUtf8.tensor-name",
+        raw_file(&[], &[(b"blk.\xc3", &[8], 0, 0)], 32),
+    );
+    add(
+        "gguf.BadDims.n-dims-0",
+        raw_file(&[], &[(b"t", &[], 0, 0)], 32),
+    );
+    add(
+        "gguf.BadDims.n-dims-5",
+        raw_file(&[], &[(b"t", &[1, 1, 1, 1, 1], 0, 0)], 32),
+    );
+    add(
+        "gguf.BadDims.dim-0",
+        raw_file(&[], &[(b"t", &[8, 0], 0, 0)], 32),
+    );
+    add(
+        "gguf.BadDims.element-count-overflows",
+        raw_file(&[], &[(b"t", &[1 << 32, 1 << 32], 0, 0)], 32),
+    );
+    add(
+        "gguf.BadDims.q4_0-row-of-33",
+        raw_file(&[], &[(b"t", &[33], 2, 0)], 32),
+    );
+    add(
+        "gguf.UnknownTensorType.type-99",
+        raw_file(&[], &[(b"t", &[8], 99, 0)], 32),
+    );
+    add(
+        "gguf.Misaligned.offset-16",
+        raw_file(&[], &[(b"t", &[4], 0, 16)], 64),
+    );
+    add(
+        "gguf.OutOfBounds.data-past-end",
+        raw_file(&[], &[(b"t", &[32], 0, 0)], 64),
+    );
+    add(
+        "gguf.OutOfBounds.offset-near-u64-max",
+        raw_file(&[], &[(b"t", &[4], 0, u64::MAX - 31)], 64),
+    );
+    add(
+        "gguf.Overlap.second-starts-inside-first",
+        raw_file(&[], &[(b"a", &[16], 0, 32), (b"b", &[16], 0, 64)], 128),
+    );
     let mut trailing = good.clone();
     trailing.extend([0xa5; 64]);
     add("gguf.OutOfBounds.bytes-after-last-tensor", trailing);
-    add("gguf.Overlap.out-of-order", raw_file(&[], &[(b"a", &[8], 0, 32), (b"b", &[8], 0, 0)], 64));
+    add(
+        "gguf.Overlap.out-of-order",
+        raw_file(&[], &[(b"a", &[8], 0, 32), (b"b", &[8], 0, 0)], 64),
+    );
 
     // ---- model ----------------------------------------------------------------------------
     let mut w = micro_meta("");
     w.set("general.architecture", V::Str("gpt2".into()));
     add("model.UnsupportedArch.gpt2", w.to_bytes());
-    add("model.MissingKey.no-block-count", micro_meta("llama.block_count").to_bytes());
-    add("model.MissingKey.no-rms-epsilon", micro_meta("llama.attention.layer_norm_rms_epsilon").to_bytes());
+    add(
+        "model.MissingKey.no-block-count",
+        micro_meta("llama.block_count").to_bytes(),
+    );
+    add(
+        "model.MissingKey.no-rms-epsilon",
+        micro_meta("llama.attention.layer_norm_rms_epsilon").to_bytes(),
+    );
     let mut w = micro_meta("");
     w.set("llama.block_count", V::Str("1".into()));
     add("model.WrongType.block-count-string", w.to_bytes());
@@ -467,7 +604,10 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     let mut w = micro_meta("");
     w.set("llama.attention.layer_norm_rms_epsilon", V::F32(f32::NAN));
     add("model.BadValue.rms-epsilon-nan", w.to_bytes());
-    add("model.MissingTensor.no-token-embd", micro_meta("").to_bytes());
+    add(
+        "model.MissingTensor.no-token-embd",
+        micro_meta("").to_bytes(),
+    );
     let mut w = micro_meta("");
     w.set("llama.vocab_size", V::U32(9));
     micro_embd(&mut w);
@@ -481,34 +621,45 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     add("model.MissingTensor.no-output-norm", w.to_bytes());
     let mut w = micro_meta("");
     micro_embd(&mut w);
-    w.add_tensor("output_norm.weight", T::F32, &[16], zeros(64)).expect("norm");
+    w.add_tensor("output_norm.weight", T::F32, &[16], zeros(64))
+        .expect("norm");
     add("model.ShapeMismatch.output-norm-length", w.to_bytes());
     let mut w = micro_meta("");
     micro_embd(&mut w);
-    w.add_tensor("output_norm.weight", T::F16, &[32], zeros(64)).expect("norm");
+    w.add_tensor("output_norm.weight", T::F16, &[32], zeros(64))
+        .expect("norm");
     add("model.UnsupportedTensorType.output-norm-f16", w.to_bytes());
     let mut w = micro_meta("");
     w.set("llama.embedding_length", V::U32(256));
     w.set("llama.feed_forward_length", V::U32(256));
-    w.add_tensor("token_embd.weight", T::Q4_K, &[256, 8], zeros(8 * 144)).expect("embd");
+    w.add_tensor("token_embd.weight", T::Q4_K, &[256, 8], zeros(8 * 144))
+        .expect("embd");
     add("model.UnsupportedTensorType.embd-q4_k", w.to_bytes());
     let mut w = micro_meta("");
     micro_embd(&mut w);
-    w.add_tensor("output_norm.weight", T::F32, &[32], zeros(128)).expect("norm");
-    w.add_tensor("blk.0.attn_q.weight", T::Q8_0, &[32, 16], zeros(16 * 34)).expect("q");
+    w.add_tensor("output_norm.weight", T::F32, &[32], zeros(128))
+        .expect("norm");
+    w.add_tensor("blk.0.attn_q.weight", T::Q8_0, &[32, 16], zeros(16 * 34))
+        .expect("q");
     add("model.ShapeMismatch.attn-q-rows", w.to_bytes());
 
     // ---- tokenizer ------------------------------------------------------------------------
     let mut w = GgufWriter::new();
     w.set("tokenizer.ggml.tokens", strs(&["a"]));
     add("tokenizer.MissingKey.no-model", w.to_bytes());
-    add("tokenizer.BadValue.model-wordpiece", vocab_meta("bert", &["a"]).to_bytes());
+    add(
+        "tokenizer.BadValue.model-wordpiece",
+        vocab_meta("bert", &["a"]).to_bytes(),
+    );
     let mut w = GgufWriter::new();
     w.set("tokenizer.ggml.model", V::Str("llama".into()));
     add("tokenizer.MissingKey.no-tokens", w.to_bytes());
     let mut w = GgufWriter::new();
     w.set("tokenizer.ggml.model", V::Str("llama".into()));
-    w.set("tokenizer.ggml.tokens", V::Array(vec![V::U32(1), V::U32(2)]));
+    w.set(
+        "tokenizer.ggml.tokens",
+        V::Array(vec![V::U32(1), V::U32(2)]),
+    );
     add("tokenizer.WrongType.tokens-uint32", w.to_bytes());
     let mut w = GgufWriter::new();
     w.set("tokenizer.ggml.model", V::Str("llama".into()));
@@ -516,11 +667,22 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     add("tokenizer.WrongType.tokens-empty-untyped", w.to_bytes());
     let mut arr = u32p(8);
     arr.extend(0u64.to_le_bytes());
-    let empty = raw_file(&[(b"tokenizer.ggml.model", 8, strp(b"llama")), (b"tokenizer.ggml.tokens", 9, arr)], &[], 0);
+    let empty = raw_file(
+        &[
+            (b"tokenizer.ggml.model", 8, strp(b"llama")),
+            (b"tokenizer.ggml.tokens", 9, arr),
+        ],
+        &[],
+        0,
+    );
     add("tokenizer.BadValue.empty-vocabulary", empty);
     add(
         "tokenizer.InvalidUtf8.token-text",
-        patch(vocab_meta("llama", &["<unk>", "@@", "b"]).to_bytes(), b"@@", b"\xff\xfe"),
+        patch(
+            vocab_meta("llama", &["<unk>", "@@", "b"]).to_bytes(),
+            b"@@",
+            b"\xff\xfe",
+        ),
     );
     let mut w = vocab_meta("llama", &["<unk>", "a", "b"]);
     w.set("tokenizer.ggml.token_type", i32s(&[2, 1, 9]));
@@ -532,7 +694,10 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     w.set("tokenizer.ggml.token_type", strs(&["2", "1", "1"]));
     add("tokenizer.WrongType.token-type-strings", w.to_bytes());
     let mut w = vocab_meta("llama", &["<unk>", "a", "b"]);
-    w.set("tokenizer.ggml.scores", V::Array(vec![V::F32(0.0), V::F32(0.0)]));
+    w.set(
+        "tokenizer.ggml.scores",
+        V::Array(vec![V::F32(0.0), V::F32(0.0)]),
+    );
     add("tokenizer.BadValue.scores-length", w.to_bytes());
     let mut w = vocab_meta("llama", &["<unk>", "a", "b"]);
     w.set("tokenizer.ggml.scores", i32s(&[0, 0, 0]));
@@ -546,7 +711,10 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     let mut w = vocab_meta("llama", &["<unk>", "a", "b"]);
     w.set("tokenizer.ggml.add_bos_token", V::U32(1));
     add("tokenizer.WrongType.add-bos-uint32", w.to_bytes());
-    add("tokenizer.MissingKey.gpt2-without-merges", vocab_meta("gpt2", &["a", "b", "ab"]).to_bytes());
+    add(
+        "tokenizer.MissingKey.gpt2-without-merges",
+        vocab_meta("gpt2", &["a", "b", "ab"]).to_bytes(),
+    );
     let mut w = vocab_meta("gpt2", &["a", "b", "ab"]);
     w.set("tokenizer.ggml.merges", strs(&["ab"]));
     add("tokenizer.BadValue.merge-without-space", w.to_bytes());
@@ -568,7 +736,8 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     pair(&mut w, "blk.0.attn_q.weight", 2, 64, 64);
     add("adapter.BadValue.general-type-model", w.to_bytes());
     let mut w = GgufWriter::new();
-    w.set("adapter.type", V::Str("lora".into())).set("adapter.lora.alpha", V::F32(1.0));
+    w.set("adapter.type", V::Str("lora".into()))
+        .set("adapter.lora.alpha", V::F32(1.0));
     // The tensor count lowered by 2 (the last pair dropped): the data section would start
     // early and shift every tensor view into header bytes; the trailing bytes give it away.
     let mut lowered = good.clone();
@@ -579,7 +748,8 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     w.set("adapter.type", V::Str("ia3".into()));
     add("adapter.BadValue.adapter-type-ia3", w.to_bytes());
     let mut w = GgufWriter::new();
-    w.set("general.type", V::Str("adapter".into())).set("adapter.type", V::Str("lora".into()));
+    w.set("general.type", V::Str("adapter".into()))
+        .set("adapter.type", V::Str("lora".into()));
     add("adapter.MissingKey.no-alpha", w.to_bytes());
     let mut w = adapter_meta();
     w.set("adapter.lora.alpha", V::Str("16".into()));
@@ -595,46 +765,97 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     w.set(FINGERPRINT_KEY, V::I64(-1));
     pair(&mut w, "blk.0.attn_q.weight", 2, 64, 64);
     add("adapter.WrongType.fingerprint-negative", w.to_bytes());
-    add("adapter.MissingTensor.no-tensors", adapter_meta().to_bytes());
+    add(
+        "adapter.MissingTensor.no-tensors",
+        adapter_meta().to_bytes(),
+    );
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[64, 2], f16s(128, 1)).expect("a");
+    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[64, 2], f16s(128, 1))
+        .expect("a");
     add("adapter.MissingTensor.lone-lora-a", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 1)).expect("b");
+    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 1))
+        .expect("b");
     add("adapter.MissingTensor.lone-lora-b", w.to_bytes());
     let mut w = adapter_meta();
     pair(&mut w, "blk.0.attn_q.weight", 2, 64, 64);
-    w.add_tensor("blk.0.attn_q.weight", T::F16, &[64, 1], f16s(64, 1)).expect("w");
+    w.add_tensor("blk.0.attn_q.weight", T::F16, &[64, 1], f16s(64, 1))
+        .expect("w");
     add("adapter.BadValue.base-weight-inside", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_a", T::Q4_0, &[64, 2], zeros(2 * 36)).expect("a");
-    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 2)).expect("b");
+    w.add_tensor(
+        "blk.0.attn_q.weight.lora_a",
+        T::Q4_0,
+        &[64, 2],
+        zeros(2 * 36),
+    )
+    .expect("a");
+    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 2))
+        .expect("b");
     add("adapter.UnsupportedTensorType.lora-a-q4_0", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[64, 2], f16s(128, 1)).expect("a");
-    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[3, 64], f16s(192, 2)).expect("b");
+    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[64, 2], f16s(128, 1))
+        .expect("a");
+    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[3, 64], f16s(192, 2))
+        .expect("b");
     add("adapter.ShapeMismatch.rank-a-2-b-3", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[1, 257], f16s(257, 1)).expect("a");
-    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[257, 1], f16s(257, 2)).expect("b");
+    w.add_tensor(
+        "blk.0.attn_q.weight.lora_a",
+        T::F16,
+        &[1, 257],
+        f16s(257, 1),
+    )
+    .expect("a");
+    w.add_tensor(
+        "blk.0.attn_q.weight.lora_b",
+        T::F16,
+        &[257, 1],
+        f16s(257, 2),
+    )
+    .expect("b");
     add("adapter.BadDims.rank-257", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.lora_a", T::F16, &[64, 2, 2], f16s(256, 1)).expect("a");
-    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 2)).expect("b");
+    w.add_tensor(
+        "blk.0.attn_q.weight.lora_a",
+        T::F16,
+        &[64, 2, 2],
+        f16s(256, 1),
+    )
+    .expect("a");
+    w.add_tensor("blk.0.attn_q.weight.lora_b", T::F16, &[2, 64], f16s(128, 2))
+        .expect("b");
     add("adapter.BadDims.lora-a-3d", w.to_bytes());
     let mut w = adapter_meta();
     pair(&mut w, "blk.0.attn_q.weight", 2, 64, 64);
-    w.add_tensor("blk.0.attn_q.weight.dora_scale", T::F16, &[64], f16s(64, 3)).expect("d");
+    w.add_tensor("blk.0.attn_q.weight.dora_scale", T::F16, &[64], f16s(64, 3))
+        .expect("d");
     add("adapter.UnsupportedTensorType.dora-scale-f16", w.to_bytes());
     let mut w = adapter_meta();
     pair(&mut w, "blk.0.attn_q.weight", 2, 64, 64);
-    w.add_tensor("blk.0.attn_q.weight.dora_scale", T::F32, &[32], f32s(&[1.0; 32])).expect("d");
+    w.add_tensor(
+        "blk.0.attn_q.weight.dora_scale",
+        T::F32,
+        &[32],
+        f32s(&[1.0; 32]),
+    )
+    .expect("d");
     add("adapter.ShapeMismatch.dora-scale-length", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("blk.0.attn_q.weight.dora_scale", T::F32, &[64], f32s(&[1.0; 64])).expect("d");
-    add("adapter.MissingTensor.dora-scale-without-pair", w.to_bytes());
+    w.add_tensor(
+        "blk.0.attn_q.weight.dora_scale",
+        T::F32,
+        &[64],
+        f32s(&[1.0; 64]),
+    )
+    .expect("d");
+    add(
+        "adapter.MissingTensor.dora-scale-without-pair",
+        w.to_bytes(),
+    );
     let mut w = adapter_meta();
-    w.add_tensor("output.weight", T::Q4_K, &[256, 1], zeros(144)).expect("head");
+    w.add_tensor("output.weight", T::Q4_K, &[256, 1], zeros(144))
+        .expect("head");
     add("adapter.UnsupportedTensorType.head-q4_k", w.to_bytes());
 
     // ---- bind (against tests/fixtures/tiny/tiny-q8_0.gguf: 2 layers, dim 64, ffn 160) ----
@@ -662,45 +883,83 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
     pair(&mut w, "blk.1.ffn_down.weight", 2, 64, 160);
     add("bind.ShapeMismatch.ffn-down-transposed", w.to_bytes());
     let mut w = adapter_meta();
-    w.add_tensor("output.weight", T::F16, &[64, 10], f16s(640, 4)).expect("head");
+    w.add_tensor("output.weight", T::F16, &[64, 10], f16s(640, 4))
+        .expect("head");
     add("bind.ShapeMismatch.head-10-rows", w.to_bytes());
     add("bind.Ok.rank-2-two-targets", good.clone());
 
     // ---- stream (64 KiB receive buffer) ---------------------------------------------------
     let s = framed(&good);
     add("stream.Ok.framed-adapter", s.clone());
-    add("stream.BadMagic.frame-magic", patch(s.clone(), b"ELAS", b"ELAZ"));
+    add(
+        "stream.BadMagic.frame-magic",
+        patch(s.clone(), b"ELAS", b"ELAZ"),
+    );
     let mut bad = s.clone();
     bad[12] ^= 0x10;
     add("stream.BadValue.frame-header-crc", bad);
-    add("stream.UnsupportedVersion.frame-version-2", frame_with(&good, 2, good.len() as u64));
-    add("stream.BufferTooSmall.declared-2^40-bytes", frame_with(&good, 1, 1 << 40));
+    add(
+        "stream.UnsupportedVersion.frame-version-2",
+        frame_with(&good, 2, good.len() as u64),
+    );
+    add(
+        "stream.BufferTooSmall.declared-2^40-bytes",
+        frame_with(&good, 1, 1 << 40),
+    );
     // The last tensor ends at the true end, so the header is refused against the shorter length.
-    add("stream.OutOfBounds.declared-1-byte-short", frame_with(&good, 1, good.len() as u64 - 1));
+    add(
+        "stream.OutOfBounds.declared-1-byte-short",
+        frame_with(&good, 1, good.len() as u64 - 1),
+    );
     let mut extra = s.clone();
     extra.push(0);
     add("stream.InvalidArgument.byte-after-payload", extra);
     // One byte more than the header accounts for: refused as soon as the header is complete.
-    add("stream.OutOfBounds.declared-1-byte-long", frame_with(&good, 1, good.len() as u64 + 1));
+    add(
+        "stream.OutOfBounds.declared-1-byte-long",
+        frame_with(&good, 1, good.len() as u64 + 1),
+    );
     add("stream.Truncated.power-cut-in-frame", s[..10].to_vec());
-    add("stream.Truncated.power-cut-in-header", s[..24 + 100].to_vec());
-    add("stream.Truncated.power-cut-in-data", s[..s.len() - 100].to_vec());
+    add(
+        "stream.Truncated.power-cut-in-header",
+        s[..24 + 100].to_vec(),
+    );
+    add(
+        "stream.Truncated.power-cut-in-data",
+        s[..s.len() - 100].to_vec(),
+    );
     let mut flip = s.clone();
     let last = flip.len() - 3;
     flip[last] ^= 0x04;
     add("stream.BadValue.payload-bit-flip", flip);
-    add("stream.BadMagic.payload-not-gguf", framed(&patch(good.clone(), b"GGUF", b"GGUG")));
+    add(
+        "stream.BadMagic.payload-not-gguf",
+        framed(&patch(good.clone(), b"GGUF", b"GGUG")),
+    );
     let mut w = micro_meta("");
     micro_embd(&mut w);
     add("stream.BadValue.payload-is-a-model", framed(&w.to_bytes()));
-    add("stream.Truncated.payload-is-half-a-header", framed(&good[..200]));
+    add(
+        "stream.Truncated.payload-is-half-a-header",
+        framed(&good[..200]),
+    );
     // The header claims a tensor past the end of the declared payload.
     let lying = raw_file(
-        &[(b"general.type", 8, strp(b"adapter")), (b"adapter.type", 8, strp(b"lora")), (b"adapter.lora.alpha", 6, 1f32.to_le_bytes().to_vec())],
-        &[(b"blk.0.attn_q.weight.lora_a", &[64, 2], 1, 0), (b"blk.0.attn_q.weight.lora_b", &[2, 64], 1, 256)],
+        &[
+            (b"general.type", 8, strp(b"adapter")),
+            (b"adapter.type", 8, strp(b"lora")),
+            (b"adapter.lora.alpha", 6, 1f32.to_le_bytes().to_vec()),
+        ],
+        &[
+            (b"blk.0.attn_q.weight.lora_a", &[64, 2], 1, 0),
+            (b"blk.0.attn_q.weight.lora_b", &[2, 64], 1, 256),
+        ],
         300,
     );
-    add("stream.OutOfBounds.tensor-past-declared-end", framed(&lying));
+    add(
+        "stream.OutOfBounds.tensor-past-declared-end",
+        framed(&lying),
+    );
     // Chunks duplicated / reordered (the frame is intact: the CRC catches the payload).
     let chunks: Vec<&[u8]> = s.chunks(64).collect();
     let mut dup = vec![];
@@ -720,71 +979,405 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
 
     // ---- peft (against tiny-q8_0.gguf) ----------------------------------------------------
     let qv_cfg = fixture("lora/tiny/qv/adapter_config.json");
-    add("peft.Ok.qv-fixture", peft_recipe(1, &qv_cfg, &fixture("lora/tiny/qv/adapter_model.safetensors")));
+    add(
+        "peft.Ok.qv-fixture",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &fixture("lora/tiny/qv/adapter_model.safetensors"),
+        ),
+    );
     // Refusals that need tensors use one rank-4 q_proj pair (the qv config says r = 4).
-    let qv_st = safetensors(&[
-        (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
-        (&format!("{QPROJ}.lora_B.weight"), "F16", &[64, 4], [512, 1024]),
-    ], 1024);
+    let qv_st = safetensors(
+        &[
+            (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
+            (
+                &format!("{QPROJ}.lora_B.weight"),
+                "F16",
+                &[64, 4],
+                [512, 1024],
+            ),
+        ],
+        1024,
+    );
     add("peft.Ok.one-q-proj-pair", peft_recipe(2, &qv_cfg, &qv_st));
-    add("peft.BadValue.config-not-json", peft_recipe(1, b"{\"r\": 4,", b""));
-    add("peft.BadValue.peft-type-ia3", peft_recipe(1, &qv_config(|c| { c.insert("peft_type".into(), "IA3".into()); }), b""));
-    add("peft.BadValue.no-r", peft_recipe(1, &qv_config(|c| { c.remove("r"); }), b""));
-    add("peft.BadValue.r-string", peft_recipe(1, &qv_config(|c| { c.insert("r".into(), "4".into()); }), b""));
-    add("peft.BadValue.no-lora-alpha", peft_recipe(1, &qv_config(|c| { c.remove("lora_alpha"); }), b""));
-    add("peft.BadValue.bias-all", peft_recipe(1, &qv_config(|c| { c.insert("bias".into(), "all".into()); }), b""));
-    add("peft.BadValue.init-pissa", peft_recipe(1, &qv_config(|c| { c.insert("init_lora_weights".into(), "pissa_niter_4".into()); }), b""));
-    add("peft.BadValue.modules-to-save-embed", peft_recipe(1, &qv_config(|c| { c.insert("modules_to_save".into(), serde_json::json!(["embed_tokens"])); }), b""));
-    add("peft.BadValue.layer-replication", peft_recipe(1, &qv_config(|c| { c.insert("layer_replication".into(), serde_json::json!([[0, 2]])); }), b""));
-    add("peft.BadValue.rank-pattern-regex", peft_recipe(1, &qv_config(|c| { c.insert("rank_pattern".into(), serde_json::json!({"^model.*q_proj": 4})); }), &qv_st));
-    add("peft.ShapeMismatch.rank-vs-config-r", peft_recipe(1, &qv_config(|c| { c.insert("r".into(), 8.into()); }), &qv_st));
-    add("peft.BadValue.dora-magnitude-without-use-dora", peft_recipe(1, &qv_cfg, &safetensors(&[
-        (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
-        (&format!("{QPROJ}.lora_B.weight"), "F16", &[64, 4], [512, 1024]),
-        (&format!("{QPROJ}.lora_magnitude_vector.weight"), "F16", &[64], [1024, 1152]),
-    ], 1152)));
+    add(
+        "peft.BadValue.config-not-json",
+        peft_recipe(1, b"{\"r\": 4,", b""),
+    );
+    add(
+        "peft.BadValue.peft-type-ia3",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("peft_type".into(), "IA3".into());
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.no-r",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.remove("r");
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.r-string",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("r".into(), "4".into());
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.no-lora-alpha",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.remove("lora_alpha");
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.bias-all",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("bias".into(), "all".into());
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.init-pissa",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("init_lora_weights".into(), "pissa_niter_4".into());
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.modules-to-save-embed",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert(
+                    "modules_to_save".into(),
+                    serde_json::json!(["embed_tokens"]),
+                );
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.layer-replication",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("layer_replication".into(), serde_json::json!([[0, 2]]));
+            }),
+            b"",
+        ),
+    );
+    add(
+        "peft.BadValue.rank-pattern-regex",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert(
+                    "rank_pattern".into(),
+                    serde_json::json!({"^model.*q_proj": 4}),
+                );
+            }),
+            &qv_st,
+        ),
+    );
+    add(
+        "peft.ShapeMismatch.rank-vs-config-r",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("r".into(), 8.into());
+            }),
+            &qv_st,
+        ),
+    );
+    add(
+        "peft.BadValue.dora-magnitude-without-use-dora",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
+                    (
+                        &format!("{QPROJ}.lora_B.weight"),
+                        "F16",
+                        &[64, 4],
+                        [512, 1024],
+                    ),
+                    (
+                        &format!("{QPROJ}.lora_magnitude_vector.weight"),
+                        "F16",
+                        &[64],
+                        [1024, 1152],
+                    ),
+                ],
+                1152,
+            ),
+        ),
+    );
     let mut st = 200u64.to_le_bytes().to_vec();
     st.extend(b"{}");
-    add("peft.Truncated.st-header-longer-than-file", peft_recipe(1, &qv_cfg, &st));
-    add("peft.TooMany.st-header-length-2^40", peft_recipe(1, &qv_cfg, &(1u64 << 40).to_le_bytes()));
-    add("peft.Truncated.st-4-bytes", peft_recipe(1, &qv_cfg, b"\x10\0\0\0"));
+    add(
+        "peft.Truncated.st-header-longer-than-file",
+        peft_recipe(1, &qv_cfg, &st),
+    );
+    add(
+        "peft.TooMany.st-header-length-2^40",
+        peft_recipe(1, &qv_cfg, &(1u64 << 40).to_le_bytes()),
+    );
+    add(
+        "peft.Truncated.st-4-bytes",
+        peft_recipe(1, &qv_cfg, b"\x10\0\0\0"),
+    );
     let mut st = 4u64.to_le_bytes().to_vec();
     st.extend(b"nope");
-    add("peft.BadValue.st-header-not-json", peft_recipe(1, &qv_cfg, &st));
+    add(
+        "peft.BadValue.st-header-not-json",
+        peft_recipe(1, &qv_cfg, &st),
+    );
     let mut st = 2u64.to_le_bytes().to_vec();
     st.extend(b"[]");
-    add("peft.BadValue.st-header-not-object", peft_recipe(1, &qv_cfg, &st));
-    add("peft.UnsupportedTensorType.st-dtype-i8", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_A.weight"), "I8", &[4, 64], [0, 256])], 256)));
-    add("peft.BadDims.st-offsets-vs-shape", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 500])], 512)));
-    add("peft.BadDims.st-shape-overflows", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_A.weight"), "F16", &[1 << 62, 8], [0, 512])], 512)));
-    add("peft.OutOfBounds.st-offsets-past-data", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [512, 1024])], 512)));
-    add("peft.Overlap.st-tensors-overlap", peft_recipe(1, &qv_cfg, &safetensors(&[
-        (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
-        (&format!("{QPROJ}.lora_B.weight"), "F16", &[64, 4], [256, 768]),
-    ], 768)));
-    add("peft.MissingTensor.only-lora-a", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512])], 512)));
-    add("peft.BadValue.embedding-lora", peft_recipe(1, &qv_cfg, &safetensors(&[
-        ("base_model.model.model.embed_tokens.lora_embedding_A", "F16", &[4, 8], [0, 64]),
-    ], 64)));
-    add("peft.BadValue.bias-tensor", peft_recipe(1, &qv_cfg, &safetensors(&[(&format!("{QPROJ}.lora_B.bias"), "F16", &[64], [0, 128])], 128)));
-    add("peft.BadValue.mlp-fc1-target", peft_recipe(1, &qv_cfg, &safetensors(&[
-        ("base_model.model.model.layers.0.mlp.fc1.lora_A.weight", "F16", &[4, 64], [0, 512]),
-        ("base_model.model.model.layers.0.mlp.fc1.lora_B.weight", "F16", &[64, 4], [512, 1024]),
-    ], 1024)));
-    add("peft.ShapeMismatch.a-in-32-vs-base-64", peft_recipe(1, &qv_cfg, &safetensors(&[
-        (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 32], [0, 256]),
-        (&format!("{QPROJ}.lora_B.weight"), "F16", &[64, 4], [256, 768]),
-    ], 768)));
-    add("peft.BadDims.a-3d", peft_recipe(1, &qv_cfg, &safetensors(&[
-        (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64, 1], [0, 512]),
-        (&format!("{QPROJ}.lora_B.weight"), "F16", &[64, 4], [512, 1024]),
-    ], 1024)));
-    add("peft.MissingTensor.layer-9", peft_recipe(1, &qv_cfg, &safetensors(&[
-        ("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", "F16", &[4, 64], [0, 512]),
-        ("base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight", "F16", &[64, 4], [512, 1024]),
-    ], 1024)));
-    add("peft.MissingTensor.no-tensors", peft_recipe(1, &qv_cfg, &safetensors(&[], 0)));
-    add("peft.MissingTensor.use-dora-without-magnitude", peft_recipe(1, &qv_config(|c| { c.insert("use_dora".into(), true.into()); }), &qv_st));
+    add(
+        "peft.BadValue.st-header-not-object",
+        peft_recipe(1, &qv_cfg, &st),
+    );
+    add(
+        "peft.UnsupportedTensorType.st-dtype-i8",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(&format!("{QPROJ}.lora_A.weight"), "I8", &[4, 64], [0, 256])],
+                256,
+            ),
+        ),
+    );
+    add(
+        "peft.BadDims.st-offsets-vs-shape",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 500])],
+                512,
+            ),
+        ),
+    );
+    add(
+        "peft.BadDims.st-shape-overflows",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(
+                    &format!("{QPROJ}.lora_A.weight"),
+                    "F16",
+                    &[1 << 62, 8],
+                    [0, 512],
+                )],
+                512,
+            ),
+        ),
+    );
+    add(
+        "peft.OutOfBounds.st-offsets-past-data",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(
+                    &format!("{QPROJ}.lora_A.weight"),
+                    "F16",
+                    &[4, 64],
+                    [512, 1024],
+                )],
+                512,
+            ),
+        ),
+    );
+    add(
+        "peft.Overlap.st-tensors-overlap",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512]),
+                    (
+                        &format!("{QPROJ}.lora_B.weight"),
+                        "F16",
+                        &[64, 4],
+                        [256, 768],
+                    ),
+                ],
+                768,
+            ),
+        ),
+    );
+    add(
+        "peft.MissingTensor.only-lora-a",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 64], [0, 512])],
+                512,
+            ),
+        ),
+    );
+    add(
+        "peft.BadValue.embedding-lora",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(
+                    "base_model.model.model.embed_tokens.lora_embedding_A",
+                    "F16",
+                    &[4, 8],
+                    [0, 64],
+                )],
+                64,
+            ),
+        ),
+    );
+    add(
+        "peft.BadValue.bias-tensor",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[(&format!("{QPROJ}.lora_B.bias"), "F16", &[64], [0, 128])],
+                128,
+            ),
+        ),
+    );
+    add(
+        "peft.BadValue.mlp-fc1-target",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (
+                        "base_model.model.model.layers.0.mlp.fc1.lora_A.weight",
+                        "F16",
+                        &[4, 64],
+                        [0, 512],
+                    ),
+                    (
+                        "base_model.model.model.layers.0.mlp.fc1.lora_B.weight",
+                        "F16",
+                        &[64, 4],
+                        [512, 1024],
+                    ),
+                ],
+                1024,
+            ),
+        ),
+    );
+    add(
+        "peft.ShapeMismatch.a-in-32-vs-base-64",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (&format!("{QPROJ}.lora_A.weight"), "F16", &[4, 32], [0, 256]),
+                    (
+                        &format!("{QPROJ}.lora_B.weight"),
+                        "F16",
+                        &[64, 4],
+                        [256, 768],
+                    ),
+                ],
+                768,
+            ),
+        ),
+    );
+    add(
+        "peft.BadDims.a-3d",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (
+                        &format!("{QPROJ}.lora_A.weight"),
+                        "F16",
+                        &[4, 64, 1],
+                        [0, 512],
+                    ),
+                    (
+                        &format!("{QPROJ}.lora_B.weight"),
+                        "F16",
+                        &[64, 4],
+                        [512, 1024],
+                    ),
+                ],
+                1024,
+            ),
+        ),
+    );
+    add(
+        "peft.MissingTensor.layer-9",
+        peft_recipe(
+            1,
+            &qv_cfg,
+            &safetensors(
+                &[
+                    (
+                        "base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight",
+                        "F16",
+                        &[4, 64],
+                        [0, 512],
+                    ),
+                    (
+                        "base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight",
+                        "F16",
+                        &[64, 4],
+                        [512, 1024],
+                    ),
+                ],
+                1024,
+            ),
+        ),
+    );
+    add(
+        "peft.MissingTensor.no-tensors",
+        peft_recipe(1, &qv_cfg, &safetensors(&[], 0)),
+    );
+    add(
+        "peft.MissingTensor.use-dora-without-magnitude",
+        peft_recipe(
+            1,
+            &qv_config(|c| {
+                c.insert("use_dora".into(), true.into());
+            }),
+            &qv_st,
+        ),
+    );
     out
 }
 
@@ -813,7 +1406,9 @@ fn every_committed_gguf_parses() {
     let mut stack = vec![root.join("tests/fixtures"), root.join("models")];
     let mut n = 0;
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd {
             let p = e.expect("dir entry").path();
             if p.is_dir() {

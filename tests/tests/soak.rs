@@ -70,8 +70,20 @@ fn make(base: &Gguf<'_>, targets: &[(usize, usize)], r: usize, seed: u64, ty: Gg
         let name = format!("blk.{l}.{}.weight", LINEAR_NAMES[k]);
         let a = bytes(r * t.cols(), &mut rng);
         let b = bytes(t.rows() * r, &mut rng);
-        w.add_tensor(&format!("{name}.lora_a"), ty, &[t.cols() as u64, r as u64], a).expect("a");
-        w.add_tensor(&format!("{name}.lora_b"), ty, &[r as u64, t.rows() as u64], b).expect("b");
+        w.add_tensor(
+            &format!("{name}.lora_a"),
+            ty,
+            &[t.cols() as u64, r as u64],
+            a,
+        )
+        .expect("a");
+        w.add_tensor(
+            &format!("{name}.lora_b"),
+            ty,
+            &[r as u64, t.rows() as u64],
+            b,
+        )
+        .expect("b");
     }
     w.to_bytes()
 }
@@ -91,11 +103,19 @@ fn hash_logits(h: &mut u64, logits: &[f32]) {
 
 /// Prompt, then `GEN` greedy tokens, on `st` (cleared first). `batched` uses `prefill_with`
 /// for the prompt, otherwise one `forward_with` per token: both must give the same answer.
-fn answer(m: &Model<'_, 4>, st: &mut State<'_>, set: &AdapterSet<'_, '_, '_>, prompt: &[u32], batched: bool) -> Answer {
+fn answer(
+    m: &Model<'_, 4>,
+    st: &mut State<'_>,
+    set: &AdapterSet<'_, '_, '_>,
+    prompt: &[u32],
+    batched: bool,
+) -> Answer {
     st.clear();
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut last = if batched {
-        m.prefill_with(prompt, 0, st, set).expect("prefill").to_vec()
+        m.prefill_with(prompt, 0, st, set)
+            .expect("prefill")
+            .to_vec()
     } else {
         let mut l = vec![];
         for (p, &t) in prompt.iter().enumerate() {
@@ -109,11 +129,17 @@ fn answer(m: &Model<'_, 4>, st: &mut State<'_>, set: &AdapterSet<'_, '_, '_>, pr
         let t = argmax(&last);
         *slot = t;
         if i + 1 < GEN {
-            last = m.forward_with(t, prompt.len() + i, st, set).expect("generate").to_vec();
+            last = m
+                .forward_with(t, prompt.len() + i, st, set)
+                .expect("generate")
+                .to_vec();
             hash_logits(&mut h, &last);
         }
     }
-    Answer { tokens, logit_hash: h }
+    Answer {
+        tokens,
+        logit_hash: h,
+    }
 }
 
 /// The adapter sets requests choose from: none, each adapter alone, two at once.
@@ -135,14 +161,21 @@ fn ten_thousand_requests_with_random_adapter_swaps_match_fresh_runs() {
     let base = Gguf::parse(&base_bytes).expect("base");
     let model: Model<4> = Model::from_gguf(&base).expect("model");
     let cfg = *model.config();
-    let all: Vec<(usize, usize)> = (0..cfg.n_layers).flat_map(|l| (0..LINEAR_NAMES.len()).map(move |k| (l, k))).collect();
-    let attn: Vec<(usize, usize)> = (0..cfg.n_layers).flat_map(|l| (0..4).map(move |k| (l, k))).collect();
+    let all: Vec<(usize, usize)> = (0..cfg.n_layers)
+        .flat_map(|l| (0..LINEAR_NAMES.len()).map(move |k| (l, k)))
+        .collect();
+    let attn: Vec<(usize, usize)> = (0..cfg.n_layers)
+        .flat_map(|l| (0..4).map(move |k| (l, k)))
+        .collect();
     let files = [
         make(&base, &all, 8, 1, GgmlType::F32),
         make(&base, &attn, 4, 2, GgmlType::F16),
         make(&base, &[(0, 6), (1, 4), (1, 5)], 16, 3, GgmlType::F16),
     ];
-    let parsed: Vec<Adapter<'_>> = files.iter().map(|f| Adapter::parse(f).expect("adapter")).collect();
+    let parsed: Vec<Adapter<'_>> = files
+        .iter()
+        .map(|f| Adapter::parse(f).expect("adapter"))
+        .collect();
     let n = Adapter::slots_len(&cfg);
     let mut slots: Vec<Vec<_>> = (0..3).map(|_| vec![None; n]).collect();
     let bound: Vec<BoundAdapter<'_, '_>> = parsed
@@ -154,7 +187,11 @@ fn ten_thousand_requests_with_random_adapter_swaps_match_fresh_runs() {
 
     let mut rng = Rng(0x5eed);
     let prompts: Vec<Vec<u32>> = (0..PROMPTS)
-        .map(|_| (0..1 + rng.below(CTX - GEN)).map(|_| rng.below(cfg.vocab) as u32).collect())
+        .map(|_| {
+            (0..1 + rng.below(CTX - GEN))
+                .map(|_| rng.below(cfg.vocab) as u32)
+                .collect()
+        })
         .collect();
 
     // References: a fresh state for every (set, prompt).
@@ -174,10 +211,18 @@ fn ten_thousand_requests_with_random_adapter_swaps_match_fresh_runs() {
         .collect();
     // The adapters must matter, or the test proves nothing.
     for (i, r) in reference.iter().enumerate().skip(1) {
-        let differ = r.iter().zip(&reference[0]).filter(|(a, b)| a.logit_hash != b.logit_hash).count();
-        assert_eq!(differ, PROMPTS, "adapter set {i} leaves some logits unchanged");
+        let differ = r
+            .iter()
+            .zip(&reference[0])
+            .filter(|(a, b)| a.logit_hash != b.logit_hash)
+            .count();
+        assert_eq!(
+            differ, PROMPTS,
+            "adapter set {i} leaves some logits unchanged"
+        );
     }
-    let distinct: std::collections::BTreeSet<[u32; GEN]> = reference.iter().flatten().map(|a| a.tokens).collect();
+    let distinct: std::collections::BTreeSet<[u32; GEN]> =
+        reference.iter().flatten().map(|a| a.tokens).collect();
 
     // The soak: one state, reused, a random adapter set per request.
     let mut buf = vec![0f32; State::len_for(&cfg, CTX)];
@@ -218,9 +263,15 @@ fn ten_thousand_requests_with_random_adapter_swaps_match_fresh_runs() {
                     let mut bad = 0;
                     for i in 0..PER_THREAD {
                         // Each thread favours its own adapter set but also swaps.
-                        let s = if i % 3 == 0 { rng.below(sets.len()) } else { (t + 1) % sets.len() };
+                        let s = if i % 3 == 0 {
+                            rng.below(sets.len())
+                        } else {
+                            (t + 1) % sets.len()
+                        };
                         let p = rng.below(PROMPTS);
-                        if answer(model, &mut st, &sets[s], &prompts[p], i % 2 == 1) != reference[s][p] {
+                        if answer(model, &mut st, &sets[s], &prompts[p], i % 2 == 1)
+                            != reference[s][p]
+                        {
                             bad += 1;
                         }
                     }
@@ -228,9 +279,15 @@ fn ten_thousand_requests_with_random_adapter_swaps_match_fresh_runs() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let (done, bad): (usize, usize) = results.iter().fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
     println!("concurrent: {THREADS} threads, {done} requests on one shared model, {bad} mismatches, {:.2?}", t2.elapsed());
-    assert_eq!(bad, 0, "concurrent generations disagreed with fresh single-adapter runs");
+    assert_eq!(
+        bad, 0,
+        "concurrent generations disagreed with fresh single-adapter runs"
+    );
 }

@@ -865,7 +865,9 @@ impl<'a> Gguf<'a> {
             // The size from type and dims, not `t.data.len()`: while streaming, a tensor whose
             // bytes have not arrived has an empty view but still occupies its range.
             // `read_tensor_info` checked `offset + size` against the file length.
-            let size = t.ty.row_bytes(t.ne[0]).and_then(|r| r.checked_mul(t.n_rows()));
+            let size =
+                t.ty.row_bytes(t.ne[0])
+                    .and_then(|r| r.checked_mul(t.n_rows()));
             prev_end = t.offset + size.unwrap_or(t.data.len() as u64);
             if bloom.insert(t.name.as_bytes()) {
                 let mut c = Cursor::at(bytes, ti_start);
