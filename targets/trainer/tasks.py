@@ -496,6 +496,14 @@ _ECHO = [
     'log {js} copied {js}',
     'The assistant said "{rep}" to {p}.',
     '{p} heard "{rep}" and said "{rep}" back, laughing.',
+    '{cmd}\n{cmd}',
+    '{p}: {cmd}\n{q}: {cmd}?',
+    '{js}\n{js}',
+    '{rep}\n{rep}',
+    'note: {r} {w} {n}\nagain: {r} {w} {n}',
+    'First the {r} {w}, then the {r2} {w2}. The {r} {w} was quick; the {r2} {w2} took {n} minutes.',
+    '"room":"{r}" is the {r}, "room":"{r2}" is the {r2}.',
+    'The {w} is logged as "device":"{dev}" and the {w2} as "device":"{dev2}".',
 ]
 
 
@@ -505,16 +513,17 @@ def _echo_line(rng: random.Random, held_out: set[str]) -> str | None:
     cmd, m = make_command(rng)
     if cmd in held_out:
         return None
-    dev = rng.choice(sorted(DEVICE_WORDS))
+    dev, dev2 = rng.sample(sorted(DEVICE_WORDS), 2)
     rooms = rng.sample(ROOMS, 3)
     return rng.choice(_ECHO).format(
         p=rng.choice(_PEOPLE), q=rng.choice(_PEOPLE), cmd=cmd, r=rooms[0], r2=rooms[1], r3=rooms[2],
-        w=rng.choice(DEVICE_WORDS[dev][0]), dev=dev, n=rng.randint(0, 100),
+        w=rng.choice(DEVICE_WORDS[dev][0]), dev=dev, w2=rng.choice(DEVICE_WORDS[dev2][0]), dev2=dev2,
+        n=rng.randint(0, 100),
         js=intent_json(make_command(rng)[1]), rep=reply_text(make_command(rng)[1]))
 
 
 def corpus_lines(n_lines: int = 120_000, seed: int = SEED + 7) -> list[str]:
-    """Domain text for pre-training, one short document a line.
+    """Domain text for pre-training, one short document a line (a few contain a newline).
 
     Mix (by line): commands alone, JSON records alone, replies alone (three separate draws, so
     a command is never followed by its own answer), prose that states spoken and written forms
@@ -530,23 +539,23 @@ def corpus_lines(n_lines: int = 120_000, seed: int = SEED + 7) -> list[str]:
     lines: list[str] = []
     while len(lines) < n_lines:
         r = rng.random()
-        if r < 0.22:  # repetition and copying
+        if r < 0.35:  # repetition and copying
             line = _echo_line(rng, held_out)
             if line is not None:
                 lines.append(line)
-        elif r < 0.38:  # a few commands in a row, as a user might say them
+        elif r < 0.47:  # a few commands in a row, as a user might say them
             cmds = []
             while len(cmds) < rng.randint(1, 3):
                 c, _ = make_command(rng)
                 if c not in held_out:
                     cmds.append(c)
             lines.append(". ".join(cmds) + ".")
-        elif r < 0.48:  # device event log: JSON records of other commands
+        elif r < 0.55:  # device event log: JSON records of other commands
             recs = [intent_json(make_command(rng)[1]) for _ in range(rng.randint(1, 3))]
             lines.append("log " + " ".join(recs))
-        elif r < 0.58:  # assistant confirmations of other commands
+        elif r < 0.63:  # assistant confirmations of other commands
             lines.append(" ".join(reply_text(make_command(rng)[1]) for _ in range(rng.randint(1, 3))))
-        elif r < 0.84:  # spoken and written forms together
+        elif r < 0.87:  # spoken and written forms together
             make, templates = prose[rng.choices(list(prose), weights=[40, 25, 15, 20])[0]]
             s, c = make(rng)
             if s in held_out:
