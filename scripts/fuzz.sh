@@ -116,7 +116,9 @@ summary=fuzz/target/logs/summary.txt
 for t in "${targets[@]}"; do
   log=fuzz/target/logs/$t.log
   # max_len: the largest seed (libFuzzer's default) would be 560 KB for the f32 model; the
-  # targets' interesting structure is in the first few tens of KB.
+  # targets' interesting structure is in the first few tens of KB. No -jobs/-workers: without
+  # them libFuzzer is one process on one thread (with them it also writes fuzz-N.log files
+  # into the repository root).
   case $t in
     gguf|adapter) maxlen=200000 ;;
     peft) maxlen=131072 ;;
@@ -127,7 +129,7 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   set +e
   nice -n 10 cargo +nightly fuzz run "$t" "$C/$t" -- \
-    -max_total_time="$secs" -jobs=1 -workers=1 -print_final_stats=1 -max_len=$maxlen \
+    -max_total_time="$secs" -print_final_stats=1 -max_len=$maxlen \
     -timeout=20 -rss_limit_mb=4096 >"$log" 2>&1
   rc=$?
   set -e
