@@ -27,7 +27,8 @@ fn good_slots() -> &'static Vec<Option<LoraPair<'static>>> {
         let b = common::tiny();
         let a = Adapter::parse(GOOD).expect("committed adapter parses");
         let mut slots = vec![None; Adapter::slots_len(b.model.config())];
-        a.bind(&b.gguf, &b.model, &mut slots).expect("committed adapter fits the tiny model");
+        a.bind(&b.gguf, &b.model, &mut slots)
+            .expect("committed adapter fits the tiny model");
         slots
     })
 }
@@ -38,14 +39,22 @@ fn two_tokens(set: &AdapterSet<'_, '_, '_>) {
     let mut buf = vec![0f32; State::len_for(&cfg, 2)];
     let mut st = State::new(&cfg, 2, &mut buf).expect("state");
     for (pos, tok) in [(0usize, 1u32), (1, 42)] {
-        let logits = m.forward_with(tok, pos, &mut st, set).expect("bound adapter runs");
+        let logits = m
+            .forward_with(tok, pos, &mut st, set)
+            .expect("bound adapter runs");
         assert_eq!(logits.len(), cfg.vocab);
     }
 }
 
 fn merge_one(bound: &BoundAdapter<'_, '_>, pick: u8) {
     let m = &common::tiny().model;
-    let ty = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1][pick as usize % 5];
+    let ty = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+    ][pick as usize % 5];
     for l in 0..m.config().n_layers {
         for k in 0..LINEARS {
             let Some(p) = bound.pair(l, k) else { continue };
@@ -76,7 +85,12 @@ fuzz_target!(|data: &[u8]| {
         std::hint::black_box(parse_target(name));
     }
     assert_eq!(n, a.n_pairs());
-    std::hint::black_box((a.alpha(), a.fingerprint(), a.head(), a.gguf().tensor_count()));
+    std::hint::black_box((
+        a.alpha(),
+        a.fingerprint(),
+        a.head(),
+        a.gguf().tensor_count(),
+    ));
 
     let base = common::tiny();
     let good = good_slots();
@@ -95,12 +109,17 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             if let Some(h) = bound.head() {
-                assert_eq!((h.rows(), h.cols()), (base.model.output().rows(), base.model.output().cols()));
+                assert_eq!(
+                    (h.rows(), h.cols()),
+                    (base.model.output().rows(), base.model.output().cols())
+                );
             }
             two_tokens(&AdapterSet::single(&bound, 1.0));
             let mut gs = good.clone();
             let good_a = Adapter::parse(GOOD).expect("good");
-            let gb = good_a.bind(&base.gguf, &base.model, &mut gs).expect("good binds");
+            let gb = good_a
+                .bind(&base.gguf, &base.model, &mut gs)
+                .expect("good binds");
             let mut set = AdapterSet::single(&gb, 0.5);
             set.push(&bound, 2.0).expect("two of MAX_ACTIVE");
             two_tokens(&set);

@@ -44,7 +44,8 @@ fn slots(variant: u8) -> &'static [Slots; 2] {
                 [PLAIN, RSLORA].map(|bytes| {
                     let a = Adapter::parse(bytes).expect("committed adapter");
                     let mut s = vec![None; Adapter::slots_len(b.model.config())];
-                    a.bind(&b.gguf, &b.model, &mut s).expect("committed adapter binds");
+                    a.bind(&b.gguf, &b.model, &mut s)
+                        .expect("committed adapter binds");
                     s
                 })
             })
@@ -61,7 +62,10 @@ fn replay(m: &Model<'_, 4>, set: &AdapterSet<'_, '_, '_>, ctx: usize, shadow: &S
     let mut last = Vec::new();
     for (pos, &(t, mode)) in shadow.iter().enumerate() {
         st.set_kernel_mode(mode);
-        last = m.forward_with(t, pos, &mut st, set).expect("replay").to_vec();
+        last = m
+            .forward_with(t, pos, &mut st, set)
+            .expect("replay")
+            .to_vec();
     }
     last
 }
@@ -78,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
     // Adapter sets: bound views share the static slot tables.
     let pick = (head >> 2) & 3;
     let s = slots(variant);
-    let (pa, ra) = (Adapter::parse(PLAIN).expect("plain"), Adapter::parse(RSLORA).expect("rslora"));
+    let (pa, ra) = (
+        Adapter::parse(PLAIN).expect("plain"),
+        Adapter::parse(RSLORA).expect("rslora"),
+    );
     let mut t0 = s[0].clone();
     let mut t1 = s[1].clone();
     let b0 = pa.bind(&base.gguf, m, &mut t0).expect("bind");
@@ -101,13 +108,21 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let mut mode = if head & 16 != 0 { KernelMode::Reference } else { KernelMode::Fast };
+    let mut mode = if head & 16 != 0 {
+        KernelMode::Reference
+    } else {
+        KernelMode::Fast
+    };
     st.set_kernel_mode(mode);
     let mut shadow: Shadow = Vec::new();
     let mut last: Option<(Shadow, Vec<f32>)> = None;
     let token = |r: &mut Recipe<'_>| -> u32 {
         let v = r.u16();
-        if v == 0xffff { r.u32() } else { v as u32 % (vocab as u32 + 4) }
+        if v == 0xffff {
+            r.u32()
+        } else {
+            v as u32 % (vocab as u32 + 4)
+        }
     };
 
     let mut ops = 0;
@@ -122,7 +137,10 @@ fuzz_target!(|data: &[u8]| {
                 let ok = (t as usize) < vocab && pos < ctx && pos <= filled;
                 match res {
                     Ok(l) => {
-                        assert!(ok, "forward({t}, {pos}) accepted (ctx {ctx}, filled {filled})");
+                        assert!(
+                            ok,
+                            "forward({t}, {pos}) accepted (ctx {ctx}, filled {filled})"
+                        );
                         assert_eq!(l.len(), vocab);
                         shadow.truncate(pos);
                         shadow.push((t, mode));
@@ -145,8 +163,13 @@ fuzz_target!(|data: &[u8]| {
                 let n = r.u8() as usize % 9;
                 let toks: Vec<u32> = (0..n).map(|_| token(&mut r)).collect();
                 let start = r.u8() as usize;
-                let res = m.prefill_with(&toks, start, &mut st, &set).map(|l| l.to_vec());
-                let ok = n > 0 && toks.iter().all(|&t| (t as usize) < vocab) && start + n <= ctx && start <= shadow.len();
+                let res = m
+                    .prefill_with(&toks, start, &mut st, &set)
+                    .map(|l| l.to_vec());
+                let ok = n > 0
+                    && toks.iter().all(|&t| (t as usize) < vocab)
+                    && start + n <= ctx
+                    && start <= shadow.len();
                 match res {
                     Ok(l) => {
                         assert!(ok, "prefill({toks:?}, {start}) accepted");
@@ -167,7 +190,11 @@ fuzz_target!(|data: &[u8]| {
                 shadow.truncate(n);
             }
             4 => {
-                mode = if mode == KernelMode::Fast { KernelMode::Reference } else { KernelMode::Fast };
+                mode = if mode == KernelMode::Fast {
+                    KernelMode::Reference
+                } else {
+                    KernelMode::Fast
+                };
                 st.set_kernel_mode(mode);
             }
             _ => {
@@ -181,7 +208,9 @@ fuzz_target!(|data: &[u8]| {
                 };
                 if let (Ok(mut smp), Some((sh, l))) = (Sampler::new(sc), &last) {
                     let recent: Vec<u32> = sh.iter().map(|x| x.0).collect();
-                    let t = smp.sample(&mut l.clone(), &recent).expect("non-empty logits");
+                    let t = smp
+                        .sample(&mut l.clone(), &recent)
+                        .expect("non-empty logits");
                     assert!((t as usize) < vocab);
                 }
             }
@@ -190,7 +219,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some((sh, l)) = last {
         let again = replay(m, &set, ctx, &sh);
-        let same = l.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "logits after {} positions differ from a fresh replay", sh.len());
+        let same = l
+            .iter()
+            .zip(&again)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "logits after {} positions differ from a fresh replay",
+            sh.len()
+        );
     }
 });

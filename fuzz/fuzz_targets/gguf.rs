@@ -79,7 +79,9 @@ fn check_file(data: &[u8], g: &Gguf<'_>) -> u64 {
         h ^= g.get_u64(k).unwrap_or(10);
         h ^= g.get_i64(k).map_or(11, |x| x as u64);
         h ^= g.get_f32(k).map_or(12, |x| x.to_bits() as u64);
-        h ^= g.get_f32_opt(k).map_or(13, |x| x.map_or(14, |x| x.to_bits() as u64));
+        h ^= g
+            .get_f32_opt(k)
+            .map_or(13, |x| x.map_or(14, |x| x.to_bits() as u64));
         h ^= g.get_bool(k).map_or(15, u64::from);
         h ^= g.get_str(k).map_or(16, |s| s.len() as u64);
         h ^= g.get_array(k).map_or(17, |a| a.len() as u64);
@@ -87,7 +89,11 @@ fn check_file(data: &[u8], g: &Gguf<'_>) -> u64 {
             h ^= g.get_array_of(k, t).map_or(18, |a| a.len() as u64);
         }
     }
-    assert_eq!(n_kv, g.kv_count(), "metadata yields exactly the declared count");
+    assert_eq!(
+        n_kv,
+        g.kv_count(),
+        "metadata yields exactly the declared count"
+    );
     assert!(g.get("\u{0}no such key\u{0}").is_none());
     assert!(g.get_u32("\u{0}no such key\u{0}").is_err());
 
@@ -98,8 +104,14 @@ fn check_file(data: &[u8], g: &Gguf<'_>) -> u64 {
         assert!((1..=4).contains(&t.n_dims));
         assert_eq!(t.dims().len(), t.n_dims);
         let rows = t.n_rows();
-        let row = t.ty.row_bytes(t.row_len()).expect("row length was validated");
-        assert_eq!(t.data.len() as u64, row * rows, "tensor bytes = rows x row bytes");
+        let row =
+            t.ty.row_bytes(t.row_len())
+                .expect("row length was validated");
+        assert_eq!(
+            t.data.len() as u64,
+            row * rows,
+            "tensor bytes = rows x row bytes"
+        );
         assert_eq!(t.n_elements(), t.row_len() * rows);
         assert_eq!(t.file_offset, g.data_offset() + t.offset);
         assert!(t.offset >= prev_end, "tensors do not overlap");
@@ -117,7 +129,11 @@ fn check_file(data: &[u8], g: &Gguf<'_>) -> u64 {
             }
         }
     }
-    assert_eq!(n_t, g.tensor_count(), "tensors yield exactly the declared count");
+    assert_eq!(
+        n_t,
+        g.tensor_count(),
+        "tensors yield exactly the declared count"
+    );
     assert!(g.tensor("\u{0}no such tensor").is_err());
     h ^= edgelora::lora::base_fingerprint(g);
     h
@@ -137,7 +153,10 @@ fn check_prefixes(data: &[u8], g: &Gguf<'_>) {
                 assert_eq!(h.tensor_count(), g.tensor_count());
             }
             Ok(HeaderState::NeedMore(need)) => {
-                assert!(need > k as u64 && need <= n as u64, "need {need} at {k} of {n}");
+                assert!(
+                    need > k as u64 && need <= n as u64,
+                    "need {need} at {k} of {n}"
+                );
             }
             Err(e) => panic!("prefix {k} of a valid file refused: {e}"),
         }
@@ -153,18 +172,28 @@ fn check_prefixes(data: &[u8], g: &Gguf<'_>) {
 
 /// If the file is a llama model: build it and run two tokens (never panics, finite sizes).
 fn run_model(g: &Gguf<'_>) {
-    let Ok(cfg) = Config::from_gguf(g) else { return };
-    let Ok(model) = Model::<8>::from_gguf(g) else { return };
+    let Ok(cfg) = Config::from_gguf(g) else {
+        return;
+    };
+    let Ok(model) = Model::<8>::from_gguf(g) else {
+        return;
+    };
     assert_eq!(*model.config(), cfg);
     let ctx = cfg.ctx_len.min(4);
-    let Some(len) = State::checked_len_for(&cfg, ctx) else { return };
+    let Some(len) = State::checked_len_for(&cfg, ctx) else {
+        return;
+    };
     // Keep one run's memory bounded (a fuzzed header can declare a vocabulary of millions).
     if len > 1 << 22 {
         return;
     }
     let mut buf = vec![0f32; len];
     let mut st = State::new(&cfg, ctx, &mut buf).expect("state of the computed size");
-    for (pos, tok) in [(0usize, 0u32), (1, (cfg.vocab - 1) as u32), (0, cfg.vocab as u32)] {
+    for (pos, tok) in [
+        (0usize, 0u32),
+        (1, (cfg.vocab - 1) as u32),
+        (0, cfg.vocab as u32),
+    ] {
         let r = model.forward(tok, pos, &mut st);
         if (tok as usize) < cfg.vocab && pos < ctx {
             let logits = r.expect("in-range token at a valid position");
@@ -177,11 +206,15 @@ fn run_model(g: &Gguf<'_>) {
 
 /// If the file carries a tokenizer: build it, encode a fixed text, decode a few ids.
 fn run_tokenizer(g: &Gguf<'_>) {
-    let Ok(words) = Tokenizer::scratch_len(g) else { return };
+    let Ok(words) = Tokenizer::scratch_len(g) else {
+        return;
+    };
     if words > 1 << 22 {
         return;
     }
-    let Ok(tok) = Tokenizer::new_owned(g) else { return };
+    let Ok(tok) = Tokenizer::new_owned(g) else {
+        return;
+    };
     let text = "Hello, wörld! <s> 12345 \u{1F600}\n\t  x";
     let mut ids = vec![0u32; Tokenizer::encode_buf_len(text.len())];
     for special in [false, true] {
@@ -192,7 +225,9 @@ fn run_tokenizer(g: &Gguf<'_>) {
             Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}"),
         }
     }
-    let ids: Vec<u32> = (0..tok.vocab_size().min(64) as u32).chain([u32::MAX]).collect();
+    let ids: Vec<u32> = (0..tok.vocab_size().min(64) as u32)
+        .chain([u32::MAX])
+        .collect();
     let mut out = vec![0u8; tok.max_token_bytes() * 3 + 3];
     let mut dec = tok.decoder();
     for &id in &ids {

@@ -35,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
         for t in &s.tensors {
             assert_eq!(t.data.len(), t.numel() * t.dtype.size());
             assert_eq!(t.to_f32().len(), t.numel());
-            assert_eq!(s.get(&t.name).map(|x| x.data.as_ptr()), Some(t.data.as_ptr()));
+            assert_eq!(
+                s.get(&t.name).map(|x| x.data.as_ptr()),
+                Some(t.data.as_ptr())
+            );
         }
         std::hint::black_box(s.metadata.len());
     }
@@ -43,9 +46,12 @@ fuzz_target!(|data: &[u8]| {
     let dtype = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0][(opt & 3) as usize];
     let base = common::tiny_variant((opt >> 2) & 3);
     let opts = ConvertOptions { dtype, task: None };
-    let Ok((bytes, report)) = convert_peft(config, st, &base.gguf, &opts) else { return };
+    let Ok((bytes, report)) = convert_peft(config, st, &base.gguf, &opts) else {
+        return;
+    };
     let a = Adapter::parse(&bytes).expect("converter output parses as an adapter");
     assert_eq!(a.n_pairs(), report.pairs.len());
     let mut slots = vec![None; Adapter::slots_len(base.model.config())];
-    a.bind(&base.gguf, &base.model, &mut slots).expect("converter output binds to its base");
+    a.bind(&base.gguf, &base.model, &mut slots)
+        .expect("converter output binds to its base");
 });

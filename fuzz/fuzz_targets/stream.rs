@@ -93,13 +93,23 @@ fuzz_target!(|data: &[u8]| {
         assert!(failed.is_none());
         assert_eq!(last, Progress::Complete);
         assert!(Adapter::parse(p).is_ok(), "what loads parses");
-        assert_eq!(&stream[..FRAME_HEADER], &frame_header(p)[..], "frame matches what loaded");
+        assert_eq!(
+            &stream[..FRAME_HEADER],
+            &frame_header(p)[..],
+            "frame matches what loaded"
+        );
         assert_eq!(&stream[FRAME_HEADER..], *p, "payload unchanged");
     }
     if !raw {
         if honest && fits {
             let want = Adapter::parse(body);
-            assert_eq!(out.is_ok(), want.is_ok(), "stream vs whole-file parse: {:?} vs {:?}", out.err(), want.err());
+            assert_eq!(
+                out.is_ok(),
+                want.is_ok(),
+                "stream vs whole-file parse: {:?} vs {:?}",
+                out.err(),
+                want.err()
+            );
         } else {
             assert!(out.is_err(), "a lying or oversized frame loaded");
         }

@@ -55,10 +55,20 @@ fuzz_target!(|data: &[u8]| {
     // Encode.
     let text = String::from_utf8_lossy(text_bytes);
     let mut ids = vec![0u32; Tokenizer::encode_buf_len(text.len())];
-    let n = tok.encode(&text, parse_special, &mut ids).expect("encode_buf_len always suffices");
+    let n = tok
+        .encode(&text, parse_special, &mut ids)
+        .expect("encode_buf_len always suffices");
     let ids = &ids[..n];
-    assert!(ids.iter().all(|&i| (i as usize) < vocab), "encoded id out of vocabulary");
-    assert_eq!(tok.encode_vec(&text, parse_special).expect("encode_vec").as_slice(), ids);
+    assert!(
+        ids.iter().all(|&i| (i as usize) < vocab),
+        "encoded id out of vocabulary"
+    );
+    assert_eq!(
+        tok.encode_vec(&text, parse_special)
+            .expect("encode_vec")
+            .as_slice(),
+        ids
+    );
     let mut short = vec![0u32; small];
     match tok.encode(&text, parse_special, &mut short) {
         Ok(m) => assert_eq!(&short[..m], ids, "short buffer gave other ids"),
@@ -70,10 +80,18 @@ fuzz_target!(|data: &[u8]| {
         .chunks_exact(4)
         .map(|c| {
             let v = u32::from_le_bytes(c.try_into().expect("4 bytes"));
-            if v >> 31 == 0 { v % (vocab as u32 + 8) } else { v }
+            if v >> 31 == 0 {
+                v % (vocab as u32 + 8)
+            } else {
+                v
+            }
         })
         .collect();
-    let all: Vec<u32> = ids.iter().copied().chain(arbitrary.iter().copied()).collect();
+    let all: Vec<u32> = ids
+        .iter()
+        .copied()
+        .chain(arbitrary.iter().copied())
+        .collect();
     let mut dec = tok.decoder().skip_special(skip).strip_leading_space(strip);
     let mut dec_w = dec.clone();
     let mut out = vec![0u8; tok.max_token_bytes() * 3 + 3];
@@ -98,7 +116,10 @@ fuzz_target!(|data: &[u8]| {
         let mut one = vec![0u8; small];
         match tok.decode_token_into(id, &mut one) {
             Ok(k) => assert!(k <= small && in_vocab),
-            Err(e) => assert!(matches!(e.kind(), ErrorKind::BufferTooSmall | ErrorKind::TokenOutOfRange)),
+            Err(e) => assert!(matches!(
+                e.kind(),
+                ErrorKind::BufferTooSmall | ErrorKind::TokenOutOfRange
+            )),
         }
     }
     let k = dec.finish(&mut out).expect("3 bytes always fit");
@@ -107,8 +128,14 @@ fuzz_target!(|data: &[u8]| {
     let text_out = std::str::from_utf8(&bytes).expect("decoder output is UTF-8");
     assert_eq!(text_out, s, "byte and fmt::Write decoding agree");
 
-    let in_vocab: Vec<u32> = all.iter().copied().filter(|&i| (i as usize) < vocab).collect();
-    let full = tok.decode_to_string(&in_vocab).expect("in-vocabulary ids decode");
+    let in_vocab: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|&i| (i as usize) < vocab)
+        .collect();
+    let full = tok
+        .decode_to_string(&in_vocab)
+        .expect("in-vocabulary ids decode");
     let mut buf = vec![0u8; small];
     match tok.decode_into(&in_vocab, &mut buf) {
         Ok(k) => assert_eq!(&buf[..k], full.as_bytes()),
@@ -117,7 +144,10 @@ fuzz_target!(|data: &[u8]| {
 
     // Chat prompt rendering with the fuzzed text as content and role.
     let (role, content) = text.split_at(text.char_indices().nth(3).map_or(text.len(), |(i, _)| i));
-    let msgs = [ChatMessage::new("system", content), ChatMessage::new(role, content)];
+    let msgs = [
+        ChatMessage::new("system", content),
+        ChatMessage::new(role, content),
+    ];
     let t = ChatTemplate::chatml(Some(role));
     let need = t.rendered_len(&msgs, true);
     let mut p = vec![0u8; small];

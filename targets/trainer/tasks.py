@@ -507,9 +507,19 @@ _ECHO = [
 ]
 
 
+_LIST_WORDS = (ROOMS + [w for ws, _ in DEVICE_WORDS.values() for w in ws] + _PEOPLE + _WEATHER
+               + [str(n) for n in range(0, 101, 5)])
+
+
 def _echo_line(rng: random.Random, held_out: set[str]) -> str | None:
     """Text that repeats what it already said (names, numbers, quotes): the in-context copying
-    a model needs to carry a room, device or value from a prompt into an answer."""
+    a model needs to carry a room, device or value from a prompt into an answer. A third of
+    these are random word lists said twice, where only copying predicts the second half."""
+    if rng.random() < 0.33:
+        words = [rng.choice(_LIST_WORDS) for _ in range(rng.randint(3, 8))]
+        head = rng.choice(["list", "items", "note", "say"])
+        sep = rng.choice([". Again: ", "\n", " and again ", ". Repeat: "])
+        return f"{head}: {', '.join(words)}{sep}{', '.join(words)}."
     cmd, m = make_command(rng)
     if cmd in held_out:
         return None
