@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ TARGETS = {
 }
 # default learning rate per base (tuned on these tasks; a 135M pretrained model needs a
 # smaller step than the 0.85M tiny base)
-DEFAULT_LR = {"tiny": 4e-3, "smollm2": 1e-3}
+DEFAULT_LR = {"tiny": 6e-3, "smollm2": 1e-3}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,17 +89,30 @@ def resolve_base(base: str) -> Path:
     return p
 
 
+def gguf_add_bos(path: Path) -> bool | None:
+    """`tokenizer.ggml.add_bos_token` of a GGUF (None if absent)."""
+    from gguf import GGUFReader
+    f = GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    return None if f is None else bool(f.contents())
+
+
 def load_base(path: Path):
+    """Model (float32) and tokenizer. A GGUF is loaded from a private directory holding only
+    a link to it: transformers also reads tokenizer files it finds beside the GGUF (a
+    `tokenizer.model` there silently replaces the GGUF's tokenizer and drops its BOS rule)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if path.suffix == ".gguf":
-        kw = {"gguf_file": path.name}
-        src = str(path.parent)
-    else:
-        kw, src = {}, str(path)
-    tok = AutoTokenizer.from_pretrained(src, **kw)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kw)
-    # a GGUF-loaded model carries a quantizer object that only matters for saving the base,
-    # which we never do; PEFT saves the adapter alone
+    if path.suffix != ".gguf":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    with tempfile.TemporaryDirectory() as td:
+        (Path(td) / path.name).symlink_to(path.resolve())
+        tok = AutoTokenizer.from_pretrained(td, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(td, gguf_file=path.name, dtype=torch.float32)
+    # the runtime tokenises prompts by the GGUF's rule: training and evaluation must see the same ids
+    want_bos = gguf_add_bos(path)
+    has_bos = tok("a")["input_ids"][:1] == [tok.bos_token_id] and tok.bos_token_id is not None
+    if want_bos is not None and want_bos != has_bos:
+        raise SystemExit(f"{path}: add_bos_token={want_bos} but the transformers tokenizer "
+                         f"{'adds' if has_bos else 'does not add'} BOS")
     model.config.use_cache = False
     return model, tok
 
@@ -264,7 +278,7 @@ def parse_args(argv=None):
     ap.add_argument("--save-dtype", choices=("f32", "f16"), default="f32",
                     help="dtype of A and B in adapter_model.safetensors (f16 halves the file; the "
                          "adapter is then evaluated with f16-rounded weights)")
-    ap.add_argument("--lr", type=float, default=None, help="default: 4e-3 for tiny, 1e-3 otherwise")
+    ap.add_argument("--lr", type=float, default=None, help="default: 6e-3 for tiny, 1e-3 otherwise")
     ap.add_argument("--batch", type=int, default=16, help="examples per step (per process)")
     ap.add_argument("--warmup", type=int, default=None, help="default: steps/10, at most 50")
     ap.add_argument("--seed", type=int, default=0)
@@ -410,6 +424,18 @@ def main(argv=None) -> None:
                 if base_eval:
                     row["base"] = base_eval["preds"][i]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # evaluate what ships: the saved files on a freshly loaded base must give the same answers
+        # as the in-memory model (catches a save/load mismatch or a file overwritten by another run)
+        from peft import PeftModel
+        fresh, _ = load_base(base_path)
+        reloaded = PeftModel.from_pretrained(fresh, out).to(device)
+        reload_eval = evaluate(reloaded, tok, args.task, test_rows, max_new, args.eval_batch, device)
+        same = reload_eval["preds"] == lora_eval["preds"]
+        say(f"reloaded from {rel(out)}: exact match {reload_eval['exact_match']:.3f}"
+            + ("" if same else " -- DIFFERS from the in-memory model"))
+        if not same:
+            raise SystemExit(f"{out}: the saved adapter does not reproduce the trained model's answers")
+        del fresh, reloaded
         export = {"skipped": "--no-convert"} if args.no_convert else convert(out, base_path, args.task,
                                                                               find_edgelora(args.edgelora))
         metrics = {
@@ -423,6 +449,7 @@ def main(argv=None) -> None:
             "test_n": len(test_rows),
             "exact_match_base_alone": base_eval["exact_match"] if base_eval else None,
             "exact_match_adapter": lora_eval["exact_match"],
+            "reloaded_matches": True,
             "note": "exact match of PyTorch PEFT (float32, the dequantised base the adapter was trained on), "
                     "greedy decoding, answer = text before the first newline",
             "final_loss": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),

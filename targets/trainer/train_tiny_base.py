@@ -18,7 +18,8 @@ task (train.py) has to teach it.
 
 Run from the repository root (about 25 min on 2 CPU cores; minutes on a GPU):
     .venv/bin/python targets/trainer/train_tiny_base.py
-Outputs: models/tiny/tiny-base.gguf, models/tiny/tokenizer.model, models/tiny/base.json
+Outputs: models/tiny/tiny-base.gguf, models/tiny/tiny-base.spm.model (the SentencePiece
+model the GGUF's vocabulary came from), models/tiny/base.json
 (config, sizes, loss curve, timing) and the float checkpoint in
 targets/trainer/build/tiny-base-hf/ (not committed: 3.4 MB, rebuilt by this script).
 Deterministic on CPU with the same thread count (seeded torch / numpy, single-threaded
@@ -269,7 +270,8 @@ def main() -> None:
     model = model.float().cpu().eval()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tokenizer.model").write_bytes(sp.serialized_model_proto())
+    # not named tokenizer.model: transformers would load that instead of the GGUF's own tokenizer
+    (args.out / "tiny-base.spm.model").write_bytes(sp.serialized_model_proto())
     HF_DIR.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(HF_DIR)
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}

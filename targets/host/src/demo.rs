@@ -59,6 +59,13 @@ pub struct EvalArgs {
     /// Print every prediction.
     #[arg(long)]
     pub verbose: bool,
+    /// Use the scalar f32-activation reference kernels instead of the SIMD fast path
+    /// (slower; isolates the effect of quantising activations to Q8).
+    #[arg(long)]
+    pub reference: bool,
+    /// Print one JSON object (task, correct, n, exact_match, predictions) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One held-out example.
@@ -271,6 +278,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let ctx = 128.min(cfg.ctx_len);
     let mut buf = state_buffer(&cfg, ctx);
     let mut st = State::new(&cfg, ctx, &mut buf)?;
+    if a.reference {
+        st.set_kernel_mode(edgelora::model::KernelMode::Reference);
+    }
     let am = match &a.adapter {
         Some(p) => Some(map(p)?),
         None => None,
@@ -294,10 +304,15 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let t = Instant::now();
     let mut ok = 0;
+    let mut preds = vec![];
     for (i, e) in ex.iter().enumerate() {
         let (pred, _) = answer(&model, &tok, &mut st, &set, &a.task, &e.input, a.max_new)?;
         let hit = pred == e.output;
         ok += hit as usize;
+        if a.json {
+            preds.push(serde_json::Value::String(pred));
+            continue;
+        }
         if a.verbose {
             println!(
                 "{} {i}: {:?} -> {pred:?}{}",
@@ -311,8 +326,22 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             );
         }
     }
+    if a.json {
+        let v = serde_json::json!({
+            "task": a.task,
+            "model": path.display().to_string(),
+            "adapter": a.adapter.as_ref().map(|p| p.display().to_string()),
+            "kernels": if a.reference { "reference" } else { "fast" },
+            "correct": ok,
+            "n": ex.len(),
+            "exact_match": ok as f64 / ex.len().max(1) as f64,
+            "predictions": preds,
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
-        "task {}: exact match {ok}/{} = {:.1}% ({} on {}, {:.1} s)",
+        "task {}: exact match {ok}/{} = {:.1}% ({} on {}, {} kernels, {:.1} s)",
         a.task,
         ex.len(),
         100.0 * ok as f64 / ex.len().max(1) as f64,
@@ -321,6 +350,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "base alone".into()),
         path.display(),
+        if a.reference { "reference" } else { "fast" },
         t.elapsed().as_secs_f64()
     );
     Ok(())
