@@ -27,6 +27,12 @@ cargo build -p edgelora --no-default-features --features alloc --target thumbv8m
 echo "== aarch64 NEON kernels under qemu-user"
 bash scripts/test-aarch64.sh
 
+echo "== task data: the committed splits are what the generators produce (pure Python, seeded)"
+tmp_data=$(mktemp -d)
+python3 targets/trainer/tasks.py data --out "$tmp_data" >/dev/null
+diff -r "$tmp_data" targets/trainer/data
+rm -rf "$tmp_data"
+
 echo "== tests"
 # Release-like optimisation for tests is set in Cargo.toml ([profile.test]); parity runs a
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.

@@ -392,7 +392,7 @@ def write_splits(data_dir: Path = DATA_DIR, seed: int = SEED) -> None:
             with p.open("w", encoding="utf-8", newline="\n") as f:
                 for r in rows:
                     f.write(json.dumps({"task": task, **r}, ensure_ascii=False) + "\n")
-            print(f"{p.relative_to(HERE)}: {len(rows)} rows, {p.stat().st_size} bytes")
+            print(f"{p}: {len(rows)} rows, {p.stat().st_size} bytes")
 
 
 def load_split(task: str, split: str, data_dir: Path = DATA_DIR) -> list[dict]:
