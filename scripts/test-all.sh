@@ -20,6 +20,9 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== docs (core, no broken intra-doc links)"
+RUSTDOCFLAGS="-D warnings" cargo doc -p edgelora --no-deps --features std
+
 echo "== no_std: core for thumbv7em-none-eabihf (no alloc, no std)"
 cargo build -p edgelora --no-default-features --target thumbv7em-none-eabihf --release
 cargo build -p edgelora --no-default-features --features alloc --target thumbv8m.main-none-eabihf --release

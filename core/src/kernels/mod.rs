@@ -33,9 +33,9 @@
 //!
 //! # Threads (hosts, feature `std`)
 //!
-//! [`set_threads`]`(n)` splits every matvec's rows (and every matmul's columns) across the
-//! caller and a persistent pool of `n - 1` workers ([`threads`](mod@threads) explains the
-//! design). Chunk boundaries sit on multiples of each kernel's row/column grouping, so the
+//! `set_threads(n)` splits every matvec's rows (and every matmul's columns) across the
+//! caller and a persistent pool of `n - 1` workers (the `threads` module, feature `std`,
+//! explains the design). Chunk boundaries sit on multiples of each kernel's row/column grouping, so the
 //! results are bit-identical to one thread. One thread is the default; without `std` there
 //! is no pool and every split is a plain call.
 //!
