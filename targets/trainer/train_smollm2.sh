@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-160}
+STEPS=${STEPS:-80}
 tasks=("$@")
 [ ${#tasks[@]} -eq 0 ] && tasks=(intent reply normalize)
 for task in "${tasks[@]}"; do
