@@ -523,6 +523,75 @@ fn float_rows_match_oracle() {
     }
 }
 
+/// `Kernel::matvec_float_add` (the LoRA B update `y += s W t`, rows of only r values) against
+/// the oracle's dot per row, for every rank 1..=64 (the SIMD kernels special-case 8/16/32/64
+/// and group rows by 8 or 4) and a few larger ones, row counts that leave every remainder,
+/// all three float types. Same bound as `float_rows_match_oracle` on the dot, plus the one
+/// rounding of the final add. Rows beyond the matrix stay untouched.
+#[test]
+fn float_add_rows_match_oracle() {
+    let _g = lock();
+    let mut rng = Rng(0x5eed);
+    let ranks: Vec<usize> = (1..=64).chain([65, 100, 256]).collect();
+    for k in kernels_here() {
+        for &r in &ranks {
+            for rows in [1usize, 5, 8, 9, 16, 23, 64] {
+                let t: Vec<f32> = (0..r).map(|_| rng.f() * 3.0).collect();
+                let vals: Vec<f32> = (0..r * rows)
+                    .map(|i| match i % 13 {
+                        0 => 0.0,
+                        1 => -60000.0,
+                        2 => 6e-8,
+                        _ => rng.f() * 2.0,
+                    })
+                    .collect();
+                let y0: Vec<f32> = (0..rows + 3).map(|_| rng.f() * 10.0).collect();
+                let s = rng.f() * 4.0;
+                for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+                    let bytes: Vec<u8> = match ty {
+                        GgmlType::F16 => vals.iter().flat_map(|&v| to_f16_le(v)).collect(),
+                        GgmlType::BF16 => vals
+                            .iter()
+                            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                            .collect(),
+                        _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    };
+                    let m = MatRef::new(ty, rows, r, &bytes).unwrap();
+                    let mut y = y0.clone();
+                    k.matvec_float_add(ty, &bytes, r, &t, s, &mut y);
+                    for (i, row) in bytes.chunks_exact(m.row_bytes()).enumerate() {
+                        let dot = r::dot_row_f32(ty, row, &t);
+                        let want = y0[i] + s * dot;
+                        let mut deq = vec![0f32; r];
+                        r::dequantize_row(ty, row, &mut deq);
+                        let sum: f64 = deq.iter().zip(&t).map(|(a, b)| (a * b).abs() as f64).sum();
+                        let tol = (2 * r + 16) as f64 * U * sum * s.abs() as f64
+                            + 2.0 * U * (want.abs() + y0[i].abs()) as f64;
+                        assert!(
+                            ((y[i] - want) as f64).abs() <= tol,
+                            "{:?} {ty:?} r={r} rows={rows} row {i}: {} vs oracle {want} (bound {tol:e})",
+                            k.isa(),
+                            y[i]
+                        );
+                    }
+                    assert_eq!(
+                        &y[rows..],
+                        &y0[rows..],
+                        "{:?} {ty:?} r={r}: rows past W",
+                        k.isa()
+                    );
+                }
+            }
+        }
+        // Degenerate calls leave y alone.
+        let mut y = vec![1.0f32; 4];
+        k.matvec_float_add(GgmlType::F16, &[0u8; 16], 0, &[], 1.0, &mut y);
+        k.matvec_float_add(GgmlType::F16, &[0u8; 16], 8, &[1.0; 3], 1.0, &mut y);
+        k.matvec_float_add(GgmlType::Q8_0, &[0u8; 34], 32, &[1.0; 32], 1.0, &mut y);
+        assert_eq!(y, [1.0; 4], "{:?}", k.isa());
+    }
+}
+
 // ---- the model path (MatRef + Input) and the dispatcher -----------------------------------
 
 #[test]

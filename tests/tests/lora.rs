@@ -417,3 +417,109 @@ fn streaming_any_chunk_size_and_fault_injection() {
         stream.len()
     );
 }
+
+const Q8_0_ZERO: edgelora::quant::BlockQ8_0 = edgelora::quant::BlockQ8_0 {
+    d: [0; 2],
+    qs: [0; 32],
+};
+const Q8_1_ZERO: edgelora::quant::BlockQ8_1 = edgelora::quant::BlockQ8_1 {
+    d: [0; 2],
+    s: [0; 2],
+    qs: [0; 32],
+};
+
+/// Encode `v` as `ty` (Q8_0: a whole number of blocks).
+fn encode(ty: GgmlType, v: &[f32]) -> Vec<u8> {
+    match ty {
+        GgmlType::F32 => f32_bytes(v),
+        GgmlType::F16 => v
+            .iter()
+            .flat_map(|&x| edgelora::quant::to_f16_le(x))
+            .collect(),
+        GgmlType::BF16 => v
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => {
+            let mut b = vec![Q8_0_ZERO; v.len() / 32];
+            edgelora::kernels::reference::quantize_row_q8_0(v, &mut b);
+            edgelora::quant::blocks_as_bytes(&b).to_vec()
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// `AdapterSet::apply` on the fast path of every ISA this machine runs (the fused B kernel for
+/// float B, the matvec + add for Q8_0 B; A on the activation's Q8 form when A is Q8_0) against
+/// the reference path, for every A/B type pair and ranks that are and are not multiples of
+/// the kernels' row and element groupings, with DoRA off.
+#[test]
+fn apply_fast_matches_reference_all_types_and_isas() {
+    use edgelora::kernels::{Input, Isa, KernelMode};
+    let bytes = tiny();
+    let g = Gguf::parse(&bytes).unwrap();
+    let m: Model<4> = Model::from_gguf(&g).unwrap();
+    let types = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
+    for r in [1usize, 3, 8, 13, 16, 32, 40, 64] {
+        for ta in types {
+            for tb in types {
+                if tb == GgmlType::Q8_0 && r % 32 != 0 {
+                    continue; // Q8_0 rows are whole 32-element blocks
+                }
+                let mut w = GgufWriter::new();
+                w.set("general.architecture", OwnedValue::Str("llama".into()));
+                w.set("general.type", OwnedValue::Str("adapter".into()));
+                w.set("adapter.type", OwnedValue::Str("lora".into()));
+                w.set("adapter.lora.alpha", OwnedValue::F32(2.0 * r as f32));
+                for (k, name) in LINEAR_NAMES.iter().enumerate() {
+                    let t = m.layer(0).unwrap().linear(k);
+                    let target = format!("blk.0.{name}.weight");
+                    let a = rnd(7 + k as u64 + 100 * r as u64, r * t.cols(), 0.5);
+                    let b = rnd(77 + k as u64 + 100 * r as u64, t.rows() * r, 0.5);
+                    let dims_a = [t.cols() as u64, r as u64];
+                    let dims_b = [r as u64, t.rows() as u64];
+                    w.add_tensor(&format!("{target}.lora_a"), ta, &dims_a, encode(ta, &a))
+                        .unwrap();
+                    w.add_tensor(&format!("{target}.lora_b"), tb, &dims_b, encode(tb, &b))
+                        .unwrap();
+                }
+                let file = w.to_bytes();
+                let ad = Adapter::parse(&file).unwrap();
+                let mut slots = vec![None; Adapter::slots_len(m.config())];
+                let bound = ad.bind(&g, &m, &mut slots).unwrap();
+                let set = AdapterSet::single(&bound, 0.75);
+                for k in 0..LINEARS {
+                    let t = m.layer(0).unwrap().linear(k);
+                    let x = rnd(5 + k as u64, t.cols(), 1.0);
+                    let y0 = rnd(9 + k as u64, t.rows(), 1.0);
+                    let (mut tmp, mut out_tmp) = (vec![0f32; 256], vec![0f32; t.rows()]);
+                    let kern = Isa::Portable.kernel().unwrap();
+                    let mut want = y0.clone();
+                    let mut xin = Input::new(&x, &mut [], &mut [], kern, KernelMode::Reference);
+                    set.apply(0, k, &mut xin, &mut want, &mut tmp, &mut out_tmp);
+                    let scale = want
+                        .iter()
+                        .zip(&y0)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(scale > 0.0);
+                    // Q8_0 A reads the activation quantised to 8 bits (~0.4% per element).
+                    let tol = if ta == GgmlType::Q8_0 { 2e-2 } else { 1e-4 } * scale;
+                    for isa in Isa::ALL {
+                        let Some(kern) = isa.kernel() else { continue };
+                        let mut q0 = vec![Q8_0_ZERO; t.cols() / 32];
+                        let mut q1 = vec![Q8_1_ZERO; t.cols() / 32];
+                        let mut got = y0.clone();
+                        let mut xin = Input::new(&x, &mut q0, &mut q1, kern, KernelMode::Fast);
+                        set.apply(0, k, &mut xin, &mut got, &mut tmp, &mut out_tmp);
+                        let d = max_diff(&[got], &[want.clone()]);
+                        assert!(
+                            d <= tol,
+                            "{isa:?} r={r} A {ta:?} B {tb:?} linear {k}: {d} > {tol}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

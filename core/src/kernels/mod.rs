@@ -291,6 +291,12 @@ impl Isa {
 pub(crate) type QRowsFn<W, A> = fn(w: &[W], bpr: usize, x: &[A], y: &mut [f32]);
 /// As [`QRowsFn`] for little-endian F16/BF16/F32 rows of `cols` elements against f32 `x`.
 pub(crate) type FRowsFn = fn(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]);
+/// `y[o] += s * dot(w row o, t)` for little-endian F16/BF16/F32 rows of `r` elements: the
+/// LoRA B update, whose rows are only `r` (the rank) values long, so kernels compute several
+/// rows per pass and reduce them together instead of paying a horizontal sum per row.
+/// Callers ([`Kernel::matvec_float_add`]) guarantee `r > 0`, `t.len() == r` and
+/// `w.len() == y.len() * r * element bytes`.
+pub(crate) type FAddRowsFn = fn(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]);
 /// Quantise `x` (a whole number of blocks) into `y`.
 pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
 
@@ -307,6 +313,9 @@ pub struct Kernel {
     pub(crate) f16: FRowsFn,
     pub(crate) bf16: FRowsFn,
     pub(crate) f32: FRowsFn,
+    pub(crate) f16_add: FAddRowsFn,
+    pub(crate) bf16_add: FAddRowsFn,
+    pub(crate) f32_add: FAddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
 }
@@ -401,6 +410,42 @@ impl Kernel {
         par(&mut y[..n], 1, ROW_ALIGN, |r0, ys| {
             if let Some(wc) = w.get(r0 * cols * es..(r0 + ys.len()) * cols * es) {
                 f(wc, cols, x, ys);
+            }
+        });
+    }
+
+    /// `y += s * W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says
+    /// which): the LoRA B update (`cols` is the rank), fused so that no temporary holds `W x`.
+    /// Any other type, `cols == 0` or `x` shorter than `cols` leave `y` untouched, as do rows
+    /// missing from `w`. Never panics.
+    pub fn matvec_float_add(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        cols: usize,
+        x: &[f32],
+        s: f32,
+        y: &mut [f32],
+    ) {
+        let (f, es) = match ty {
+            GgmlType::F16 => (self.f16_add, 2),
+            GgmlType::BF16 => (self.bf16_add, 2),
+            GgmlType::F32 => (self.f32_add, 4),
+            _ => return,
+        };
+        if cols == 0 || x.len() < cols {
+            return;
+        }
+        let rb = cols * es;
+        let n = y.len().min(w.len() / rb);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        let (w, x) = (&w[..n * rb], &x[..cols]);
+        par(&mut y[..n], 1, ROW_ALIGN, |r0, ys| {
+            if let Some(wc) = w.get(r0 * rb..(r0 + ys.len()) * rb) {
+                f(wc, cols, x, s, ys);
             }
         });
     }

@@ -18,6 +18,9 @@ pub static KERNEL: Kernel = Kernel {
     f16: f16_rows,
     bf16: bf16_rows,
     f32: f32_rows,
+    f16_add: f16_add_rows,
+    bf16_add: bf16_add_rows,
+    f32_add: f32_add_rows,
     quantize_q8_0: super::reference::quantize_row_q8_0,
     quantize_q8_1: super::reference::quantize_row_q8_1,
 };
@@ -106,6 +109,43 @@ pub(crate) fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     for (row, o) in w.chunks_exact(cols * 2).zip(y) {
         *o = dot_float::<2>(row, x, |e| f16_le([e[0], e[1]]));
     }
+}
+
+fn f16_e(e: &[u8]) -> f32 {
+    f16_le([e[0], e[1]])
+}
+fn bf16_e(e: &[u8]) -> f32 {
+    f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16)
+}
+fn f32_e(e: &[u8]) -> f32 {
+    f32::from_le_bytes([e[0], e[1], e[2], e[3]])
+}
+
+/// `y[o] += s * dot(row o, t)`, one row at a time (the SIMD kernels group rows; here the
+/// compiler may vectorise `dot_float`'s eight partial sums).
+fn add_rows<const N: usize>(
+    w: &[u8],
+    r: usize,
+    t: &[f32],
+    s: f32,
+    y: &mut [f32],
+    conv: fn(&[u8]) -> f32,
+) {
+    for (row, o) in w.chunks_exact(r * N).zip(y) {
+        *o += s * dot_float::<N>(row, t, conv);
+    }
+}
+
+pub(crate) fn f16_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    add_rows::<2>(w, r, t, s, y, f16_e);
+}
+
+pub(crate) fn bf16_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    add_rows::<2>(w, r, t, s, y, bf16_e);
+}
+
+pub(crate) fn f32_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    add_rows::<4>(w, r, t, s, y, f32_e);
 }
 
 fn bf16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {

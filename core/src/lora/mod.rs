@@ -15,7 +15,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{matvec_input, Input, MatRef};
+use crate::kernels::{matvec_input, Input, KernelMode, MatRef};
 use crate::model::{Config, Model, LINEARS};
 use crate::quant::GgmlType;
 
@@ -437,8 +437,13 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     ///
     /// `x` is the same [`Input`] the base matrix read, so `A x` reuses its quantised form when
     /// A is Q8_0 and runs the SIMD float kernel when A is F16/F32 (the reference path when the
-    /// input is in reference mode). `tmp` needs [`MAX_RANK`] floats, `out_tmp` the output
-    /// width. Shapes were checked at bind time; this cannot panic.
+    /// input is in reference mode). On the fast path an F16/BF16/F32 B is applied by
+    /// [`Kernel::matvec_float_add`](crate::kernels::Kernel::matvec_float_add), which adds
+    /// `s B t` straight into `y` several rows at a time (B's rows are only r values long, so a
+    /// dot product per row would spend most of its time on setup and horizontal sums); a Q8_0
+    /// B, and the reference path, compute `u = B t` into `out_tmp` and add `s u`. `tmp` needs
+    /// [`MAX_RANK`] floats, `out_tmp` the output width. Shapes were checked at bind time; this
+    /// cannot panic.
     #[inline]
     pub fn apply(
         &self,
@@ -457,13 +462,21 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
             let Some(t) = tmp.get_mut(..r) else { continue };
             matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
-                continue;
-            };
-            let mut tin = Input::new(t, &mut [], &mut [], x.kernel(), x.mode());
-            matvec_input(&p.b, &mut tin, u); //                         (out,)
-            for (o, v) in y.iter_mut().zip(u.iter()) {
-                *o += s * v;
+            let fused = x.mode() == KernelMode::Fast
+                && matches!(p.b.ty(), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
+            if fused {
+                // y += s B t                                           (out,)
+                x.kernel()
+                    .matvec_float_add(p.b.ty(), p.b.data(), r, t, s, y);
+            } else {
+                let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
+                    continue;
+                };
+                let mut tin = Input::new(t, &mut [], &mut [], x.kernel(), x.mode());
+                matvec_input(&p.b, &mut tin, u); //                     (out,)
+                for (o, v) in y.iter_mut().zip(u.iter()) {
+                    *o += s * v;
+                }
             }
             // DoRA: rescale every output row of (W x + s B A x) by its magnitude factor.
             if let Some(g) = p.dora {

@@ -10,7 +10,9 @@
 //! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
 //! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
 //!
-//! F16 rows use the portable kernel (the f16 vector types are unstable in Rust 1.95).
+//! F16 rows use the portable kernel (the f16 vector types are unstable in Rust 1.95), except
+//! the short rows of a LoRA B update, which widen F16 with one `fcvtl` in `asm!` (base
+//! Armv8-A Advanced SIMD, no FP16 extension needed).
 
 use crate::kernels::{portable, Isa, Kernel};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
@@ -24,6 +26,9 @@ static KERNEL: Kernel = Kernel {
     f16: portable::f16_rows,
     bf16: bf16_rows,
     f32: f32_rows,
+    f16_add: f16_add_rows,
+    bf16_add: bf16_add_rows,
+    f32_add: f32_add_rows,
     quantize_q8_0,
     quantize_q8_1,
 };
@@ -75,6 +80,9 @@ entry!(q4_1_rows_dot, q4_1_rows_dot_tf, (w: &[BlockQ4_1], bpr: usize, x: &[Block
 entry!(q8_0_rows_dot, q8_0_rows_dot_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
 entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
+entry!(f16_add_rows, f16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
+entry!(bf16_add_rows, bf16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
+entry!(f32_add_rows, f32_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
 entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
 
@@ -237,6 +245,114 @@ fn f32_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
         }
         *o = s;
     }
+}
+
+// ---- short rows added into y (LoRA B) --------------------------------------------------------
+
+/// Four little-endian F16 to f32 (`fcvtl`: exact, subnormals and infinities included).
+#[target_feature(enable = "neon")]
+#[inline]
+fn cvt_f16x4(w: &[u8; 8]) -> float32x4_t {
+    // SAFETY: `w` is 8 readable bytes; no alignment requirement.
+    let h = unsafe { vld1_u16(w.as_ptr().cast()) };
+    let out: float32x4_t;
+    // SAFETY: register-only conversion (no memory, no flags); `fcvtl` is part of the base
+    // Advanced SIMD instruction set this function's target feature guarantees.
+    unsafe {
+        core::arch::asm!("fcvtl {o:v}.4s, {i:v}.4h", o = lateout(vreg) out, i = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags))
+    };
+    out
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn cvt_bf16x4(w: &[u8; 8]) -> float32x4_t {
+    // SAFETY: `w` is 8 readable bytes (4 little-endian bf16).
+    let h = unsafe { vld1_u16(w.as_ptr().cast()) };
+    vreinterpretq_f32_u32(vshll_n_u16(h, 16))
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn cvt_f32x4(w: &[u8; 16]) -> float32x4_t {
+    // SAFETY: `w` is 16 readable bytes (4 little-endian f32, any bit pattern valid).
+    unsafe { vld1q_f32(w.as_ptr().cast()) }
+}
+
+fn f16_e(e: &[u8]) -> f32 {
+    f16_le([e[0], e[1]])
+}
+fn bf16_e(e: &[u8]) -> f32 {
+    f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16)
+}
+fn f32_e(e: &[u8]) -> f32 {
+    f32::from_le_bytes([e[0], e[1], e[2], e[3]])
+}
+
+/// `y[o] += s * dot(row o, t)` for rows of `r` elements converted 4 at a time by `$conv` from
+/// `$bytes4`-byte groups. Rows go four at a time: four FMA chains, then two levels of `faddp`
+/// reduce the four accumulators to the four row sums in one vector.
+macro_rules! float_add_rows {
+    ($w:ident, $r:ident, $t:ident, $s:ident, $y:ident, $bytes4:literal, $conv:expr, $scalar:expr) => {{
+        let es = $bytes4 / 4;
+        let rb = $r * es;
+        let (t4, tt) = $t.as_chunks::<4>();
+        let mut groups = $w.chunks_exact(4 * rb);
+        let mut outs = $y.chunks_exact_mut(4);
+        for (g, o) in (&mut groups).zip(&mut outs) {
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            let mut tail = [0.0f32; 4];
+            for ((a, tl), row) in acc.iter_mut().zip(&mut tail).zip(g.chunks_exact(rb)) {
+                let (w4, wt) = row.as_chunks::<$bytes4>();
+                for (wc, tc) in w4.iter().zip(t4) {
+                    *a = vfmaq_f32(*a, $conv(wc), ld_f32(tc));
+                }
+                for (e, &tv) in wt.chunks_exact(es).zip(tt) {
+                    *tl += $scalar(e) * tv;
+                }
+            }
+            let Ok(o) = <&mut [f32; 4]>::try_from(o) else {
+                continue;
+            };
+            let sums = vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3]));
+            let sums = vaddq_f32(sums, ld_f32(&tail));
+            let v = vfmaq_n_f32(ld_f32(o), sums, $s);
+            // SAFETY: `o` is 4 writable f32s; no alignment requirement.
+            unsafe { vst1q_f32(o.as_mut_ptr(), v) };
+        }
+        for (row, o) in groups
+            .remainder()
+            .chunks_exact(rb)
+            .zip(outs.into_remainder())
+        {
+            let (w4, wt) = row.as_chunks::<$bytes4>();
+            let mut a = vdupq_n_f32(0.0);
+            for (wc, tc) in w4.iter().zip(t4) {
+                a = vfmaq_f32(a, $conv(wc), ld_f32(tc));
+            }
+            let mut sum = vaddvq_f32(a);
+            for (e, &tv) in wt.chunks_exact(es).zip(tt) {
+                sum += $scalar(e) * tv;
+            }
+            *o += $s * sum;
+        }
+    }};
+}
+
+#[target_feature(enable = "neon")]
+fn f16_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    float_add_rows!(w, r, t, s, y, 8, cvt_f16x4, f16_e);
+}
+
+#[target_feature(enable = "neon")]
+fn bf16_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    float_add_rows!(w, r, t, s, y, 8, cvt_bf16x4, bf16_e);
+}
+
+#[target_feature(enable = "neon")]
+fn f32_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    float_add_rows!(w, r, t, s, y, 16, cvt_f32x4, f32_e);
 }
 
 /// One block as ggml's reference does it; returns (`d`, sum of quants).

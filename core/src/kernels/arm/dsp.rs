@@ -28,6 +28,9 @@ pub static KERNEL: Kernel = Kernel {
     f16: portable::KERNEL.f16,
     bf16: portable::KERNEL.bf16,
     f32: portable::KERNEL.f32,
+    f16_add: portable::KERNEL.f16_add,
+    bf16_add: portable::KERNEL.bf16_add,
+    f32_add: portable::KERNEL.f32_add,
     quantize_q8_0: reference::quantize_row_q8_0,
     quantize_q8_1: reference::quantize_row_q8_1,
 };

@@ -38,6 +38,9 @@ static KERNEL: Kernel = Kernel {
     f16: avx2::f16_rows,
     bf16: avx2::bf16_rows,
     f32: avx2::f32_rows,
+    f16_add: avx2::f16_add_rows,
+    bf16_add: avx2::bf16_add_rows,
+    f32_add: avx2::f32_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
 };
