@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", choices=tuple(BASES), help="default: every model with adapters")
     ap.add_argument("--reference", action="store_true", help="also run the scalar reference kernels")
     ap.add_argument("--limit", type=int, default=None, help="first N test rows only")
+    ap.add_argument("--task", action="append", choices=TASKS, help="default: all three")
     args = ap.parse_args()
     bin_ = binary()
     models = args.model or [m for m in BASES if (ROOT / "models" / m / "intent" / "adapter.gguf").exists()]
@@ -59,8 +60,9 @@ def main() -> None:
         if not base.exists():
             print(f"SKIPPED {m}: {base} not found (edgelora fetch {m})")
             continue
-        out = {}
-        for t in TASKS:
+        acc_path = ROOT / "models" / m / "accuracy.json"
+        out = json.loads(acc_path.read_text()) if acc_path.exists() and args.task else {}
+        for t in args.task or TASKS:
             d = ROOT / "models" / m / t
             ad = d / "adapter.gguf"
             if not ad.exists():
@@ -90,7 +92,7 @@ def main() -> None:
             rows.append((m, t, r))
             print(f"{m}/{t}: {json.dumps(r)}", file=sys.stderr)
         if out and not args.limit:
-            (ROOT / "models" / m / "accuracy.json").write_text(json.dumps(out, indent=1) + "\n")
+            acc_path.write_text(json.dumps(out, indent=1) + "\n")
     print("| model | task | adapter | PEFT (f32) | edgelora unmerged | unmerged, reference | merged Q8_0 "
           "| merged, base type | base alone (edgelora / PEFT) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
