@@ -26,9 +26,11 @@
 //! Two rows are computed per pass so the activation loads are shared.
 
 use super::avx2;
-use crate::kernels::{Isa, Kernel};
+use super::prefetch_side;
+use crate::kernels::{Isa, Kernel, Side, SideRows};
 use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 static KERNEL: Kernel = Kernel {
     isa: Isa::Avx512,
@@ -43,6 +45,11 @@ static KERNEL: Kernel = Kernel {
     f32_add: avx2::f32_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
+    side: Some(SideRows {
+        q4_0: q4_0_rows_side,
+        q4_1: q4_1_rows_side,
+        q8_0: q8_0_rows_side,
+    }),
 };
 
 /// The AVX-512 table if this CPU and OS support AVX-512 F/BW/VL/VNNI/VBMI (and AVX2).
@@ -54,36 +61,43 @@ pub fn detect() -> Option<&'static Kernel> {
 const MAX_BLOCKS: usize = 256;
 
 macro_rules! entry {
-    ($name:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
+    ($name:ident, $side:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
         fn $name(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32]) {
+            $side(w, bpr, x, y, Side::NONE)
+        }
+
+        fn $side(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32], side: Side<'_>) {
             if bpr > MAX_BLOCKS {
-                return $fallback(w, bpr, x, y);
+                return $fallback(w, bpr, x, y, side);
             }
             // SAFETY: reachable only through `KERNEL`, which `detect` hands out only after
             // checking AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and OS ZMM/opmask support.
-            unsafe { $tf(w, bpr, x, y) }
+            unsafe { $tf(w, bpr, x, y, side) }
         }
     };
 }
 
 entry!(
     q4_0_rows,
+    q4_0_rows_side,
     q4_0_rows_tf,
-    avx2::q4_0_rows,
+    avx2::q4_0_rows_side,
     BlockQ4_0,
     BlockQ8_0
 );
 entry!(
     q4_1_rows,
+    q4_1_rows_side,
     q4_1_rows_tf,
-    avx2::q4_1_rows,
+    avx2::q4_1_rows_side,
     BlockQ4_1,
     BlockQ8_1
 );
 entry!(
     q8_0_rows,
+    q8_0_rows_side,
     q8_0_rows_tf,
-    avx2::q8_0_rows,
+    avx2::q8_0_rows_side,
     BlockQ8_0,
     BlockQ8_0
 );
@@ -255,6 +269,20 @@ const ACT2_ZERO: Act2 = Act2 {
     corr: [0; 16],
 };
 
+/// `buf` with every slot set to `zero`, as initialised values. The repack buffers are sized
+/// for the longest row (18 KB for `Act4`) but a decode row is usually much shorter (18 blocks
+/// for SmolLM2's 576 columns: 1.4 KB); filling the whole array on every call cost ~0.4% of a
+/// decode step (dev VM, 2026-11-28), so only the slots a call uses are written.
+#[inline]
+fn zeroed<T: Copy>(buf: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
+    for slot in buf.iter_mut() {
+        slot.write(zero);
+    }
+    // SAFETY: every element of `buf` was initialised just above, and `MaybeUninit<T>` has the
+    // size, alignment and layout of `T`; the exclusive borrow of `buf` carries over.
+    unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 fn pack4<'a>(qs: impl Iterator<Item = (&'a [u8; 32], [u8; 2], [u8; 2])>, out: &mut [Act4]) {
     for (j, (q, d, s)) in qs.enumerate() {
         let (g, i) = (j / 4, j % 4);
@@ -320,10 +348,9 @@ fn finish(acc: __m512, accm: __m256) -> f32 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
-    let ng = bpr.div_ceil(4);
-    let act = &mut act[..ng];
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act4>::uninit() }; MAX_BLOCKS / 4];
+    let act = zeroed(&mut act[..bpr.div_ceil(4)], ACT4_ZERO);
     pack4(x.iter().map(|b| (&b.qs, b.d, b.s)), act);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_1),
@@ -333,11 +360,13 @@ fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
     };
     let row_bytes = bpr * 20;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         let (mut a1, mut m1) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         for ((g0, g1), a) in r0.chunks(80).zip(r1.chunks(80)).zip(act.iter()) {
@@ -348,6 +377,7 @@ fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
         o[1] = finish(a1, m1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         for (g, a) in r.chunks(80).zip(act.iter()) {
             q4_1_group(g, a, &c, &mut a0, &mut m0);
@@ -375,10 +405,9 @@ fn q4_0_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
-    let ng = bpr.div_ceil(4);
-    let act = &mut act[..ng];
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act4>::uninit() }; MAX_BLOCKS / 4];
+    let act = zeroed(&mut act[..bpr.div_ceil(4)], ACT4_ZERO);
     pack4(x.iter().map(|b| (&b.qs, b.d, [0, 0])), act);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_0),
@@ -388,11 +417,13 @@ fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
     };
     let row_bytes = bpr * 18;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for ((g0, g1), a) in r0.chunks(72).zip(r1.chunks(72)).zip(act.iter()) {
             q4_0_group(g0, a, &c, &mut a0);
@@ -402,6 +433,7 @@ fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
         o[1] = _mm512_reduce_add_ps(a1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let mut a0 = _mm512_setzero_ps();
         for (g, a) in r.chunks(72).zip(act.iter()) {
             q4_0_group(g, a, &c, &mut a0);
@@ -433,10 +465,9 @@ fn q8_0_group(bytes: &[u8], a: &Act2, c: &Q8Consts, acc: &mut __m512) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [ACT2_ZERO; MAX_BLOCKS / 2];
-    let ng = bpr.div_ceil(2);
-    let act = &mut act[..ng];
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act2>::uninit() }; MAX_BLOCKS / 2];
+    let act = zeroed(&mut act[..bpr.div_ceil(2)], ACT2_ZERO);
     pack2(x, act);
     let c = Q8Consts {
         qs: load_idx(&QS_Q8_0),
@@ -446,11 +477,13 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
     };
     let row_bytes = bpr * 34;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for ((g0, g1), a) in r0.chunks(68).zip(r1.chunks(68)).zip(act.iter()) {
             q8_0_group(g0, a, &c, &mut a0);
@@ -460,6 +493,7 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
         o[1] = _mm512_reduce_add_ps(a1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let mut a0 = _mm512_setzero_ps();
         for (g, a) in r.chunks(68).zip(act.iter()) {
             q8_0_group(g, a, &c, &mut a0);
