@@ -213,7 +213,7 @@ impl<'a> Side<'a> {
             issued: 0,
             lines: self.lines(),
             steps: steps.max(1),
-            step: 0,
+            credit: 0,
         }
     }
 }
@@ -228,7 +228,7 @@ pub struct SideCursor<'a> {
     issued: usize,
     lines: usize,
     steps: usize,
-    step: usize,
+    credit: usize,
 }
 
 impl SideCursor<'_> {
@@ -239,13 +239,10 @@ impl SideCursor<'_> {
         if self.issued >= self.lines {
             return;
         }
-        self.step += 1;
-        let due = if self.step >= self.steps {
-            self.lines
-        } else {
-            (self.lines as u64 * self.step as u64 / self.steps as u64) as usize
-        };
-        while self.issued < due {
+        // Bresenham instead of a division per step: `credit / steps` lines are due.
+        self.credit += self.lines;
+        while self.credit >= self.steps && self.issued < self.lines {
+            self.credit -= self.steps;
             let Some(p) = self.side.parts.get(self.part) else {
                 self.issued = self.lines;
                 return;
@@ -257,8 +254,10 @@ impl SideCursor<'_> {
                     self.issued += 1;
                 }
                 None => {
+                    // Next range (every range holds at least one line, so this ends).
                     self.part += 1;
                     self.off = 0;
+                    self.credit += self.steps;
                 }
             }
         }
