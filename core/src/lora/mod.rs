@@ -439,7 +439,7 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// A and B, in the order `apply` reads them. The decode step hands this to the base
     /// matvec of the same linear ([`matvec_input_side`](crate::kernels::matvec_input_side)),
     /// which prefetches it while streaming the base weights (see
-    /// [`Side`](crate::kernels::Side)); empty when no adapter targets the linear.
+    /// [`Side`]); empty when no adapter targets the linear.
     #[inline]
     pub fn side(&self, layer: usize, linear: usize) -> Side<'a> {
         let mut side = Side::default();

@@ -627,7 +627,9 @@ impl<'w, const L: usize> Model<'w, L> {
             let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
                                                                                // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input_side(&w.wq, &mut xin, s.q, set.side(l, 0)); //                                (q_dim,)
+            // Each base matvec prefetches the adapter bytes the `apply` after it reads
+            // (`kernels::Side`): they would be cold by then otherwise.
+            matvec_input_side(&w.wq, &mut xin, s.q, set.side(l, 0)); // (q_dim,)
             set.apply(l, 0, &mut xin, s.q, s.lora_tmp, s.lora_out);
             matvec_input_side(&w.wk, &mut xin, kc, set.side(l, 1));
             set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
@@ -649,22 +651,22 @@ impl<'w, const L: usize> Model<'w, L> {
                 s.q, s.att_out, layer_k, layer_v, att, hd, kv_dim, group, scale,
             );
             let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input_side(&w.wo, &mut ain, s.xb, set.side(l, 3)); //                                (dim,)
+            matvec_input_side(&w.wo, &mut ain, s.xb, set.side(l, 3)); // (dim,)
             set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
 
             // Feed-forward (SwiGLU).
             rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode); //    gate and up
-            matvec_input_side(&w.w_gate, &mut xin, s.hb, set.side(l, 4)); //                           (ffn_dim,)
+            matvec_input_side(&w.w_gate, &mut xin, s.hb, set.side(l, 4)); // (ffn_dim,)
             set.apply(l, 4, &mut xin, s.hb, s.lora_tmp, s.lora_out);
-            matvec_input_side(&w.w_up, &mut xin, s.hb2, set.side(l, 5)); //                            (ffn_dim,)
+            matvec_input_side(&w.w_up, &mut xin, s.hb2, set.side(l, 5)); // (ffn_dim,)
             set.apply(l, 5, &mut xin, s.hb2, s.lora_tmp, s.lora_out);
             for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
                 *g = silu(*g) * u;
             }
             let mut hin = Input::new(s.hb, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input_side(&w.w_down, &mut hin, s.xb, set.side(l, 6)); //                            (dim,)
+            matvec_input_side(&w.w_down, &mut hin, s.xb, set.side(l, 6)); // (dim,)
             set.apply(l, 6, &mut hin, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
         }
