@@ -882,3 +882,31 @@ fn side_cursor_visits_every_line_once() {
     }
     assert!(!full.push(&bytes));
 }
+
+/// The AVX-512 F16 rows (the LoRA A product, two rows per pass) keep the AVX2 kernel's lanes
+/// and reduction order, so the two agree bit for bit, also on ragged widths and odd row counts.
+#[test]
+fn avx512_f16_rows_are_bit_identical_to_avx2() {
+    let _g = lock();
+    let (Some(k5), Some(k2)) = (Isa::Avx512.kernel(), Isa::Avx2.kernel()) else {
+        println!("SKIPPED: needs AVX-512 and AVX2");
+        return;
+    };
+    let mut rng = Rng(0xa512);
+    for cols in [1, 7, 8, 9, 31, 32, 33, 40, 63, 64, 65, 95, 576, 1536, 1543] {
+        for rows in [1, 2, 3, 8, 33] {
+            let w: Vec<u8> = (0..rows * cols)
+                .flat_map(|_| to_f16_le(rng.f() * 4.0))
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+            k5.matvec_float(GgmlType::F16, &w, cols, &x, &mut a);
+            k2.matvec_float(GgmlType::F16, &w, cols, &x, &mut b);
+            let (a, b): (Vec<u32>, Vec<u32>) = (
+                a.iter().map(|v| v.to_bits()).collect(),
+                b.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(a, b, "cols={cols} rows={rows}");
+        }
+    }
+}
