@@ -9,7 +9,8 @@
 //! the configurations every round so that slow periods (another process on the core) hit all
 //! of them alike. Per configuration it prints the minimum and median thread-CPU time of one
 //! step and the overhead against the base (median of the per-round ratios, and ratio of the
-//! minima). `EDGELORA_ISA` forces a kernel as everywhere.
+//! minima), and a hash of its logits (equal across builds that compute bit-identical results).
+//! `EDGELORA_ISA` forces a kernel as everywhere.
 
 use edgelora::lora::{Adapter, AdapterSet};
 use edgelora::model::{state_buffer, Model, State};
@@ -96,6 +97,19 @@ fn main() {
             }
         }
     }
+    // Fingerprint of each configuration's logits (FNV-1a over the f32 bits), so that builds
+    // can be checked to compute bit-identical results (speed work must not change them).
+    let hashes: Vec<u64> = sets
+        .iter()
+        .map(|set| {
+            let logits = model
+                .forward_with(next, n_prompt, &mut st, set)
+                .expect("forward");
+            logits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+                (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
+            })
+        })
+        .collect();
     println!(
         "kernel {}, {rounds} rounds, one decode step at position {n_prompt} (thread CPU time)",
         edgelora::kernels::active_isa_name()
@@ -113,11 +127,12 @@ fn main() {
         let med = median(&mut t.clone());
         println!(
             "{name}: min {:.3} ms, median {:.3} ms, overhead: median of ratios {:+.1}%, \
-             ratio of minima {:+.1}%",
+             ratio of minima {:+.1}%, logits {:016x}",
             min * 1e3,
             med * 1e3,
             median(&mut ratios) * 100.0,
-            (min / base_min - 1.0) * 100.0
+            (min / base_min - 1.0) * 100.0,
+            hashes[i]
         );
     }
 }

@@ -793,3 +793,120 @@ fn matmul_matches_oracle_per_column() {
         );
     }
 }
+
+/// A side stream (the LoRA pair a decode matvec prefetches) changes no result: every ISA's
+/// `matvec_*_side` is bit-identical to its `matvec_*`, over odd row counts, rows past the
+/// AVX-512 repack limit (its AVX2 fallback) and streams shorter, longer and much longer than
+/// the weights.
+#[test]
+fn side_stream_changes_no_result() {
+    let _g = lock();
+    let mut rng = Rng(0x51de);
+    let long: Vec<u8> = (0..200_003).map(|i| i as u8).collect();
+    for k in kernels_here() {
+        for &(nb, rows) in &[(1, 1), (3, 7), (18, 64), (18, 193), (257, 5), (48, 33)] {
+            let (x0, x1) = q8_acts(&mut rng, nb, false);
+            let w0 = q4_0_blocks(&mut rng, nb * rows, false);
+            let w1 = q4_1_blocks(&mut rng, nb * rows, false);
+            let w8 = q8_0_weights(&mut rng, nb * rows, false);
+            for cut in [1, 63, 65, 4097, long.len()] {
+                let mut side = kernels::Side::default();
+                assert!(side.push(&long[..cut]));
+                assert!(side.push(&long[cut / 2..]));
+                let (mut a, mut b) = (vec![0f32; rows], vec![1f32; rows]);
+                k.matvec_q4_0(&w0, nb, &x0, &mut a);
+                k.matvec_q4_0_side(&w0, nb, &x0, &mut b, side);
+                assert_eq!(a, b, "{:?} q4_0 nb={nb} rows={rows} cut={cut}", k.isa());
+                k.matvec_q4_1(&w1, nb, &x1, &mut a);
+                k.matvec_q4_1_side(&w1, nb, &x1, &mut b, side);
+                assert_eq!(a, b, "{:?} q4_1 nb={nb} rows={rows} cut={cut}", k.isa());
+                k.matvec_q8_0(&w8, nb, &x0, &mut a);
+                k.matvec_q8_0_side(&w8, nb, &x0, &mut b, side);
+                assert_eq!(a, b, "{:?} q8_0 nb={nb} rows={rows} cut={cut}", k.isa());
+            }
+        }
+    }
+}
+
+/// A side cursor hands out each line of the stream exactly once, in order, spread over the
+/// steps (never ahead of schedule), and the per-thread shares of a stream tile it.
+#[test]
+fn side_cursor_visits_every_line_once() {
+    let bytes: Vec<u8> = vec![0; 10_000];
+    let parts: [&[u8]; 4] = [
+        &bytes[..1],
+        &bytes[100..229],
+        &bytes[1000..1000],
+        &bytes[2000..],
+    ];
+    let mut side = kernels::Side::default();
+    for p in parts {
+        assert!(side.push(p));
+    }
+    let want: Vec<usize> = parts
+        .iter()
+        .flat_map(|p| {
+            (0..p.len())
+                .step_by(64)
+                .map(move |o| p.as_ptr() as usize + o)
+        })
+        .collect();
+    assert_eq!(side.lines(), want.len());
+    for steps in [1, 2, 3, 7, 64, 1000] {
+        let mut cur = side.cursor(steps);
+        let mut got = Vec::new();
+        for i in 0..steps {
+            cur.step(|b| got.push(b as *const u8 as usize));
+            assert!(
+                got.len() <= want.len() * (i + 1) / steps + 1,
+                "steps={steps}"
+            );
+        }
+        assert_eq!(got, want, "steps={steps}");
+    }
+    for (n, cuts) in [
+        (100, vec![0, 16, 48, 64, 100]),
+        (7, vec![0, 7]),
+        (3, vec![0, 1, 2, 3]),
+    ] {
+        let mut got = Vec::new();
+        for c in cuts.windows(2) {
+            let mut cur = side.share(c[0], c[1] - c[0], n).cursor(1);
+            cur.step(|b| got.push(b as *const u8 as usize));
+        }
+        assert_eq!(got, want, "n={n}");
+    }
+    let mut full = kernels::Side::default();
+    for _ in 0..kernels::SIDE_PARTS {
+        assert!(full.push(&bytes));
+    }
+    assert!(!full.push(&bytes));
+}
+
+/// The AVX-512 F16 rows (the LoRA A product, two rows per pass) keep the AVX2 kernel's lanes
+/// and reduction order, so the two agree bit for bit, also on ragged widths and odd row counts.
+#[test]
+fn avx512_f16_rows_are_bit_identical_to_avx2() {
+    let _g = lock();
+    let (Some(k5), Some(k2)) = (Isa::Avx512.kernel(), Isa::Avx2.kernel()) else {
+        println!("SKIPPED: needs AVX-512 and AVX2");
+        return;
+    };
+    let mut rng = Rng(0xa512);
+    for cols in [1, 7, 8, 9, 31, 32, 33, 40, 63, 64, 65, 95, 576, 1536, 1543] {
+        for rows in [1, 2, 3, 8, 33] {
+            let w: Vec<u8> = (0..rows * cols)
+                .flat_map(|_| to_f16_le(rng.f() * 4.0))
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+            k5.matvec_float(GgmlType::F16, &w, cols, &x, &mut a);
+            k2.matvec_float(GgmlType::F16, &w, cols, &x, &mut b);
+            let (a, b): (Vec<u32>, Vec<u32>) = (
+                a.iter().map(|v| v.to_bits()).collect(),
+                b.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(a, b, "cols={cols} rows={rows}");
+        }
+    }
+}

@@ -95,6 +95,175 @@ fn rows_par<W: Sync, A: Sync>(f: QRowsFn<W, A>, w: &[W], bpr: usize, x: &[A], y:
     });
 }
 
+/// As [`rows_par`] for a side-stream-aware row kernel: each thread's chunk of rows prefetches
+/// the matching share of `side` (a prefetch changes no arithmetic, so results stay
+/// bit-identical to one thread).
+fn rows_par_side<W: Sync, A: Sync>(
+    f: QRowsSideFn<W, A>,
+    w: &[W],
+    bpr: usize,
+    x: &[A],
+    y: &mut [f32],
+    side: Side<'_>,
+) {
+    let n = y.len();
+    par(y, 1, ROW_ALIGN, |r0, ys| {
+        if let Some(wc) = w.get(r0 * bpr..(r0 + ys.len()) * bpr) {
+            f(wc, bpr, x, ys, side.share(r0, ys.len(), n));
+        }
+    });
+}
+
+// ---- side streams ----------------------------------------------------------------------------
+
+/// Most byte ranges one [`Side`] stream holds: A and B of up to four active adapters.
+pub const SIDE_PARTS: usize = 8;
+/// The step (cache line) in which side streams are prefetched.
+const LINE: usize = 64;
+
+/// Bytes a decode matvec prefetches *beside* its own weights, spread evenly over its row
+/// loop: the LoRA A and B that are applied right after the base matvec.
+///
+/// Why: the base weights stream through the cache once per token, so by the time a linear's
+/// adapter pair is read it has been evicted, and the small A x and B t products stall on
+/// memory (6-9 GB/s against 20-45 GB/s from cache on the dev VM). The base matvec itself
+/// reads at ~8 GB/s on one core that can read ~14 GB/s, so the adapter's lines can be fetched
+/// in its shadow. A single prefetch burst before the matvec did nothing measurable (the
+/// prefetch queue is short; most hints were dropped), and splitting the matvec into chunks
+/// with prefetches between them cost more in per-call setup than it saved; hence prefetches
+/// interleaved inside the row loop, a few lines per pair of rows.
+///
+/// Kernels without a side-aware row loop (portable, NEON, Cortex-M) ignore the stream. A
+/// prefetch is only a hint: results are identical with or without one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Side<'a> {
+    parts: [&'a [u8]; SIDE_PARTS],
+    n: usize,
+}
+
+impl<'a> Side<'a> {
+    /// An empty stream: the matvec prefetches nothing beside its weights.
+    pub const NONE: Side<'static> = Side {
+        parts: [&[]; SIDE_PARTS],
+        n: 0,
+    };
+
+    /// Append `bytes` to the stream. Returns `false` (and drops them) when the stream already
+    /// holds [`SIDE_PARTS`] ranges; empty ranges are skipped.
+    pub fn push(&mut self, bytes: &'a [u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let Some(p) = self.parts.get_mut(self.n) else {
+            return false;
+        };
+        *p = bytes;
+        self.n += 1;
+        true
+    }
+
+    /// True if there is nothing to prefetch.
+    pub const fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Cache lines in the stream (64-byte steps from the start of each range).
+    pub fn lines(&self) -> usize {
+        self.parts
+            .iter()
+            .take(self.n)
+            .map(|p| p.len().div_ceil(LINE))
+            .sum()
+    }
+
+    /// Lines `lo..hi` of the stream (counted as [`Side::lines`] does) as a stream of its own.
+    fn lines_range(&self, lo: usize, hi: usize) -> Side<'a> {
+        let mut out = Side::default();
+        let mut base = 0;
+        for p in self.parts.iter().take(self.n) {
+            let nl = p.len().div_ceil(LINE);
+            let a = lo.max(base) - base;
+            let b = hi.min(base + nl).saturating_sub(base);
+            if a < b {
+                if let Some(r) = p.get(a * LINE..(b * LINE).min(p.len())) {
+                    out.push(r);
+                }
+            }
+            base += nl;
+        }
+        out
+    }
+
+    /// The share of the stream that rows `r0..r0 + len` of an `n`-row matvec prefetch.
+    pub fn share(&self, r0: usize, len: usize, n: usize) -> Side<'a> {
+        if self.n == 0 || n == 0 || (r0 == 0 && len >= n) {
+            return *self;
+        }
+        let l = self.lines() as u64;
+        let at = |r: usize| (l * r.min(n) as u64 / n as u64) as usize;
+        self.lines_range(at(r0), at(r0 + len))
+    }
+
+    /// Walk the stream's lines over `steps` steps of a row loop.
+    pub fn cursor(&self, steps: usize) -> SideCursor<'a> {
+        SideCursor {
+            side: *self,
+            part: 0,
+            off: 0,
+            issued: 0,
+            lines: self.lines(),
+            steps: steps.max(1),
+            credit: 0,
+        }
+    }
+}
+
+/// A [`Side`] stream being walked by a row loop: after step `i` of `steps`, the first
+/// `lines * (i + 1) / steps` lines have been handed out (all of them after the last step).
+#[derive(Clone, Debug)]
+pub struct SideCursor<'a> {
+    side: Side<'a>,
+    part: usize,
+    off: usize,
+    issued: usize,
+    lines: usize,
+    steps: usize,
+    credit: usize,
+}
+
+impl SideCursor<'_> {
+    /// Advance one step: `f` gets a reference to the first byte of each line now due (a byte
+    /// inside one of the stream's ranges, so a prefetch of it stays inside valid memory).
+    #[inline(always)]
+    pub fn step(&mut self, mut f: impl FnMut(&u8)) {
+        if self.issued >= self.lines {
+            return;
+        }
+        // Bresenham instead of a division per step: `credit / steps` lines are due.
+        self.credit += self.lines;
+        while self.credit >= self.steps && self.issued < self.lines {
+            self.credit -= self.steps;
+            let Some(p) = self.side.parts.get(self.part) else {
+                self.issued = self.lines;
+                return;
+            };
+            match p.get(self.off) {
+                Some(b) => {
+                    f(b);
+                    self.off += LINE;
+                    self.issued += 1;
+                }
+                None => {
+                    // Next range (every range holds at least one line, so this ends).
+                    self.part += 1;
+                    self.off = 0;
+                    self.credit += self.steps;
+                }
+            }
+        }
+    }
+}
+
 /// A borrowed row-major matrix of `rows` rows of `cols` elements of type `ty`.
 ///
 /// In ggml terms `cols = ne[0]` and `rows = ne[1]`; `y = W x` takes `x` of length `cols`.
@@ -289,6 +458,15 @@ impl Isa {
 /// `bpr` blocks. Callers ([`Kernel`]'s methods) guarantee `bpr > 0`, `x.len() >= bpr` and
 /// `w.len() >= y.len() * bpr`.
 pub(crate) type QRowsFn<W, A> = fn(w: &[W], bpr: usize, x: &[A], y: &mut [f32]);
+/// As [`QRowsFn`], also prefetching the [`Side`] stream a share at a time inside the row loop.
+pub(crate) type QRowsSideFn<W, A> = fn(w: &[W], bpr: usize, x: &[A], y: &mut [f32], side: Side<'_>);
+/// The side-stream-aware quantised row kernels of an instruction set.
+#[derive(Clone, Copy)]
+pub(crate) struct SideRows {
+    pub(crate) q4_0: QRowsSideFn<BlockQ4_0, BlockQ8_0>,
+    pub(crate) q4_1: QRowsSideFn<BlockQ4_1, BlockQ8_1>,
+    pub(crate) q8_0: QRowsSideFn<BlockQ8_0, BlockQ8_0>,
+}
 /// As [`QRowsFn`] for little-endian F16/BF16/F32 rows of `cols` elements against f32 `x`.
 pub(crate) type FRowsFn = fn(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]);
 /// `y[o] += s * dot(w row o, t)` for little-endian F16/BF16/F32 rows of `r` elements: the
@@ -318,6 +496,8 @@ pub struct Kernel {
     pub(crate) f32_add: FAddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
+    /// Row kernels that prefetch a [`Side`] stream, where the ISA has them.
+    pub(crate) side: Option<SideRows>,
 }
 
 impl core::fmt::Debug for Kernel {
@@ -382,6 +562,68 @@ impl Kernel {
         }
         self.mark();
         rows_par(self.q8_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+    }
+
+    /// As [`Kernel::matvec_q4_0`], prefetching `side` (see [`Side`]) as the rows go by.
+    /// Results are identical to [`Kernel::matvec_q4_0`]; kernels without a side-aware loop
+    /// ignore `side`.
+    pub fn matvec_q4_0_side(
+        &self,
+        w: &[BlockQ4_0],
+        bpr: usize,
+        x: &[BlockQ8_0],
+        y: &mut [f32],
+        side: Side<'_>,
+    ) {
+        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+            return self.matvec_q4_0(w, bpr, x, y);
+        };
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        rows_par_side(sr.q4_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
+    }
+
+    /// As [`Kernel::matvec_q4_0_side`] for Q4_1 rows against Q8_1 activations.
+    pub fn matvec_q4_1_side(
+        &self,
+        w: &[BlockQ4_1],
+        bpr: usize,
+        x: &[BlockQ8_1],
+        y: &mut [f32],
+        side: Side<'_>,
+    ) {
+        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+            return self.matvec_q4_1(w, bpr, x, y);
+        };
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        rows_par_side(sr.q4_1, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
+    }
+
+    /// As [`Kernel::matvec_q4_0_side`] for Q8_0 rows against Q8_0 activations.
+    pub fn matvec_q8_0_side(
+        &self,
+        w: &[BlockQ8_0],
+        bpr: usize,
+        x: &[BlockQ8_0],
+        y: &mut [f32],
+        side: Side<'_>,
+    ) {
+        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+            return self.matvec_q8_0(w, bpr, x, y);
+        };
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        rows_par_side(sr.q8_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
     }
 
     /// `y = W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says which;
@@ -788,6 +1030,13 @@ impl<'a> Input<'a> {
 /// Like [`matvec`], extra elements are ignored and missing ones leave outputs untouched; a
 /// scratch too small for the quantised activation falls back to [`matvec`]. Never panics.
 pub fn matvec_input(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32]) {
+    matvec_input_side(w, x, y, Side::NONE);
+}
+
+/// As [`matvec_input`], prefetching `side` inside the row loop of a quantised matvec (see
+/// [`Side`]); float weights and the reference path ignore it. Results are identical to
+/// [`matvec_input`]. Never panics.
+pub fn matvec_input_side(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32], side: Side<'_>) {
     if x.mode == KernelMode::Reference || x.x.len() < w.cols {
         matvec(w, x.x, y);
         return;
@@ -799,21 +1048,21 @@ pub fn matvec_input(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32]) {
     let done = match w.ty {
         GgmlType::Q4_0 => match (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
             (Ok(wb), Some(xb)) => {
-                k.matvec_q4_0(wb, bpr, xb, y);
+                k.matvec_q4_0_side(wb, bpr, xb, y, side);
                 true
             }
             _ => false,
         },
         GgmlType::Q4_1 => match (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
             (Ok(wb), Some(xb)) => {
-                k.matvec_q4_1(wb, bpr, xb, y);
+                k.matvec_q4_1_side(wb, bpr, xb, y, side);
                 true
             }
             _ => false,
         },
         GgmlType::Q8_0 => match (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
             (Ok(wb), Some(xb)) => {
-                k.matvec_q8_0(wb, bpr, xb, y);
+                k.matvec_q8_0_side(wb, bpr, xb, y, side);
                 true
             }
             _ => false,

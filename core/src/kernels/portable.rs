@@ -23,6 +23,7 @@ pub static KERNEL: Kernel = Kernel {
     f32_add: f32_add_rows,
     quantize_q8_0: super::reference::quantize_row_q8_0,
     quantize_q8_1: super::reference::quantize_row_q8_1,
+    side: None,
 };
 
 /// Always `Some`: scalar Rust runs everywhere.

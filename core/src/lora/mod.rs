@@ -15,7 +15,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{matvec_input, Input, KernelMode, MatRef};
+use crate::kernels::{matvec_input, Input, KernelMode, MatRef, Side};
 use crate::model::{Config, Model, LINEARS};
 use crate::quant::GgmlType;
 
@@ -28,6 +28,8 @@ pub mod stream;
 pub const MAX_RANK: usize = 256;
 /// Most adapters active at once in an [`AdapterSet`].
 pub const MAX_ACTIVE: usize = 4;
+// Every active adapter's A and B fit one side stream.
+const _: () = assert!(2 * MAX_ACTIVE <= crate::kernels::SIDE_PARTS);
 /// Metadata key where edgelora's converter records the base fingerprint.
 pub const FINGERPRINT_KEY: &str = "adapter.edgelora.base_fingerprint";
 
@@ -431,6 +433,23 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// The output head to use: the first active adapter's replacement head, if any.
     pub fn head(&self) -> Option<&'r MatRef<'a>> {
         self.iter().find_map(|(a, _)| a.head.as_ref())
+    }
+
+    /// The bytes [`AdapterSet::apply`] will read for `(layer, linear)`: each active adapter's
+    /// A and B, in the order `apply` reads them. The decode step hands this to the base
+    /// matvec of the same linear ([`matvec_input_side`](crate::kernels::matvec_input_side)),
+    /// which prefetches it while streaming the base weights (see
+    /// [`Side`]); empty when no adapter targets the linear.
+    #[inline]
+    pub fn side(&self, layer: usize, linear: usize) -> Side<'a> {
+        let mut side = Side::default();
+        for (ad, _) in self.iter() {
+            if let Some(p) = ad.pair(layer, linear) {
+                side.push(p.a.data());
+                side.push(p.b.data());
+            }
+        }
+        side
     }
 
     /// Add `sum_i s_i B_i (A_i x)` of every active adapter for `(layer, linear)` to `y`.

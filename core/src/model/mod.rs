@@ -33,7 +33,9 @@ pub use config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
-use crate::kernels::{act_scratch_f32s, matmul_input, matvec_input, Batch, Input, MatRef};
+use crate::kernels::{
+    act_scratch_f32s, matmul_input, matvec_input, matvec_input_side, Batch, Input, MatRef,
+};
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 
@@ -625,11 +627,13 @@ impl<'w, const L: usize> Model<'w, L> {
             let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
                                                                                // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input(&w.wq, &mut xin, s.q); //                                (q_dim,)
+            // Each base matvec prefetches the adapter bytes the `apply` after it reads
+            // (`kernels::Side`): they would be cold by then otherwise.
+            matvec_input_side(&w.wq, &mut xin, s.q, set.side(l, 0)); // (q_dim,)
             set.apply(l, 0, &mut xin, s.q, s.lora_tmp, s.lora_out);
-            matvec_input(&w.wk, &mut xin, kc);
+            matvec_input_side(&w.wk, &mut xin, kc, set.side(l, 1));
             set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
-            matvec_input(&w.wv, &mut xin, vc);
+            matvec_input_side(&w.wv, &mut xin, vc, set.side(l, 2));
             set.apply(l, 2, &mut xin, vc, s.lora_tmp, s.lora_out);
             rope(s.q, hd, s.rope);
             rope(kc, hd, s.rope);
@@ -647,22 +651,22 @@ impl<'w, const L: usize> Model<'w, L> {
                 s.q, s.att_out, layer_k, layer_v, att, hd, kv_dim, group, scale,
             );
             let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input(&w.wo, &mut ain, s.xb); //                                (dim,)
+            matvec_input_side(&w.wo, &mut ain, s.xb, set.side(l, 3)); // (dim,)
             set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
 
             // Feed-forward (SwiGLU).
             rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
             let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode); //    gate and up
-            matvec_input(&w.w_gate, &mut xin, s.hb); //                           (ffn_dim,)
+            matvec_input_side(&w.w_gate, &mut xin, s.hb, set.side(l, 4)); // (ffn_dim,)
             set.apply(l, 4, &mut xin, s.hb, s.lora_tmp, s.lora_out);
-            matvec_input(&w.w_up, &mut xin, s.hb2); //                            (ffn_dim,)
+            matvec_input_side(&w.w_up, &mut xin, s.hb2, set.side(l, 5)); // (ffn_dim,)
             set.apply(l, 5, &mut xin, s.hb2, s.lora_tmp, s.lora_out);
             for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
                 *g = silu(*g) * u;
             }
             let mut hin = Input::new(s.hb, s.xq8_0, s.xq8_1, kern, s.mode);
-            matvec_input(&w.w_down, &mut hin, s.xb); //                            (dim,)
+            matvec_input_side(&w.w_down, &mut hin, s.xb, set.side(l, 6)); // (dim,)
             set.apply(l, 6, &mut hin, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
         }

@@ -31,6 +31,7 @@ static KERNEL: Kernel = Kernel {
     f32_add: f32_add_rows,
     quantize_q8_0,
     quantize_q8_1,
+    side: None,
 };
 
 static KERNEL_DOT: Kernel = Kernel {

@@ -33,6 +33,7 @@ pub static KERNEL: Kernel = Kernel {
     f32_add: portable::KERNEL.f32_add,
     quantize_q8_0: reference::quantize_row_q8_0,
     quantize_q8_1: reference::quantize_row_q8_1,
+    side: None,
 };
 
 /// Always `Some` in a build with the feature: the choice was made at compile time.

@@ -12,7 +12,8 @@
 //! reachable through `KERNEL`. Two rows are computed per pass so the activation block is
 //! loaded once for both and two independent FMA chains hide each other's latency.
 
-use crate::kernels::{Isa, Kernel};
+use super::prefetch_side;
+use crate::kernels::{Isa, Kernel, Side, SideRows};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use core::arch::x86_64::*;
 
@@ -29,6 +30,11 @@ static KERNEL: Kernel = Kernel {
     f32_add: f32_add_rows,
     quantize_q8_0,
     quantize_q8_1,
+    side: Some(SideRows {
+        q4_0: q4_0_rows_side,
+        q4_1: q4_1_rows_side,
+        q8_0: q8_0_rows_side,
+    }),
 };
 
 /// The AVX2 table if this CPU and OS support AVX2, FMA and F16C.
@@ -49,9 +55,9 @@ macro_rules! entry {
     };
 }
 
-entry!(q4_0_rows, q4_0_rows_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
-entry!(q4_1_rows, q4_1_rows_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
-entry!(q8_0_rows, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(q4_0_rows_side, q4_0_rows_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>));
+entry!(q4_1_rows_side, q4_1_rows_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32], side: Side<'_>));
+entry!(q8_0_rows_side, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>));
 entry!(f16_rows, f16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
@@ -60,6 +66,19 @@ entry!(bf16_add_rows, bf16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, 
 entry!(f32_add_rows, f32_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
 entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
+
+/// The plain row entries: the side-aware ones with nothing on the side.
+macro_rules! no_side {
+    ($name:ident, $side:ident, $w:ty, $a:ty) => {
+        pub(super) fn $name(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32]) {
+            $side(w, bpr, x, y, Side::NONE)
+        }
+    };
+}
+
+no_side!(q4_0_rows, q4_0_rows_side, BlockQ4_0, BlockQ8_0);
+no_side!(q4_1_rows, q4_1_rows_side, BlockQ4_1, BlockQ8_1);
+no_side!(q8_0_rows, q8_0_rows_side, BlockQ8_0, BlockQ8_0);
 
 // ---- loads -----------------------------------------------------------------------------------
 
@@ -159,28 +178,32 @@ pub(super) fn hsum(v: __m256) -> f32 {
 
 // ---- quantised rows --------------------------------------------------------------------------
 
-/// Runs `dot2` on pairs of rows and `dot1` on a last odd row.
+/// Runs `dot2` on pairs of rows and `dot1` on a last odd row, prefetching the `side` stream a
+/// share per pair.
 macro_rules! rows2 {
-    ($w:ident, $bpr:ident, $x:ident, $y:ident, $dot2:ident, $dot1:ident) => {{
+    ($w:ident, $bpr:ident, $x:ident, $y:ident, $side:ident, $dot2:ident, $dot1:ident) => {{
         let mut rows = $w.chunks_exact($bpr);
+        let mut side = $side.cursor($y.len().div_ceil(2));
         let mut outs = $y.chunks_exact_mut(2);
         for o in &mut outs {
             let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
                 break;
             };
+            side.step(prefetch_side);
             let (a, b) = $dot2(r0, r1, $x);
             o[0] = a;
             o[1] = b;
         }
         for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+            side.step(prefetch_side);
             *o = $dot1(r, $x);
         }
     }};
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    rows2!(w, bpr, x, y, dot2_q4_0, dot_q4_0);
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    rows2!(w, bpr, x, y, side, dot2_q4_0, dot_q4_0);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -217,8 +240,8 @@ fn dot2_q4_0(w0: &[BlockQ4_0], w1: &[BlockQ4_0], x: &[BlockQ8_0]) -> (f32, f32) 
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    rows2!(w, bpr, x, y, dot2_q4_1, dot_q4_1);
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32], side: Side<'_>) {
+    rows2!(w, bpr, x, y, side, dot2_q4_1, dot_q4_1);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -258,8 +281,8 @@ fn dot2_q4_1(w0: &[BlockQ4_1], w1: &[BlockQ4_1], x: &[BlockQ8_1]) -> (f32, f32) 
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    rows2!(w, bpr, x, y, dot2_q8_0, dot_q8_0);
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    rows2!(w, bpr, x, y, side, dot2_q8_0, dot_q8_0);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

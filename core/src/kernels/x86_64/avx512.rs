@@ -20,22 +20,27 @@
 //!
 //! A partial last group is loaded with byte masks (masked-off bytes are not accessed) and
 //! its missing blocks have zero activation and zero scales, so they add nothing. Rows with
-//! more than `MAX_BLOCKS` blocks (8192 columns) use the AVX2 kernels. Activation quantising
-//! and float rows also use the AVX2 kernels (not hot in any model we run; AVX2 is implied).
+//! more than `MAX_BLOCKS` blocks (8192 columns) use the AVX2 kernels. Activation quantising,
+//! BF16/F32 rows and the LoRA B update also use the AVX2 kernels (AVX2 is implied). F16 rows
+//! (the LoRA A product, run for every adapted linear of every token) take two rows per pass
+//! here, sharing the activation loads, with the AVX2 kernel's lanes and reduction order so the
+//! results are bit-identical to it (A in cache: 38 -> 45 GB/s at r=32, `lora_kernels`).
 //!
 //! Two rows are computed per pass so the activation loads are shared.
 
 use super::avx2;
-use crate::kernels::{Isa, Kernel};
+use super::prefetch_side;
+use crate::kernels::{Isa, Kernel, Side, SideRows};
 use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 static KERNEL: Kernel = Kernel {
     isa: Isa::Avx512,
     q4_0: q4_0_rows,
     q4_1: q4_1_rows,
     q8_0: q8_0_rows,
-    f16: avx2::f16_rows,
+    f16: f16_rows,
     bf16: avx2::bf16_rows,
     f32: avx2::f32_rows,
     f16_add: avx2::f16_add_rows,
@@ -43,6 +48,11 @@ static KERNEL: Kernel = Kernel {
     f32_add: avx2::f32_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
+    side: Some(SideRows {
+        q4_0: q4_0_rows_side,
+        q4_1: q4_1_rows_side,
+        q8_0: q8_0_rows_side,
+    }),
 };
 
 /// The AVX-512 table if this CPU and OS support AVX-512 F/BW/VL/VNNI/VBMI (and AVX2).
@@ -54,36 +64,43 @@ pub fn detect() -> Option<&'static Kernel> {
 const MAX_BLOCKS: usize = 256;
 
 macro_rules! entry {
-    ($name:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
+    ($name:ident, $side:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
         fn $name(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32]) {
+            $side(w, bpr, x, y, Side::NONE)
+        }
+
+        fn $side(w: &[$w], bpr: usize, x: &[$a], y: &mut [f32], side: Side<'_>) {
             if bpr > MAX_BLOCKS {
-                return $fallback(w, bpr, x, y);
+                return $fallback(w, bpr, x, y, side);
             }
             // SAFETY: reachable only through `KERNEL`, which `detect` hands out only after
             // checking AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and OS ZMM/opmask support.
-            unsafe { $tf(w, bpr, x, y) }
+            unsafe { $tf(w, bpr, x, y, side) }
         }
     };
 }
 
 entry!(
     q4_0_rows,
+    q4_0_rows_side,
     q4_0_rows_tf,
-    avx2::q4_0_rows,
+    avx2::q4_0_rows_side,
     BlockQ4_0,
     BlockQ8_0
 );
 entry!(
     q4_1_rows,
+    q4_1_rows_side,
     q4_1_rows_tf,
-    avx2::q4_1_rows,
+    avx2::q4_1_rows_side,
     BlockQ4_1,
     BlockQ8_1
 );
 entry!(
     q8_0_rows,
+    q8_0_rows_side,
     q8_0_rows_tf,
-    avx2::q8_0_rows,
+    avx2::q8_0_rows_side,
     BlockQ8_0,
     BlockQ8_0
 );
@@ -255,6 +272,20 @@ const ACT2_ZERO: Act2 = Act2 {
     corr: [0; 16],
 };
 
+/// `buf` with every slot set to `zero`, as initialised values. The repack buffers are sized
+/// for the longest row (18 KB for `Act4`) but a decode row is usually much shorter (18 blocks
+/// for SmolLM2's 576 columns: 1.4 KB); filling the whole array on every call cost ~0.4% of a
+/// decode step (dev VM, 2026-11-28), so only the slots a call uses are written.
+#[inline]
+fn zeroed<T: Copy>(buf: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
+    for slot in buf.iter_mut() {
+        slot.write(zero);
+    }
+    // SAFETY: every element of `buf` was initialised just above, and `MaybeUninit<T>` has the
+    // size, alignment and layout of `T`; the exclusive borrow of `buf` carries over.
+    unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 fn pack4<'a>(qs: impl Iterator<Item = (&'a [u8; 32], [u8; 2], [u8; 2])>, out: &mut [Act4]) {
     for (j, (q, d, s)) in qs.enumerate() {
         let (g, i) = (j / 4, j % 4);
@@ -320,10 +351,9 @@ fn finish(acc: __m512, accm: __m256) -> f32 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
-    let ng = bpr.div_ceil(4);
-    let act = &mut act[..ng];
+fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act4>::uninit() }; MAX_BLOCKS / 4];
+    let act = zeroed(&mut act[..bpr.div_ceil(4)], ACT4_ZERO);
     pack4(x.iter().map(|b| (&b.qs, b.d, b.s)), act);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_1),
@@ -333,11 +363,13 @@ fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
     };
     let row_bytes = bpr * 20;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         let (mut a1, mut m1) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         for ((g0, g1), a) in r0.chunks(80).zip(r1.chunks(80)).zip(act.iter()) {
@@ -348,6 +380,7 @@ fn q4_1_rows_tf(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
         o[1] = finish(a1, m1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm256_setzero_ps());
         for (g, a) in r.chunks(80).zip(act.iter()) {
             q4_1_group(g, a, &c, &mut a0, &mut m0);
@@ -375,10 +408,9 @@ fn q4_0_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [ACT4_ZERO; MAX_BLOCKS / 4];
-    let ng = bpr.div_ceil(4);
-    let act = &mut act[..ng];
+fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act4>::uninit() }; MAX_BLOCKS / 4];
+    let act = zeroed(&mut act[..bpr.div_ceil(4)], ACT4_ZERO);
     pack4(x.iter().map(|b| (&b.qs, b.d, [0, 0])), act);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_0),
@@ -388,11 +420,13 @@ fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
     };
     let row_bytes = bpr * 18;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for ((g0, g1), a) in r0.chunks(72).zip(r1.chunks(72)).zip(act.iter()) {
             q4_0_group(g0, a, &c, &mut a0);
@@ -402,6 +436,7 @@ fn q4_0_rows_tf(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
         o[1] = _mm512_reduce_add_ps(a1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let mut a0 = _mm512_setzero_ps();
         for (g, a) in r.chunks(72).zip(act.iter()) {
             q4_0_group(g, a, &c, &mut a0);
@@ -433,10 +468,9 @@ fn q8_0_group(bytes: &[u8], a: &Act2, c: &Q8Consts, acc: &mut __m512) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [ACT2_ZERO; MAX_BLOCKS / 2];
-    let ng = bpr.div_ceil(2);
-    let act = &mut act[..ng];
+fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
+    let mut act = [const { MaybeUninit::<Act2>::uninit() }; MAX_BLOCKS / 2];
+    let act = zeroed(&mut act[..bpr.div_ceil(2)], ACT2_ZERO);
     pack2(x, act);
     let c = Q8Consts {
         qs: load_idx(&QS_Q8_0),
@@ -446,11 +480,13 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
     };
     let row_bytes = bpr * 34;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
+    let mut side = side.cursor(y.len().div_ceil(2));
     let mut outs = y.chunks_exact_mut(2);
     for o in &mut outs {
         let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
             break;
         };
+        side.step(prefetch_side);
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for ((g0, g1), a) in r0.chunks(68).zip(r1.chunks(68)).zip(act.iter()) {
             q8_0_group(g0, a, &c, &mut a0);
@@ -460,11 +496,123 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
         o[1] = _mm512_reduce_add_ps(a1);
     }
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        side.step(prefetch_side);
         let mut a0 = _mm512_setzero_ps();
         for (g, a) in r.chunks(68).zip(act.iter()) {
             q8_0_group(g, a, &c, &mut a0);
         }
         *o = _mm512_reduce_add_ps(a0);
+    }
+}
+
+// ---- F16 rows (LoRA A) ------------------------------------------------------------------------
+
+fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    // SAFETY: reachable only through `KERNEL`, which `detect` hands out only after checking
+    // AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and OS ZMM/opmask support.
+    unsafe { f16_rows_tf(w, cols, x, y) }
+}
+
+/// One F16 row's four AVX2 accumulators (see `avx2::f16_rows`) as two ZMM registers: lanes
+/// 0..8 of `lo` are accumulator 0, lanes 8..16 accumulator 1, `hi` holds 2 and 3.
+struct F16Acc {
+    lo: __m512,
+    hi: __m512,
+}
+
+/// `acc += w[0..32] * x[0..32]`, lane for lane what the AVX2 kernel's four FMAs compute.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn f16_step(w: &[u8; 64], xl: __m512, xh: __m512, acc: &mut F16Acc) {
+    // SAFETY: `w` is 64 readable bytes, read as two 32-byte halves; no alignment needed.
+    let (wl, wh) = unsafe {
+        (
+            _mm256_loadu_si256(w.as_ptr().cast()),
+            _mm256_loadu_si256(w.as_ptr().add(32).cast()),
+        )
+    };
+    acc.lo = _mm512_fmadd_ps(_mm512_cvtph_ps(wl), xl, acc.lo);
+    acc.hi = _mm512_fmadd_ps(_mm512_cvtph_ps(wh), xh, acc.hi);
+}
+
+/// Finish a row exactly as `avx2::f16_rows` does: the 8-element steps left over into
+/// accumulator 0, `(a0 + a1) + (a2 + a3)`, the horizontal sum, then the scalar tail.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn f16_finish(acc: &F16Acc, row: &[u8], x: &[f32], done: usize) -> f32 {
+    let half = |z: __m512| {
+        (
+            _mm512_castps512_ps256(z),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)),
+        )
+    };
+    let ((mut a0, a1), (a2, a3)) = (half(acc.lo), half(acc.hi));
+    let (w8, wt) = row.get(2 * done..).unwrap_or_default().as_chunks::<16>();
+    let (x8, xt) = x.get(done..).unwrap_or_default().as_chunks::<8>();
+    for (w, xv) in w8.iter().zip(x8) {
+        // SAFETY: `w` is 16 readable bytes and `xv` 8 readable f32s; no alignment needed.
+        let (wv, xv) = unsafe {
+            (
+                _mm_loadu_si128(w.as_ptr().cast()),
+                _mm256_loadu_ps(xv.as_ptr()),
+            )
+        };
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(wv), xv, a0);
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    let mut s = avx2::hsum(v);
+    for (e, &xv) in wt.chunks_exact(2).zip(xt) {
+        s += f16_le([e[0], e[1]]) * xv;
+    }
+    s
+}
+
+/// F16 rows against f32 `x`, two rows per pass sharing the activation loads (the LoRA A
+/// product: r rows of the input width). Every row's arithmetic is that of `avx2::f16_rows`
+/// (same lanes, FMAs and reduction order), so the results are bit-identical to it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    let x = x.get(..cols).unwrap_or_default();
+    let (x32, _) = x.as_chunks::<32>();
+    let done = 32 * x32.len();
+    let zero = || F16Acc {
+        lo: _mm512_setzero_ps(),
+        hi: _mm512_setzero_ps(),
+    };
+    let xreg = |c: &[f32; 32]| {
+        // SAFETY: `c` is 32 readable f32s; no alignment needed.
+        unsafe {
+            (
+                _mm512_loadu_ps(c.as_ptr()),
+                _mm512_loadu_ps(c.as_ptr().add(16)),
+            )
+        }
+    };
+    let mut rows = w.chunks_exact(cols * 2);
+    let mut outs = y.chunks_exact_mut(2);
+    for o in &mut outs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            break;
+        };
+        let (mut a0, mut a1) = (zero(), zero());
+        let (w0, _) = r0.as_chunks::<64>();
+        let (w1, _) = r1.as_chunks::<64>();
+        for ((c0, c1), xc) in w0.iter().zip(w1).zip(x32) {
+            let (xl, xh) = xreg(xc);
+            f16_step(c0, xl, xh, &mut a0);
+            f16_step(c1, xl, xh, &mut a1);
+        }
+        o[0] = f16_finish(&a0, r0, x, done);
+        o[1] = f16_finish(&a1, r1, x, done);
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        let mut a = zero();
+        let (wc, _) = r.as_chunks::<64>();
+        for (c, xc) in wc.iter().zip(x32) {
+            let (xl, xh) = xreg(xc);
+            f16_step(c, xl, xh, &mut a);
+        }
+        *o = f16_finish(&a, r, x, done);
     }
 }
 

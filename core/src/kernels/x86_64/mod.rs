@@ -8,7 +8,17 @@
 pub mod avx2;
 pub mod avx512;
 
-use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+use core::arch::x86_64::{__cpuid, __cpuid_count, _mm_prefetch, _xgetbv, _MM_HINT_T1};
+
+/// Hint the cache to fetch the line holding `b`, a byte of a [`Side`](crate::kernels::Side)
+/// stream, into L2 (not L1: the stream is read after the rest of the base matvec, which would
+/// evict it from L1 first).
+#[inline(always)]
+pub(crate) fn prefetch_side(b: &u8) {
+    // SAFETY: SSE (which `prefetcht1` belongs to) is part of the x86_64 baseline, so every
+    // x86_64 CPU runs it; the address is that of a live byte, and a prefetch never faults.
+    unsafe { _mm_prefetch::<_MM_HINT_T1>((b as *const u8).cast()) };
+}
 
 /// What the kernels here need, probed once by the dispatcher.
 #[derive(Clone, Copy, Debug, Default)]
