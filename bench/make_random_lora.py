@@ -6,7 +6,7 @@ benchmarks (the values only need to be finite and non-zero).
         --rank 8 --targets all -o models/bench-lora-r8.gguf
 
 Tensors: blk.N.<linear>.weight.lora_a with ggml dims [in, r] and .lora_b with [r, out],
-F16 (as llama.cpp's converter writes by default), alpha = rank.
+F16 (as llama.cpp's converter writes by default; --dtype q8_0 for Q8_0), alpha = rank.
 """
 import argparse
 
@@ -22,6 +22,8 @@ def main():
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--targets", choices=["all", "qv"], default="all")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["f16", "q8_0"], default="f16",
+                    help="q8_0 quantises A and B with gguf.quants (rank must be a multiple of 32 for B)")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     r = gguf.GGUFReader(a.base)
@@ -43,8 +45,13 @@ def main():
             continue
         lora_a = (rng.standard_normal((a.rank, n_in)) * 0.01).astype(np.float16)  # (r, in)
         lora_b = (rng.standard_normal((n_out, a.rank)) * 0.01).astype(np.float16)  # (out, r)
-        w.add_tensor(name + ".lora_a", lora_a)
-        w.add_tensor(name + ".lora_b", lora_b)
+        if a.dtype == "q8_0":
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            for suffix, m in ((".lora_a", lora_a), (".lora_b", lora_b)):
+                w.add_tensor(name + suffix, gguf.quants.quantize(m.astype(np.float32), q8), raw_dtype=q8)
+        else:
+            w.add_tensor(name + ".lora_a", lora_a)
+            w.add_tensor(name + ".lora_b", lora_b)
         n += 1
     w.write_header_to_file()
     w.write_kv_data_to_file()
