@@ -592,6 +592,56 @@ fn float_add_rows_match_oracle() {
     }
 }
 
+/// `Kernel::matvec_q8_0_add` (the LoRA B update `y += s W t` for a Q8_0 W whose rows are r
+/// values, `t` in f32) against the oracle's dequantised row dotted with `t`, for ranks of 1..8
+/// blocks (32..256; the SIMD kernels take eight rows per pass), row counts that leave every
+/// remainder, random and extreme blocks (zero, f16 max and subnormal scales; quants 0, 127,
+/// -128, -127). Dequantising is exact (`d * q` fits f32), so the bound of
+/// `float_add_rows_match_oracle` applies. Rows beyond the matrix stay untouched.
+#[test]
+fn q8_0_add_rows_match_oracle() {
+    let _g = lock();
+    let mut rng = Rng(0x0b08);
+    for k in kernels_here() {
+        for nb in [1usize, 2, 3, 4, 5, 8] {
+            let r = nb * QK;
+            for rows in [1usize, 5, 7, 8, 9, 15, 16, 17, 23, 64, 67] {
+                for extreme in [false, true] {
+                    let w = q8_0_weights(&mut rng, rows * nb, extreme);
+                    let t: Vec<f32> = (0..r).map(|_| rng.f() * 3.0).collect();
+                    let y0: Vec<f32> = (0..rows + 3).map(|_| rng.f() * 10.0).collect();
+                    let s = rng.f() * 4.0;
+                    let mut y = y0.clone();
+                    k.matvec_q8_0_add(&w, nb, &t, s, &mut y);
+                    let mut deq = vec![0f32; r];
+                    for (i, row) in w.chunks_exact(nb).enumerate() {
+                        r::dequantize_row_q8_0(row, &mut deq);
+                        let dot: f64 = deq.iter().zip(&t).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let sum: f64 = deq.iter().zip(&t).map(|(a, b)| (a * b).abs() as f64).sum();
+                        let want = y0[i] as f64 + s as f64 * dot;
+                        let tol = (2 * r + 16) as f64 * U * sum * s.abs() as f64
+                            + 2.0 * U * (want.abs() + y0[i].abs() as f64);
+                        assert!(
+                            (y[i] as f64 - want).abs() <= tol,
+                            "{:?} r={r} rows={rows} extreme={extreme} row {i}: {} vs oracle {want} (bound {tol:e})",
+                            k.isa(),
+                            y[i]
+                        );
+                    }
+                    assert_eq!(&y[rows..], &y0[rows..], "{:?} r={r}: rows past W", k.isa());
+                }
+            }
+        }
+        // Degenerate calls leave y alone: no blocks per row, t too short, no rows.
+        let w = q8_0_weights(&mut rng, 4, false);
+        let mut y = vec![1.0f32; 4];
+        k.matvec_q8_0_add(&w, 0, &[1.0; 32], 1.0, &mut y);
+        k.matvec_q8_0_add(&w, 1, &[1.0; 31], 1.0, &mut y);
+        k.matvec_q8_0_add(&[], 1, &[1.0; 32], 1.0, &mut y);
+        assert_eq!(y, [1.0; 4], "{:?}", k.isa());
+    }
+}
+
 // ---- the model path (MatRef + Input) and the dispatcher -----------------------------------
 
 #[test]

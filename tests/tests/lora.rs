@@ -450,7 +450,8 @@ fn encode(ty: GgmlType, v: &[f32]) -> Vec<u8> {
 }
 
 /// `AdapterSet::apply` on the fast path of every ISA this machine runs (the fused B kernel for
-/// float B, the matvec + add for Q8_0 B; A on the activation's Q8 form when A is Q8_0) against
+/// float B, the fused Q8_0 kernel with f32 `t` for Q8_0 B; A on the activation's Q8 form when A
+/// is Q8_0) against
 /// the reference path, for every A/B type pair and ranks that are and are not multiples of
 /// the kernels' row and element groupings, with DoRA off.
 #[test]
@@ -460,7 +461,7 @@ fn apply_fast_matches_reference_all_types_and_isas() {
     let g = Gguf::parse(&bytes).unwrap();
     let m: Model<4> = Model::from_gguf(&g).unwrap();
     let types = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
-    for r in [1usize, 3, 8, 13, 16, 32, 40, 64] {
+    for r in [1usize, 3, 8, 13, 16, 32, 40, 64, 96, 128] {
         for ta in types {
             for tb in types {
                 if tb == GgmlType::Q8_0 && r % 32 != 0 {

@@ -99,6 +99,12 @@ fn all_outputs(k: &Kernel, t: usize, rows: usize, nb: usize, cols: usize, seed: 
     out.extend(bits(&y));
     k.matvec_float(GgmlType::F16, &wh, n, &x[..n], &mut y);
     out.extend(bits(&y));
+    // The LoRA B updates (rows of nb blocks / n values) added into y.
+    let t_lora = rng.vec(n);
+    let mut ya = vec![0.5f32; rows];
+    k.matvec_q8_0_add(&w80, nb, &t_lora, 0.75, &mut ya);
+    k.matvec_float_add(GgmlType::F16, &wh, n, &t_lora, -1.25, &mut ya);
+    out.extend(bits(&ya));
     let mut ym = vec![0f32; rows * cols];
     k.matmul_q4_1(&w41, nb, rows, &x1, &mut ym);
     out.extend(bits(&ym));

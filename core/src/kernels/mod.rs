@@ -475,6 +475,11 @@ pub(crate) type FRowsFn = fn(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]);
 /// Callers ([`Kernel::matvec_float_add`]) guarantee `r > 0`, `t.len() == r` and
 /// `w.len() == y.len() * r * element bytes`.
 pub(crate) type FAddRowsFn = fn(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]);
+/// As [`FAddRowsFn`] for Q8_0 rows of `bpr` blocks (`r = 32 * bpr`), with `t` kept in f32:
+/// `y[o] += s * sum_b d_b * sum_k q[o, 32 b + k] * t[32 b + k]`. Callers
+/// ([`Kernel::matvec_q8_0_add`]) guarantee `bpr > 0`, `t.len() == 32 * bpr` and
+/// `w.len() == y.len() * bpr`.
+pub(crate) type Q8AddRowsFn = fn(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]);
 /// Quantise `x` (a whole number of blocks) into `y`.
 pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
 
@@ -494,6 +499,7 @@ pub struct Kernel {
     pub(crate) f16_add: FAddRowsFn,
     pub(crate) bf16_add: FAddRowsFn,
     pub(crate) f32_add: FAddRowsFn,
+    pub(crate) q8_0_add: Q8AddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
     /// Row kernels that prefetch a [`Side`] stream, where the ISA has them.
@@ -688,6 +694,30 @@ impl Kernel {
         par(&mut y[..n], 1, ROW_ALIGN, |r0, ys| {
             if let Some(wc) = w.get(r0 * rb..(r0 + ys.len()) * rb) {
                 f(wc, cols, x, s, ys);
+            }
+        });
+    }
+
+    /// `y += s * W t` for Q8_0 rows of `bpr` blocks against f32 `t` (`32 * bpr` values): the
+    /// LoRA B update for a Q8_0 B. `t` is not quantised (B's rows are only r values long, and
+    /// `t = A x` is small and hot, so keeping it in f32 costs nothing and loses no precision);
+    /// several rows are computed per pass as in [`Kernel::matvec_float_add`]. `bpr == 0`, `t`
+    /// shorter than `32 * bpr`, or rows missing from `w` leave `y` (or those rows) untouched.
+    /// Never panics.
+    pub fn matvec_q8_0_add(&self, w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+        if bpr == 0 || t.len() < bpr * QK {
+            return;
+        }
+        let n = y.len().min(w.len() / bpr);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        let f = self.q8_0_add;
+        let (w, t) = (&w[..n * bpr], &t[..bpr * QK]);
+        par(&mut y[..n], 1, ROW_ALIGN, |r0, ys| {
+            if let Some(wc) = w.get(r0 * bpr..(r0 + ys.len()) * bpr) {
+                f(wc, bpr, t, s, ys);
             }
         });
     }

@@ -21,6 +21,7 @@ pub static KERNEL: Kernel = Kernel {
     f16_add: f16_add_rows,
     bf16_add: bf16_add_rows,
     f32_add: f32_add_rows,
+    q8_0_add: q8_0_add_rows,
     quantize_q8_0: super::reference::quantize_row_q8_0,
     quantize_q8_1: super::reference::quantize_row_q8_1,
     side: None,
@@ -160,5 +161,26 @@ fn bf16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 fn f32_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     for (row, o) in w.chunks_exact(cols * 4).zip(y) {
         *o = dot_float::<4>(row, x, |e| f32::from_le_bytes([e[0], e[1], e[2], e[3]]));
+    }
+}
+
+/// `y[o] += s * sum_b d_b * sum_k q_k t_k` for Q8_0 rows of `bpr` blocks against f32 `t` (the
+/// LoRA B update for a Q8_0 B), one row at a time. Also the NEON and DSP entry: B is a few
+/// percent of the bytes a decode step reads, so a scalar loop costs little there.
+pub(crate) fn q8_0_add_rows(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    let (tb, _) = t.as_chunks::<QK>();
+    for (row, o) in w.chunks_exact(bpr).zip(y) {
+        let mut acc = 0.0f32;
+        for (b, tc) in row.iter().zip(tb) {
+            let mut p = [0.0f32; 8];
+            for (qs, ts) in b.qs.chunks_exact(8).zip(tc.chunks_exact(8)) {
+                for ((pl, &q), &tv) in p.iter_mut().zip(qs).zip(ts) {
+                    *pl += i8s(q) as f32 * tv;
+                }
+            }
+            let sum = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+            acc += f16_le(b.d) * sum;
+        }
+        *o += s * acc;
     }
 }

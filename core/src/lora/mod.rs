@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::{matvec_input, Input, KernelMode, MatRef, Side};
 use crate::model::{Config, Model, LINEARS};
-use crate::quant::GgmlType;
+use crate::quant::{cast_blocks, BlockQ8_0, GgmlType, QK};
 
 #[cfg(feature = "std")]
 pub mod convert;
@@ -460,7 +460,11 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// [`Kernel::matvec_float_add`](crate::kernels::Kernel::matvec_float_add), which adds
     /// `s B t` straight into `y` several rows at a time (B's rows are only r values long, so a
     /// dot product per row would spend most of its time on setup and horizontal sums); a Q8_0
-    /// B, and the reference path, compute `u = B t` into `out_tmp` and add `s u`. `tmp` needs
+    /// B likewise by [`Kernel::matvec_q8_0_add`](crate::kernels::Kernel::matvec_q8_0_add),
+    /// with `t` kept in f32 (quantising a 32-value `t` to Q8 per row was both slower and less
+    /// precise). The reference path (and a Q8_0 B whose rank is not a whole number of
+    /// blocks, which a Q8_0 tensor cannot have) computes `u = B t` into `out_tmp` and adds
+    /// `s u`. `tmp` needs
     /// [`MAX_RANK`] floats, `out_tmp` the output width. Shapes were checked at bind time; this
     /// cannot panic.
     #[inline]
@@ -481,9 +485,17 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
             let Some(t) = tmp.get_mut(..r) else { continue };
             matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            let fused = x.mode() == KernelMode::Fast
-                && matches!(p.b.ty(), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
-            if fused {
+            let fast = x.mode() == KernelMode::Fast;
+            let q8_b = match p.b.ty() {
+                GgmlType::Q8_0 if fast && r.is_multiple_of(QK) => {
+                    cast_blocks::<BlockQ8_0>(p.b.data()).ok()
+                }
+                _ => None,
+            };
+            if let Some(bb) = q8_b {
+                // y += s B t, t kept in f32                           (out,)
+                x.kernel().matvec_q8_0_add(bb, r / QK, t, s, y);
+            } else if fast && matches!(p.b.ty(), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) {
                 // y += s B t                                           (out,)
                 x.kernel()
                     .matvec_float_add(p.b.ty(), p.b.data(), r, t, s, y);

@@ -29,6 +29,7 @@ static KERNEL: Kernel = Kernel {
     f16_add: f16_add_rows,
     bf16_add: bf16_add_rows,
     f32_add: f32_add_rows,
+    q8_0_add: portable::q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
     side: None,

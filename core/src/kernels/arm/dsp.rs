@@ -31,6 +31,7 @@ pub static KERNEL: Kernel = Kernel {
     f16_add: portable::KERNEL.f16_add,
     bf16_add: portable::KERNEL.bf16_add,
     f32_add: portable::KERNEL.f32_add,
+    q8_0_add: portable::KERNEL.q8_0_add,
     quantize_q8_0: reference::quantize_row_q8_0,
     quantize_q8_1: reference::quantize_row_q8_1,
     side: None,

@@ -28,6 +28,7 @@ static KERNEL: Kernel = Kernel {
     f16_add: f16_add_rows,
     bf16_add: bf16_add_rows,
     f32_add: f32_add_rows,
+    q8_0_add: q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
     side: Some(SideRows {
@@ -64,6 +65,7 @@ entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]))
 entry!(f16_add_rows, f16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(bf16_add_rows, bf16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(f32_add_rows, f32_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
+entry!(q8_0_add_rows, q8_0_add_rows_tf, (w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
 entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
 
@@ -524,6 +526,79 @@ fn bf16_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f32_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
     float_add_dispatch!(w, r, t, s, y, f32_add_nc, 32, load_ps_bytes, f32_scalar);
+}
+
+/// Eight signed bytes to eight f32 (`vpmovsxbd` + `vcvtdq2ps`; exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn i8x8_ps(a: &[u8; 8]) -> __m256 {
+    // SAFETY: `a` is 8 readable bytes and `loadl_epi64` reads exactly 8, at any alignment.
+    let v = unsafe { _mm_loadl_epi64(a.as_ptr().cast()) };
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+/// One Q8_0 block times 32 f32 of `t` (`tb`, four registers), scaled by the block's `d`:
+/// `d * ((q0 t0 + q2 t2) + (q1 t1 + q3 t3))`, eight lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_0_block_ps(b: &BlockQ8_0, tb: &[__m256; 4]) -> (__m256, __m256) {
+    let (q, _) = b.qs.as_chunks::<8>();
+    let p = _mm256_fmadd_ps(i8x8_ps(&q[2]), tb[2], _mm256_mul_ps(i8x8_ps(&q[0]), tb[0]));
+    let p1 = _mm256_fmadd_ps(i8x8_ps(&q[3]), tb[3], _mm256_mul_ps(i8x8_ps(&q[1]), tb[1]));
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b.d) as i32));
+    (_mm256_add_ps(p, p1), _mm256_broadcastss_ps(d))
+}
+
+/// `y[o] += s * sum_b d_b * dot(q_b, t_b)` for Q8_0 rows of `bpr` blocks against f32 `t`
+/// (the LoRA B update for a Q8_0 B; `t` stays f32, no activation quantising). Eight rows per
+/// pass share each block's four `t` registers; each row keeps one accumulator
+/// (`acc += d * block product`), and the eight are reduced together by [`hsum8x8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_add_rows_tf(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    let (t8, _) = t.as_chunks::<8>();
+    let tblock = |b: usize| -> [__m256; 4] {
+        let mut r = [_mm256_setzero_ps(); 4];
+        for (v, c) in r
+            .iter_mut()
+            .zip(t8.get(4 * b..4 * b + 4).unwrap_or_default())
+        {
+            *v = load_ps(c);
+        }
+        r
+    };
+    let sv = _mm256_set1_ps(s);
+    let mut groups = w.chunks_exact(8 * bpr);
+    let mut outs = y.chunks_exact_mut(8);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..bpr {
+            let tb = tblock(b);
+            for (a, row) in acc.iter_mut().zip(g.chunks_exact(bpr)) {
+                if let Some(blk) = row.get(b) {
+                    let (p, d) = q8_0_block_ps(blk, &tb);
+                    *a = _mm256_fmadd_ps(d, p, *a);
+                }
+            }
+        }
+        let Ok(o) = <&mut [f32; 8]>::try_from(o) else {
+            continue;
+        };
+        let v = _mm256_fmadd_ps(hsum8x8(&acc), sv, load_ps(o));
+        // SAFETY: `o` is 8 writable f32s; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+    }
+    for (row, o) in groups
+        .remainder()
+        .chunks_exact(bpr)
+        .zip(outs.into_remainder())
+    {
+        let mut a = _mm256_setzero_ps();
+        for (b, blk) in row.iter().enumerate() {
+            let (p, d) = q8_0_block_ps(blk, &tblock(b));
+            a = _mm256_fmadd_ps(d, p, a);
+        }
+        *o += s * hsum(a);
+    }
 }
 
 // ---- activation quantisers -------------------------------------------------------------------

@@ -46,6 +46,7 @@ static KERNEL: Kernel = Kernel {
     f16_add: avx2::f16_add_rows,
     bf16_add: avx2::bf16_add_rows,
     f32_add: avx2::f32_add_rows,
+    q8_0_add: q8_0_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
     side: Some(SideRows {
@@ -502,6 +503,94 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], sid
             q8_0_group(g, a, &c, &mut a0);
         }
         *o = _mm512_reduce_add_ps(a0);
+    }
+}
+
+// ---- Q8_0 rows added into y (LoRA B) -----------------------------------------------------------
+
+fn q8_0_add_rows(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    // SAFETY: reachable only through `KERNEL`, which `detect` hands out only after checking
+    // AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and OS ZMM/opmask support.
+    unsafe { q8_0_add_rows_tf(w, bpr, t, s, y) }
+}
+
+/// One Q8_0 block times 32 f32 of `t` (`tl`, `th`): `q[0..16] t[0..16] + q[16..32] t[16..32]`
+/// in 16 lanes (sign-extended and converted exactly), and the block's `d` broadcast.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_block_ps(b: &BlockQ8_0, tl: __m512, th: __m512) -> (__m512, __m512) {
+    // SAFETY: `b.qs` is 32 readable bytes, read as two 16-byte halves; no alignment needed.
+    let (ql, qh) = unsafe {
+        (
+            _mm_loadu_si128(b.qs.as_ptr().cast()),
+            _mm_loadu_si128(b.qs.as_ptr().add(16).cast()),
+        )
+    };
+    let ql = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ql));
+    let qh = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qh));
+    let p = _mm512_fmadd_ps(qh, th, _mm512_mul_ps(ql, tl));
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b.d) as i32));
+    (p, _mm512_broadcastss_ps(d))
+}
+
+/// The two 8-lane halves of `z` added.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn fold(z: __m512) -> __m256 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1));
+    _mm256_add_ps(_mm512_castps512_ps256(z), hi)
+}
+
+/// `y[o] += s * sum_b d_b * dot(q_b, t_b)` for Q8_0 rows of `bpr` blocks against f32 `t`, as
+/// `avx2::q8_0_add_rows` with 16-lane registers: half the extend/convert/FMA instructions per
+/// block. Eight rows per pass share the `t` loads; their accumulators are folded to 8 lanes
+/// and reduced together by `avx2::hsum8x8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn q8_0_add_rows_tf(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    let (t16, _) = t.as_chunks::<16>();
+    let tblock = |b: usize| -> (__m512, __m512) {
+        match t16.get(2 * b..2 * b + 2) {
+            // SAFETY: each chunk is 16 readable f32s; no alignment needed.
+            Some([l, h]) => unsafe { (_mm512_loadu_ps(l.as_ptr()), _mm512_loadu_ps(h.as_ptr())) },
+            _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        }
+    };
+    let sv = _mm256_set1_ps(s);
+    let mut groups = w.chunks_exact(8 * bpr);
+    let mut outs = y.chunks_exact_mut(8);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for b in 0..bpr {
+            let (tl, th) = tblock(b);
+            for (a, row) in acc.iter_mut().zip(g.chunks_exact(bpr)) {
+                if let Some(blk) = row.get(b) {
+                    let (p, d) = q8_0_block_ps(blk, tl, th);
+                    *a = _mm512_fmadd_ps(d, p, *a);
+                }
+            }
+        }
+        let Ok(o) = <&mut [f32; 8]>::try_from(o) else {
+            continue;
+        };
+        let folded = acc.map(|a| fold(a));
+        // SAFETY: `o` is 8 readable and writable f32s; `loadu`/`storeu` need no alignment.
+        unsafe {
+            let v = _mm256_fmadd_ps(avx2::hsum8x8(&folded), sv, _mm256_loadu_ps(o.as_ptr()));
+            _mm256_storeu_ps(o.as_mut_ptr(), v);
+        }
+    }
+    for (row, o) in groups
+        .remainder()
+        .chunks_exact(bpr)
+        .zip(outs.into_remainder())
+    {
+        let mut a = _mm512_setzero_ps();
+        for (b, blk) in row.iter().enumerate() {
+            let (tl, th) = tblock(b);
+            let (p, d) = q8_0_block_ps(blk, tl, th);
+            a = _mm512_fmadd_ps(d, p, a);
+        }
+        *o += s * avx2::hsum(fold(a));
     }
 }
 
