@@ -71,6 +71,7 @@ pub use threads::{set_threads, threads};
 /// row grouping (pairs on AVX-512), so threaded results are bit-identical to one thread.
 const ROW_ALIGN: usize = 16;
 /// Column (token) chunks of a matmul start at multiples of the AVX-512 matmul's column block.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 const COL_ALIGN: usize = 4;
 
 /// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
@@ -581,7 +582,10 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+        let Some(sr) = self
+            .side
+            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
+        else {
             return self.matvec_q4_0(w, bpr, x, y);
         };
         let n = q_rows(w, bpr, x, y);
@@ -601,7 +605,10 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+        let Some(sr) = self
+            .side
+            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
+        else {
             return self.matvec_q4_1(w, bpr, x, y);
         };
         let n = q_rows(w, bpr, x, y);
@@ -621,7 +628,10 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self.side.filter(|_| !side.is_empty()) else {
+        let Some(sr) = self
+            .side
+            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
+        else {
             return self.matvec_q8_0(w, bpr, x, y);
         };
         let n = q_rows(w, bpr, x, y);
@@ -1067,6 +1077,13 @@ pub fn matvec_input(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32]) {
 /// [`Side`]); float weights and the reference path ignore it. Results are identical to
 /// [`matvec_input`]. Never panics.
 pub fn matvec_input_side(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32], side: Side<'_>) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let side = {
+        // no side-aware kernel on this architecture: drop the stream so the `_side` calls
+        // below fold into the plain matvecs (smaller firmware)
+        let _ = side;
+        Side::NONE
+    };
     if x.mode == KernelMode::Reference || x.x.len() < w.cols {
         matvec(w, x.x, y);
         return;

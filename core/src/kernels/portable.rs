@@ -113,41 +113,41 @@ pub(crate) fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-fn f16_e(e: &[u8]) -> f32 {
-    f16_le([e[0], e[1]])
-}
-fn bf16_e(e: &[u8]) -> f32 {
-    f32::from_bits((u16::from_le_bytes([e[0], e[1]]) as u32) << 16)
-}
-fn f32_e(e: &[u8]) -> f32 {
-    f32::from_le_bytes([e[0], e[1], e[2], e[3]])
-}
-
-/// `y[o] += s * dot(row o, t)`, one row at a time (the SIMD kernels group rows; here the
-/// compiler may vectorise `dot_float`'s eight partial sums).
-fn add_rows<const N: usize>(
+/// `y[o] += s * dot(row o, t)` through the plain row kernel `rows` (rows of `r` elements of
+/// `es` bytes), sixteen rows at a time via a stack buffer: the same arithmetic as the row
+/// kernel plus one multiply-add, and no second copy of the dot product in flash (this table
+/// is the Cortex-M one too).
+fn add_via_rows(
+    rows: fn(&[u8], usize, &[f32], &mut [f32]),
+    es: usize,
     w: &[u8],
     r: usize,
     t: &[f32],
     s: f32,
     y: &mut [f32],
-    conv: fn(&[u8]) -> f32,
 ) {
-    for (row, o) in w.chunks_exact(r * N).zip(y) {
-        *o += s * dot_float::<N>(row, t, conv);
+    let mut buf = [0.0f32; 16];
+    let step = (16 * r * es).max(1);
+    for (wc, yc) in w.chunks(step).zip(y.chunks_mut(16)) {
+        let n = yc.len().min(wc.len() / (r * es).max(1));
+        let (b, yc) = (&mut buf[..n], &mut yc[..n]);
+        rows(wc, r, t, b);
+        for (o, v) in yc.iter_mut().zip(b.iter()) {
+            *o += s * v;
+        }
     }
 }
 
 pub(crate) fn f16_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
-    add_rows::<2>(w, r, t, s, y, f16_e);
+    add_via_rows(f16_rows, 2, w, r, t, s, y);
 }
 
 pub(crate) fn bf16_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
-    add_rows::<2>(w, r, t, s, y, bf16_e);
+    add_via_rows(bf16_rows, 2, w, r, t, s, y);
 }
 
 pub(crate) fn f32_add_rows(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
-    add_rows::<4>(w, r, t, s, y, f32_e);
+    add_via_rows(f32_rows, 4, w, r, t, s, y);
 }
 
 fn bf16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
@@ -172,13 +172,10 @@ pub(crate) fn q8_0_add_rows(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &
     for (row, o) in w.chunks_exact(bpr).zip(y) {
         let mut acc = 0.0f32;
         for (b, tc) in row.iter().zip(tb) {
-            let mut p = [0.0f32; 8];
-            for (qs, ts) in b.qs.chunks_exact(8).zip(tc.chunks_exact(8)) {
-                for ((pl, &q), &tv) in p.iter_mut().zip(qs).zip(ts) {
-                    *pl += i8s(q) as f32 * tv;
-                }
+            let mut sum = 0.0f32;
+            for (&q, &tv) in b.qs.iter().zip(tc) {
+                sum += i8s(q) as f32 * tv;
             }
-            let sum = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
             acc += f16_le(b.d) * sum;
         }
         *o += s * acc;

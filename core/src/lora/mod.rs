@@ -442,6 +442,12 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
     /// [`Side`]); empty when no adapter targets the linear.
     #[inline]
     pub fn side(&self, layer: usize, linear: usize) -> Side<'a> {
+        // Only the x86-64 kernels prefetch a side stream: elsewhere (Cortex-M flash budget)
+        // the whole prefetch plumbing compiles away.
+        if !cfg!(target_arch = "x86_64") {
+            let _ = (layer, linear);
+            return Side::default();
+        }
         let mut side = Side::default();
         for (ad, _) in self.iter() {
             if let Some(p) = ad.pair(layer, linear) {
@@ -485,7 +491,11 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
             let Some(t) = tmp.get_mut(..r) else { continue };
             matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            let fast = x.mode() == KernelMode::Fast;
+            // The fused B kernels are a host/phone speed path; on microcontrollers (64 KiB
+            // flash budget) B goes through the plain matvec + add below, same result up to
+            // summation order.
+            let fast = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+                && x.mode() == KernelMode::Fast;
             let q8_b = match p.b.ty() {
                 GgmlType::Q8_0 if fast && r.is_multiple_of(QK) => {
                     cast_blocks::<BlockQ8_0>(p.b.data()).ok()
