@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ctypes
 
@@ -122,7 +123,7 @@ def main():
                     best[who][1] = max(best[who][1], tg)
             lp, lt = best["l"]
             ep, et = best["e"]
-            print(f"| {th} | {'r8 all-linear' if lora else '-'} | {lp:.1f} | {ep:.1f} | {ep / lp:.2f} | {lt:.1f} | {et:.1f} | {et / lt:.2f} |")
+            print(f"| {th} | {Path(a.lora).name if lora else '-'} | {lp:.1f} | {ep:.1f} | {ep / lp:.2f} | {lt:.1f} | {et:.1f} | {et / lt:.2f} |")
             sys.stdout.flush()
 
 
