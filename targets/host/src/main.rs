@@ -58,7 +58,26 @@ enum Cmd {
     Fetch(fetch::FetchArgs),
 }
 
+/// `edgelora ... | head` closes stdout early; `println!` then panics with "failed printing to
+/// stdout". Treat that like the classic SIGPIPE exit instead of printing a panic.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> Result<()> {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Demo(a) => demo::demo(a),
