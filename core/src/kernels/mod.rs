@@ -582,18 +582,7 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self
-            .side
-            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
-        else {
-            return self.matvec_q4_0(w, bpr, x, y);
-        };
-        let n = q_rows(w, bpr, x, y);
-        if n == 0 {
-            return;
-        }
-        self.mark();
-        rows_par_side(sr.q4_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
+        self.matvec_side(self.q4_0, |sr| sr.q4_0, w, bpr, x, y, side);
     }
 
     /// As [`Kernel::matvec_q4_0_side`] for Q4_1 rows against Q8_1 activations.
@@ -605,18 +594,7 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self
-            .side
-            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
-        else {
-            return self.matvec_q4_1(w, bpr, x, y);
-        };
-        let n = q_rows(w, bpr, x, y);
-        if n == 0 {
-            return;
-        }
-        self.mark();
-        rows_par_side(sr.q4_1, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
+        self.matvec_side(self.q4_1, |sr| sr.q4_1, w, bpr, x, y, side);
     }
 
     /// As [`Kernel::matvec_q4_0_side`] for Q8_0 rows against Q8_0 activations.
@@ -628,18 +606,36 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        let Some(sr) = self
-            .side
-            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
-        else {
-            return self.matvec_q8_0(w, bpr, x, y);
-        };
+        self.matvec_side(self.q8_0, |sr| sr.q8_0, w, bpr, x, y, side);
+    }
+
+    /// The shared body of the `_side` matvecs: this kernel's side-aware row loop (`pick`)
+    /// when it has one (x86-64 only) and `side` is not empty, else the plain row loop.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn matvec_side<W: Sync, A: Sync>(
+        &self,
+        plain: QRowsFn<W, A>,
+        pick: fn(&SideRows) -> QRowsSideFn<W, A>,
+        w: &[W],
+        bpr: usize,
+        x: &[A],
+        y: &mut [f32],
+        side: Side<'_>,
+    ) {
         let n = q_rows(w, bpr, x, y);
         if n == 0 {
             return;
         }
         self.mark();
-        rows_par_side(sr.q8_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n], side);
+        let (w, x, y) = (&w[..n * bpr], &x[..bpr], &mut y[..n]);
+        match self
+            .side
+            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
+        {
+            Some(sr) => rows_par_side(pick(&sr), w, bpr, x, y, side),
+            None => rows_par(plain, w, bpr, x, y),
+        }
     }
 
     /// `y = W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says which;
