@@ -481,8 +481,12 @@ fn float_rows_match_oracle() {
     let _g = lock();
     let mut rng = Rng(0xabc);
     for k in kernels_here() {
-        for &n in &[1usize, 7, 8, 31, 32, 33, 64, 100, 576, 1536, 4095] {
-            for rows in [1usize, 3] {
+        // Lengths hit every tail of the SIMD kernels' 16-, 8-, 4- and 1-element steps; row
+        // counts 1, 2, 3 and 5 both remainders of their two rows per pass.
+        for &n in &[
+            1usize, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 576, 1536, 4095,
+        ] {
+            for rows in [1usize, 2, 3, 5] {
                 let x: Vec<f32> = (0..n).map(|_| rng.f() * 3.0).collect();
                 let vals: Vec<f32> = (0..n * rows)
                     .map(|i| match i % 11 {

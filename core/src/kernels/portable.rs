@@ -107,7 +107,7 @@ fn dot_float<const N: usize>(row: &[u8], x: &[f32], conv: impl Fn(&[u8]) -> f32)
     acc.iter().sum::<f32>() + tail
 }
 
-pub(crate) fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+fn f16_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     for (row, o) in w.chunks_exact(cols * 2).zip(y) {
         *o = dot_float::<2>(row, x, |e| f16_le([e[0], e[1]]));
     }
@@ -165,9 +165,10 @@ fn f32_rows(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 }
 
 /// `y[o] += s * sum_b d_b * sum_k q_k t_k` for Q8_0 rows of `bpr` blocks against f32 `t` (the
-/// LoRA B update for a Q8_0 B), one row at a time. Also the NEON and DSP entry: B is a few
-/// percent of the bytes a decode step reads, so a scalar loop costs little there.
-pub(crate) fn q8_0_add_rows(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+/// LoRA B update for a Q8_0 B), one row at a time. Also the DSP entry: B is a few percent of
+/// the bytes a decode step reads, so a scalar loop costs little there (NEON and x86 have
+/// their own, several rows per pass).
+fn q8_0_add_rows(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
     let (tb, _) = t.as_chunks::<QK>();
     for (row, o) in w.chunks_exact(bpr).zip(y) {
         let mut acc = 0.0f32;

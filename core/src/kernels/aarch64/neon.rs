@@ -10,11 +10,17 @@
 //! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
 //! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
 //!
-//! F16 rows use the portable kernel (the f16 vector types are unstable in Rust 1.95), except
-//! the short rows of a LoRA B update, which widen F16 with one `fcvtl` in `asm!` (base
-//! Armv8-A Advanced SIMD, no FP16 extension needed).
+//! F16 weights widen to f32 with `fcvtl`/`fcvtl2` (base Armv8-A Advanced SIMD, no FP16
+//! extension needed), written as `asm!` because the f16 vector types are unstable in Rust
+//! 1.95. That serves the F16 rows (base matvec of F16 models, LoRA A of F16 adapters: two rows
+//! per pass sharing the activation loads, four accumulators each) and the short rows of a
+//! LoRA B update (four rows per pass, one reduction for all four).
+//!
+//! The LoRA B update of a Q8_0 B keeps `t` in f32: quants widen exactly (`sxtl` to i16 and
+//! i32, `scvtf`) and meet `t` in `fmla`; four rows per pass share each block's `t` registers
+//! and convert their four f16 scales with one `fcvtl`.
 
-use crate::kernels::{portable, Isa, Kernel};
+use crate::kernels::{Isa, Kernel};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use core::arch::aarch64::*;
 
@@ -23,13 +29,13 @@ static KERNEL: Kernel = Kernel {
     q4_0: q4_0_rows,
     q4_1: q4_1_rows,
     q8_0: q8_0_rows,
-    f16: portable::f16_rows,
+    f16: f16_rows,
     bf16: bf16_rows,
     f32: f32_rows,
     f16_add: f16_add_rows,
     bf16_add: bf16_add_rows,
     f32_add: f32_add_rows,
-    q8_0_add: portable::q8_0_add_rows,
+    q8_0_add: q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
     side: None,
@@ -80,11 +86,13 @@ entry!(q8_0_rows, q8_0_rows_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y
 entry!(q4_0_rows_dot, q4_0_rows_dot_tf, (w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
 entry!(q4_1_rows_dot, q4_1_rows_dot_tf, (w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]));
 entry!(q8_0_rows_dot, q8_0_rows_dot_tf, (w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+entry!(f16_rows, f16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(bf16_rows, bf16_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(f32_rows, f32_rows_tf, (w: &[u8], cols: usize, x: &[f32], y: &mut [f32]));
 entry!(f16_add_rows, f16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(bf16_add_rows, bf16_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(f32_add_rows, f32_add_rows_tf, (w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]));
+entry!(q8_0_add_rows, q8_0_add_rows_tf, (w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]));
 entry!(quantize_q8_0, quantize_q8_0_tf, (x: &[f32], y: &mut [BlockQ8_0]));
 entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
 
@@ -249,14 +257,13 @@ fn f32_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-// ---- short rows added into y (LoRA B) --------------------------------------------------------
+// ---- F16 rows ------------------------------------------------------------------------------
 
-/// Four little-endian F16 to f32 (`fcvtl`: exact, subnormals and infinities included).
+/// Four F16 (bit patterns) to f32 with `fcvtl`: exact, subnormals and infinities included.
+/// Base Armv8-A Advanced SIMD, but Rust 1.95 has no stable `float16x4_t`, so it is `asm!`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn cvt_f16x4(w: &[u8; 8]) -> float32x4_t {
-    // SAFETY: `w` is 8 readable bytes; no alignment requirement.
-    let h = unsafe { vld1_u16(w.as_ptr().cast()) };
+fn fcvtl(h: uint16x4_t) -> float32x4_t {
     let out: float32x4_t;
     // SAFETY: register-only conversion (no memory, no flags); `fcvtl` is part of the base
     // Advanced SIMD instruction set this function's target feature guarantees.
@@ -265,6 +272,121 @@ fn cvt_f16x4(w: &[u8; 8]) -> float32x4_t {
             options(pure, nomem, nostack, preserves_flags))
     };
     out
+}
+
+/// Eight F16 (bit patterns) to f32 as (elements 0..4, elements 4..8): `fcvtl` + `fcvtl2`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn fcvtl_x2(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+    let (lo, hi): (float32x4_t, float32x4_t);
+    // SAFETY: as in `fcvtl`. `lo` is written before `h` is read by the second instruction, so
+    // it is an early-clobber `out` (never allocated to `h`'s register).
+    unsafe {
+        core::arch::asm!(
+            "fcvtl {lo:v}.4s, {h:v}.4h",
+            "fcvtl2 {hi:v}.4s, {h:v}.8h",
+            lo = out(vreg) lo, hi = lateout(vreg) hi, h = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags))
+    };
+    (lo, hi)
+}
+
+/// `acc[i] += w[4i..4i+4] * x[4i..4i+4]` for 16 little-endian F16 weights (32 bytes, one
+/// two-register `ld1`) and 16 activations already in registers.
+#[target_feature(enable = "neon")]
+#[inline]
+fn fma_f16x16(acc: &mut [float32x4_t; 4], w: &[u8; 32], x: &float32x4x4_t) {
+    // SAFETY: `w` is 32 readable bytes; `ld1` has no alignment requirement.
+    let h = unsafe { vld1q_u16_x2(w.as_ptr().cast()) };
+    let (w0, w1) = fcvtl_x2(h.0);
+    let (w2, w3) = fcvtl_x2(h.1);
+    acc[0] = vfmaq_f32(acc[0], w0, x.0);
+    acc[1] = vfmaq_f32(acc[1], w1, x.1);
+    acc[2] = vfmaq_f32(acc[2], w2, x.2);
+    acc[3] = vfmaq_f32(acc[3], w3, x.3);
+}
+
+/// `(dot(r0, x), dot(r1, x))` for two F16 rows of `x.len()` elements (`2 x.len()` bytes
+/// each; [`f16_rows_tf`] cuts them so, which keeps the 16-, 4- and 1-element steps of rows and
+/// `x` in line; other lengths give wrong sums, never a panic). Each 16-element step loads 16
+/// activations once (one four-register `ld1`) for both rows and keeps four accumulators per
+/// row, so eight FMA chains hide the `fmla` latency; then 4-element steps, then scalar
+/// `f16_le` for the last `< 4` elements.
+#[target_feature(enable = "neon")]
+#[inline]
+fn f16_dot2(r0: &[u8], r1: &[u8], x: &[f32]) -> (f32, f32) {
+    let (a16, at) = r0.as_chunks::<32>();
+    let (b16, bt) = r1.as_chunks::<32>();
+    let (x16, xt) = x.as_chunks::<16>();
+    let mut a = [vdupq_n_f32(0.0); 4];
+    let mut b = [vdupq_n_f32(0.0); 4];
+    for ((wa, wb), xc) in a16.iter().zip(b16).zip(x16) {
+        // SAFETY: `xc` is 16 readable f32s; `ld1` has no alignment requirement.
+        let xv = unsafe { vld1q_f32_x4(xc.as_ptr()) };
+        fma_f16x16(&mut a, wa, &xv);
+        fma_f16x16(&mut b, wb, &xv);
+    }
+    let (a4, at) = at.as_chunks::<8>();
+    let (b4, bt) = bt.as_chunks::<8>();
+    let (x4, xt) = xt.as_chunks::<4>();
+    for ((wa, wb), xc) in a4.iter().zip(b4).zip(x4) {
+        let xv = ld_f32(xc);
+        a[0] = vfmaq_f32(a[0], cvt_f16x4(wa), xv);
+        b[0] = vfmaq_f32(b[0], cvt_f16x4(wb), xv);
+    }
+    let sum =
+        |v: [float32x4_t; 4]| vaddvq_f32(vaddq_f32(vaddq_f32(v[0], v[1]), vaddq_f32(v[2], v[3])));
+    let (mut sa, mut sb) = (sum(a), sum(b));
+    for ((ea, eb), &xv) in at.chunks_exact(2).zip(bt.chunks_exact(2)).zip(xt) {
+        sa += f16_e(ea) * xv;
+        sb += f16_e(eb) * xv;
+    }
+    (sa, sb)
+}
+
+/// F16 rows of `cols` elements dotted with f32 `x` (the base matvec of F16 models and the
+/// LoRA A product `A x` of F16 adapters), two rows per pass sharing the activation loads
+/// ([`f16_dot2`]). An odd last row is paired with itself and the second result dropped: it
+/// pays the conversions twice for one row of the call, in exchange for a single copy of the
+/// loop (callers hand out rows in multiples of 16 except at the end of a matrix).
+#[target_feature(enable = "neon")]
+fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
+    if cols == 0 {
+        // Callers never pass this (`chunks_exact(0)` would panic); an empty dot is 0.
+        y.fill(0.0);
+        return;
+    }
+    let rb = cols * 2;
+    // Rows and activation cut to the same element count, so the step loops stay aligned.
+    let n = cols.min(x.len());
+    let x = &x[..n];
+    let mut pairs = w.chunks_exact(2 * rb);
+    let mut outs = y.chunks_exact_mut(2);
+    for (p, o) in (&mut pairs).zip(&mut outs) {
+        let (r0, r1) = p.split_at(rb);
+        let (d0, d1) = f16_dot2(&r0[..2 * n], &r1[..2 * n], x);
+        if let [o0, o1] = o {
+            (*o0, *o1) = (d0, d1);
+        }
+    }
+    for (row, o) in pairs
+        .remainder()
+        .chunks_exact(rb)
+        .zip(outs.into_remainder())
+    {
+        let row = &row[..2 * n];
+        *o = f16_dot2(row, row, x).0;
+    }
+}
+
+// ---- short rows added into y (LoRA B) --------------------------------------------------------
+
+/// Four little-endian F16 to f32 (see [`fcvtl`]).
+#[target_feature(enable = "neon")]
+#[inline]
+fn cvt_f16x4(w: &[u8; 8]) -> float32x4_t {
+    // SAFETY: `w` is 8 readable bytes; no alignment requirement.
+    fcvtl(unsafe { vld1_u16(w.as_ptr().cast()) })
 }
 
 #[target_feature(enable = "neon")]
@@ -355,6 +477,97 @@ fn bf16_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
 #[target_feature(enable = "neon")]
 fn f32_add_rows_tf(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [f32]) {
     float_add_rows!(w, r, t, s, y, 16, cvt_f32x4, f32_e);
+}
+
+// ---- Q8_0 rows added into y (LoRA B, Q8_0) --------------------------------------------------
+
+/// The 32 quants of `b` times 32 f32 of `t` (`tb`, eight registers), unscaled: the lanes sum to
+/// `sum_k q_k t_k`. Quants widen exactly (`sxtl` i8 -> i16 -> i32, `scvtf`); two FMA chains.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q8_0_block_t(b: &BlockQ8_0, tb: &[float32x4_t; 8]) -> float32x4_t {
+    // SAFETY: `b.qs` is 32 readable bytes; `ld1` has no alignment requirement.
+    let q = unsafe { vld1q_s8_x2(b.qs.as_ptr().cast()) };
+    let h = [
+        vmovl_s8(vget_low_s8(q.0)),
+        vmovl_high_s8(q.0),
+        vmovl_s8(vget_low_s8(q.1)),
+        vmovl_high_s8(q.1),
+    ];
+    let (tp, _) = tb.as_chunks::<2>();
+    let (mut p0, mut p1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    for (h8, t8) in h.iter().zip(tp) {
+        let lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(*h8)));
+        let hi = vcvtq_f32_s32(vmovl_high_s16(*h8));
+        p0 = vfmaq_f32(p0, lo, t8[0]);
+        p1 = vfmaq_f32(p1, hi, t8[1]);
+    }
+    vaddq_f32(p0, p1)
+}
+
+/// The 32 f32 of one block of `t` in eight registers (one four-register `ld1` per half).
+#[target_feature(enable = "neon")]
+#[inline]
+fn ld_t32(t: &[f32; QK]) -> [float32x4_t; 8] {
+    // SAFETY: `t` is 32 readable f32s, so both 16-element loads are in bounds; `ld1` has no
+    // alignment requirement.
+    let (a, b) = unsafe { (vld1q_f32_x4(t.as_ptr()), vld1q_f32_x4(t.as_ptr().add(16))) };
+    [a.0, a.1, a.2, a.3, b.0, b.1, b.2, b.3]
+}
+
+/// `y[o] += s * sum_b d_b * sum_k q_k t_k` for Q8_0 rows of `bpr` blocks against f32 `t` (the
+/// LoRA B update for a Q8_0 B; `t` stays f32). Four rows per pass share each block's eight `t`
+/// registers; the four blocks' f16 scales are gathered into one vector and widened by one
+/// `fcvtl`, and each row's accumulator takes `acc += d * block product` by lane (`fmla` by
+/// element). Two levels of `faddp` reduce the four accumulators to the four row sums, added to
+/// `y` with one `fmla` by `s`. Remainder rows go one at a time (`faddv`).
+#[target_feature(enable = "neon")]
+fn q8_0_add_rows_tf(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    if bpr == 0 {
+        return; // callers never pass this (`chunks_exact(0)` would panic); nothing to add
+    }
+    // Blocks of `t` past its end (never, from callers) are skipped, as in the portable kernel.
+    let (tb, _) = t.as_chunks::<QK>();
+    let mut groups = w.chunks_exact(4 * bpr);
+    let mut outs = y.chunks_exact_mut(4);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (b, tc) in tb.iter().enumerate().take(bpr) {
+            let tv = ld_t32(tc);
+            let mut p = [vdupq_n_f32(0.0); 4];
+            let mut d = [0u16; 4];
+            for ((pj, dj), row) in p.iter_mut().zip(&mut d).zip(g.chunks_exact(bpr)) {
+                if let Some(blk) = row.get(b) {
+                    *pj = q8_0_block_t(blk, &tv);
+                    *dj = u16::from_le_bytes(blk.d);
+                }
+            }
+            // SAFETY: `d` is 4 readable u16s; no alignment requirement.
+            let dv = fcvtl(unsafe { vld1_u16(d.as_ptr()) });
+            acc[0] = vfmaq_laneq_f32::<0>(acc[0], p[0], dv);
+            acc[1] = vfmaq_laneq_f32::<1>(acc[1], p[1], dv);
+            acc[2] = vfmaq_laneq_f32::<2>(acc[2], p[2], dv);
+            acc[3] = vfmaq_laneq_f32::<3>(acc[3], p[3], dv);
+        }
+        let Ok(o) = <&mut [f32; 4]>::try_from(o) else {
+            continue;
+        };
+        let sums = vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3]));
+        let v = vfmaq_n_f32(ld_f32(o), sums, s);
+        // SAFETY: `o` is 4 writable f32s; no alignment requirement.
+        unsafe { vst1q_f32(o.as_mut_ptr(), v) };
+    }
+    for (row, o) in groups
+        .remainder()
+        .chunks_exact(bpr)
+        .zip(outs.into_remainder())
+    {
+        let mut acc = vdupq_n_f32(0.0);
+        for (blk, tc) in row.iter().zip(tb) {
+            acc = vfmaq_n_f32(acc, q8_0_block_t(blk, &ld_t32(tc)), f16_le(blk.d));
+        }
+        *o += s * vaddvq_f32(acc);
+    }
 }
 
 /// One block as ggml's reference does it; returns (`d`, sum of quants).
