@@ -70,8 +70,12 @@ pub use threads::{set_threads, threads};
 /// Row chunks handed to threads start at multiples of this: a multiple of every matvec's
 /// row grouping (pairs on AVX-512), so threaded results are bit-identical to one thread.
 const ROW_ALIGN: usize = 16;
-/// Column (token) chunks of a matmul start at multiples of the AVX-512 matmul's column block.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+/// Column (token) chunks of a matmul start at multiples of the AVX-512 matmul's column block
+/// (only the x86_64 threaded matmuls split by columns).
+#[cfg_attr(
+    any(not(feature = "std"), not(target_arch = "x86_64")),
+    allow(dead_code)
+)]
 const COL_ALIGN: usize = 4;
 
 /// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
