@@ -247,6 +247,48 @@ fn tiny_merge_matches_unmerged() {
     }
 }
 
+/// Teacher-forced top-1 agreement with PEFT over the cases of `adapter`: (agree, total,
+/// max |dlogit| on PEFT's top-5, every position with a PEFT top-2 margin above 0.05 agreed,
+/// the largest PEFT top-2 margin among the positions that disagree).
+fn score(
+    model: &Model<'_>,
+    set: &AdapterSet<'_, '_, '_>,
+    refs: &J,
+    adapter: &str,
+    mode: KernelMode,
+) -> (usize, usize, f32, bool, f32) {
+    let (mut agree, mut total, mut max_d, mut forced) = (0, 0, 0f32, true);
+    let mut miss_margin = 0f32;
+    for c in refs["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["adapter"] == adapter)
+    {
+        let got = run(model, set, &ids(&c["tokens"]), mode);
+        for (p, g) in got.iter().enumerate() {
+            let top = ids(&c["top_ids"][p]);
+            let tl: Vec<f32> = c["top_logits"][p]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            total += 1;
+            if argmax(g) == top[0] as usize {
+                agree += 1;
+            } else {
+                forced &= tl[0] - tl[1] <= 0.05;
+                miss_margin = miss_margin.max(tl[0] - tl[1]);
+            }
+            for (&i, &w) in top.iter().zip(&tl) {
+                max_d = max_d.max((g[i as usize] - w).abs());
+            }
+        }
+    }
+    (agree, total, max_d, forced, miss_margin)
+}
+
 const SMOL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -274,6 +316,14 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
             convert(&format!("lora/smollm2/{name}"), &base, GgmlType::F16),
         ));
     }
+    // Q8_0 adapter tensors (`adapter convert --dtype q8_0`): A is Q8_0 and runs against the
+    // Q8_0-quantised activation; B (rows of r = 8 values) stays F16, as the converter says.
+    for name in ["plain", "rslora"] {
+        files.push((
+            format!("{name} (edgelora convert q8_0)"),
+            convert(&format!("lora/smollm2/{name}"), &base, GgmlType::Q8_0),
+        ));
+    }
     for name in ["plain", "rslora"] {
         files.push((
             format!("{name} (llama.cpp convert)"),
@@ -288,59 +338,130 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
         let b = ad.bind(&base, &model, &mut slots).unwrap();
         // The fast path (Q8 activations) is measured for our own files only, to keep the
         // test short; the reference path for all.
-        let modes: &[KernelMode] = if label.contains("edgelora") {
+        let modes: &[KernelMode] = if label.contains("q8_0") {
+            // What a Q8_0 A changes is the fast path's integer A x; the reference path
+            // dequantises A (it read 138/138 for both files when measured).
+            &[KernelMode::Fast]
+        } else if label.contains("edgelora") {
             &[KernelMode::Reference, KernelMode::Fast]
         } else {
             &[KernelMode::Reference]
         };
         for &mode in modes {
-            let (mut agree, mut total, mut max_d, mut forced) = (0, 0, 0f32, true);
-            for c in refs["cases"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| c["adapter"] == adapter_name)
-            {
-                let got = run(
-                    &model,
-                    &AdapterSet::single(&b, 1.0),
-                    &ids(&c["tokens"]),
-                    mode,
-                );
-                for (p, g) in got.iter().enumerate() {
-                    let top = ids(&c["top_ids"][p]);
-                    let tl: Vec<f32> = c["top_logits"][p]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                        .collect();
-                    total += 1;
-                    if argmax(g) == top[0] as usize {
-                        agree += 1;
-                    } else if tl[0] - tl[1] > 0.05 {
-                        forced = false;
-                    }
-                    for (&i, &w) in top.iter().zip(&tl) {
-                        max_d = max_d.max((g[i as usize] - w).abs());
-                    }
-                }
-            }
+            let (agree, total, max_d, forced, mm) = score(
+                &model,
+                &AdapterSet::single(&b, 1.0),
+                &refs,
+                adapter_name,
+                mode,
+            );
             println!(
-                "smollm2 {label:<26} {mode:?}: top-1 vs PEFT {agree}/{total} ({:.1}%), max |dlogit| on PEFT top-5 {max_d:.2e}",
+                "smollm2 {label:<26} {mode:?}: top-1 vs PEFT {agree}/{total} ({:.1}%), max |dlogit| on PEFT top-5 {max_d:.2e}, misses at PEFT top-2 margins <= {mm:.2}",
                 100.0 * agree as f64 / total as f64
             );
             results.push((label.clone(), mode, agree, total, max_d, forced));
         }
     }
     for (label, mode, agree, total, max_d, forced) in &results {
-        if label.contains("edgelora") && *mode == KernelMode::Reference {
+        if label.contains("q8_0") {
+            // Q8_0 A against the Q8 activation adds rounding on top of the F16 file's fast
+            // path: at most 2 points of top-1 below it (measured: plain 136/138 against
+            // 134/138, rsLoRA 134/138 against 132/138).
+            let f16_label = label.replace(" q8_0", "");
+            let f16 = results
+                .iter()
+                .find(|r| r.0 == f16_label && r.1 == *mode)
+                .unwrap();
+            assert!(
+                (*agree as f64) >= f16.2 as f64 - 0.02 * *total as f64,
+                "{label} {mode:?}: {agree}/{total} against {}/{} for F16",
+                f16.2,
+                f16.3
+            );
+        } else if label.contains("edgelora") && *mode == KernelMode::Reference {
             assert!(*forced, "{label}: a confident PEFT top-1 was missed");
             assert!(*max_d < 0.05, "{label}: {max_d}");
             assert!(
                 *agree as f64 >= 0.97 * *total as f64,
                 "{label}: {agree}/{total}"
             );
+        }
+    }
+    // Merged into the base (plain, F16 file): the adapted linears become F16 or Q8_0
+    // matrices, the rest stays Q4_1; fast path, no adapter at run time.
+    let plain = convert("lora/smollm2/plain", &base, GgmlType::F16);
+    let ad = Adapter::parse(&plain).unwrap();
+    let mut slots = vec![None; n];
+    let b = ad.bind(&base, &model, &mut slots).unwrap();
+    for ty in [GgmlType::F16, GgmlType::Q8_0] {
+        let mut bufs = vec![];
+        for l in 0..model.config().n_layers {
+            for k in 0..LINEARS {
+                let Some(p) = b.pair(l, k) else { continue };
+                let w = *model.layer(l).unwrap().linear(k);
+                let mut out = vec![0u8; merged_len(&w, ty).unwrap()];
+                let mut row = vec![0f32; 2 * w.cols()];
+                merge_into(
+                    &w,
+                    &[(*p, ad.alpha() / p.rank() as f32)],
+                    ty,
+                    &mut out,
+                    &mut row,
+                )
+                .unwrap();
+                bufs.push((l, k, w, out));
+            }
+        }
+        assert_eq!(
+            bufs.len(),
+            8 * LINEARS,
+            "the plain fixture adapts layers 0-7"
+        );
+        let mut merged = model.clone();
+        for (l, k, w, out) in &bufs {
+            *merged.layer_mut(*l).unwrap().linear_mut(*k) =
+                edgelora::kernels::MatRef::new(ty, w.rows(), w.cols(), out).unwrap();
+        }
+        let mode = KernelMode::Fast;
+        let (agree, total, max_d, forced, mm) =
+            score(&merged, &AdapterSet::EMPTY, &refs, "plain", mode);
+        let label = format!("plain (merged {})", ty.name());
+        println!(
+            "smollm2 {label:<26} {mode:?}: top-1 vs PEFT {agree}/{total} ({:.1}%), max |dlogit| on PEFT top-5 {max_d:.2e}, misses at PEFT top-2 margins <= {mm:.2}",
+            100.0 * agree as f64 / total as f64
+        );
+        results.push((label, mode, agree, total, max_d, forced));
+    }
+    // llama.cpp running its own converter's files (figures measured by
+    // `bench/llamacpp_agreement.py --lora plain --lora rslora --write ...`). Both runtimes
+    // round activations to 8 bits on a Q4_1 base, which moves logits by up to ~1.5 here, so
+    // a handful of the 138 positions (small PEFT top-2 margins) flip either way with the
+    // summation order: edgelora's fast path read 132-136 for plain over the kernel and RoPE
+    // variants measured, llama.cpp 134. Every edgelora way of running the plain adapter
+    // (unmerged F16/Q8_0, merged F16/Q8_0) must therefore be within two positions of
+    // llama.cpp or better; on rsLoRA, whose scale llama.cpp's converter gets wrong, ours
+    // must beat it outright.
+    let lc: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/smollm2/llamacpp_top1.json")).unwrap())
+            .unwrap();
+    for name in ["plain", "rslora"] {
+        let theirs = lc["adapters"][name]["agree"].as_u64().unwrap() as usize;
+        assert_eq!(lc["adapters"][name]["total"].as_u64(), Some(138));
+        for (label, mode, agree, total, ..) in &results {
+            if label.starts_with(name) && !label.contains("llama.cpp") {
+                println!("smollm2 {label:<26} {mode:?}: {agree}/{total} against llama.cpp's {theirs}/138");
+                if name == "plain" {
+                    assert!(
+                        *agree + 2 >= theirs,
+                        "{label} {mode:?}: {agree} against llama.cpp {theirs}"
+                    );
+                } else {
+                    assert!(
+                        *agree > theirs,
+                        "{label} {mode:?}: {agree} <= llama.cpp {theirs}"
+                    );
+                }
+            }
         }
     }
     // Our rsLoRA conversion must be closer to PEFT than llama.cpp's.

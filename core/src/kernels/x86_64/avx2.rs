@@ -364,11 +364,59 @@ fn f32_scalar(e: &[u8]) -> f32 {
     f32::from_le_bytes([e[0], e[1], e[2], e[3]])
 }
 
+/// F16 rows against f32 `x` (the LoRA A product: r rows of the input width), two rows per
+/// pass sharing the activation loads over the 32-element steps; each row then finishes
+/// exactly as [`float_dot!`] does (leftover 8-element steps into accumulator 0, the same
+/// reduction order, the scalar tail), so every row is bit-identical to a one-row pass.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(cols * 2).zip(y) {
-        *o = float_dot!(row, x, 16, cvt_f16x8, f16_scalar);
+    let x = x.get(..cols).unwrap_or_default();
+    let (x8, _) = x.as_chunks::<8>();
+    let (x32, _) = x8.as_chunks::<4>();
+    let done = 32 * x32.len();
+    let mut rows = w.chunks_exact(cols * 2);
+    let mut outs = y.chunks_exact_mut(2);
+    for o in &mut outs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            break;
+        };
+        let (w0, _) = r0.as_chunks::<16>();
+        let (w1, _) = r1.as_chunks::<16>();
+        let (w0, _) = w0.as_chunks::<4>();
+        let (w1, _) = w1.as_chunks::<4>();
+        let mut a0 = [_mm256_setzero_ps(); 4];
+        let mut a1 = [_mm256_setzero_ps(); 4];
+        for ((c0, c1), xc) in w0.iter().zip(w1).zip(x32) {
+            for j in 0..4 {
+                let xv = load_ps(&xc[j]);
+                a0[j] = _mm256_fmadd_ps(cvt_f16x8(&c0[j]), xv, a0[j]);
+                a1[j] = _mm256_fmadd_ps(cvt_f16x8(&c1[j]), xv, a1[j]);
+            }
+        }
+        o[0] = f16_finish(a0, r0, x, done);
+        o[1] = f16_finish(a1, r1, x, done);
     }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        *o = float_dot!(r, x, 16, cvt_f16x8, f16_scalar);
+    }
+}
+
+/// The rest of [`float_dot!`] for an F16 row whose first `done` elements (whole 32-element
+/// steps) are already in `acc`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_finish(mut acc: [__m256; 4], row: &[u8], x: &[f32], done: usize) -> f32 {
+    let (w8, wt) = row.get(2 * done..).unwrap_or_default().as_chunks::<16>();
+    let (x8, xt) = x.get(done..).unwrap_or_default().as_chunks::<8>();
+    for (w, xv) in w8.iter().zip(x8) {
+        acc[0] = _mm256_fmadd_ps(cvt_f16x8(w), load_ps(xv), acc[0]);
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    for (e, &xv) in wt.chunks_exact(2).zip(xt) {
+        s += f16_scalar(e) * xv;
+    }
+    s
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
