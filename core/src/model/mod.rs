@@ -19,7 +19,8 @@
 //! Rope: llama.cpp's converter permutes the rows of `attn_q`/`attn_k` so that rope rotates
 //! adjacent pairs `(x[2i], x[2i+1])` by `pos * base^(-2i / rope_dims)`; that is what GGUF files
 //! expect and what this code does (equivalent to Hugging Face's `rotate_half` on unpermuted
-//! weights).
+//! weights). The `(cos, sin)` table is computed in f32 with Hugging Face's roundings and no
+//! f64 (`rope.rs` says why).
 //!
 //! Memory: weights are borrowed from the GGUF bytes; everything that changes lives in a
 //! [`State`] carved from one caller-provided `&mut [f32]` whose length is
@@ -27,6 +28,7 @@
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
 mod config;
+mod rope;
 
 pub use config::Config;
 
@@ -38,6 +40,7 @@ use crate::kernels::{
 };
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use rope::rope_table;
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
 /// activations for `min(PREFILL_BLOCK, ctx)` tokens). 16 covers four 4-column blocks of the
@@ -755,17 +758,6 @@ pub fn softmax(x: &mut [f32]) {
         for v in x.iter_mut() {
             *v *= inv;
         }
-    }
-}
-
-/// Fill `(cos, sin)` pairs for `pos`: angle_i = pos * base^(-2i/rope_dims), in f64 so that
-/// long positions keep their precision.
-fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
-    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
-        let inv_freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dims as f64);
-        let angle = pos as f64 * inv_freq;
-        cs[0] = libm::cos(angle) as f32;
-        cs[1] = libm::sin(angle) as f32;
     }
 }
 
