@@ -422,8 +422,15 @@ impl<'w, const L: usize> Model<'w, L> {
     ) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
-        let (dim, qd, fd, hd, kv_dim, ctx) =
-            (c.dim, c.q_dim(), c.ffn_dim, c.head_dim, c.kv_dim(), s.ctx);
+        let (dim, qd, fd, hd, kv_dim, rd, ctx) = (
+            c.dim,
+            c.q_dim(),
+            c.ffn_dim,
+            c.head_dim,
+            c.kv_dim(),
+            c.rope_dims,
+            s.ctx,
+        );
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let (kern, mode) = (crate::kernels::active(), s.mode);
@@ -439,10 +446,14 @@ impl<'w, const L: usize> Model<'w, L> {
         let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
         let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
         let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
+        let brope = s.rope.get_mut(..n * rd).ok_or_else(internal)?; //       (n, rope_dims)
 
-        // x_i = token_embd[token_i]
+        // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
         for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
             self.token_embd.dequantize_row(t as usize, xi)?;
+        }
+        for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
+            rope_table(ti, pos0 + i, c.rope_base, rd);
         }
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
@@ -486,9 +497,9 @@ impl<'w, const L: usize> Model<'w, L> {
                     lt,
                     lo,
                 );
-                rope_table(s.rope, pos0 + i, c.rope_base, c.rope_dims);
-                rope(&mut bq[i * qd..(i + 1) * qd], hd, s.rope);
-                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, s.rope);
+                let ti = &brope[i * rd..(i + 1) * rd];
+                rope(&mut bq[i * qd..(i + 1) * qd], hd, ti);
+                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, ti);
             }
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
@@ -617,7 +628,8 @@ impl<'w, const L: usize> Model<'w, L> {
         // x = token_embd[token]                                            // (dim,)
         self.token_embd.dequantize_row(token as usize, s.x)?;
         // rope table for this position: (cos, sin) per rotated pair          // (rope_dims,)
-        rope_table(s.rope, pos, c.rope_base, c.rope_dims);
+        let rope_t = s.rope.get_mut(..c.rope_dims).ok_or_else(internal)?;
+        rope_table(rope_t, pos, c.rope_base, c.rope_dims);
 
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
@@ -638,8 +650,8 @@ impl<'w, const L: usize> Model<'w, L> {
             set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
             matvec_input_side(&w.wv, &mut xin, vc, set.side(l, 2));
             set.apply(l, 2, &mut xin, vc, s.lora_tmp, s.lora_out);
-            rope(s.q, hd, s.rope);
-            rope(kc, hd, s.rope);
+            rope(s.q, hd, rope_t);
+            rope(kc, hd, rope_t);
 
             let layer_k = s
                 .k_cache
@@ -786,6 +798,8 @@ pub struct State<'s> {
     hb: &'s mut [f32],
     hb2: &'s mut [f32],
     att: &'s mut [f32],
+    /// (block, rope_dims): `(cos, sin)` per rotated pair; `step` uses the first position,
+    /// `prefill_block` one per token of the block, filled once before the layer loop.
     rope: &'s mut [f32],
     lora_tmp: &'s mut [f32],
     lora_out: &'s mut [f32],
@@ -823,7 +837,7 @@ impl<'s> State<'s> {
             cfg.ffn_dim,                               // hb
             cfg.ffn_dim,                               // hb2
             ctx,                                       // att (one head at a time)
-            cfg.rope_dims,                             // rope (cos, sin) pairs
+            blk.checked_mul(cfg.rope_dims)?,           // rope (cos, sin) pairs per block position
             MAX_RANK,                                  // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
             act_q,                         // an activation quantised to Q8_0 (kernels::Input)
@@ -894,13 +908,13 @@ impl<'s> State<'s> {
         let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (hb2, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (att, rest) = rest.split_at_mut(ctx);
-        let (rope, rest) = rest.split_at_mut(cfg.rope_dims);
+        let block = Self::block_for(ctx);
+        let (rope, rest) = rest.split_at_mut(block * cfg.rope_dims);
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
         let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (xq8_0, rest) = rest.split_at_mut(act_q);
         let (xq8_1, rest) = rest.split_at_mut(act_q);
-        let block = Self::block_for(ctx);
         let (bx, rest) = rest.split_at_mut(block * cfg.dim);
         let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
         let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
