@@ -16,10 +16,11 @@
 //! the former f64 computation did not.
 //!
 //! Why not f64 or libm: this used `libm::pow`/`cos`/`sin` on f64. On a Cortex-M4F (single
-//! precision FPU) that linked libm's `rem_pio2` and soft-float f64 add/mul/div/conversions,
-//! about 10 KB of the 64 KiB runtime image (measured 65,344 B before, see
-//! `targets/cortex-m/budget.txt`). libm's `sinf`/`cosf` are no way out: they reduce the
-//! argument and evaluate the polynomial in f64 (FreeBSD `__rem_pio2f`, `__kernel_sindf`).
+//! precision FPU) that linked libm's `rem_pio2` and soft-float f64 add/mul/div/conversions:
+//! the DSP runtime image went from 65,344 to 52,564 B of its 64 KiB budget without them
+//! (`targets/cortex-m/budget.txt`), and a 64-dim table takes 0.8 us instead of 3.9 us on the
+//! x86-64 dev machine. libm's `sinf`/`cosf` are no way out: they reduce the argument and
+//! evaluate the polynomial in f64 (FreeBSD `__rem_pio2f`, `__kernel_sindf`).
 //! So the pieces here use only f32 operations and 32x32->64-bit integer multiplies, which a
 //! Cortex-M4 does in one instruction (`UMULL`/`SMULL`):
 //!
@@ -233,7 +234,7 @@ mod tests {
             check(-x);
             x = f32::from_bits(x.to_bits() + 997);
         }
-        // Whatever comes in, the result is finite or NaN-free for finite input, never a panic.
+        // Beyond 2^24 the reduction is not exact, but any finite input gives finite values.
         for x in [f32::MAX, 1e30, 16_777_216.0, f32::MIN_POSITIVE, -0.0] {
             let (s, c) = sin_cos(x);
             assert!(s.is_finite() && c.is_finite(), "{x}");
