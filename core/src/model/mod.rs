@@ -19,7 +19,8 @@
 //! Rope: llama.cpp's converter permutes the rows of `attn_q`/`attn_k` so that rope rotates
 //! adjacent pairs `(x[2i], x[2i+1])` by `pos * base^(-2i / rope_dims)`; that is what GGUF files
 //! expect and what this code does (equivalent to Hugging Face's `rotate_half` on unpermuted
-//! weights).
+//! weights). The `(cos, sin)` table is computed in f32 with Hugging Face's roundings and no
+//! f64 (`rope.rs` says why).
 //!
 //! Memory: weights are borrowed from the GGUF bytes; everything that changes lives in a
 //! [`State`] carved from one caller-provided `&mut [f32]` whose length is
@@ -27,6 +28,7 @@
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
 mod config;
+mod rope;
 
 pub use config::Config;
 
@@ -38,6 +40,7 @@ use crate::kernels::{
 };
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use rope::rope_table;
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
 /// activations for `min(PREFILL_BLOCK, ctx)` tokens). 16 covers four 4-column blocks of the
@@ -419,8 +422,15 @@ impl<'w, const L: usize> Model<'w, L> {
     ) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
-        let (dim, qd, fd, hd, kv_dim, ctx) =
-            (c.dim, c.q_dim(), c.ffn_dim, c.head_dim, c.kv_dim(), s.ctx);
+        let (dim, qd, fd, hd, kv_dim, rd, ctx) = (
+            c.dim,
+            c.q_dim(),
+            c.ffn_dim,
+            c.head_dim,
+            c.kv_dim(),
+            c.rope_dims,
+            s.ctx,
+        );
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let (kern, mode) = (crate::kernels::active(), s.mode);
@@ -436,10 +446,14 @@ impl<'w, const L: usize> Model<'w, L> {
         let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
         let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
         let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
+        let brope = s.rope.get_mut(..n * rd).ok_or_else(internal)?; //       (n, rope_dims)
 
-        // x_i = token_embd[token_i]
+        // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
         for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
             self.token_embd.dequantize_row(t as usize, xi)?;
+        }
+        for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
+            rope_table(ti, pos0 + i, c.rope_base, rd);
         }
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
@@ -483,9 +497,9 @@ impl<'w, const L: usize> Model<'w, L> {
                     lt,
                     lo,
                 );
-                rope_table(s.rope, pos0 + i, c.rope_base, c.rope_dims);
-                rope(&mut bq[i * qd..(i + 1) * qd], hd, s.rope);
-                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, s.rope);
+                let ti = &brope[i * rd..(i + 1) * rd];
+                rope(&mut bq[i * qd..(i + 1) * qd], hd, ti);
+                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, ti);
             }
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
@@ -614,7 +628,8 @@ impl<'w, const L: usize> Model<'w, L> {
         // x = token_embd[token]                                            // (dim,)
         self.token_embd.dequantize_row(token as usize, s.x)?;
         // rope table for this position: (cos, sin) per rotated pair          // (rope_dims,)
-        rope_table(s.rope, pos, c.rope_base, c.rope_dims);
+        let rope_t = s.rope.get_mut(..c.rope_dims).ok_or_else(internal)?;
+        rope_table(rope_t, pos, c.rope_base, c.rope_dims);
 
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
@@ -635,8 +650,8 @@ impl<'w, const L: usize> Model<'w, L> {
             set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
             matvec_input_side(&w.wv, &mut xin, vc, set.side(l, 2));
             set.apply(l, 2, &mut xin, vc, s.lora_tmp, s.lora_out);
-            rope(s.q, hd, s.rope);
-            rope(kc, hd, s.rope);
+            rope(s.q, hd, rope_t);
+            rope(kc, hd, rope_t);
 
             let layer_k = s
                 .k_cache
@@ -758,17 +773,6 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Fill `(cos, sin)` pairs for `pos`: angle_i = pos * base^(-2i/rope_dims), in f64 so that
-/// long positions keep their precision.
-fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
-    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
-        let inv_freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dims as f64);
-        let angle = pos as f64 * inv_freq;
-        cs[0] = libm::cos(angle) as f32;
-        cs[1] = libm::sin(angle) as f32;
-    }
-}
-
 /// Rotate adjacent pairs of every head in `x` (heads of `head_dim`) by the table.
 fn rope(x: &mut [f32], head_dim: usize, table: &[f32]) {
     for head in x.chunks_exact_mut(head_dim) {
@@ -794,6 +798,8 @@ pub struct State<'s> {
     hb: &'s mut [f32],
     hb2: &'s mut [f32],
     att: &'s mut [f32],
+    /// (block, rope_dims): `(cos, sin)` per rotated pair; `step` uses the first position,
+    /// `prefill_block` one per token of the block, filled once before the layer loop.
     rope: &'s mut [f32],
     lora_tmp: &'s mut [f32],
     lora_out: &'s mut [f32],
@@ -831,7 +837,7 @@ impl<'s> State<'s> {
             cfg.ffn_dim,                               // hb
             cfg.ffn_dim,                               // hb2
             ctx,                                       // att (one head at a time)
-            cfg.rope_dims,                             // rope (cos, sin) pairs
+            blk.checked_mul(cfg.rope_dims)?,           // rope (cos, sin) pairs per block position
             MAX_RANK,                                  // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
             act_q,                         // an activation quantised to Q8_0 (kernels::Input)
@@ -902,13 +908,13 @@ impl<'s> State<'s> {
         let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (hb2, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (att, rest) = rest.split_at_mut(ctx);
-        let (rope, rest) = rest.split_at_mut(cfg.rope_dims);
+        let block = Self::block_for(ctx);
+        let (rope, rest) = rest.split_at_mut(block * cfg.rope_dims);
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
         let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (xq8_0, rest) = rest.split_at_mut(act_q);
         let (xq8_1, rest) = rest.split_at_mut(act_q);
-        let block = Self::block_for(ctx);
         let (bx, rest) = rest.split_at_mut(block * cfg.dim);
         let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
         let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
