@@ -2,7 +2,7 @@
 //! interleaved token by token (robust on a shared, loaded machine).
 //!
 //! `cargo run --release -p edgelora-bench --example lora_overhead -- --model M.gguf
-//!  [--adapter A.gguf]... [--rounds N] [--prompt P]`
+//!  [--adapter A.gguf]... [--rounds N] [--prompt P] [--threads T]`
 //!
 //! After a `P`-token prompt (default 64), the same decode step (token, position `P`) is run
 //! `N` times (default 200) for the base alone and for each adapter in turn, cycling through
@@ -10,7 +10,9 @@
 //! of them alike. Per configuration it prints the minimum and median thread-CPU time of one
 //! step and the overhead against the base (median of the per-round ratios, and ratio of the
 //! minima), and a hash of its logits (equal across builds that compute bit-identical results).
-//! `EDGELORA_ISA` forces a kernel as everywhere.
+//! `EDGELORA_ISA` forces a kernel as everywhere. With `--threads T` above 1 the matvecs are
+//! split over T threads and steps are timed by the wall clock instead (thread CPU time would
+//! miss the workers' share), so the figures then need a machine with T idle cores.
 
 use edgelora::lora::{Adapter, AdapterSet};
 use edgelora::model::{state_buffer, Model, State};
@@ -33,6 +35,14 @@ fn map(path: &str) -> memmap2::Mmap {
     unsafe { memmap2::Mmap::map(&file) }.expect("mmap")
 }
 
+fn wall_secs() -> f64 {
+    use std::sync::OnceLock;
+    static T0: OnceLock<std::time::Instant> = OnceLock::new();
+    T0.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -45,7 +55,7 @@ fn main() {
     )
     .to_string();
     let mut adapter_paths = Vec::new();
-    let (mut rounds, mut n_prompt) = (200usize, 64usize);
+    let (mut rounds, mut n_prompt, mut threads) = (200usize, 64usize, 1usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("flag needs a value");
@@ -54,9 +64,12 @@ fn main() {
             "--adapter" => adapter_paths.push(v),
             "--rounds" => rounds = v.parse().expect("--rounds N"),
             "--prompt" => n_prompt = v.parse().expect("--prompt P"),
+            "--threads" => threads = v.parse().expect("--threads T"),
             _ => panic!("unknown flag {a}"),
         }
     }
+    edgelora::kernels::set_threads(threads);
+    let clock: fn() -> f64 = if threads > 1 { wall_secs } else { cpu_secs };
     let bytes = map(&model_path);
     let g = Gguf::parse(&bytes).expect("parse");
     let model: Box<Model> = Box::new(Model::from_gguf(&g).expect("model"));
@@ -87,13 +100,13 @@ fn main() {
     let mut times = vec![Vec::with_capacity(rounds); sets.len()];
     for round in 0..rounds + 5 {
         for (set, t) in sets.iter().zip(times.iter_mut()) {
-            let c0 = cpu_secs();
+            let c0 = clock();
             model
                 .forward_with(next, n_prompt, &mut st, set)
                 .expect("forward");
             // The first rounds warm caches and the thread pool; not recorded.
             if round >= 5 {
-                t.push(cpu_secs() - c0);
+                t.push(clock() - c0);
             }
         }
     }
@@ -111,8 +124,13 @@ fn main() {
         })
         .collect();
     println!(
-        "kernel {}, {rounds} rounds, one decode step at position {n_prompt} (thread CPU time)",
-        edgelora::kernels::active_isa_name()
+        "kernel {}, {rounds} rounds, one decode step at position {n_prompt} ({})",
+        edgelora::kernels::active_isa_name(),
+        if threads > 1 {
+            format!("{threads} threads, wall clock")
+        } else {
+            "thread CPU time".to_string()
+        }
     );
     let base = times[0].clone();
     let base_min = base.iter().copied().fold(f64::INFINITY, f64::min);
