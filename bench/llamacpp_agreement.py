@@ -13,6 +13,16 @@ With `--lora NAME`: the same for the adapter fixtures of `tests/tests/lora_peft.
 (`tests/fixtures/lora/smollm2/refs.json`, PEFT's top-5 per position): llama.cpp runs the
 adapter file its own converter made (`NAME.llamacpp.gguf`), unmerged, and is compared with
 PEFT; the edgelora figures for the same positions are printed by that test.
+
+With `--cases NAME [--lora-file F]`: llama.cpp runs `--model` (for example a GGUF written by
+`edgelora merge`) with the adapter file `F` if given (for example one written by `edgelora
+adapter convert`) on the cases of adapter NAME, against PEFT. This checks that edgelora's
+output files load in llama.cpp and mean there what PEFT meant:
+
+    target/release/edgelora adapter convert tests/fixtures/lora/smollm2/plain --base smollm2 -o /tmp/plain.gguf
+    .venv/bin/python bench/llamacpp_agreement.py --cases plain --lora-file /tmp/plain.gguf
+    target/release/edgelora merge -m smollm2 --adapter /tmp/plain.gguf --type q8_0 -o /tmp/merged.gguf
+    .venv/bin/python bench/llamacpp_agreement.py --cases plain --model /tmp/merged.gguf
 """
 import argparse
 import json
@@ -41,6 +51,8 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 ap.add_argument("--fixture", default=None, help="reference file (default: by mode, see above)")
 ap.add_argument("--lora", action="append", default=[], help="adapter fixture name (plain, rslora)")
+ap.add_argument("--cases", default=None, help="run --model [+ --lora-file] on this adapter's cases")
+ap.add_argument("--lora-file", default=None, help="with --cases: adapter GGUF to apply (unmerged)")
 ap.add_argument("--write", default=None,
                 help="with --lora: also write the figures as JSON (the committed fixture is "
                      "tests/fixtures/lora/smollm2/llamacpp_top1.json, read by lora_peft.rs)")
@@ -48,7 +60,17 @@ a = ap.parse_args()
 out = {"how": "bench/llamacpp_agreement.py --lora ... : llama.cpp (llama-cpp-python, CPU, 1 "
               "thread) running NAME.llamacpp.gguf unmerged on the Q4_1 base, teacher-forced, "
               "top-1 against PEFT's top-1 from refs.json", "adapters": {}}
-if not a.lora:
+if a.cases:
+    refs = json.load(open(a.fixture or "tests/fixtures/lora/smollm2/refs.json"))
+    cases = [c for c in refs["cases"] if c["adapter"] == a.cases and c["scale"] == 1.0]
+    assert cases, f"no cases for adapter {a.cases!r}"
+    llm = Llama(model_path=a.model, lora_path=a.lora_file, n_ctx=128, n_threads=1,
+                logits_all=True, verbose=False)
+    n, agree, overlap = agreement(llm, cases)
+    what = a.model + (f" + {a.lora_file}" if a.lora_file else "")
+    print(f"llama.cpp running {what} vs PEFT ({a.cases}): top-1 agreement {agree}/{n} "
+          f"({100 * agree / n:.1f}%), top-5 overlap {100 * overlap / (5 * n):.1f}%")
+elif not a.lora:
     refs = json.load(open(a.fixture or "tests/fixtures/smollm2/hf_top5.json"))
     llm = Llama(model_path=a.model, n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     n, agree, overlap = agreement(llm, refs["cases"])
