@@ -20,28 +20,12 @@ use edgelora::quant::GgmlType;
 use edgelora::{Error, ErrorKind as K, Gguf};
 use std::collections::BTreeMap;
 
+mod common;
+use common::{f16_bytes, rnd};
+
 fn fixture(rel: &str) -> Vec<u8> {
     let p = format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
-
-/// xorshift64 values in [-amp, amp).
-fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
-
-fn f16_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter()
-        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-        .collect()
 }
 
 /// An F16 adapter for `base` on `targets` (layer, linear index), rank `r`.

@@ -12,6 +12,9 @@ use edgelora::quant::GgmlType;
 use edgelora::Gguf;
 use std::path::PathBuf;
 
+mod common;
+use common::{f32_bytes, rnd};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -26,23 +29,6 @@ fn manifest(key: &str) -> String {
         .find(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| panic!("manifest lacks {key}"))
-}
-
-/// xorshift values in [-amp, amp).
-fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
-
-fn f32_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// A llama.cpp-layout LoRA GGUF for `base`: rank `r` (alpha = r, so the scale is 1) on the

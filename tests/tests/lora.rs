@@ -10,29 +10,15 @@ use edgelora::model::{Model, State, LINEARS, LINEAR_NAMES};
 use edgelora::quant::GgmlType;
 use edgelora::{ErrorKind as K, Gguf};
 
+mod common;
+use common::{f32_bytes, rnd};
+
 fn tiny() -> Vec<u8> {
     std::fs::read(format!(
         "{}/fixtures/tiny/tiny-q8_0.gguf",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
-
-fn f32_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// An all-linear adapter of rank `r` for `base` with random A and B.
