@@ -903,10 +903,15 @@ macro_rules! by_cols {
 /// only share activation loads, which are memory operands either way. Eight columns is
 /// also half a prefill block (`PREFILL_BLOCK` = 16), so with two threads each takes one pass.
 ///
-/// Measured on the dev VM (AMD EPYC, AVX2+FMA+F16C, no AVX-512; SmolLM2-135M Q4_1, 128-token
-/// prompt, one thread, thread CPU time, 2-3 runs each): matvec per token 137 tok/s; blocked
-/// with 4 columns and the scale as `d_w * broadcast(d_x)` per column (six instructions)
-/// 194-198; 8 columns 206-222; 8 columns with the shared scale multiply and shuffle 217-235.
+/// Measured on the dev VM (AMD EPYC, AVX2+FMA+F16C, no AVX-512; shared, load average 2-3),
+/// SmolLM2-135M Q4_1, one thread, thread CPU time (`decode_tps`):
+/// - layout, 128-token prompt, 2-3 runs each: matvec per token 137 tok/s; 4 columns with the
+///   scale as `d_w * broadcast(d_x)` per column (six instructions) 194-198; 8 columns 206-222;
+///   8 columns with the shared scale multiply and shuffle (this kernel) 217-235.
+/// - 64-token prompt, 4 alternating runs each: 141-149 tok/s before, 260-269 after (1.8x);
+///   llama.cpp (`bench/compare_llamacpp.py`, same rounds) 148-154, so 0.84-0.93 of it before
+///   and 1.67-1.77 after. Kernel alone (`kernels_cpu`, 16 tokens): Q4_1 16-19 GMAC/s as
+///   matvecs, 40-43 blocked; Q8_0 19-23, 39-41.
 ///
 /// # Results
 ///
