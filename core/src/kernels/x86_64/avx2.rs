@@ -11,6 +11,9 @@
 //! them are safe calls; they are private and only reachable from the entries, which are only
 //! reachable through `KERNEL`. Two rows are computed per pass so the activation block is
 //! loaded once for both and two independent FMA chains hide each other's latency.
+//!
+//! Prompt batches take the blocked matmuls at the end of this file (`matmul_q4_1`: one
+//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
 
 use super::prefetch_side;
 use crate::kernels::{Isa, Kernel, Side, SideRows};
