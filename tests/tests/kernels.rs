@@ -782,15 +782,64 @@ fn env_forced_isa_actually_runs() {
 
 // ---- blocked matmul (prompt batches) ---------------------------------------------------------
 
+/// Bits of `v`, for comparing outputs exactly (`-0.0 != 0.0`, NaN == same NaN).
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// One blocked matmul (`mm`) over `cols` columns against the oracle, column by column, and
+/// bit for bit against the same table's matvec on each column: the blocked kernels (AVX-512,
+/// AVX2) keep every column's lanes and reduction order, so prefill equals token-by-token
+/// decode. Also checks that nothing past the `cols * rows` outputs is written.
+#[allow(clippy::too_many_arguments)]
+fn check_matmul<W, A>(
+    what: &str,
+    w: &[W],
+    nb: usize,
+    rows: usize,
+    x: &[A],
+    cols: usize,
+    mm: impl Fn(&[W], usize, usize, &[A], &mut [f32]),
+    mv: impl Fn(&[W], usize, &[A], &mut [f32]),
+    oracle: impl Fn(&[W], &[A]) -> (f32, f64),
+) {
+    let mut y = vec![f32::NAN; cols * rows + 1];
+    mm(w, nb, rows, x, &mut y);
+    assert!(y[cols * rows].is_nan(), "{what}: wrote past the output");
+    for c in 0..cols {
+        let xc = &x[c * nb..(c + 1) * nb];
+        let yc = &y[c * rows..(c + 1) * rows];
+        for (r, row) in w.chunks_exact(nb).enumerate() {
+            let (want, s) = oracle(row, xc);
+            check_close(&format!("{what} c={c} r={r}"), yc[r], want, nb, s);
+        }
+        let mut yv = vec![f32::NAN; rows];
+        mv(w, nb, xc, &mut yv);
+        assert_eq!(
+            bits(yc),
+            bits(&yv),
+            "{what} c={c}: not bit-identical to the matvec"
+        );
+    }
+}
+
+/// Every table's `matmul_*` (blocked on AVX-512 and AVX2) over awkward shapes: 1..17 columns
+/// (whole and partial 4-column passes), row counts that are not multiples of any grouping,
+/// one block to the model's widths and past the blocked kernels' limit (8192 + 32 columns,
+/// where they fall back to matvecs), random and extreme blocks.
 #[test]
 fn matmul_matches_oracle_per_column() {
     let _g = lock();
     let mut rng = Rng(0x5eed);
     for k in kernels_here() {
-        for &n in &[32usize, 96, 576, 1536, 8192 + 32] {
+        kernels::reset_ran();
+        for &n in &[32usize, 64, 96, 576, 1536, 8192 + 32] {
             let nb = n / QK;
-            for rows in [1usize, 3, 7] {
-                for cols in [1usize, 2, 3, 4, 5, 9] {
+            for rows in [1usize, 2, 3, 7, 17] {
+                for cols in [1usize, 2, 3, 4, 5, 7, 8, 16, 17] {
+                    if n > 4096 && cols > 5 {
+                        continue; // the fallback: one shape per pass count is enough
+                    }
                     let what = format!("{:?} k={n} rows={rows} cols={cols}", k.isa());
                     let mut x0 = vec![];
                     let mut x1 = vec![];
@@ -799,43 +848,47 @@ fn matmul_matches_oracle_per_column() {
                         x0.extend(a);
                         x1.extend(b);
                     }
-                    let w1 = q4_1_blocks(&mut rng, nb * rows, false);
-                    let w8 = q8_0_weights(&mut rng, nb * rows, rows == 3);
-                    let mut y = vec![f32::NAN; cols * rows + 1];
-                    k.matmul_q4_1(&w1, nb, rows, &x1, &mut y);
-                    for c in 0..cols {
-                        let xc = &x1[c * nb..(c + 1) * nb];
-                        for (r, row) in w1.chunks_exact(nb).enumerate() {
-                            let want = r::vec_dot_q4_1_q8_1(row, xc);
-                            let s = abs_terms_q4_1(row, xc);
-                            check_close(
-                                &format!("mm q4_1 {what} c={c}"),
-                                y[c * rows + r],
-                                want,
-                                nb,
-                                s,
-                            );
-                        }
-                    }
-                    assert!(y[cols * rows].is_nan(), "{what}: wrote past the output");
-                    k.matmul_q8_0(&w8, nb, rows, &x0, &mut y);
-                    for c in 0..cols {
-                        let xc = &x0[c * nb..(c + 1) * nb];
-                        for (r, row) in w8.chunks_exact(nb).enumerate() {
-                            let want = r::vec_dot_q8_0_q8_0(row, xc);
-                            let s = abs_terms_q8_0(row, xc);
-                            check_close(
-                                &format!("mm q8_0 {what} c={c}"),
-                                y[c * rows + r],
-                                want,
-                                nb,
-                                s,
-                            );
-                        }
-                    }
+                    let extreme = rows % 2 == 1;
+                    let w1 = q4_1_blocks(&mut rng, nb * rows, extreme);
+                    let w0 = q4_0_blocks(&mut rng, nb * rows, extreme);
+                    let w8 = q8_0_weights(&mut rng, nb * rows, extreme);
+                    check_matmul(
+                        &format!("mm q4_1 {what}"),
+                        &w1,
+                        nb,
+                        rows,
+                        &x1,
+                        cols,
+                        |w, nb, rows, x, y| k.matmul_q4_1(w, nb, rows, x, y),
+                        |w, nb, x, y| k.matvec_q4_1(w, nb, x, y),
+                        |row, xc| (r::vec_dot_q4_1_q8_1(row, xc), abs_terms_q4_1(row, xc)),
+                    );
+                    check_matmul(
+                        &format!("mm q8_0 {what}"),
+                        &w8,
+                        nb,
+                        rows,
+                        &x0,
+                        cols,
+                        |w, nb, rows, x, y| k.matmul_q8_0(w, nb, rows, x, y),
+                        |w, nb, x, y| k.matvec_q8_0(w, nb, x, y),
+                        |row, xc| (r::vec_dot_q8_0_q8_0(row, xc), abs_terms_q8_0(row, xc)),
+                    );
+                    check_matmul(
+                        &format!("mm q4_0 {what}"),
+                        &w0,
+                        nb,
+                        rows,
+                        &x0,
+                        cols,
+                        |w, nb, rows, x, y| k.matmul_q4_0(w, nb, rows, x, y),
+                        |w, nb, x, y| k.matvec_q4_0(w, nb, x, y),
+                        |row, xc| (r::vec_dot_q4_0_q8_0(row, xc), abs_terms_q4_0(row, xc)),
+                    );
                 }
             }
         }
+        assert!(kernels::ran(k.isa()), "{:?}: matmul did not run", k.isa());
         // Degenerate shapes.
         k.matmul_q4_1(&[], 0, 0, &[], &mut []);
         k.matmul_q8_0(
@@ -845,6 +898,72 @@ fn matmul_matches_oracle_per_column() {
             &[BlockQ8_0::ZERO; 3],
             &mut [0.0; 4],
         );
+        k.matmul_q4_0(
+            &[BlockQ4_0::ZERO; 6],
+            2,
+            3,
+            &[BlockQ8_0::ZERO; 5],
+            &mut [0.0; 7],
+        );
+    }
+}
+
+/// Every table's matmul with each output's integer part exact: unit scales (`d = 1`,
+/// `m = 0`) and small enough values that every f32 sum is exact, so all three types must
+/// equal the oracle exactly (a lane or column mix-up cannot hide inside the tolerance).
+#[test]
+fn matmul_integer_parts_are_exact() {
+    let _g = lock();
+    let mut rng = Rng(0x1a7e);
+    let one = to_f16_le(1.0);
+    for k in kernels_here() {
+        for (nb, rows, cols) in [(1usize, 3usize, 5usize), (18, 5, 4), (48, 2, 7)] {
+            let mut x0 = q8_acts(&mut rng, nb * cols, false).0;
+            x0.iter_mut().for_each(|b| b.d = one);
+            let x1: Vec<BlockQ8_1> = x0
+                .iter()
+                .map(|b| BlockQ8_1 {
+                    d: one,
+                    s: to_f16_le(0.0),
+                    qs: b.qs,
+                })
+                .collect();
+            let mut w1 = q4_1_blocks(&mut rng, nb * rows, false);
+            w1.iter_mut().for_each(|b| {
+                b.d = one;
+                b.m = to_f16_le(0.0);
+            });
+            let mut w0 = q4_0_blocks(&mut rng, nb * rows, false);
+            w0.iter_mut().for_each(|b| b.d = one);
+            let mut w8 = q8_0_weights(&mut rng, nb * rows, false);
+            w8.iter_mut().for_each(|b| b.d = one);
+            let mut y = vec![0f32; rows * cols];
+            let what = format!("{:?} nb={nb} rows={rows} cols={cols}", k.isa());
+            k.matmul_q4_1(&w1, nb, rows, &x1, &mut y);
+            for (i, &v) in y.iter().enumerate() {
+                let want = r::vec_dot_q4_1_q8_1(
+                    &w1[(i % rows) * nb..][..nb],
+                    &x1[(i / rows) * nb..][..nb],
+                );
+                assert_eq!(v, want, "q4_1 {what} out {i}");
+            }
+            k.matmul_q4_0(&w0, nb, rows, &x0, &mut y);
+            for (i, &v) in y.iter().enumerate() {
+                let want = r::vec_dot_q4_0_q8_0(
+                    &w0[(i % rows) * nb..][..nb],
+                    &x0[(i / rows) * nb..][..nb],
+                );
+                assert_eq!(v, want, "q4_0 {what} out {i}");
+            }
+            k.matmul_q8_0(&w8, nb, rows, &x0, &mut y);
+            for (i, &v) in y.iter().enumerate() {
+                let want = r::vec_dot_q8_0_q8_0(
+                    &w8[(i % rows) * nb..][..nb],
+                    &x0[(i / rows) * nb..][..nb],
+                );
+                assert_eq!(v, want, "q8_0 {what} out {i}");
+            }
+        }
     }
 }
 

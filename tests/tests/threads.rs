@@ -110,6 +110,8 @@ fn all_outputs(k: &Kernel, t: usize, rows: usize, nb: usize, cols: usize, seed: 
     out.extend(bits(&ym));
     k.matmul_q8_0(&w80, nb, rows, &x0, &mut ym);
     out.extend(bits(&ym));
+    k.matmul_q4_0(&w40, nb, rows, &x0, &mut ym);
+    out.extend(bits(&ym));
     threads::set_threads(1);
     out
 }

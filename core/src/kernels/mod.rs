@@ -28,16 +28,18 @@
 //! the DSP table) exists, so no other kernel is linked.
 //!
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
-//! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`], which unpack each weight group once for
-//! several tokens (blocked on AVX-512, a matvec per token elsewhere).
+//! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`], which unpack
+//! each weight group once for several tokens (blocked on AVX-512 and AVX2, with each column
+//! bit-identical to the same table's matvec; a matvec per token elsewhere).
 //!
 //! # Threads (hosts, feature `std`)
 //!
 //! `set_threads(n)` splits every matvec's rows (and every matmul's columns) across the
 //! caller and a persistent pool of `n - 1` workers (the `threads` module, feature `std`,
-//! explains the design). Chunk boundaries sit on multiples of each kernel's row/column grouping, so the
-//! results are bit-identical to one thread. One thread is the default; without `std` there
-//! is no pool and every split is a plain call.
+//! explains the design). Row chunks sit on multiples of each kernel's row grouping, and a
+//! blocked matmul computes every column exactly as the matvec does whatever its passes hold,
+//! so the results are bit-identical to one thread. One thread is the default; without `std`
+//! there is no pool and every split is a plain call.
 //!
 //! # Results
 //!
@@ -70,13 +72,24 @@ pub use threads::{set_threads, threads};
 /// Row chunks handed to threads start at multiples of this: a multiple of every matvec's
 /// row grouping (pairs on AVX-512), so threaded results are bit-identical to one thread.
 const ROW_ALIGN: usize = 16;
-/// Column (token) chunks of a matmul start at multiples of the AVX-512 matmul's column block
-/// (only the x86_64 threaded matmuls split by columns).
-#[cfg_attr(
-    any(not(feature = "std"), not(target_arch = "x86_64")),
-    allow(dead_code)
-)]
-const COL_ALIGN: usize = 4;
+/// Columns per thread chunk of a blocked matmul whose passes take `block` columns, over `n`
+/// columns: whole passes (a pass of fewer columns costs more per column), halved while that
+/// would leave threads without a chunk (an idle thread costs more). Any grouping gives the
+/// same results: every column of a blocked matmul is bit-identical to the matvec.
+#[cfg(feature = "std")]
+fn col_align(n: usize, block: usize) -> usize {
+    let t = threads();
+    let mut a = block.max(1);
+    while a > 1 && n.div_ceil(a) < t {
+        a /= 2;
+    }
+    a
+}
+
+#[cfg(not(feature = "std"))]
+fn col_align(_n: usize, block: usize) -> usize {
+    block
+}
 
 /// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
 /// matvec: 1; columns of a matmul: `rows`), or `f(0, y)` with one thread or without `std`.
@@ -485,6 +498,12 @@ pub(crate) type FAddRowsFn = fn(w: &[u8], r: usize, t: &[f32], s: f32, y: &mut [
 /// ([`Kernel::matvec_q8_0_add`]) guarantee `bpr > 0`, `t.len() == 32 * bpr` and
 /// `w.len() == y.len() * bpr`.
 pub(crate) type Q8AddRowsFn = fn(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]);
+/// A blocked matmul (see [`Kernel::matmul_q4_1`]): `y[c * rows + r] = dot(w row r, x column
+/// c)`, or `false` if it does not take the shape. `k` is the table it was reached through.
+pub(crate) type MatmulFn<W, A> =
+    fn(k: &Kernel, w: &[W], bpr: usize, rows: usize, x: &[A], y: &mut [f32]) -> bool;
+/// A blocked matmul and the columns one of its passes takes.
+type Blocked<W, A> = Option<(MatmulFn<W, A>, usize)>;
 /// Quantise `x` (a whole number of blocks) into `y`.
 pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
 
@@ -758,9 +777,10 @@ impl Kernel {
 
     /// Blocked `Y = W X` for a batch of activations (prompt tokens): `x` holds `n` columns of
     /// `bpr` blocks each (`n = x.len() / bpr`), `y` receives column `c` at
-    /// `y[c * rows .. (c + 1) * rows]`. Kernels with a blocked implementation (AVX-512) load
-    /// and unpack each weight group once for several columns; the others run one matvec per
-    /// column. Columns or rows that do not fit the slices are skipped. Never panics.
+    /// `y[c * rows .. (c + 1) * rows]`. Kernels with a blocked implementation (AVX-512, AVX2)
+    /// load and unpack each weight block once for several columns; the others run one matvec
+    /// per column. Every column is bit-identical to [`Kernel::matvec_q4_1`] on it. Columns or
+    /// rows that do not fit the slices are skipped. Never panics.
     pub fn matmul_q4_1(
         &self,
         w: &[BlockQ4_1],
@@ -769,32 +789,15 @@ impl Kernel {
         x: &[BlockQ8_1],
         y: &mut [f32],
     ) {
-        if bpr == 0 || rows == 0 || w.len() / bpr < rows {
-            return;
-        }
-        let n = (x.len() / bpr).min(y.len() / rows);
-        let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
-            self.mark();
-            // Columns (tokens) split across threads: each reads all of `w`, which at these
-            // shapes stays in L2, and writes its own contiguous columns of `y`.
-            par(y, rows, COL_ALIGN, |c0, yc| {
-                let nc = yc.len() / rows;
-                let Some(xc) = x.get(c0 * bpr..(c0 + nc) * bpr) else {
-                    return;
-                };
-                if !x86_64::avx512::matmul_q4_1(self, w, bpr, rows, xc, yc) {
-                    for (xv, yv) in xc.chunks_exact(bpr).zip(yc.chunks_exact_mut(rows)) {
-                        (self.q4_1)(&w[..rows * bpr], bpr, xv, yv);
-                    }
-                }
-            });
-            return;
-        }
-        for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
-            self.matvec_q4_1(w, bpr, xc, yc);
-        }
+        let blocked: Blocked<_, _> = match self.isa {
+            Isa::Avx512 => Some((x86_64::avx512::matmul_q4_1, x86_64::avx512::COLS)),
+            Isa::Avx2 => Some((x86_64::avx2::matmul_q4_1, x86_64::avx2::MM_COLS)),
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocked = None;
+        self.matmul(self.q4_1, blocked, w, bpr, rows, x, y);
     }
 
     /// As [`Kernel::matmul_q4_1`] for Q8_0 weights and activations.
@@ -806,31 +809,80 @@ impl Kernel {
         x: &[BlockQ8_0],
         y: &mut [f32],
     ) {
+        #[cfg(target_arch = "x86_64")]
+        let blocked: Blocked<_, _> = match self.isa {
+            Isa::Avx512 => Some((x86_64::avx512::matmul_q8_0, x86_64::avx512::COLS)),
+            Isa::Avx2 => Some((x86_64::avx2::matmul_q8_0, x86_64::avx2::MM_COLS)),
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocked = None;
+        self.matmul(self.q8_0, blocked, w, bpr, rows, x, y);
+    }
+
+    /// As [`Kernel::matmul_q4_1`] for Q4_0 weights and Q8_0 activations (blocked on AVX2; the
+    /// AVX-512 table has no blocked Q4_0 and runs its matvec per column, so that prefill stays
+    /// bit-identical to its decode).
+    pub fn matmul_q4_0(
+        &self,
+        w: &[BlockQ4_0],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_0],
+        y: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        let blocked: Blocked<_, _> = match self.isa {
+            Isa::Avx2 => Some((x86_64::avx2::matmul_q4_0, x86_64::avx2::MM_COLS)),
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocked = None;
+        self.matmul(self.q4_0, blocked, w, bpr, rows, x, y);
+    }
+
+    /// The shared body of the matmuls: with a `blocked` kernel, columns (tokens) split across
+    /// threads in chunks of whole passes where there are enough ([`col_align`]; each thread
+    /// reads all of `w`, which at these shapes stays in L2, and writes its own contiguous
+    /// columns of `y`), and a shape the blocked kernel does not take runs the row kernel
+    /// `rows_fn` per column; without one, a threaded matvec per column.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul<W: Sync, A: Sync>(
+        &self,
+        rows_fn: QRowsFn<W, A>,
+        blocked: Blocked<W, A>,
+        w: &[W],
+        bpr: usize,
+        rows: usize,
+        x: &[A],
+        y: &mut [f32],
+    ) {
         if bpr == 0 || rows == 0 || w.len() / bpr < rows {
             return;
         }
         let n = (x.len() / bpr).min(y.len() / rows);
-        let (x, y) = (&x[..n * bpr], &mut y[..n * rows]);
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
-            self.mark();
-            // Columns (tokens) split across threads: each reads all of `w`, which at these
-            // shapes stays in L2, and writes its own contiguous columns of `y`.
-            par(y, rows, COL_ALIGN, |c0, yc| {
+        let (w, x, y) = (&w[..rows * bpr], &x[..n * bpr], &mut y[..n * rows]);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        match blocked {
+            Some((mm, block)) => par(y, rows, col_align(n, block), |c0, yc| {
                 let nc = yc.len() / rows;
                 let Some(xc) = x.get(c0 * bpr..(c0 + nc) * bpr) else {
                     return;
                 };
-                if !x86_64::avx512::matmul_q8_0(self, w, bpr, rows, xc, yc) {
+                if !mm(self, w, bpr, rows, xc, yc) {
                     for (xv, yv) in xc.chunks_exact(bpr).zip(yc.chunks_exact_mut(rows)) {
-                        (self.q8_0)(&w[..rows * bpr], bpr, xv, yv);
+                        rows_fn(w, bpr, xv, yv);
                     }
                 }
-            });
-            return;
-        }
-        for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
-            self.matvec_q8_0(w, bpr, xc, yc);
+            }),
+            None => {
+                for (xc, yc) in x.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
+                    rows_par(rows_fn, w, bpr, xc, yc);
+                }
+            }
         }
     }
 
@@ -1209,8 +1261,9 @@ impl<'a> Batch<'a> {
 }
 
 /// `Y = W X` for a [`Batch`]: output vector `c` goes to `y[c * w.rows() .. (c + 1) * w.rows()]`.
-/// Q4_1 and Q8_0 weights run the blocked [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`];
-/// other types run one matvec per vector with the same arithmetic as [`matvec_input`].
+/// Quantised weights run the blocked [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] /
+/// [`Kernel::matmul_q4_0`]; other types run one matvec per vector with the same arithmetic as
+/// [`matvec_input`].
 /// The batch's width must equal `w.cols()` (else `y` is left untouched). Never panics.
 pub fn matmul_input(w: &MatRef<'_>, x: &mut Batch<'_>, y: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
@@ -1235,10 +1288,7 @@ pub fn matmul_input(w: &MatRef<'_>, x: &mut Batch<'_>, y: &mut [f32]) {
             }
             GgmlType::Q4_0 => {
                 if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
-                    for (xc, yc) in xb.chunks_exact(bpr).zip(y.chunks_exact_mut(rows)) {
-                        k.matvec_q4_0(wb, bpr, xc, yc);
-                    }
-                    return;
+                    return k.matmul_q4_0(wb, bpr, rows, xb, y);
                 }
             }
             GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {

@@ -15,9 +15,10 @@
 //! # Results
 //!
 //! Each output row (matvec) or column (matmul) is computed by exactly one thread, with the
-//! same kernel code on the same inputs, and chunk boundaries are multiples of the kernels' row
-//! (column) grouping, so any pairing a kernel does inside a chunk is the same as single-threaded:
-//! results are bit for bit identical to one thread (`tests/tests/threads.rs`).
+//! same kernel code on the same inputs, and row chunk boundaries are multiples of the kernels'
+//! row grouping, so any pairing a kernel does inside a chunk is the same as single-threaded (a
+//! blocked matmul's columns do not depend on how they are grouped into passes): results are
+//! bit for bit identical to one thread (`tests/tests/threads.rs`).
 //!
 //! # Soundness
 //!

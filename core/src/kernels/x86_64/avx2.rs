@@ -11,11 +11,15 @@
 //! them are safe calls; they are private and only reachable from the entries, which are only
 //! reachable through `KERNEL`. Two rows are computed per pass so the activation block is
 //! loaded once for both and two independent FMA chains hide each other's latency.
+//!
+//! Prompt batches take the blocked matmuls at the end of this file (`matmul_q4_1`: one
+//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
 
 use super::prefetch_side;
 use crate::kernels::{Isa, Kernel, Side, SideRows};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 static KERNEL: Kernel = Kernel {
     isa: Isa::Avx2,
@@ -725,3 +729,354 @@ fn quantize_q8_1_tf(x: &[f32], y: &mut [BlockQ8_1]) {
         b.s = crate::quant::to_f16_le(sum as f32 * d);
     }
 }
+
+// ---- blocked matmul for prompt batches ---------------------------------------------------------
+
+/// Most columns (tokens) one pass of the blocked matmuls takes (see [`matmul_q4_1`]).
+pub(crate) const MM_COLS: usize = 8;
+
+/// Longest row (in 32-element blocks) the blocked matmuls take: the packed activations of a
+/// pass live on the stack (320 bytes per block, 80 KB at 256 blocks, about what the AVX-512
+/// matmul uses). Longer rows (more than 8192 columns) run one matvec per token.
+const MM_MAX_BLOCKS: usize = 256;
+
+/// One block position of up to `MM_COLS` activation columns, packed so the row loop reads one
+/// contiguous stream with no per-column conversion: the quants of each column, then `d` and
+/// (Q8_1) `s` of column `c` as f32 in lane `c`, so the scales `d_w d_x` of four columns are
+/// one multiply ([`col_scales`]) and the `m_w s_x` terms of all columns one multiply-add.
+/// Columns a pass does not use are zero.
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct ColBlock {
+    qs: [[u8; 32]; MM_COLS],
+    d: [f32; 8],
+    s: [f32; 8],
+}
+
+const COL_BLOCK_ZERO: ColBlock = ColBlock {
+    qs: [[0; 32]; MM_COLS],
+    d: [0.0; 8],
+    s: [0.0; 8],
+};
+
+/// One f16 to f32 with F16C (what the matvecs' `vcvtph2ps` computes, bit for bit).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_f32(h: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
+    ))
+}
+
+/// Pack `NC` columns of `bpr` blocks (`x`, column after column; `parts` gives a block's quants,
+/// `d` and `s`) into `buf`, returning the `bpr` packed blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_cols<'p, A, const NC: usize>(
+    x: &[A],
+    bpr: usize,
+    parts: impl Fn(&A) -> (&[u8; 32], [u8; 2], [u8; 2]),
+    buf: &'p mut [MaybeUninit<ColBlock>; MM_MAX_BLOCKS],
+) -> &'p [ColBlock] {
+    let buf = &mut buf[..bpr.min(MM_MAX_BLOCKS)];
+    for (b, slot) in buf.iter_mut().enumerate() {
+        let mut p = COL_BLOCK_ZERO;
+        for c in 0..NC.min(MM_COLS) {
+            if let Some(a) = x.get(c * bpr + b) {
+                let (qs, d, s) = parts(a);
+                p.qs[c] = *qs;
+                p.d[c] = f16_f32(d);
+                p.s[c] = f16_f32(s);
+            }
+        }
+        slot.write(p);
+    }
+    // SAFETY: every element of `buf` was initialised just above, and `MaybeUninit<ColBlock>`
+    // has the size, alignment and layout of `ColBlock`.
+    unsafe { &*(buf as *const [MaybeUninit<ColBlock>] as *const [ColBlock]) }
+}
+
+/// `d_w d_x` of columns 0-3 (`[0]`) and 4-7 (`[1]`), each half repeated in both 128-bit
+/// lanes so that [`lane`] broadcasts one column's scale with a single in-lane shuffle.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn col_scales(dw: __m256, d: &[f32; 8]) -> [__m256; 2] {
+    let (h, _) = d.as_chunks::<4>();
+    // SAFETY: each `h[i]` is 4 readable f32s; `loadu` has no alignment requirement.
+    let half = |i: usize| _mm256_broadcast_ps(unsafe { &_mm_loadu_ps(h[i].as_ptr()) });
+    [_mm256_mul_ps(dw, half(0)), _mm256_mul_ps(dw, half(1))]
+}
+
+/// Column `c`'s scale from [`col_scales`] in all 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane(d: &[__m256; 2], c: usize) -> __m256 {
+    let v = d[(c / 4) & 1];
+    match c % 4 {
+        0 => _mm256_permute_ps::<0x00>(v),
+        1 => _mm256_permute_ps::<0x55>(v),
+        2 => _mm256_permute_ps::<0xaa>(v),
+        _ => _mm256_permute_ps::<0xff>(v),
+    }
+}
+
+/// The horizontal sums of four vectors, lane `c` = `hsum(a[c])` bit for bit: the same
+/// additions in the same order (`(v0 + v4) ...`, then `(s0 + s2) + (s1 + s3)`), done for four
+/// vectors at once by transposing with unpacks (about 3 instructions a vector against 5).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum4(a: &[__m256; 4]) -> __m128 {
+    let s = a.map(|v| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+    // [s0_0 + s0_2, s1_0 + s1_2, s0_1 + s0_3, s1_1 + s1_3], and the same for vectors 2 and 3.
+    let t01 = _mm_add_ps(_mm_unpacklo_ps(s[0], s[1]), _mm_unpackhi_ps(s[0], s[1]));
+    let t23 = _mm_add_ps(_mm_unpacklo_ps(s[2], s[3]), _mm_unpackhi_ps(s[2], s[3]));
+    _mm_add_ps(_mm_movelh_ps(t01, t23), _mm_movehl_ps(t23, t01))
+}
+
+/// `hsum` of each of the first `NC` accumulators (lane `c`), as 8 lanes (unused lanes zero).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_cols<const NC: usize>(acc: &[__m256; NC]) -> __m256 {
+    let mut a = [_mm256_setzero_ps(); 8];
+    for (d, s) in a.iter_mut().zip(acc) {
+        *d = *s;
+    }
+    let lo = hsum4(&[a[0], a[1], a[2], a[3]]);
+    let hi = if NC > 4 {
+        hsum4(&[a[4], a[5], a[6], a[7]])
+    } else {
+        _mm_setzero_ps()
+    };
+    _mm256_set_m128(hi, lo)
+}
+
+/// Store lanes `0..NC` of `v` at `ys[c * rows + r]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_cols<const NC: usize>(v: __m256, ys: &mut [f32], rows: usize, r: usize) {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 writable f32s; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    for (c, &l) in lanes.iter().enumerate().take(NC) {
+        if let Some(o) = ys.get_mut(c * rows + r) {
+            *o = l;
+        }
+    }
+}
+
+/// `$f::<nc>(args)` for a pass of `nc` columns (`1..=MM_COLS`), each count its own
+/// instance so the column loops unroll and every accumulator stays in a register.
+macro_rules! by_cols {
+    ($nc:expr, $f:ident, $($a:expr),*) => {{
+        const _: () = assert!(MM_COLS == 8);
+        match $nc {
+            1 => $f::<1>($($a),*),
+            2 => $f::<2>($($a),*),
+            3 => $f::<3>($($a),*),
+            4 => $f::<4>($($a),*),
+            5 => $f::<5>($($a),*),
+            6 => $f::<6>($($a),*),
+            7 => $f::<7>($($a),*),
+            _ => $f::<MM_COLS>($($a),*),
+        }
+    }};
+}
+
+/// Blocked `Y = W X` for Q4_1 weights and Q8_1 activations (prompt tokens): `x` holds
+/// `n = x.len() / bpr` columns of `bpr` blocks, `y` receives column `c` at
+/// `y[c * rows..(c + 1) * rows]`. Returns `false` if this kernel does not take the shape (the
+/// caller then runs matvecs). `k` must be the AVX2 or AVX-512 table (the proof that the CPU
+/// has AVX2, FMA and F16C).
+///
+/// # Design
+///
+/// The matvec (`q4_1_rows`) unpacks every weight block once per token: nibbles to bytes, the
+/// two f16 scales converted and multiplied by the activation's. Here a weight block is
+/// unpacked once for up to [`MM_COLS`] = 8 tokens, one row at a time: nibbles, `d_w` and `m_w`
+/// broadcast, `d_w` times the packed `d_x` of columns 0-3 and 4-7 (two multiplies), the
+/// `m_w s_x` terms of all eight columns (one multiply-add). Each column then costs five
+/// instructions: `vpmaddubsw` (its quants a memory operand), `vpmaddwd`, convert, one
+/// in-lane shuffle that broadcasts its scale, FMA. The activations are packed per pass
+/// ([`ColBlock`]) so the row loop reads one stream with no conversions or bounds checks.
+///
+/// One row by eight columns: eight YMM accumulators plus the `m s` sums, the unpacked
+/// nibbles, `d_w`, the two scale vectors, the `vpmaddwd` ones, the nibble mask and two
+/// temporaries fill the sixteen registers without a spill. Two rows by four columns would need
+/// as many accumulators and twice the per-row unpacking for the same eight outputs, and would
+/// only share activation loads, which are memory operands either way. Eight columns is
+/// also half a prefill block (`PREFILL_BLOCK` = 16), so with two threads each takes one pass.
+///
+/// Measured on the dev VM (AMD EPYC, AVX2+FMA+F16C, no AVX-512; shared, load average 2-3),
+/// SmolLM2-135M Q4_1, one thread, thread CPU time (`decode_tps`):
+/// - layout, 128-token prompt, 2-3 runs each: matvec per token 137 tok/s; 4 columns with the
+///   scale as `d_w * broadcast(d_x)` per column (six instructions) 194-198; 8 columns 206-222;
+///   8 columns with the shared scale multiply and shuffle (this kernel) 217-235.
+/// - 64-token prompt, 4 alternating runs each: 141-149 tok/s before, 260-269 after (1.8x);
+///   llama.cpp (`bench/compare_llamacpp.py`, same rounds) 148-154, so 0.84-0.93 of it before
+///   and 1.67-1.77 after. Kernel alone (`kernels_cpu`, 16 tokens): Q4_1 16-19 GMAC/s as
+///   matvecs, 40-43 blocked; Q8_0 19-23, 39-41.
+///
+/// # Results
+///
+/// Every output is bit-identical to what the AVX2 matvec computes for that token: per
+/// (row, column) the same 8-lane integer dot, the same scale (`d_w d_x`, an exact product of
+/// two f16s however it is formed), the same FMA into the same lane, the `m s` sum in the same
+/// block order, and [`hsum4`] reduces the lanes exactly as `hsum` does. So prefill equals
+/// token-by-token decode on AVX2 (`tests/tests/prefill.rs` requires it), and the grouping of
+/// columns into passes or threads cannot change a result.
+pub(crate) fn matmul_q4_1(
+    k: &Kernel,
+    w: &[BlockQ4_1],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_1],
+    y: &mut [f32],
+) -> bool {
+    matmul_entry(k, w, bpr, rows, x, y, |nc, w, x, y| {
+        // SAFETY: `matmul_entry` checked that `k` is the AVX2 (or AVX-512) table, which
+        // `detect` hands out only after checking AVX2, FMA, F16C and OS YMM support.
+        unsafe { by_cols!(nc, mm_q4_1_tf, w, bpr, rows, x, y) }
+    })
+}
+
+/// As [`matmul_q4_1`] for Q8_0 weights and Q8_0 activations (the signed weights take the
+/// matvec's sign trick: `|w|` once per block, `x * sign(w)` per column).
+pub(crate) fn matmul_q8_0(
+    k: &Kernel,
+    w: &[BlockQ8_0],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_0],
+    y: &mut [f32],
+) -> bool {
+    matmul_entry(k, w, bpr, rows, x, y, |nc, w, x, y| {
+        // SAFETY: as in `matmul_q4_1`.
+        unsafe { by_cols!(nc, mm_q8_0_tf, w, bpr, rows, x, y) }
+    })
+}
+
+/// As [`matmul_q8_0`] for Q4_0 weights (`nibble - 8`, then as Q8_0).
+pub(crate) fn matmul_q4_0(
+    k: &Kernel,
+    w: &[BlockQ4_0],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_0],
+    y: &mut [f32],
+) -> bool {
+    matmul_entry(k, w, bpr, rows, x, y, |nc, w, x, y| {
+        // SAFETY: as in `matmul_q4_1`.
+        unsafe { by_cols!(nc, mm_q4_0_tf, w, bpr, rows, x, y) }
+    })
+}
+
+/// The shared checks and the split into passes of at most [`MM_COLS`] columns: `pass(nc, w,
+/// x, y)` gets `nc` columns of `x` and their `nc * rows` outputs.
+fn matmul_entry<W, A>(
+    k: &Kernel,
+    w: &[W],
+    bpr: usize,
+    rows: usize,
+    x: &[A],
+    y: &mut [f32],
+    pass: impl Fn(usize, &[W], &[A], &mut [f32]),
+) -> bool {
+    // The AVX-512 table implies AVX2+FMA+F16C (its `detect` requires them).
+    if !matches!(k.isa, Isa::Avx2 | Isa::Avx512)
+        || bpr == 0
+        || bpr > MM_MAX_BLOCKS
+        || rows == 0
+        || w.len() < rows * bpr
+    {
+        return false;
+    }
+    let w = &w[..rows * bpr];
+    for (xs, ys) in x.chunks(MM_COLS * bpr).zip(y.chunks_mut(MM_COLS * rows)) {
+        let nc = (xs.len() / bpr).min(ys.len() / rows);
+        if nc > 0 {
+            pass(nc, w, &xs[..nc * bpr], &mut ys[..nc * rows]);
+        }
+    }
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mm_q4_1_tf<const NC: usize>(
+    w: &[BlockQ4_1],
+    bpr: usize,
+    rows: usize,
+    x: &[BlockQ8_1],
+    y: &mut [f32],
+) {
+    let mut buf = [const { MaybeUninit::<ColBlock>::uninit() }; MM_MAX_BLOCKS];
+    let act = pack_cols::<_, NC>(x, bpr, |b| (&b.qs, b.d, b.s), &mut buf);
+    for (r, row) in w.chunks_exact(bpr).take(rows).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); NC];
+        let mut accm = _mm256_setzero_ps();
+        for (a, p) in row.iter().zip(act) {
+            prefetch_ahead(a);
+            let q = nibbles(&a.qs);
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+                a.d[0], a.d[1], a.m[0], a.m[1],
+            ]))); // [d_w, m_w, 0, 0]
+            let dw = _mm256_broadcastss_ps(dm);
+            let mw = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            accm = _mm256_add_ps(accm, _mm256_mul_ps(mw, load_ps(&p.s)));
+            let d = col_scales(dw, &p.d);
+            for (c, (acc, xq)) in acc.iter_mut().zip(&p.qs).enumerate() {
+                let s = dot_u8i8(q, load32(xq));
+                *acc = _mm256_fmadd_ps(lane(&d, c), _mm256_cvtepi32_ps(s), *acc);
+            }
+        }
+        store_cols::<NC>(_mm256_add_ps(hsum_cols(&acc), accm), y, rows, r);
+    }
+}
+
+/// The shared body of the signed (Q8_0-activation) matmuls: `$q(a)` unpacks a weight block to
+/// 32 signed bytes.
+macro_rules! mm_signed {
+    ($name:ident, $w:ty, $q:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name<const NC: usize>(
+            w: &[$w],
+            bpr: usize,
+            rows: usize,
+            x: &[BlockQ8_0],
+            y: &mut [f32],
+        ) {
+            let mut buf = [const { MaybeUninit::<ColBlock>::uninit() }; MM_MAX_BLOCKS];
+            let act = pack_cols::<_, NC>(x, bpr, |b| (&b.qs, b.d, [0, 0]), &mut buf);
+            for (r, row) in w.chunks_exact(bpr).take(rows).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); NC];
+                for (a, p) in row.iter().zip(act) {
+                    prefetch_ahead(a);
+                    let q = $q(a);
+                    let qa = _mm256_sign_epi8(q, q);
+                    let dw = _mm256_set1_ps(f16_f32(a.d));
+                    let d = col_scales(dw, &p.d);
+                    for (c, (acc, xq)) in acc.iter_mut().zip(&p.qs).enumerate() {
+                        // `dot_i8i8(q, x)`: |q| * (x * sign(q)).
+                        let s = dot_u8i8(qa, _mm256_sign_epi8(load32(xq), q));
+                        *acc = _mm256_fmadd_ps(lane(&d, c), _mm256_cvtepi32_ps(s), *acc);
+                    }
+                }
+                store_cols::<NC>(hsum_cols(&acc), y, rows, r);
+            }
+        }
+    };
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_0_quants(a: &BlockQ8_0) -> __m256i {
+    load32(&a.qs)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_quants(a: &BlockQ4_0) -> __m256i {
+    _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8))
+}
+
+mm_signed!(mm_q8_0_tf, BlockQ8_0, q8_0_quants);
+mm_signed!(mm_q4_0_tf, BlockQ4_0, q4_0_quants);

@@ -709,7 +709,7 @@ fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 
 /// Columns (tokens) per pass: each weight group is loaded and unpacked once for `COLS`
 /// activations, so weight traffic and unpacking are divided by `COLS`.
-const COLS: usize = 4;
+pub(crate) const COLS: usize = 4;
 
 /// `y[c * rows + r] = dot(w row r, x column c)` for `n = x.len() / bpr` columns (each column
 /// `bpr` contiguous blocks), or `false` if this kernel does not take the shape (the caller
