@@ -7,9 +7,14 @@
 //! matrices (one decode token's worth: 30 layers x 7 linears, ~10 MB at r=32) so the bytes
 //! come from L3/memory as in the model, and over one matrix repeatedly (L1/L2, the compute
 //! ceiling). Prints GB/s of weight bytes.
+//!
+//! Then a prompt block of 16 vectors on one (cached) matrix: A and B per vector
+//! (`matvec_float`, `matvec_float_add`, and `matvec_q8_0_add` for a Q8_0 B when the rank is a
+//! multiple of 32) against the batched `matmul_float`, `matmul_float_add`, `matmul_q8_0_add`
+//! that `AdapterSet::apply_batch` runs in prefill (results bit-identical), as ns per vector.
 
 use edgelora::kernels::{Isa, Kernel};
-use edgelora::quant::{to_f16_le, GgmlType};
+use edgelora::quant::{to_f16_le, BlockQ8_0, GgmlType, QK};
 use std::hint::black_box;
 
 fn cpu_secs() -> f64 {
@@ -128,5 +133,61 @@ fn main() {
             b_all * 1e3,
             gb(mat_bytes, b_one),
         );
+        // A prompt block: per vector against batched.
+        let nb = 16usize;
+        let xs: Vec<f32> = (0..nb * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let ts: Vec<f32> = (0..nb * r).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut ya = vec![0.0f32; nb * r];
+        let mut yb = vec![0.0f32; nb * dim];
+        let m = &data[..mat_bytes];
+        let ns = |s: f64| s / nb as f64 * 1e9;
+        let a_vec = time(|| {
+            for (xc, yc) in xs.chunks_exact(dim).zip(ya.chunks_exact_mut(r)) {
+                k.matvec_float(GgmlType::F16, m, dim, xc, yc);
+            }
+            black_box(&ya);
+        });
+        let a_mm = time(|| {
+            k.matmul_float(GgmlType::F16, m, dim, r, &xs, &mut ya);
+            black_box(&ya);
+        });
+        let b_vec = time(|| {
+            for (tc, yc) in ts.chunks_exact(r).zip(yb.chunks_exact_mut(dim)) {
+                k.matvec_float_add(GgmlType::F16, m, r, tc, 1e-3, yc);
+            }
+            black_box(&yb);
+        });
+        let b_mm = time(|| {
+            k.matmul_float_add(GgmlType::F16, m, r, dim, &ts, 1e-3, &mut yb);
+            black_box(&yb);
+        });
+        print!(
+            "{:>8} r={r} block of {nb}: A F16 {:.0} -> {:.0} ns/vector, B F16 {:.0} -> {:.0}",
+            isa.name(),
+            ns(a_vec),
+            ns(a_mm),
+            ns(b_vec),
+            ns(b_mm)
+        );
+        if r.is_multiple_of(QK) {
+            let q: Vec<BlockQ8_0> = (0..dim * r / QK)
+                .map(|i| BlockQ8_0 {
+                    d: to_f16_le(0.01),
+                    qs: core::array::from_fn(|j| (i * 7 + j * 13) as u8),
+                })
+                .collect();
+            let q_vec = time(|| {
+                for (tc, yc) in ts.chunks_exact(r).zip(yb.chunks_exact_mut(dim)) {
+                    k.matvec_q8_0_add(&q, r / QK, tc, 1e-3, yc);
+                }
+                black_box(&yb);
+            });
+            let q_mm = time(|| {
+                k.matmul_q8_0_add(&q, r / QK, dim, &ts, 1e-3, &mut yb);
+                black_box(&yb);
+            });
+            print!(", B Q8_0 {:.0} -> {:.0}", ns(q_vec), ns(q_mm));
+        }
+        println!(" (per vector -> batched)");
     }
 }

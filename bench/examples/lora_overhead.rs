@@ -1,8 +1,8 @@
-//! Decode overhead of unmerged LoRA adapters, measured in-process with the configurations
-//! interleaved token by token (robust on a shared, loaded machine).
+//! Decode (or prefill) overhead of unmerged LoRA adapters, measured in-process with the
+//! configurations interleaved step by step (robust on a shared, loaded machine).
 //!
 //! `cargo run --release -p edgelora-bench --example lora_overhead -- --model M.gguf
-//!  [--adapter A.gguf]... [--rounds N] [--prompt P] [--threads T]`
+//!  [--adapter A.gguf]... [--rounds N] [--prompt P] [--threads T] [--prefill 1]`
 //!
 //! After a `P`-token prompt (default 64), the same decode step (token, position `P`) is run
 //! `N` times (default 200) for the base alone and for each adapter in turn, cycling through
@@ -10,7 +10,9 @@
 //! of them alike. Per configuration it prints the minimum and median thread-CPU time of one
 //! step and the overhead against the base (median of the per-round ratios, and ratio of the
 //! minima), and a hash of its logits (equal across builds that compute bit-identical results).
-//! `EDGELORA_ISA` forces a kernel as everywhere. With `--threads T` above 1 the matvecs are
+//! With `--prefill 1` the timed step is instead `Model::prefill_with` of the whole `P`-token
+//! prompt from an empty cache (tokens/s are printed too; use fewer rounds, e.g. 20).
+//! `EDGELORA_ISA` forces a kernel as everywhere. With `--threads T` above 1 the kernels are
 //! split over T threads and steps are timed by the wall clock instead (thread CPU time would
 //! miss the workers' share), so the figures then need a machine with T idle cores.
 
@@ -56,6 +58,7 @@ fn main() {
     .to_string();
     let mut adapter_paths = Vec::new();
     let (mut rounds, mut n_prompt, mut threads) = (200usize, 64usize, 1usize);
+    let mut prefill = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("flag needs a value");
@@ -65,6 +68,7 @@ fn main() {
             "--rounds" => rounds = v.parse().expect("--rounds N"),
             "--prompt" => n_prompt = v.parse().expect("--prompt P"),
             "--threads" => threads = v.parse().expect("--threads T"),
+            "--prefill" => prefill = v != "0",
             _ => panic!("unknown flag {a}"),
         }
     }
@@ -101,9 +105,16 @@ fn main() {
     for round in 0..rounds + 5 {
         for (set, t) in sets.iter().zip(times.iter_mut()) {
             let c0 = clock();
-            model
-                .forward_with(next, n_prompt, &mut st, set)
-                .expect("forward");
+            if prefill {
+                st.clear();
+                model
+                    .prefill_with(&prompt, 0, &mut st, set)
+                    .expect("prefill");
+            } else {
+                model
+                    .forward_with(next, n_prompt, &mut st, set)
+                    .expect("forward");
+            }
             // The first rounds warm caches and the thread pool; not recorded.
             if round >= 5 {
                 t.push(clock() - c0);
@@ -115,23 +126,37 @@ fn main() {
     let hashes: Vec<u64> = sets
         .iter()
         .map(|set| {
-            let logits = model
-                .forward_with(next, n_prompt, &mut st, set)
-                .expect("forward");
+            let logits = if prefill {
+                st.clear();
+                model
+                    .prefill_with(&prompt, 0, &mut st, set)
+                    .expect("prefill")
+            } else {
+                model
+                    .forward_with(next, n_prompt, &mut st, set)
+                    .expect("forward")
+            };
             logits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
                 (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
             })
         })
         .collect();
-    println!(
-        "kernel {}, {rounds} rounds, one decode step at position {n_prompt} ({})",
-        edgelora::kernels::active_isa_name(),
-        if threads > 1 {
-            format!("{threads} threads, wall clock")
-        } else {
-            "thread CPU time".to_string()
-        }
-    );
+    let timing = if threads > 1 {
+        format!("{threads} threads, wall clock")
+    } else {
+        "thread CPU time".to_string()
+    };
+    if prefill {
+        println!(
+            "kernel {}, {rounds} rounds, prefill of {n_prompt} tokens ({timing})",
+            edgelora::kernels::active_isa_name()
+        );
+    } else {
+        println!(
+            "kernel {}, {rounds} rounds, one decode step at position {n_prompt} ({timing})",
+            edgelora::kernels::active_isa_name()
+        );
+    }
     let base = times[0].clone();
     let base_min = base.iter().copied().fold(f64::INFINITY, f64::min);
     for (i, t) in times.iter().enumerate() {
@@ -143,8 +168,17 @@ fn main() {
         let mut ratios: Vec<f64> = t.iter().zip(&base).map(|(a, b)| a / b - 1.0).collect();
         let min = t.iter().copied().fold(f64::INFINITY, f64::min);
         let med = median(&mut t.clone());
+        let rate = if prefill {
+            format!(
+                " ({:.1} tok/s at min, {:.1} at median)",
+                n_prompt as f64 / min,
+                n_prompt as f64 / med
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{name}: min {:.3} ms, median {:.3} ms, overhead: median of ratios {:+.1}%, \
+            "{name}: min {:.3} ms, median {:.3} ms{rate}, overhead: median of ratios {:+.1}%, \
              ratio of minima {:+.1}%, logits {:016x}",
             min * 1e3,
             med * 1e3,

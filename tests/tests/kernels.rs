@@ -646,6 +646,272 @@ fn q8_0_add_rows_match_oracle() {
     }
 }
 
+/// F16/BF16/F32 values as little-endian bytes.
+fn float_bytes(ty: GgmlType, vals: &[f32]) -> Vec<u8> {
+    match ty {
+        GgmlType::F16 => vals.iter().flat_map(|&v| to_f16_le(v)).collect(),
+        GgmlType::BF16 => vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// `Kernel::matmul_float` (`Y = W X` for a block of vectors: the LoRA A product of a prompt
+/// block, and float base weights in `matmul_input`) against the oracle's dot per (row,
+/// column): widths that hit every tail of the 8-element steps, odd and even row counts (two
+/// rows per pass), column counts around the four-column groups. Same bound as
+/// `float_rows_match_oracle`; nothing written past the output.
+#[test]
+fn matmul_float_matches_oracle_per_column() {
+    let _g = lock();
+    let mut rng = Rng(0x3a7f);
+    for k in kernels_here() {
+        for &cols in &[1usize, 7, 8, 9, 16, 31, 32, 33, 64, 100, 576] {
+            for rows in [1usize, 2, 3, 5, 8] {
+                for n in [1usize, 2, 3, 4, 5, 7, 8, 9] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                    let vals: Vec<f32> = (0..rows * cols)
+                        .map(|i| match i % 11 {
+                            0 => 0.0,
+                            1 => -65504.0,
+                            2 => 6e-8,
+                            _ => rng.f() * 2.0,
+                        })
+                        .collect();
+                    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+                        let bytes = float_bytes(ty, &vals);
+                        let m = MatRef::new(ty, rows, cols, &bytes).unwrap();
+                        let mut y = vec![f32::NAN; n * rows + 1];
+                        k.matmul_float(ty, &bytes, cols, rows, &x, &mut y);
+                        for (c, xc) in x.chunks_exact(cols).enumerate() {
+                            for (o, row) in bytes.chunks_exact(m.row_bytes()).enumerate() {
+                                let want = r::dot_row_f32(ty, row, xc);
+                                let mut deq = vec![0f32; cols];
+                                r::dequantize_row(ty, row, &mut deq);
+                                let sum: f64 =
+                                    deq.iter().zip(xc).map(|(a, b)| (a * b).abs() as f64).sum();
+                                let tol = (2 * cols + 16) as f64 * U * sum;
+                                let got = y[c * rows + o];
+                                assert!(
+                                    ((got - want) as f64).abs() <= tol,
+                                    "{:?} {ty:?} cols={cols} rows={rows} n={n} col {c} row {o}: \
+                                     {got} vs oracle {want} (bound {tol:e})",
+                                    k.isa()
+                                );
+                            }
+                        }
+                        assert!(y[n * rows].is_nan(), "{:?} {ty:?}: wrote past y", k.isa());
+                    }
+                }
+            }
+        }
+        // Degenerate calls leave y alone.
+        let mut y = vec![1.0f32; 4];
+        k.matmul_float(GgmlType::F16, &[0u8; 16], 0, 2, &[1.0; 8], &mut y);
+        k.matmul_float(GgmlType::F16, &[0u8; 16], 8, 2, &[1.0; 8], &mut y);
+        k.matmul_float(GgmlType::Q8_0, &[0u8; 34], 32, 1, &[1.0; 32], &mut y);
+        k.matmul_float(GgmlType::F32, &[0u8; 32], 8, 1, &[1.0; 7], &mut y);
+        assert_eq!(y, [1.0; 4], "{:?}", k.isa());
+    }
+}
+
+/// `Kernel::matmul_float_add` (the LoRA B update of a prompt block, `Y += s W T`: rows of
+/// only r values) against the oracle's dot per (row, column), for every rank 1..=64, a few
+/// larger ones (256 is `MAX_RANK`; 300 takes the per-vector fallback), row counts that leave
+/// every remainder of the eight-row tiles, column counts around the four-column groups.
+/// Same bound as `float_add_rows_match_oracle`.
+#[test]
+fn matmul_float_add_matches_oracle_per_column() {
+    let _g = lock();
+    let mut rng = Rng(0xb10c);
+    let ranks: Vec<usize> = (1..=64).chain([65, 100, 256, 300]).collect();
+    for k in kernels_here() {
+        for &r in &ranks {
+            for rows in [1usize, 5, 8, 9, 16, 23] {
+                for n in [1usize, 3, 4, 5, 9] {
+                    let t: Vec<f32> = (0..n * r).map(|_| rng.f() * 3.0).collect();
+                    let vals: Vec<f32> = (0..r * rows)
+                        .map(|i| match i % 13 {
+                            0 => 0.0,
+                            1 => -60000.0,
+                            2 => 6e-8,
+                            _ => rng.f() * 2.0,
+                        })
+                        .collect();
+                    let y0: Vec<f32> = (0..n * rows + 3).map(|_| rng.f() * 10.0).collect();
+                    let s = rng.f() * 4.0;
+                    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+                        let bytes = float_bytes(ty, &vals);
+                        let m = MatRef::new(ty, rows, r, &bytes).unwrap();
+                        let mut y = y0.clone();
+                        k.matmul_float_add(ty, &bytes, r, rows, &t, s, &mut y);
+                        for (c, tc) in t.chunks_exact(r).enumerate() {
+                            for (o, row) in bytes.chunks_exact(m.row_bytes()).enumerate() {
+                                let i = c * rows + o;
+                                let want = y0[i] + s * r::dot_row_f32(ty, row, tc);
+                                let mut deq = vec![0f32; r];
+                                r::dequantize_row(ty, row, &mut deq);
+                                let sum: f64 =
+                                    deq.iter().zip(tc).map(|(a, b)| (a * b).abs() as f64).sum();
+                                let tol = (2 * r + 16) as f64 * U * sum * s.abs() as f64
+                                    + 2.0 * U * (want.abs() + y0[i].abs()) as f64;
+                                assert!(
+                                    ((y[i] - want) as f64).abs() <= tol,
+                                    "{:?} {ty:?} r={r} rows={rows} n={n} col {c} row {o}: {} \
+                                     vs oracle {want} (bound {tol:e})",
+                                    k.isa(),
+                                    y[i]
+                                );
+                            }
+                        }
+                        assert_eq!(
+                            &y[n * rows..],
+                            &y0[n * rows..],
+                            "{:?} {ty:?} r={r}",
+                            k.isa()
+                        );
+                    }
+                }
+            }
+        }
+        let mut y = vec![1.0f32; 4];
+        k.matmul_float_add(GgmlType::F16, &[0u8; 16], 0, 1, &[], 1.0, &mut y);
+        k.matmul_float_add(GgmlType::F16, &[0u8; 16], 8, 1, &[1.0; 3], 1.0, &mut y);
+        k.matmul_float_add(GgmlType::F16, &[0u8; 16], 8, 2, &[1.0; 8], 1.0, &mut y);
+        k.matmul_float_add(GgmlType::Q8_0, &[0u8; 34], 32, 1, &[1.0; 32], 1.0, &mut y);
+        assert_eq!(y, [1.0; 4], "{:?}", k.isa());
+    }
+}
+
+/// `Kernel::matmul_q8_0_add` (a Q8_0 B over a prompt block, `t` in f32) against the oracle's
+/// dequantised rows, for ranks of 1..8 blocks, row counts around the eight-row tiles, column
+/// counts around the four-column groups, random and extreme blocks (as
+/// `q8_0_add_rows_match_oracle`, whose bound applies).
+#[test]
+fn matmul_q8_0_add_matches_oracle_per_column() {
+    let _g = lock();
+    let mut rng = Rng(0x0b8c);
+    for k in kernels_here() {
+        for nb in [1usize, 2, 3, 4, 5, 8] {
+            let r = nb * QK;
+            for rows in [1usize, 5, 7, 8, 9, 16, 17, 23, 67] {
+                for n in [1usize, 3, 4, 5, 9] {
+                    for extreme in [false, true] {
+                        let w = q8_0_weights(&mut rng, rows * nb, extreme);
+                        let t: Vec<f32> = (0..n * r).map(|_| rng.f() * 3.0).collect();
+                        let y0: Vec<f32> = (0..n * rows + 3).map(|_| rng.f() * 10.0).collect();
+                        let s = rng.f() * 4.0;
+                        let mut y = y0.clone();
+                        k.matmul_q8_0_add(&w, nb, rows, &t, s, &mut y);
+                        let mut deq = vec![0f32; r];
+                        for (c, tc) in t.chunks_exact(r).enumerate() {
+                            for (o, row) in w.chunks_exact(nb).enumerate() {
+                                let i = c * rows + o;
+                                r::dequantize_row_q8_0(row, &mut deq);
+                                let dot: f64 =
+                                    deq.iter().zip(tc).map(|(a, b)| *a as f64 * *b as f64).sum();
+                                let sum: f64 =
+                                    deq.iter().zip(tc).map(|(a, b)| (a * b).abs() as f64).sum();
+                                let want = y0[i] as f64 + s as f64 * dot;
+                                let tol = (2 * r + 16) as f64 * U * sum * s.abs() as f64
+                                    + 2.0 * U * (want.abs() + y0[i].abs() as f64);
+                                assert!(
+                                    (y[i] as f64 - want).abs() <= tol,
+                                    "{:?} r={r} rows={rows} n={n} extreme={extreme} col {c} row \
+                                     {o}: {} vs oracle {want} (bound {tol:e})",
+                                    k.isa(),
+                                    y[i]
+                                );
+                            }
+                        }
+                        assert_eq!(&y[n * rows..], &y0[n * rows..], "{:?} r={r}", k.isa());
+                    }
+                }
+            }
+        }
+        let w = q8_0_weights(&mut rng, 4, false);
+        let mut y = vec![1.0f32; 4];
+        k.matmul_q8_0_add(&w, 0, 1, &[1.0; 32], 1.0, &mut y);
+        k.matmul_q8_0_add(&w, 1, 1, &[1.0; 31], 1.0, &mut y);
+        k.matmul_q8_0_add(&w, 1, 5, &[1.0; 32], 1.0, &mut y);
+        k.matmul_q8_0_add(&[], 1, 1, &[1.0; 32], 1.0, &mut y);
+        assert_eq!(y, [1.0; 4], "{:?}", k.isa());
+    }
+}
+
+/// The batched products a prompt block runs (`matmul_float`, `matmul_float_add`,
+/// `matmul_q8_0_add`) are bit-identical to the one-vector kernels of the same table, column by
+/// column: prefill must give exactly what token-by-token decode gives, because the outputs are
+/// quantised to Q8 next and one ulp can cross a rounding boundary (`tests/tests/prefill.rs`).
+/// Shapes cover the pair/four-column groups, odd rows, rows before and after the last whole
+/// group of eight (which the one-vector kernels finish differently), ranks with and without a
+/// specialised kernel and with a scalar tail.
+#[test]
+fn batched_products_are_bit_identical_to_per_vector() {
+    let _g = lock();
+    let mut rng = Rng(0xb17e);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for k in kernels_here() {
+        for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            for (cols, rows) in [(1, 1), (9, 3), (40, 7), (64, 8), (100, 17), (576, 9)] {
+                for n in [1usize, 2, 3, 5, 8] {
+                    let vals: Vec<f32> = (0..rows * cols).map(|_| rng.f() * 2.0).collect();
+                    let w = float_bytes(ty, &vals);
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                    let mut got = vec![0f32; n * rows];
+                    k.matmul_float(ty, &w, cols, rows, &x, &mut got);
+                    let mut want = vec![0f32; n * rows];
+                    for (xc, yc) in x.chunks_exact(cols).zip(want.chunks_exact_mut(rows)) {
+                        k.matvec_float(ty, &w, cols, xc, yc);
+                    }
+                    let what = format!("{:?} {ty:?} cols={cols} rows={rows} n={n}", k.isa());
+                    assert_eq!(bits(&got), bits(&want), "matmul_float {what}");
+                }
+            }
+            for r in [1usize, 4, 8, 12, 16, 24, 32, 33, 64, 100] {
+                for rows in [1usize, 3, 8, 13, 16, 21, 576] {
+                    for n in [1usize, 2, 3, 5] {
+                        let vals: Vec<f32> = (0..rows * r).map(|_| rng.f() * 2.0).collect();
+                        let w = float_bytes(ty, &vals);
+                        let t: Vec<f32> = (0..n * r).map(|_| rng.f() * 3.0).collect();
+                        let y0: Vec<f32> = (0..n * rows).map(|_| rng.f() * 10.0).collect();
+                        let s = rng.f() * 4.0;
+                        let mut got = y0.clone();
+                        k.matmul_float_add(ty, &w, r, rows, &t, s, &mut got);
+                        let mut want = y0.clone();
+                        for (tc, yc) in t.chunks_exact(r).zip(want.chunks_exact_mut(rows)) {
+                            k.matvec_float_add(ty, &w, r, tc, s, yc);
+                        }
+                        let what = format!("{:?} {ty:?} r={r} rows={rows} n={n}", k.isa());
+                        assert_eq!(bits(&got), bits(&want), "matmul_float_add {what}");
+                    }
+                }
+            }
+        }
+        for nb in [1usize, 2, 3, 8] {
+            let r = nb * QK;
+            for rows in [1usize, 2, 3, 8, 13, 16, 21, 576] {
+                for n in [1usize, 3, 4, 5, 9] {
+                    let w = q8_0_weights(&mut rng, rows * nb, rows == 13);
+                    let t: Vec<f32> = (0..n * r).map(|_| rng.f() * 3.0).collect();
+                    let y0: Vec<f32> = (0..n * rows).map(|_| rng.f() * 10.0).collect();
+                    let s = rng.f() * 4.0;
+                    let mut got = y0.clone();
+                    k.matmul_q8_0_add(&w, nb, rows, &t, s, &mut got);
+                    let mut want = y0.clone();
+                    for (tc, yc) in t.chunks_exact(r).zip(want.chunks_exact_mut(rows)) {
+                        k.matvec_q8_0_add(&w, nb, tc, s, yc);
+                    }
+                    let what = format!("{:?} r={r} rows={rows} n={n}", k.isa());
+                    assert_eq!(bits(&got), bits(&want), "matmul_q8_0_add {what}");
+                }
+            }
+        }
+    }
+}
+
 // ---- the model path (MatRef + Input) and the dispatcher -----------------------------------
 
 #[test]

@@ -3,6 +3,7 @@
 //! and the pool must actually have run (`threads::pool_runs`).
 
 use edgelora::kernels::{self, threads, Isa, Kernel};
+use edgelora::lora::{Adapter, AdapterSet};
 use edgelora::model::{Model, State};
 use edgelora::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
 use edgelora::Gguf;
@@ -112,6 +113,22 @@ fn all_outputs(k: &Kernel, t: usize, rows: usize, nb: usize, cols: usize, seed: 
     out.extend(bits(&ym));
     k.matmul_q4_0(&w40, nb, rows, &x0, &mut ym);
     out.extend(bits(&ym));
+    // The batched LoRA products of a prompt block (columns split across threads): A (and
+    // float base weights), an r = 8 F16 B, a Q8_0 B.
+    k.matmul_float(GgmlType::F16, &wh, n, rows, &x, &mut ym);
+    out.extend(bits(&ym));
+    let mut yb = vec![0.25f32; rows * cols];
+    k.matmul_float_add(
+        GgmlType::F16,
+        &wh[..rows * 16],
+        8,
+        rows,
+        &rng.vec(8 * cols),
+        0.5,
+        &mut yb,
+    );
+    k.matmul_q8_0_add(&w80, nb, rows, &rng.vec(n * cols), -0.75, &mut yb);
+    out.extend(bits(&yb));
     threads::set_threads(1);
     out
 }
@@ -143,7 +160,7 @@ fn kernels_bit_identical_across_thread_counts() {
     }
 }
 
-fn model_logits(model: &Model<'_>, t: usize) -> Vec<u32> {
+fn model_logits(model: &Model<'_>, set: &AdapterSet<'_, '_, '_>, t: usize) -> Vec<u32> {
     threads::set_threads(t);
     let cfg = *model.config();
     let mut buf = vec![0f32; State::len_for(&cfg, 64)];
@@ -151,11 +168,11 @@ fn model_logits(model: &Model<'_>, t: usize) -> Vec<u32> {
     let prompt: Vec<u32> = (0..37)
         .map(|i| ((i * 7919 + 13) % cfg.vocab) as u32)
         .collect();
-    let mut out = bits(model.prefill(&prompt, 0, &mut st).unwrap());
+    let mut out = bits(model.prefill_with(&prompt, 0, &mut st, set).unwrap());
     for i in 0..5u32 {
         out.extend(bits(
             model
-                .forward(i * 11, prompt.len() + i as usize, &mut st)
+                .forward_with(i * 11, prompt.len() + i as usize, &mut st, set)
                 .unwrap(),
         ));
     }
@@ -174,13 +191,38 @@ fn model_bit_identical_across_thread_counts() {
         let bytes = std::fs::read(&p).unwrap();
         let g = Gguf::parse(&bytes).unwrap();
         let model: Model = Model::from_gguf(&g).unwrap();
-        let one = model_logits(&model, 1);
+        let one = model_logits(&model, &AdapterSet::EMPTY, 1);
         for t in [2, 3] {
             assert!(
-                one == model_logits(&model, t),
+                one == model_logits(&model, &AdapterSet::EMPTY, t),
                 "{variant}: threads={t} differs"
             );
         }
+    }
+    // With an adapter (the firmware's, made for tiny-q8_0): prefill's batched LoRA products.
+    let p = format!(
+        "{}/fixtures/tiny/tiny-q8_0.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&p).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model: Model = Model::from_gguf(&g).unwrap();
+    let ab = std::fs::read(format!(
+        "{}/../targets/cortex-m/assets/tiny-lora-a.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let a = Adapter::parse(&ab).unwrap();
+    let mut slots = vec![None; Adapter::slots_len(model.config())];
+    let bound = a.bind(&g, &model, &mut slots).unwrap();
+    let set = AdapterSet::single(&bound, 1.0);
+    let one = model_logits(&model, &set, 1);
+    assert_ne!(one, model_logits(&model, &AdapterSet::EMPTY, 1));
+    for t in [2, 3] {
+        assert!(
+            one == model_logits(&model, &set, t),
+            "adapter: threads={t} differs"
+        );
     }
     assert_eq!(kernels::threads(), 1);
 }

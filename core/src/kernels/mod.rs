@@ -30,7 +30,14 @@
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
 //! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`], which unpack
 //! each weight group once for several tokens (blocked on AVX-512 and AVX2, with each column
-//! bit-identical to the same table's matvec; a matvec per token elsewhere).
+//! bit-identical to the same table's matvec; a matvec per token elsewhere), and the LoRA
+//! products of a prompt block run [`Kernel::matmul_float`] (A, and float base weights),
+//! [`Kernel::matmul_float_add`] / [`Kernel::matmul_q8_0_add`] (B), which share weight
+//! conversions across tokens on x86-64 (AVX2 code, also used by the AVX-512 table where its
+//! one-vector kernels are the AVX2 ones) and run the one-vector kernel per token elsewhere.
+//! Every batched kernel gives, for each token, bit for bit what its one-vector kernel gives
+//! (same accumulators, same order): prefill and decode stay interchangeable even where a
+//! one-ulp difference would cross a Q8 rounding step downstream.
 //!
 //! # Threads (hosts, feature `std`)
 //!
@@ -886,6 +893,146 @@ impl Kernel {
         }
     }
 
+    /// Blocked `Y = W X` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says
+    /// which; any other type leaves `y` untouched): `x` holds `n` vectors of `cols` values
+    /// (`n = x.len() / cols`), `y` receives vector `c` at `y[c * rows .. (c + 1) * rows]`.
+    /// Each output is bit-identical to [`Kernel::matvec_float`] of its vector. The AVX2 and
+    /// AVX-512 tables convert each weight vector once for two vectors (the F16 row kernel is
+    /// bound by conversions and loads, not by weight traffic); the others run
+    /// [`Kernel::matvec_float`] per vector. Vectors or rows that do not fit the slices are
+    /// skipped. Never panics.
+    pub fn matmul_float(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        cols: usize,
+        rows: usize,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
+        let es = match ty {
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::F32 => 4,
+            _ => return,
+        };
+        if cols == 0 || rows == 0 || w.len() / (cols * es) < rows {
+            return;
+        }
+        let n = (x.len() / cols).min(y.len() / rows);
+        let (w, x, y) = (&w[..rows * cols * es], &x[..n * cols], &mut y[..n * rows]);
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.isa, Isa::Avx2 | Isa::Avx512) {
+            self.mark();
+            // Columns (tokens) split across threads, as the quantised matmuls do.
+            par(y, rows, col_align(n, 2), |c0, yc| {
+                let nc = yc.len() / rows;
+                let Some(xc) = x.get(c0 * cols..(c0 + nc) * cols) else {
+                    return;
+                };
+                if !x86_64::avx2::matmul_float(self, ty, w, cols, rows, xc, yc) {
+                    for (xv, yv) in xc.chunks_exact(cols).zip(yc.chunks_exact_mut(rows)) {
+                        self.matvec_float(ty, w, cols, xv, yv);
+                    }
+                }
+            });
+            return;
+        }
+        for (xc, yc) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+            self.matvec_float(ty, w, cols, xc, yc);
+        }
+    }
+
+    /// `Y += s W T` for a batch: the LoRA B update of a block of tokens. `w` holds `rows` rows
+    /// of `r` little-endian F16, BF16 or F32 values (`ty` says which; any other type leaves
+    /// `y` untouched), `t` holds `n` vectors of `r` values (`n = t.len() / r`) and `y` their
+    /// `n` outputs of `rows` values, vector `c` at `y[c * rows ..]`. Each output is
+    /// bit-identical to [`Kernel::matvec_float_add`] of its vector. The AVX2 and AVX-512
+    /// tables transpose an r = 8 B once per batch (its one-vector kernel is bound by
+    /// horizontal sums there); other ranks and tables run [`Kernel::matvec_float_add`] per
+    /// vector. Vectors or rows that do not fit the slices are skipped. Never panics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_float_add(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        r: usize,
+        rows: usize,
+        t: &[f32],
+        s: f32,
+        y: &mut [f32],
+    ) {
+        let es = match ty {
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::F32 => 4,
+            _ => return,
+        };
+        if r == 0 || rows == 0 || w.len() / (r * es) < rows {
+            return;
+        }
+        let n = (t.len() / r).min(y.len() / rows);
+        let (w, t, y) = (&w[..rows * r * es], &t[..n * r], &mut y[..n * rows]);
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.isa, Isa::Avx2 | Isa::Avx512) {
+            self.mark();
+            par(y, rows, col_align(n, 2), |c0, yc| {
+                let nc = yc.len() / rows;
+                let Some(tc) = t.get(c0 * r..(c0 + nc) * r) else {
+                    return;
+                };
+                if !x86_64::avx2::matmul_float_add(self, ty, w, r, rows, tc, s, yc) {
+                    for (tv, yv) in tc.chunks_exact(r).zip(yc.chunks_exact_mut(rows)) {
+                        self.matvec_float_add(ty, w, r, tv, s, yv);
+                    }
+                }
+            });
+            return;
+        }
+        for (tc, yc) in t.chunks_exact(r).zip(y.chunks_exact_mut(rows)) {
+            self.matvec_float_add(ty, w, r, tc, s, yc);
+        }
+    }
+
+    /// As [`Kernel::matmul_float_add`] for Q8_0 rows of `bpr` blocks (`r = 32 * bpr`) against
+    /// f32 `t`: [`Kernel::matvec_q8_0_add`] for a batch of vectors, bit-identical per vector.
+    /// The AVX2 table unpacks each block's int8 values once per batch (the one-vector kernel
+    /// spends most of its time unpacking); other tables (AVX-512 has its own Q8_0 add rows)
+    /// run [`Kernel::matvec_q8_0_add`] per vector.
+    pub fn matmul_q8_0_add(
+        &self,
+        w: &[BlockQ8_0],
+        bpr: usize,
+        rows: usize,
+        t: &[f32],
+        s: f32,
+        y: &mut [f32],
+    ) {
+        let r = bpr * QK;
+        if r == 0 || rows == 0 || w.len() / bpr < rows {
+            return;
+        }
+        let n = (t.len() / r).min(y.len() / rows);
+        let (w, t, y) = (&w[..rows * bpr], &t[..n * r], &mut y[..n * rows]);
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 {
+            self.mark();
+            par(y, rows, col_align(n, 2), |c0, yc| {
+                let nc = yc.len() / rows;
+                let Some(tc) = t.get(c0 * r..(c0 + nc) * r) else {
+                    return;
+                };
+                if !x86_64::avx2::matmul_q8_0_add(self, w, bpr, rows, tc, s, yc) {
+                    for (tv, yv) in tc.chunks_exact(r).zip(yc.chunks_exact_mut(rows)) {
+                        self.matvec_q8_0_add(w, bpr, tv, s, yv);
+                    }
+                }
+            });
+            return;
+        }
+        for (tc, yc) in t.chunks_exact(r).zip(y.chunks_exact_mut(rows)) {
+            self.matvec_q8_0_add(w, bpr, tc, s, yc);
+        }
+    }
+
     /// Quantise `x` to Q8_0, bit-exact with ggml's `quantize_row_q8_0_ref` for finite input.
     /// Whole blocks only: `min(x.len() / 32, y.len())` blocks are written.
     pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
@@ -1227,9 +1374,29 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if the batch holds no vector.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
     /// Values per vector.
     fn width(&self) -> usize {
         self.x.len().checked_div(self.n).unwrap_or(0)
+    }
+
+    /// The kernel this batch runs with.
+    pub fn kernel(&self) -> &'static Kernel {
+        self.kernel
+    }
+
+    /// The path this batch runs on.
+    pub fn mode(&self) -> KernelMode {
+        self.mode
     }
 
     /// Whole batch as Q8_0 blocks (quantising is per 32-value block, so this equals each
@@ -1262,45 +1429,69 @@ impl<'a> Batch<'a> {
 
 /// `Y = W X` for a [`Batch`]: output vector `c` goes to `y[c * w.rows() .. (c + 1) * w.rows()]`.
 /// Quantised weights run the blocked [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] /
-/// [`Kernel::matmul_q4_0`]; other types run one matvec per vector with the same arithmetic as
-/// [`matvec_input`].
-/// The batch's width must equal `w.cols()` (else `y` is left untouched). Never panics.
+/// [`Kernel::matmul_q4_0`], F16/BF16/F32 weights [`Kernel::matmul_float`]. The batch's width
+/// must equal `w.cols()` (else `y` is left untouched). Never panics.
 pub fn matmul_input(w: &MatRef<'_>, x: &mut Batch<'_>, y: &mut [f32]) {
+    let n = x.n;
+    matmul_input_range(w, x, 0..n, y);
+}
+
+/// As [`matmul_input`] for vectors `range` of the batch only: vector `range.start + c` goes to
+/// `y[c * w.rows() ..]`. The range is clamped to the batch (and to what `y` holds); the
+/// batch's quantised forms are made once for the whole batch and shared by every range (the
+/// LoRA A products of a prompt block read them this way, a few tokens at a time).
+/// Never panics.
+pub fn matmul_input_range(
+    w: &MatRef<'_>,
+    x: &mut Batch<'_>,
+    range: core::ops::Range<usize>,
+    y: &mut [f32],
+) {
     let (rows, cols) = (w.rows, w.cols);
     if x.width() != cols || cols == 0 || rows == 0 {
         return;
     }
-    let n = x.n.min(y.len() / rows);
+    let c0 = range.start.min(x.n);
+    let n = range.end.min(x.n).saturating_sub(c0).min(y.len() / rows);
     let y = &mut y[..n * rows];
+    let xs: &[f32] = x.x;
+    let Some(xf) = xs.get(c0 * cols..(c0 + n) * cols) else {
+        return;
+    };
     let k = x.kernel;
     let bpr = cols / QK;
+    // The quantised vectors `c0..c0 + n` of a whole-batch quantisation.
+    let cut = |c: usize| c * bpr;
     if x.mode == KernelMode::Fast {
         match w.ty {
             GgmlType::Q4_1 => {
                 if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
-                    return k.matmul_q4_1(wb, bpr, rows, xb, y);
+                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
+                        return k.matmul_q4_1(wb, bpr, rows, xb, y);
+                    }
                 }
             }
             GgmlType::Q8_0 => {
                 if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
-                    return k.matmul_q8_0(wb, bpr, rows, xb, y);
+                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
+                        return k.matmul_q8_0(wb, bpr, rows, xb, y);
+                    }
                 }
             }
             GgmlType::Q4_0 => {
                 if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
-                    return k.matmul_q4_0(wb, bpr, rows, xb, y);
+                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
+                        return k.matmul_q4_0(wb, bpr, rows, xb, y);
+                    }
                 }
             }
             GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {
-                for (xc, yc) in x.x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
-                    k.matvec_float(w.ty, w.data, cols, xc, yc);
-                }
-                return;
+                return k.matmul_float(w.ty, w.data, cols, rows, xf, y);
             }
             _ => {}
         }
     }
-    for (xc, yc) in x.x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+    for (xc, yc) in xf.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
         matvec(w, xc, yc);
     }
 }

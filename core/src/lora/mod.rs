@@ -15,7 +15,9 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::{matvec_input, Input, KernelMode, MatRef, Side};
+use crate::kernels::{
+    matmul_input_range, matvec_input, Batch, Input, Kernel, KernelMode, MatRef, Side,
+};
 use crate::model::{Config, Model, LINEARS};
 use crate::quant::{cast_blocks, BlockQ8_0, GgmlType, QK};
 
@@ -491,40 +493,155 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
             let Some(t) = tmp.get_mut(..r) else { continue };
             matvec_input(&p.a, x, t); //                                (r,)
             let s = user * ad.alpha / r as f32;
-            // The fused B kernels are a host/phone speed path; on microcontrollers (64 KiB
-            // flash budget) B goes through the plain matvec + add below, same result up to
-            // summation order.
-            let fast = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
-                && x.mode() == KernelMode::Fast;
-            let q8_b = match p.b.ty() {
-                GgmlType::Q8_0 if fast && r.is_multiple_of(QK) => {
-                    cast_blocks::<BlockQ8_0>(p.b.data()).ok()
+            let (k, mode) = (x.kernel(), x.mode());
+            match fast_b(p, mode) {
+                Some(FastB::Q8_0(bb)) => {
+                    // y += s B t, t kept in f32                       (out,)
+                    k.matvec_q8_0_add(bb, r / QK, t, s, y);
                 }
-                _ => None,
+                Some(FastB::Float) => {
+                    // y += s B t                                       (out,)
+                    k.matvec_float_add(p.b.ty(), p.b.data(), r, t, s, y);
+                }
+                None => {
+                    if !add_b_plain(p, s, t, y, out_tmp, k, mode) {
+                        continue;
+                    }
+                }
+            }
+            dora(p, y);
+        }
+    }
+
+    /// [`AdapterSet::apply`] for a [`Batch`] of `n` vectors (a prompt block): adds
+    /// `sum_i s_i B_i (A_i x_c)` to output vector `c` of `y` (`(n, out)` row-major: vector `c`
+    /// at `y[c * out ..]`) for every vector `c`, each adapter's A and B read once per pass over
+    /// the batch rather than once per vector.
+    ///
+    /// Per active adapter: `T = A X` for as many vectors at once as `tmp` holds (`(vectors,
+    /// r)`, by [`matmul_input_range`]: a Q8_0 A runs against the batch's own Q8_0 form, made
+    /// once for the batch and shared with its base matmuls, never re-quantised per vector; an
+    /// F16/BF16/F32 A against the f32 vectors by
+    /// [`Kernel::matmul_float`](crate::kernels::Kernel::matmul_float)), then `Y += s T B^T` by
+    /// [`Kernel::matmul_float_add`](crate::kernels::Kernel::matmul_float_add) /
+    /// [`Kernel::matmul_q8_0_add`](crate::kernels::Kernel::matmul_q8_0_add), then the DoRA
+    /// rescale of each vector's rows. Where [`AdapterSet::apply`] takes the plain B path
+    /// (reference mode; microcontrollers) each vector runs exactly that code. Either way every
+    /// output is bit-identical to [`AdapterSet::apply`] of its vector: the batched kernels
+    /// keep each sum's order (`tests/tests/prefill.rs`, `tests/tests/kernels.rs`).
+    ///
+    /// `tmp` needs at least [`MAX_RANK`] floats (`n * r` lets every vector share one pass),
+    /// `out_tmp` the output width, `y` `n` outputs. Shapes were checked at bind time; this
+    /// cannot panic.
+    pub fn apply_batch(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Batch<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    ) {
+        let (n, k, mode) = (x.len(), x.kernel(), x.mode());
+        for (ad, user) in self.iter() {
+            let Some(p) = ad.pair(layer, linear) else {
+                continue;
             };
-            if let Some(bb) = q8_b {
-                // y += s B t, t kept in f32                           (out,)
-                x.kernel().matvec_q8_0_add(bb, r / QK, t, s, y);
-            } else if fast && matches!(p.b.ty(), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) {
-                // y += s B t                                           (out,)
-                x.kernel()
-                    .matvec_float_add(p.b.ty(), p.b.data(), r, t, s, y);
-            } else {
-                let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
-                    continue;
+            let (r, out) = (p.rank(), p.b.rows());
+            let s = user * ad.alpha / r as f32;
+            // Vectors per pass: as many `(r,)` rows of T as `tmp` holds.
+            let per = (tmp.len() / r.max(1)).min(n);
+            if per == 0 || out == 0 {
+                continue;
+            }
+            let b_fast = fast_b(p, mode);
+            for c0 in (0..n).step_by(per) {
+                let c1 = (c0 + per).min(n);
+                let (Some(t), Some(yc)) = (
+                    tmp.get_mut(..(c1 - c0) * r),  //                  (c1 - c0, r)
+                    y.get_mut(c0 * out..c1 * out), //                 (c1 - c0, out)
+                ) else {
+                    break;
                 };
-                let mut tin = Input::new(t, &mut [], &mut [], x.kernel(), x.mode());
-                matvec_input(&p.b, &mut tin, u); //                     (out,)
-                for (o, v) in y.iter_mut().zip(u.iter()) {
-                    *o += s * v;
+                matmul_input_range(&p.a, x, c0..c1, t);
+                match b_fast {
+                    // Y += s T B^T, T kept in f32
+                    Some(FastB::Q8_0(bb)) => k.matmul_q8_0_add(bb, r / QK, out, t, s, yc),
+                    Some(FastB::Float) => {
+                        k.matmul_float_add(p.b.ty(), p.b.data(), r, out, t, s, yc)
+                    }
+                    None => {
+                        // Exactly `apply`'s plain path, vector by vector.
+                        for (tc, yv) in t.chunks_exact(r).zip(yc.chunks_exact_mut(out)) {
+                            if add_b_plain(p, s, tc, yv, out_tmp, k, mode) {
+                                dora(p, yv);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                for yv in yc.chunks_exact_mut(out) {
+                    dora(p, yv);
                 }
             }
-            // DoRA: rescale every output row of (W x + s B A x) by its magnitude factor.
-            if let Some(g) = p.dora {
-                for (o, c) in y.iter_mut().zip(g.chunks_exact(4)) {
-                    *o *= f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
+        }
+    }
+}
+
+/// How B is added on the fast path.
+enum FastB<'a> {
+    /// An F16/BF16/F32 B: [`Kernel::matvec_float_add`](crate::kernels::Kernel::matvec_float_add).
+    Float,
+    /// A Q8_0 B (its blocks): [`Kernel::matvec_q8_0_add`](crate::kernels::Kernel::matvec_q8_0_add).
+    Q8_0(&'a [BlockQ8_0]),
+}
+
+/// The fused B kernel for `p` under `mode`, or `None` for the plain matvec + add
+/// ([`add_b_plain`]). The fused kernels are a host/phone speed path; on microcontrollers (64
+/// KiB flash budget) B goes through the plain path, same result up to summation order.
+#[inline]
+fn fast_b<'a>(p: &LoraPair<'a>, mode: KernelMode) -> Option<FastB<'a>> {
+    if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) || mode != KernelMode::Fast {
+        return None;
+    }
+    match p.b.ty() {
+        GgmlType::Q8_0 if p.rank().is_multiple_of(QK) => {
+            cast_blocks::<BlockQ8_0>(p.b.data()).ok().map(FastB::Q8_0)
+        }
+        GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => Some(FastB::Float),
+        _ => None,
+    }
+}
+
+/// `y += s B t` through `u = B t` in `out_tmp` (the reference path's arithmetic when `mode` is
+/// [`KernelMode::Reference`]). False, and `y` untouched, if `out_tmp` is too short.
+#[inline]
+fn add_b_plain(
+    p: &LoraPair<'_>,
+    s: f32,
+    t: &[f32],
+    y: &mut [f32],
+    out_tmp: &mut [f32],
+    k: &'static Kernel,
+    mode: KernelMode,
+) -> bool {
+    let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
+        return false;
+    };
+    let mut tin = Input::new(t, &mut [], &mut [], k, mode);
+    matvec_input(&p.b, &mut tin, u); //                                 (out,)
+    for (o, v) in y.iter_mut().zip(u.iter()) {
+        *o += s * v;
+    }
+    true
+}
+
+/// DoRA: rescale every output row of `(W x + s B A x)` by its magnitude factor.
+#[inline]
+fn dora(p: &LoraPair<'_>, y: &mut [f32]) {
+    if let Some(g) = p.dora {
+        for (o, c) in y.iter_mut().zip(g.chunks_exact(4)) {
+            *o *= f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         }
     }
 }

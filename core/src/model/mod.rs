@@ -349,9 +349,12 @@ impl<'w, const L: usize> Model<'w, L> {
     ///
     /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
     /// layer by layer: every linear is one blocked matmul over the block (each weight read
-    /// once per block, not once per token), rope, cache writes and causal attention per token.
-    /// The logits equal [`Model::forward`] run token by token up to float summation order
-    /// (`tests/tests/prefill.rs`). [`KernelMode::Reference`] keeps the token-by-token oracle.
+    /// once per block, not once per token) followed by its adapters' products over the block
+    /// ([`AdapterSet::apply_batch`]: each A and B read once per block, a Q8_0 A against the
+    /// block's own quantised activations), rope, cache writes and causal attention per token.
+    /// The batched kernels keep each output's summation order, so the logits equal
+    /// [`Model::forward`] run token by token (`tests/tests/prefill.rs`: identical on AVX2 and
+    /// AVX-512). [`KernelMode::Reference`] keeps the token-by-token oracle.
     pub fn prefill<'s>(
         &self,
         tokens: &[u32],
@@ -411,8 +414,9 @@ impl<'w, const L: usize> Model<'w, L> {
     }
 
     /// Run `tokens` (at most `s.block`) at positions `pos0..` through every layer together:
-    /// the linears as blocked matmuls over the whole block, rope, cache writes and causal
-    /// attention per token. Leaves each token's residual in `s.bx` (block, dim).
+    /// the linears as blocked matmuls over the whole block, each followed by its adapters'
+    /// products over the block, rope, cache writes and causal attention per token. Leaves
+    /// each token's residual in `s.bx` (block, dim).
     fn prefill_block(
         &self,
         tokens: &[u32],
@@ -447,6 +451,18 @@ impl<'w, const L: usize> Model<'w, L> {
         let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
         let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
         let brope = s.rope.get_mut(..n * rd).ok_or_else(internal)?; //       (n, rope_dims)
+                                                                    // LoRA scratch: T = A X of the block, (n, r). The single-token buffer `hb` (ffn_dim,)
+                                                                    // is idle while a block runs, so it serves without growing the state: at ffn_dim >= n r
+                                                                    // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
+                                                                    // A and B are read once per block (`AdapterSet::apply_batch`), above that
+                                                                    // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
+                                                                    // models). `lora_out` (the output width) serves the plain B path.
+        let lt: &mut [f32] = if s.hb.len() >= s.lora_tmp.len() {
+            s.hb
+        } else {
+            s.lora_tmp
+        };
+        let lo: &mut [f32] = s.lora_out;
 
         // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
         for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
@@ -473,33 +489,19 @@ impl<'w, const L: usize> Model<'w, L> {
                 .get_mut(at..at + n * kv_dim)
                 .ok_or_else(internal)?; // (n, kv_dim)
             let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
-            matmul_input(&w.wq, &mut xin, bq);
-            matmul_input(&w.wk, &mut xin, kc);
-            matmul_input(&w.wv, &mut xin, vc);
-            for i in 0..n {
-                let xi = &bxb[i * dim..(i + 1) * dim];
-                let mut tin = Input::new(xi, s.xq8_0, s.xq8_1, kern, mode);
-                let (lt, lo) = (&mut *s.lora_tmp, &mut *s.lora_out);
-                set.apply(l, 0, &mut tin, &mut bq[i * qd..(i + 1) * qd], lt, lo);
-                set.apply(
-                    l,
-                    1,
-                    &mut tin,
-                    &mut kc[i * kv_dim..(i + 1) * kv_dim],
-                    lt,
-                    lo,
-                );
-                set.apply(
-                    l,
-                    2,
-                    &mut tin,
-                    &mut vc[i * kv_dim..(i + 1) * kv_dim],
-                    lt,
-                    lo,
-                );
-                let ti = &brope[i * rd..(i + 1) * rd];
-                rope(&mut bq[i * qd..(i + 1) * qd], hd, ti);
-                rope(&mut kc[i * kv_dim..(i + 1) * kv_dim], hd, ti);
+            matmul_input(&w.wq, &mut xin, bq); //                                   (n, q_dim)
+            set.apply_batch(l, 0, &mut xin, bq, lt, lo);
+            matmul_input(&w.wk, &mut xin, kc); //                                   (n, kv_dim)
+            set.apply_batch(l, 1, &mut xin, kc, lt, lo);
+            matmul_input(&w.wv, &mut xin, vc); //                                   (n, kv_dim)
+            set.apply_batch(l, 2, &mut xin, vc, lt, lo);
+            for ((qi, ki), ti) in bq
+                .chunks_exact_mut(qd)
+                .zip(kc.chunks_exact_mut(kv_dim))
+                .zip(brope.chunks_exact(rd))
+            {
+                rope(qi, hd, ti);
+                rope(ki, hd, ti);
             }
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
@@ -521,17 +523,7 @@ impl<'w, const L: usize> Model<'w, L> {
             }
             let mut ain = Batch::new(batt, n, s.bq8_0, s.bq8_1, kern, mode);
             matmul_input(&w.wo, &mut ain, bxb); //                                  (n, dim)
-            for i in 0..n {
-                let mut tin = Input::new(&batt[i * qd..(i + 1) * qd], s.xq8_0, s.xq8_1, kern, mode);
-                set.apply(
-                    l,
-                    3,
-                    &mut tin,
-                    &mut bxb[i * dim..(i + 1) * dim],
-                    s.lora_tmp,
-                    s.lora_out,
-                );
-            }
+            set.apply_batch(l, 3, &mut ain, bxb, lt, lo);
             add(bx, bxb);
 
             // Feed-forward (SwiGLU).
@@ -540,30 +532,15 @@ impl<'w, const L: usize> Model<'w, L> {
             }
             let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
             matmul_input(&w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
+            set.apply_batch(l, 4, &mut xin, bhb, lt, lo);
             matmul_input(&w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
-            for i in 0..n {
-                let xi = &bxb[i * dim..(i + 1) * dim];
-                let mut tin = Input::new(xi, s.xq8_0, s.xq8_1, kern, mode);
-                let (lt, lo) = (&mut *s.lora_tmp, &mut *s.lora_out);
-                set.apply(l, 4, &mut tin, &mut bhb[i * fd..(i + 1) * fd], lt, lo);
-                set.apply(l, 5, &mut tin, &mut bhb2[i * fd..(i + 1) * fd], lt, lo);
-            }
+            set.apply_batch(l, 5, &mut xin, bhb2, lt, lo);
             for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                 *g = silu(*g) * u;
             }
             let mut hin = Batch::new(bhb, n, s.bq8_0, s.bq8_1, kern, mode);
             matmul_input(&w.w_down, &mut hin, bxb); //                              (n, dim)
-            for i in 0..n {
-                let mut tin = Input::new(&bhb[i * fd..(i + 1) * fd], s.xq8_0, s.xq8_1, kern, mode);
-                set.apply(
-                    l,
-                    6,
-                    &mut tin,
-                    &mut bxb[i * dim..(i + 1) * dim],
-                    s.lora_tmp,
-                    s.lora_out,
-                );
-            }
+            set.apply_batch(l, 6, &mut hin, bxb, lt, lo);
             add(bx, bxb);
         }
         s.filled = pos0 + n;
@@ -795,6 +772,7 @@ pub struct State<'s> {
     xb: &'s mut [f32],
     q: &'s mut [f32],
     att_out: &'s mut [f32],
+    /// (ffn_dim,); during a prefill block, the LoRA scratch `T = A X` (tokens, rank) instead.
     hb: &'s mut [f32],
     hb2: &'s mut [f32],
     att: &'s mut [f32],

@@ -17,7 +17,7 @@
 
 use super::prefetch_side;
 use crate::kernels::{Isa, Kernel, Side, SideRows};
-use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
@@ -601,56 +601,64 @@ fn q8_0_block_ps(b: &BlockQ8_0, tb: &[__m256; 4]) -> (__m256, __m256) {
     (_mm256_add_ps(p, p1), _mm256_broadcastss_ps(d))
 }
 
+/// The body of [`q8_0_add_rows_tf`] over rows of `$bpr` items that `$block` turns into a
+/// block product and its scale (`(p, d)` as [`q8_0_block_ps`]): Q8_0 blocks, or blocks
+/// unpacked beforehand ([`Q8Unpacked`]), with the same arithmetic either way.
+macro_rules! q8_0_add_body {
+    ($w:ident, $bpr:ident, $t:ident, $s:ident, $y:ident, $block:ident) => {{
+        let (t8, _) = $t.as_chunks::<8>();
+        let tblock = |b: usize| -> [__m256; 4] {
+            let mut r = [_mm256_setzero_ps(); 4];
+            for (v, c) in r
+                .iter_mut()
+                .zip(t8.get(4 * b..4 * b + 4).unwrap_or_default())
+            {
+                *v = load_ps(c);
+            }
+            r
+        };
+        let sv = _mm256_set1_ps($s);
+        let mut groups = $w.chunks_exact(8 * $bpr);
+        let mut outs = $y.chunks_exact_mut(8);
+        for (g, o) in (&mut groups).zip(&mut outs) {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for b in 0..$bpr {
+                let tb = tblock(b);
+                for (a, row) in acc.iter_mut().zip(g.chunks_exact($bpr)) {
+                    if let Some(blk) = row.get(b) {
+                        let (p, d) = $block(blk, &tb);
+                        *a = _mm256_fmadd_ps(d, p, *a);
+                    }
+                }
+            }
+            let Ok(o) = <&mut [f32; 8]>::try_from(o) else {
+                continue;
+            };
+            let v = _mm256_fmadd_ps(hsum8x8(&acc), sv, load_ps(o));
+            // SAFETY: `o` is 8 writable f32s; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+        }
+        for (row, o) in groups
+            .remainder()
+            .chunks_exact($bpr)
+            .zip(outs.into_remainder())
+        {
+            let mut a = _mm256_setzero_ps();
+            for (b, blk) in row.iter().enumerate() {
+                let (p, d) = $block(blk, &tblock(b));
+                a = _mm256_fmadd_ps(d, p, a);
+            }
+            *o += $s * hsum(a);
+        }
+    }};
+}
 /// `y[o] += s * sum_b d_b * dot(q_b, t_b)` for Q8_0 rows of `bpr` blocks against f32 `t`
 /// (the LoRA B update for a Q8_0 B; `t` stays f32, no activation quantising). Eight rows per
 /// pass share each block's four `t` registers; each row keeps one accumulator
 /// (`acc += d * block product`), and the eight are reduced together by [`hsum8x8`].
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_0_add_rows_tf(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
-    let (t8, _) = t.as_chunks::<8>();
-    let tblock = |b: usize| -> [__m256; 4] {
-        let mut r = [_mm256_setzero_ps(); 4];
-        for (v, c) in r
-            .iter_mut()
-            .zip(t8.get(4 * b..4 * b + 4).unwrap_or_default())
-        {
-            *v = load_ps(c);
-        }
-        r
-    };
-    let sv = _mm256_set1_ps(s);
-    let mut groups = w.chunks_exact(8 * bpr);
-    let mut outs = y.chunks_exact_mut(8);
-    for (g, o) in (&mut groups).zip(&mut outs) {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for b in 0..bpr {
-            let tb = tblock(b);
-            for (a, row) in acc.iter_mut().zip(g.chunks_exact(bpr)) {
-                if let Some(blk) = row.get(b) {
-                    let (p, d) = q8_0_block_ps(blk, &tb);
-                    *a = _mm256_fmadd_ps(d, p, *a);
-                }
-            }
-        }
-        let Ok(o) = <&mut [f32; 8]>::try_from(o) else {
-            continue;
-        };
-        let v = _mm256_fmadd_ps(hsum8x8(&acc), sv, load_ps(o));
-        // SAFETY: `o` is 8 writable f32s; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
-    }
-    for (row, o) in groups
-        .remainder()
-        .chunks_exact(bpr)
-        .zip(outs.into_remainder())
-    {
-        let mut a = _mm256_setzero_ps();
-        for (b, blk) in row.iter().enumerate() {
-            let (p, d) = q8_0_block_ps(blk, &tblock(b));
-            a = _mm256_fmadd_ps(d, p, a);
-        }
-        *o += s * hsum(a);
-    }
+    q8_0_add_body!(w, bpr, t, s, y, q8_0_block_ps);
 }
 
 // ---- activation quantisers -------------------------------------------------------------------
@@ -1080,3 +1088,358 @@ fn q4_0_quants(a: &BlockQ4_0) -> __m256i {
 
 mm_signed!(mm_q8_0_tf, BlockQ8_0, q8_0_quants);
 mm_signed!(mm_q4_0_tf, BlockQ4_0, q4_0_quants);
+
+// ---- batched LoRA products for prompt blocks -------------------------------------------------
+//
+// A block of prompt tokens multiplies the same small A (r x in) and B (out x r) by several
+// vectors. Here A's converted weight vectors serve two vectors each (`matmul_float`), a Q8_0
+// B is unpacked to f32 once per block (`matmul_q8_0_add`), and an r = 8 F16/BF16/F32 B is
+// transposed once per block so that its row sums need no horizontal adds
+// (`matmul_float_add`). Measured on Zen 3 (`bench/examples/lora_kernels.rs`, 16 vectors,
+// SmolLM2's 576-wide linears, ns per vector, one vector at a time -> batched): A F16 r=8
+// ~180 -> ~152, r=32 ~710 -> ~615; B F16 r=8 ~350 -> ~225; B Q8_0 r=32 ~1650 -> ~1150. An
+// F16 B of higher rank gains nothing this way (its one-vector kernel is bound by loads, and
+// sharing them across vectors needs more registers than AVX2 has while keeping the order
+// below), so it stays one vector at a time.
+//
+// Every (row, vector) result is computed with exactly the operations, in exactly the order,
+// of the one-vector kernel above (the same accumulators, reductions, tails and final
+// multiply-add), so a prompt block gives bit-identical results to token-by-token decode: the
+// batch shares conversions, never reorders a sum. That matters beyond tidiness: the next
+// matmul quantises these outputs to Q8, and one ulp can move a value across a rounding
+// boundary, a step that a large adapter amplifies well above f32 noise in the logits
+// (`tests/tests/prefill.rs` saw 7e-3 relative with a reordered sum).
+
+/// `y[c * rows + o] = dot(w row o, x column c)` for F16, BF16 or F32 rows of `cols` elements
+/// and `n = x.len() / cols` columns, bit-identical to [`Kernel::matvec_float`] per column;
+/// `false` (nothing written) for another type or a table that is not AVX2/AVX-512 (the
+/// caller then runs matvecs). Columns go in pairs: each converted weight vector feeds both.
+pub(crate) fn matmul_float(
+    k: &Kernel,
+    ty: GgmlType,
+    w: &[u8],
+    cols: usize,
+    rows: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> bool {
+    if !matches!(k.isa, Isa::Avx2 | Isa::Avx512) || cols == 0 {
+        return false;
+    }
+    // SAFETY: a `Kernel` whose `isa` is Avx2 or Avx512 is only created by that module's
+    // `detect` (crate invariant, see `Kernel`), after checking AVX2, FMA and F16C (AVX-512's
+    // `detect` requires them too): the features the `_tf` functions enable. The AVX-512
+    // table's F16 rows are bit-identical to these (`tests/tests/kernels.rs`), its BF16/F32
+    // rows are these.
+    unsafe {
+        match ty {
+            GgmlType::F16 => f16_mm_tf(w, cols, rows, x, y),
+            GgmlType::BF16 => bf16_mm_tf(w, cols, rows, x, y),
+            GgmlType::F32 => f32_mm_tf(w, cols, rows, x, y),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// [`float_dot!`] of one row with two vectors at once: the same four accumulators per vector,
+/// the same reduction and scalar tail, each weight vector converted once for both.
+macro_rules! float_dot2 {
+    ($row:ident, $xa:ident, $xb:ident, $bytes8:literal, $conv:expr, $scalar:expr) => {{
+        let (w8, wt) = $row.as_chunks::<$bytes8>();
+        let (xa8, xat) = $xa.as_chunks::<8>();
+        let (xb8, xbt) = $xb.as_chunks::<8>();
+        let (w32, w8r) = w8.as_chunks::<4>();
+        let (xa32, xa8r) = xa8.as_chunks::<4>();
+        let (xb32, xb8r) = xb8.as_chunks::<4>();
+        let mut aa = [_mm256_setzero_ps(); 4];
+        let mut ab = [_mm256_setzero_ps(); 4];
+        for ((w, xa), xb) in w32.iter().zip(xa32).zip(xb32) {
+            for j in 0..4 {
+                let wv = $conv(&w[j]);
+                aa[j] = _mm256_fmadd_ps(wv, load_ps(&xa[j]), aa[j]);
+                ab[j] = _mm256_fmadd_ps(wv, load_ps(&xb[j]), ab[j]);
+            }
+        }
+        for ((w, xa), xb) in w8r.iter().zip(xa8r).zip(xb8r) {
+            let wv = $conv(w);
+            aa[0] = _mm256_fmadd_ps(wv, load_ps(xa), aa[0]);
+            ab[0] = _mm256_fmadd_ps(wv, load_ps(xb), ab[0]);
+        }
+        let va = _mm256_add_ps(_mm256_add_ps(aa[0], aa[1]), _mm256_add_ps(aa[2], aa[3]));
+        let vb = _mm256_add_ps(_mm256_add_ps(ab[0], ab[1]), _mm256_add_ps(ab[2], ab[3]));
+        let (mut sa, mut sb) = (hsum(va), hsum(vb));
+        let es = $bytes8 / 8;
+        for ((e, &xa), &xb) in wt.chunks_exact(es).zip(xat).zip(xbt) {
+            let wv = $scalar(e);
+            sa += wv * xa;
+            sb += wv * xb;
+        }
+        (sa, sb)
+    }};
+}
+
+/// The body of [`matmul_float`] for one element type; `$rows` is the one-vector row kernel,
+/// run on a last odd column.
+macro_rules! float_mm {
+    ($name:ident, $bytes8:literal, $conv:expr, $scalar:expr, $rows:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name(w: &[u8], cols: usize, rows: usize, x: &[f32], y: &mut [f32]) {
+            let rb = cols * ($bytes8 / 8);
+            let rows = rows.min(w.len() / rb.max(1));
+            let n = (x.len() / cols.max(1)).min(y.len() / rows.max(1));
+            if rows == 0 || n == 0 {
+                return;
+            }
+            let (w, x, y) = (
+                w.get(..rows * rb).unwrap_or_default(),
+                x.get(..n * cols).unwrap_or_default(),
+                y.get_mut(..n * rows).unwrap_or_default(),
+            );
+            let mut xs = x.chunks_exact(2 * cols);
+            let mut ys = y.chunks_exact_mut(2 * rows);
+            for (x2, y2) in (&mut xs).zip(&mut ys) {
+                let (xa, xb) = x2.split_at(cols);
+                let (ya, yb) = y2.split_at_mut(rows);
+                for ((row, oa), ob) in w.chunks_exact(rb).zip(ya).zip(yb) {
+                    (*oa, *ob) = float_dot2!(row, xa, xb, $bytes8, $conv, $scalar);
+                }
+            }
+            let (xr, yr) = (xs.remainder(), ys.into_remainder());
+            if !xr.is_empty() {
+                $rows(w, cols, xr, yr);
+            }
+        }
+    };
+}
+
+float_mm!(f16_mm_tf, 16, cvt_f16x8, f16_scalar, f16_rows_tf);
+float_mm!(bf16_mm_tf, 16, cvt_bf16x8, bf16_scalar, bf16_rows_tf);
+float_mm!(f32_mm_tf, 32, load_ps_bytes, f32_scalar, f32_rows_tf);
+
+/// `y[c * rows + o] += s * dot(w row o, t column c)` for F16, BF16 or F32 rows of rank
+/// `r = 8` (the LoRA B update of a block: `n = t.len() / 8` columns), bit-identical to
+/// [`Kernel::matvec_float_add`] per column; `false` (nothing written) for another type or
+/// rank, or a table that is not AVX2/AVX-512 (the caller then runs the one-vector kernel per
+/// column).
+///
+/// Why only r = 8: there the one-vector kernel does one FMA per row and then spends most of
+/// its time in [`hsum8x8`] (about nine shuffles and adds per eight rows). Here eight rows
+/// are converted once per block and transposed into eight vectors (`tile[l]` = element `l`
+/// of the eight rows), so each column's eight row sums come out of vertical multiplies and
+/// adds, in the very order the horizontal sums take: ~350 -> ~225 ns per column of
+/// SmolLM2's 576 rows in a block of 16 (Zen 3, `bench/examples/lora_kernels.rs`). At higher
+/// ranks a row's chunks sum into one accumulator first, which this layout would need eight
+/// registers per column for; the batch then gains nothing over the one-vector kernel
+/// (measured: a converted-to-f32 copy of B was no faster, the F16 kernel there is bound by
+/// loads, not by conversions).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_float_add(
+    k: &Kernel,
+    ty: GgmlType,
+    w: &[u8],
+    r: usize,
+    rows: usize,
+    t: &[f32],
+    s: f32,
+    y: &mut [f32],
+) -> bool {
+    if !matches!(k.isa, Isa::Avx2 | Isa::Avx512) || r != 8 {
+        return false;
+    }
+    // SAFETY: as in `matmul_float`: the table is proof of AVX2, FMA and F16C (and the
+    // AVX-512 table's float add rows are these).
+    unsafe {
+        match ty {
+            GgmlType::F16 => f16_mm_add8_tf(w, rows, t, s, y),
+            GgmlType::BF16 => bf16_mm_add8_tf(w, rows, t, s, y),
+            GgmlType::F32 => f32_mm_add8_tf(w, rows, t, s, y),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Eight rows of eight lanes to eight columns: `out[l]` lane `i` = `v[i]` lane `l`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+    let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+    let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+    let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+    let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// The body of [`matmul_float_add`] for one element type. Per column, lane `i` of
+/// `p[l] = fma(tile[l], t[l], 0)` is what lane `l` of row `i`'s accumulator holds in the
+/// one-vector kernel (`float_add_rows_nc!` with one chunk); rows in whole groups of eight
+/// then sum as [`hsum8x8`] does (`((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7))`) and take one FMA
+/// with `s`, the rows after the last whole group as [`hsum`] does
+/// (`((p0+p4)+(p2+p6))+((p1+p5)+(p3+p7))`) and `y += s * sum`.
+macro_rules! float_mm_add8 {
+    ($name:ident, $bytes8:literal, $conv:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name(w: &[u8], rows: usize, t: &[f32], s: f32, y: &mut [f32]) {
+            let (wr, _) = w.as_chunks::<$bytes8>();
+            let rows = rows.min(wr.len());
+            let (tc, _) = t.as_chunks::<8>();
+            let n = tc.len().min(y.len() / rows.max(1));
+            let whole = rows / 8 * 8;
+            let (sv, zero) = (_mm256_set1_ps(s), _mm256_setzero_ps());
+            for o0 in (0..rows).step_by(8) {
+                let nr = (rows - o0).min(8);
+                // A short last group repeats its last row (those lanes are never stored).
+                let tile = transpose8(core::array::from_fn(|i| match wr.get(o0 + i.min(nr - 1)) {
+                    Some(c) => $conv(c),
+                    None => zero,
+                }));
+                for (c, tv) in tc.iter().enumerate().take(n) {
+                    let p: [__m256; 8] = core::array::from_fn(|l| {
+                        _mm256_fmadd_ps(tile[l], _mm256_set1_ps(tv[l]), zero)
+                    });
+                    let Some(yc) = y.get_mut(c * rows + o0..c * rows + o0 + nr) else {
+                        continue;
+                    };
+                    if o0 < whole {
+                        let sum = _mm256_add_ps(
+                            _mm256_add_ps(_mm256_add_ps(p[0], p[1]), _mm256_add_ps(p[2], p[3])),
+                            _mm256_add_ps(_mm256_add_ps(p[4], p[5]), _mm256_add_ps(p[6], p[7])),
+                        );
+                        if let Ok(yc) = <&mut [f32; 8]>::try_from(yc) {
+                            let v = _mm256_fmadd_ps(sum, sv, load_ps(yc));
+                            // SAFETY: `yc` is 8 writable f32s; `storeu` has no alignment
+                            // requirement.
+                            unsafe { _mm256_storeu_ps(yc.as_mut_ptr(), v) };
+                        }
+                    } else {
+                        let sum = _mm256_add_ps(
+                            _mm256_add_ps(_mm256_add_ps(p[0], p[4]), _mm256_add_ps(p[2], p[6])),
+                            _mm256_add_ps(_mm256_add_ps(p[1], p[5]), _mm256_add_ps(p[3], p[7])),
+                        );
+                        let mut u = [0.0f32; 8];
+                        // SAFETY: `u` is 8 writable f32s; `storeu` has no alignment requirement.
+                        unsafe { _mm256_storeu_ps(u.as_mut_ptr(), sum) };
+                        for (o, v) in yc.iter_mut().zip(u) {
+                            *o += s * v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+float_mm_add8!(f16_mm_add8_tf, 16, cvt_f16x8);
+float_mm_add8!(bf16_mm_add8_tf, 16, cvt_bf16x8);
+float_mm_add8!(f32_mm_add8_tf, 32, load_ps_bytes);
+
+/// A Q8_0 block unpacked for a batched B update: its 32 int8 values as f32 (exact), in the
+/// four groups of eight [`q8_0_block_ps`] reads, and its scale as f32 (exact).
+#[derive(Clone, Copy)]
+struct Q8Unpacked {
+    q: [[f32; 8]; 4],
+    d: f32,
+}
+
+const Q8_UNPACKED_ZERO: Q8Unpacked = Q8Unpacked {
+    q: [[0.0; 8]; 4],
+    d: 0.0,
+};
+
+/// Blocks a batched Q8_0 B update unpacks per pass (8.25 KiB on the stack).
+const BUF_Q8: usize = 64;
+
+/// [`q8_0_block_ps`] of an unpacked block: the same products in the same order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_unpacked_ps(b: &Q8Unpacked, tb: &[__m256; 4]) -> (__m256, __m256) {
+    let q = &b.q;
+    let p = _mm256_fmadd_ps(load_ps(&q[2]), tb[2], _mm256_mul_ps(load_ps(&q[0]), tb[0]));
+    let p1 = _mm256_fmadd_ps(load_ps(&q[3]), tb[3], _mm256_mul_ps(load_ps(&q[1]), tb[1]));
+    (_mm256_add_ps(p, p1), _mm256_set1_ps(b.d))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_unpacked_add_rows_tf(w: &[Q8Unpacked], bpr: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    q8_0_add_body!(w, bpr, t, s, y, q8_unpacked_ps);
+}
+
+/// As [`matmul_float_add`] for Q8_0 rows of `bpr` blocks (`r = 32 * bpr`, at most 256),
+/// bit-identical to this table's [`Kernel::matvec_q8_0_add`] per column: blocks are unpacked
+/// to f32 once per block of tokens (a few groups of eight rows at a time), and every column
+/// runs the same kernel body on them, with loads where it unpacks int8. AVX2 table only: the
+/// AVX-512 table has its own Q8_0 add rows, with another summation order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_q8_0_add(
+    k: &Kernel,
+    w: &[BlockQ8_0],
+    bpr: usize,
+    rows: usize,
+    t: &[f32],
+    s: f32,
+    y: &mut [f32],
+) -> bool {
+    if k.isa != Isa::Avx2 || bpr == 0 || 8 * bpr > BUF_Q8 {
+        return false;
+    }
+    // SAFETY: as in `matmul_float`: the table is proof of AVX2, FMA and F16C.
+    unsafe { q8_0_mm_add_tf(w, bpr, rows, t, s, y) };
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_mm_add_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, t: &[f32], s: f32, y: &mut [f32]) {
+    let r = bpr * QK;
+    let rows = rows.min(w.len() / bpr.max(1));
+    let n = (t.len() / r.max(1)).min(y.len() / rows.max(1));
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let g = (BUF_Q8 / bpr / 8 * 8).max(8);
+    let mut buf = [Q8_UNPACKED_ZERO; BUF_Q8];
+    for g0 in (0..rows).step_by(g) {
+        let nr = (rows - g0).min(g);
+        let (Some(src), Some(dst)) = (w.get(g0 * bpr..(g0 + nr) * bpr), buf.get_mut(..nr * bpr))
+        else {
+            return;
+        };
+        for (b, u) in src.iter().zip(dst.iter_mut()) {
+            let (qc, _) = b.qs.as_chunks::<8>();
+            for (uq, c) in u.q.iter_mut().zip(qc) {
+                // SAFETY: `uq` is 8 writable f32s; `storeu` has no alignment requirement.
+                unsafe { _mm256_storeu_ps(uq.as_mut_ptr(), i8x8_ps(c)) };
+            }
+            u.d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                u16::from_le_bytes(b.d) as i32
+            )));
+        }
+        let dst = &*dst;
+        for (tc, yc) in t.chunks_exact(r).zip(y.chunks_exact_mut(rows)).take(n) {
+            if let Some(yg) = yc.get_mut(g0..g0 + nr) {
+                q8_unpacked_add_rows_tf(dst, bpr, tc, s, yg);
+            }
+        }
+    }
+}
