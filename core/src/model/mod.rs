@@ -40,7 +40,7 @@ use crate::kernels::{
 };
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
-use rope::rope_table;
+pub use rope::rope_table;
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
 /// activations for `min(PREFILL_BLOCK, ctx)` tokens). 16 covers four 4-column blocks of the

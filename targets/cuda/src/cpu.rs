@@ -6,7 +6,7 @@
 //! same public building blocks: [`edgelora::kernels::matvec`] (the reference path) or
 //! [`edgelora::kernels::matvec_input`] (the fast path), [`AdapterSet::apply`] for LoRA, the
 //! core's [`edgelora::model::softmax`], and the same formulas for rmsnorm, rope (with the table
-//! computed in f64 by libm, as the core does), SwiGLU and the residual adds, in the same order.
+//! the core's own `rope_table`), SwiGLU and the residual adds, in the same order.
 //! A test (`tests/cpu_trace.rs`) checks that its logits and final hidden state equal
 //! `Model::forward_with`'s bit for bit, in both kernel modes, with and without adapters; that is
 //! what makes its per-layer states trustworthy stand-ins for the core's.
@@ -75,15 +75,9 @@ pub fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// The (cos, sin) pairs for `pos`, exactly as the core's `rope_table` computes them.
-pub fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
-    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
-        let inv_freq = libm::pow(base as f64, -((2 * i) as f64) / rope_dims as f64);
-        let angle = pos as f64 * inv_freq;
-        cs[0] = libm::cos(angle) as f32;
-        cs[1] = libm::sin(angle) as f32;
-    }
-}
+/// The (cos, sin) pairs for `pos`: the core's own table (f32, rounded where Hugging Face
+/// rounds), so the trace and the GPU path rotate by exactly what `Model::forward_with` does.
+pub use edgelora::model::rope_table;
 
 /// `out = x / rms(x) * w`, the core's formula; `jit` multiplies the reciprocal (injection).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32, jit: f32) {
