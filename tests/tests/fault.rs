@@ -21,12 +21,7 @@ use edgelora::{Error, ErrorKind as K, Gguf};
 use std::collections::BTreeMap;
 
 mod common;
-use common::{f16_bytes, rnd};
-
-fn fixture(rel: &str) -> Vec<u8> {
-    let p = format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
+use common::{f16_bytes, fixture, rnd};
 
 /// An F16 adapter for `base` on `targets` (layer, linear index), rank `r`.
 fn make(

@@ -25,26 +25,11 @@ use edgelora::model::{Model, State, LINEAR_NAMES, PREFILL_BLOCK};
 use edgelora::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 use edgelora::{ErrorKind, Gguf};
 
+mod common;
+use common::{fixture, rnd};
+
 const B: usize = PREFILL_BLOCK;
 const CTX: usize = 64;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let p = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
-
-/// xorshift values in [-amp, amp).
-fn rnd(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
 
 /// A random adapter on every linear of the base: rank, storage of A and of B, DoRA scales.
 #[derive(Clone, Copy, Debug)]

@@ -26,3 +26,9 @@ pub fn f16_bytes(x: &[f32]) -> Vec<u8> {
         .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
         .collect()
 }
+
+/// The bytes of `tests/fixtures/<rel>`; panics with the path if it cannot be read.
+pub fn fixture(rel: &str) -> Vec<u8> {
+    let p = format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
