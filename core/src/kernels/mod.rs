@@ -98,6 +98,13 @@ fn col_align(_n: usize, block: usize) -> usize {
     block
 }
 
+/// A batched product over a chunk of columns; `false` if it declines the shape.
+#[cfg(not(target_arch = "x86_64"))]
+type BatchFn = fn(&[f32], &mut [f32]) -> bool;
+/// No batched kernel (targets without the x86-64 batched LoRA products).
+#[cfg(not(target_arch = "x86_64"))]
+const NO_BATCH: Option<BatchFn> = None;
+
 /// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
 /// matvec: 1; columns of a matmul: `rows`), or `f(0, y)` with one thread or without `std`.
 #[cfg(feature = "std")]
@@ -921,24 +928,52 @@ impl Kernel {
         let n = (x.len() / cols).min(y.len() / rows);
         let (w, x, y) = (&w[..rows * cols * es], &x[..n * cols], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if matches!(self.isa, Isa::Avx2 | Isa::Avx512) {
+        let batched =
+            matches!(self.isa, Isa::Avx2 | Isa::Avx512).then_some(|xc: &[f32], yc: &mut [f32]| {
+                x86_64::avx2::matmul_float(self, ty, w, cols, rows, xc, yc)
+            });
+        #[cfg(not(target_arch = "x86_64"))]
+        let batched = NO_BATCH;
+        self.batch_cols(x, cols, rows, y, batched, |xv, yv| {
+            self.matvec_float(ty, w, cols, xv, yv)
+        });
+    }
+
+    /// The shared body of the batched float/LoRA products: `x` holds columns of `len` values,
+    /// `y` their outputs of `rows` values. With a `batched` kernel (x86-64 tables that have
+    /// one) the columns are split across threads and each chunk runs it, or `one` per column
+    /// where it declines the shape; without, `one` runs per column on this thread (it splits
+    /// its own rows).
+    fn batch_cols<B, O>(
+        &self,
+        x: &[f32],
+        len: usize,
+        rows: usize,
+        y: &mut [f32],
+        batched: Option<B>,
+        one: O,
+    ) where
+        B: Fn(&[f32], &mut [f32]) -> bool + Sync,
+        O: Fn(&[f32], &mut [f32]) + Sync,
+    {
+        if let Some(batched) = batched {
             self.mark();
             // Columns (tokens) split across threads, as the quantised matmuls do.
-            par(y, rows, col_align(n, 2), |c0, yc| {
+            par(y, rows, col_align(y.len() / rows, 2), |c0, yc| {
                 let nc = yc.len() / rows;
-                let Some(xc) = x.get(c0 * cols..(c0 + nc) * cols) else {
+                let Some(xc) = x.get(c0 * len..(c0 + nc) * len) else {
                     return;
                 };
-                if !x86_64::avx2::matmul_float(self, ty, w, cols, rows, xc, yc) {
-                    for (xv, yv) in xc.chunks_exact(cols).zip(yc.chunks_exact_mut(rows)) {
-                        self.matvec_float(ty, w, cols, xv, yv);
+                if !batched(xc, yc) {
+                    for (xv, yv) in xc.chunks_exact(len).zip(yc.chunks_exact_mut(rows)) {
+                        one(xv, yv);
                     }
                 }
             });
             return;
         }
-        for (xc, yc) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
-            self.matvec_float(ty, w, cols, xc, yc);
+        for (xv, yv) in x.chunks_exact(len).zip(y.chunks_exact_mut(rows)) {
+            one(xv, yv);
         }
     }
 
@@ -972,24 +1007,15 @@ impl Kernel {
         let n = (t.len() / r).min(y.len() / rows);
         let (w, t, y) = (&w[..rows * r * es], &t[..n * r], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if matches!(self.isa, Isa::Avx2 | Isa::Avx512) {
-            self.mark();
-            par(y, rows, col_align(n, 2), |c0, yc| {
-                let nc = yc.len() / rows;
-                let Some(tc) = t.get(c0 * r..(c0 + nc) * r) else {
-                    return;
-                };
-                if !x86_64::avx2::matmul_float_add(self, ty, w, r, rows, tc, s, yc) {
-                    for (tv, yv) in tc.chunks_exact(r).zip(yc.chunks_exact_mut(rows)) {
-                        self.matvec_float_add(ty, w, r, tv, s, yv);
-                    }
-                }
+        let batched =
+            matches!(self.isa, Isa::Avx2 | Isa::Avx512).then_some(|tc: &[f32], yc: &mut [f32]| {
+                x86_64::avx2::matmul_float_add(self, ty, w, r, rows, tc, s, yc)
             });
-            return;
-        }
-        for (tc, yc) in t.chunks_exact(r).zip(y.chunks_exact_mut(rows)) {
-            self.matvec_float_add(ty, w, r, tc, s, yc);
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let batched = NO_BATCH;
+        self.batch_cols(t, r, rows, y, batched, |tv, yv| {
+            self.matvec_float_add(ty, w, r, tv, s, yv)
+        });
     }
 
     /// As [`Kernel::matmul_float_add`] for Q8_0 rows of `bpr` blocks (`r = 32 * bpr`) against
@@ -1013,24 +1039,14 @@ impl Kernel {
         let n = (t.len() / r).min(y.len() / rows);
         let (w, t, y) = (&w[..rows * bpr], &t[..n * r], &mut y[..n * rows]);
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
-            self.mark();
-            par(y, rows, col_align(n, 2), |c0, yc| {
-                let nc = yc.len() / rows;
-                let Some(tc) = t.get(c0 * r..(c0 + nc) * r) else {
-                    return;
-                };
-                if !x86_64::avx2::matmul_q8_0_add(self, w, bpr, rows, tc, s, yc) {
-                    for (tv, yv) in tc.chunks_exact(r).zip(yc.chunks_exact_mut(rows)) {
-                        self.matvec_q8_0_add(w, bpr, tv, s, yv);
-                    }
-                }
-            });
-            return;
-        }
-        for (tc, yc) in t.chunks_exact(r).zip(y.chunks_exact_mut(rows)) {
-            self.matvec_q8_0_add(w, bpr, tc, s, yc);
-        }
+        let batched = (self.isa == Isa::Avx2).then_some(|tc: &[f32], yc: &mut [f32]| {
+            x86_64::avx2::matmul_q8_0_add(self, w, bpr, rows, tc, s, yc)
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let batched = NO_BATCH;
+        self.batch_cols(t, r, rows, y, batched, |tv, yv| {
+            self.matvec_q8_0_add(w, bpr, tv, s, yv)
+        });
     }
 
     /// Quantise `x` to Q8_0, bit-exact with ggml's `quantize_row_q8_0_ref` for finite input.
