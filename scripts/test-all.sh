@@ -39,7 +39,7 @@ rm -rf "$tmp_data"
 echo "== tests"
 # Release-like optimisation for tests is set in Cargo.toml ([profile.test]); parity runs a
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.
-cargo test --workspace --all-targets -- --nocapture
+cargo test --workspace --all-targets --no-fail-fast -- --nocapture
 
 echo "== cuda feature (no GPU here: builds, NVRTC compile of every kernel; GPU tests print SKIPPED)"
 if [ ! -x .venv/bin/pip ]; then python3 -m venv .venv || echo "WARNING: python3 -m venv failed"; fi

@@ -4,9 +4,14 @@
 //!
 //! Tolerances: on the tiny model both sides run f32 from identical weights, so logits agree to
 //! f32 summation noise (we allow 1e-4 of the largest logit). On SmolLM2 we report top-1
-//! agreement and |dlogit| on PEFT's top-5; the reference path must agree on every position
-//! whose PEFT top-2 margin exceeds 0.05 (summation-order noise is ~1e-4).
+//! agreement and |dlogit| on PEFT's top-5, once per kernel table this CPU has; the reference
+//! path must agree on every position whose PEFT top-2 margin exceeds 0.05 (summation-order
+//! noise is ~1e-4), and the fast path's flips must be within what its own measured logit
+//! noise explains (see [`check`]): nothing here is a count tuned on one machine.
 
+mod common;
+
+use edgelora::kernels::{self, Kernel};
 use edgelora::lora::convert::{convert_peft, ConvertOptions};
 use edgelora::lora::merge::{merge_into, merged_len};
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
@@ -45,10 +50,22 @@ fn run(
     tokens: &[u32],
     mode: KernelMode,
 ) -> Vec<Vec<f32>> {
+    run_on(model, set, tokens, mode, None)
+}
+
+/// As [`run`], on `kernel`'s table (`None`: the process-wide active one).
+fn run_on(
+    model: &Model<'_>,
+    set: &AdapterSet<'_, '_, '_>,
+    tokens: &[u32],
+    mode: KernelMode,
+    kernel: Option<&'static Kernel>,
+) -> Vec<Vec<f32>> {
     let cfg = *model.config();
     let mut buf = state_buffer(&cfg, tokens.len());
     let mut st = State::new(&cfg, tokens.len(), &mut buf).unwrap();
     st.set_kernel_mode(mode);
+    st.set_kernel(kernel);
     tokens
         .iter()
         .enumerate()
@@ -247,25 +264,61 @@ fn tiny_merge_matches_unmerged() {
     }
 }
 
-/// Teacher-forced top-1 agreement with PEFT over the cases of `adapter`: (agree, total,
-/// max |dlogit| on PEFT's top-5, every position with a PEFT top-2 margin above 0.05 agreed,
-/// the largest PEFT top-2 margin among the positions that disagree).
+/// Teacher-forced agreement with PEFT over the cases of one adapter.
+#[derive(Clone, Debug, Default)]
+struct Score {
+    /// Positions whose top-1 is PEFT's.
+    agree: usize,
+    /// Positions scored.
+    total: usize,
+    /// Largest |ours - PEFT| on PEFT's top-5 logits.
+    max_d: f32,
+    /// PEFT's top-2 margin at every position.
+    margins: Vec<f64>,
+    /// PEFT's top-2 margin at every position we disagree on.
+    miss_margins: Vec<f64>,
+    /// Sum over positions of `(e_1 - e_2)^2`, `e_i` our logit minus PEFT's on PEFT's #i.
+    sum_sq_e12: f64,
+    /// Disagreements whose top-1 is not in PEFT's top-5.
+    outside_top5: usize,
+}
+
+impl Score {
+    fn misses(&self) -> usize {
+        self.total - self.agree
+    }
+
+    fn worst_miss(&self) -> f64 {
+        self.miss_margins.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// `(sigma, expected, allowed)` flips from 8-bit activation noise (`common::flip_allowance`).
+    fn allowance(&self) -> (f64, f64, f64) {
+        common::flip_allowance(self.sum_sq_e12, &self.margins)
+    }
+
+    /// Positions where PEFT's top-2 margin is at most `m`.
+    fn near_ties(&self, m: f64) -> usize {
+        self.margins.iter().filter(|&&x| x <= m).count()
+    }
+}
+
 fn score(
     model: &Model<'_>,
     set: &AdapterSet<'_, '_, '_>,
     refs: &J,
     adapter: &str,
     mode: KernelMode,
-) -> (usize, usize, f32, bool, f32) {
-    let (mut agree, mut total, mut max_d, mut forced) = (0, 0, 0f32, true);
-    let mut miss_margin = 0f32;
+    kernel: &'static Kernel,
+) -> Score {
+    let mut s = Score::default();
     for c in refs["cases"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c["adapter"] == adapter)
     {
-        let got = run(model, set, &ids(&c["tokens"]), mode);
+        let got = run_on(model, set, &ids(&c["tokens"]), mode, Some(kernel));
         for (p, g) in got.iter().enumerate() {
             let top = ids(&c["top_ids"][p]);
             let tl: Vec<f32> = c["top_logits"][p]
@@ -274,19 +327,91 @@ fn score(
                 .iter()
                 .map(|v| v.as_f64().unwrap() as f32)
                 .collect();
-            total += 1;
-            if argmax(g) == top[0] as usize {
-                agree += 1;
+            s.total += 1;
+            let margin = (tl[0] - tl[1]) as f64;
+            s.margins.push(margin);
+            let e1 = (g[top[0] as usize] - tl[0]) as f64;
+            let e2 = (g[top[1] as usize] - tl[1]) as f64;
+            s.sum_sq_e12 += (e1 - e2) * (e1 - e2);
+            let ours = argmax(g);
+            if ours == top[0] as usize {
+                s.agree += 1;
             } else {
-                forced &= tl[0] - tl[1] <= 0.05;
-                miss_margin = miss_margin.max(tl[0] - tl[1]);
+                s.miss_margins.push(margin);
+                if !top.contains(&(ours as u32)) {
+                    s.outside_top5 += 1;
+                }
             }
             for (&i, &w) in top.iter().zip(&tl) {
-                max_d = max_d.max((g[i as usize] - w).abs());
+                s.max_d = s.max_d.max((g[i as usize] - w).abs());
             }
         }
     }
-    (agree, total, max_d, forced, miss_margin)
+    s
+}
+
+/// What must hold on every kernel table (the cross-table contract in the README): the
+/// reference path computes in f32, so it may miss PEFT's top-1 only where PEFT is tied to
+/// within 0.05 (f32 summation noise is ~1e-4), and its logits stay within 0.05; the fast path
+/// rounds activations to 8 bits on a Q4_1 base, so each table flips its own set of near-ties:
+/// its flips must be within what its own logit noise explains (`common::flip_allowance`),
+/// every flip must go to one of PEFT's top-5, no flip may be at a margin above 5 sigma, and
+/// sigma itself stays below the 0.25 derived in `kernels_model.rs` (so a broken kernel cannot
+/// pass by inflating it) -- `0.25 sqrt 2` for a base merged into Q8_0, whose re-quantised
+/// weights add a second 8-bit rounding of the same size to every product.
+fn check(label: &str, mode: KernelMode, isa: &str, s: &Score) {
+    let sigma_max = if label.contains("merged Q8_0") {
+        0.25 * std::f64::consts::SQRT_2
+    } else {
+        0.25
+    };
+    match mode {
+        KernelMode::Reference => {
+            assert!(
+                s.worst_miss() <= 0.05,
+                "{label} {isa}: missed a PEFT top-1 leading by {}",
+                s.worst_miss()
+            );
+            assert!(s.max_d < 0.05, "{label} {isa}: max |dlogit| {}", s.max_d);
+        }
+        KernelMode::Fast => {
+            let (sigma, _, allowed) = s.allowance();
+            assert!(
+                sigma < sigma_max,
+                "{label} {isa}: logit noise sigma {sigma} is above the derived {sigma_max:.3}"
+            );
+            assert_eq!(
+                s.outside_top5, 0,
+                "{label} {isa}: a top-1 outside PEFT's top-5"
+            );
+            assert!(
+                s.misses() as f64 <= allowed,
+                "{label} {isa}: {} flips, more than the {allowed:.2} that sigma {sigma:.3} explains",
+                s.misses()
+            );
+            assert!(
+                s.worst_miss() <= 5.0 * sigma,
+                "{label} {isa}: missed a PEFT top-1 leading by {} > 5 sigma ({sigma:.3})",
+                s.worst_miss()
+            );
+        }
+    }
+}
+
+fn report(label: &str, mode: KernelMode, isa: &str, s: &Score) {
+    let (sigma, expected, allowed) = s.allowance();
+    println!(
+        "smollm2 {label:<26} {mode:?} [{isa}]: top-1 vs PEFT {}/{} ({:.1}%), max |dlogit| on PEFT top-5 {:.2e}, \
+         misses at PEFT top-2 margins <= {:.2}; sigma(e1-e2) {sigma:.3}, flips {} (expected {expected:.2}, allowed {allowed:.2}, \
+         near-ties <= 0.05: {})",
+        s.agree,
+        s.total,
+        100.0 * s.agree as f64 / s.total as f64,
+        s.max_d,
+        s.worst_miss(),
+        s.misses(),
+        s.near_ties(0.05)
+    );
 }
 
 const SMOL: &str = concat!(
@@ -294,6 +419,10 @@ const SMOL: &str = concat!(
     "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
+/// PEFT parity of every way edgelora runs the SmolLM2 fixture adapters, once per kernel table
+/// this CPU has (portable, AVX2, AVX-512 on x86-64; portable, NEON, NEON dotprod on aarch64),
+/// each run on its own `State` with `State::set_kernel`, so the verdict cannot depend on which
+/// table the dispatcher would have picked.
 #[test]
 fn smollm2_peft_adapters_top1_vs_transformers_peft() {
     let Ok(f) = std::fs::File::open(SMOL) else {
@@ -308,6 +437,9 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
     let model: Box<Model> = Box::new(Model::from_gguf(&base).unwrap());
     let refs: J =
         serde_json::from_slice(&std::fs::read(fx("lora/smollm2/refs.json")).unwrap()).unwrap();
+    let lc: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/smollm2/llamacpp_top1.json")).unwrap())
+            .unwrap();
     let n = Adapter::slots_len(model.config());
     let mut files: Vec<(String, Vec<u8>)> = vec![];
     for name in ["plain", "rslora", "dora"] {
@@ -330,79 +462,26 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
             std::fs::read(fx(&format!("lora/smollm2/{name}.llamacpp.gguf"))).unwrap(),
         ));
     }
-    let mut results = vec![];
-    for (label, bytes) in &files {
-        let adapter_name = label.split(' ').next().unwrap();
-        let ad = Adapter::parse(bytes).unwrap();
-        let mut slots = vec![None; n];
-        let b = ad.bind(&base, &model, &mut slots).unwrap();
-        // The fast path (Q8 activations) is measured for our own files only, to keep the
-        // test short; the reference path for all.
-        let modes: &[KernelMode] = if label.contains("q8_0") {
-            // What a Q8_0 A changes is the fast path's integer A x; the reference path
-            // dequantises A (it read 138/138 for both files when measured).
-            &[KernelMode::Fast]
-        } else if label.contains("edgelora") {
-            &[KernelMode::Reference, KernelMode::Fast]
-        } else {
-            &[KernelMode::Reference]
-        };
-        for &mode in modes {
-            let (agree, total, max_d, forced, mm) = score(
-                &model,
-                &AdapterSet::single(&b, 1.0),
-                &refs,
-                adapter_name,
-                mode,
-            );
-            println!(
-                "smollm2 {label:<26} {mode:?}: top-1 vs PEFT {agree}/{total} ({:.1}%), max |dlogit| on PEFT top-5 {max_d:.2e}, misses at PEFT top-2 margins <= {mm:.2}",
-                100.0 * agree as f64 / total as f64
-            );
-            results.push((label.clone(), mode, agree, total, max_d, forced, mm));
-        }
-    }
-    for (label, mode, agree, total, max_d, forced, mm) in &results {
-        if *mode == KernelMode::Fast {
-            // The fast path rounds activations to 8 bits on a Q4_1 base: logits move by up to
-            // ~2 here, and positions whose PEFT top-2 margin is small flip either way with the
-            // summation order (F16 and Q8_0 files, before/after a RoPE rounding change: 130-136
-            // of 138). What must hold: every position where PEFT's answer leads by more than
-            // 0.5 is matched, and at least 92% overall.
-            assert!(
-                *mm <= 0.5,
-                "{label} {mode:?}: missed a PEFT top-1 leading by {mm}"
-            );
-            assert!(
-                *agree as f64 >= 0.92 * *total as f64,
-                "{label} {mode:?}: {agree}/{total}"
-            );
-        } else if label.contains("edgelora") && *mode == KernelMode::Reference {
-            assert!(*forced, "{label}: a confident PEFT top-1 was missed");
-            assert!(*max_d < 0.05, "{label}: {max_d}");
-            assert!(
-                *agree as f64 >= 0.97 * *total as f64,
-                "{label}: {agree}/{total}"
-            );
-        }
-    }
     // Merged into the base (plain, F16 file): the adapted linears become F16 or Q8_0
     // matrices, the rest stays Q4_1; fast path, no adapter at run time.
     let plain = convert("lora/smollm2/plain", &base, GgmlType::F16);
-    let ad = Adapter::parse(&plain).unwrap();
-    let mut slots = vec![None; n];
-    let b = ad.bind(&base, &model, &mut slots).unwrap();
+    let plain_ad = Adapter::parse(&plain).unwrap();
+    let mut plain_slots = vec![None; n];
+    let plain_b = plain_ad.bind(&base, &model, &mut plain_slots).unwrap();
+    let mut merged_bufs = vec![];
     for ty in [GgmlType::F16, GgmlType::Q8_0] {
         let mut bufs = vec![];
         for l in 0..model.config().n_layers {
             for k in 0..LINEARS {
-                let Some(p) = b.pair(l, k) else { continue };
+                let Some(p) = plain_b.pair(l, k) else {
+                    continue;
+                };
                 let w = *model.layer(l).unwrap().linear(k);
                 let mut out = vec![0u8; merged_len(&w, ty).unwrap()];
                 let mut row = vec![0f32; 2 * w.cols()];
                 merge_into(
                     &w,
-                    &[(*p, ad.alpha() / p.rank() as f32)],
+                    &[(*p, plain_ad.alpha() / p.rank() as f32)],
                     ty,
                     &mut out,
                     &mut row,
@@ -416,66 +495,135 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
             8 * LINEARS,
             "the plain fixture adapts layers 0-7"
         );
-        let mut merged = model.clone();
-        for (l, k, w, out) in &bufs {
-            *merged.layer_mut(*l).unwrap().linear_mut(*k) =
-                edgelora::kernels::MatRef::new(ty, w.rows(), w.cols(), out).unwrap();
-        }
-        let mode = KernelMode::Fast;
-        let (agree, total, max_d, forced, mm) =
-            score(&merged, &AdapterSet::EMPTY, &refs, "plain", mode);
-        let label = format!("plain (merged {})", ty.name());
-        println!(
-            "smollm2 {label:<26} {mode:?}: top-1 vs PEFT {agree}/{total} ({:.1}%), max |dlogit| on PEFT top-5 {max_d:.2e}, misses at PEFT top-2 margins <= {mm:.2}",
-            100.0 * agree as f64 / total as f64
-        );
-        results.push((label, mode, agree, total, max_d, forced, mm));
+        merged_bufs.push((ty, bufs));
     }
-    // llama.cpp running its own converter's files (figures measured by
-    // `bench/llamacpp_agreement.py --lora plain --lora rslora --write ...`). Both runtimes
-    // round activations to 8 bits on a Q4_1 base, so near-tie positions flip either way (see
-    // above; llama.cpp read 134/138 on plain). Every edgelora way of running the plain adapter
-    // (unmerged F16/Q8_0, merged F16/Q8_0) must be within three positions (2%) of llama.cpp
-    // or better; on rsLoRA, whose scale llama.cpp's converter gets wrong, ours must beat it
-    // outright.
-    let lc: J =
-        serde_json::from_slice(&std::fs::read(fx("lora/smollm2/llamacpp_top1.json")).unwrap())
-            .unwrap();
-    for name in ["plain", "rslora"] {
-        let theirs = lc["adapters"][name]["agree"].as_u64().unwrap() as usize;
-        assert_eq!(lc["adapters"][name]["total"].as_u64(), Some(138));
-        for (label, mode, agree, total, ..) in &results {
-            if label.starts_with(name) && !label.contains("llama.cpp") {
-                println!("smollm2 {label:<26} {mode:?}: {agree}/{total} against llama.cpp's {theirs}/138");
-                if name == "plain" {
-                    assert!(
-                        *agree + 3 >= theirs,
-                        "{label} {mode:?}: {agree} against llama.cpp {theirs}"
+    let mut merged_models = vec![];
+    for (ty, bufs) in &merged_bufs {
+        let mut merged = model.clone();
+        for (l, k, w, out) in bufs {
+            *merged.layer_mut(*l).unwrap().linear_mut(*k) =
+                edgelora::kernels::MatRef::new(*ty, w.rows(), w.cols(), out).unwrap();
+        }
+        merged_models.push((format!("plain (merged {})", ty.name()), merged));
+    }
+
+    // The reference path calls no kernel table (`parity_smollm2.rs` checks its logits are
+    // bit-identical on every table), so it runs once; the fast path once per table.
+    let mut ref_results: Vec<(String, KernelMode, Score)> = vec![];
+    let bound: Vec<_> = files
+        .iter()
+        .map(|(label, bytes)| (label, Adapter::parse(bytes).unwrap()))
+        .collect();
+    for (label, ad) in &bound {
+        if label.contains("q8_0") {
+            // What a Q8_0 A changes is the fast path's integer A x; the reference path
+            // dequantises A (it read 138/138 for both files when measured).
+            continue;
+        }
+        let mut slots = vec![None; n];
+        let b = ad.bind(&base, &model, &mut slots).unwrap();
+        let mode = KernelMode::Reference;
+        let adapter_name = label.split(' ').next().unwrap();
+        let s = score(
+            &model,
+            &AdapterSet::single(&b, 1.0),
+            &refs,
+            adapter_name,
+            mode,
+            kernels::active(),
+        );
+        report(label, mode, "any", &s);
+        ref_results.push(((*label).clone(), mode, s));
+    }
+    let tables = common::tables("SmolLM2 LoRA parity vs PEFT");
+    assert!(!tables.is_empty(), "the portable table always exists");
+    for &kernel in &tables {
+        let isa = kernel.isa().name();
+        kernels::reset_ran();
+        let mut results = ref_results.clone();
+        // The fast path (Q8 activations) is measured for our own files only, to keep the
+        // test short.
+        for (label, ad) in bound.iter().filter(|(l, _)| l.contains("edgelora")) {
+            let mut slots = vec![None; n];
+            let b = ad.bind(&base, &model, &mut slots).unwrap();
+            let mode = KernelMode::Fast;
+            let adapter_name = label.split(' ').next().unwrap();
+            let s = score(
+                &model,
+                &AdapterSet::single(&b, 1.0),
+                &refs,
+                adapter_name,
+                mode,
+                kernel,
+            );
+            report(label, mode, isa, &s);
+            results.push(((*label).clone(), mode, s));
+        }
+        for (label, merged) in &merged_models {
+            let mode = KernelMode::Fast;
+            let s = score(merged, &AdapterSet::EMPTY, &refs, "plain", mode, kernel);
+            report(label, mode, isa, &s);
+            results.push((label.clone(), mode, s));
+        }
+        assert!(
+            kernels::ran(kernel.isa()),
+            "the {isa} table was asked for but did not run"
+        );
+        for (label, mode, s) in &results {
+            if !label.contains("llama.cpp") {
+                check(label, *mode, isa, s);
+            }
+        }
+        // llama.cpp running its own converter's files (figures measured by
+        // `bench/llamacpp_agreement.py --lora plain --lora rslora --write ...`). Both runtimes
+        // round activations to 8 bits on a Q4_1 base, so each flips its own near-ties: on the
+        // plain adapter ours may trail llama.cpp's count by no more than the difference of two
+        // such draws explains (3 sqrt(2E) + 1, E our expected flips); on rsLoRA, whose scale
+        // llama.cpp's converter gets wrong, ours must beat it outright.
+        for name in ["plain", "rslora"] {
+            let theirs = lc["adapters"][name]["agree"].as_u64().unwrap() as usize;
+            assert_eq!(lc["adapters"][name]["total"].as_u64(), Some(138));
+            for (label, mode, s) in &results {
+                if label.starts_with(name) && !label.contains("llama.cpp") {
+                    let (_, expected, _) = s.allowance();
+                    let slack = 3.0 * (2.0 * expected).sqrt() + 1.0;
+                    println!(
+                        "smollm2 {label:<26} {mode:?} [{isa}]: {}/{} against llama.cpp's {theirs}/138 (allowed shortfall {slack:.1})",
+                        s.agree, s.total
                     );
-                } else {
-                    assert!(
-                        *agree > theirs,
-                        "{label} {mode:?}: {agree} <= llama.cpp {theirs}"
-                    );
+                    assert_eq!(s.total, 138);
+                    if name == "plain" {
+                        assert!(
+                            s.agree as f64 + slack >= theirs as f64,
+                            "{label} {mode:?} [{isa}]: {} against llama.cpp {theirs} (slack {slack:.1})",
+                            s.agree
+                        );
+                    } else {
+                        assert!(
+                            s.agree > theirs,
+                            "{label} {mode:?} [{isa}]: {} <= llama.cpp {theirs}",
+                            s.agree
+                        );
+                    }
                 }
             }
         }
+        // Our rsLoRA conversion must be closer to PEFT than llama.cpp's.
+        let get = |l: &str| {
+            results
+                .iter()
+                .find(|r| r.0 == l && r.1 == KernelMode::Reference)
+                .unwrap()
+        };
+        let (ours, theirs) = (
+            get("rslora (edgelora convert)"),
+            get("rslora (llama.cpp convert)"),
+        );
+        assert!(
+            ours.2.max_d < theirs.2.max_d,
+            "rsLoRA [{isa}]: ours max |d| {} vs llama.cpp {}",
+            ours.2.max_d,
+            theirs.2.max_d
+        );
     }
-    // Our rsLoRA conversion must be closer to PEFT than llama.cpp's.
-    let get = |l: &str| {
-        results
-            .iter()
-            .find(|r| r.0 == l && r.1 == KernelMode::Reference)
-            .unwrap()
-    };
-    let (ours, theirs) = (
-        get("rslora (edgelora convert)"),
-        get("rslora (llama.cpp convert)"),
-    );
-    assert!(
-        ours.4 < theirs.4,
-        "rsLoRA: ours max |d| {} vs llama.cpp {}",
-        ours.4,
-        theirs.4
-    );
 }

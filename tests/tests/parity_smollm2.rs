@@ -9,6 +9,8 @@
 //! position whose HF top-2 margin exceeds 0.05 and a max |dlogit| on HF's top-5 below 0.02;
 //! the measured figures are printed (and recorded in the README).
 
+mod common;
+
 use edgelora::model::{state_buffer, Model, State};
 use edgelora::Gguf;
 use serde_json::Value;
@@ -100,4 +102,48 @@ fn smollm2_matches_transformers_teacher_forced() {
     );
     assert!(n > 200);
     assert!(max_d < 0.02, "max |dlogit| {max_d}");
+}
+
+/// The cross-table contract for the reference path: it calls no kernel table (f32 activations
+/// against weights dequantised by the scalar oracle), so its logits are bit-identical whichever
+/// table a state is given. The fast path is not: see `kernels_model.rs` and the README.
+#[test]
+fn smollm2_reference_path_is_bit_identical_on_every_table() {
+    let Ok(file) = std::fs::File::open(MODEL) else {
+        println!("SKIPPED: {MODEL} is absent; run `cargo run --release -p edgelora-cli -- fetch smollm2`");
+        return;
+    };
+    // SAFETY: read-only private mapping of a file nobody modifies during the test.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let model: Box<Model> = Box::new(Model::from_gguf(&g).unwrap());
+    let cfg = *model.config();
+    let ids = [1u32, 9707, 28, 638, 359, 346, 47, 2];
+    let mut first: Option<(String, Vec<u32>)> = None;
+    for kernel in common::tables("SmolLM2 reference path") {
+        let mut buf = state_buffer(&cfg, ids.len());
+        let mut st = State::new(&cfg, ids.len(), &mut buf).unwrap();
+        st.set_kernel_mode(edgelora::model::KernelMode::Reference);
+        st.set_kernel(Some(kernel));
+        let mut bits = vec![];
+        for (pos, &t) in ids.iter().enumerate() {
+            let l = model.forward(t, pos, &mut st).unwrap();
+            bits.extend(l.iter().map(|v| v.to_bits()));
+        }
+        let name = kernel.isa().name().to_string();
+        match &first {
+            None => first = Some((name, bits)),
+            Some((n0, b0)) => {
+                let diff = b0.iter().zip(&bits).filter(|(a, b)| a != b).count();
+                println!(
+                    "reference path: {name} vs {n0}: {diff} of {} logits differ",
+                    bits.len()
+                );
+                assert_eq!(
+                    diff, 0,
+                    "the reference path differs between {n0} and {name}"
+                );
+            }
+        }
+    }
 }

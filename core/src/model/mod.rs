@@ -36,7 +36,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
 use crate::kernels::{
-    act_scratch_f32s, matmul_input, matvec_input, matvec_input_side, Batch, Input, MatRef,
+    self, act_scratch_f32s, matmul_input, matvec_input, matvec_input_side, Batch, Input, Kernel,
+    MatRef,
 };
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
@@ -404,7 +405,7 @@ impl<'w, const L: usize> Model<'w, L> {
             self.prefill_block(chunk, start + b * block, s, set)?;
         }
         // The last token's hidden state -> logits, exactly as `step` does.
-        let (c, kern) = (&self.config, crate::kernels::active());
+        let (c, kern) = (&self.config, s.kernel());
         let last_x = (tokens.len() - 1) % block * c.dim;
         s.x.copy_from_slice(s.bx.get(last_x..last_x + c.dim).ok_or_else(internal)?);
         rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
@@ -437,7 +438,7 @@ impl<'w, const L: usize> Model<'w, L> {
         );
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
-        let (kern, mode) = (crate::kernels::active(), s.mode);
+        let (kern, mode) = (s.kernel(), s.mode);
         if n == 0 || n > s.block || pos0 + n > ctx {
             return Err(internal());
         }
@@ -600,7 +601,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let (dim, hd, kv_dim, ctx) = (c.dim, c.head_dim, c.kv_dim(), s.ctx);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
-        let kern = crate::kernels::active();
+        let kern = s.kernel();
 
         // x = token_embd[token]                                            // (dim,)
         self.token_embd.dequantize_row(token as usize, s.x)?;
@@ -794,6 +795,8 @@ pub struct State<'s> {
     bq8_0: &'s mut [BlockQ8_0],
     bq8_1: &'s mut [BlockQ8_1],
     mode: KernelMode,
+    /// The kernel table this state's forward passes use; `None` means [`kernels::active`].
+    kernel: Option<&'static Kernel>,
     logits: &'s mut [f32],
     k_cache: &'s mut [f32],
     v_cache: &'s mut [f32],
@@ -930,6 +933,7 @@ impl<'s> State<'s> {
             bq8_0: crate::kernels::scratch_blocks(bq8_0),
             bq8_1: crate::kernels::scratch_blocks(bq8_1),
             mode: KernelMode::Fast,
+            kernel: None,
             logits,
             k_cache,
             v_cache,
@@ -981,6 +985,20 @@ impl<'s> State<'s> {
     /// The path set by [`State::set_kernel_mode`].
     pub const fn kernel_mode(&self) -> KernelMode {
         self.mode
+    }
+
+    /// Run this state's forward passes on `kernel` (e.g. `Isa::Avx2.kernel()`) instead of the
+    /// process-wide [`kernels::active`] one; `None` goes back to following it. Per state, so
+    /// tests (and a server) can compare kernel tables side by side in one process: every
+    /// table is exact in its integer parts, but reduces floats in its own order (see the
+    /// cross-table contract in `kernels`).
+    pub fn set_kernel(&mut self, kernel: Option<&'static Kernel>) {
+        self.kernel = kernel;
+    }
+
+    /// The kernel table this state's forward passes use.
+    pub fn kernel(&self) -> &'static Kernel {
+        self.kernel.unwrap_or_else(kernels::active)
     }
 }
 

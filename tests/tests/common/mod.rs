@@ -32,3 +32,58 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     let p = format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
+
+/// The kernel tables of this architecture that this CPU runs (portable first), for tests that
+/// run once per table. Prints `SKIPPED` with the reason for each of this architecture's tables
+/// the CPU (or build) lacks, so a log says what a machine could not check.
+pub fn tables(what: &str) -> Vec<&'static edgelora::kernels::Kernel> {
+    use edgelora::kernels::Isa;
+    let isas: &[Isa] = if cfg!(target_arch = "x86_64") {
+        &[Isa::Portable, Isa::Avx2, Isa::Avx512]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Isa::Portable, Isa::Neon, Isa::NeonDot]
+    } else {
+        &[Isa::Portable]
+    };
+    isas.iter()
+        .filter_map(|&isa| {
+            let k = isa.kernel();
+            if k.is_none() {
+                println!(
+                    "SKIPPED: {what} on the {} table: this CPU does not have its instructions",
+                    isa.name()
+                );
+            }
+            k
+        })
+        .collect()
+}
+
+/// Standard normal upper tail Q(z) (Abramowitz-Stegun 26.2.17, |error| < 7.5e-8).
+pub fn q_tail(z: f64) -> f64 {
+    if z < 0.0 {
+        return 1.0 - q_tail(-z);
+    }
+    let t = 1.0 / (1.0 + 0.231_641_9 * z);
+    let poly = t
+        * (0.319_381_530
+            + t * (-0.356_563_782
+                + t * (1.781_477_937 + t * (-1.821_255_978 + t * 1.330_274_429))));
+    (-z * z / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * poly
+}
+
+/// Top-1 flips that 8-bit activation noise explains, derived from the data instead of a count
+/// tuned on one machine (the derivation is in `kernels_model.rs`'s module doc): with `e_i` our
+/// logit minus the reference's on the reference's #1 and #2, `sigma` the RMS of `e_1 - e_2`
+/// over all positions and `margin` each position's reference top-2 gap, a position flips with
+/// probability about `Q(margin / sigma)`. Returns `(sigma, expected, allowed)` with `allowed`
+/// the Poisson 3-sigma upper bound `E + 3 sqrt(E) + 1`.
+pub fn flip_allowance(sum_sq_e12: f64, margins: &[f64]) -> (f64, f64, f64) {
+    let sigma = (sum_sq_e12 / margins.len().max(1) as f64).sqrt();
+    let expected: f64 = if sigma > 0.0 {
+        margins.iter().map(|&m| q_tail(m / sigma)).sum()
+    } else {
+        0.0
+    };
+    (sigma, expected, expected + 3.0 * expected.sqrt() + 1.0)
+}
