@@ -2,7 +2,7 @@
 //! (feature `quant-k`).
 //!
 //! Layout (ggml `block_q4_K`, 144 bytes): f16 `d`, f16 `dmin`, `scales: [u8; 12]` (8 scales and
-//! 8 mins of 6 bits, see [`get_scale_min_k4`](super::k_common)), `qs: [u8; 128]`.
+//! 8 mins of 6 bits; ggml `get_scale_min_k4`), `qs: [u8; 128]`.
 //! `w = d * sc * q - dmin * m`.
 //!
 //! Element order: four chunks of 64; in chunk `c`, byte `qs[32c + l]` holds element `64c + l`
