@@ -4,7 +4,8 @@
 //! adapters, from a Cortex-M4 to an x86 server.
 //!
 //! - [`format::gguf`]: zero-copy, fully validated GGUF reader.
-//! - [`quant`]: ggml block layouts (Q4_0, Q4_1, Q8_0, Q8_1) and element types.
+//! - [`quant`]: ggml block layouts and element types; scalar oracles (the `QuantType` /
+//!   `ActType` traits) for Q4_0..Q8_0, Q5_0/Q5_1, Q2_K..Q6_K, Q8_K, IQ4_NL/IQ4_XS.
 //! - [`kernels`]: the scalar reference oracle and the dispatcher used by the model.
 //! - [`model`]: llama-family config, weights, caller-owned [`model::State`] and `forward`.
 //! - [`tokenizer`]: byte-level BPE (gpt2) and SentencePiece-style (llama) from GGUF metadata.

@@ -11,9 +11,50 @@
 //! - Q8_1: f16 `d`, f16 `s = d * sum(q)` + 32 x i8
 //!
 //! In a 4-bit block the low nibble of byte `j` is element `j`, the high nibble element `j + 16`.
+//!
+//! The other types people download each live in their own file, with the block layout, its
+//! scalar oracle and a [`QuantType`] / [`ActType`] impl (see [`types`]):
+//! - [`q8_k`]: Q8_K, the 256-wide activation block (always compiled, it is small);
+//! - [`q5`]: Q5_0, Q5_1 (feature `quant-q5`);
+//! - [`q2_k`] .. [`q6_k`]: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (feature `quant-k`);
+//! - [`iq4`]: IQ4_NL, IQ4_XS (feature `quant-iq4`).
+//!
+//! [`GgmlType`] knows every type's id, name and sizes whatever the features, so any file can be
+//! parsed and inspected; the features only decide which arithmetic is linked.
 
 use crate::error::{Error, ErrorKind, Result};
 use core::mem::{align_of, size_of};
+
+pub mod types;
+pub use types::{ActType, QuantType};
+
+pub mod q8_k;
+pub use q8_k::{BlockQ8_K, QK_K};
+
+#[cfg(feature = "quant-q5")]
+pub mod q5;
+#[cfg(feature = "quant-q5")]
+pub use q5::{BlockQ5_0, BlockQ5_1};
+
+#[cfg(feature = "quant-k")]
+mod k_common;
+#[cfg(feature = "quant-k")]
+pub mod q2_k;
+#[cfg(feature = "quant-k")]
+pub mod q3_k;
+#[cfg(feature = "quant-k")]
+pub mod q4_k;
+#[cfg(feature = "quant-k")]
+pub mod q5_k;
+#[cfg(feature = "quant-k")]
+pub mod q6_k;
+#[cfg(feature = "quant-k")]
+pub use {q2_k::BlockQ2_K, q3_k::BlockQ3_K, q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K};
+
+#[cfg(feature = "quant-iq4")]
+pub mod iq4;
+#[cfg(feature = "quant-iq4")]
+pub use iq4::{BlockIQ4_NL, BlockIQ4_XS};
 
 /// Weights per quantised block.
 pub const QK: usize = 32;
@@ -37,6 +78,8 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     Q8_K,
+    IQ4_NL,
+    IQ4_XS,
     I8,
     I16,
     I32,
@@ -63,6 +106,8 @@ impl GgmlType {
             13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             15 => GgmlType::Q8_K,
+            20 => GgmlType::IQ4_NL,
+            23 => GgmlType::IQ4_XS,
             24 => GgmlType::I8,
             25 => GgmlType::I16,
             26 => GgmlType::I32,
@@ -90,6 +135,8 @@ impl GgmlType {
             GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
             GgmlType::Q8_K => 15,
+            GgmlType::IQ4_NL => 20,
+            GgmlType::IQ4_XS => 23,
             GgmlType::I8 => 24,
             GgmlType::I16 => 25,
             GgmlType::I32 => 26,
@@ -111,8 +158,9 @@ impl GgmlType {
             | GgmlType::I64
             | GgmlType::F64 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
-            GgmlType::Q8_0 | GgmlType::Q8_1 => 32,
-            GgmlType::Q2_K
+            GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::IQ4_NL => 32,
+            GgmlType::IQ4_XS
+            | GgmlType::Q2_K
             | GgmlType::Q3_K
             | GgmlType::Q4_K
             | GgmlType::Q5_K
@@ -140,6 +188,8 @@ impl GgmlType {
             GgmlType::Q5_K => 176,
             GgmlType::Q6_K => 210,
             GgmlType::Q8_K => 292,
+            GgmlType::IQ4_NL => 18,
+            GgmlType::IQ4_XS => 136,
         }
     }
 
@@ -160,6 +210,8 @@ impl GgmlType {
             GgmlType::Q5_K => "Q5_K",
             GgmlType::Q6_K => "Q6_K",
             GgmlType::Q8_K => "Q8_K",
+            GgmlType::IQ4_NL => "IQ4_NL",
+            GgmlType::IQ4_XS => "IQ4_XS",
             GgmlType::I8 => "I8",
             GgmlType::I16 => "I16",
             GgmlType::I32 => "I32",
@@ -318,6 +370,15 @@ pub fn f16_le(b: [u8; 2]) -> f32 {
 #[inline(always)]
 pub fn to_f16_le(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_le_bytes()
+}
+
+/// ggml's `nearest_int`: round to nearest, ties to even, by adding `1.5 * 2^23` and reading the
+/// low mantissa bits. Exact for `|x| <= 4194303` (ggml asserts that range); outside it the result
+/// is as meaningless as the C's, but it never panics.
+#[inline(always)]
+pub(crate) fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12_582_912.0;
+    (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// View bytes as blocks without copying.
