@@ -685,7 +685,9 @@ fn ggml_type_rows() {
         assert_eq!(t.row_bytes(2 * bl as u64), Some(2 * bb as u64));
         assert_eq!(t.row_bytes(bl as u64 + 1), None);
     }
-    // Not runnable yet: integration into the kernel table comes separately.
-    assert!(!GgmlType::IQ4_NL.is_supported() && !GgmlType::Q4_K.is_supported());
+    // Runnable exactly when its feature is built.
+    assert_eq!(GgmlType::IQ4_NL.is_supported(), cfg!(feature = "quant-iq4"));
+    assert_eq!(GgmlType::Q4_K.is_supported(), cfg!(feature = "quant-k"));
+    assert_eq!(GgmlType::Q5_0.is_supported(), cfg!(feature = "quant-q5"));
     let _ = BlockQ8_1::ZERO;
 }

@@ -924,16 +924,16 @@ fn matvec_input_quantises_once_and_matches_kernel() {
     let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
     let w = q4_1_blocks(&mut rng, nb * rows, false);
     let m = MatRef::new(GgmlType::Q4_1, rows, cols, blocks_as_bytes(&w)).unwrap();
-    let (mut s0, mut s1) = (vec![BlockQ8_0::ZERO; nb], vec![BlockQ8_1::ZERO; nb]);
-    let mut inp = kernels::Input::new(&x, &mut s0, &mut s1, k, kernels::KernelMode::Fast);
+    let mut sc = vec![0f32; kernels::act_scratch_f32s(cols)];
+    let mut inp = kernels::Input::new(&x, &mut sc, k, kernels::KernelMode::Fast);
     let mut y = vec![0f32; rows];
     kernels::matvec_input(&m, &mut inp, &mut y);
-    let xq = inp.q8_1().unwrap().to_vec();
+    let xq = inp.act::<BlockQ8_1>().unwrap().to_vec();
     let mut want = vec![0f32; rows];
     k.matvec_q4_1(&w, nb, &xq, &mut want);
     assert_eq!(y, want);
     // Reference mode runs the f32 oracle.
-    let mut inp = kernels::Input::new(&x, &mut s0, &mut s1, k, kernels::KernelMode::Reference);
+    let mut inp = kernels::Input::new(&x, &mut sc, k, kernels::KernelMode::Reference);
     kernels::matvec_input(&m, &mut inp, &mut y);
     let mut want = vec![0f32; rows];
     kernels::matvec(&m, &x, &mut want);

@@ -408,11 +408,6 @@ const Q8_0_ZERO: edgelora::quant::BlockQ8_0 = edgelora::quant::BlockQ8_0 {
     d: [0; 2],
     qs: [0; 32],
 };
-const Q8_1_ZERO: edgelora::quant::BlockQ8_1 = edgelora::quant::BlockQ8_1 {
-    d: [0; 2],
-    s: [0; 2],
-    qs: [0; 32],
-};
 
 /// Encode `v` as `ty` (Q8_0: a whole number of blocks).
 fn encode(ty: GgmlType, v: &[f32]) -> Vec<u8> {
@@ -482,7 +477,7 @@ fn apply_fast_matches_reference_all_types_and_isas() {
                     let (mut tmp, mut out_tmp) = (vec![0f32; 256], vec![0f32; t.rows()]);
                     let kern = Isa::Portable.kernel().unwrap();
                     let mut want = y0.clone();
-                    let mut xin = Input::new(&x, &mut [], &mut [], kern, KernelMode::Reference);
+                    let mut xin = Input::new(&x, &mut [], kern, KernelMode::Reference);
                     set.apply(0, k, &mut xin, &mut want, &mut tmp, &mut out_tmp);
                     let scale = want
                         .iter()
@@ -494,10 +489,9 @@ fn apply_fast_matches_reference_all_types_and_isas() {
                     let tol = if ta == GgmlType::Q8_0 { 2e-2 } else { 1e-4 } * scale;
                     for isa in Isa::ALL {
                         let Some(kern) = isa.kernel() else { continue };
-                        let mut q0 = vec![Q8_0_ZERO; t.cols() / 32];
-                        let mut q1 = vec![Q8_1_ZERO; t.cols() / 32];
+                        let mut q = vec![0f32; edgelora::kernels::act_scratch_f32s(t.cols())];
                         let mut got = y0.clone();
-                        let mut xin = Input::new(&x, &mut q0, &mut q1, kern, KernelMode::Fast);
+                        let mut xin = Input::new(&x, &mut q, kern, KernelMode::Fast);
                         set.apply(0, k, &mut xin, &mut got, &mut tmp, &mut out_tmp);
                         let d = max_diff(&[got], &[want.clone()]);
                         assert!(

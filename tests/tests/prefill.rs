@@ -16,13 +16,14 @@
 //! interchangeable.
 
 use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
+use edgelora::kernels::act_scratch_f32s;
 use edgelora::kernels::{self, Batch, KernelMode};
 use edgelora::lora::convert::{convert_peft, encode, ConvertOptions};
 use edgelora::lora::{
     base_fingerprint, Adapter, AdapterSet, BoundAdapter, FINGERPRINT_KEY, MAX_RANK,
 };
 use edgelora::model::{Model, State, LINEAR_NAMES, PREFILL_BLOCK};
-use edgelora::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use edgelora::quant::GgmlType;
 use edgelora::{ErrorKind, Gguf};
 
 mod common;
@@ -328,11 +329,8 @@ fn apply_batch_equals_apply_per_vector() {
                             let y0 = rnd((si * 1000 + l * 10 + lin + n + 7) as u64, n * out, 2.0);
                             let mut lo = vec![0f32; out];
                             // Batched.
-                            let (mut q0, mut q1) = (
-                                vec![BlockQ8_0::ZERO; n * cols / 32],
-                                vec![BlockQ8_1::ZERO; n * cols / 32],
-                            );
-                            let mut xb = Batch::new(&x, n, &mut q0, &mut q1, k, mode);
+                            let mut q = vec![0f32; act_scratch_f32s(n * cols)];
+                            let mut xb = Batch::new(&x, n, &mut q, k, mode);
                             let mut got = y0.clone();
                             let mut lt = vec![0f32; tmp_len];
                             set.apply_batch(l, lin, &mut xb, &mut got, &mut lt, &mut lo);
@@ -340,12 +338,8 @@ fn apply_batch_equals_apply_per_vector() {
                             let mut want = y0.clone();
                             let mut lt = vec![0f32; MAX_RANK];
                             for (xc, yc) in x.chunks_exact(cols).zip(want.chunks_exact_mut(out)) {
-                                let (mut q0, mut q1) = (
-                                    vec![BlockQ8_0::ZERO; cols / 32],
-                                    vec![BlockQ8_1::ZERO; cols / 32],
-                                );
-                                let mut xi =
-                                    edgelora::kernels::Input::new(xc, &mut q0, &mut q1, k, mode);
+                                let mut q = vec![0f32; act_scratch_f32s(cols)];
+                                let mut xi = edgelora::kernels::Input::new(xc, &mut q, k, mode);
                                 set.apply(l, lin, &mut xi, yc, &mut lt, &mut lo);
                             }
                             assert_eq!(

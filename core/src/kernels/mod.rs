@@ -74,6 +74,13 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+mod input;
+pub mod types;
+pub use input::{
+    act_scratch_f32s, matmul_input, matmul_input_range, matvec_input, matvec_input_side,
+    scratch_blocks, Batch, Input,
+};
+pub use types::{ActRunnable, Runnable};
 #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
 pub mod arm;
 pub mod portable;
@@ -85,9 +92,7 @@ pub mod x86_64;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::TensorInfo;
-use crate::quant::{
-    cast_blocks, cast_blocks_mut, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK,
-};
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 #[cfg(feature = "std")]
 pub use threads::{set_threads, threads};
@@ -113,13 +118,6 @@ fn col_align(n: usize, block: usize) -> usize {
 fn col_align(_n: usize, block: usize) -> usize {
     block
 }
-
-/// A batched product over a chunk of columns; `false` if it declines the shape.
-#[cfg(not(target_arch = "x86_64"))]
-type BatchFn = fn(&[f32], &mut [f32]) -> bool;
-/// No batched kernel (targets without the x86-64 batched LoRA products).
-#[cfg(not(target_arch = "x86_64"))]
-const NO_BATCH: Option<BatchFn> = None;
 
 /// `f(first_unit, chunk)` over `y` split into per-thread chunks of whole `unit`s (rows of a
 /// matvec: 1; columns of a matmul: `rows`), or `f(0, y)` with one thread or without `std`.
@@ -324,6 +322,29 @@ pub struct MatRef<'a> {
     data: &'a [u8],
 }
 
+/// What to tell a user whose matrix has a type this build cannot run.
+fn unsupported_what(ty: GgmlType) -> &'static str {
+    match ty.feature() {
+        Some("quant-k") => {
+            "K-quant matrix (Q2_K..Q6_K), but this build lacks cargo feature `quant-k`: rebuild with it"
+        }
+        Some("quant-q5") => {
+            "Q5_0/Q5_1 matrix, but this build lacks cargo feature `quant-q5`: rebuild with it"
+        }
+        Some("quant-iq4") => {
+            "IQ4_NL/IQ4_XS matrix, but this build lacks cargo feature `quant-iq4`: rebuild with it"
+        }
+        _ => match ty {
+            GgmlType::Q8_1 | GgmlType::Q8_K => {
+                "matrix stored in an activation type (Q8_1/Q8_K), which no weight uses: re-quantise the model"
+            }
+            _ => {
+                "matrix type edgelora does not run (it runs F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS): re-quantise the model"
+            }
+        },
+    }
+}
+
 impl<'a> MatRef<'a> {
     /// Wrap bytes as a matrix, checking that the size matches exactly.
     ///
@@ -333,9 +354,10 @@ impl<'a> MatRef<'a> {
     /// does not match.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
         if !ty.is_supported() {
-            return Err(
-                Error::new(ErrorKind::UnsupportedTensorType, "matrix").detail(ty.id() as u64, 0)
-            );
+            return Err(Error::new(
+                ErrorKind::UnsupportedTensorType,
+                unsupported_what(ty),
+            ));
         }
         let row_bytes = ty.row_bytes(cols as u64).ok_or_else(|| {
             Error::new(ErrorKind::BadDims, "matrix row length")
@@ -533,7 +555,39 @@ pub(crate) type Q8AddRowsFn = fn(w: &[BlockQ8_0], bpr: usize, t: &[f32], s: f32,
 pub(crate) type MatmulFn<W, A> =
     fn(k: &Kernel, w: &[W], bpr: usize, rows: usize, x: &[A], y: &mut [f32]) -> bool;
 /// A blocked matmul and the columns one of its passes takes.
-type Blocked<W, A> = Option<(MatmulFn<W, A>, usize)>;
+pub(crate) type Blocked<W, A> = Option<(MatmulFn<W, A>, usize)>;
+/// A batched float product over a chunk of columns (see [`Kernel::matmul_float`]), or
+/// `false` if it declines the shape.
+pub(crate) type MatmulFloatFn = fn(
+    k: &Kernel,
+    ty: GgmlType,
+    w: &[u8],
+    cols: usize,
+    rows: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> bool;
+/// A batched LoRA B update over a chunk of columns (see [`Kernel::matmul_float_add`]).
+pub(crate) type MatmulFloatAddFn = fn(
+    k: &Kernel,
+    ty: GgmlType,
+    w: &[u8],
+    r: usize,
+    rows: usize,
+    t: &[f32],
+    s: f32,
+    y: &mut [f32],
+) -> bool;
+/// A batched Q8_0 LoRA B update over a chunk of columns (see [`Kernel::matmul_q8_0_add`]).
+pub(crate) type MatmulQ8AddFn = fn(
+    k: &Kernel,
+    w: &[BlockQ8_0],
+    bpr: usize,
+    rows: usize,
+    t: &[f32],
+    s: f32,
+    y: &mut [f32],
+) -> bool;
 /// Quantise `x` (a whole number of blocks) into `y`.
 pub(crate) type QuantFn<A> = fn(x: &[f32], y: &mut [A]);
 
@@ -556,8 +610,43 @@ pub struct Kernel {
     pub(crate) q8_0_add: Q8AddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
+    /// Q8_K activations (K-quant and IQ4_XS dots).
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    pub(crate) quantize_q8_k: QuantFn<crate::quant::BlockQ8_K>,
+    /// Row kernels of the types behind features (see `kernels/types.rs`).
+    #[cfg(feature = "quant-q5")]
+    pub(crate) q5_0: QRowsFn<crate::quant::BlockQ5_0, BlockQ8_0>,
+    #[cfg(feature = "quant-q5")]
+    pub(crate) q5_1: QRowsFn<crate::quant::BlockQ5_1, BlockQ8_1>,
+    #[cfg(feature = "quant-k")]
+    pub(crate) q2_k: QRowsFn<crate::quant::BlockQ2_K, crate::quant::BlockQ8_K>,
+    #[cfg(feature = "quant-k")]
+    pub(crate) q3_k: QRowsFn<crate::quant::BlockQ3_K, crate::quant::BlockQ8_K>,
+    #[cfg(feature = "quant-k")]
+    pub(crate) q4_k: QRowsFn<crate::quant::BlockQ4_K, crate::quant::BlockQ8_K>,
+    #[cfg(feature = "quant-k")]
+    pub(crate) q5_k: QRowsFn<crate::quant::BlockQ5_K, crate::quant::BlockQ8_K>,
+    #[cfg(feature = "quant-k")]
+    pub(crate) q6_k: QRowsFn<crate::quant::BlockQ6_K, crate::quant::BlockQ8_K>,
+    #[cfg(feature = "quant-iq4")]
+    pub(crate) iq4_nl: QRowsFn<crate::quant::BlockIQ4_NL, BlockQ8_0>,
+    #[cfg(feature = "quant-iq4")]
+    pub(crate) iq4_xs: QRowsFn<crate::quant::BlockIQ4_XS, crate::quant::BlockQ8_K>,
     /// Row kernels that prefetch a [`Side`] stream, where the ISA has them.
     pub(crate) side: Option<SideRows>,
+    /// Blocked prompt-batch matmuls, where the ISA has them (each column bit-identical to
+    /// the same table's matvec); `None` runs the matvec per column.
+    pub(crate) mm_q4_0: Blocked<BlockQ4_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q4_1.
+    pub(crate) mm_q4_1: Blocked<BlockQ4_1, BlockQ8_1>,
+    /// As `mm_q4_0` for Q8_0.
+    pub(crate) mm_q8_0: Blocked<BlockQ8_0, BlockQ8_0>,
+    /// Batched float product (LoRA A, float base weights) sharing conversions across columns.
+    pub(crate) mm_float: Option<MatmulFloatFn>,
+    /// Batched LoRA B update for F16/BF16/F32 B.
+    pub(crate) mm_float_add: Option<MatmulFloatAddFn>,
+    /// Batched LoRA B update for Q8_0 B.
+    pub(crate) mm_q8_0_add: Option<MatmulQ8AddFn>,
 }
 
 impl core::fmt::Debug for Kernel {
@@ -589,44 +678,62 @@ impl Kernel {
         }
     }
 
-    /// `y[r] = sum_blocks d_w d_x sum(q_w - 8) q_x` for Q4_0 rows of `bpr` blocks.
+    /// `y[r] = dot(w row r, x)` for rows of `bpr` blocks of any [`Runnable`] type against its
+    /// activation format: the one matvec driver (rows split across threads), running this
+    /// table's row kernel for `T`.
     ///
     /// `w` holds `y.len()` rows of `bpr` blocks (rows it lacks leave `y` untouched), `x` holds
     /// `bpr` blocks (if fewer, or `bpr == 0`, `y` is zeroed). Activation values must lie in
     /// `-127..=127`, as the quantisers produce. Never panics.
-    pub fn matvec_q4_0(&self, w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    pub fn matvec_q<T: Runnable>(&self, w: &[T], bpr: usize, x: &[T::Act], y: &mut [f32]) {
         let n = q_rows(w, bpr, x, y);
         if n == 0 {
             return;
         }
         self.mark();
-        rows_par(self.q4_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        rows_par(T::rows(self), &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+    }
+
+    /// As [`Kernel::matvec_q`], prefetching `side` (see [`Side`]) as the rows go by. Results
+    /// are identical to [`Kernel::matvec_q`]; tables without a side-aware loop for `T`
+    /// ignore `side`.
+    pub fn matvec_q_side<T: Runnable>(
+        &self,
+        w: &[T],
+        bpr: usize,
+        x: &[T::Act],
+        y: &mut [f32],
+        side: Side<'_>,
+    ) {
+        let n = q_rows(w, bpr, x, y);
+        if n == 0 {
+            return;
+        }
+        self.mark();
+        let (w, x, y) = (&w[..n * bpr], &x[..bpr], &mut y[..n]);
+        match T::rows_side(self).filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty()) {
+            Some(f) => rows_par_side(f, w, bpr, x, y, side),
+            None => rows_par(T::rows(self), w, bpr, x, y),
+        }
+    }
+
+    /// `y[r] = sum_blocks d_w d_x sum(q_w - 8) q_x` for Q4_0 rows ([`Kernel::matvec_q`]).
+    pub fn matvec_q4_0(&self, w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        self.matvec_q(w, bpr, x, y);
     }
 
     /// As [`Kernel::matvec_q4_0`] for Q4_1 rows against Q8_1 activations
     /// (`d_w d_x sum(q_w q_x) + m_w s_x` per block).
     pub fn matvec_q4_1(&self, w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-        let n = q_rows(w, bpr, x, y);
-        if n == 0 {
-            return;
-        }
-        self.mark();
-        rows_par(self.q4_1, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        self.matvec_q(w, bpr, x, y);
     }
 
     /// As [`Kernel::matvec_q4_0`] for Q8_0 rows against Q8_0 activations.
     pub fn matvec_q8_0(&self, w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-        let n = q_rows(w, bpr, x, y);
-        if n == 0 {
-            return;
-        }
-        self.mark();
-        rows_par(self.q8_0, &w[..n * bpr], bpr, &x[..bpr], &mut y[..n]);
+        self.matvec_q(w, bpr, x, y);
     }
 
-    /// As [`Kernel::matvec_q4_0`], prefetching `side` (see [`Side`]) as the rows go by.
-    /// Results are identical to [`Kernel::matvec_q4_0`]; kernels without a side-aware loop
-    /// ignore `side`.
+    /// As [`Kernel::matvec_q4_0`], prefetching `side` ([`Kernel::matvec_q_side`]).
     pub fn matvec_q4_0_side(
         &self,
         w: &[BlockQ4_0],
@@ -635,7 +742,7 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        self.matvec_side(self.q4_0, |sr| sr.q4_0, w, bpr, x, y, side);
+        self.matvec_q_side(w, bpr, x, y, side);
     }
 
     /// As [`Kernel::matvec_q4_0_side`] for Q4_1 rows against Q8_1 activations.
@@ -647,7 +754,7 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        self.matvec_side(self.q4_1, |sr| sr.q4_1, w, bpr, x, y, side);
+        self.matvec_q_side(w, bpr, x, y, side);
     }
 
     /// As [`Kernel::matvec_q4_0_side`] for Q8_0 rows against Q8_0 activations.
@@ -659,36 +766,7 @@ impl Kernel {
         y: &mut [f32],
         side: Side<'_>,
     ) {
-        self.matvec_side(self.q8_0, |sr| sr.q8_0, w, bpr, x, y, side);
-    }
-
-    /// The shared body of the `_side` matvecs: this kernel's side-aware row loop (`pick`)
-    /// when it has one (x86-64 only) and `side` is not empty, else the plain row loop.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn matvec_side<W: Sync, A: Sync>(
-        &self,
-        plain: QRowsFn<W, A>,
-        pick: fn(&SideRows) -> QRowsSideFn<W, A>,
-        w: &[W],
-        bpr: usize,
-        x: &[A],
-        y: &mut [f32],
-        side: Side<'_>,
-    ) {
-        let n = q_rows(w, bpr, x, y);
-        if n == 0 {
-            return;
-        }
-        self.mark();
-        let (w, x, y) = (&w[..n * bpr], &x[..bpr], &mut y[..n]);
-        match self
-            .side
-            .filter(|_| cfg!(target_arch = "x86_64") && !side.is_empty())
-        {
-            Some(sr) => rows_par_side(pick(&sr), w, bpr, x, y, side),
-            None => rows_par(plain, w, bpr, x, y),
-        }
+        self.matvec_q_side(w, bpr, x, y, side);
     }
 
     /// `y = W x` for little-endian F16, BF16 or F32 rows of `cols` elements (`ty` says which;
@@ -805,6 +883,29 @@ impl Kernel {
         y[0]
     }
 
+    /// [`Kernel::matmul_q4_1`] for any [`Runnable`] type: blocked where this table has a
+    /// blocked kernel for `T`, else the row kernel per column. Every column is bit-identical
+    /// to [`Kernel::matvec_q`] on it. Never panics.
+    pub fn matmul_q<T: Runnable>(
+        &self,
+        w: &[T],
+        bpr: usize,
+        rows: usize,
+        x: &[T::Act],
+        y: &mut [f32],
+    ) {
+        self.matmul(T::rows(self), T::blocked(self), w, bpr, rows, x, y);
+    }
+
+    /// Quantise `x` to the activation format `A` (whole blocks only: `min(x.len() /
+    /// A::BLOCK_LEN, y.len())` blocks are written), bit-exact with ggml's reference quantiser
+    /// for finite input.
+    pub fn quantize<A: ActRunnable>(&self, x: &[f32], y: &mut [A]) {
+        let n = (x.len() / A::BLOCK_LEN).min(y.len());
+        self.mark();
+        (A::quantizer(self))(&x[..n * A::BLOCK_LEN], &mut y[..n]);
+    }
+
     /// Blocked `Y = W X` for a batch of activations (prompt tokens): `x` holds `n` columns of
     /// `bpr` blocks each (`n = x.len() / bpr`), `y` receives column `c` at
     /// `y[c * rows .. (c + 1) * rows]`. Kernels with a blocked implementation (AVX-512, AVX2)
@@ -819,15 +920,7 @@ impl Kernel {
         x: &[BlockQ8_1],
         y: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        let blocked: Blocked<_, _> = match self.isa {
-            Isa::Avx512 => Some((x86_64::avx512::matmul_q4_1, x86_64::avx512::COLS)),
-            Isa::Avx2 => Some((x86_64::avx2::matmul_q4_1, x86_64::avx2::MM_COLS)),
-            _ => None,
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let blocked = None;
-        self.matmul(self.q4_1, blocked, w, bpr, rows, x, y);
+        self.matmul_q(w, bpr, rows, x, y);
     }
 
     /// As [`Kernel::matmul_q4_1`] for Q8_0 weights and activations.
@@ -839,15 +932,7 @@ impl Kernel {
         x: &[BlockQ8_0],
         y: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        let blocked: Blocked<_, _> = match self.isa {
-            Isa::Avx512 => Some((x86_64::avx512::matmul_q8_0, x86_64::avx512::COLS)),
-            Isa::Avx2 => Some((x86_64::avx2::matmul_q8_0, x86_64::avx2::MM_COLS)),
-            _ => None,
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let blocked = None;
-        self.matmul(self.q8_0, blocked, w, bpr, rows, x, y);
+        self.matmul_q(w, bpr, rows, x, y);
     }
 
     /// As [`Kernel::matmul_q4_1`] for Q4_0 weights and Q8_0 activations (blocked on AVX2; the
@@ -861,14 +946,7 @@ impl Kernel {
         x: &[BlockQ8_0],
         y: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        let blocked: Blocked<_, _> = match self.isa {
-            Isa::Avx2 => Some((x86_64::avx2::matmul_q4_0, x86_64::avx2::MM_COLS)),
-            _ => None,
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let blocked = None;
-        self.matmul(self.q4_0, blocked, w, bpr, rows, x, y);
+        self.matmul_q(w, bpr, rows, x, y);
     }
 
     /// The shared body of the matmuls: with a `blocked` kernel, columns (tokens) split across
@@ -943,13 +1021,9 @@ impl Kernel {
         }
         let n = (x.len() / cols).min(y.len() / rows);
         let (w, x, y) = (&w[..rows * cols * es], &x[..n * cols], &mut y[..n * rows]);
-        #[cfg(target_arch = "x86_64")]
-        let batched =
-            matches!(self.isa, Isa::Avx2 | Isa::Avx512).then_some(|xc: &[f32], yc: &mut [f32]| {
-                x86_64::avx2::matmul_float(self, ty, w, cols, rows, xc, yc)
-            });
-        #[cfg(not(target_arch = "x86_64"))]
-        let batched = NO_BATCH;
+        let batched = self
+            .mm_float
+            .map(|f| move |xc: &[f32], yc: &mut [f32]| f(self, ty, w, cols, rows, xc, yc));
         self.batch_cols(x, cols, rows, y, batched, |xv, yv| {
             self.matvec_float(ty, w, cols, xv, yv)
         });
@@ -1022,13 +1096,9 @@ impl Kernel {
         }
         let n = (t.len() / r).min(y.len() / rows);
         let (w, t, y) = (&w[..rows * r * es], &t[..n * r], &mut y[..n * rows]);
-        #[cfg(target_arch = "x86_64")]
-        let batched =
-            matches!(self.isa, Isa::Avx2 | Isa::Avx512).then_some(|tc: &[f32], yc: &mut [f32]| {
-                x86_64::avx2::matmul_float_add(self, ty, w, r, rows, tc, s, yc)
-            });
-        #[cfg(not(target_arch = "x86_64"))]
-        let batched = NO_BATCH;
+        let batched = self
+            .mm_float_add
+            .map(|f| move |tc: &[f32], yc: &mut [f32]| f(self, ty, w, r, rows, tc, s, yc));
         self.batch_cols(t, r, rows, y, batched, |tv, yv| {
             self.matvec_float_add(ty, w, r, tv, s, yv)
         });
@@ -1054,12 +1124,9 @@ impl Kernel {
         }
         let n = (t.len() / r).min(y.len() / rows);
         let (w, t, y) = (&w[..rows * bpr], &t[..n * r], &mut y[..n * rows]);
-        #[cfg(target_arch = "x86_64")]
-        let batched = (self.isa == Isa::Avx2).then_some(|tc: &[f32], yc: &mut [f32]| {
-            x86_64::avx2::matmul_q8_0_add(self, w, bpr, rows, tc, s, yc)
-        });
-        #[cfg(not(target_arch = "x86_64"))]
-        let batched = NO_BATCH;
+        let batched = self
+            .mm_q8_0_add
+            .map(|f| move |tc: &[f32], yc: &mut [f32]| f(self, w, bpr, rows, tc, s, yc));
         self.batch_cols(t, r, rows, y, batched, |tv, yv| {
             self.matvec_q8_0_add(w, bpr, tv, s, yv)
         });
@@ -1211,319 +1278,4 @@ pub enum KernelMode {
     /// The scalar oracle with f32 activations ([`matvec`]): slowest, most accurate, the path
     /// parity tests against f32 frameworks use.
     Reference,
-}
-
-/// Blocks of Q8_0/Q8_1 activations needed for `n` values, as `f32` slots (for sizing a
-/// model state carved from `f32`s). Q8_1 blocks (36 bytes, 9 slots) are the larger.
-pub const fn act_scratch_f32s(n: usize) -> usize {
-    n.div_ceil(QK) * (core::mem::size_of::<BlockQ8_1>() / 4)
-}
-
-/// An f32 activation vector with its quantised forms, each made at most once and only when a
-/// weight type needs it, then reused by every matrix that reads this input (q/k/v; gate/up).
-pub struct Input<'a> {
-    x: &'a [f32],
-    q8_0: &'a mut [BlockQ8_0],
-    q8_1: &'a mut [BlockQ8_1],
-    have_q8_0: bool,
-    have_q8_1: bool,
-    kernel: &'static Kernel,
-    mode: KernelMode,
-}
-
-impl<'a> Input<'a> {
-    /// Wrap `x`, with scratch for its quantised forms (`x.len() / 32` blocks each; shorter
-    /// scratch makes the quantised matrices fall back to [`matvec`]).
-    pub fn new(
-        x: &'a [f32],
-        q8_0: &'a mut [BlockQ8_0],
-        q8_1: &'a mut [BlockQ8_1],
-        kernel: &'static Kernel,
-        mode: KernelMode,
-    ) -> Self {
-        Input {
-            x,
-            q8_0,
-            q8_1,
-            have_q8_0: false,
-            have_q8_1: false,
-            kernel,
-            mode,
-        }
-    }
-
-    /// The f32 values.
-    pub fn values(&self) -> &'a [f32] {
-        self.x
-    }
-
-    /// The kernel this input runs with.
-    pub fn kernel(&self) -> &'static Kernel {
-        self.kernel
-    }
-
-    /// The path this input runs on.
-    pub fn mode(&self) -> KernelMode {
-        self.mode
-    }
-
-    /// Quantised to Q8_0 (first call quantises), or `None` if the scratch is too small or
-    /// the length is not a whole number of blocks.
-    pub fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {
-        let nb = self.x.len() / QK;
-        if !self.x.len().is_multiple_of(QK) || self.q8_0.len() < nb {
-            return None;
-        }
-        if !self.have_q8_0 {
-            self.kernel.quantize_q8_0(self.x, &mut self.q8_0[..nb]);
-            self.have_q8_0 = true;
-        }
-        Some(&self.q8_0[..nb])
-    }
-
-    /// As [`Input::q8_0`] for Q8_1.
-    pub fn q8_1(&mut self) -> Option<&[BlockQ8_1]> {
-        let nb = self.x.len() / QK;
-        if !self.x.len().is_multiple_of(QK) || self.q8_1.len() < nb {
-            return None;
-        }
-        if !self.have_q8_1 {
-            self.kernel.quantize_q8_1(self.x, &mut self.q8_1[..nb]);
-            self.have_q8_1 = true;
-        }
-        Some(&self.q8_1[..nb])
-    }
-}
-
-/// `y = W x` on the path `x` was set up for ([`KernelMode`]): quantised weights against the
-/// activation quantised once (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1), float weights against f32.
-///
-/// Like [`matvec`], extra elements are ignored and missing ones leave outputs untouched; a
-/// scratch too small for the quantised activation falls back to [`matvec`]. Never panics.
-pub fn matvec_input(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32]) {
-    matvec_input_side(w, x, y, Side::NONE);
-}
-
-/// As [`matvec_input`], prefetching `side` inside the row loop of a quantised matvec (see
-/// [`Side`]); float weights and the reference path ignore it. Results are identical to
-/// [`matvec_input`]. Never panics.
-pub fn matvec_input_side(w: &MatRef<'_>, x: &mut Input<'_>, y: &mut [f32], side: Side<'_>) {
-    #[cfg(not(target_arch = "x86_64"))]
-    let side = {
-        // no side-aware kernel on this architecture: drop the stream so the `_side` calls
-        // below fold into the plain matvecs (smaller firmware)
-        let _ = side;
-        Side::NONE
-    };
-    if x.mode == KernelMode::Reference || x.x.len() < w.cols {
-        matvec(w, x.x, y);
-        return;
-    }
-    let k = x.kernel;
-    let bpr = w.cols / QK;
-    let rows = w.rows.min(y.len());
-    let y = &mut y[..rows];
-    let done = match w.ty {
-        GgmlType::Q4_0 => match (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
-            (Ok(wb), Some(xb)) => {
-                k.matvec_q4_0_side(wb, bpr, xb, y, side);
-                true
-            }
-            _ => false,
-        },
-        GgmlType::Q4_1 => match (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
-            (Ok(wb), Some(xb)) => {
-                k.matvec_q4_1_side(wb, bpr, xb, y, side);
-                true
-            }
-            _ => false,
-        },
-        GgmlType::Q8_0 => match (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
-            (Ok(wb), Some(xb)) => {
-                k.matvec_q8_0_side(wb, bpr, xb, y, side);
-                true
-            }
-            _ => false,
-        },
-        GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {
-            k.matvec_float(w.ty, w.data, w.cols, x.x, y);
-            true
-        }
-        _ => false,
-    };
-    if !done {
-        matvec(w, x.x, y);
-    }
-}
-
-/// View `f32` scratch as activation blocks (a model state is carved from one `&mut [f32]`):
-/// as many whole blocks as fit in `4 * buf.len()` bytes.
-pub fn scratch_blocks<T: Block>(buf: &mut [f32]) -> &mut [T] {
-    let len = core::mem::size_of_val(buf);
-    // SAFETY: the bytes of `buf` are initialised f32s; `u8` has alignment 1 and no invalid
-    // values, and so has `f32` (any byte pattern written through the view is a valid f32).
-    // The exclusive borrow of `buf` is carried over to the result.
-    let bytes = unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
-    let n = len / core::mem::size_of::<T>() * core::mem::size_of::<T>();
-    cast_blocks_mut(&mut bytes[..n]).unwrap_or_default()
-}
-
-/// A batch of `n` activation vectors (prompt tokens) laid end to end, with scratch for their
-/// quantised forms, each made at most once per format and reused by every matrix that reads
-/// the batch (q/k/v; gate/up), as [`Input`] does for one vector.
-pub struct Batch<'a> {
-    x: &'a [f32],
-    n: usize,
-    q8_0: &'a mut [BlockQ8_0],
-    q8_1: &'a mut [BlockQ8_1],
-    have_q8_0: bool,
-    have_q8_1: bool,
-    kernel: &'static Kernel,
-    mode: KernelMode,
-}
-
-impl<'a> Batch<'a> {
-    /// Wrap `n` vectors of `x.len() / n` values each, with scratch for their quantised forms
-    /// (`x.len() / 32` blocks each; shorter scratch makes [`matmul_input`] fall back to one
-    /// [`matvec`] per vector).
-    pub fn new(
-        x: &'a [f32],
-        n: usize,
-        q8_0: &'a mut [BlockQ8_0],
-        q8_1: &'a mut [BlockQ8_1],
-        kernel: &'static Kernel,
-        mode: KernelMode,
-    ) -> Self {
-        Batch {
-            x,
-            n,
-            q8_0,
-            q8_1,
-            have_q8_0: false,
-            have_q8_1: false,
-            kernel,
-            mode,
-        }
-    }
-
-    /// Number of vectors.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True if the batch holds no vector.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Values per vector.
-    fn width(&self) -> usize {
-        self.x.len().checked_div(self.n).unwrap_or(0)
-    }
-
-    /// The kernel this batch runs with.
-    pub fn kernel(&self) -> &'static Kernel {
-        self.kernel
-    }
-
-    /// The path this batch runs on.
-    pub fn mode(&self) -> KernelMode {
-        self.mode
-    }
-
-    /// Whole batch as Q8_0 blocks (quantising is per 32-value block, so this equals each
-    /// vector quantised on its own when the width is a whole number of blocks).
-    fn q8_0(&mut self) -> Option<&[BlockQ8_0]> {
-        let nb = self.x.len() / QK;
-        if !self.width().is_multiple_of(QK) || self.q8_0.len() < nb {
-            return None;
-        }
-        if !self.have_q8_0 {
-            self.kernel.quantize_q8_0(self.x, &mut self.q8_0[..nb]);
-            self.have_q8_0 = true;
-        }
-        Some(&self.q8_0[..nb])
-    }
-
-    /// As [`Batch::q8_0`] for Q8_1.
-    fn q8_1(&mut self) -> Option<&[BlockQ8_1]> {
-        let nb = self.x.len() / QK;
-        if !self.width().is_multiple_of(QK) || self.q8_1.len() < nb {
-            return None;
-        }
-        if !self.have_q8_1 {
-            self.kernel.quantize_q8_1(self.x, &mut self.q8_1[..nb]);
-            self.have_q8_1 = true;
-        }
-        Some(&self.q8_1[..nb])
-    }
-}
-
-/// `Y = W X` for a [`Batch`]: output vector `c` goes to `y[c * w.rows() .. (c + 1) * w.rows()]`.
-/// Quantised weights run the blocked [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] /
-/// [`Kernel::matmul_q4_0`], F16/BF16/F32 weights [`Kernel::matmul_float`]. The batch's width
-/// must equal `w.cols()` (else `y` is left untouched). Never panics.
-pub fn matmul_input(w: &MatRef<'_>, x: &mut Batch<'_>, y: &mut [f32]) {
-    let n = x.n;
-    matmul_input_range(w, x, 0..n, y);
-}
-
-/// As [`matmul_input`] for vectors `range` of the batch only: vector `range.start + c` goes to
-/// `y[c * w.rows() ..]`. The range is clamped to the batch (and to what `y` holds); the
-/// batch's quantised forms are made once for the whole batch and shared by every range (the
-/// LoRA A products of a prompt block read them this way, a few tokens at a time).
-/// Never panics.
-pub fn matmul_input_range(
-    w: &MatRef<'_>,
-    x: &mut Batch<'_>,
-    range: core::ops::Range<usize>,
-    y: &mut [f32],
-) {
-    let (rows, cols) = (w.rows, w.cols);
-    if x.width() != cols || cols == 0 || rows == 0 {
-        return;
-    }
-    let c0 = range.start.min(x.n);
-    let n = range.end.min(x.n).saturating_sub(c0).min(y.len() / rows);
-    let y = &mut y[..n * rows];
-    let xs: &[f32] = x.x;
-    let Some(xf) = xs.get(c0 * cols..(c0 + n) * cols) else {
-        return;
-    };
-    let k = x.kernel;
-    let bpr = cols / QK;
-    // The quantised vectors `c0..c0 + n` of a whole-batch quantisation.
-    let cut = |c: usize| c * bpr;
-    if x.mode == KernelMode::Fast {
-        match w.ty {
-            GgmlType::Q4_1 => {
-                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_1>(w.data), x.q8_1()) {
-                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
-                        return k.matmul_q4_1(wb, bpr, rows, xb, y);
-                    }
-                }
-            }
-            GgmlType::Q8_0 => {
-                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ8_0>(w.data), x.q8_0()) {
-                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
-                        return k.matmul_q8_0(wb, bpr, rows, xb, y);
-                    }
-                }
-            }
-            GgmlType::Q4_0 => {
-                if let (Ok(wb), Some(xb)) = (cast_blocks::<BlockQ4_0>(w.data), x.q8_0()) {
-                    if let Some(xb) = xb.get(cut(c0)..cut(c0 + n)) {
-                        return k.matmul_q4_0(wb, bpr, rows, xb, y);
-                    }
-                }
-            }
-            GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => {
-                return k.matmul_float(w.ty, w.data, cols, rows, xf, y);
-            }
-            _ => {}
-        }
-    }
-    for (xc, yc) in xf.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
-        matvec(w, xc, yc);
-    }
 }

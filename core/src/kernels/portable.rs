@@ -6,6 +6,7 @@
 //! with the rows loop here, so the compiler can keep the activation in registers and
 //! auto-vectorise the inner loops where the target allows.
 
+use super::types::rows_oracle;
 use super::{Isa, Kernel};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 
@@ -25,6 +26,32 @@ pub static KERNEL: Kernel = Kernel {
     quantize_q8_0: super::reference::quantize_row_q8_0,
     quantize_q8_1: super::reference::quantize_row_q8_1,
     side: None,
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    quantize_q8_k: crate::quant::q8_k::quantize_row_q8_k,
+    #[cfg(feature = "quant-q5")]
+    q5_0: rows_oracle::<crate::quant::BlockQ5_0>,
+    #[cfg(feature = "quant-q5")]
+    q5_1: rows_oracle::<crate::quant::BlockQ5_1>,
+    #[cfg(feature = "quant-k")]
+    q2_k: rows_oracle::<crate::quant::BlockQ2_K>,
+    #[cfg(feature = "quant-k")]
+    q3_k: rows_oracle::<crate::quant::BlockQ3_K>,
+    #[cfg(feature = "quant-k")]
+    q4_k: rows_oracle::<crate::quant::BlockQ4_K>,
+    #[cfg(feature = "quant-k")]
+    q5_k: rows_oracle::<crate::quant::BlockQ5_K>,
+    #[cfg(feature = "quant-k")]
+    q6_k: rows_oracle::<crate::quant::BlockQ6_K>,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: rows_oracle::<crate::quant::BlockIQ4_NL>,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: rows_oracle::<crate::quant::BlockIQ4_XS>,
+    mm_q4_0: None,
+    mm_q4_1: None,
+    mm_q8_0: None,
+    mm_float: None,
+    mm_float_add: None,
+    mm_q8_0_add: None,
 };
 
 /// Always `Some`: scalar Rust runs everywhere.

@@ -6,7 +6,11 @@
 //! plain loops, no SIMD, no cleverness. Slices of mismatched lengths are processed up to the
 //! shorter one (callers validate shapes once at load time), so nothing here can panic.
 
+use super::types::{with_type, Runnable, TypeFn};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
+
+/// The longest block of any type (K-quant super-blocks).
+const MAX_BLOCK: usize = 256;
 
 /// Dequantise Q4_0 blocks into `y` (`32 * x.len()` values).
 pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
@@ -84,25 +88,33 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], y: &mut [f32]) -> bool {
         GgmlType::F32 => dequantize_row_f32(x, y),
         GgmlType::F16 => dequantize_row_f16(x, y),
         GgmlType::BF16 => dequantize_row_bf16(x, y),
-        GgmlType::Q4_0 => match cast_blocks::<BlockQ4_0>(x) {
-            Ok(b) => dequantize_row_q4_0(b, y),
-            Err(_) => return false,
-        },
-        GgmlType::Q4_1 => match cast_blocks::<BlockQ4_1>(x) {
-            Ok(b) => dequantize_row_q4_1(b, y),
-            Err(_) => return false,
-        },
-        GgmlType::Q8_0 => match cast_blocks::<BlockQ8_0>(x) {
-            Ok(b) => dequantize_row_q8_0(b, y),
-            Err(_) => return false,
-        },
         GgmlType::Q8_1 => match cast_blocks::<BlockQ8_1>(x) {
             Ok(b) => dequantize_row_q8_1(b, y),
             Err(_) => return false,
         },
-        _ => return false,
+        // Every weight type: its own oracle (`QuantType::dequantize`, quant/<type>.rs).
+        ty => return with_type(ty, Dequantize { x, y }).unwrap_or(false),
     }
     true
+}
+
+/// [`dequantize_row`] of one weight type, for [`with_type`].
+struct Dequantize<'x, 'y> {
+    x: &'x [u8],
+    y: &'y mut [f32],
+}
+
+impl TypeFn for Dequantize<'_, '_> {
+    type Out = bool;
+    fn call<T: Runnable>(self) -> bool {
+        match crate::quant::cast_blocks::<T>(self.x) {
+            Ok(b) => {
+                T::dequantize(b, self.y);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// `(int8_t)` conversion as C does for in-range values: truncate toward zero.
@@ -243,20 +255,21 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot_row_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     let bl = ty.block_len();
     let bb = ty.block_bytes();
-    // Dequantise in chunks of 32 elements (one block for the 32-wide types, 32 elements for
-    // plain types) so the buffer stays on the stack.
+    // Dequantise one block at a time (32 elements for plain types) so the buffer stays on the
+    // stack; 256-element super-blocks (K-quants, IQ4_XS) take the whole buffer.
     let step_elems = if bl == 1 { QK } else { bl };
     let step_bytes = if bl == 1 { QK * bb } else { bb };
-    if step_elems != QK {
-        return 0.0; // K-quants are not runnable in this build; shapes are rejected at load.
+    if step_elems > MAX_BLOCK {
+        return 0.0; // no such type; shapes are rejected at load.
     }
-    let mut buf = [0f32; QK];
+    let mut buf = [0f32; MAX_BLOCK];
+    let buf = &mut buf[..step_elems];
     let mut acc = 0.0f32;
     let mut rows = row.chunks_exact(step_bytes);
-    let mut xs = x.chunks_exact(QK);
+    let mut xs = x.chunks_exact(step_elems);
     for (rb, xb) in (&mut rows).zip(&mut xs) {
-        dequantize_row(ty, rb, &mut buf);
-        acc += dot_f32(&buf, xb);
+        dequantize_row(ty, rb, buf);
+        acc += dot_f32(buf, xb);
     }
     // Plain types may have a tail shorter than 32 elements.
     let (rt, xt) = (rows.remainder(), xs.remainder());

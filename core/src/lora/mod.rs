@@ -628,7 +628,7 @@ fn add_b_plain(
     let Some(u) = out_tmp.get_mut(..p.b.rows().min(y.len())) else {
         return false;
     };
-    let mut tin = Input::new(t, &mut [], &mut [], k, mode);
+    let mut tin = Input::new(t, &mut [], k, mode);
     matvec_input(&p.b, &mut tin, u); //                                 (out,)
     for (o, v) in y.iter_mut().zip(u.iter()) {
         *o += s * v;

@@ -40,7 +40,7 @@ use crate::kernels::{
     MatRef,
 };
 use crate::lora::{AdapterSet, MAX_RANK};
-use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use crate::quant::GgmlType;
 pub use rope::rope_table;
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
@@ -409,7 +409,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let last_x = (tokens.len() - 1) % block * c.dim;
         s.x.copy_from_slice(s.bx.get(last_x..last_x + c.dim).ok_or_else(internal)?);
         rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
-        let mut oin = Input::new(&s.xb[..c.dim], s.xq8_0, s.xq8_1, kern, s.mode);
+        let mut oin = Input::new(&s.xb[..c.dim], s.xq, kern, s.mode);
         matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
         Ok(&*s.logits)
     }
@@ -489,7 +489,7 @@ impl<'w, const L: usize> Model<'w, L> {
                 .v_cache
                 .get_mut(at..at + n * kv_dim)
                 .ok_or_else(internal)?; // (n, kv_dim)
-            let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
+            let mut xin = Batch::new(bxb, n, s.bqs, kern, mode);
             matmul_input(&w.wq, &mut xin, bq); //                                   (n, q_dim)
             set.apply_batch(l, 0, &mut xin, bq, lt, lo);
             matmul_input(&w.wk, &mut xin, kc); //                                   (n, kv_dim)
@@ -522,7 +522,7 @@ impl<'w, const L: usize> Model<'w, L> {
                 let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
                 attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale);
             }
-            let mut ain = Batch::new(batt, n, s.bq8_0, s.bq8_1, kern, mode);
+            let mut ain = Batch::new(batt, n, s.bqs, kern, mode);
             matmul_input(&w.wo, &mut ain, bxb); //                                  (n, dim)
             set.apply_batch(l, 3, &mut ain, bxb, lt, lo);
             add(bx, bxb);
@@ -531,7 +531,7 @@ impl<'w, const L: usize> Model<'w, L> {
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
                 rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
             }
-            let mut xin = Batch::new(bxb, n, s.bq8_0, s.bq8_1, kern, mode);
+            let mut xin = Batch::new(bxb, n, s.bqs, kern, mode);
             matmul_input(&w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             set.apply_batch(l, 4, &mut xin, bhb, lt, lo);
             matmul_input(&w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
@@ -539,7 +539,7 @@ impl<'w, const L: usize> Model<'w, L> {
             for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                 *g = silu(*g) * u;
             }
-            let mut hin = Batch::new(bhb, n, s.bq8_0, s.bq8_1, kern, mode);
+            let mut hin = Batch::new(bhb, n, s.bqs, kern, mode);
             matmul_input(&w.w_down, &mut hin, bxb); //                              (n, dim)
             set.apply_batch(l, 6, &mut hin, bxb, lt, lo);
             add(bx, bxb);
@@ -619,7 +619,7 @@ impl<'w, const L: usize> Model<'w, L> {
             let kc = s.k_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
             let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
                                                                                // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
-            let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode);
+            let mut xin = Input::new(s.xb, s.xq, kern, s.mode);
             // Each base matvec prefetches the adapter bytes the `apply` after it reads
             // (`kernels::Side`): they would be cold by then otherwise.
             matvec_input_side(&w.wq, &mut xin, s.q, set.side(l, 0)); // (q_dim,)
@@ -643,14 +643,14 @@ impl<'w, const L: usize> Model<'w, L> {
             attend(
                 s.q, s.att_out, layer_k, layer_v, att, hd, kv_dim, group, scale,
             );
-            let mut ain = Input::new(s.att_out, s.xq8_0, s.xq8_1, kern, s.mode);
+            let mut ain = Input::new(s.att_out, s.xq, kern, s.mode);
             matvec_input_side(&w.wo, &mut ain, s.xb, set.side(l, 3)); // (dim,)
             set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
 
             // Feed-forward (SwiGLU).
             rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
-            let mut xin = Input::new(s.xb, s.xq8_0, s.xq8_1, kern, s.mode); //    gate and up
+            let mut xin = Input::new(s.xb, s.xq, kern, s.mode); //    gate and up
             matvec_input_side(&w.w_gate, &mut xin, s.hb, set.side(l, 4)); // (ffn_dim,)
             set.apply(l, 4, &mut xin, s.hb, s.lora_tmp, s.lora_out);
             matvec_input_side(&w.w_up, &mut xin, s.hb2, set.side(l, 5)); // (ffn_dim,)
@@ -658,7 +658,7 @@ impl<'w, const L: usize> Model<'w, L> {
             for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
                 *g = silu(*g) * u;
             }
-            let mut hin = Input::new(s.hb, s.xq8_0, s.xq8_1, kern, s.mode);
+            let mut hin = Input::new(s.hb, s.xq, kern, s.mode);
             matvec_input_side(&w.w_down, &mut hin, s.xb, set.side(l, 6)); // (dim,)
             set.apply(l, 6, &mut hin, s.xb, s.lora_tmp, s.lora_out);
             add(s.x, s.xb);
@@ -666,7 +666,7 @@ impl<'w, const L: usize> Model<'w, L> {
         s.filled = pos + 1;
         if want_logits {
             rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
-            let mut oin = Input::new(&s.xb[..dim], s.xq8_0, s.xq8_1, kern, s.mode);
+            let mut oin = Input::new(&s.xb[..dim], s.xq, kern, s.mode);
             matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits);
             //                     (vocab,)
         }
@@ -782,8 +782,8 @@ pub struct State<'s> {
     rope: &'s mut [f32],
     lora_tmp: &'s mut [f32],
     lora_out: &'s mut [f32],
-    xq8_0: &'s mut [BlockQ8_0],
-    xq8_1: &'s mut [BlockQ8_1],
+    /// Scratch for an activation's quantised forms (Q8_0, Q8_1, Q8_K: `kernels::Input`).
+    xq: &'s mut [f32],
     /// Prompt tokens per prefill block: `min(PREFILL_BLOCK, ctx)`.
     block: usize,
     bx: &'s mut [f32],
@@ -792,8 +792,8 @@ pub struct State<'s> {
     batt: &'s mut [f32],
     bhb: &'s mut [f32],
     bhb2: &'s mut [f32],
-    bq8_0: &'s mut [BlockQ8_0],
-    bq8_1: &'s mut [BlockQ8_1],
+    /// Scratch for a prompt block's quantised forms (`kernels::Batch`).
+    bqs: &'s mut [f32],
     mode: KernelMode,
     /// The kernel table this state's forward passes use; `None` means [`kernels::active`].
     kernel: Option<&'static Kernel>,
@@ -821,16 +821,14 @@ impl<'s> State<'s> {
             blk.checked_mul(cfg.rope_dims)?,           // rope (cos, sin) pairs per block position
             MAX_RANK,                                  // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
-            act_q,                         // an activation quantised to Q8_0 (kernels::Input)
-            act_q,                         // ... and to Q8_1
+            act_q,                         // an activation's quantised forms (kernels::Input)
             blk.checked_mul(cfg.dim)?,     // bx: prefill block residuals (block, dim)
             blk.checked_mul(cfg.dim)?,     // bxb (block, dim)
             blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
             blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
             blk.checked_mul(cfg.ffn_dim)?, // bhb (block, ffn_dim)
             blk.checked_mul(cfg.ffn_dim)?, // bhb2 (block, ffn_dim)
-            act_qb,                        // the block's activations as Q8_0
-            act_qb,                        // ... and as Q8_1
+            act_qb,                        // the block's quantised forms (kernels::Batch)
             cfg.vocab,                     // logits
             kv,                            // k cache
             kv,                            // v cache
@@ -894,8 +892,7 @@ impl<'s> State<'s> {
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
         let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let (xq8_0, rest) = rest.split_at_mut(act_q);
-        let (xq8_1, rest) = rest.split_at_mut(act_q);
+        let (xq, rest) = rest.split_at_mut(act_q);
         let (bx, rest) = rest.split_at_mut(block * cfg.dim);
         let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
         let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
@@ -903,8 +900,7 @@ impl<'s> State<'s> {
         let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim);
         let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim);
         let act_qb = act_scratch_f32s(block * cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let (bq8_0, rest) = rest.split_at_mut(act_qb);
-        let (bq8_1, rest) = rest.split_at_mut(act_qb);
+        let (bqs, rest) = rest.split_at_mut(act_qb);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
         let (k_cache, v_cache) = rest.split_at_mut(kv);
         Ok(State {
@@ -921,8 +917,7 @@ impl<'s> State<'s> {
             rope,
             lora_tmp,
             lora_out,
-            xq8_0: crate::kernels::scratch_blocks(xq8_0),
-            xq8_1: crate::kernels::scratch_blocks(xq8_1),
+            xq,
             block,
             bx,
             bxb,
@@ -930,8 +925,7 @@ impl<'s> State<'s> {
             batt,
             bhb,
             bhb2,
-            bq8_0: crate::kernels::scratch_blocks(bq8_0),
-            bq8_1: crate::kernels::scratch_blocks(bq8_1),
+            bqs,
             mode: KernelMode::Fast,
             kernel: None,
             logits,

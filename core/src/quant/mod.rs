@@ -228,18 +228,37 @@ impl GgmlType {
             .find(|t| t.name().eq_ignore_ascii_case(s))
     }
 
-    /// True if the kernels in this build can run matrices of this type.
+    /// True if the kernels in this build can run matrices of this type (the K-quant, Q5 and
+    /// IQ4 families need their cargo features: `quant-k`, `quant-q5`, `quant-iq4`).
     pub const fn is_supported(self) -> bool {
-        matches!(
-            self,
+        match self {
             GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q8_0
-                | GgmlType::Q8_1
-        )
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q8_1 => true,
+            GgmlType::Q5_0 | GgmlType::Q5_1 => cfg!(feature = "quant-q5"),
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                cfg!(feature = "quant-k")
+            }
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => cfg!(feature = "quant-iq4"),
+            _ => false,
+        }
+    }
+
+    /// The cargo feature that builds this type's kernels, for error messages (`None` if the
+    /// type has no feature: always built, or never runnable).
+    pub const fn feature(self) -> Option<&'static str> {
+        match self {
+            GgmlType::Q5_0 | GgmlType::Q5_1 => Some("quant-q5"),
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                Some("quant-k")
+            }
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => Some("quant-iq4"),
+            _ => None,
+        }
     }
 
     /// Bytes taken by one row of `n` elements, or `None` if `n` is not a whole number of

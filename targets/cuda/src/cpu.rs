@@ -18,7 +18,7 @@
 use edgelora::kernels::{self, matvec, matvec_input, reference, Input, KernelMode, MatRef};
 use edgelora::lora::{AdapterSet, MAX_RANK};
 use edgelora::model::{softmax, Config, Model, LINEARS};
-use edgelora::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use edgelora::quant::GgmlType;
 use edgelora::{Error, ErrorKind, Gguf};
 
 use crate::tol;
@@ -275,8 +275,7 @@ pub fn trace(
     let mut kc = vec![0f32; c.n_layers * n * kv_dim]; //             (layers, n, kv_dim)
     let mut vc = vec![0f32; c.n_layers * n * kv_dim]; //             (layers, n, kv_dim)
     let nblk = dim.max(c.q_dim()).max(c.ffn_dim).div_ceil(32);
-    let mut q8_0 = vec![BlockQ8_0::ZERO; nblk];
-    let mut q8_1 = vec![BlockQ8_1::ZERO; nblk];
+    let mut act = vec![0f32; edgelora::kernels::act_scratch_f32s(nblk * 32)];
     let mut out = Trace {
         dim,
         vocab: c.vocab,
@@ -292,7 +291,7 @@ pub fn trace(
             let bound = jit
                 .as_ref()
                 .map(|_| linear_bound(w, $input, set, $lin.map(|k: usize| ($l, k))));
-            let mut inp = Input::new($input, &mut q8_0, &mut q8_1, kern, mode);
+            let mut inp = Input::new($input, &mut act, kern, mode);
             matvec_input(w, &mut inp, $y);
             if let Some(k) = $lin {
                 set.apply($l, k, &mut inp, $y, &mut lora_tmp, &mut lora_out);

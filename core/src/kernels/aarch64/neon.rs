@@ -20,7 +20,7 @@
 //! i32, `scvtf`) and meet `t` in `fmla`; four rows per pass share each block's `t` registers
 //! and convert their four f16 scales with one `fcvtl`.
 
-use crate::kernels::{Isa, Kernel};
+use crate::kernels::{portable, Isa, Kernel};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use core::arch::aarch64::*;
 
@@ -38,7 +38,7 @@ static KERNEL: Kernel = Kernel {
     q8_0_add: q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
-    side: None,
+    ..portable::KERNEL
 };
 
 static KERNEL_DOT: Kernel = Kernel {

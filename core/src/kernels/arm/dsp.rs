@@ -15,7 +15,7 @@
 //! a core without the DSP extension (M0, M3, M23) is the caller's error, as with CMSIS-NN's
 //! `ARM_MATH_DSP`.
 
-use super::super::{portable, reference, Isa, Kernel};
+use super::super::{portable, Isa, Kernel};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ8_0};
 use core::arch::asm;
 
@@ -23,18 +23,8 @@ use core::arch::asm;
 pub static KERNEL: Kernel = Kernel {
     isa: Isa::Dsp,
     q4_0: q4_0_rows,
-    q4_1: portable::KERNEL.q4_1,
     q8_0: q8_0_rows,
-    f16: portable::KERNEL.f16,
-    bf16: portable::KERNEL.bf16,
-    f32: portable::KERNEL.f32,
-    f16_add: portable::KERNEL.f16_add,
-    bf16_add: portable::KERNEL.bf16_add,
-    f32_add: portable::KERNEL.f32_add,
-    q8_0_add: portable::KERNEL.q8_0_add,
-    quantize_q8_0: reference::quantize_row_q8_0,
-    quantize_q8_1: reference::quantize_row_q8_1,
-    side: None,
+    ..portable::KERNEL
 };
 
 /// Always `Some` in a build with the feature: the choice was made at compile time.

@@ -16,7 +16,7 @@
 //! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
 
 use super::prefetch_side;
-use crate::kernels::{Isa, Kernel, Side, SideRows};
+use crate::kernels::{portable, Isa, Kernel, Side, SideRows};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -40,6 +40,13 @@ static KERNEL: Kernel = Kernel {
         q4_1: q4_1_rows_side,
         q8_0: q8_0_rows_side,
     }),
+    mm_q4_0: Some((matmul_q4_0, MM_COLS)),
+    mm_q4_1: Some((matmul_q4_1, MM_COLS)),
+    mm_q8_0: Some((matmul_q8_0, MM_COLS)),
+    mm_float: Some(matmul_float),
+    mm_float_add: Some(matmul_float_add),
+    mm_q8_0_add: Some(matmul_q8_0_add),
+    ..portable::KERNEL
 };
 
 /// The AVX2 table if this CPU and OS support AVX2, FMA and F16C.

@@ -30,7 +30,7 @@
 
 use super::avx2;
 use super::prefetch_side;
-use crate::kernels::{Isa, Kernel, Side, SideRows};
+use crate::kernels::{portable, Isa, Kernel, Side, SideRows};
 use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -54,6 +54,16 @@ static KERNEL: Kernel = Kernel {
         q4_1: q4_1_rows_side,
         q8_0: q8_0_rows_side,
     }),
+    // No blocked Q4_0 here: its matvec per column keeps prefill bit-identical to decode.
+    mm_q4_0: None,
+    mm_q4_1: Some((matmul_q4_1, COLS)),
+    mm_q8_0: Some((matmul_q8_0, COLS)),
+    mm_float: Some(avx2::matmul_float),
+    mm_float_add: Some(avx2::matmul_float_add),
+    // The AVX2 batched Q8_0 B update sums in AVX2's order; this table's own Q8_0 add rows
+    // differ, so batches run them per column to stay bit-identical to decode.
+    mm_q8_0_add: None,
+    ..portable::KERNEL
 };
 
 /// The AVX-512 table if this CPU and OS support AVX-512 F/BW/VL/VNNI/VBMI (and AVX2).
