@@ -22,5 +22,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 for isa in neon neon-dotprod; do
     echo "== EDGELORA_ISA=$isa (qemu-aarch64)"
     EDGELORA_ISA=$isa cargo test --target aarch64-unknown-linux-gnu -p edgelora-tests \
-        --test kernels "$@"
+        --test kernels --test kernels_types "$@"
 done
