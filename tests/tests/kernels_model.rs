@@ -11,8 +11,9 @@
 //!   `e_2 - e_1 > margin` (HF's top-2 gap). With `sigma` the RMS of `e_1 - e_2` over all
 //!   positions, a position flips with probability about `Q(margin / sigma)` (normal tail),
 //!   so the expected number of flips is `E = sum_pos Q(margin_pos / sigma)`.
-//! - We require `flips <= E + 3 sqrt(E) + 1` (a Poisson 3-sigma upper bound) and that every
-//!   flip is to one of HF's top-5; and, so a broken kernel cannot pass by inflating `sigma`,
+//! - We require `flips <= E + 3 sqrt(E) + 1` (a Poisson 3-sigma upper bound) and that no flip
+//!   crosses a HF margin above 5 sigma (for a flip to a token outside HF's top-5, the margin
+//!   crossed is at least HF's #1 - #5 gap); and, so a broken kernel cannot pass by inflating `sigma`,
 //!   that `sigma` is below 0.25: a quarter logit, ten times the f32 path's 0.02 bound
 //!   (`parity_smollm2.rs`), which is what a ~1% relative error on logits of size ~20 gives
 //!   (8-bit activations: `1/254` per element, summed in quadrature over the ~60 matvecs a
@@ -107,13 +108,13 @@ fn fast_path_on(model: &Model<'_>, refs: &Value, kernel: &'static Kernel) {
             if ours == hf_ids[0] {
                 agree += 1;
             } else {
-                assert!(
-                    hf_ids.contains(&ours),
-                    "[{}] {} pos {pos}: top-1 {ours} is not in HF's top-5 {hf_ids:?}",
-                    isa.name(),
-                    case["name"]
-                );
-                flips.push((case["name"].as_str().unwrap().to_string(), pos, margin));
+                // A top-1 outside HF's top-5 crossed at least HF's #1 - #5 gap.
+                let crossed = if hf_ids.contains(&ours) {
+                    margin
+                } else {
+                    hf_l[0] - hf_l[4]
+                };
+                flips.push((case["name"].as_str().unwrap().to_string(), pos, crossed));
             }
             let mut idx: Vec<usize> = (0..l.len()).collect();
             idx.select_nth_unstable_by(5, |&a, &b| l[b].total_cmp(&l[a]));
@@ -139,6 +140,15 @@ fn fast_path_on(model: &Model<'_>, refs: &Value, kernel: &'static Kernel) {
         "[{}] logit noise sigma {sigma} is above the derived 0.25",
         isa.name()
     );
+    // No flip may cross more than 5 sigma (a flip to outside HF's top-5 only where HF's top-5
+    // are crowded within that).
+    for (name, pos, crossed) in &flips {
+        assert!(
+            *crossed <= 5.0 * sigma,
+            "[{}] {name} pos {pos}: flipped across a HF margin of {crossed} > 5 sigma ({sigma:.3})",
+            isa.name()
+        );
+    }
     assert!(
         flips.len() as f64 <= allowed,
         "[{}] {} top-1 flips, more than the {allowed:.2} that sigma {sigma:.3} explains",
