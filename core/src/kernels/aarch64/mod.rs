@@ -1,3 +1,4 @@
 //! aarch64 kernels.
 
 pub mod neon;
+mod neon_q;
