@@ -47,6 +47,18 @@ static KERNEL: Kernel = Kernel {
     q4_k: neon_q::q4_k_rows,
     #[cfg(feature = "quant-k")]
     q6_k: neon_q::q6_k_rows,
+    #[cfg(feature = "quant-q5")]
+    q5_1: neon_q::q5_1_rows,
+    #[cfg(feature = "quant-k")]
+    q5_k: neon_q::q5_k_rows,
+    #[cfg(feature = "quant-k")]
+    q3_k: neon_q::q3_k_rows,
+    #[cfg(feature = "quant-k")]
+    q2_k: neon_q::q2_k_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: neon_q::iq4_nl_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: neon_q::iq4_xs_rows,
     ..portable::KERNEL
 };
 
@@ -61,6 +73,18 @@ static KERNEL_DOT: Kernel = Kernel {
     q4_k: neon_q::q4_k_rows_dot,
     #[cfg(feature = "quant-k")]
     q6_k: neon_q::q6_k_rows_dot,
+    #[cfg(feature = "quant-q5")]
+    q5_1: neon_q::q5_1_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q5_k: neon_q::q5_k_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q3_k: neon_q::q3_k_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q2_k: neon_q::q2_k_rows_dot,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: neon_q::iq4_nl_rows_dot,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: neon_q::iq4_xs_rows_dot,
     ..KERNEL
 };
 

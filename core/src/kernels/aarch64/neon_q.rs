@@ -97,6 +97,30 @@ entry!(q4_k_rows_dot, dot::q4_k, BlockQ4_K, BlockQ8_K);
 entry!(q6_k_rows, plain::q6_k, BlockQ6_K, BlockQ8_K);
 #[cfg(feature = "quant-k")]
 entry!(q6_k_rows_dot, dot::q6_k, BlockQ6_K, BlockQ8_K);
+#[cfg(feature = "quant-q5")]
+entry!(q5_1_rows, plain::q5_1, BlockQ5_1, BlockQ8_1);
+#[cfg(feature = "quant-q5")]
+entry!(q5_1_rows_dot, dot::q5_1, BlockQ5_1, BlockQ8_1);
+#[cfg(feature = "quant-k")]
+entry!(q5_k_rows, plain::q5_k, BlockQ5_K, BlockQ8_K);
+#[cfg(feature = "quant-k")]
+entry!(q5_k_rows_dot, dot::q5_k, BlockQ5_K, BlockQ8_K);
+#[cfg(feature = "quant-k")]
+entry!(q3_k_rows, plain::q3_k, BlockQ3_K, BlockQ8_K);
+#[cfg(feature = "quant-k")]
+entry!(q3_k_rows_dot, dot::q3_k, BlockQ3_K, BlockQ8_K);
+#[cfg(feature = "quant-k")]
+entry!(q2_k_rows, plain::q2_k, BlockQ2_K, BlockQ8_K);
+#[cfg(feature = "quant-k")]
+entry!(q2_k_rows_dot, dot::q2_k, BlockQ2_K, BlockQ8_K);
+#[cfg(feature = "quant-iq4")]
+entry!(iq4_nl_rows, plain::iq4_nl, BlockIQ4_NL, BlockQ8_0);
+#[cfg(feature = "quant-iq4")]
+entry!(iq4_nl_rows_dot, dot::iq4_nl, BlockIQ4_NL, BlockQ8_0);
+#[cfg(feature = "quant-iq4")]
+entry!(iq4_xs_rows, plain::iq4_xs, BlockIQ4_XS, BlockQ8_K);
+#[cfg(feature = "quant-iq4")]
+entry!(iq4_xs_rows_dot, dot::iq4_xs, BlockIQ4_XS, BlockQ8_K);
 
 /// NEON Q8_K quantiser (byte-identical to `quant::q8_k::quantize_row_q8_k` for finite input).
 #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
@@ -118,7 +142,6 @@ fn ls8(a: &[u8; 16]) -> int8x16_t {
 /// The 32 quants of a 32-element activation block as (elements 0..16, elements 16..32).
 #[target_feature(enable = "neon")]
 #[inline]
-#[allow(dead_code)]
 fn s8x2(a: &[u8; 32]) -> (int8x16_t, int8x16_t) {
     // SAFETY: `a` is 32 readable bytes; `ld1` has no alignment requirement.
     let v = unsafe { vld1q_u8_x2(a.as_ptr()) };
@@ -191,6 +214,90 @@ fn d8k(b: &BlockQ8_K) -> f32 {
     f32::from_le_bytes(b.d)
 }
 
+/// The 16 scales of a Q3_K super-block, `- 32` applied (-32..=31).
+///
+/// Scale `j`'s low nibble is the low (j < 8) or high (j >= 8) nibble of byte `j % 8`; its top
+/// two bits are bits `2 (j / 4)` and up of byte `8 + j % 4`. As u32 words: four mask-and-shift
+/// steps, one per four scales.
+#[cfg(feature = "quant-k")]
+#[inline]
+fn q3_scales(s: &[u8; 12]) -> [i8; 16] {
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let hi = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let words = [
+        (a0 & LOW4) | ((hi & TOP2) << 4),
+        (a1 & LOW4) | (((hi >> 2) & TOP2) << 4),
+        ((a0 >> 4) & LOW4) | (((hi >> 4) & TOP2) << 4),
+        ((a1 >> 4) & LOW4) | (((hi >> 6) & TOP2) << 4),
+    ];
+    let mut out = [0i8; 16];
+    for (o4, w) in out.chunks_exact_mut(4).zip(words) {
+        for (o, b) in o4.iter_mut().zip(w.to_le_bytes()) {
+            *o = b as i8 - 32;
+        }
+    }
+    out
+}
+
+/// `sum_j bsums[j] * (scales[j] >> 4)` for Q2_K (one 4-bit min per 16 elements): the mins
+/// widen to i16 and meet the sums in `smull`/`smlal2`, exact (|bsum| <= 32768, min <= 15).
+#[cfg(feature = "quant-k")]
+#[target_feature(enable = "neon")]
+#[inline]
+fn bsums_dot_mins16(bsums: &[u8; 32], scales: &[u8; 16]) -> i32 {
+    let (b, _) = bsums.as_chunks::<16>();
+    let b0 = vreinterpretq_s16_u8(ld_u8(&b[0]));
+    let b1 = vreinterpretq_s16_u8(ld_u8(&b[1]));
+    let m = vshrq_n_u8::<4>(ld_u8(scales));
+    let m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m)));
+    let m1 = vreinterpretq_s16_u16(vmovl_high_u8(m));
+    let s = vmull_s16(vget_low_s16(b0), vget_low_s16(m0));
+    let s = vmlal_high_s16(s, b0, m0);
+    let s = vmlal_s16(s, vget_low_s16(b1), vget_low_s16(m1));
+    vaddvq_s32(vmlal_high_s16(s, b1, m1))
+}
+
+/// The IQ4 non-linear levels as a `tbl` table.
+#[cfg(feature = "quant-iq4")]
+#[target_feature(enable = "neon")]
+#[inline]
+fn iq4_table() -> int8x16_t {
+    const T: [u8; 16] = {
+        let mut t = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = crate::quant::iq4::KVALUES_IQ4NL[i] as u8;
+            i += 1;
+        }
+        t
+    };
+    ls8(&T)
+}
+
+/// The 32 levels of 16 IQ4 index bytes: (elements 0..16, elements 16..32).
+#[cfg(feature = "quant-iq4")]
+#[target_feature(enable = "neon")]
+#[inline]
+fn iq4_levels(t: int8x16_t, qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
+    let (lo, hi) = nibbles(qs);
+    (
+        vqtbl1q_s8(t, vreinterpretq_u8_s8(lo)),
+        vqtbl1q_s8(t, vreinterpretq_u8_s8(hi)),
+    )
+}
+
+/// The 6-bit scale of IQ4_XS group `ib` (0..8), `- 32` applied.
+#[cfg(feature = "quant-iq4")]
+#[inline]
+fn iq4_xs_scale(b: &BlockIQ4_XS, ib: usize) -> i32 {
+    let h = u16::from_le_bytes(b.scales_h) as i32;
+    let l = b.scales_l.get(ib / 2).copied().unwrap_or(0) as i32;
+    (((l >> (4 * (ib % 2))) & 0x0f) | (((h >> (2 * ib)) & 3) << 4)) - 32
+}
+
 // ---- the row kernels, once per multiply-accumulate ---------------------------------------------
 
 /// The row kernels with `$mla` as the 16-lane i8 multiply-accumulate, in module `$m`.
@@ -251,6 +358,207 @@ macro_rules! q_rows {
                         mins += (f16_le(a.dmin) * dx) * bsums_dot_mins8(&b.bsums, &mn) as f32;
                     }
                     *o = vaddvq_f32(acc) - mins;
+                }
+            }
+
+            /// Q5_1 rows against Q8_1: `sum_b d_w d_x sum(q q_x) + m_w s_x`.
+            #[cfg(feature = "quant-q5")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn q5_1(w: &[BlockQ5_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut acc = vdupq_n_f32(0.0);
+                    let mut ms = 0.0f32;
+                    for (a, b) in row.iter().zip(x) {
+                        let (lo, hi) = nibbles(&a.qs);
+                        let (hl, hh) = q5_high(&a.qh);
+                        let (x0, x1) = s8x2(&b.qs);
+                        let s = $mla(vdupq_n_s32(0), vorrq_s8(lo, hl), x0);
+                        let s = $mla(s, vorrq_s8(hi, hh), x1);
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(a.d) * f16_le(b.d));
+                        ms += f16_le(a.m) * f16_le(b.s);
+                    }
+                    *o = vaddvq_f32(acc) + ms;
+                }
+            }
+
+            /// Q5_K rows against Q8_K: Q4_K with a fifth bit per quant from `qh`.
+            #[cfg(feature = "quant-k")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn q5_k(w: &[BlockQ5_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+                let m15 = vdupq_n_u8(0x0f);
+                let b0 = vdupq_n_u8(1);
+                let b1 = vdupq_n_u8(2);
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut acc = vdupq_n_f32(0.0);
+                    let mut mins = 0.0f32;
+                    for (a, b) in row.iter().zip(x) {
+                        let (sc, mn) = scale_min_k4(&a.scales);
+                        let (q8, _) = b.qs.as_chunks::<16>();
+                        let (qs, _) = a.qs.as_chunks::<16>();
+                        let (qh, _) = a.qh.as_chunks::<16>();
+                        let (mut h0, mut h1) = (ld_u8(&qh[0]), ld_u8(&qh[1]));
+                        let mut isum = vdupq_n_s32(0);
+                        // Chunk c: low nibbles are group 2c (fifth bit: bit 2c of qh), high
+                        // nibbles group 2c+1 (bit 2c+1); qh shifts right by 2 per chunk.
+                        for ((q2, x4), s2) in qs
+                            .chunks_exact(2)
+                            .zip(q8.chunks_exact(4))
+                            .zip(sc.chunks_exact(2))
+                        {
+                            let (v0, v1) = (ld_u8(&q2[0]), ld_u8(&q2[1]));
+                            let l0 = vorrq_u8(vandq_u8(v0, m15), vshlq_n_u8::<4>(vandq_u8(h0, b0)));
+                            let l1 = vorrq_u8(vandq_u8(v1, m15), vshlq_n_u8::<4>(vandq_u8(h1, b0)));
+                            let u0 =
+                                vorrq_u8(vshrq_n_u8::<4>(v0), vshlq_n_u8::<3>(vandq_u8(h0, b1)));
+                            let u1 =
+                                vorrq_u8(vshrq_n_u8::<4>(v1), vshlq_n_u8::<3>(vandq_u8(h1, b1)));
+                            h0 = vshrq_n_u8::<2>(h0);
+                            h1 = vshrq_n_u8::<2>(h1);
+                            let p = $mla(vdupq_n_s32(0), vreinterpretq_s8_u8(l0), ls8(&x4[0]));
+                            let p = $mla(p, vreinterpretq_s8_u8(l1), ls8(&x4[1]));
+                            isum = vmlaq_n_s32(isum, p, s2[0] as i32);
+                            let p = $mla(vdupq_n_s32(0), vreinterpretq_s8_u8(u0), ls8(&x4[2]));
+                            let p = $mla(p, vreinterpretq_s8_u8(u1), ls8(&x4[3]));
+                            isum = vmlaq_n_s32(isum, p, s2[1] as i32);
+                        }
+                        let dx = d8k(b);
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), f16_le(a.d) * dx);
+                        mins += (f16_le(a.dmin) * dx) * bsums_dot_mins8(&b.bsums, &mn) as f32;
+                    }
+                    *o = vaddvq_f32(acc) - mins;
+                }
+            }
+
+            /// Q3_K rows against Q8_K: `sum_b d d_x sum_g (sc_g - 32) sum(q q_x)`, q in -4..4.
+            #[cfg(feature = "quant-k")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn q3_k(w: &[BlockQ3_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+                let m3 = vdupq_n_u8(3);
+                let one = vdupq_n_u8(1);
+                let x4 = vdupq_n_s8(4);
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut acc = vdupq_n_f32(0.0);
+                    for (a, b) in row.iter().zip(x) {
+                        let sc = q3_scales(&a.scales);
+                        let (q8, _) = b.qs.as_chunks::<16>();
+                        let (qs, _) = a.qs.as_chunks::<16>();
+                        let (hm, _) = a.hmask.as_chunks::<16>();
+                        // hmask bit k (element 32k + l) is taken from bit 0 after k shifts.
+                        let (mut m0, mut m1) = (ld_u8(&hm[0]), ld_u8(&hm[1]));
+                        let mut isum = vdupq_n_s32(0);
+                        // Half h: qs[32h..], elements 128h..; shift s: elements 128h + 32s..,
+                        // groups 8h + 2s and 8h + 2s + 1.
+                        for ((q2, x8), s8) in qs
+                            .chunks_exact(2)
+                            .zip(q8.chunks_exact(8))
+                            .zip(sc.chunks_exact(8))
+                        {
+                            let (mut v0, mut v1) = (ld_u8(&q2[0]), ld_u8(&q2[1]));
+                            for (x2, s2) in x8.chunks_exact(2).zip(s8.chunks_exact(2)) {
+                                let w0 =
+                                    vorrq_u8(vandq_u8(v0, m3), vshlq_n_u8::<2>(vandq_u8(m0, one)));
+                                let w1 =
+                                    vorrq_u8(vandq_u8(v1, m3), vshlq_n_u8::<2>(vandq_u8(m1, one)));
+                                let w0 = vsubq_s8(vreinterpretq_s8_u8(w0), x4);
+                                let w1 = vsubq_s8(vreinterpretq_s8_u8(w1), x4);
+                                isum = vmlaq_n_s32(
+                                    isum,
+                                    $mla(vdupq_n_s32(0), w0, ls8(&x2[0])),
+                                    s2[0] as i32,
+                                );
+                                isum = vmlaq_n_s32(
+                                    isum,
+                                    $mla(vdupq_n_s32(0), w1, ls8(&x2[1])),
+                                    s2[1] as i32,
+                                );
+                                v0 = vshrq_n_u8::<2>(v0);
+                                v1 = vshrq_n_u8::<2>(v1);
+                                m0 = vshrq_n_u8::<1>(m0);
+                                m1 = vshrq_n_u8::<1>(m1);
+                            }
+                        }
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), f16_le(a.d) * d8k(b));
+                    }
+                    *o = vaddvq_f32(acc);
+                }
+            }
+
+            /// Q2_K rows against Q8_K: per block `dall * sum_g sc_g dot_g - dmin * summs`,
+            /// accumulated in block order as the oracle does (bit-identical to it).
+            #[cfg(feature = "quant-k")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn q2_k(w: &[BlockQ2_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+                let m3 = vdupq_n_u8(3);
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut sumf = 0.0f32;
+                    for (a, b) in row.iter().zip(x) {
+                        let summs = bsums_dot_mins16(&b.bsums, &a.scales);
+                        let (q8, _) = b.qs.as_chunks::<16>();
+                        let (qs, _) = a.qs.as_chunks::<16>();
+                        let mut isum = vdupq_n_s32(0);
+                        // Half h: qs[32h..]; shift 2s gives elements 128h + 32s.., groups
+                        // 8h + 2s and 8h + 2s + 1.
+                        for ((q2, x8), s8) in qs
+                            .chunks_exact(2)
+                            .zip(q8.chunks_exact(8))
+                            .zip(a.scales.chunks_exact(8))
+                        {
+                            let (mut v0, mut v1) = (ld_u8(&q2[0]), ld_u8(&q2[1]));
+                            for (x2, s2) in x8.chunks_exact(2).zip(s8.chunks_exact(2)) {
+                                let w0 = vreinterpretq_s8_u8(vandq_u8(v0, m3));
+                                let w1 = vreinterpretq_s8_u8(vandq_u8(v1, m3));
+                                let p0 = $mla(vdupq_n_s32(0), w0, ls8(&x2[0]));
+                                let p1 = $mla(vdupq_n_s32(0), w1, ls8(&x2[1]));
+                                isum = vmlaq_n_s32(isum, p0, (s2[0] & 0x0f) as i32);
+                                isum = vmlaq_n_s32(isum, p1, (s2[1] & 0x0f) as i32);
+                                v0 = vshrq_n_u8::<2>(v0);
+                                v1 = vshrq_n_u8::<2>(v1);
+                            }
+                        }
+                        let dx = d8k(b);
+                        let (dall, dmin) = (dx * f16_le(a.d), dx * f16_le(a.dmin));
+                        sumf += dall * vaddvq_s32(isum) as f32 - dmin * summs as f32;
+                    }
+                    *o = sumf;
+                }
+            }
+
+            /// IQ4_NL rows against Q8_0: `sum_b d_w d_x sum(kvalues[q] q_x)`.
+            #[cfg(feature = "quant-iq4")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn iq4_nl(w: &[BlockIQ4_NL], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+                let t = iq4_table();
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut acc = vdupq_n_f32(0.0);
+                    for (a, b) in row.iter().zip(x) {
+                        let (w0, w1) = iq4_levels(t, &a.qs);
+                        let (x0, x1) = s8x2(&b.qs);
+                        let s = $mla($mla(vdupq_n_s32(0), w0, x0), w1, x1);
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_le(b.d) * f16_le(a.d));
+                    }
+                    *o = vaddvq_f32(acc);
+                }
+            }
+
+            /// IQ4_XS rows against Q8_K: `sum_b d d_x sum_g (ls_g - 32) sum(kvalues[q] q_x)`.
+            #[cfg(feature = "quant-iq4")]
+            #[target_feature(enable = $feat)]
+            pub(super) fn iq4_xs(w: &[BlockIQ4_XS], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+                let t = iq4_table();
+                for (row, o) in w.chunks_exact(bpr).zip(y) {
+                    let mut acc = vdupq_n_f32(0.0);
+                    for (a, b) in row.iter().zip(x) {
+                        let (q8, _) = b.qs.as_chunks::<16>();
+                        let (qs, _) = a.qs.as_chunks::<16>();
+                        let mut isum = vdupq_n_s32(0);
+                        for (ib, (q, x2)) in qs.iter().zip(q8.chunks_exact(2)).enumerate() {
+                            let (w0, w1) = iq4_levels(t, q);
+                            let p = $mla($mla(vdupq_n_s32(0), w0, ls8(&x2[0])), w1, ls8(&x2[1]));
+                            isum = vmlaq_n_s32(isum, p, iq4_xs_scale(a, ib));
+                        }
+                        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), f16_le(a.d) * d8k(b));
+                    }
+                    *o = vaddvq_f32(acc);
                 }
             }
 
