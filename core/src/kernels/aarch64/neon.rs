@@ -7,8 +7,13 @@
 //! (`stdarch_neon_dotprod`), so it is one line of `asm!` in a function compiled with the
 //! `dotprod` target feature (stable), handed out only when the CPU reports it.
 //!
-//! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
-//! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
+//! The Q8_0/Q8_1 activation quantisers use `fcvtas` (round to nearest, ties away from zero),
+//! which is exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
+//! (Q8_K's reference rounds half to even; its NEON quantiser, in `neon_q.rs`, uses `fcvtns`.)
+//!
+//! The row kernels of the types behind features (Q5_0/Q5_1, Q2_K..Q6_K, IQ4_NL/IQ4_XS) and the
+//! Q8_K quantiser live in `neon_q.rs`, which explains their shapes; the two tables below take
+//! them with one line per type.
 //!
 //! F16 weights widen to f32 with `fcvtl`/`fcvtl2` (base Armv8-A Advanced SIMD, no FP16
 //! extension needed), written as `asm!` because the f16 vector types are unstable in Rust
@@ -20,6 +25,7 @@
 //! i32, `scvtf`) and meet `t` in `fmla`; four rows per pass share each block's `t` registers
 //! and convert their four f16 scales with one `fcvtl`.
 
+#[cfg(any(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4"))]
 use super::neon_q;
 use crate::kernels::{portable, Isa, Kernel};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};

@@ -10,17 +10,22 @@
 //! `sadalp` into i32 lanes) in the plain NEON table, [`sdot16`] (`sdot`) in the dotprod table.
 //! The kernels are written once, in `q_rows!`, and instantiated twice (modules `plain` and
 //! `dot`), because `sdot` is an `asm!` line that must sit in a function compiled with the
-//! `dotprod` feature; a generic helper could not be inlined into both. Every weight byte the
-//! kernels build lies in -128..=127 and every activation the quantisers make in -127..=127,
-//! so `smull`'s i16 products (|p| <= 16384) and `sdot`'s i32 sums are exact.
+//! `dotprod` feature; a generic helper could not be inlined into both. The weight bytes the
+//! kernels build lie in -127..=113 (IQ4's table; the other types stay within -32..=31) and the
+//! activations in -127..=127, so `smull`'s i16 products (|p| <= 16129) and `sdot`'s i32 sums
+//! are exact, and so is every i32 lane below: each stays under 2^25 (the largest are Q6_K's,
+//! 64 products of at most 32 * 127 times scales of at most 128, and IQ4_XS's, 64 products of
+//! at most 127 * 127 times scales of at most 32).
 //!
 //! How each type becomes signed bytes (ggml's layouts; the `quant/` files describe them):
 //! - **Q5_0 / Q5_1**: the two nibble halves as in Q4_0 ([`nibbles`]), and the fifth bits from
 //!   the 32-bit `qh`: each `qh` byte is broadcast over 8 lanes (`dup`) and `cmtst` against the
-//!   lane's bit (1, 2, .., 128) gives a full-byte mask, ANDed to 0x10 and ORed in. No lookup
-//!   table (ggml keeps a 2 KiB one for this): two `dup`s and a `cmtst` per half are cheaper
-//!   than the table's loads and need no static. Q5_0 subtracts 16; Q5_1 keeps 0..31 and adds
-//!   `m * s` (the Q8_1 activation sum) as the Q4_1 kernel does.
+//!   lane's bit (1, 2, .., 128) gives a full-byte mask, ANDed to 0x10 and ORed in. ggml's NEON
+//!   path instead looks each `qh` byte up in a 256-entry u64 table (2 KiB); here the masks are
+//!   made in registers (two `dup`s and a `cmtst` per half), so nothing is loaded but the block
+//!   and no static table reaches the image. Which is faster on silicon was not measured. Q5_0
+//!   subtracts 16; Q5_1 keeps 0..31 and adds `m * s` (the Q8_1 activation sum) as the Q4_1
+//!   kernel does.
 //! - **Q4_K / Q5_K**: eight 32-element groups with 6-bit scales and mins, unpacked once per
 //!   super-block with three u32 mask-and-shift steps (the format's packing, written out in
 //!   [`scale_min_k4`]). Each group's integer dot stays in four i32 lanes and is multiplied by
@@ -38,8 +43,8 @@
 //!   per group; `(low | high << 2) - 4` is the signed quant. The 16 6-bit scales are unpacked
 //!   with u32 masks once per super-block ([`q3_scales`]).
 //! - **Q2_K**: four 2-bit fields per byte, shifted out of four registers; scales (low
-//!   nibbles) multiply in the i32 lanes and the mins (high nibbles) meet the `bsums` with one
-//!   widening multiply-add (`smull`/`smlal2`). Its float tail is exactly the oracle's
+//!   nibbles) multiply in the i32 lanes and the mins (high nibbles) meet the `bsums` in
+//!   widening multiply-adds (`smull`, `smlal`, `smlal2`). Its float tail is exactly the oracle's
 //!   (`dall * isum - dmin * summs` per block, summed in block order), so this kernel is
 //!   bit-identical to `vec_dot_q2_k_q8_k`.
 //! - **IQ4_NL / IQ4_XS**: the nibbles index the 16-entry non-linear table with one `tbl`
@@ -69,6 +74,7 @@
 //! choosing between shapes on speed grounds.
 
 use super::neon::{ld_u8, mla16, nibbles, sdot16};
+// Which block types exist depends on the features; a glob keeps one import line for all.
 #[allow(unused_imports)]
 use crate::quant::*;
 use core::arch::aarch64::*;
@@ -133,6 +139,7 @@ pub(super) fn quantize_q8_k(x: &[f32], y: &mut [BlockQ8_K]) {
 // ---- loads and unpacking shared by both tables -------------------------------------------------
 
 /// 16 bytes as signed lanes.
+#[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
 #[target_feature(enable = "neon")]
 #[inline]
 fn ls8(a: &[u8; 16]) -> int8x16_t {
@@ -140,6 +147,7 @@ fn ls8(a: &[u8; 16]) -> int8x16_t {
 }
 
 /// The 32 quants of a 32-element activation block as (elements 0..16, elements 16..32).
+#[cfg(any(feature = "quant-q5", feature = "quant-iq4"))]
 #[target_feature(enable = "neon")]
 #[inline]
 fn s8x2(a: &[u8; 32]) -> (int8x16_t, int8x16_t) {
