@@ -233,3 +233,52 @@ fn every_type_on_every_table_matches_its_oracle() {
         BlockIQ4_XS "IQ4_XS" [0] 8..136, false;
     }
 }
+
+/// Q8_K rounds half to even (ggml's `nearest_int`), unlike Q8_0/Q8_1's `roundf`, and takes its
+/// sign from the *first* element of largest magnitude. Random activations almost never reach
+/// an exact tie or two equal magnitudes, so every table's Q8_K quantiser is checked here on
+/// blocks built to: `iscale = 1`, `-1` and `0.5` with values on `k + 0.5` ties, equal
+/// magnitudes of both signs, and all-zero (with a negative zero).
+#[test]
+fn q8_k_quantiser_matches_the_oracle_on_ties() {
+    use edgelora::quant::{BlockQ8_K, QK_K};
+    let mut x = vec![0f32; 4 * QK_K];
+    let (b0, rest) = x.split_at_mut(QK_K);
+    let (b1, rest) = rest.split_at_mut(QK_K);
+    let (b2, b3) = rest.split_at_mut(QK_K);
+    // iscale = 1: (i - 128) / 2 covers -63.5..=63.5, every other one a tie.
+    for (i, v) in b0.iter_mut().enumerate() {
+        *v = (i as f32 - 128.0) * 0.5;
+    }
+    b0[7] = -127.0;
+    // iscale = -1 (max +127 first, then -127): ties of both signs.
+    for (i, v) in b1.iter_mut().enumerate() {
+        *v = (i % 64) as f32 - 32.0 + 0.5;
+    }
+    b1[3] = 127.0;
+    b1[9] = -127.0;
+    // iscale = 0.5 (max -254 first, then +254): odd integers land on ties.
+    for (i, v) in b2.iter_mut().enumerate() {
+        *v = ((i % 128) as f32 - 64.0) * 2.0 + 1.0;
+    }
+    b2[0] = -254.0;
+    b2[1] = 254.0;
+    b3[5] = -0.0;
+    let mut want = vec![BlockQ8_K::ZERO; 4];
+    <BlockQ8_K as ActType>::quantize(&x, &mut want);
+    for kernel in common::tables("Q8_K quantiser ties") {
+        let mut got = vec![BlockQ8_K::ZERO; 4];
+        // A stale block would hide a missing write of the zero block.
+        got[3].qs.fill(0x55);
+        kernel.quantize(&x, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g,
+                w,
+                "Q8_K [{}]: block {i} differs from the oracle's",
+                kernel.isa().name()
+            );
+        }
+        println!("Q8_K ties [{}]: byte-identical", kernel.isa().name());
+    }
+}

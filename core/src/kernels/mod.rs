@@ -14,7 +14,8 @@
 //!
 //! Every instruction set has its own module with a `detect() -> Option<&'static Kernel>`:
 //! [`portable`] (always), `x86_64::avx2` (AVX2+FMA+F16C), `x86_64::avx512` (AVX-512
-//! F/BW/VL + VNNI + VBMI), `aarch64::neon` (NEON, and NEON with `sdot`), `arm::dsp` (Cortex-M,
+//! F/BW/VL + VNNI + VBMI), `aarch64::neon` (NEON, and NEON with `sdot`; the Q5, K-quant and
+//! IQ4 kernels sit beside it in `aarch64/neon_q.rs`), `arm::dsp` (Cortex-M,
 //! chosen at compile time). A [`Kernel`] is a table of entry points; holding one is the proof
 //! that its instructions exist on this CPU, which is why `#[target_feature]` functions sit
 //! behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it

@@ -6,6 +6,7 @@
 //! with the rows loop here, so the compiler can keep the activation in registers and
 //! auto-vectorise the inner loops where the target allows.
 
+#[cfg(any(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4"))]
 use super::types::rows_oracle;
 use super::{Isa, Kernel};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};

@@ -7,8 +7,13 @@
 //! (`stdarch_neon_dotprod`), so it is one line of `asm!` in a function compiled with the
 //! `dotprod` target feature (stable), handed out only when the CPU reports it.
 //!
-//! The activation quantisers use `fcvtas` (round to nearest, ties away from zero), which is
-//! exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
+//! The Q8_0/Q8_1 activation quantisers use `fcvtas` (round to nearest, ties away from zero),
+//! which is exactly C's `roundf` that ggml's reference quantiser calls, so they are bit-exact.
+//! (Q8_K's reference rounds half to even; its NEON quantiser, in `neon_q.rs`, uses `fcvtns`.)
+//!
+//! The row kernels of the types behind features (Q5_0/Q5_1, Q2_K..Q6_K, IQ4_NL/IQ4_XS) and the
+//! Q8_K quantiser live in `neon_q.rs`, which explains their shapes; the two tables below take
+//! them with one line per type.
 //!
 //! F16 weights widen to f32 with `fcvtl`/`fcvtl2` (base Armv8-A Advanced SIMD, no FP16
 //! extension needed), written as `asm!` because the f16 vector types are unstable in Rust
@@ -20,6 +25,8 @@
 //! i32, `scvtf`) and meet `t` in `fmla`; four rows per pass share each block's `t` registers
 //! and convert their four f16 scales with one `fcvtl`.
 
+#[cfg(any(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4"))]
+use super::neon_q;
 use crate::kernels::{portable, Isa, Kernel};
 use crate::quant::{f16_le, to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use core::arch::aarch64::*;
@@ -38,6 +45,26 @@ static KERNEL: Kernel = Kernel {
     q8_0_add: q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    quantize_q8_k: neon_q::quantize_q8_k,
+    #[cfg(feature = "quant-q5")]
+    q5_0: neon_q::q5_0_rows,
+    #[cfg(feature = "quant-k")]
+    q4_k: neon_q::q4_k_rows,
+    #[cfg(feature = "quant-k")]
+    q6_k: neon_q::q6_k_rows,
+    #[cfg(feature = "quant-q5")]
+    q5_1: neon_q::q5_1_rows,
+    #[cfg(feature = "quant-k")]
+    q5_k: neon_q::q5_k_rows,
+    #[cfg(feature = "quant-k")]
+    q3_k: neon_q::q3_k_rows,
+    #[cfg(feature = "quant-k")]
+    q2_k: neon_q::q2_k_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: neon_q::iq4_nl_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: neon_q::iq4_xs_rows,
     ..portable::KERNEL
 };
 
@@ -46,6 +73,24 @@ static KERNEL_DOT: Kernel = Kernel {
     q4_0: q4_0_rows_dot,
     q4_1: q4_1_rows_dot,
     q8_0: q8_0_rows_dot,
+    #[cfg(feature = "quant-q5")]
+    q5_0: neon_q::q5_0_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q4_k: neon_q::q4_k_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q6_k: neon_q::q6_k_rows_dot,
+    #[cfg(feature = "quant-q5")]
+    q5_1: neon_q::q5_1_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q5_k: neon_q::q5_k_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q3_k: neon_q::q3_k_rows_dot,
+    #[cfg(feature = "quant-k")]
+    q2_k: neon_q::q2_k_rows_dot,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: neon_q::iq4_nl_rows_dot,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: neon_q::iq4_xs_rows_dot,
     ..KERNEL
 };
 
@@ -98,7 +143,7 @@ entry!(quantize_q8_1, quantize_q8_1_tf, (x: &[f32], y: &mut [BlockQ8_1]));
 
 #[target_feature(enable = "neon")]
 #[inline]
-fn ld_u8(a: &[u8; 16]) -> uint8x16_t {
+pub(super) fn ld_u8(a: &[u8; 16]) -> uint8x16_t {
     // SAFETY: `a` is 16 readable bytes; `ld1` has no alignment requirement.
     unsafe { vld1q_u8(a.as_ptr()) }
 }
@@ -123,7 +168,7 @@ fn ld_f32(a: &[f32; 4]) -> float32x4_t {
 /// Sum of `a * b` over 16 i8 lanes, into 4 i32 lanes added to `acc`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn mla16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn mla16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let p1 = vmull_high_s8(a, b);
     vpadalq_s16(vpadalq_s16(acc, p0), p1)
@@ -132,7 +177,7 @@ fn mla16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// The 32 quants of a 4-bit block as (elements 0..16, elements 16..32), unsigned 0..=15.
 #[target_feature(enable = "neon")]
 #[inline]
-fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
+pub(super) fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     let q = ld_u8(qs);
     (
         vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))),
@@ -143,7 +188,7 @@ fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
 /// `sdot`: each i32 lane of `acc` += the dot of the corresponding 4 i8 of `a` and `b`.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-fn sdot16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn sdot16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut r = acc;
     // SAFETY: one register-only instruction (no memory, no flags); `dotprod` is enabled for
     // this function, and it is only reached through `KERNEL_DOT` (see `detect_dotprod`).
