@@ -49,11 +49,12 @@ pub use rope::rope_table;
 /// activations (~350 KB for SmolLM2-135M) stay in L2.
 pub const PREFILL_BLOCK: usize = 16;
 
-/// Whether this build has the blocked prefill code. Not on Cortex-M, RISC-V or wasm: their
-/// matmul is one matvec per token anyway, and the block code costs ~7 KB of flash on
-/// thumbv7em (over the 64 KiB runtime budget). The results are the same either way
+/// Whether this build runs prompt blocks of several tokens. Not on Cortex-M, RISC-V or wasm:
+/// their matmul is one matvec per token anyway, and the blocked matmul and batched LoRA code
+/// costs ~7 KB of flash on thumbv7em (over the 64 KiB runtime budget), so there the one
+/// forward body runs blocks of one token. The results are the same either way
 /// (`tests/tests/prefill.rs`). The state keeps the same layout on every target (the firmware
-/// test compares its size with the host's), so there the block buffers go unused.
+/// test compares its size with the host's).
 const BLOCKED_PREFILL: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 /// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
@@ -401,29 +402,28 @@ impl<'w, const L: usize> Model<'w, L> {
         }
         self.check_state(start, s, set)?;
         let block = s.block;
+        let blocks = tokens.len().div_ceil(block);
         for (b, chunk) in tokens.chunks(block).enumerate() {
-            self.prefill_block(chunk, start + b * block, s, set)?;
+            self.block(chunk, start + b * block, s, set, b + 1 == blocks)?;
         }
-        // The last token's hidden state -> logits, exactly as `step` does.
-        let (c, kern) = (&self.config, s.kernel());
-        let last_x = (tokens.len() - 1) % block * c.dim;
-        s.x.copy_from_slice(s.bx.get(last_x..last_x + c.dim).ok_or_else(internal)?);
-        rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
-        let mut oin = Input::new(&s.xb[..c.dim], s.xq, kern, s.mode);
-        matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
         Ok(&*s.logits)
     }
 
-    /// Run `tokens` (at most `s.block`) at positions `pos0..` through every layer together:
-    /// the linears as blocked matmuls over the whole block, each followed by its adapters'
-    /// products over the block, rope, cache writes and causal attention per token. Leaves
-    /// each token's residual in `s.bx` (block, dim).
-    fn prefill_block(
+    /// The forward pass, one body for decode and prompt: run `tokens` (at most `s.block`) at
+    /// positions `pos0..` through every layer together. A decode step is a block of one token
+    /// (its linears run the matvec kernels, each prefetching its adapter pair's bytes); a
+    /// prompt block runs each linear as one blocked matmul over the block followed by its
+    /// adapters' products over the block (every column bit-identical to the matvec: prefill
+    /// equals token-by-token decode). Rope, cache writes and causal attention run per token.
+    /// Leaves each token's residual in `s.bx` (block, dim) and, with `want_logits`, the last
+    /// token's logits in `s.logits`.
+    fn block(
         &self,
         tokens: &[u32],
         pos0: usize,
         s: &mut State<'_>,
         set: &AdapterSet<'_, '_, '_>,
+        want_logits: bool,
     ) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
@@ -439,7 +439,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let (kern, mode) = (s.kernel(), s.mode);
-        if n == 0 || n > s.block || pos0 + n > ctx {
+        if n == 0 || n > s.block || pos0 + n > ctx || (!BLOCKED_PREFILL && n != 1) {
             return Err(internal());
         }
         // Positions from pos0 on are being rewritten: until this block is done they are not valid.
@@ -452,8 +452,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
         let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
         let brope = s.rope.get_mut(..n * rd).ok_or_else(internal)?; //       (n, rope_dims)
-                                                                    // LoRA scratch: T = A X of the block, (n, r). The single-token buffer `hb` (ffn_dim,)
-                                                                    // is idle while a block runs, so it serves without growing the state: at ffn_dim >= n r
+                                                                    // LoRA scratch: T = A X of the block, (n, r). `hb` (ffn_dim,) serves: at ffn_dim >= n r
                                                                     // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
                                                                     // A and B are read once per block (`AdapterSet::apply_batch`), above that
                                                                     // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
@@ -464,6 +463,11 @@ impl<'w, const L: usize> Model<'w, L> {
             s.lora_tmp
         };
         let lo: &mut [f32] = s.lora_out;
+        // One linear, `y = W x + sum_i s_i B_i (A_i x)` (llama.cpp's `build_lora_mm`): the
+        // architecture code below never sees adapters or activation quantising.
+        let mut linear = |l: usize, k: usize, w: &MatRef<'_>, x: &mut Acts<'_>, y: &mut [f32]| {
+            x.linear(set, l, k, w, y, lt, lo);
+        };
 
         // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
         for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
@@ -489,13 +493,11 @@ impl<'w, const L: usize> Model<'w, L> {
                 .v_cache
                 .get_mut(at..at + n * kv_dim)
                 .ok_or_else(internal)?; // (n, kv_dim)
-            let mut xin = Batch::new(bxb, n, s.bqs, kern, mode);
-            matmul_input(&w.wq, &mut xin, bq); //                                   (n, q_dim)
-            set.apply_batch(l, 0, &mut xin, bq, lt, lo);
-            matmul_input(&w.wk, &mut xin, kc); //                                   (n, kv_dim)
-            set.apply_batch(l, 1, &mut xin, kc, lt, lo);
-            matmul_input(&w.wv, &mut xin, vc); //                                   (n, kv_dim)
-            set.apply_batch(l, 2, &mut xin, vc, lt, lo);
+                                        // Quantised once (Q8_0/Q8_1/Q8_K as the weights need), read by q, k and v.
+            let mut xin = Acts::new(bxb, n, s.bqs, kern, mode);
+            linear(l, 0, &w.wq, &mut xin, bq); //                                   (n, q_dim)
+            linear(l, 1, &w.wk, &mut xin, kc); //                                   (n, kv_dim)
+            linear(l, 2, &w.wv, &mut xin, vc); //                                   (n, kv_dim)
             for ((qi, ki), ti) in bq
                 .chunks_exact_mut(qd)
                 .zip(kc.chunks_exact_mut(kv_dim))
@@ -522,29 +524,35 @@ impl<'w, const L: usize> Model<'w, L> {
                 let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
                 attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale);
             }
-            let mut ain = Batch::new(batt, n, s.bqs, kern, mode);
-            matmul_input(&w.wo, &mut ain, bxb); //                                  (n, dim)
-            set.apply_batch(l, 3, &mut ain, bxb, lt, lo);
+            let mut ain = Acts::new(batt, n, s.bqs, kern, mode);
+            linear(l, 3, &w.wo, &mut ain, bxb); //                                  (n, dim)
             add(bx, bxb);
 
             // Feed-forward (SwiGLU).
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
                 rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
             }
-            let mut xin = Batch::new(bxb, n, s.bqs, kern, mode);
-            matmul_input(&w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
-            set.apply_batch(l, 4, &mut xin, bhb, lt, lo);
-            matmul_input(&w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
-            set.apply_batch(l, 5, &mut xin, bhb2, lt, lo);
+            let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
+            linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
+            linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
             for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                 *g = silu(*g) * u;
             }
-            let mut hin = Batch::new(bhb, n, s.bqs, kern, mode);
-            matmul_input(&w.w_down, &mut hin, bxb); //                              (n, dim)
-            set.apply_batch(l, 6, &mut hin, bxb, lt, lo);
+            let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
+            linear(l, 6, &w.w_down, &mut hin, bxb); //                              (n, dim)
             add(bx, bxb);
         }
         s.filled = pos0 + n;
+        s.last = n - 1;
+        if want_logits {
+            // The last token: final norm, then the output head (or the adapter set's head).
+            let x = bx.get((n - 1) * dim..n * dim).ok_or_else(internal)?; //   (dim,)
+            let xb = bxb.get_mut(..dim).ok_or_else(internal)?; //                (dim,)
+            rmsnorm(xb, x, self.output_norm, c.rms_eps);
+            let mut oin = Input::new(xb, s.bqs, kern, mode);
+            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits);
+            // (vocab,)
+        }
         Ok(())
     }
 
@@ -587,6 +595,7 @@ impl<'w, const L: usize> Model<'w, L> {
         Ok(())
     }
 
+    /// One decode step: a block of one token ([`Model::block`]).
     fn step(
         &self,
         token: u32,
@@ -595,82 +604,65 @@ impl<'w, const L: usize> Model<'w, L> {
         want_logits: bool,
         set: &AdapterSet<'_, '_, '_>,
     ) -> Result<()> {
-        let c = &self.config;
         self.check_token(token)?;
         self.check_state(pos, s, set)?;
-        let (dim, hd, kv_dim, ctx) = (c.dim, c.head_dim, c.kv_dim(), s.ctx);
-        let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / libm::sqrtf(hd as f32);
-        let kern = s.kernel();
+        self.block(&[token], pos, s, set, want_logits)
+    }
+}
 
-        // x = token_embd[token]                                            // (dim,)
-        self.token_embd.dequantize_row(token as usize, s.x)?;
-        // rope table for this position: (cos, sin) per rotated pair          // (rope_dims,)
-        let rope_t = s.rope.get_mut(..c.rope_dims).ok_or_else(internal)?;
-        rope_table(rope_t, pos, c.rope_base, c.rope_dims);
+/// The activations entering a linear: one vector (a decode step: the matvec kernels, each
+/// prefetching the bytes of the adapter pair that follows it) or a prompt block (blocked
+/// matmuls, adapters applied over the block). Either way each activation format is made once
+/// and shared by every linear that reads the same input (q/k/v; gate/up).
+enum Acts<'a> {
+    One(Input<'a>),
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Many(Batch<'a>),
+}
 
-        for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
-            let Some(w) = layer else {
-                return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
-            };
-            // Attention.
-            rmsnorm(s.xb, s.x, w.attn_norm, c.rms_eps); //                        (dim,)
-            let at = (l * ctx + pos) * kv_dim;
-            let kc = s.k_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
-            let vc = s.v_cache.get_mut(at..at + kv_dim).ok_or_else(internal)?; // (kv_dim,)
-                                                                               // Quantised once (Q8_0/Q8_1 as the weights need), read by q, k and v.
-            let mut xin = Input::new(s.xb, s.xq, kern, s.mode);
-            // Each base matvec prefetches the adapter bytes the `apply` after it reads
-            // (`kernels::Side`): they would be cold by then otherwise.
-            matvec_input_side(&w.wq, &mut xin, s.q, set.side(l, 0)); // (q_dim,)
-            set.apply(l, 0, &mut xin, s.q, s.lora_tmp, s.lora_out);
-            matvec_input_side(&w.wk, &mut xin, kc, set.side(l, 1));
-            set.apply(l, 1, &mut xin, kc, s.lora_tmp, s.lora_out);
-            matvec_input_side(&w.wv, &mut xin, vc, set.side(l, 2));
-            set.apply(l, 2, &mut xin, vc, s.lora_tmp, s.lora_out);
-            rope(s.q, hd, rope_t);
-            rope(kc, hd, rope_t);
+impl<'a> Acts<'a> {
+    /// `n` vectors laid end to end in `x`, with `scratch` for their quantised forms.
+    fn new(
+        x: &'a [f32],
+        n: usize,
+        scratch: &'a mut [f32],
+        kern: &'static Kernel,
+        mode: KernelMode,
+    ) -> Self {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        if n > 1 {
+            return Acts::Many(Batch::new(x, n, scratch, kern, mode));
+        }
+        let _ = n;
+        Acts::One(Input::new(x, scratch, kern, mode))
+    }
 
-            let layer_k = s
-                .k_cache
-                .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
-                .ok_or_else(internal)?;
-            let layer_v = s
-                .v_cache
-                .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
-                .ok_or_else(internal)?;
-            let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //          (pos+1,)
-            attend(
-                s.q, s.att_out, layer_k, layer_v, att, hd, kv_dim, group, scale,
-            );
-            let mut ain = Input::new(s.att_out, s.xq, kern, s.mode);
-            matvec_input_side(&w.wo, &mut ain, s.xb, set.side(l, 3)); // (dim,)
-            set.apply(l, 3, &mut ain, s.xb, s.lora_tmp, s.lora_out);
-            add(s.x, s.xb);
-
-            // Feed-forward (SwiGLU).
-            rmsnorm(s.xb, s.x, w.ffn_norm, c.rms_eps);
-            let mut xin = Input::new(s.xb, s.xq, kern, s.mode); //    gate and up
-            matvec_input_side(&w.w_gate, &mut xin, s.hb, set.side(l, 4)); // (ffn_dim,)
-            set.apply(l, 4, &mut xin, s.hb, s.lora_tmp, s.lora_out);
-            matvec_input_side(&w.w_up, &mut xin, s.hb2, set.side(l, 5)); // (ffn_dim,)
-            set.apply(l, 5, &mut xin, s.hb2, s.lora_tmp, s.lora_out);
-            for (g, u) in s.hb.iter_mut().zip(s.hb2.iter()) {
-                *g = silu(*g) * u;
+    /// `y = W x + sum_i s_i B_i (A_i x)` for linear `k` of layer `l` (llama.cpp's
+    /// `build_lora_mm`). `lt`, `lo`: LoRA scratch (see [`AdapterSet::apply_batch`]).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        set: &AdapterSet<'_, '_, '_>,
+        l: usize,
+        k: usize,
+        w: &MatRef<'_>,
+        y: &mut [f32],
+        lt: &mut [f32],
+        lo: &mut [f32],
+    ) {
+        match self {
+            Acts::One(x) => {
+                // The base matvec prefetches the adapter bytes the `apply` after it reads
+                // (`kernels::Side`): they would be cold by then otherwise.
+                matvec_input_side(w, x, y, set.side(l, k));
+                set.apply(l, k, x, y, lt, lo);
             }
-            let mut hin = Input::new(s.hb, s.xq, kern, s.mode);
-            matvec_input_side(&w.w_down, &mut hin, s.xb, set.side(l, 6)); // (dim,)
-            set.apply(l, 6, &mut hin, s.xb, s.lora_tmp, s.lora_out);
-            add(s.x, s.xb);
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Acts::Many(x) => {
+                matmul_input(w, x, y);
+                set.apply_batch(l, k, x, y, lt, lo);
+            }
         }
-        s.filled = pos + 1;
-        if want_logits {
-            rmsnorm(s.xb, s.x, self.output_norm, c.rms_eps);
-            let mut oin = Input::new(&s.xb[..dim], s.xq, kern, s.mode);
-            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits);
-            //                     (vocab,)
-        }
-        Ok(())
     }
 }
 
@@ -769,21 +761,16 @@ pub struct State<'s> {
     cfg: Config,
     ctx: usize,
     filled: usize,
-    x: &'s mut [f32],
-    xb: &'s mut [f32],
-    q: &'s mut [f32],
-    att_out: &'s mut [f32],
-    /// (ffn_dim,); during a prefill block, the LoRA scratch `T = A X` (tokens, rank) instead.
+    /// The block row holding the last token run (its residual in `bx`).
+    last: usize,
+    /// (ffn_dim,): the LoRA scratch `T = A X` (tokens, rank).
     hb: &'s mut [f32],
-    hb2: &'s mut [f32],
     att: &'s mut [f32],
-    /// (block, rope_dims): `(cos, sin)` per rotated pair; `step` uses the first position,
-    /// `prefill_block` one per token of the block, filled once before the layer loop.
+    /// (block, rope_dims): `(cos, sin)` per rotated pair, one per token of the block, filled
+    /// once before the layer loop.
     rope: &'s mut [f32],
     lora_tmp: &'s mut [f32],
     lora_out: &'s mut [f32],
-    /// Scratch for an activation's quantised forms (Q8_0, Q8_1, Q8_K: `kernels::Input`).
-    xq: &'s mut [f32],
     /// Prompt tokens per prefill block: `min(PREFILL_BLOCK, ctx)`.
     block: usize,
     bx: &'s mut [f32],
@@ -807,31 +794,24 @@ impl<'s> State<'s> {
     /// size overflows `usize`.
     pub fn checked_len_for(cfg: &Config, ctx: usize) -> Option<usize> {
         let kv = cfg.n_layers.checked_mul(ctx)?.checked_mul(cfg.kv_dim())?;
-        let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let blk = Self::block_for(ctx);
         let act_qb = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim).checked_mul(blk)?);
         let parts = [
-            cfg.dim,                                   // x
-            cfg.dim,                                   // xb
-            cfg.q_dim(),                               // q
-            cfg.q_dim(),                               // att_out
-            cfg.ffn_dim,                               // hb
-            cfg.ffn_dim,                               // hb2
+            cfg.ffn_dim,                               // hb: LoRA T = A X
             ctx,                                       // att (one head at a time)
             blk.checked_mul(cfg.rope_dims)?,           // rope (cos, sin) pairs per block position
             MAX_RANK,                                  // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
-            act_q,                         // an activation's quantised forms (kernels::Input)
-            blk.checked_mul(cfg.dim)?,     // bx: prefill block residuals (block, dim)
-            blk.checked_mul(cfg.dim)?,     // bxb (block, dim)
-            blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
-            blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
-            blk.checked_mul(cfg.ffn_dim)?, // bhb (block, ffn_dim)
-            blk.checked_mul(cfg.ffn_dim)?, // bhb2 (block, ffn_dim)
-            act_qb,                        // the block's quantised forms (kernels::Batch)
-            cfg.vocab,                     // logits
-            kv,                            // k cache
-            kv,                            // v cache
+            blk.checked_mul(cfg.dim)?,                 // bx: prefill block residuals (block, dim)
+            blk.checked_mul(cfg.dim)?,                 // bxb (block, dim)
+            blk.checked_mul(cfg.q_dim())?,             // bq (block, q_dim)
+            blk.checked_mul(cfg.q_dim())?,             // batt (block, q_dim)
+            blk.checked_mul(cfg.ffn_dim)?,             // bhb (block, ffn_dim)
+            blk.checked_mul(cfg.ffn_dim)?,             // bhb2 (block, ffn_dim)
+            act_qb,    // the block's quantised forms (kernels::Batch)
+            cfg.vocab, // logits
+            kv,        // k cache
+            kv,        // v cache
         ];
         parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
     }
@@ -880,19 +860,12 @@ impl<'s> State<'s> {
         let kv = cfg.n_layers * ctx * cfg.kv_dim();
         let rest = &mut buf[..need];
         rest.fill(0.0);
-        let (x, rest) = rest.split_at_mut(cfg.dim);
-        let (xb, rest) = rest.split_at_mut(cfg.dim);
-        let (q, rest) = rest.split_at_mut(cfg.q_dim());
-        let (att_out, rest) = rest.split_at_mut(cfg.q_dim());
         let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
-        let (hb2, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (att, rest) = rest.split_at_mut(ctx);
         let block = Self::block_for(ctx);
         let (rope, rest) = rest.split_at_mut(block * cfg.rope_dims);
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
         let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let act_q = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let (xq, rest) = rest.split_at_mut(act_q);
         let (bx, rest) = rest.split_at_mut(block * cfg.dim);
         let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
         let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
@@ -907,17 +880,12 @@ impl<'s> State<'s> {
             cfg: *cfg,
             ctx,
             filled: 0,
-            x,
-            xb,
-            q,
-            att_out,
+            last: 0,
             hb,
-            hb2,
             att,
             rope,
             lora_tmp,
             lora_out,
-            xq,
             block,
             bx,
             bxb,
@@ -964,9 +932,13 @@ impl<'s> State<'s> {
         self.logits
     }
 
-    /// The final hidden state before the output norm (dim,), for debugging and parity.
+    /// The final hidden state before the output norm (dim,) of the last token run, for
+    /// debugging and parity.
     pub fn hidden(&self) -> &[f32] {
-        self.x
+        let d = self.cfg.dim;
+        self.bx
+            .get(self.last * d..(self.last + 1) * d)
+            .unwrap_or(&[])
     }
 
     /// Choose the linears' path: [`KernelMode::Fast`] (the default: SIMD kernels, activations
