@@ -29,6 +29,7 @@
 //! Two rows are computed per pass so the activation loads are shared.
 
 use super::avx2;
+use super::avx2_q;
 use super::prefetch_side;
 use crate::kernels::{portable, Isa, Kernel, Side, SideRows};
 use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
@@ -63,6 +64,16 @@ static KERNEL: Kernel = Kernel {
     // The AVX2 batched Q8_0 B update sums in AVX2's order; this table's own Q8_0 add rows
     // differ, so batches run them per column to stay bit-identical to decode.
     mm_q8_0_add: None,
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    quantize_q8_k: avx2_q::quantize_q8_k,
+    #[cfg(feature = "quant-q5")]
+    q5_0: avx2_q::q5_0_rows,
+    #[cfg(feature = "quant-q5")]
+    q5_1: avx2_q::q5_1_rows,
+    #[cfg(feature = "quant-k")]
+    q4_k: avx2_q::q4_k_rows,
+    #[cfg(feature = "quant-k")]
+    q6_k: avx2_q::q6_k_rows,
     ..portable::KERNEL
 };
 
