@@ -182,7 +182,9 @@ mod q5 {
         let corr = load16i(&a.corr);
         let s = _mm512_dpbusd_epi32(_mm512_add_epi32(corr, corr), lo, load64(&a.lo));
         let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
-        let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, c.dm, v1)));
+        let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+            v0, c.dm, v1,
+        )));
         let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d4));
         *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
     }
@@ -205,7 +207,9 @@ mod q5 {
         let (lo, hi) = q5_quants(v0, v1, c);
         let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load64(&a.lo));
         let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
-        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, c.dm, v1)));
+        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+            v0, c.dm, v1,
+        )));
         let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
         *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
         *accm = _mm256_fmadd_ps(dm, super::super::avx512::load8f(&a.s), *accm);
