@@ -28,6 +28,14 @@
 //!   groups, one per 128-bit lane, so one `vpshufb` gives each lane its scale. The `- 32` is
 //!   folded in once per super-block as `32 * sum(scale_g * bsum_g)`: this relies on `bsums`
 //!   matching `qs`, which every Q8_K the quantisers produce satisfies.
+//! - **Q5_K**: Q4_K with the fifth bit (`qh` bit `2c` / `2c + 1` for chunk `c`) OR-ed in as
+//!   `0x10`, walking a shifted copy of `qh` (two `vpsllw` + masks per chunk).
+//! - **Q2_K / Q3_K**: Q6_K's arrangement (two 16-element scale groups per vector); Q2_K's
+//!   4-bit mins go through `bsums` as Q4_K's do; Q3_K runs the unsigned `low + 4 * high`
+//!   (0..7) and folds its `- 4` in through `bsums` as Q6_K folds `- 32`.
+//! - **IQ4_NL / IQ4_XS**: the nibble is an index into the 16-entry non-linear table, which
+//!   one `vpshufb` looks up; the signed result runs with the sign trick (values -127..=113).
+//!   IQ4_XS multiplies each 32-element group's pair sums by its scale `ls - 32` in `vpmaddwd`.
 //!
 //! The integer part of each dot is exact; only the f32 combination (lanes, FMA) differs from
 //! the oracle, within the bound `tests/tests/kernels_types.rs` derives.
@@ -284,9 +292,12 @@ pub(in crate::kernels::x86_64) use q8k::*;
 #[cfg(feature = "quant-k")]
 mod k {
     use super::*;
-    use crate::quant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
+    use crate::quant::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_K};
 
+    entry!(q2_k_rows, q2_k_rows_tf, (w: &[BlockQ2_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
+    entry!(q3_k_rows, q3_k_rows_tf, (w: &[BlockQ3_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
     entry!(q4_k_rows, q4_k_rows_tf, (w: &[BlockQ4_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
+    entry!(q5_k_rows, q5_k_rows_tf, (w: &[BlockQ5_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
     entry!(q6_k_rows, q6_k_rows_tf, (w: &[BlockQ6_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
 
     /// `vpshufb` controls broadcasting i16 word `g` of each 128-bit lane to the whole lane.
@@ -373,40 +384,120 @@ mod k {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
+    fn q5_k_rows_tf(w: &[BlockQ5_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_q5_k);
+    }
+
+    /// What the Q4_K and Q5_K kernels read of a super-block.
+    trait K4: Copy {
+        fn d(&self) -> [u8; 2];
+        fn dmin(&self) -> [u8; 2];
+        fn scales(&self) -> &[u8; 12];
+        fn qs(&self) -> &[u8; 128];
+        /// Q5_K's fifth bits.
+        fn qh(&self) -> Option<&[u8; 32]>;
+    }
+
+    impl K4 for BlockQ4_K {
+        fn d(&self) -> [u8; 2] {
+            self.d
+        }
+        fn dmin(&self) -> [u8; 2] {
+            self.dmin
+        }
+        fn scales(&self) -> &[u8; 12] {
+            &self.scales
+        }
+        fn qs(&self) -> &[u8; 128] {
+            &self.qs
+        }
+        fn qh(&self) -> Option<&[u8; 32]> {
+            None
+        }
+    }
+
+    impl K4 for BlockQ5_K {
+        fn d(&self) -> [u8; 2] {
+            self.d
+        }
+        fn dmin(&self) -> [u8; 2] {
+            self.dmin
+        }
+        fn scales(&self) -> &[u8; 12] {
+            &self.scales
+        }
+        fn qs(&self) -> &[u8; 128] {
+            &self.qs
+        }
+        fn qh(&self) -> Option<&[u8; 32]> {
+            Some(&self.qh)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_k<const R: usize>(w: [&[BlockQ4_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        dot_k4(w, x)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q5_k<const R: usize>(w: [&[BlockQ5_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        dot_k4(w, x)
+    }
+
+    /// Q4_K and Q5_K (whose fifth bit, `qh` bit `2c` / `2c + 1` for chunk `c`'s low / high
+    /// nibbles, is OR-ed in as `0x10`; `q <= 31` keeps `vpmaddubsw` from saturating).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot_k4<T: K4, const R: usize>(w: [&[T]; R], x: &[BlockQ8_K]) -> [f32; R] {
         let mut acc = [_mm256_setzero_ps(); R];
-        let nib = _mm256_set1_epi8(0x0f);
+        let (nib, b4) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x10));
         for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
             let (yq, _) = b.qs.as_chunks::<32>();
             let dy = b.d();
             let mut sc = [_mm256_setzero_si256(); R];
             let mut isum = [_mm256_setzero_si256(); R];
             let mut msum = [_mm256_setzero_si256(); R];
+            let mut hb = [_mm256_setzero_si256(); R];
             for r in 0..R {
                 let a = &w[r][i];
                 prefetch_block(a);
-                let (s, m) = scale_min_k4(&a.scales);
+                let (s, m) = scale_min_k4(a.scales());
                 sc[r] = u8x8_i16(s);
                 msum[r] = mins_dot(m, b);
+                if let Some(qh) = a.qh() {
+                    hb[r] = load32(qh);
+                }
             }
             for c in 0..4 {
                 let (y0, y1) = (load32(&yq[2 * c]), load32(&yq[2 * c + 1]));
                 let (c0, c1) = (load_ctl(&BCAST8[2 * c]), load_ctl(&BCAST8[2 * c + 1]));
                 for r in 0..R {
-                    let (qs, _) = w[r][i].qs.as_chunks::<32>();
+                    let (qs, _) = w[r][i].qs().as_chunks::<32>();
                     let q = load32(&qs[c]);
-                    let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, nib), y0);
-                    let hi =
-                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), nib), y1);
-                    let lo = _mm256_madd_epi16(lo, _mm256_shuffle_epi8(sc[r], c0));
-                    let hi = _mm256_madd_epi16(hi, _mm256_shuffle_epi8(sc[r], c1));
+                    let mut lo = _mm256_and_si256(q, nib);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
+                    if w[r][i].qh().is_some() {
+                        // Bits 0 and 1 of `hb` are bits 2c and 2c + 1 of `qh` (shifted below).
+                        let h = hb[r];
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(h), b4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(h), b4));
+                        hb[r] = _mm256_srli_epi16::<2>(h);
+                    }
+                    let lo = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(lo, y0),
+                        _mm256_shuffle_epi8(sc[r], c0),
+                    );
+                    let hi = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(hi, y1),
+                        _mm256_shuffle_epi8(sc[r], c1),
+                    );
                     isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(lo, hi));
                 }
             }
             for r in 0..R {
                 let a = &w[r][i];
-                let d = _mm256_set1_ps(f16_le(a.d) * dy);
-                let dmin = _mm256_set1_ps(f16_le(a.dmin) * dy);
+                let d = _mm256_set1_ps(f16_le(a.d()) * dy);
+                let dmin = _mm256_set1_ps(f16_le(a.dmin()) * dy);
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[r]), acc[r]);
                 acc[r] = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(msum[r]), acc[r]);
             }
@@ -490,6 +581,241 @@ mod k {
         }
         hsums(acc)
     }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q2_k_rows_tf(w: &[BlockQ2_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_q2_k);
+    }
+
+    /// Q2_K: as Q6_K's layout of scale groups (16 elements, two per vector), with unsigned
+    /// 2-bit quants and the mins folded in through `bsums` (as Q4_K).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q2_k<const R: usize>(w: [&[BlockQ2_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let m3 = _mm256_set1_epi8(3);
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let (yq, _) = b.qs.as_chunks::<32>();
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut msum = [_mm256_setzero_si256(); R];
+            let mut scs = [[_mm256_setzero_si256(); 2]; R];
+            for r in 0..R {
+                let a = &w[r][i];
+                prefetch_block(a);
+                let sc = super::super::avx2::load16(&a.scales);
+                let lo = _mm_and_si128(sc, _mm_set1_epi8(0x0f));
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(0x0f));
+                scs[r] = [
+                    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(lo)),
+                    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(lo))),
+                ];
+                msum[r] = _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), load_bsums(b));
+            }
+            for h in 0..2 {
+                let ys = [
+                    load32(&yq[4 * h]),
+                    load32(&yq[4 * h + 1]),
+                    load32(&yq[4 * h + 2]),
+                    load32(&yq[4 * h + 3]),
+                ];
+                for r in 0..R {
+                    let (qs, _) = w[r][i].qs.as_chunks::<32>();
+                    let q = load32(&qs[h]);
+                    let q = [
+                        _mm256_and_si256(q, m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(q), m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(q), m3),
+                    ];
+                    for j in 0..4 {
+                        let p = _mm256_maddubs_epi16(q[j], ys[j]);
+                        let s = _mm256_shuffle_epi8(scs[r][h], load_ctl(&BCAST_PAIRS[j]));
+                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+                    }
+                }
+            }
+            for r in 0..R {
+                let a = &w[r][i];
+                let d = _mm256_set1_ps(f16_le(a.d) * b.d());
+                let dmin = _mm256_set1_ps(f16_le(a.dmin) * b.d());
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+                acc[r] = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(msum[r]), acc[r]);
+            }
+        }
+        hsums(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q3_k_rows_tf(w: &[BlockQ3_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_q3_k);
+    }
+
+    /// Q3_K's 16 scales (6 bits each, ggml's `kmask1/kmask2` packing) minus 32, as bytes.
+    #[inline(always)]
+    fn q3_k_scales(s: &[u8; 12]) -> [u8; 16] {
+        let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+        let (a0, a1, t) = (w(0), w(1), w(2));
+        let (m1, m2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+        let aux = [
+            (a0 & m2) | ((t & m1) << 4),
+            (a1 & m2) | (((t >> 2) & m1) << 4),
+            ((a0 >> 4) & m2) | (((t >> 4) & m1) << 4),
+            ((a1 >> 4) & m2) | (((t >> 6) & m1) << 4),
+        ];
+        let mut out = [0u8; 16];
+        for (o, v) in out.chunks_exact_mut(4).zip(aux) {
+            o.copy_from_slice(&v.to_le_bytes().map(|b| b.wrapping_sub(32)));
+        }
+        out
+    }
+
+    /// Q3_K: unsigned `q' = low bits + 4 * high bit` (0..7) through `vpmaddubsw`, the `- 4`
+    /// folded in once per super-block as `4 * sum(scale_g * bsum_g)` (as Q6_K's `- 32`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q3_k<const R: usize>(w: [&[BlockQ3_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let (m3, b4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let (yq, _) = b.qs.as_chunks::<32>();
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut scs = [[_mm256_setzero_si256(); 2]; R];
+            let mut hb = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                let a = &w[r][i];
+                prefetch_block(a);
+                let sc = q3_k_scales(&a.scales);
+                scs[r] = [i8x8_i16(&sc[..8]), i8x8_i16(&sc[8..])];
+                let s16 = _mm256_cvtepi8_epi16(super::super::avx2::load16(&sc));
+                let corr = _mm256_madd_epi16(s16, load_bsums(b));
+                isum[r] = _mm256_sub_epi32(isum[r], _mm256_slli_epi32::<2>(corr));
+                hb[r] = load32(&a.hmask);
+            }
+            for h in 0..2 {
+                let ys = [
+                    load32(&yq[4 * h]),
+                    load32(&yq[4 * h + 1]),
+                    load32(&yq[4 * h + 2]),
+                    load32(&yq[4 * h + 3]),
+                ];
+                for r in 0..R {
+                    let (qs, _) = w[r][i].qs.as_chunks::<32>();
+                    let q = load32(&qs[h]);
+                    let lows = [
+                        _mm256_and_si256(q, m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(q), m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m3),
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(q), m3),
+                    ];
+                    for (j, lo) in lows.into_iter().enumerate() {
+                        // Bit 0 of `hb` is bit 4h + j of `hmask` (shifted below).
+                        let hbit = _mm256_and_si256(_mm256_slli_epi16::<2>(hb[r]), b4);
+                        hb[r] = _mm256_srli_epi16::<1>(hb[r]);
+                        let p = _mm256_maddubs_epi16(_mm256_or_si256(lo, hbit), ys[j]);
+                        let s = _mm256_shuffle_epi8(scs[r][h], load_ctl(&BCAST_PAIRS[j]));
+                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+                    }
+                }
+            }
+            for r in 0..R {
+                let d = _mm256_set1_ps(f16_le(w[r][i].d) * b.d());
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+            }
+        }
+        hsums(acc)
+    }
 }
 #[cfg(feature = "quant-k")]
 pub(in crate::kernels::x86_64) use k::*;
+
+// ---- IQ4_NL / IQ4_XS -------------------------------------------------------------------------
+
+#[cfg(feature = "quant-iq4")]
+mod iq4 {
+    use super::*;
+    use crate::quant::iq4::KVALUES_IQ4NL;
+    use crate::quant::{BlockIQ4_NL, BlockIQ4_XS, BlockQ8_0, BlockQ8_K};
+
+    entry!(iq4_nl_rows, iq4_nl_rows_tf, (w: &[BlockIQ4_NL], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]));
+    entry!(iq4_xs_rows, iq4_xs_rows_tf, (w: &[BlockIQ4_XS], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]));
+
+    /// The 16 table values in both 128-bit lanes, for `vpshufb` lookups.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn table() -> __m256i {
+        let t = KVALUES_IQ4NL.map(|v| v as u8);
+        _mm256_broadcastsi128_si256(super::super::avx2::load16(&t))
+    }
+
+    /// 32 signed table values of one 32-element group (nibble order as Q4_0).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn lookup(t: __m256i, qs: &[u8; 16]) -> __m256i {
+        _mm256_shuffle_epi8(t, nibbles(qs))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn iq4_nl_rows_tf(w: &[BlockIQ4_NL], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_iq4_nl);
+    }
+
+    /// IQ4_NL: Q4_0 with a `vpshufb` table lookup in place of `- 8`; the sign trick is exact
+    /// (table values lie in -127..=113, activations in -127..=127, `2 * 127 * 127 < 2^15`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_iq4_nl<const R: usize>(w: [&[BlockIQ4_NL]; R], x: &[BlockQ8_0]) -> [f32; R] {
+        let t = table();
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let yv = load32(&b.qs);
+            for r in 0..R {
+                let a = &w[r][i];
+                prefetch_ahead(a);
+                let s = dot_i8i8(lookup(t, &a.qs), yv);
+                acc[r] = _mm256_fmadd_ps(scale2(a.d, b.d), _mm256_cvtepi32_ps(s), acc[r]);
+            }
+        }
+        hsums(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn iq4_xs_rows_tf(w: &[BlockIQ4_XS], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_iq4_xs);
+    }
+
+    /// IQ4_XS: the IQ4_NL lookup per 32-element group, each group's `vpmaddubsw` pair sums
+    /// multiplied by its scale `ls - 32` in the widening `vpmaddwd`, one FMA per super-block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_iq4_xs<const R: usize>(w: [&[BlockIQ4_XS]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        let t = table();
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let (yq, _) = b.qs.as_chunks::<32>();
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut ls = [[0i16; 8]; R];
+            for r in 0..R {
+                let a = &w[r][i];
+                prefetch_block(a);
+                let h = u16::from_le_bytes(a.scales_h);
+                for (g, l) in ls[r].iter_mut().enumerate() {
+                    let lo = (a.scales_l[g / 2] >> (4 * (g % 2))) & 0x0f;
+                    *l = (lo as u16 | ((h >> (2 * g)) & 3) << 4) as i16 - 32;
+                }
+            }
+            for (g, yg) in yq.iter().enumerate() {
+                let yv = load32(yg);
+                for r in 0..R {
+                    let (qs, _) = w[r][i].qs.as_chunks::<16>();
+                    let q = lookup(t, &qs[g]);
+                    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yv, q));
+                    let p = _mm256_madd_epi16(p, _mm256_set1_epi16(ls[r][g]));
+                    isum[r] = _mm256_add_epi32(isum[r], p);
+                }
+            }
+            for r in 0..R {
+                let d = _mm256_set1_ps(f16_le(w[r][i].d) * b.d());
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+            }
+        }
+        hsums(acc)
+    }
+}
+#[cfg(feature = "quant-iq4")]
+pub(in crate::kernels::x86_64) use iq4::*;

@@ -75,6 +75,16 @@ static KERNEL: Kernel = Kernel {
     q4_k: avx2_q::q4_k_rows,
     #[cfg(feature = "quant-k")]
     q6_k: avx2_q::q6_k_rows,
+    #[cfg(feature = "quant-k")]
+    q2_k: avx2_q::q2_k_rows,
+    #[cfg(feature = "quant-k")]
+    q3_k: avx2_q::q3_k_rows,
+    #[cfg(feature = "quant-k")]
+    q5_k: avx2_q::q5_k_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: avx2_q::iq4_nl_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: avx2_q::iq4_xs_rows,
     ..portable::KERNEL
 };
 
