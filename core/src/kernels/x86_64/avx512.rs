@@ -72,9 +72,9 @@ static KERNEL: Kernel = Kernel {
     #[cfg(feature = "quant-q5")]
     q5_1: avx512_q::q5_1_rows,
     #[cfg(feature = "quant-k")]
-    q4_k: avx2_q::q4_k_rows,
+    q4_k: avx512_q::q4_k_rows,
     #[cfg(feature = "quant-k")]
-    q6_k: avx2_q::q6_k_rows,
+    q6_k: avx512_q::q6_k_rows,
     #[cfg(feature = "quant-k")]
     q2_k: avx2_q::q2_k_rows,
     #[cfg(feature = "quant-k")]

@@ -226,3 +226,222 @@ mod q5 {
 }
 #[cfg(feature = "quant-q5")]
 pub(in crate::kernels::x86_64) use q5::*;
+
+// ---- K-quants --------------------------------------------------------------------------------
+
+/// The row loop: `$dot::<2>` on pairs of rows, `$dot::<1>` on a last odd row.
+macro_rules! rows {
+    ($w:ident, $bpr:ident, $x:ident, $y:ident, $dot:ident) => {{
+        let mut rows = $w.chunks_exact($bpr.max(1));
+        let mut outs = $y.chunks_exact_mut(2);
+        for o in &mut outs {
+            let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+                break;
+            };
+            let [a, b] = $dot::<2>([r0, r1], $x);
+            o[0] = a;
+            o[1] = b;
+        }
+        for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+            let [a] = $dot::<1>([r], $x);
+            *o = a;
+        }
+    }};
+}
+
+#[cfg(feature = "quant-k")]
+mod k {
+    use super::super::avx2::{load16, load32};
+    use super::super::avx512::finish;
+    use super::*;
+    use crate::quant::{f16_le, BlockQ4_K, BlockQ6_K, BlockQ8_K};
+
+    /// `fn $name` entering `$tf` (no row-length limit: nothing is repacked).
+    macro_rules! entry_k {
+        ($name:ident, $tf:ident, $w:ty) => {
+            pub(in crate::kernels::x86_64) fn $name(
+                w: &[$w],
+                bpr: usize,
+                x: &[BlockQ8_K],
+                y: &mut [f32],
+            ) {
+                // SAFETY: reachable only through the AVX-512 table, which `avx512::detect`
+                // hands out only after checking AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA, F16C and
+                // OS ZMM/opmask support.
+                unsafe { $tf(w, bpr, x, y) }
+            }
+        };
+    }
+
+    entry_k!(q4_k_rows, q4_k_rows_tf, BlockQ4_K);
+    entry_k!(q6_k_rows, q6_k_rows_tf, BlockQ6_K);
+
+    /// Blocks the rows `w` and `x` all hold (the drivers pass exactly `bpr` of each).
+    #[inline(always)]
+    fn blocks<W, A, const R: usize>(w: &[&[W]; R], x: &[A]) -> usize {
+        w.iter().map(|r| r.len()).fold(x.len(), usize::min)
+    }
+
+    /// `vpermw` indices: words `0..16` take word `a`, words `16..32` word `b` (Q4_K chunk `c`:
+    /// scales `2c`, `2c + 1`).
+    const fn halves(a: u16, b: u16) -> [u16; 32] {
+        let mut t = [0u16; 32];
+        let mut i = 0;
+        while i < 32 {
+            t[i] = if i < 16 { a } else { b };
+            i += 1;
+        }
+        t
+    }
+
+    /// `vpermw` indices: each 128-bit lane `l` of register `v` takes word `4v + l` (Q6_K: four
+    /// 16-element scale groups per 64-element register).
+    const fn quarters(v: u16) -> [u16; 32] {
+        let mut t = [0u16; 32];
+        let mut i = 0;
+        while i < 32 {
+            t[i] = 4 * v + i as u16 / 8;
+            i += 1;
+        }
+        t
+    }
+
+    static IDX4: [[u16; 32]; 4] = [halves(0, 1), halves(2, 3), halves(4, 5), halves(6, 7)];
+    static IDX6: [[u16; 32]; 4] = [quarters(0), quarters(1), quarters(2), quarters(3)];
+
+    /// Per-word shift counts: `a` in the low 256 bits, `b` in the high.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    #[inline]
+    fn counts(a: i16, b: i16) -> __m512i {
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set1_epi16(a)),
+            _mm256_set1_epi16(b),
+        )
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn q4_k_rows_tf(w: &[BlockQ4_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_q4_k);
+    }
+
+    /// Q4_K: chunk `c`'s 32 bytes broadcast to both halves and shifted by 0 / 4 per half give
+    /// elements `64c..64c + 64` in order (low nibbles, then high), against one 64-byte load of
+    /// the activation; `vpmaddubsw` pair sums (<= 2 * 15 * 127) meet the two groups' scales in
+    /// one `vpdpwssd`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn dot_q4_k<const R: usize>(w: [&[BlockQ4_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut accm = [_mm256_setzero_ps(); R];
+        let (nib, shr) = (_mm512_set1_epi8(0x0f), counts(0, 4));
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let (yq, _) = b.qs.as_chunks::<64>();
+            let dy = b.d();
+            let bs = load32(&b.bsums);
+            let mut sc = [_mm512_setzero_si512(); R];
+            let mut isum = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                let a = &w[r][i];
+                prefetch_ahead(blocks_as_bytes(core::slice::from_ref(a)));
+                let (s, m) = avx2_q::scale_min_k4(&a.scales);
+                sc[r] = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(s as i64)));
+                // sum_j bsum_j * min_{j / 2}.
+                let mw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+                let pairs =
+                    _mm256_set_m128i(_mm_unpackhi_epi16(mw, mw), _mm_unpacklo_epi16(mw, mw));
+                let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, bs));
+                let dmin = _mm256_set1_ps(f16_le(a.dmin) * dy);
+                accm[r] = _mm256_fnmadd_ps(dmin, msum, accm[r]);
+            }
+            for (c, yc) in yq.iter().enumerate() {
+                let yv = load64(yc);
+                let idx = load_idx(&IDX4[c]);
+                for r in 0..R {
+                    let (qs, _) = w[r][i].qs.as_chunks::<32>();
+                    let q = _mm512_broadcast_i64x4(load32(&qs[c]));
+                    let q = _mm512_and_si512(_mm512_srlv_epi16(q, shr), nib);
+                    let p = _mm512_maddubs_epi16(q, yv);
+                    isum[r] = _mm512_dpwssd_epi32(isum[r], p, _mm512_permutexvar_epi16(idx, sc[r]));
+                }
+            }
+            for r in 0..R {
+                let d = _mm512_set1_ps(f16_le(w[r][i].d) * dy);
+                acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[r]), acc[r]);
+            }
+        }
+        let mut out = [0.0; R];
+        for r in 0..R {
+            out[r] = finish(acc[r], accm[r]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn q6_k_rows_tf(w: &[BlockQ6_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        rows!(w, bpr, x, y, dot_q6_k);
+    }
+
+    /// Q6_K: per half, one 64-byte load of `ql` holds the low nibbles of elements `0..64` (low
+    /// nibbles) and `64..128` (high nibbles); the 32 `qh` bytes broadcast to both halves and
+    /// shifted per half (`vpsllvw` / `vpsrlvw`) give the top two bits, so both registers line
+    /// up with contiguous activation bytes. Unsigned `q` (0..63), the `- 32` folded in once per
+    /// super-block through `bsums` as in the AVX2 kernel; each 128-bit lane is one scale group.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn dot_q6_k<const R: usize>(w: [&[BlockQ6_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+        let (shl, shr) = (counts(4, 2), counts(0, 2));
+        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
+            let (yq, _) = b.qs.as_chunks::<64>();
+            let bs = load32(&b.bsums);
+            let mut sc = [_mm512_setzero_si512(); R];
+            let mut isum = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                let a = &w[r][i];
+                let ab = blocks_as_bytes(core::slice::from_ref(a));
+                prefetch_ahead(ab);
+                prefetch_ahead(&ab[128..]);
+                let s16 = _mm256_cvtepi8_epi16(load16(&a.scales));
+                sc[r] = _mm512_castsi256_si512(s16);
+                // 32 * sum_g scale_g * bsum_g: the `- 32` of every quant.
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(s16, bs));
+                isum[r] = _mm512_sub_epi32(isum[r], _mm512_zextsi256_si512(corr));
+            }
+            for h in 0..2 {
+                let (y01, y23) = (load64(&yq[2 * h]), load64(&yq[2 * h + 1]));
+                let (i01, i23) = (load_idx(&IDX6[2 * h]), load_idx(&IDX6[2 * h + 1]));
+                for r in 0..R {
+                    let a = &w[r][i];
+                    let (ql, _) = a.ql.as_chunks::<64>();
+                    let (qh, _) = a.qh.as_chunks::<32>();
+                    let l = load64(&ql[h]);
+                    let hb = _mm512_broadcast_i64x4(load32(&qh[h]));
+                    let q01 = _mm512_or_si512(
+                        _mm512_and_si512(l, m4),
+                        _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m30),
+                    );
+                    let q23 = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+                        _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m30),
+                    );
+                    let p01 = _mm512_maddubs_epi16(q01, y01);
+                    let p23 = _mm512_maddubs_epi16(q23, y23);
+                    isum[r] =
+                        _mm512_dpwssd_epi32(isum[r], p01, _mm512_permutexvar_epi16(i01, sc[r]));
+                    isum[r] =
+                        _mm512_dpwssd_epi32(isum[r], p23, _mm512_permutexvar_epi16(i23, sc[r]));
+                }
+            }
+            for r in 0..R {
+                let d = _mm512_set1_ps(f16_le(w[r][i].d) * b.d());
+                acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[r]), acc[r]);
+            }
+        }
+        let mut out = [0.0; R];
+        for r in 0..R {
+            out[r] = finish(acc[r], _mm256_setzero_ps());
+        }
+        out
+    }
+}
+#[cfg(feature = "quant-k")]
+pub(in crate::kernels::x86_64) use k::*;
