@@ -41,7 +41,6 @@
 //! the oracle, within the bound `tests/tests/kernels_types.rs` derives.
 
 use super::avx2::{dot_i8i8, dot_u8i8, hsum, load32, nibbles, prefetch_ahead, scale2};
-use crate::quant::f16_le;
 use core::arch::x86_64::*;
 
 /// `pub(super) fn $name` calling the `#[target_feature]` kernel `$tf`.
@@ -95,6 +94,16 @@ fn prefetch_block<T>(a: &T) {
         prefetch_ahead(unsafe { &*p.add(off) });
         off += 64;
     }
+}
+
+/// One f16 to f32 with F16C (`quant::f16_le` is a software conversion in `no_std` builds, a
+/// measurable share of a K-quant super-block's fixed work).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(in crate::kernels::x86_64) fn f16_le(h: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
+    ))
 }
 
 /// `hsum` of each accumulator.

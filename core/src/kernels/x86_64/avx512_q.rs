@@ -252,9 +252,10 @@ macro_rules! rows {
 #[cfg(feature = "quant-k")]
 mod k {
     use super::super::avx2::{load16, load32};
+    use super::super::avx2_q::f16_le;
     use super::super::avx512::finish;
     use super::*;
-    use crate::quant::{f16_le, BlockQ4_K, BlockQ6_K, BlockQ8_K};
+    use crate::quant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
 
     /// `fn $name` entering `$tf` (no row-length limit: nothing is repacked).
     macro_rules! entry_k {
