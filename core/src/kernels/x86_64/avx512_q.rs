@@ -14,9 +14,35 @@
 //! precomputed `-16 * sum(x)` (twice `Act4::corr`) the `vpdpbusd` chain starts from, so the
 //! integer dot stays exact.
 //!
-//! Measured (dev VM, Zen 4, one thread, thread CPU time; `kernels_cpu` per-type rows and
-//! `decode_tps` on SmolLM2 Q4_K_M, whose matrices are mostly Q5_0): see the numbers at each
-//! table line in `avx512.rs`.
+//! # Q6_K: 64 elements per register
+//!
+//! One 64-byte load of `ql` holds, per half super-block, the low nibbles of elements `0..64`
+//! (as low nibbles) and `64..128` (as high nibbles); the 32 `qh` bytes broadcast to both
+//! 256-bit halves and shifted by a different count per half (`vpsllvw` / `vpsrlvw`) supply
+//! the top two bits, so both registers line up with plain 64-byte activation loads (no
+//! repacking). Each 128-bit lane is one 16-element scale group: `vpermw` spreads the scales,
+//! and one `vpdpwssd` multiplies the `vpmaddubsw` pair sums by them and accumulates.
+//!
+//! # Measured, and what runs the AVX2 kernel here
+//!
+//! Zen 4 executes a 512-bit operation as two 256-bit halves, so AVX-512 wins only where it
+//! removes instructions (`vpermt2b` gathers, `vptestmb` masks, VNNI's fused multiply-adds),
+//! not by width. `kernels_cpu types`, one thread, thread CPU time, dev VM (Zen 4, AVX-512),
+//! a 576 x 1536 matrix in cache, three runs each:
+//!
+//! | type | AVX2 GB/s | AVX-512 GB/s | AVX-512 table runs |
+//! | --- | --- | --- | --- |
+//! | Q5_0 | 10.5-12.5 | 20.5-20.8 | this file (1.7x) |
+//! | Q5_1 | 13.7-14.1 | 21.0-21.3 | this file (1.5x) |
+//! | Q6_K | 19.5-22.1 | 28.1-31.1 | this file (1.4x) |
+//! | Q4_K | 21.5-21.9 | 20.0-20.7 (written, then dropped) | AVX2 |
+//!
+//! A Q4_K AVX-512 kernel in Q6_K's style (chunk broadcast to both halves, `vpsrlvw` 0 / 4,
+//! `vpdpwssd` scales) halved the instruction count of the inner loop but not the 256-bit
+//! operations, and the per-super-block scale/min unpacking is the same in both, so it ran
+//! 5% slower than AVX2 and the AVX-512 table keeps the AVX2 Q4_K. Q5_K, Q2_K, Q3_K, IQ4_NL,
+//! IQ4_XS and the Q8_K quantiser also run their AVX2 kernels here (not yet tried in AVX-512;
+//! they are rare in the files this project runs).
 
 use super::avx2_q;
 use super::avx512::{
@@ -255,7 +281,7 @@ mod k {
     use super::super::avx2_q::f16_le;
     use super::super::avx512::finish;
     use super::*;
-    use crate::quant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
+    use crate::quant::{BlockQ6_K, BlockQ8_K};
 
     /// `fn $name` entering `$tf` (no row-length limit: nothing is repacked).
     macro_rules! entry_k {
@@ -274,25 +300,12 @@ mod k {
         };
     }
 
-    entry_k!(q4_k_rows, q4_k_rows_tf, BlockQ4_K);
     entry_k!(q6_k_rows, q6_k_rows_tf, BlockQ6_K);
 
     /// Blocks the rows `w` and `x` all hold (the drivers pass exactly `bpr` of each).
     #[inline(always)]
     fn blocks<W, A, const R: usize>(w: &[&[W]; R], x: &[A]) -> usize {
         w.iter().map(|r| r.len()).fold(x.len(), usize::min)
-    }
-
-    /// `vpermw` indices: words `0..16` take word `a`, words `16..32` word `b` (Q4_K chunk `c`:
-    /// scales `2c`, `2c + 1`).
-    const fn halves(a: u16, b: u16) -> [u16; 32] {
-        let mut t = [0u16; 32];
-        let mut i = 0;
-        while i < 32 {
-            t[i] = if i < 16 { a } else { b };
-            i += 1;
-        }
-        t
     }
 
     /// `vpermw` indices: each 128-bit lane `l` of register `v` takes word `4v + l` (Q6_K: four
@@ -307,7 +320,6 @@ mod k {
         t
     }
 
-    static IDX4: [[u16; 32]; 4] = [halves(0, 1), halves(2, 3), halves(4, 5), halves(6, 7)];
     static IDX6: [[u16; 32]; 4] = [quarters(0), quarters(1), quarters(2), quarters(3)];
 
     /// Per-word shift counts: `a` in the low 256 bits, `b` in the high.
@@ -318,62 +330,6 @@ mod k {
             _mm512_castsi256_si512(_mm256_set1_epi16(a)),
             _mm256_set1_epi16(b),
         )
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    fn q4_k_rows_tf(w: &[BlockQ4_K], bpr: usize, x: &[BlockQ8_K], y: &mut [f32]) {
-        rows!(w, bpr, x, y, dot_q4_k);
-    }
-
-    /// Q4_K: chunk `c`'s 32 bytes broadcast to both halves and shifted by 0 / 4 per half give
-    /// elements `64c..64c + 64` in order (low nibbles, then high), against one 64-byte load of
-    /// the activation; `vpmaddubsw` pair sums (<= 2 * 15 * 127) meet the two groups' scales in
-    /// one `vpdpwssd`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    fn dot_q4_k<const R: usize>(w: [&[BlockQ4_K]; R], x: &[BlockQ8_K]) -> [f32; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut accm = [_mm256_setzero_ps(); R];
-        let (nib, shr) = (_mm512_set1_epi8(0x0f), counts(0, 4));
-        for (i, b) in x[..blocks(&w, x)].iter().enumerate() {
-            let (yq, _) = b.qs.as_chunks::<64>();
-            let dy = b.d();
-            let bs = load32(&b.bsums);
-            let mut sc = [_mm512_setzero_si512(); R];
-            let mut isum = [_mm512_setzero_si512(); R];
-            for r in 0..R {
-                let a = &w[r][i];
-                prefetch_ahead(blocks_as_bytes(core::slice::from_ref(a)));
-                let (s, m) = avx2_q::scale_min_k4(&a.scales);
-                sc[r] = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(s as i64)));
-                // sum_j bsum_j * min_{j / 2}.
-                let mw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
-                let pairs =
-                    _mm256_set_m128i(_mm_unpackhi_epi16(mw, mw), _mm_unpacklo_epi16(mw, mw));
-                let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, bs));
-                let dmin = _mm256_set1_ps(f16_le(a.dmin) * dy);
-                accm[r] = _mm256_fnmadd_ps(dmin, msum, accm[r]);
-            }
-            for (c, yc) in yq.iter().enumerate() {
-                let yv = load64(yc);
-                let idx = load_idx(&IDX4[c]);
-                for r in 0..R {
-                    let (qs, _) = w[r][i].qs.as_chunks::<32>();
-                    let q = _mm512_broadcast_i64x4(load32(&qs[c]));
-                    let q = _mm512_and_si512(_mm512_srlv_epi16(q, shr), nib);
-                    let p = _mm512_maddubs_epi16(q, yv);
-                    isum[r] = _mm512_dpwssd_epi32(isum[r], p, _mm512_permutexvar_epi16(idx, sc[r]));
-                }
-            }
-            for r in 0..R {
-                let d = _mm512_set1_ps(f16_le(w[r][i].d) * dy);
-                acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[r]), acc[r]);
-            }
-        }
-        let mut out = [0.0; R];
-        for r in 0..R {
-            out[r] = finish(acc[r], accm[r]);
-        }
-        out
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
