@@ -56,6 +56,12 @@
 //! (Q4_0 / Q4_1 in `avx2.rs`: 12.8 / 15.5.) The quantiser is not timed separately: it
 //! quantises one activation vector per matvec, ~0.2% of a SmolLM2 Q4_K_M decode step.
 
+// Shared helpers serve whichever quant families are built; with some features off, some go
+// unused.
+#![cfg_attr(
+    not(all(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4")),
+    allow(unused_imports, unused_macros, dead_code)
+)]
 use super::avx2::{dot_i8i8, dot_u8i8, hsum, load32, nibbles, prefetch_ahead, scale2};
 use core::arch::x86_64::*;
 

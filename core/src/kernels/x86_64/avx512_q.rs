@@ -44,6 +44,12 @@
 //! IQ4_XS and the Q8_K quantiser also run their AVX2 kernels here (not yet tried in AVX-512;
 //! they are rare in the files this project runs).
 
+// Shared helpers serve whichever quant families are built; with some features off, some go
+// unused.
+#![cfg_attr(
+    not(all(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4")),
+    allow(unused_imports, unused_macros, dead_code)
+)]
 use super::avx2_q;
 use super::avx512::{
     dm_index, finish, load16f, load16i, load64, load_group, load_idx, pack4, prefetch_ahead,
