@@ -68,6 +68,7 @@ def bench_llamacpp(model, threads, n_prompt, n_gen, lora=None):
     pp = n_prompt / (time.perf_counter() - t0)
     tok = 1
     t0 = time.perf_counter()
+    c0 = time.thread_time()
     for i in range(n_gen):
         fill([tok], n_prompt + i)
         if llama_cpp.llama_decode(ctx, batch) != 0:
@@ -75,10 +76,13 @@ def bench_llamacpp(model, threads, n_prompt, n_gen, lora=None):
         logits = llama_cpp.llama_get_logits_ith(ctx, -1)
         tok = max(range(0, 64), key=lambda j: logits[j])  # cheap, deterministic pick
     tg = n_gen / (time.perf_counter() - t0)
+    # This thread's CPU time (Python overhead included): at one thread llama.cpp computes on
+    # the calling thread, so this excludes time slices taken by other processes on a busy host.
+    tg_cpu = n_gen / (time.thread_time() - c0)
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(m)
-    return pp, tg
+    return pp, tg, tg_cpu
 
 
 def bench_edgelora(exe, model, threads, n_prompt, n_gen, lora=None):
@@ -101,12 +105,22 @@ def main():
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--exe", default="target/release/edgelora")
+    ap.add_argument("--llamacpp-only", action="store_true",
+                    help="time llama.cpp alone: decode tokens/s per rep, wall and thread-CPU time "
+                         "(one thread; pair with `decode_tps`, which prints both for edgelora)")
     a = ap.parse_args()
     llama_cpp.llama_log_set(_quiet, ctypes.c_void_p())
     llama_cpp.llama_backend_init()
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {platform.processor() or ''} "
           f"llama-cpp-python {llama_cpp.__version__}; model {a.model}; lora {a.lora}; "
           f"prefill {a.prompt} tokens, decode {a.gen} tokens, best of {a.reps}")
+    if a.llamacpp_only:
+        for th in a.threads:
+            for r in range(a.reps):
+                pp, tg, tg_cpu = bench_llamacpp(a.model, th, a.prompt, a.gen, a.lora)
+                print(f"llama.cpp threads {th} rep {r}: prefill {pp:.1f} tok/s wall; "
+                      f"decode {tg:.1f} tok/s wall, {tg_cpu:.1f} tok/s cpu-time", flush=True)
+        return
     print("| threads | lora | llama.cpp prefill | edgelora prefill | ratio | llama.cpp decode | edgelora decode | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     loras = [None] + ([a.lora] if a.lora else [])
@@ -116,7 +130,7 @@ def main():
             for _ in range(a.reps):
                 for who in ("l", "e"):
                     if who == "l":
-                        pp, tg = bench_llamacpp(a.model, th, a.prompt, a.gen, lora)
+                        pp, tg, _ = bench_llamacpp(a.model, th, a.prompt, a.gen, lora)
                     else:
                         pp, tg = bench_edgelora(a.exe, a.model, th, a.prompt, a.gen, lora)
                     best[who][0] = max(best[who][0], pp)

@@ -1,14 +1,20 @@
 //! Per-kernel throughput measured in thread CPU time (robust on a shared, loaded machine
 //! where criterion's wall-clock figures include other processes' time slices).
 //!
-//! `cargo run --release -p edgelora-bench --example kernels_cpu`
+//! `cargo run --release -p edgelora-bench --example kernels_cpu [-- types]`
 //!
 //! Prints, per ISA and SmolLM2 shape, GB/s of weight bytes and GMAC/s for one matvec with the
 //! activation already quantised. Matrices up to 0.6 MB stay in cache across iterations (the
 //! kernels' compute ceiling); the 30 MB head streams from memory.
+//!
+//! Then one row per weight type (every type the fast path runs, through the generic
+//! `Kernel::matvec_q`) and table: a 576 x 1536 matrix (SmolLM2's `ffn_down`, 0.4-0.8 MB, in
+//! cache) and a 16384 x 1536 one (12-23 MB, streamed). `types` runs only these rows.
 
-use edgelora::kernels::{reference, Isa};
-use edgelora::quant::{to_f16_le, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use edgelora::kernels::{reference, Isa, Runnable};
+use edgelora::quant::{
+    cast_blocks, to_f16_le, ActType, Block, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK,
+};
 use std::hint::black_box;
 
 fn cpu_secs() -> f64 {
@@ -42,7 +48,68 @@ fn time(mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// Random blocks of `T` whose f16 fields (at `f16_at`) hold a sane scale, so no lane sees a
+/// NaN, infinity or subnormal (which could time differently from real weights).
+fn blocks<T: Block>(seed: &mut u64, n: usize, f16_at: &[usize]) -> Vec<T> {
+    let sz = size_of::<T>();
+    let mut bytes: Vec<u8> = (0..n * sz).map(|_| lcg(seed)).collect();
+    for b in bytes.chunks_exact_mut(sz) {
+        for &o in f16_at {
+            b[o..o + 2].copy_from_slice(&to_f16_le(0.01));
+        }
+    }
+    cast_blocks::<T>(&bytes).expect("whole blocks").to_vec()
+}
+
+/// One row per table for type `T`: matvec GB/s and GMAC/s, in cache and streamed.
+fn per_type<T: Runnable>(name: &str, f16_at: &[usize], seed: &mut u64) {
+    let cols = 1536;
+    let bpr = cols / T::BLOCK_LEN;
+    let x: Vec<f32> = (0..cols).map(|_| lcg(seed) as f32 / 128.0 - 1.0).collect();
+    for rows in [576usize, 16384] {
+        let w: Vec<T> = blocks(seed, rows * bpr, f16_at);
+        let bytes = (rows * bpr * size_of::<T>()) as f64;
+        let mut y = vec![0f32; rows];
+        let mut line = format!("{name:<7} {rows:>5}x{cols:<5}");
+        for k in Isa::ALL.into_iter().filter_map(Isa::kernel) {
+            let mut xq =
+                vec![cast_blocks::<T::Act>(&vec![0u8; size_of::<T::Act>()]).unwrap()[0]; bpr];
+            k.quantize(&x, &mut xq);
+            let t = time(|| k.matvec_q(black_box(&w), bpr, black_box(&xq), &mut y));
+            line += &format!(
+                " | {:<8} {:>6.2} GB/s {:>5.2} GMAC/s",
+                k.isa().name(),
+                bytes / t / 1e9,
+                (rows * cols) as f64 / t / 1e9
+            );
+        }
+        println!("{line}");
+    }
+    let _ = <T::Act as ActType>::BLOCK_LEN;
+}
+
+fn types() {
+    use edgelora::quant::*;
+    let mut seed = 7u64;
+    per_type::<BlockQ4_0>("Q4_0", &[0], &mut seed);
+    per_type::<BlockQ4_1>("Q4_1", &[0, 2], &mut seed);
+    per_type::<BlockQ8_0>("Q8_0", &[0], &mut seed);
+    per_type::<BlockQ5_0>("Q5_0", &[0], &mut seed);
+    per_type::<BlockQ5_1>("Q5_1", &[0, 2], &mut seed);
+    per_type::<BlockQ2_K>("Q2_K", &[80, 82], &mut seed);
+    per_type::<BlockQ3_K>("Q3_K", &[108], &mut seed);
+    per_type::<BlockQ4_K>("Q4_K", &[0, 2], &mut seed);
+    per_type::<BlockQ5_K>("Q5_K", &[0, 2], &mut seed);
+    per_type::<BlockQ6_K>("Q6_K", &[208], &mut seed);
+    per_type::<BlockIQ4_NL>("IQ4_NL", &[0], &mut seed);
+    per_type::<BlockIQ4_XS>("IQ4_XS", &[0], &mut seed);
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("types") {
+        types();
+        return;
+    }
     let mut seed = 1u64;
     let shapes = [
         (576, 576),
@@ -106,4 +173,5 @@ fn main() {
             }
         }
     }
+    types();
 }

@@ -15,12 +15,17 @@
 //! Prompt batches take the blocked matmuls at the end of this file (`matmul_q4_1`: one
 //! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
 
+#[cfg(any(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4"))]
+use super::avx2_q;
 use super::prefetch_side;
 use crate::kernels::{portable, Isa, Kernel, Side, SideRows};
 use crate::quant::{f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, QK};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
+// With every quant feature on, this table overrides every slot; with fewer, the portable
+// table fills the rest (and stays the documented starting point of every ISA table).
+#[allow(clippy::needless_update)]
 static KERNEL: Kernel = Kernel {
     isa: Isa::Avx2,
     q4_0: q4_0_rows,
@@ -46,6 +51,26 @@ static KERNEL: Kernel = Kernel {
     mm_float: Some(matmul_float),
     mm_float_add: Some(matmul_float_add),
     mm_q8_0_add: Some(matmul_q8_0_add),
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    quantize_q8_k: avx2_q::quantize_q8_k,
+    #[cfg(feature = "quant-q5")]
+    q5_0: avx2_q::q5_0_rows,
+    #[cfg(feature = "quant-q5")]
+    q5_1: avx2_q::q5_1_rows,
+    #[cfg(feature = "quant-k")]
+    q4_k: avx2_q::q4_k_rows,
+    #[cfg(feature = "quant-k")]
+    q6_k: avx2_q::q6_k_rows,
+    #[cfg(feature = "quant-k")]
+    q2_k: avx2_q::q2_k_rows,
+    #[cfg(feature = "quant-k")]
+    q3_k: avx2_q::q3_k_rows,
+    #[cfg(feature = "quant-k")]
+    q5_k: avx2_q::q5_k_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: avx2_q::iq4_nl_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: avx2_q::iq4_xs_rows,
     ..portable::KERNEL
 };
 
@@ -96,7 +121,7 @@ no_side!(q8_0_rows, q8_0_rows_side, BlockQ8_0, BlockQ8_0);
 // ---- loads -----------------------------------------------------------------------------------
 
 #[inline(always)]
-fn load16(a: &[u8; 16]) -> __m128i {
+pub(super) fn load16(a: &[u8; 16]) -> __m128i {
     // SAFETY: `a` is 16 readable bytes; `loadu` has no alignment requirement; SSE2 is
     // part of the x86_64 baseline.
     unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
@@ -104,7 +129,7 @@ fn load16(a: &[u8; 16]) -> __m128i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load32(a: &[u8; 32]) -> __m256i {
+pub(super) fn load32(a: &[u8; 32]) -> __m256i {
     // SAFETY: `a` is 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
 }
@@ -130,7 +155,7 @@ const PREFETCH: usize = 4096;
 /// Hint the cache to fetch the line `PREFETCH` bytes past `b`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn prefetch_ahead<T>(b: &T) {
+pub(super) fn prefetch_ahead<T>(b: &T) {
     // `wrapping_add`: the address may lie past the weights; a prefetch never faults or reads
     // architecturally, so no safety condition applies to the pointer.
     let p = (b as *const T).cast::<u8>().wrapping_add(PREFETCH);
@@ -151,21 +176,21 @@ pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// u8 x i8 -> 8 x i32 sums of 4 products each.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_u8i8(a: __m256i, b: __m256i) -> __m256i {
+pub(super) fn dot_u8i8(a: __m256i, b: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
 }
 
 /// i8 x i8 via the sign trick (exact when `b` has no -128).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_i8i8(a: __m256i, b: __m256i) -> __m256i {
+pub(super) fn dot_i8i8(a: __m256i, b: __m256i) -> __m256i {
     dot_u8i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
 /// `f16(a) * f16(b)` broadcast to 8 lanes (exact: 11-bit x 11-bit significands fit f32).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
+pub(super) fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
     let bits = u16::from_le_bytes(a) as i32 | ((u16::from_le_bytes(b) as i32) << 16);
     let f = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
     _mm256_broadcastss_ps(_mm_mul_ss(f, _mm_movehdup_ps(f)))

@@ -29,12 +29,19 @@
 //! Two rows are computed per pass so the activation loads are shared.
 
 use super::avx2;
+#[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+use super::avx2_q;
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
+use super::avx512_q;
 use super::prefetch_side;
 use crate::kernels::{portable, Isa, Kernel, Side, SideRows};
 use crate::quant::{blocks_as_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
+// With every quant feature on, this table overrides every slot; with fewer, the portable
+// table fills the rest (and stays the documented starting point of every ISA table).
+#[allow(clippy::needless_update)]
 static KERNEL: Kernel = Kernel {
     isa: Isa::Avx512,
     q4_0: q4_0_rows,
@@ -63,6 +70,27 @@ static KERNEL: Kernel = Kernel {
     // The AVX2 batched Q8_0 B update sums in AVX2's order; this table's own Q8_0 add rows
     // differ, so batches run them per column to stay bit-identical to decode.
     mm_q8_0_add: None,
+    #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
+    quantize_q8_k: avx2_q::quantize_q8_k,
+    #[cfg(feature = "quant-q5")]
+    q5_0: avx512_q::q5_0_rows,
+    #[cfg(feature = "quant-q5")]
+    q5_1: avx512_q::q5_1_rows,
+    #[cfg(feature = "quant-k")]
+    // AVX2's: an AVX-512 Q4_K ran 5% slower on Zen 4 (see `avx512_q`).
+    q4_k: avx2_q::q4_k_rows,
+    #[cfg(feature = "quant-k")]
+    q6_k: avx512_q::q6_k_rows,
+    #[cfg(feature = "quant-k")]
+    q2_k: avx2_q::q2_k_rows,
+    #[cfg(feature = "quant-k")]
+    q3_k: avx2_q::q3_k_rows,
+    #[cfg(feature = "quant-k")]
+    q5_k: avx2_q::q5_k_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_nl: avx2_q::iq4_nl_rows,
+    #[cfg(feature = "quant-iq4")]
+    iq4_xs: avx2_q::iq4_xs_rows,
     ..portable::KERNEL
 };
 
@@ -72,7 +100,7 @@ pub fn detect() -> Option<&'static Kernel> {
 }
 
 /// Largest row (in 32-element blocks) the repacked-activation kernels take.
-const MAX_BLOCKS: usize = 256;
+pub(super) const MAX_BLOCKS: usize = 256;
 
 macro_rules! entry {
     ($name:ident, $side:ident, $tf:ident, $fallback:path, $w:ty, $a:ty) => {
@@ -120,7 +148,7 @@ entry!(
 
 /// Byte indices gathering the quants of `G` blocks of `bs` bytes (`off` bytes of header each),
 /// `64 / G` bytes per block, from two 64-byte registers (index bit 6 picks the second).
-const fn qs_index(bs: usize, off: usize, g: usize) -> [u8; 64] {
+pub(super) const fn qs_index(bs: usize, off: usize, g: usize) -> [u8; 64] {
     let mut t = [0u8; 64];
     let per = 64 / g;
     let mut i = 0;
@@ -132,7 +160,7 @@ const fn qs_index(bs: usize, off: usize, g: usize) -> [u8; 64] {
 }
 
 /// Word indices: the `d` of block `i` in lane `i`, then (Q4_1) its `m` in lane `4 + i`.
-const fn dm_index(bs: usize, g: usize, with_m: bool) -> [u16; 32] {
+pub(super) const fn dm_index(bs: usize, g: usize, with_m: bool) -> [u16; 32] {
     let mut t = [0u16; 32];
     let mut i = 0;
     while i < g {
@@ -161,12 +189,12 @@ static QS_Q8_0: [u8; 64] = qs_index(34, 2, 2);
 static DM_Q4_1: [u16; 32] = dm_index(20, 4, true);
 static D_Q4_0: [u16; 32] = dm_index(18, 4, false);
 static D_Q8_0: [u16; 32] = dm_index(34, 2, false);
-static LANES4: [u32; 16] = lane_index(4);
+pub(super) static LANES4: [u32; 16] = lane_index(4);
 static LANES8: [u32; 16] = lane_index(8);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load_idx<T>(t: &'static [T]) -> __m512i {
+pub(super) fn load_idx<T>(t: &'static [T]) -> __m512i {
     debug_assert!(core::mem::size_of_val(t) == 64);
     // SAFETY: every table passed here is 64 bytes (`[u8; 64]`, `[u16; 32]`, `[u32; 16]`).
     unsafe { _mm512_loadu_si512(t.as_ptr().cast()) }
@@ -177,7 +205,7 @@ fn load_idx<T>(t: &'static [T]) -> __m512i {
 /// The first `min(bytes.len(), 128)` bytes of `bytes` as two registers, zero beyond.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load_group(bytes: &[u8]) -> (__m512i, __m512i) {
+pub(super) fn load_group(bytes: &[u8]) -> (__m512i, __m512i) {
     let n = bytes.len().min(128);
     let p = bytes.as_ptr();
     let v0 = if n >= 64 {
@@ -207,7 +235,7 @@ const PREFETCH: usize = 4096;
 /// Hint the cache to fetch the two lines at `PREFETCH` bytes past the start of `bytes`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn prefetch_ahead(bytes: &[u8]) {
+pub(super) fn prefetch_ahead(bytes: &[u8]) {
     // `wrapping_add`: the address may lie past the slice; a prefetch never faults or reads
     // architecturally, so no safety condition applies to the pointer.
     let p = bytes.as_ptr().wrapping_add(PREFETCH);
@@ -217,28 +245,28 @@ fn prefetch_ahead(bytes: &[u8]) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load64(a: &[u8; 64]) -> __m512i {
+pub(super) fn load64(a: &[u8; 64]) -> __m512i {
     // SAFETY: `a` is 64 readable bytes; no alignment requirement.
     unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load16f(a: &[f32; 16]) -> __m512 {
+pub(super) fn load16f(a: &[f32; 16]) -> __m512 {
     // SAFETY: `a` is 16 readable f32s; no alignment requirement.
     unsafe { _mm512_loadu_ps(a.as_ptr()) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load16i(a: &[i32; 16]) -> __m512i {
+pub(super) fn load16i(a: &[i32; 16]) -> __m512i {
     // SAFETY: `a` is 16 readable i32s; no alignment requirement.
     unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn load8f(a: &[f32; 8]) -> __m256 {
+pub(super) fn load8f(a: &[f32; 8]) -> __m256 {
     // SAFETY: `a` is 8 readable f32s; no alignment requirement.
     unsafe { _mm256_loadu_ps(a.as_ptr()) }
 }
@@ -247,20 +275,20 @@ fn load8f(a: &[f32; 8]) -> __m256 {
 
 /// Four activation blocks in the lane order of the 4-bit kernels.
 #[derive(Clone, Copy)]
-struct Act4 {
+pub(super) struct Act4 {
     /// Elements 0..16 of block i at bytes 16i..16i+16.
-    lo: [u8; 64],
+    pub(super) lo: [u8; 64],
     /// Elements 16..32 of block i at bytes 16i..16i+16.
-    hi: [u8; 64],
+    pub(super) hi: [u8; 64],
     /// `d` of block i in lanes 4i..4i+4.
-    d: [f32; 16],
+    pub(super) d: [f32; 16],
     /// Q4_1: `s` of block i in lane 4 + i (lanes 0..4 zero); Q4_0: unused.
-    s: [f32; 8],
+    pub(super) s: [f32; 8],
     /// Q4_0: per lane, `-8 *` the sum of the 8 activation bytes that lane multiplies.
-    corr: [i32; 16],
+    pub(super) corr: [i32; 16],
 }
 
-const ACT4_ZERO: Act4 = Act4 {
+pub(super) const ACT4_ZERO: Act4 = Act4 {
     lo: [0; 64],
     hi: [0; 64],
     d: [0.0; 16],
@@ -288,7 +316,7 @@ const ACT2_ZERO: Act2 = Act2 {
 /// for SmolLM2's 576 columns: 1.4 KB); filling the whole array on every call cost ~0.4% of a
 /// decode step (dev VM, 2026-11-28), so only the slots a call uses are written.
 #[inline]
-fn zeroed<T: Copy>(buf: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
+pub(super) fn zeroed<T: Copy>(buf: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
     for slot in buf.iter_mut() {
         slot.write(zero);
     }
@@ -297,7 +325,10 @@ fn zeroed<T: Copy>(buf: &mut [MaybeUninit<T>], zero: T) -> &mut [T] {
     unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
-fn pack4<'a>(qs: impl Iterator<Item = (&'a [u8; 32], [u8; 2], [u8; 2])>, out: &mut [Act4]) {
+pub(super) fn pack4<'a>(
+    qs: impl Iterator<Item = (&'a [u8; 32], [u8; 2], [u8; 2])>,
+    out: &mut [Act4],
+) {
     for (j, (q, d, s)) in qs.enumerate() {
         let (g, i) = (j / 4, j % 4);
         let Some(a) = out.get_mut(g) else { return };
@@ -355,7 +386,7 @@ fn q4_1_group(bytes: &[u8], a: &Act4, c: &Q4Consts, acc: &mut __m512, accm: &mut
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn finish(acc: __m512, accm: __m256) -> f32 {
+pub(super) fn finish(acc: __m512, accm: __m256) -> f32 {
     let m = _mm256_add_ps(accm, _mm512_castps512_ps256(acc));
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
     avx2::hsum(_mm256_add_ps(m, hi))

@@ -6,7 +6,9 @@
 //! not enabled it, and then the instructions fault (Intel SDM vol. 1, 13.3).
 
 pub mod avx2;
+mod avx2_q;
 pub mod avx512;
+mod avx512_q;
 
 use core::arch::x86_64::{__cpuid, __cpuid_count, _mm_prefetch, _xgetbv, _MM_HINT_T1};
 
