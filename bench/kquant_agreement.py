@@ -30,7 +30,8 @@ def q_tail(z):
 
 
 def llamacpp_top5(model, cases):
-    llm = Llama(model_path=model, n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    n_ctx = max(len(c["tokens"]) for c in cases) + 8
+    llm = Llama(model_path=model, n_ctx=max(n_ctx, 512), n_batch=max(n_ctx, 512), n_ubatch=max(n_ctx, 512), n_threads=1, logits_all=True, verbose=False)
     out = []
     for case in cases:
         ids = case["tokens"]
@@ -79,8 +80,18 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--edgelora", default="target/release/edgelora")
     ap.add_argument("--reference", action="store_true", help="also run edgelora's f32 reference path (slow)")
+    ap.add_argument("--text", action="append", default=[],
+                    help="teacher-force this text (tokenised by llama.cpp, BOS as the model says) instead of "
+                         "the SmolLM2 fixture's ids; repeat for several (HF figures then compare nothing)")
     a = ap.parse_args()
-    cases = json.load(open("tests/fixtures/smollm2/hf_top5.json"))["cases"]
+    if a.text:
+        voc = Llama(model_path=a.model, vocab_only=True, verbose=False)
+        cases = []
+        for t in a.text:
+            ids = voc.tokenize(t.encode(), add_bos=True, special=True)
+            cases.append({"tokens": ids, "top_ids": [[-1]] * len(ids)})
+    else:
+        cases = json.load(open("tests/fixtures/smollm2/hf_top5.json"))["cases"]
     lc = llamacpp_top5(a.model, cases)
     lc_hf = sum(p[0][0] == c["top_ids"][i][0] for c, lp in zip(cases, lc) for i, p in enumerate(lp))
     total = sum(len(c["tokens"]) for c in cases)

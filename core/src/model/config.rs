@@ -1,32 +1,173 @@
-//! Llama-family hyper-parameters read from GGUF metadata (`{arch}.*` keys).
+//! Hyper-parameters and the architecture description, read from GGUF metadata (`{arch}.*`
+//! keys, with `arch` = `general.architecture`).
+//!
+//! An architecture is a row of settings ([`Arch::for_name`]): where the norms sit, which FFN
+//! activation, q/k/v biases, QK-norm, rope style and the local/global attention pattern,
+//! embedding scaling and soft-caps. The one forward body in `model/mod.rs` reads these
+//! settings; adding an architecture that only recombines them is one new row here (and its
+//! optional tensors load by name), one that needs a new op adds that op to the body behind a
+//! new setting.
+//!
+//! Facts per architecture (llama.cpp's `llama-model.cpp` hparams and `src/models/*.cpp`
+//! graphs, checked 2026-12-06):
+//! - `llama`: pre-norm, SwiGLU, normal rope (llama.cpp's converter permutes q/k rows for it).
+//! - `qwen2`: as llama with q/k/v biases and NEOX rope.
+//! - `qwen3`: as llama with per-head QK RMSNorm (before rope) and NEOX rope.
+//! - `gemma3`: embeddings scaled by `sqrt(dim)`; pre- and post-norms around attention and FFN
+//!   ("sandwich"); GELU-tanh GeGLU; per-head QK RMSNorm; NEOX rope; five sliding-window
+//!   layers (window `gemma3.attention.sliding_window`, rope base 10000) then one global layer
+//!   (rope base `gemma3.rope.freq_base`); query scale `1/sqrt(head_dim)`; tied output; RMSNorm
+//!   weights stored with Gemma's `+1` already added by the converter.
+//! - `gemma2`: as gemma3 without QK-norm, alternating sliding/global layers with one rope base,
+//!   query scale `1/sqrt(query_pre_attn_scalar)` (= head_dim for the 2B/9B), attention
+//!   logit soft-cap (`attn_logit_softcapping`, 50) and final logit soft-cap (30).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::Gguf;
 
-/// Hyper-parameters of a llama-family model.
+/// Feed-forward activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ffn {
+    /// `down(silu(gate x) * up x)`.
+    SwiGlu,
+    /// `down(gelu_tanh(gate x) * up x)`.
+    GeGluTanh,
+}
+
+/// How rope pairs a head's dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i + 1)` (llama GGUFs, whose converter permuted q/k for it).
+    Normal,
+    /// Split halves `(i, i + rope_dims / 2)` (GPT-NeoX; Qwen, Gemma).
+    Neox,
+}
+
+/// The architecture description: every setting the forward body branches on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Arch {
+    /// `general.architecture` as one of the known names.
+    pub name: &'static str,
+    /// FFN activation.
+    pub ffn: Ffn,
+    /// Rope pairing.
+    pub rope: RopeStyle,
+    /// RMSNorm after the attention output and after the FFN output, before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Per-head RMSNorm of q and k before rope (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// q/k/v projections carry biases (`attn_q.bias`, ...).
+    pub qkv_bias: bool,
+    /// Token embeddings are multiplied by `sqrt(dim)`.
+    pub embed_scale: bool,
+    /// Sliding-window layers: every `swa_period`-th layer (the last of each group) is global,
+    /// the others see the last `swa_window` positions. 0: every layer is global.
+    pub swa_period: usize,
+    /// Window of the sliding layers, in positions (including the current one).
+    pub swa_window: usize,
+    /// Rope base of the sliding layers (the global ones use [`Config::rope_base`]).
+    pub rope_base_swa: f32,
+    /// Multiplier of q before `q . k` (`1/sqrt(head_dim)` unless the model says otherwise).
+    pub q_scale: f32,
+    /// Attention logit soft-cap `c * tanh(s / c)` (0: none).
+    pub attn_softcap: f32,
+    /// Final logit soft-cap (0: none).
+    pub final_softcap: f32,
+}
+
+/// Architectures this build runs.
+pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2"];
+
+impl Arch {
+    /// The fixed settings of architecture `name` (the per-file ones are filled in by
+    /// [`Config::from_gguf`]), or `None` if this build does not run it.
+    pub fn for_name(name: &str) -> Option<Arch> {
+        let llama = Arch {
+            name: "llama",
+            ffn: Ffn::SwiGlu,
+            rope: RopeStyle::Normal,
+            post_norms: false,
+            qk_norm: false,
+            qkv_bias: false,
+            embed_scale: false,
+            swa_period: 0,
+            swa_window: 0,
+            rope_base_swa: 0.0,
+            q_scale: 0.0,
+            attn_softcap: 0.0,
+            final_softcap: 0.0,
+        };
+        Some(match name {
+            "llama" => llama,
+            "qwen2" => Arch {
+                name: "qwen2",
+                rope: RopeStyle::Neox,
+                qkv_bias: true,
+                ..llama
+            },
+            "qwen3" => Arch {
+                name: "qwen3",
+                rope: RopeStyle::Neox,
+                qk_norm: true,
+                ..llama
+            },
+            "gemma3" => Arch {
+                name: "gemma3",
+                ffn: Ffn::GeGluTanh,
+                rope: RopeStyle::Neox,
+                post_norms: true,
+                qk_norm: true,
+                embed_scale: true,
+                swa_period: 6,
+                rope_base_swa: 10000.0,
+                ..llama
+            },
+            "gemma2" => Arch {
+                name: "gemma2",
+                ffn: Ffn::GeGluTanh,
+                rope: RopeStyle::Neox,
+                post_norms: true,
+                embed_scale: true,
+                swa_period: 2,
+                ..llama
+            },
+            _ => return None,
+        })
+    }
+
+    /// True if layer `l` attends through a sliding window.
+    pub const fn is_swa(&self, l: usize) -> bool {
+        self.swa_period > 0 && self.swa_window > 0 && !(l + 1).is_multiple_of(self.swa_period)
+    }
+}
+
+/// Hyper-parameters of a model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
-    /// Transformer blocks (`llama.block_count`).
+    /// The architecture description.
+    pub arch: Arch,
+    /// Transformer blocks (`{arch}.block_count`).
     pub n_layers: usize,
-    /// Residual width (`llama.embedding_length`).
+    /// Residual width (`{arch}.embedding_length`).
     pub dim: usize,
-    /// Query heads (`llama.attention.head_count`).
+    /// Query heads (`{arch}.attention.head_count`).
     pub n_heads: usize,
     /// Key/value heads, fewer than `n_heads` for grouped-query attention.
     pub n_kv_heads: usize,
-    /// Per-head width (`llama.attention.key_length`, default `dim / n_heads`).
+    /// Per-head width (`{arch}.attention.key_length`, default `dim / n_heads`).
     pub head_dim: usize,
-    /// Feed-forward hidden width (`llama.feed_forward_length`).
+    /// Feed-forward hidden width (`{arch}.feed_forward_length`).
     pub ffn_dim: usize,
     /// Vocabulary size (rows of `token_embd.weight`).
     pub vocab: usize,
-    /// Context length the model was trained for (`llama.context_length`).
+    /// Context length the model was trained for (`{arch}.context_length`).
     pub ctx_len: usize,
-    /// Rope base frequency (`llama.rope.freq_base`, default 10000).
+    /// Rope base frequency (`{arch}.rope.freq_base`, default 10000).
     pub rope_base: f32,
-    /// Number of leading dims per head that rope rotates (`llama.rope.dimension_count`).
+    /// Number of leading dims per head that rope rotates (`{arch}.rope.dimension_count`).
     pub rope_dims: usize,
-    /// RMSNorm epsilon (`llama.attention.layer_norm_rms_epsilon`).
+    /// RMSNorm epsilon (`{arch}.attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// True if there is no `output.weight` and the head reuses `token_embd.weight`.
     pub tied_output: bool,
@@ -37,6 +178,32 @@ const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS_META: usize = 1024;
 const MAX_VOCAB: usize = 1 << 22;
 const MAX_CTX: usize = 1 << 24;
+
+/// `{arch}.{suffix}` built on the stack (no allocator).
+struct Key {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Key {
+    fn new(arch: &str, suffix: &str) -> Key {
+        let mut k = Key {
+            buf: [0; 96],
+            len: 0,
+        };
+        for part in [arch.as_bytes(), b".", suffix.as_bytes()] {
+            let end = (k.len + part.len()).min(k.buf.len());
+            let n = end - k.len;
+            k.buf[k.len..end].copy_from_slice(&part[..n]);
+            k.len = end;
+        }
+        k
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
 
 impl Config {
     /// Width of the key/value projections.
@@ -49,100 +216,164 @@ impl Config {
         self.n_heads * self.head_dim
     }
 
-    /// Read the config of a llama-family model.
+    /// Rope base of layer `l` (sliding-window layers may have their own).
+    pub fn rope_base_for(&self, l: usize) -> f32 {
+        if self.arch.is_swa(l) && self.arch.rope_base_swa > 0.0 {
+            self.arch.rope_base_swa
+        } else {
+            self.rope_base
+        }
+    }
+
+    /// True if some layer uses a rope base other than [`Config::rope_base`] (the state then
+    /// keeps a second rope table per position).
+    pub fn has_second_rope(&self) -> bool {
+        self.arch.swa_period > 0
+            && self.arch.swa_window > 0
+            && self.arch.rope_base_swa > 0.0
+            && self.arch.rope_base_swa != self.rope_base
+    }
+
+    /// Read the config of a model of an architecture in [`ARCHITECTURES`].
     ///
     /// # Errors
-    /// [`ErrorKind::UnsupportedArch`] if `general.architecture` is not `llama`;
+    /// [`ErrorKind::UnsupportedArch`] for another `general.architecture`;
     /// [`ErrorKind::MissingKey`], [`ErrorKind::WrongType`] or [`ErrorKind::BadValue`] naming
     /// the key for absent or inconsistent hyper-parameters.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Config> {
-        let arch = g.get_str("general.architecture")?;
-        if arch != "llama" {
+        let name = g.get_str("general.architecture")?;
+        let Some(mut arch) = Arch::for_name(name) else {
             return Err(Error::new(
                 ErrorKind::UnsupportedArch,
-                "general.architecture (this build runs llama)",
+                "general.architecture (this build runs llama, qwen2, qwen3, gemma3, gemma2)",
             )
-            .named(arch.as_bytes()));
-        }
-        let bad = |k: &str| {
-            Error::new(ErrorKind::BadValue, "hyper-parameter out of range").named(k.as_bytes())
+            .named(name.as_bytes()));
         };
-        let get = |k: &'static str, max: usize| -> Result<usize> {
-            let v = g.get_u32(k)? as usize;
+        let arch_name = arch.name;
+        let key = |s: &str| Key::new(arch_name, s);
+        let bad = |k: &Key| {
+            Error::new(ErrorKind::BadValue, "hyper-parameter out of range")
+                .named(k.as_str().as_bytes())
+        };
+        let get = |s: &str, max: usize| -> Result<usize> {
+            let k = key(s);
+            let v = g.get_u32(k.as_str())? as usize;
             if v == 0 || v > max {
-                return Err(bad(k));
+                return Err(bad(&k));
             }
             Ok(v)
         };
-        let n_layers = get("llama.block_count", MAX_LAYERS_META)?;
-        let dim = get("llama.embedding_length", MAX_DIM)?;
-        let n_heads = get("llama.attention.head_count", MAX_DIM)?;
-        let n_kv_heads = match g.get_u32_opt("llama.attention.head_count_kv")? {
+        let n_layers = get("block_count", MAX_LAYERS_META)?;
+        let dim = get("embedding_length", MAX_DIM)?;
+        let n_heads = get("attention.head_count", MAX_DIM)?;
+        let n_kv_heads = match g.get_u32_opt(key("attention.head_count_kv").as_str())? {
             Some(v) => v as usize,
             None => n_heads,
         };
         if n_kv_heads == 0 || n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
-            return Err(bad("llama.attention.head_count_kv"));
+            return Err(bad(&key("attention.head_count_kv")));
         }
-        let head_dim = match g.get_u32_opt("llama.attention.key_length")? {
+        let head_dim = match g.get_u32_opt(key("attention.key_length").as_str())? {
             Some(v) => v as usize,
             None => {
                 if dim % n_heads != 0 {
-                    return Err(bad("llama.attention.head_count"));
+                    return Err(bad(&key("attention.head_count")));
                 }
                 dim / n_heads
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_DIM {
-            return Err(bad("llama.attention.key_length"));
+            return Err(bad(&key("attention.key_length")));
         }
-        if let Some(v) = g.get_u32_opt("llama.attention.value_length")? {
+        if let Some(v) = g.get_u32_opt(key("attention.value_length").as_str())? {
             if v as usize != head_dim {
-                return Err(bad("llama.attention.value_length"));
+                return Err(bad(&key("attention.value_length")));
             }
         }
-        let ffn_dim = get("llama.feed_forward_length", MAX_DIM * 8)?;
-        let ctx_len = get("llama.context_length", MAX_CTX)?;
-        let rope_base = g.get_f32_opt("llama.rope.freq_base")?.unwrap_or(10000.0);
+        let ffn_dim = get("feed_forward_length", MAX_DIM * 8)?;
+        let ctx_len = get("context_length", MAX_CTX)?;
+        let rope_base = g
+            .get_f32_opt(key("rope.freq_base").as_str())?
+            .unwrap_or(10000.0);
         if !(rope_base.is_finite() && rope_base > 1.0) {
-            return Err(bad("llama.rope.freq_base"));
+            return Err(bad(&key("rope.freq_base")));
         }
-        let rope_dims = match g.get_u32_opt("llama.rope.dimension_count")? {
+        let rope_dims = match g.get_u32_opt(key("rope.dimension_count").as_str())? {
             Some(v) => v as usize,
             None => head_dim,
         };
         if rope_dims == 0 || rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(bad("llama.rope.dimension_count"));
+            return Err(bad(&key("rope.dimension_count")));
         }
-        if let Ok(kind) = g.get_str("llama.rope.scaling.type") {
+        let k = key("rope.scaling.type");
+        if let Ok(kind) = g.get_str(k.as_str()) {
             if kind != "none" {
                 return Err(
                     Error::new(ErrorKind::BadValue, "rope scaling is not supported yet")
-                        .named(b"llama.rope.scaling.type"),
+                        .named(k.as_str().as_bytes()),
                 );
             }
         }
-        let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
+        let rms_eps = g.get_f32(key("attention.layer_norm_rms_epsilon").as_str())?;
         if !(0.0..1.0).contains(&rms_eps) {
-            return Err(bad("llama.attention.layer_norm_rms_epsilon"));
+            return Err(bad(&key("attention.layer_norm_rms_epsilon")));
+        }
+        // Per-file architecture settings.
+        if arch.swa_period > 0 {
+            let k = key("attention.sliding_window");
+            arch.swa_window = match g.get_u32_opt(k.as_str())? {
+                Some(v) if v > 0 && (v as usize) <= MAX_CTX => v as usize,
+                Some(_) => return Err(bad(&k)),
+                None => 0,
+            };
+        }
+        let mut q_scale = 1.0 / libm::sqrtf(head_dim as f32);
+        if arch.name == "gemma2" {
+            let k = key("attention.query_pre_attn_scalar");
+            if let Some(v) = g.get_u32_opt(k.as_str())? {
+                if v == 0 {
+                    return Err(bad(&k));
+                }
+                q_scale = 1.0 / libm::sqrtf(v as f32);
+            }
+        }
+        arch.q_scale = q_scale;
+        // Soft-caps: gemma2 only (llama.cpp's sliding-window gemma3 graph applies none).
+        if arch.name == "gemma2" {
+            for (suffix, slot) in [
+                ("attn_logit_softcapping", &mut arch.attn_softcap),
+                ("final_logit_softcapping", &mut arch.final_softcap),
+            ] {
+                let k = key(suffix);
+                if let Some(v) = g.get_f32_opt(k.as_str())? {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(bad(&k));
+                    }
+                    *slot = v;
+                }
+            }
         }
         let emb = g.tensor("token_embd.weight")?;
-        let vocab = usize::try_from(emb.ne[1]).map_err(|_| bad("token_embd.weight"))?;
+        let vocab = usize::try_from(emb.ne[1]).map_err(|_| bad(&key("vocab_size")))?;
         if vocab == 0 || vocab > MAX_VOCAB {
-            return Err(bad("token_embd.weight"));
+            return Err(
+                Error::new(ErrorKind::BadValue, "vocabulary size").named(b"token_embd.weight")
+            );
         }
-        if let Some(v) = g.get_u32_opt("llama.vocab_size")? {
+        let k = key("vocab_size");
+        if let Some(v) = g.get_u32_opt(k.as_str())? {
             if v as usize != vocab {
                 return Err(Error::new(
                     ErrorKind::ShapeMismatch,
-                    "llama.vocab_size vs token_embd.weight rows",
+                    "{arch}.vocab_size vs token_embd.weight rows",
                 )
-                .named(b"llama.vocab_size")
+                .named(k.as_str().as_bytes())
                 .detail(v as u64, vocab as u64));
             }
         }
         let tied_output = g.tensor("output.weight").is_err();
         Ok(Config {
+            arch,
             n_layers,
             dim,
             n_heads,

@@ -30,7 +30,7 @@
 mod config;
 mod rope;
 
-pub use config::Config;
+pub use config::{Arch, Config, Ffn, RopeStyle, ARCHITECTURES};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
@@ -119,6 +119,13 @@ pub struct Layer<'w> {
     pub w_up: MatRef<'w>,
     /// `blk.N.ffn_down.weight` (dim x ffn_dim)
     pub w_down: MatRef<'w>,
+    /// Architecture extras (see [`Arch`]): per-head QK RMSNorm weights
+    /// `blk.N.attn_q_norm.weight`, `attn_k_norm` (head_dim,)
+    pub qk_norm: Option<(VecRef<'w>, VecRef<'w>)>,
+    /// `blk.N.post_attention_norm.weight`, `post_ffw_norm` (dim,): the sandwich norms
+    pub post_norms: Option<(VecRef<'w>, VecRef<'w>)>,
+    /// `blk.N.attn_q.bias`, `attn_k.bias`, `attn_v.bias` (q_dim,), (kv_dim,), (kv_dim,)
+    pub qkv_bias: Option<[VecRef<'w>; 3]>,
 }
 
 /// Number of adaptable linears per layer.
@@ -178,6 +185,11 @@ pub const LAYER_TENSORS: [&str; 9] = [
 
 /// Format `blk.{i}.{part}.weight` into `buf` without allocating.
 fn layer_tensor_name<'b>(buf: &'b mut [u8; 64], i: usize, part: &str) -> &'b str {
+    layer_tensor_name_kind(buf, i, part, "weight")
+}
+
+/// Format `blk.{i}.{part}.{kind}` into `buf` without allocating.
+fn layer_tensor_name_kind<'b>(buf: &'b mut [u8; 64], i: usize, part: &str, kind: &str) -> &'b str {
     struct W<'b> {
         buf: &'b mut [u8; 64],
         n: usize,
@@ -195,7 +207,7 @@ fn layer_tensor_name<'b>(buf: &'b mut [u8; 64], i: usize, part: &str) -> &'b str
         }
     }
     let mut w = W { buf, n: 0 };
-    let _ = core::fmt::write(&mut w, format_args!("blk.{i}.{part}.weight"));
+    let _ = core::fmt::write(&mut w, format_args!("blk.{i}.{part}.{kind}"));
     let n = w.n;
     core::str::from_utf8(&buf[..n]).unwrap_or("")
 }
@@ -265,6 +277,38 @@ impl<'w, const L: usize> Model<'w, L> {
             )?;
             let ffn_norm =
                 VecRef::from_tensor(&g.tensor(layer_tensor_name(&mut nb, i, "ffn_norm"))?, c.dim)?;
+            let mut vec = |part: &str, kind: &str, len: usize| {
+                VecRef::from_tensor(
+                    &g.tensor(layer_tensor_name_kind(&mut nb, i, part, kind))?,
+                    len,
+                )
+            };
+            let a = &c.arch;
+            let qk_norm = if a.qk_norm {
+                Some((
+                    vec("attn_q_norm", "weight", c.head_dim)?,
+                    vec("attn_k_norm", "weight", c.head_dim)?,
+                ))
+            } else {
+                None
+            };
+            let post_norms = if a.post_norms {
+                Some((
+                    vec("post_attention_norm", "weight", c.dim)?,
+                    vec("post_ffw_norm", "weight", c.dim)?,
+                ))
+            } else {
+                None
+            };
+            let qkv_bias = if a.qkv_bias {
+                Some([
+                    vec("attn_q", "bias", c.q_dim())?,
+                    vec("attn_k", "bias", c.kv_dim())?,
+                    vec("attn_v", "bias", c.kv_dim())?,
+                ])
+            } else {
+                None
+            };
             *slot = Some(Layer {
                 attn_norm,
                 wq,
@@ -275,6 +319,9 @@ impl<'w, const L: usize> Model<'w, L> {
                 w_gate,
                 w_up,
                 w_down,
+                qk_norm,
+                post_norms,
+                qkv_bias,
             });
         }
         Ok(Model {
@@ -437,7 +484,7 @@ impl<'w, const L: usize> Model<'w, L> {
             s.ctx,
         );
         let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let a = &c.arch;
         let (kern, mode) = (s.kernel(), s.mode);
         if n == 0 || n > s.block || pos0 + n > ctx || (!BLOCKED_PREFILL && n != 1) {
             return Err(internal());
@@ -451,12 +498,17 @@ impl<'w, const L: usize> Model<'w, L> {
         let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
         let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
         let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
-        let brope = s.rope.get_mut(..n * rd).ok_or_else(internal)?; //       (n, rope_dims)
-                                                                    // LoRA scratch: T = A X of the block, (n, r). `hb` (ffn_dim,) serves: at ffn_dim >= n r
-                                                                    // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
-                                                                    // A and B are read once per block (`AdapterSet::apply_batch`), above that
-                                                                    // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
-                                                                    // models). `lora_out` (the output width) serves the plain B path.
+                                                                   // Rope tables: (n, rope_dims) for the global base, and a second one for the sliding
+                                                                   // layers' base where the architecture has one.
+        let (brope, brope2) = s.rope.split_at_mut((s.block * rd).min(s.rope.len()));
+        let brope = brope.get_mut(..n * rd).ok_or_else(internal)?; //        (n, rope_dims)
+        let brope2 = brope2.get_mut(..if c.has_second_rope() { n * rd } else { 0 });
+        let brope2 = brope2.ok_or_else(internal)?; //                         (n, rope_dims)
+                                                   // LoRA scratch: T = A X of the block, (n, r). `hb` (ffn_dim,) serves: at ffn_dim >= n r
+                                                   // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
+                                                   // A and B are read once per block (`AdapterSet::apply_batch`), above that
+                                                   // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
+                                                   // models). `lora_out` (the output width) serves the plain B path.
         let lt: &mut [f32] = if s.hb.len() >= s.lora_tmp.len() {
             s.hb
         } else {
@@ -472,9 +524,16 @@ impl<'w, const L: usize> Model<'w, L> {
         // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
         for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
             self.token_embd.dequantize_row(t as usize, xi)?;
+            if a.embed_scale {
+                let k = libm::sqrtf(dim as f32);
+                xi.iter_mut().for_each(|v| *v *= k);
+            }
         }
         for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
             rope_table(ti, pos0 + i, c.rope_base, rd);
+        }
+        for (i, ti) in brope2.chunks_exact_mut(rd).enumerate() {
+            rope_table(ti, pos0 + i, a.rope_base_swa, rd);
         }
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
@@ -498,13 +557,33 @@ impl<'w, const L: usize> Model<'w, L> {
             linear(l, 0, &w.wq, &mut xin, bq); //                                   (n, q_dim)
             linear(l, 1, &w.wk, &mut xin, kc); //                                   (n, kv_dim)
             linear(l, 2, &w.wv, &mut xin, vc); //                                   (n, kv_dim)
+            if let Some([b_q, b_k, b_v]) = w.qkv_bias {
+                for (y, b) in [(&mut *bq, b_q), (&mut *kc, b_k), (&mut *vc, b_v)] {
+                    for yi in y.chunks_exact_mut(b.len().max(1)) {
+                        yi.iter_mut().zip(b.iter()).for_each(|(v, bv)| *v += bv);
+                    }
+                }
+            }
+            if let Some((qn, kn)) = w.qk_norm {
+                // Per-head RMSNorm of q and k, before rope.
+                bq.chunks_exact_mut(hd)
+                    .for_each(|h| rmsnorm_inplace(h, qn, c.rms_eps));
+                kc.chunks_exact_mut(hd)
+                    .for_each(|h| rmsnorm_inplace(h, kn, c.rms_eps));
+            }
+            let swa = a.is_swa(l);
+            let table: &[f32] = if swa && c.has_second_rope() {
+                brope2
+            } else {
+                brope
+            };
             for ((qi, ki), ti) in bq
                 .chunks_exact_mut(qd)
                 .zip(kc.chunks_exact_mut(kv_dim))
-                .zip(brope.chunks_exact(rd))
+                .zip(table.chunks_exact(rd))
             {
-                rope(qi, hd, ti);
-                rope(ki, hd, ti);
+                rope_heads(qi, hd, ti, a.rope);
+                rope_heads(ki, hd, ti, a.rope);
             }
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
@@ -513,33 +592,57 @@ impl<'w, const L: usize> Model<'w, L> {
                 .enumerate()
             {
                 let pos = pos0 + i;
+                // A sliding layer sees the last `swa_window` positions (itself included).
+                let first = if swa {
+                    (pos + 1).saturating_sub(a.swa_window)
+                } else {
+                    0
+                };
                 let layer_k = s
                     .k_cache
-                    .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                    .get((l * ctx + first) * kv_dim..(l * ctx + pos + 1) * kv_dim)
                     .ok_or_else(internal)?;
                 let layer_v = s
                     .v_cache
-                    .get(l * ctx * kv_dim..(l * ctx + pos + 1) * kv_dim)
+                    .get((l * ctx + first) * kv_dim..(l * ctx + pos + 1) * kv_dim)
                     .ok_or_else(internal)?;
-                let att = s.att.get_mut(..pos + 1).ok_or_else(internal)?; //      (pos+1,)
-                attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale);
+                let att = s.att.get_mut(..pos + 1 - first).ok_or_else(internal)?; // (span,)
+                let (scale, cap) = (a.q_scale, a.attn_softcap);
+                attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale, cap);
             }
             let mut ain = Acts::new(batt, n, s.bqs, kern, mode);
             linear(l, 3, &w.wo, &mut ain, bxb); //                                  (n, dim)
+            if let Some((post_attn, _)) = w.post_norms {
+                bxb.chunks_exact_mut(dim)
+                    .for_each(|o| rmsnorm_inplace(o, post_attn, c.rms_eps));
+            }
             add(bx, bxb);
 
-            // Feed-forward (SwiGLU).
+            // Feed-forward (SwiGLU or GeGLU).
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
                 rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
             }
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
-            for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
-                *g = silu(*g) * u;
+            match a.ffn {
+                Ffn::SwiGlu => {
+                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
+                        *g = silu(*g) * u;
+                    }
+                }
+                Ffn::GeGluTanh => {
+                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
+                        *g = gelu_tanh(*g) * u;
+                    }
+                }
             }
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
             linear(l, 6, &w.w_down, &mut hin, bxb); //                              (n, dim)
+            if let Some((_, post_ffn)) = w.post_norms {
+                bxb.chunks_exact_mut(dim)
+                    .for_each(|o| rmsnorm_inplace(o, post_ffn, c.rms_eps));
+            }
             add(bx, bxb);
         }
         s.filled = pos0 + n;
@@ -550,8 +653,12 @@ impl<'w, const L: usize> Model<'w, L> {
             let xb = bxb.get_mut(..dim).ok_or_else(internal)?; //                (dim,)
             rmsnorm(xb, x, self.output_norm, c.rms_eps);
             let mut oin = Input::new(xb, s.bqs, kern, mode);
-            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits);
-            // (vocab,)
+            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
+            if a.final_softcap > 0.0 {
+                s.logits
+                    .iter_mut()
+                    .for_each(|v| *v = softcap(*v, a.final_softcap));
+            }
         }
         Ok(())
     }
@@ -687,11 +794,17 @@ fn attend(
     kv_dim: usize,
     group: usize,
     scale: f32,
+    cap: f32,
 ) {
     for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kvo = (h / group) * hd;
         for (a, kt) in att.iter_mut().zip(k.chunks_exact(kv_dim)) {
             *a = dot(qh, &kt[kvo..kvo + hd]) * scale;
+        }
+        if cap > 0.0 {
+            for a in att.iter_mut() {
+                *a = softcap(*a, cap);
+            }
         }
         softmax(att);
         out.fill(0.0);
@@ -701,6 +814,27 @@ fn attend(
             }
         }
     }
+}
+
+/// `x = x / rms(x) * w`, in place.
+fn rmsnorm_inplace(x: &mut [f32], w: VecRef<'_>, eps: f32) {
+    let n = x.len().max(1) as f32;
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let inv = 1.0 / libm::sqrtf(ss + eps);
+    for (v, wi) in x.iter_mut().zip(w.iter()) {
+        *v = *v * inv * wi;
+    }
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))
+}
+
+/// `c tanh(x / c)`.
+fn softcap(x: f32, c: f32) -> f32 {
+    c * libm::tanhf(x / c)
 }
 
 /// `out = x / rms(x) * w`.
@@ -744,6 +878,28 @@ pub fn softmax(x: &mut [f32]) {
 }
 
 /// Rotate adjacent pairs of every head in `x` (heads of `head_dim`) by the table.
+/// Rotate each head of `x` by `table`, pairing dimensions as `style` says.
+fn rope_heads(x: &mut [f32], head_dim: usize, table: &[f32], style: RopeStyle) {
+    match style {
+        RopeStyle::Normal => rope(x, head_dim, table),
+        RopeStyle::Neox => rope_neox(x, head_dim, table),
+    }
+}
+
+/// NEOX pairing: dimension `i` with `i + rope_dims / 2`.
+fn rope_neox(x: &mut [f32], head_dim: usize, table: &[f32]) {
+    let half = table.len() / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head.split_at_mut(half.min(head_dim / 2));
+        for ((a, b), cs) in lo.iter_mut().zip(hi.iter_mut()).zip(table.chunks_exact(2)) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * cs[0] - x1 * cs[1];
+            *b = x0 * cs[1] + x1 * cs[0];
+        }
+    }
+}
+
+/// Adjacent pairing: dimensions `(2i, 2i + 1)`.
 fn rope(x: &mut [f32], head_dim: usize, table: &[f32]) {
     for head in x.chunks_exact_mut(head_dim) {
         for (pair, cs) in head.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
@@ -797,21 +953,22 @@ impl<'s> State<'s> {
         let blk = Self::block_for(ctx);
         let act_qb = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim).checked_mul(blk)?);
         let parts = [
-            cfg.ffn_dim,                               // hb: LoRA T = A X
-            ctx,                                       // att (one head at a time)
-            blk.checked_mul(cfg.rope_dims)?,           // rope (cos, sin) pairs per block position
-            MAX_RANK,                                  // LoRA A x
+            cfg.ffn_dim, // hb: LoRA T = A X
+            ctx,         // att (one head at a time)
+            blk.checked_mul(cfg.rope_dims)?
+                .checked_mul(1 + cfg.has_second_rope() as usize)?, // rope tables
+            MAX_RANK,    // LoRA A x
             cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
-            blk.checked_mul(cfg.dim)?,                 // bx: prefill block residuals (block, dim)
-            blk.checked_mul(cfg.dim)?,                 // bxb (block, dim)
-            blk.checked_mul(cfg.q_dim())?,             // bq (block, q_dim)
-            blk.checked_mul(cfg.q_dim())?,             // batt (block, q_dim)
-            blk.checked_mul(cfg.ffn_dim)?,             // bhb (block, ffn_dim)
-            blk.checked_mul(cfg.ffn_dim)?,             // bhb2 (block, ffn_dim)
-            act_qb,    // the block's quantised forms (kernels::Batch)
-            cfg.vocab, // logits
-            kv,        // k cache
-            kv,        // v cache
+            blk.checked_mul(cfg.dim)?, // bx: prefill block residuals (block, dim)
+            blk.checked_mul(cfg.dim)?, // bxb (block, dim)
+            blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
+            blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
+            blk.checked_mul(cfg.ffn_dim)?, // bhb (block, ffn_dim)
+            blk.checked_mul(cfg.ffn_dim)?, // bhb2 (block, ffn_dim)
+            act_qb,      // the block's quantised forms (kernels::Batch)
+            cfg.vocab,   // logits
+            kv,          // k cache
+            kv,          // v cache
         ];
         parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
     }
@@ -863,7 +1020,8 @@ impl<'s> State<'s> {
         let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
         let (att, rest) = rest.split_at_mut(ctx);
         let block = Self::block_for(ctx);
-        let (rope, rest) = rest.split_at_mut(block * cfg.rope_dims);
+        let (rope, rest) =
+            rest.split_at_mut(block * cfg.rope_dims * (1 + cfg.has_second_rope() as usize));
         let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
         let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (bx, rest) = rest.split_at_mut(block * cfg.dim);
