@@ -82,8 +82,9 @@ fn compare<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, refs: &Value) -> Tally {
         if ours == want {
             t.ids_special += 1;
         } else {
-            t.failures
-                .push(format!("special {text:?}: ours {ours:?} llama.cpp {want:?}"));
+            t.failures.push(format!(
+                "special {text:?}: ours {ours:?} llama.cpp {want:?}"
+            ));
         }
         let plain = enc(tok, text, false);
         if plain == want_plain {
@@ -200,7 +201,13 @@ fn synthetic_gemma_layout_matches_llama_cpp() {
     let g = Gguf::parse(&bytes).unwrap();
     let tok = Tokenizer::new_owned(&g).unwrap();
     let refs = json("tiny_gemma_spm_refs.json");
-    assert_eq!(tok.vocab_size() as u64, refs["vocab_size"].as_u64().unwrap());
+    assert_eq!(
+        tok.vocab_size() as u64,
+        refs["vocab_size"].as_u64().unwrap()
+    );
     check_gemma_settings(&tok, &refs);
-    report("synthetic Gemma-layout SPM vs llama.cpp", &compare(&tok, &refs));
+    report(
+        "synthetic Gemma-layout SPM vs llama.cpp",
+        &compare(&tok, &refs),
+    );
 }
