@@ -1,22 +1,29 @@
-//! ChatML prompt rendering (SmolLM2-Instruct, Qwen, and other `<|im_start|>` models).
+//! Built-in chat prompt formats: ChatML, Gemma and Llama 3.
 //!
-//! There is no Jinja engine here: the template text in `tokenizer.chat_template` is only
-//! inspected to recognise ChatML and to find its default system message. The output is exactly
-//! what SmolLM2-Instruct's template produces:
+//! There is no Jinja engine here (the host CLI renders `tokenizer.chat_template` with
+//! `minijinja` when a file has one). The core recognises a format from the template text, or,
+//! for files without a template, from metadata (architecture, special tokens present,
+//! `tokenizer.ggml.pre`), and renders it exactly as llama.cpp's built-in format of the same name
+//! (`llama_chat_apply_template` with `chatml` / `gemma` / `llama3`; checked against it in
+//! `tests/tests/chat_formats.rs`):
 //!
 //! ```text
-//! {% for message in messages %}
-//!   {% if loop.first and messages[0]['role'] != 'system' %}
-//!     {{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}
-//!   {% endif %}
-//!   {{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}
-//! {% endfor %}
-//! {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}
+//! ChatML   <|im_start|>{role}\n{content}<|im_end|>\n ...              <|im_start|>assistant\n
+//! Gemma    <start_of_turn>{user|model}\n{content}<end_of_turn>\n ...  <start_of_turn>model\n
+//! Llama 3  <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> ...
+//!                                              <|start_header_id|>assistant<|end_header_id|>\n\n
 //! ```
 //!
-//! Contents are copied verbatim (no trimming); an empty conversation renders only the
-//! generation prompt. Templates that add tool calls or trim contents (Qwen2.5's) are ChatML too
-//! but those extras are not reproduced.
+//! - ChatML copies contents verbatim (no trimming) and may insert a default system turn, read
+//!   from the template's literal text as SmolLM2-Instruct's template does:
+//!   `{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...' }}`.
+//! - Gemma has no system role: system contents (trimmed) open the next user turn, followed by a
+//!   blank line; `assistant` is spelled `model`; contents are trimmed (Jinja's `trim`).
+//! - Llama 3 trims contents and keeps role names.
+//!
+//! None of them writes the BOS token: the caller adds it as an id when the vocabulary asks for
+//! it (`tokenizer.ggml.add_bos_token`), which is what the Gemma and Llama 3 templates'
+//! leading `{{ bos_token }}` stands for.
 
 use core::fmt;
 
@@ -42,9 +49,50 @@ impl<'m> ChatMessage<'m> {
     }
 }
 
-/// A recognised chat format: ChatML, with an optional default system message.
+/// The prompt formats the core renders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// `<|im_start|>role ... <|im_end|>` (SmolLM2, Qwen, Hermes).
+    ChatMl,
+    /// `<start_of_turn>user ... <end_of_turn>` (Gemma 1-3).
+    Gemma,
+    /// `<|start_header_id|>role<|end_header_id|> ... <|eot_id|>` (Llama 3.x).
+    Llama3,
+}
+
+impl ChatFormat {
+    /// The format a template's text belongs to, by the markers it writes.
+    pub fn detect(template: &str) -> Option<ChatFormat> {
+        if template.contains("<|im_start|>") {
+            Some(ChatFormat::ChatMl)
+        } else if template.contains("<start_of_turn>") {
+            Some(ChatFormat::Gemma)
+        } else if template.contains("<|start_header_id|>") {
+            Some(ChatFormat::Llama3)
+        } else {
+            None
+        }
+    }
+
+    /// llama.cpp's name for the built-in format.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ChatFormat::ChatMl => "chatml",
+            ChatFormat::Gemma => "gemma",
+            ChatFormat::Llama3 => "llama3",
+        }
+    }
+}
+
+/// Architectures whose instruction-tuned models use the Gemma format.
+const GEMMA_ARCHS: [&str; 4] = ["gemma", "gemma2", "gemma3", "gemma3n"];
+/// `tokenizer.ggml.pre` values of Llama 3 vocabularies.
+const LLAMA3_PRES: [&str; 2] = ["llama3", "llama-bpe"];
+
+/// A recognised chat format, with ChatML's optional default system message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChatTemplate<'a> {
+    format: ChatFormat,
     default_system: Option<&'a str>,
 }
 
@@ -52,35 +100,85 @@ impl<'a> ChatTemplate<'a> {
     /// ChatML; `default_system` is inserted as a system turn when the first message of a
     /// non-empty conversation is not a system message.
     pub const fn chatml(default_system: Option<&'a str>) -> Self {
-        ChatTemplate { default_system }
+        ChatTemplate {
+            format: ChatFormat::ChatMl,
+            default_system,
+        }
     }
 
-    /// Recognise ChatML in a Jinja template (it contains `<|im_start|>`), and its default system
-    /// message: the literal text of an `<|im_start|>system\n...<|im_end|>` string in a template
-    /// that tests whether the first message is a system message. `None` for other formats.
-    pub fn detect(template: &'a str) -> Option<Self> {
-        if !template.contains("<|im_start|>") {
-            return None;
+    /// A built-in format with no default system message.
+    pub const fn builtin(format: ChatFormat) -> Self {
+        ChatTemplate {
+            format,
+            default_system: None,
         }
+    }
+
+    /// Recognise a Jinja template by the markers it writes (see [`ChatFormat::detect`]); for
+    /// ChatML also its default system message: the literal text of an
+    /// `<|im_start|>system\n...<|im_end|>` string in a template that tests whether the first
+    /// message is a system message. `None` for other formats.
+    pub fn detect(template: &'a str) -> Option<Self> {
+        let format = ChatFormat::detect(template)?;
         Some(ChatTemplate {
-            default_system: default_system(template),
+            format,
+            default_system: match format {
+                ChatFormat::ChatMl => default_system(template),
+                _ => None,
+            },
         })
     }
 
-    /// Read and recognise `tokenizer.chat_template`: `Ok(None)` when it is absent or not ChatML.
+    /// Read and recognise `tokenizer.chat_template`: `Ok(None)` when it is absent or in no
+    /// built-in format.
     ///
     /// # Errors
     /// [`ErrorKind::WrongType`] if the key is not a string, [`ErrorKind::InvalidUtf8`] if it is
     /// not UTF-8.
     pub fn from_gguf(gguf: &Gguf<'a>) -> Result<Option<Self>> {
-        match gguf.get(CHAT_TEMPLATE_KEY) {
-            None => Ok(None),
-            Some(Value::Str(_)) => Ok(Self::detect(gguf.get_str(CHAT_TEMPLATE_KEY)?)),
-            Some(_) => Err(
-                Error::new(ErrorKind::WrongType, "chat template must be a string")
-                    .named(CHAT_TEMPLATE_KEY.as_bytes()),
-            ),
+        Ok(template_text(gguf)?.and_then(Self::detect))
+    }
+
+    /// The format for a model: its template's, if it has one in a built-in format; otherwise
+    /// chosen from metadata, in this order: a Gemma architecture (`general.architecture` =
+    /// `gemma*`) or a `<start_of_turn>` token gives Gemma; a `<|start_header_id|>` token or
+    /// `tokenizer.ggml.pre` = `llama3`/`llama-bpe` gives Llama 3; an `<|im_start|>` token gives
+    /// ChatML. `has_token` says whether the vocabulary has a token with that text (for
+    /// example [`Tokenizer::token_id`](super::Tokenizer::token_id)`(t).is_some()`). `Ok(None)`
+    /// when nothing points to a format: the caller should not guess one.
+    ///
+    /// # Errors
+    /// As [`ChatTemplate::from_gguf`].
+    pub fn for_model(gguf: &Gguf<'a>, has_token: impl Fn(&str) -> bool) -> Result<Option<Self>> {
+        if let Some(t) = Self::from_gguf(gguf)? {
+            return Ok(Some(t));
         }
+        let arch = match gguf.get("general.architecture") {
+            Some(Value::Str(_)) => gguf.get_str("general.architecture").ok(),
+            _ => None,
+        };
+        let pre = match gguf.get(super::PRE_KEY) {
+            Some(Value::Str(_)) => gguf.get_str(super::PRE_KEY).ok(),
+            _ => None,
+        };
+        let format = if arch.is_some_and(|a| GEMMA_ARCHS.contains(&a))
+            || has_token("<start_of_turn>")
+        {
+            ChatFormat::Gemma
+        } else if has_token("<|start_header_id|>") || pre.is_some_and(|p| LLAMA3_PRES.contains(&p))
+        {
+            ChatFormat::Llama3
+        } else if has_token("<|im_start|>") {
+            ChatFormat::ChatMl
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Self::builtin(format)))
+    }
+
+    /// The format.
+    pub const fn format(&self) -> ChatFormat {
+        self.format
     }
 
     /// The default system message, if the template has one.
@@ -149,6 +247,19 @@ impl<'a> ChatTemplate<'a> {
         add_generation_prompt: bool,
         put: &mut dyn FnMut(&str) -> fmt::Result,
     ) -> fmt::Result {
+        match self.format {
+            ChatFormat::ChatMl => self.chatml_parts(messages, add_generation_prompt, put),
+            ChatFormat::Gemma => gemma_parts(messages, add_generation_prompt, put),
+            ChatFormat::Llama3 => llama3_parts(messages, add_generation_prompt, put),
+        }
+    }
+
+    fn chatml_parts(
+        &self,
+        messages: &[ChatMessage<'_>],
+        add_generation_prompt: bool,
+        put: &mut dyn FnMut(&str) -> fmt::Result,
+    ) -> fmt::Result {
         for (i, m) in messages.iter().enumerate() {
             if i == 0 && m.role != "system" {
                 if let Some(sys) = self.default_system {
@@ -168,6 +279,81 @@ impl<'a> ChatTemplate<'a> {
         }
         Ok(())
     }
+}
+
+/// The template text, if the file has one.
+fn template_text<'a>(gguf: &Gguf<'a>) -> Result<Option<&'a str>> {
+    match gguf.get(CHAT_TEMPLATE_KEY) {
+        None => Ok(None),
+        Some(Value::Str(_)) => Ok(Some(gguf.get_str(CHAT_TEMPLATE_KEY)?)),
+        Some(_) => Err(
+            Error::new(ErrorKind::WrongType, "chat template must be a string")
+                .named(CHAT_TEMPLATE_KEY.as_bytes()),
+        ),
+    }
+}
+
+/// Gemma: system turns become a prefix of the next non-model turn (each trimmed, concatenated,
+/// then a blank line), as llama.cpp's `gemma` format does.
+fn gemma_parts(
+    messages: &[ChatMessage<'_>],
+    add_generation_prompt: bool,
+    put: &mut dyn FnMut(&str) -> fmt::Result,
+) -> fmt::Result {
+    // System messages waiting to be written: indexes `sys_from..i` that are system turns.
+    let mut sys_from: Option<usize> = None;
+    for (i, m) in messages.iter().enumerate() {
+        if m.role == "system" {
+            sys_from.get_or_insert(i);
+            continue;
+        }
+        let role = if m.role == "assistant" {
+            "model"
+        } else {
+            m.role
+        };
+        put("<start_of_turn>")?;
+        put(role)?;
+        put("\n")?;
+        if role != "model" {
+            if let Some(from) = sys_from.take() {
+                let mut any = false;
+                for s in messages[from..i].iter().filter(|s| s.role == "system") {
+                    let t = s.content.trim();
+                    any |= !t.is_empty();
+                    put(t)?;
+                }
+                if any {
+                    put("\n\n")?;
+                }
+            }
+        }
+        put(m.content.trim())?;
+        put("<end_of_turn>\n")?;
+    }
+    if add_generation_prompt {
+        put("<start_of_turn>model\n")?;
+    }
+    Ok(())
+}
+
+/// Llama 3: every turn under a header, contents trimmed.
+fn llama3_parts(
+    messages: &[ChatMessage<'_>],
+    add_generation_prompt: bool,
+    put: &mut dyn FnMut(&str) -> fmt::Result,
+) -> fmt::Result {
+    for m in messages {
+        put("<|start_header_id|>")?;
+        put(m.role)?;
+        put("<|end_header_id|>\n\n")?;
+        put(m.content.trim())?;
+        put("<|eot_id|>")?;
+    }
+    if add_generation_prompt {
+        put("<|start_header_id|>assistant<|end_header_id|>\n\n")?;
+    }
+    Ok(())
 }
 
 /// The literal default system message of a ChatML template, if it has one we can read as-is.
@@ -211,6 +397,7 @@ mod tests {
     #[test]
     fn detects_smollm2_default_system() {
         let t = ChatTemplate::detect(SMOLLM2).unwrap();
+        assert_eq!(t.format(), ChatFormat::ChatMl);
         assert_eq!(
             t.default_system(),
             Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
@@ -247,5 +434,53 @@ mod tests {
         s.clear();
         t.render(&[], true, &mut s).unwrap();
         assert_eq!(s, "<|im_start|>assistant\n");
+    }
+
+    fn render(t: ChatTemplate<'_>, msgs: &[ChatMessage<'_>], gen: bool) -> String {
+        let mut s = String::new();
+        t.render(msgs, gen, &mut s).unwrap();
+        assert_eq!(t.rendered_len(msgs, gen), s.len());
+        s
+    }
+
+    #[test]
+    fn gemma_format() {
+        let t = ChatTemplate::builtin(ChatFormat::Gemma);
+        let msgs = [
+            ChatMessage::new("system", " Be brief. "),
+            ChatMessage::new("user", " hi\n"),
+            ChatMessage::new("assistant", "Hello!"),
+            ChatMessage::new("user", "2+2?"),
+        ];
+        assert_eq!(
+            render(t, &msgs, true),
+            "<start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(
+            render(t, &msgs[1..2], false),
+            "<start_of_turn>user\nhi<end_of_turn>\n"
+        );
+        assert_eq!(render(t, &[], true), "<start_of_turn>model\n");
+        assert_eq!(
+            ChatTemplate::detect("{{ bos_token }}{{ '<start_of_turn>' + role }}"),
+            Some(t)
+        );
+    }
+
+    #[test]
+    fn llama3_format() {
+        let t = ChatTemplate::builtin(ChatFormat::Llama3);
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", " hi "),
+        ];
+        assert_eq!(
+            render(t, &msgs, true),
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            ChatTemplate::detect("{{ '<|start_header_id|>' + m.role }}").map(|t| t.format()),
+            Some(ChatFormat::Llama3)
+        );
     }
 }

@@ -49,7 +49,7 @@ mod pretok;
 mod unicode;
 mod unicode_tables;
 
-pub use chat::{ChatMessage, ChatTemplate, CHAT_TEMPLATE_KEY};
+pub use chat::{ChatFormat, ChatMessage, ChatTemplate, CHAT_TEMPLATE_KEY};
 pub use decoder::Decoder;
 pub use pretok::PreTokenizer;
 

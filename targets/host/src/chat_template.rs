@@ -1,0 +1,218 @@
+//! Chat prompts on the host: the file's own `tokenizer.chat_template` rendered with minijinja
+//! when it has one, else the core's built-in format for the model (ChatML, Gemma, Llama 3,
+//! chosen from metadata), else no chat at all rather than a guess.
+//!
+//! The Jinja environment is set up as `transformers`' `apply_chat_template` sets up jinja2:
+//! `trim_blocks`, `lstrip_blocks`, a `raise_exception(msg)` function, `bos_token` / `eos_token`
+//! as text, and Python's string methods (`.strip()`, `.startswith()`, ...) through
+//! minijinja-contrib's `pycompat`. The test below renders the same templates and conversations
+//! as jinja2 did for `tests/fixtures/tokenizer/chat_refs.json`.
+
+use anyhow::{anyhow, Result};
+use edgelora::tokenizer::{ChatFormat, ChatMessage, ChatTemplate};
+use minijinja::{context, Environment, Value};
+
+/// How a model's chat prompts are made.
+pub enum ChatRenderer<'a> {
+    /// The file's Jinja template.
+    Jinja {
+        env: Box<Environment<'a>>,
+        bos: String,
+        eos: String,
+        /// The built-in format the template looks like, if any (for messages only).
+        looks_like: Option<ChatFormat>,
+    },
+    /// A built-in format.
+    Builtin(ChatTemplate<'a>),
+    /// Neither: chat is refused with this explanation.
+    None,
+}
+
+const NAME: &str = "chat_template";
+
+/// A Jinja environment configured as `transformers` configures jinja2 for chat templates.
+fn environment<'a>(template: &'a str) -> Result<Environment<'a>, minijinja::Error> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()?,
+    );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template(NAME, template)?;
+    Ok(env)
+}
+
+impl<'a> ChatRenderer<'a> {
+    /// From the template text (if any), the built-in format the core picked for the model,
+    /// and the texts of the BOS/EOS tokens.
+    pub fn new(
+        template: Option<&'a str>,
+        builtin: Option<ChatTemplate<'a>>,
+        bos: String,
+        eos: String,
+    ) -> Self {
+        if let Some(t) = template {
+            match environment(t) {
+                Ok(env) => {
+                    return ChatRenderer::Jinja {
+                        env: Box::new(env),
+                        bos,
+                        eos,
+                        looks_like: ChatFormat::detect(t),
+                    }
+                }
+                Err(e) => eprintln!(
+                    "warning: the model's chat template does not compile ({e}); using the built-in format"
+                ),
+            }
+        }
+        match builtin {
+            Some(b) => ChatRenderer::Builtin(b),
+            None => ChatRenderer::None,
+        }
+    }
+
+    /// One line for the user: which format renders prompts.
+    pub fn describe(&self) -> String {
+        match self {
+            ChatRenderer::Jinja { looks_like, .. } => format!(
+                "the model's own chat template (minijinja){}",
+                looks_like
+                    .map(|f| format!(", {} style", f.name()))
+                    .unwrap_or_default()
+            ),
+            ChatRenderer::Builtin(t) => format!(
+                "built-in {} format (the file has no chat template)",
+                t.format().name()
+            ),
+            ChatRenderer::None => "none".into(),
+        }
+    }
+
+    /// Render a conversation, with the opening of the assistant's turn when
+    /// `add_generation_prompt`.
+    pub fn render(&self, msgs: &[ChatMessage<'_>], add_generation_prompt: bool) -> Result<String> {
+        match self {
+            ChatRenderer::Jinja { env, bos, eos, .. } => {
+                let messages: Value = msgs
+                    .iter()
+                    .map(|m| context! { role => m.role, content => m.content })
+                    .collect();
+                let t = env.get_template(NAME)?;
+                t.render(context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos,
+                    eos_token => eos,
+                })
+                .map_err(|e| anyhow!("rendering the model's chat template: {e:#}"))
+            }
+            ChatRenderer::Builtin(t) => {
+                let mut s = String::new();
+                t.render(msgs, add_generation_prompt, &mut s)?;
+                Ok(s)
+            }
+            ChatRenderer::None => Err(anyhow!(
+                "this model has no chat template and nothing in its metadata points to a known \
+                 chat format (ChatML, Gemma, Llama 3); use `generate` without --chat for plain \
+                 text"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value as J;
+
+    fn refs() -> J {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/tokenizer/chat_refs.json"
+        );
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    fn msgs(v: &J) -> Vec<ChatMessage<'_>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// minijinja renders each template as jinja2 with transformers' settings did, and raises
+    /// where it raised.
+    #[test]
+    fn jinja_matches_jinja2() {
+        let refs = refs();
+        let mut n = 0;
+        for r in refs["jinja"].as_array().unwrap() {
+            let name = r["template"].as_str().unwrap();
+            let text = refs["templates"][name].as_str().unwrap();
+            let c = ChatRenderer::new(
+                Some(text),
+                None,
+                r["bos_token"].as_str().unwrap().into(),
+                r["eos_token"].as_str().unwrap().into(),
+            );
+            assert!(matches!(c, ChatRenderer::Jinja { .. }), "{name} compiles");
+            let got = c.render(
+                &msgs(&r["messages"]),
+                r["add_generation_prompt"].as_bool().unwrap(),
+            );
+            match (&got, r.get("text"), r.get("error")) {
+                (Ok(g), Some(want), _) => assert_eq!(g, want.as_str().unwrap(), "{name}"),
+                (Err(e), _, Some(want)) => {
+                    assert!(format!("{e:#}").contains(want.as_str().unwrap()), "{e:#}")
+                }
+                _ => panic!("{name}: got {got:?}, jinja2 {r}"),
+            }
+            n += 1;
+        }
+        assert_eq!(n, 40);
+    }
+
+    /// SmolLM2's template (ChatML with a default system message) renders the same through
+    /// minijinja and through the core's built-in ChatML.
+    #[test]
+    fn smollm2_template_equals_builtin_chatml() {
+        let refs = refs();
+        let text = refs["templates"]["smollm2"].as_str().unwrap();
+        let jinja = ChatRenderer::new(Some(text), None, "<s>".into(), "</s>".into());
+        let builtin = ChatRenderer::Builtin(ChatTemplate::detect(text).unwrap());
+        for r in refs["builtin"].as_array().unwrap() {
+            let m = msgs(&r["messages"]);
+            let gen = r["add_generation_prompt"].as_bool().unwrap();
+            assert_eq!(
+                jinja.render(&m, gen).unwrap(),
+                builtin.render(&m, gen).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn no_format_is_refused_not_guessed() {
+        let c = ChatRenderer::new(None, None, String::new(), String::new());
+        let e = c
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .unwrap_err();
+        assert!(format!("{e}").contains("no chat template"));
+        // A template that does not compile falls back to the built-in format.
+        let b = ChatTemplate::builtin(ChatFormat::Gemma);
+        let c = ChatRenderer::new(Some("{% for %}"), Some(b), String::new(), String::new());
+        assert!(matches!(c, ChatRenderer::Builtin(_)));
+    }
+}
