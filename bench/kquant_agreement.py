@@ -31,7 +31,10 @@ def q_tail(z):
 
 def llamacpp_top5(model, cases):
     n_ctx = max(len(c["tokens"]) for c in cases) + 8
-    llm = Llama(model_path=model, n_ctx=max(n_ctx, 512), n_batch=max(n_ctx, 512), n_ubatch=max(n_ctx, 512), n_threads=1, logits_all=True, verbose=False)
+    # F32 KV cache: llama.cpp defaults to F16, whose rounding alone moves Gemma 3 logits by up
+    # to 7 (median 0.8 of the per-position max) on a 710-token text; edgelora keeps f32.
+    llm = Llama(model_path=model, n_ctx=max(n_ctx, 512), n_batch=max(n_ctx, 512), n_ubatch=max(n_ctx, 512),
+                n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
     out = []
     for case in cases:
         ids = case["tokens"]
