@@ -385,7 +385,22 @@ impl<'w, const L: usize> Model<'w, L> {
         s: &'s mut State<'_>,
         set: &AdapterSet<'_, '_, '_>,
     ) -> Result<&'s [f32]> {
-        self.step(token, pos, s, true, set)?;
+        self.forward_observed(token, pos, s, set, &mut NoObserver)
+    }
+
+    /// [`Model::forward_with`], showing `obs` every named intermediate ([`Observer`]).
+    ///
+    /// # Errors
+    /// As [`Model::forward_with`].
+    pub fn forward_observed<'s>(
+        &self,
+        token: u32,
+        pos: usize,
+        s: &'s mut State<'_>,
+        set: &AdapterSet<'_, '_, '_>,
+        obs: &mut dyn Observer,
+    ) -> Result<&'s [f32]> {
+        self.step(token, pos, s, true, set, obs)?;
         Ok(&*s.logits)
     }
 
@@ -424,6 +439,22 @@ impl<'w, const L: usize> Model<'w, L> {
         s: &'s mut State<'_>,
         set: &AdapterSet<'_, '_, '_>,
     ) -> Result<&'s [f32]> {
+        self.prefill_observed(tokens, start, s, set, &mut NoObserver)
+    }
+
+    /// [`Model::prefill_with`], showing `obs` every named intermediate ([`Observer`]) of each
+    /// block.
+    ///
+    /// # Errors
+    /// As [`Model::prefill_with`].
+    pub fn prefill_observed<'s>(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        s: &'s mut State<'_>,
+        set: &AdapterSet<'_, '_, '_>,
+        obs: &mut dyn Observer,
+    ) -> Result<&'s [f32]> {
         let (last, rest) = tokens
             .split_last()
             .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "empty prompt batch"))?;
@@ -443,15 +474,15 @@ impl<'w, const L: usize> Model<'w, L> {
         if !BLOCKED_PREFILL || s.mode == KernelMode::Reference || s.block == 0 {
             // The oracle path stays a plain loop of single-token steps.
             for (i, &t) in rest.iter().enumerate() {
-                self.step(t, start + i, s, false, set)?;
+                self.step(t, start + i, s, false, set, obs)?;
             }
-            return self.forward_with(*last, start + rest.len(), s, set);
+            return self.forward_observed(*last, start + rest.len(), s, set, obs);
         }
         self.check_state(start, s, set)?;
         let block = s.block;
         let blocks = tokens.len().div_ceil(block);
         for (b, chunk) in tokens.chunks(block).enumerate() {
-            self.block(chunk, start + b * block, s, set, b + 1 == blocks)?;
+            self.block(chunk, start + b * block, s, set, b + 1 == blocks, obs)?;
         }
         Ok(&*s.logits)
     }
@@ -471,6 +502,7 @@ impl<'w, const L: usize> Model<'w, L> {
         s: &mut State<'_>,
         set: &AdapterSet<'_, '_, '_>,
         want_logits: bool,
+        obs: &mut dyn Observer,
     ) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
@@ -535,6 +567,7 @@ impl<'w, const L: usize> Model<'w, L> {
         for (i, ti) in brope2.chunks_exact_mut(rd).enumerate() {
             rope_table(ti, pos0 + i, a.rope_base_swa, rd);
         }
+        obs.tensor("inp_embd", None, pos0, n, bx);
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
                 return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
@@ -543,6 +576,7 @@ impl<'w, const L: usize> Model<'w, L> {
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
                 rmsnorm(o, xi, w.attn_norm, c.rms_eps);
             }
+            obs.tensor("attn_norm", Some(l), pos0, n, bxb);
             let at = (l * ctx + pos0) * kv_dim;
             let kc = s
                 .k_cache
@@ -585,6 +619,9 @@ impl<'w, const L: usize> Model<'w, L> {
                 rope_heads(qi, hd, ti, a.rope);
                 rope_heads(ki, hd, ti, a.rope);
             }
+            obs.tensor("q", Some(l), pos0, n, bq);
+            obs.tensor("k", Some(l), pos0, n, kc);
+            obs.tensor("v", Some(l), pos0, n, vc);
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
                 .chunks_exact(qd)
@@ -610,18 +647,22 @@ impl<'w, const L: usize> Model<'w, L> {
                 let (scale, cap) = (a.q_scale, a.attn_softcap);
                 attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale, cap);
             }
+            obs.tensor("attn_out", Some(l), pos0, n, batt);
             let mut ain = Acts::new(batt, n, s.bqs, kern, mode);
             linear(l, 3, &w.wo, &mut ain, bxb); //                                  (n, dim)
             if let Some((post_attn, _)) = w.post_norms {
                 bxb.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_inplace(o, post_attn, c.rms_eps));
             }
+            obs.tensor("attn_proj", Some(l), pos0, n, bxb);
             add(bx, bxb);
+            obs.tensor("ffn_inp", Some(l), pos0, n, bx);
 
             // Feed-forward (SwiGLU or GeGLU).
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
                 rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
             }
+            obs.tensor("ffn_norm", Some(l), pos0, n, bxb);
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
@@ -637,13 +678,16 @@ impl<'w, const L: usize> Model<'w, L> {
                     }
                 }
             }
+            obs.tensor("ffn_act", Some(l), pos0, n, bhb);
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
             linear(l, 6, &w.w_down, &mut hin, bxb); //                              (n, dim)
             if let Some((_, post_ffn)) = w.post_norms {
                 bxb.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_inplace(o, post_ffn, c.rms_eps));
             }
+            obs.tensor("ffn_out", Some(l), pos0, n, bxb);
             add(bx, bxb);
+            obs.tensor("l_out", Some(l), pos0, n, bx);
         }
         s.filled = pos0 + n;
         s.last = n - 1;
@@ -652,6 +696,7 @@ impl<'w, const L: usize> Model<'w, L> {
             let x = bx.get((n - 1) * dim..n * dim).ok_or_else(internal)?; //   (dim,)
             let xb = bxb.get_mut(..dim).ok_or_else(internal)?; //                (dim,)
             rmsnorm(xb, x, self.output_norm, c.rms_eps);
+            obs.tensor("result_norm", None, pos0 + n - 1, 1, xb);
             let mut oin = Input::new(xb, s.bqs, kern, mode);
             matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
             if a.final_softcap > 0.0 {
@@ -710,11 +755,35 @@ impl<'w, const L: usize> Model<'w, L> {
         s: &mut State<'_>,
         want_logits: bool,
         set: &AdapterSet<'_, '_, '_>,
+        obs: &mut dyn Observer,
     ) -> Result<()> {
         self.check_token(token)?;
         self.check_state(pos, s, set)?;
-        self.block(&[token], pos, s, set, want_logits)
+        self.block(&[token], pos, s, set, want_logits, obs)
     }
+}
+
+/// Named intermediates of the forward pass, for parity traces and debugging (llama.cpp's
+/// `cb(cur, "attn_norm", il)`): tools hook into the one forward body by name instead of
+/// keeping a copy of it. Names, in order, per layer: `attn_norm`, `q`, `k`, `v` (after biases,
+/// QK-norm and rope; `k`/`v` as written to the cache), `attn_out` (before the output
+/// projection), `attn_proj` (after it, and after the post-norm where the architecture has one),
+/// `ffn_inp` (the residual after attention), `ffn_norm`, `ffn_act` (activation times up, before
+/// the down projection), `ffn_out` (after it and its post-norm), `l_out` (the residual after
+/// the layer); and `inp_embd` (after any embedding scale) before the layers, `result_norm`
+/// (last token only) after them.
+pub trait Observer {
+    /// `data` holds `n` rows, one per token of the block (positions `pos0..pos0 + n`), of
+    /// tensor `name` in layer `layer` (`None` outside the layers).
+    fn tensor(&mut self, name: &str, layer: Option<usize>, pos0: usize, n: usize, data: &[f32]);
+}
+
+/// The observer that looks at nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    #[inline]
+    fn tensor(&mut self, _: &str, _: Option<usize>, _: usize, _: usize, _: &[f32]) {}
 }
 
 /// The activations entering a linear: one vector (a decode step: the matvec kernels, each
