@@ -36,9 +36,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
 use crate::kernels::{
-    self, act_scratch_f32s, matmul_input, matvec_input, matvec_input_side, Batch, Input, Kernel,
-    MatRef,
+    self, act_scratch_f32s, matvec_input, matvec_input_side, Input, Kernel, MatRef,
 };
+// Prompt blocks of several tokens (hosts only; see `BLOCKED_PREFILL`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::kernels::{matmul_input, Batch};
 use crate::lora::{AdapterSet, MAX_RANK};
 use crate::quant::GgmlType;
 pub use rope::rope_table;
