@@ -26,8 +26,9 @@ pub mod convert;
 pub mod merge;
 pub mod stream;
 
-/// Largest rank accepted (bounds the scratch the forward pass needs: [`MAX_RANK`] floats).
-pub const MAX_RANK: usize = 256;
+/// Largest rank accepted (bounds the scratch the forward pass needs: [`MAX_RANK`] floats;
+/// defined by the model, which owns that scratch).
+pub use crate::model::MAX_RANK;
 /// Most adapters active at once in an [`AdapterSet`].
 pub const MAX_ACTIVE: usize = 4;
 // Every active adapter's A and B fit one side stream.
@@ -748,4 +749,38 @@ pub fn base_fingerprint(g: &Gguf<'_>) -> u64 {
         eat(&t.data[n.saturating_sub(256)..]);
     }
     h
+}
+
+impl crate::model::Adapters for AdapterSet<'_, '_, '_> {
+    fn apply(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Input<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    ) {
+        AdapterSet::apply(self, layer, linear, x, y, tmp, out_tmp);
+    }
+    fn apply_batch(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Batch<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    ) {
+        AdapterSet::apply_batch(self, layer, linear, x, y, tmp, out_tmp);
+    }
+    fn side(&self, layer: usize, linear: usize) -> Side<'_> {
+        AdapterSet::side(self, layer, linear)
+    }
+    fn head(&self) -> Option<&MatRef<'_>> {
+        AdapterSet::head(self)
+    }
+    fn fits(&self, n_layers: usize) -> bool {
+        self.iter().all(|(a, _)| a.n_layers() == n_layers)
+    }
 }

@@ -36,12 +36,85 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
 use crate::kernels::{
-    self, act_scratch_f32s, matvec_input, matvec_input_side, Input, Kernel, MatRef,
+    self, act_scratch_f32s, matvec_input, matvec_input_side, Batch, Input, Kernel, MatRef, Side,
 };
 // Prompt blocks of several tokens (hosts only; see `BLOCKED_PREFILL`).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use crate::kernels::{matmul_input, Batch};
-use crate::lora::{AdapterSet, MAX_RANK};
+use crate::kernels::matmul_input;
+
+/// Largest LoRA rank the forward pass keeps scratch for (`A x` lives in a fixed `MAX_RANK`-float
+/// slice of the state); adapters of a higher rank are refused at parse time.
+pub const MAX_RANK: usize = 256;
+
+/// What the forward body needs from adapters applied unmerged. The model defines it and
+/// `lora::AdapterSet` implements it, so `model` does not depend on `lora` (modules depend
+/// downward: `lora` binds adapters to a `Model`, the model only calls this).
+pub trait Adapters {
+    /// Add every active adapter's `s B (A x)` for linear `linear` (index in [`LINEAR_NAMES`])
+    /// of layer `layer` to `y`. `tmp` holds at least [`MAX_RANK`] floats, `out_tmp` the output
+    /// width.
+    fn apply(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Input<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    );
+    /// As [`Adapters::apply`] for the vectors of a prompt block; every output bit-identical to
+    /// `apply` of its vector.
+    fn apply_batch(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Batch<'_>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    );
+    /// The bytes `apply` will read for `(layer, linear)`, for the base matvec to prefetch.
+    fn side(&self, layer: usize, linear: usize) -> Side<'_>;
+    /// A replacement output head, if an active adapter has one.
+    fn head(&self) -> Option<&MatRef<'_>>;
+    /// True if every active adapter was bound to a model with `n_layers` layers.
+    fn fits(&self, n_layers: usize) -> bool;
+}
+
+/// No adapters: the base model alone.
+pub struct NoAdapters;
+
+impl Adapters for NoAdapters {
+    fn apply(
+        &self,
+        _: usize,
+        _: usize,
+        _: &mut Input<'_>,
+        _: &mut [f32],
+        _: &mut [f32],
+        _: &mut [f32],
+    ) {
+    }
+    fn apply_batch(
+        &self,
+        _: usize,
+        _: usize,
+        _: &mut Batch<'_>,
+        _: &mut [f32],
+        _: &mut [f32],
+        _: &mut [f32],
+    ) {
+    }
+    fn side(&self, _: usize, _: usize) -> Side<'_> {
+        Side::NONE
+    }
+    fn head(&self) -> Option<&MatRef<'_>> {
+        None
+    }
+    fn fits(&self, _: usize) -> bool {
+        true
+    }
+}
 use crate::quant::GgmlType;
 pub use rope::rope_table;
 
@@ -371,7 +444,7 @@ impl<'w, const L: usize> Model<'w, L> {
     /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache or the state was
     /// sized for another model.
     pub fn forward<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>) -> Result<&'s [f32]> {
-        self.forward_with(token, pos, s, &AdapterSet::EMPTY)
+        self.forward_with(token, pos, s, &NoAdapters)
     }
 
     /// [`Model::forward`] with LoRA adapters applied unmerged: every adapted linear computes
@@ -385,7 +458,7 @@ impl<'w, const L: usize> Model<'w, L> {
         token: u32,
         pos: usize,
         s: &'s mut State<'_>,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
     ) -> Result<&'s [f32]> {
         self.forward_observed(token, pos, s, set, &mut NoObserver)
     }
@@ -399,7 +472,7 @@ impl<'w, const L: usize> Model<'w, L> {
         token: u32,
         pos: usize,
         s: &'s mut State<'_>,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
         obs: &mut dyn Observer,
     ) -> Result<&'s [f32]> {
         self.step(token, pos, s, true, set, obs)?;
@@ -416,7 +489,7 @@ impl<'w, const L: usize> Model<'w, L> {
     /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
     /// layer by layer: every linear is one blocked matmul over the block (each weight read
     /// once per block, not once per token) followed by its adapters' products over the block
-    /// ([`AdapterSet::apply_batch`]: each A and B read once per block, a Q8_0 A against the
+    /// ([`Adapters::apply_batch`]: each A and B read once per block, a Q8_0 A against the
     /// block's own quantised activations), rope, cache writes and causal attention per token.
     /// The batched kernels keep each output's summation order, so the logits equal
     /// [`Model::forward`] run token by token (`tests/tests/prefill.rs`: identical on AVX2 and
@@ -427,7 +500,7 @@ impl<'w, const L: usize> Model<'w, L> {
         start: usize,
         s: &'s mut State<'_>,
     ) -> Result<&'s [f32]> {
-        self.prefill_with(tokens, start, s, &AdapterSet::EMPTY)
+        self.prefill_with(tokens, start, s, &NoAdapters)
     }
 
     /// [`Model::prefill`] with LoRA adapters.
@@ -439,7 +512,7 @@ impl<'w, const L: usize> Model<'w, L> {
         tokens: &[u32],
         start: usize,
         s: &'s mut State<'_>,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
     ) -> Result<&'s [f32]> {
         self.prefill_observed(tokens, start, s, set, &mut NoObserver)
     }
@@ -454,7 +527,7 @@ impl<'w, const L: usize> Model<'w, L> {
         tokens: &[u32],
         start: usize,
         s: &'s mut State<'_>,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
         obs: &mut dyn Observer,
     ) -> Result<&'s [f32]> {
         let (last, rest) = tokens
@@ -502,7 +575,7 @@ impl<'w, const L: usize> Model<'w, L> {
         tokens: &[u32],
         pos0: usize,
         s: &mut State<'_>,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
         want_logits: bool,
         obs: &mut dyn Observer,
     ) -> Result<()> {
@@ -540,7 +613,7 @@ impl<'w, const L: usize> Model<'w, L> {
         let brope2 = brope2.ok_or_else(internal)?; //                         (n, rope_dims)
                                                    // LoRA scratch: T = A X of the block, (n, r). `hb` (ffn_dim,) serves: at ffn_dim >= n r
                                                    // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
-                                                   // A and B are read once per block (`AdapterSet::apply_batch`), above that
+                                                   // A and B are read once per block (`Adapters::apply_batch`), above that
                                                    // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
                                                    // models). `lora_out` (the output width) serves the plain B path.
         let lt: &mut [f32] = if s.hb.len() >= s.lora_tmp.len() {
@@ -720,7 +793,7 @@ impl<'w, const L: usize> Model<'w, L> {
 
     /// Checks shared by `step` and `prefill`: the state fits this model, adapters were bound
     /// to it, and `pos` is inside the context and does not skip past the filled cache.
-    fn check_state(&self, pos: usize, s: &State<'_>, set: &AdapterSet<'_, '_, '_>) -> Result<()> {
+    fn check_state(&self, pos: usize, s: &State<'_>, set: &dyn Adapters) -> Result<()> {
         let c = &self.config;
         if s.cfg != *c {
             return Err(Error::new(
@@ -728,7 +801,7 @@ impl<'w, const L: usize> Model<'w, L> {
                 "state was sized for a different model",
             ));
         }
-        if set.iter().any(|(a, _)| a.n_layers() != c.n_layers) {
+        if !set.fits(c.n_layers) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "adapter was bound to a different model",
@@ -756,7 +829,7 @@ impl<'w, const L: usize> Model<'w, L> {
         pos: usize,
         s: &mut State<'_>,
         want_logits: bool,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
         obs: &mut dyn Observer,
     ) -> Result<()> {
         self.check_token(token)?;
@@ -816,11 +889,11 @@ impl<'a> Acts<'a> {
     }
 
     /// `y = W x + sum_i s_i B_i (A_i x)` for linear `k` of layer `l` (llama.cpp's
-    /// `build_lora_mm`). `lt`, `lo`: LoRA scratch (see [`AdapterSet::apply_batch`]).
+    /// `build_lora_mm`). `lt`, `lo`: LoRA scratch (see [`Adapters::apply_batch`]).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &mut self,
-        set: &AdapterSet<'_, '_, '_>,
+        set: &dyn Adapters,
         l: usize,
         k: usize,
         w: &MatRef<'_>,
