@@ -16,11 +16,17 @@
 //! - `gemma3`: embeddings scaled by `sqrt(dim)`; pre- and post-norms around attention and FFN
 //!   ("sandwich"); GELU-tanh GeGLU; per-head QK RMSNorm; NEOX rope; five sliding-window
 //!   layers (window `gemma3.attention.sliding_window`, rope base 10000) then one global layer
-//!   (rope base `gemma3.rope.freq_base`); query scale `1/sqrt(head_dim)`; tied output; RMSNorm
-//!   weights stored with Gemma's `+1` already added by the converter.
+//!   (rope base `gemma3.rope.freq_base`); query scale `1/sqrt(head_dim)` (`1/sqrt(dim/n_heads)`
+//!   for the 62-layer 27B); tied output; RMSNorm weights stored with Gemma's `+1` already added
+//!   by the converter.
 //! - `gemma2`: as gemma3 without QK-norm, alternating sliding/global layers with one rope base,
-//!   query scale `1/sqrt(query_pre_attn_scalar)` (= head_dim for the 2B/9B), attention
+//!   query scale `1/sqrt(head_dim)` (`1/sqrt(dim/n_heads)` for the 46-layer 27B), attention
 //!   logit soft-cap (`attn_logit_softcapping`, 50) and final logit soft-cap (30).
+//!
+//! Gemma's `query_pre_attn_scalar` has no GGUF key: llama.cpp's converter does not write it and
+//! its loader derives the scale from the model size as above (`f_attention_scale` in
+//! `src/models/gemma2.cpp`, `gemma3.cpp`), so edgelora does the same
+//! (`tests/tests/arch_models.rs` checks a file carrying a stray key against llama.cpp).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::Gguf;
@@ -68,8 +74,13 @@ pub struct Arch {
     pub swa_window: usize,
     /// Rope base of the sliding layers (the global ones use [`Config::rope_base`]).
     pub rope_base_swa: f32,
-    /// Multiplier of q before `q . k` (`1/sqrt(head_dim)` unless the model says otherwise).
+    /// Multiplier of q before `q . k`: `1/sqrt(head_dim)`, or `1/sqrt(dim / n_heads)` for a
+    /// model with [`Arch::wide_q_scale_layers`] layers.
     pub q_scale: f32,
+    /// Layer count of the model size whose q scale is `1/sqrt(dim / n_heads)` (Gemma 27B:
+    /// `query_pre_attn_scalar = dim / n_heads`; llama.cpp recognises it by its layer count).
+    /// 0: none.
+    pub wide_q_scale_layers: usize,
     /// Attention logit soft-cap `c * tanh(s / c)` (0: none).
     pub attn_softcap: f32,
     /// Final logit soft-cap (0: none).
@@ -95,6 +106,7 @@ impl Arch {
             swa_window: 0,
             rope_base_swa: 0.0,
             q_scale: 0.0,
+            wide_q_scale_layers: 0,
             attn_softcap: 0.0,
             final_softcap: 0.0,
         };
@@ -121,6 +133,7 @@ impl Arch {
                 embed_scale: true,
                 swa_period: 6,
                 rope_base_swa: 10000.0,
+                wide_q_scale_layers: 62,
                 ..llama
             },
             "gemma2" => Arch {
@@ -130,6 +143,7 @@ impl Arch {
                 post_norms: true,
                 embed_scale: true,
                 swa_period: 2,
+                wide_q_scale_layers: 46,
                 ..llama
             },
             _ => return None,
@@ -327,17 +341,12 @@ impl Config {
                 None => 0,
             };
         }
-        let mut q_scale = 1.0 / libm::sqrtf(head_dim as f32);
-        if arch.name == "gemma2" {
-            let k = key("attention.query_pre_attn_scalar");
-            if let Some(v) = g.get_u32_opt(k.as_str())? {
-                if v == 0 {
-                    return Err(bad(&k));
-                }
-                q_scale = 1.0 / libm::sqrtf(v as f32);
-            }
-        }
-        arch.q_scale = q_scale;
+        // As llama.cpp's `f_attention_scale` (integer division there too).
+        arch.q_scale = if arch.wide_q_scale_layers == n_layers {
+            1.0 / libm::sqrtf((dim / n_heads) as f32)
+        } else {
+            1.0 / libm::sqrtf(head_dim as f32)
+        };
         // Soft-caps: gemma2 only (llama.cpp's sliding-window gemma3 graph applies none).
         if arch.name == "gemma2" {
             for (suffix, slot) in [
