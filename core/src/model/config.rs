@@ -179,6 +179,8 @@ pub struct Config {
     pub ctx_len: usize,
     /// Rope base frequency (`{arch}.rope.freq_base`, default 10000).
     pub rope_base: f32,
+    /// Multiplier of every rope angle: `1 / rope.scaling.factor` for linear scaling, else 1.
+    pub rope_freq_scale: f32,
     /// Number of leading dims per head that rope rotates (`{arch}.rope.dimension_count`).
     pub rope_dims: usize,
     /// RMSNorm epsilon (`{arch}.attention.layer_norm_rms_epsilon`).
@@ -319,13 +321,29 @@ impl Config {
         if rope_dims == 0 || rope_dims > head_dim || rope_dims % 2 != 0 {
             return Err(bad(&key("rope.dimension_count")));
         }
+        // Rope scaling: `linear` divides every angle by `rope.scaling.factor`; Llama 3.x's
+        // frequency-dependent scaling comes as a `rope_freqs.weight` tensor instead (loaded by
+        // the model), with no scaling type or `none`.
+        let mut rope_freq_scale = 1.0f32;
         let k = key("rope.scaling.type");
         if let Ok(kind) = g.get_str(k.as_str()) {
-            if kind != "none" {
-                return Err(
-                    Error::new(ErrorKind::BadValue, "rope scaling is not supported yet")
-                        .named(k.as_str().as_bytes()),
-                );
+            match kind {
+                "none" => {}
+                "linear" => {
+                    let fk = key("rope.scaling.factor");
+                    let f = g.get_f32(fk.as_str())?;
+                    if !(f.is_finite() && f > 0.0) {
+                        return Err(bad(&fk));
+                    }
+                    rope_freq_scale = 1.0 / f;
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::BadValue,
+                        "rope scaling type not supported (edgelora runs none, linear, and Llama 3's rope_freqs)",
+                    )
+                    .named(k.as_str().as_bytes()))
+                }
             }
         }
         let rms_eps = g.get_f32(key("attention.layer_norm_rms_epsilon").as_str())?;
@@ -392,6 +410,7 @@ impl Config {
             vocab,
             ctx_len,
             rope_base,
+            rope_freq_scale,
             rope_dims,
             rms_eps,
             tied_output,

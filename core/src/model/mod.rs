@@ -116,7 +116,7 @@ impl Adapters for NoAdapters {
     }
 }
 use crate::quant::GgmlType;
-pub use rope::rope_table;
+pub use rope::{rope_table, rope_table_scaled};
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
 /// activations for `min(PREFILL_BLOCK, ctx)` tokens). 16 covers four 4-column blocks of the
@@ -294,6 +294,8 @@ pub struct Model<'w, const L: usize = DEFAULT_MAX_LAYERS> {
     token_embd: MatRef<'w>,
     output_norm: VecRef<'w>,
     output: MatRef<'w>,
+    /// `rope_freqs.weight` (rope_dims / 2,): per-pair rope divisors (Llama 3.x scaling).
+    rope_freqs: Option<VecRef<'w>>,
     layers: [Option<Layer<'w>>; L],
 }
 
@@ -333,6 +335,10 @@ impl<'w, const L: usize> Model<'w, L> {
             mat(g, "output.weight", c.vocab, c.dim)?
         };
         let output_norm = VecRef::from_tensor(&g.tensor("output_norm.weight")?, c.dim)?;
+        let rope_freqs = match g.tensor("rope_freqs.weight") {
+            Ok(t) => Some(VecRef::from_tensor(&t, c.rope_dims / 2)?),
+            Err(_) => None,
+        };
         let mut layers = [None; L];
         let mut nb = [0u8; 64];
         for (i, slot) in layers.iter_mut().enumerate().take(c.n_layers) {
@@ -404,6 +410,7 @@ impl<'w, const L: usize> Model<'w, L> {
             token_embd,
             output_norm,
             output,
+            rope_freqs,
             layers,
         })
     }
@@ -637,7 +644,12 @@ impl<'w, const L: usize> Model<'w, L> {
             }
         }
         for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
-            rope_table(ti, pos0 + i, c.rope_base, rd);
+            if self.rope_freqs.is_none() && c.rope_freq_scale == 1.0 {
+                rope_table(ti, pos0 + i, c.rope_base, rd);
+            } else {
+                let (fs, ff) = (c.rope_freq_scale, self.rope_freqs);
+                rope_table_scaled(ti, pos0 + i, c.rope_base, rd, fs, ff);
+            }
         }
         for (i, ti) in brope2.chunks_exact_mut(rd).enumerate() {
             rope_table(ti, pos0 + i, a.rope_base_swa, rd);

@@ -55,6 +55,37 @@ pub fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
     }
 }
 
+/// [`rope_table`] with rope scaling: pair `i` is rotated by
+/// `freq_scale * pos * base^(-2i / rope_dims) / factors[i]` (llama.cpp's `freq_scale` for
+/// linear scaling, and the per-pair `rope_freqs.weight` factors that Llama 3.x files carry for
+/// their frequency-dependent scaling). With `freq_scale == 1` and no factors it is
+/// [`rope_table`] bit for bit.
+pub fn rope_table_scaled(
+    table: &mut [f32],
+    pos: usize,
+    base: f32,
+    rope_dims: usize,
+    freq_scale: f32,
+    factors: Option<super::VecRef<'_>>,
+) {
+    let log2_base = log2_q32(base);
+    let p = pos as f32;
+    let mut ff = factors.into_iter().flat_map(|f| f.iter());
+    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
+        let mut inv = inv_freq(log2_base, i, rope_dims);
+        if let Some(f) = ff.next() {
+            inv /= f;
+        }
+        let mut angle = p * inv;
+        if freq_scale != 1.0 {
+            angle *= freq_scale;
+        }
+        let (sin, cos) = sin_cos(angle);
+        cs[0] = cos;
+        cs[1] = sin;
+    }
+}
+
 /// `1 / base^((2i) / d)` rounded as Hugging Face does: the exponent is an f32 division, the
 /// power is rounded to f32 before the reciprocal. `log2_base` is `log2(base)` in Q32.
 fn inv_freq(log2_base: u64, i: usize, rope_dims: usize) -> f32 {
