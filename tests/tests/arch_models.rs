@@ -9,6 +9,15 @@
 //! sequences of 32 tokens per model (top-16 per position, the full vector at the last one)
 //! (`fixtures/arch/gen_arch_models.py`; CI has no llama.cpp, so both are committed).
 //!
+//! Rope scaling, the same way: `tiny-llama-linear.gguf` (`llama.rope.scaling.type = linear`,
+//! factor 4) and `tiny-llama3-freqs.gguf` (rope base 500000 and a `rope_freqs.weight` of the
+//! per-pair divisors llama.cpp's converter computes for Llama 3.1's scaling: factor 8, low/high
+//! frequency factors 1/4, original context 8192, here `[1, 1, 1, 1, 2.69453, 8, 8, 8]`), with
+//! llama.cpp's logits for 3 sequences of 64 tokens each in `llamacpp_rope_logits.json`. They
+//! go through every check below, and [`rope_scaling_changes_the_logits`] shows that the
+//! scaling is what they test: the same bytes with the scaling key or tensor renamed away
+//! miss llama.cpp's logits by far more than the bound.
+//!
 //! What is checked, per architecture:
 //! - the file's settings are read (window, rope bases, caps, q scale);
 //! - the reference path, and the fast path once per kernel table, give llama.cpp's logits
@@ -33,7 +42,8 @@ use edgelora::model::{state_buffer, Model, State};
 use edgelora::Gguf;
 use serde_json::Value;
 
-const CTX: usize = 32;
+/// Longest fixture sequence (the rope scaling ones; the others have 32 tokens).
+const CTX: usize = 64;
 
 struct Case {
     name: String,
@@ -46,6 +56,8 @@ struct Case {
 
 struct Fixture {
     arch: String,
+    /// The file name without `tiny-` and `.gguf` (`llama`, `llama-linear`, ...).
+    name: String,
     file: String,
     cases: Vec<Case>,
 }
@@ -58,14 +70,29 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// Every model: one per architecture, then the rope scaling ones.
 fn fixtures() -> Vec<Fixture> {
-    let v: Value = serde_json::from_slice(&common::fixture("arch/llamacpp_logits.json")).unwrap();
+    let mut all = fixtures_in("arch/llamacpp_logits.json");
+    all.extend(rope_fixtures());
+    all
+}
+
+fn rope_fixtures() -> Vec<Fixture> {
+    fixtures_in("arch/llamacpp_rope_logits.json")
+}
+
+fn fixtures_in(json: &str) -> Vec<Fixture> {
+    let v: Value = serde_json::from_slice(&common::fixture(json)).unwrap();
     let arr = |x: &Value| -> Vec<Value> { x.as_array().unwrap().clone() };
     arr(&v["models"])
         .iter()
         .map(|m| Fixture {
             arch: m["arch"].as_str().unwrap().to_string(),
             file: m["file"].as_str().unwrap().to_string(),
+            name: (m["file"].as_str().unwrap())
+                .trim_start_matches("tiny-")
+                .trim_end_matches(".gguf")
+                .to_string(),
             cases: arr(&m["cases"])
                 .iter()
                 .map(|c| Case {
@@ -187,14 +214,14 @@ fn run_path(model: &Model<'_>, cases: &[Case], path: Option<&'static Kernel>, b:
     t
 }
 
-fn check(arch: &str, what: &str, t: &Tally, b: f64) {
+fn check(arch: &str, what: &str, t: &Tally, b: f64, positions: usize) {
     println!(
         "{arch} {what}: max |dlogit|/rms {:.2e} on top-16, {:.2e} on the full vocabulary at the \
          last positions (bound {b:.2e}); top-1 {}/{}; smallest llama.cpp top-2 margin {:.1e} \
          rms ({} positions within twice the bound)",
         t.max_rel_top, t.max_rel_full, t.top1, t.n, t.min_margin, t.near_ties
     );
-    assert_eq!(t.n, 4 * 32, "[{arch} {what}] positions");
+    assert_eq!(t.n, positions, "[{arch} {what}] positions");
     assert!(
         t.max_rel_top < b && t.max_rel_full < b,
         "[{arch} {what}] logits differ from llama.cpp by {:.2e} (top-16) / {:.2e} (full) of \
@@ -218,6 +245,17 @@ fn each_file_reads_its_architecture_settings() {
         let c = model.config();
         let a = &c.arch;
         assert_eq!(a.name, f.arch);
+        let (base, scale) = match f.name.as_str() {
+            "llama-linear" => (10000.0, 0.25),
+            "llama3-freqs" => (500000.0, 1.0),
+            _ => (c.rope_base, 1.0),
+        };
+        assert_eq!(
+            (c.rope_base, c.rope_freq_scale),
+            (base, scale),
+            "{}",
+            f.name
+        );
         assert!(c.tied_output, "{}: the fixtures tie the head", f.arch);
         let q_scale = 1.0 / (c.head_dim as f32).sqrt();
         assert_eq!(a.q_scale, q_scale, "{}: q scale", f.arch);
@@ -248,9 +286,10 @@ fn every_architecture_agrees_with_llama_cpp() {
         let g = Gguf::parse(&bytes).unwrap();
         let model: Model = Model::from_gguf(&g).unwrap();
         let b = bound(&f.arch, model.config().n_layers);
+        let n = f.cases.iter().map(|c| c.tokens.len()).sum();
         let r = run_path(&model, &f.cases, None, b);
-        check(&f.arch, "reference", &r, b);
-        for k in common::tables(&format!("{} vs llama.cpp", f.arch)) {
+        check(&f.name, "reference", &r, b, n);
+        for k in common::tables(&format!("{} vs llama.cpp", f.name)) {
             kernels::reset_ran();
             let t = run_path(&model, &f.cases, Some(k), b);
             assert!(
@@ -258,7 +297,7 @@ fn every_architecture_agrees_with_llama_cpp() {
                 "the {:?} table was asked for but did not run",
                 k.isa()
             );
-            check(&f.arch, &format!("fast ({})", k.isa().name()), &t, b);
+            check(&f.name, &format!("fast ({})", k.isa().name()), &t, b, n);
         }
     }
 }
@@ -272,7 +311,7 @@ fn prefill_matches_forward_bit_for_bit() {
         let cfg = *model.config();
         let mut b1 = state_buffer(&cfg, CTX);
         let mut b2 = state_buffer(&cfg, CTX);
-        for k in common::tables(&format!("{} prefill vs forward", f.arch)) {
+        for k in common::tables(&format!("{} prefill vs forward", f.name)) {
             for case in &f.cases {
                 let mut a = State::new(&cfg, CTX, &mut b1).unwrap();
                 let mut b = State::new(&cfg, CTX, &mut b2).unwrap();
@@ -292,12 +331,85 @@ fn prefill_matches_forward_bit_for_bit() {
                     differ,
                     0,
                     "[{} {}] {}: prefill and forward differ in {differ} logits",
-                    f.arch,
+                    f.name,
                     k.isa().name(),
                     case.name
                 );
             }
         }
-        println!("{}: prefill identical to forward on every table", f.arch);
+        println!("{}: prefill identical to forward on every table", f.name);
+    }
+}
+
+/// `bytes` with the one occurrence of `from` replaced by `to` (same length: every offset in the
+/// file stays valid, so this renames a key or a tensor away).
+fn rename(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> = (0..=bytes.len() - from.len())
+        .filter(|&i| &bytes[i..i + from.len()] == from)
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "{} occurs {} times",
+        String::from_utf8_lossy(from),
+        at.len()
+    );
+    let mut out = bytes.to_vec();
+    out[at[0]..at[0] + to.len()].copy_from_slice(to);
+    out
+}
+
+/// The rope scaling fixtures test the scaling: the same file with its scaling renamed away
+/// (linear: the type and factor keys; Llama 3: the `rope_freqs.weight` tensor) misses
+/// llama.cpp's logits by far more than the bound on the reference path.
+///
+/// And a file with `rope.scaling.factor` but no `rope.scaling.type` is linear scaling, as in
+/// llama.cpp, whose loader reads the factor whatever the type and takes a missing type as
+/// `linear`: llama.cpp gives such a copy of `tiny-llama-linear.gguf` the same logits, bit for
+/// bit, as the original (checked with the generator's `run_llama`), so it must agree here too.
+#[test]
+fn rope_scaling_changes_the_logits() {
+    for f in rope_fixtures() {
+        let bytes = load(&f);
+        let unscaled = match f.name.as_str() {
+            "llama-linear" => {
+                let t = rename(&bytes, "llama.rope.scaling.type", "llama.rope.scaling.typX");
+                rename(&t, "llama.rope.scaling.factor", "llama.rope.scaling.factoX")
+            }
+            "llama3-freqs" => rename(&bytes, "rope_freqs.weight", "rope_freqX.weight"),
+            other => panic!("{other}: which scaling?"),
+        };
+        let g = Gguf::parse(&unscaled).unwrap();
+        let model: Model = Model::from_gguf(&g).unwrap();
+        assert_eq!(model.config().rope_freq_scale, 1.0);
+        let b = bound(&f.arch, model.config().n_layers);
+        let t = run_path(&model, &f.cases, None, b);
+        println!(
+            "{} without its scaling: max |dlogit|/rms {:.2e} on top-16, {:.2e} on the full \
+             vocabulary ({:.0}x / {:.0}x the bound {b:.2e}); top-1 {}/{}",
+            f.name,
+            t.max_rel_top,
+            t.max_rel_full,
+            t.max_rel_top / b,
+            t.max_rel_full / b,
+            t.top1,
+            t.n
+        );
+        assert!(
+            t.max_rel_top > 100.0 * b && t.max_rel_full > 100.0 * b,
+            "[{}] the scaling changes the logits by less than 100x the bound",
+            f.name
+        );
+        if f.name == "llama-linear" {
+            let typeless = rename(&bytes, "llama.rope.scaling.type", "llama.rope.scaling.typX");
+            let g = Gguf::parse(&typeless).unwrap();
+            let model: Model = Model::from_gguf(&g).unwrap();
+            assert_eq!(model.config().rope_freq_scale, 0.25);
+            let n = f.cases.iter().map(|c| c.tokens.len()).sum();
+            let t = run_path(&model, &f.cases, None, b);
+            check("llama-linear without the type key", "reference", &t, b, n);
+        }
     }
 }

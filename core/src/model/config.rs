@@ -323,9 +323,24 @@ impl Config {
         }
         // Rope scaling: `linear` divides every angle by `rope.scaling.factor`; Llama 3.x's
         // frequency-dependent scaling comes as a `rope_freqs.weight` tensor instead (loaded by
-        // the model), with no scaling type or `none`.
+        // the model), with no scaling type or `none`. With no type key, llama.cpp's loader
+        // takes `linear` and applies `rope.scaling.factor` (or the older `rope.scale_linear`)
+        // where the file has one (0 or absent: none); edgelora does the same
+        // (tests/tests/arch_models.rs: a copy of tiny-llama-linear.gguf without its type key
+        // gets llama.cpp's logits, bit for bit those of the original).
         let mut rope_freq_scale = 1.0f32;
         let k = key("rope.scaling.type");
+        if g.get_str(k.as_str()).is_err() {
+            let f = match g.get_f32_opt(key("rope.scaling.factor").as_str())? {
+                Some(f) => Some(f),
+                None => g.get_f32_opt(key("rope.scale_linear").as_str())?,
+            };
+            match f {
+                None | Some(0.0) => {}
+                Some(f) if f.is_finite() && f > 0.0 => rope_freq_scale = 1.0 / f,
+                Some(_) => return Err(bad(&key("rope.scaling.factor"))),
+            }
+        }
         if let Ok(kind) = g.get_str(k.as_str()) {
             match kind {
                 "none" => {}
