@@ -642,6 +642,15 @@ pub struct Kernel {
     pub(crate) mm_q4_1: Blocked<BlockQ4_1, BlockQ8_1>,
     /// As `mm_q4_0` for Q8_0.
     pub(crate) mm_q8_0: Blocked<BlockQ8_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q5_0.
+    #[cfg(feature = "quant-q5")]
+    pub(crate) mm_q5_0: Blocked<crate::quant::BlockQ5_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q4_K.
+    #[cfg(feature = "quant-k")]
+    pub(crate) mm_q4_k: Blocked<crate::quant::BlockQ4_K, crate::quant::BlockQ8_K>,
+    /// As `mm_q4_0` for Q6_K.
+    #[cfg(feature = "quant-k")]
+    pub(crate) mm_q6_k: Blocked<crate::quant::BlockQ6_K, crate::quant::BlockQ8_K>,
     /// Batched float product (LoRA A, float base weights) sharing conversions across columns.
     pub(crate) mm_float: Option<MatmulFloatFn>,
     /// Batched LoRA B update for F16/BF16/F32 B.
