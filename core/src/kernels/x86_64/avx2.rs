@@ -13,7 +13,8 @@
 //! loaded once for both and two independent FMA chains hide each other's latency.
 //!
 //! Prompt batches take the blocked matmuls at the end of this file (`matmul_q4_1`: one
-//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
+//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's); those of
+//! Q5_0, Q6_K and Q4_K (`avx2_mm.rs`) run on the same driver (`matmul_entry`, `by_cols!`).
 
 #[cfg(any(feature = "quant-q5", feature = "quant-k"))]
 use super::avx2_mm;
@@ -929,6 +930,8 @@ macro_rules! by_cols {
         }
     }};
 }
+// For `avx2_mm.rs` (built with `quant-q5` or `quant-k`).
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
 pub(super) use by_cols;
 
 /// Blocked `Y = W X` for Q4_1 weights and Q8_1 activations (prompt tokens): `x` holds
@@ -1127,6 +1130,8 @@ fn q4_0_quants(a: &BlockQ4_0) -> __m256i {
     _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8))
 }
 
+// For `avx2_mm.rs` (built with `quant-q5` or `quant-k`).
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
 pub(super) use mm_signed;
 
 mm_signed!(mm_q8_0_tf, BlockQ8_0, q8_0_quants);

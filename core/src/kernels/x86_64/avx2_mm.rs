@@ -29,12 +29,26 @@
 //! Q4_K's `fnmadd` of the mins) into the same eight lanes in block order, and `hsum_cols`
 //! reduces the lanes as `hsum` does. The AVX-512 table takes the Q4_K matmul (its Q4_K row
 //! kernel is this one's); its Q5_0 and Q6_K row kernels are AVX-512 ones that reduce in
-//! another order, so it runs those as a matvec per token.
+//! another order, so their blocked matmuls are AVX-512 ones in that order (`avx512_q.rs`).
 //!
 //! # Measured
 //!
-//! See `bench/README.md` ("Prefill of K-quant files").
+//! `EDGELORA_ISA=avx2|avx512 decode_tps --model M --tokens 32` (one thread, 64-token prompt,
+//! thread CPU time), the binaries before and after run alternately, medians of three (dev
+//! VM: AMD Zen 4, 2 vCPUs, shared; details in `bench/README.md`), prefill tokens/s:
+//!
+//! | model (Q4_K_M) | AVX2 before | AVX2 after | AVX-512 before | AVX-512 after |
+//! | --- | --- | --- | --- | --- |
+//! | SmolLM2-135M-Instruct | 155.4 | 273.4 (1.76x) | 199.6 | 320.3 (1.60x) |
+//! | gemma-3-270m | 154.4 | 252.2 (1.63x) | 198.6 | 286.9 (1.44x) |
+//!
+//! (AVX-512 "after" uses this file's Q4_K and `avx512_q.rs`'s Q5_0 / Q6_K.)
 
+// With one of the two features off, the other's imports go unused.
+#![cfg_attr(
+    not(all(feature = "quant-q5", feature = "quant-k")),
+    allow(unused_imports)
+)]
 use super::avx2::{
     by_cols, col_scales, dot_u8i8, f16_f32, hsum_cols, lane, load32, matmul_entry, mm_signed,
     pack_cols, prefetch_ahead, store_cols, ColBlock, MM_COLS, MM_MAX_BLOCKS,

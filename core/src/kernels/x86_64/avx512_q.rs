@@ -23,6 +23,16 @@
 //! repacking). Each 128-bit lane is one 16-element scale group: `vpermw` spreads the scales,
 //! and one `vpdpwssd` multiplies the `vpmaddubsw` pair sums by them and accumulates.
 //!
+//! # Blocked prompt matmuls (`matmul_q5_0`, `matmul_q6_k`)
+//!
+//! Prefill runs Q5_0 and Q6_K through blocked matmuls that unpack a weight group (four Q5_0
+//! blocks, as `avx512.rs`'s `matmul_q4_1`) or a Q6_K super-block once for several tokens and
+//! then do, per column, exactly what the row kernel does for it (the same exact integer dot,
+//! the same float scale, FMA lanes and `finish`), so each column is bit-identical to this
+//! table's matvec. Q4_K runs the AVX2 blocked matmul (`avx2_mm.rs`, whose module doc and
+//! `bench/README.md` give the prefill figures: SmolLM2 Q4_K_M 199.6 -> 320.3 tok/s, Gemma-3
+//! 270M Q4_K_M 198.6 -> 286.9, one thread).
+//!
 //! # Measured, and what runs the AVX2 kernel here
 //!
 //! Zen 4 executes a 512-bit operation as two 256-bit halves, so AVX-512 wins only where it
