@@ -29,9 +29,10 @@
 //! the DSP table) exists, so no other kernel is linked.
 //!
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
-//! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`], which unpack
-//! each weight group once for several tokens (blocked on AVX-512 and AVX2, with each column
-//! bit-identical to the same table's matvec; a matvec per token elsewhere), and the LoRA
+//! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`] (and, through
+//! [`Kernel::matmul_q`], Q5_0 / Q6_K / Q4_K), which unpack each weight group once for several
+//! tokens (blocked on AVX-512 and AVX2, with each column bit-identical to the same table's
+//! matvec; a matvec per token elsewhere, and for Q4_0 on AVX-512), and the LoRA
 //! products of a prompt block run [`Kernel::matmul_float`] (A, and float base weights),
 //! [`Kernel::matmul_float_add`] / [`Kernel::matmul_q8_0_add`] (B), which share weight
 //! conversions across tokens on x86-64 (AVX2 code, also used by the AVX-512 table where its
@@ -642,6 +643,15 @@ pub struct Kernel {
     pub(crate) mm_q4_1: Blocked<BlockQ4_1, BlockQ8_1>,
     /// As `mm_q4_0` for Q8_0.
     pub(crate) mm_q8_0: Blocked<BlockQ8_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q5_0.
+    #[cfg(feature = "quant-q5")]
+    pub(crate) mm_q5_0: Blocked<crate::quant::BlockQ5_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q4_K.
+    #[cfg(feature = "quant-k")]
+    pub(crate) mm_q4_k: Blocked<crate::quant::BlockQ4_K, crate::quant::BlockQ8_K>,
+    /// As `mm_q4_0` for Q6_K.
+    #[cfg(feature = "quant-k")]
+    pub(crate) mm_q6_k: Blocked<crate::quant::BlockQ6_K, crate::quant::BlockQ8_K>,
     /// Batched float product (LoRA A, float base weights) sharing conversions across columns.
     pub(crate) mm_float: Option<MatmulFloatFn>,
     /// Batched LoRA B update for F16/BF16/F32 B.

@@ -50,6 +50,12 @@ pub static KERNEL: Kernel = Kernel {
     mm_q4_0: None,
     mm_q4_1: None,
     mm_q8_0: None,
+    #[cfg(feature = "quant-q5")]
+    mm_q5_0: None,
+    #[cfg(feature = "quant-k")]
+    mm_q4_k: None,
+    #[cfg(feature = "quant-k")]
+    mm_q6_k: None,
     mm_float: None,
     mm_float_add: None,
     mm_q8_0_add: None,

@@ -114,6 +114,36 @@ impl Runnable for BlockQ8_0 {
     }
 }
 
+#[cfg(feature = "quant-q5")]
+impl Runnable for crate::quant::BlockQ5_0 {
+    fn rows(k: &Kernel) -> QRowsFn<Self, Self::Act> {
+        k.q5_0
+    }
+    fn blocked(k: &Kernel) -> Blocked<Self, Self::Act> {
+        k.mm_q5_0
+    }
+}
+
+#[cfg(feature = "quant-k")]
+impl Runnable for crate::quant::BlockQ4_K {
+    fn rows(k: &Kernel) -> QRowsFn<Self, Self::Act> {
+        k.q4_k
+    }
+    fn blocked(k: &Kernel) -> Blocked<Self, Self::Act> {
+        k.mm_q4_k
+    }
+}
+
+#[cfg(feature = "quant-k")]
+impl Runnable for crate::quant::BlockQ6_K {
+    fn rows(k: &Kernel) -> QRowsFn<Self, Self::Act> {
+        k.q6_k
+    }
+    fn blocked(k: &Kernel) -> Blocked<Self, Self::Act> {
+        k.mm_q6_k
+    }
+}
+
 /// `impl Runnable` for types whose only table entry is their row kernel.
 macro_rules! runnable {
     ($feat:literal, $t:ident, $field:ident) => {
@@ -126,13 +156,10 @@ macro_rules! runnable {
     };
 }
 
-runnable!("quant-q5", BlockQ5_0, q5_0);
 runnable!("quant-q5", BlockQ5_1, q5_1);
 runnable!("quant-k", BlockQ2_K, q2_k);
 runnable!("quant-k", BlockQ3_K, q3_k);
-runnable!("quant-k", BlockQ4_K, q4_k);
 runnable!("quant-k", BlockQ5_K, q5_k);
-runnable!("quant-k", BlockQ6_K, q6_k);
 runnable!("quant-iq4", BlockIQ4_NL, iq4_nl);
 runnable!("quant-iq4", BlockIQ4_XS, iq4_xs);
 

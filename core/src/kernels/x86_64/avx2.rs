@@ -13,8 +13,11 @@
 //! loaded once for both and two independent FMA chains hide each other's latency.
 //!
 //! Prompt batches take the blocked matmuls at the end of this file (`matmul_q4_1`: one
-//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's).
+//! weight row by up to 8 tokens per pass, each output bit-identical to the matvec's); those of
+//! Q5_0, Q6_K and Q4_K (`avx2_mm.rs`) run on the same driver (`matmul_entry`, `by_cols!`).
 
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
+use super::avx2_mm;
 #[cfg(any(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4"))]
 use super::avx2_q;
 use super::prefetch_side;
@@ -48,6 +51,12 @@ static KERNEL: Kernel = Kernel {
     mm_q4_0: Some((matmul_q4_0, MM_COLS)),
     mm_q4_1: Some((matmul_q4_1, MM_COLS)),
     mm_q8_0: Some((matmul_q8_0, MM_COLS)),
+    #[cfg(feature = "quant-q5")]
+    mm_q5_0: Some((avx2_mm::matmul_q5_0, MM_COLS)),
+    #[cfg(feature = "quant-k")]
+    mm_q4_k: Some((avx2_mm::matmul_q4_k, MM_COLS)),
+    #[cfg(feature = "quant-k")]
+    mm_q6_k: Some((avx2_mm::matmul_q6_k, MM_COLS)),
     mm_float: Some(matmul_float),
     mm_float_add: Some(matmul_float_add),
     mm_q8_0_add: Some(matmul_q8_0_add),
@@ -778,7 +787,7 @@ pub(crate) const MM_COLS: usize = 8;
 /// Longest row (in 32-element blocks) the blocked matmuls take: the packed activations of a
 /// pass live on the stack (320 bytes per block, 80 KB at 256 blocks, about what the AVX-512
 /// matmul uses). Longer rows (more than 8192 columns) run one matvec per token.
-const MM_MAX_BLOCKS: usize = 256;
+pub(super) const MM_MAX_BLOCKS: usize = 256;
 
 /// One block position of up to `MM_COLS` activation columns, packed so the row loop reads one
 /// contiguous stream with no per-column conversion: the quants of each column, then `d` and
@@ -787,10 +796,10 @@ const MM_MAX_BLOCKS: usize = 256;
 /// Columns a pass does not use are zero.
 #[repr(C, align(32))]
 #[derive(Clone, Copy)]
-struct ColBlock {
-    qs: [[u8; 32]; MM_COLS],
-    d: [f32; 8],
-    s: [f32; 8],
+pub(super) struct ColBlock {
+    pub(super) qs: [[u8; 32]; MM_COLS],
+    pub(super) d: [f32; 8],
+    pub(super) s: [f32; 8],
 }
 
 const COL_BLOCK_ZERO: ColBlock = ColBlock {
@@ -802,7 +811,7 @@ const COL_BLOCK_ZERO: ColBlock = ColBlock {
 /// One f16 to f32 with F16C (what the matvecs' `vcvtph2ps` computes, bit for bit).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn f16_f32(h: [u8; 2]) -> f32 {
+pub(super) fn f16_f32(h: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(
         _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
     ))
@@ -812,7 +821,7 @@ fn f16_f32(h: [u8; 2]) -> f32 {
 /// `d` and `s`) into `buf`, returning the `bpr` packed blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn pack_cols<'p, A, const NC: usize>(
+pub(super) fn pack_cols<'p, A, const NC: usize>(
     x: &[A],
     bpr: usize,
     parts: impl Fn(&A) -> (&[u8; 32], [u8; 2], [u8; 2]),
@@ -840,7 +849,7 @@ fn pack_cols<'p, A, const NC: usize>(
 /// lanes so that [`lane`] broadcasts one column's scale with a single in-lane shuffle.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn col_scales(dw: __m256, d: &[f32; 8]) -> [__m256; 2] {
+pub(super) fn col_scales(dw: __m256, d: &[f32; 8]) -> [__m256; 2] {
     let (h, _) = d.as_chunks::<4>();
     // SAFETY: each `h[i]` is 4 readable f32s; `loadu` has no alignment requirement.
     let half = |i: usize| _mm256_broadcast_ps(unsafe { &_mm_loadu_ps(h[i].as_ptr()) });
@@ -850,7 +859,7 @@ fn col_scales(dw: __m256, d: &[f32; 8]) -> [__m256; 2] {
 /// Column `c`'s scale from [`col_scales`] in all 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn lane(d: &[__m256; 2], c: usize) -> __m256 {
+pub(super) fn lane(d: &[__m256; 2], c: usize) -> __m256 {
     let v = d[(c / 4) & 1];
     match c % 4 {
         0 => _mm256_permute_ps::<0x00>(v),
@@ -876,7 +885,7 @@ fn hsum4(a: &[__m256; 4]) -> __m128 {
 /// `hsum` of each of the first `NC` accumulators (lane `c`), as 8 lanes (unused lanes zero).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum_cols<const NC: usize>(acc: &[__m256; NC]) -> __m256 {
+pub(super) fn hsum_cols<const NC: usize>(acc: &[__m256; NC]) -> __m256 {
     let mut a = [_mm256_setzero_ps(); 8];
     for (d, s) in a.iter_mut().zip(acc) {
         *d = *s;
@@ -893,7 +902,7 @@ fn hsum_cols<const NC: usize>(acc: &[__m256; NC]) -> __m256 {
 /// Store lanes `0..NC` of `v` at `ys[c * rows + r]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn store_cols<const NC: usize>(v: __m256, ys: &mut [f32], rows: usize, r: usize) {
+pub(super) fn store_cols<const NC: usize>(v: __m256, ys: &mut [f32], rows: usize, r: usize) {
     let mut lanes = [0f32; 8];
     // SAFETY: `lanes` is 8 writable f32s; `storeu` has no alignment requirement.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
@@ -921,6 +930,9 @@ macro_rules! by_cols {
         }
     }};
 }
+// For `avx2_mm.rs` (built with `quant-q5` or `quant-k`).
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
+pub(super) use by_cols;
 
 /// Blocked `Y = W X` for Q4_1 weights and Q8_1 activations (prompt tokens): `x` holds
 /// `n = x.len() / bpr` columns of `bpr` blocks, `y` receives column `c` at
@@ -1012,7 +1024,7 @@ pub(crate) fn matmul_q4_0(
 
 /// The shared checks and the split into passes of at most [`MM_COLS`] columns: `pass(nc, w,
 /// x, y)` gets `nc` columns of `x` and their `nc * rows` outputs.
-fn matmul_entry<W, A>(
+pub(super) fn matmul_entry<W, A>(
     k: &Kernel,
     w: &[W],
     bpr: usize,
@@ -1117,6 +1129,10 @@ fn q8_0_quants(a: &BlockQ8_0) -> __m256i {
 fn q4_0_quants(a: &BlockQ4_0) -> __m256i {
     _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8))
 }
+
+// For `avx2_mm.rs` (built with `quant-q5` or `quant-k`).
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
+pub(super) use mm_signed;
 
 mm_signed!(mm_q8_0_tf, BlockQ8_0, q8_0_quants);
 mm_signed!(mm_q4_0_tf, BlockQ4_0, q4_0_quants);

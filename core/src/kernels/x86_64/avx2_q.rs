@@ -108,7 +108,7 @@ fn blocks<W, A, const R: usize>(w: &[&[W]; R], x: &[A]) -> usize {
 /// Hint the cache to fetch every line of the block `a` (see `avx2::prefetch_ahead`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn prefetch_block<T>(a: &T) {
+pub(in crate::kernels::x86_64) fn prefetch_block<T>(a: &T) {
     let p = (a as *const T).cast::<u8>();
     let mut off = 0;
     while off < core::mem::size_of::<T>() {
@@ -344,7 +344,7 @@ mod k {
     }
 
     /// Group `g` (0..8) of a Q4_K/Q5_K super-block: its scale (word `g`) in both lanes.
-    static BCAST8: [[u8; 32]; 8] = {
+    pub(in crate::kernels::x86_64) static BCAST8: [[u8; 32]; 8] = {
         let mut t = [[0u8; 32]; 8];
         let mut g = 0;
         while g < 8 {
@@ -355,7 +355,7 @@ mod k {
     };
 
     /// Vector `k` of a Q6_K half (k % 4): scale word `2k` in the low lane, `2k + 1` in the high.
-    static BCAST_PAIRS: [[u8; 32]; 4] = {
+    pub(in crate::kernels::x86_64) static BCAST_PAIRS: [[u8; 32]; 4] = {
         let mut t = [[0u8; 32]; 4];
         let mut k = 0;
         while k < 4 {
@@ -367,13 +367,13 @@ mod k {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn load_ctl(t: &[u8; 32]) -> __m256i {
+    pub(in crate::kernels::x86_64) fn load_ctl(t: &[u8; 32]) -> __m256i {
         load32(t)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn load_bsums(b: &BlockQ8_K) -> __m256i {
+    pub(in crate::kernels::x86_64) fn load_bsums(b: &BlockQ8_K) -> __m256i {
         load32(&b.bsums)
     }
 
@@ -396,17 +396,24 @@ mod k {
     /// Eight bytes widened to eight i16, broadcast to both 128-bit lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn u8x8_i16(v: u64) -> __m256i {
+    pub(in crate::kernels::x86_64) fn u8x8_i16(v: u64) -> __m256i {
         _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(v as i64)))
+    }
+
+    /// The eight mins as i16, each twice (word `j` holds `min_{j / 2}`), to be `vpmaddwd`-ed
+    /// with the activation's 16 `bsums`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in crate::kernels::x86_64) fn mins_pairs(mins: u64) -> __m256i {
+        let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
+        _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m))
     }
 
     /// `sum_j bsum_j * min_{j / 2}` as 8 i32 lanes (to be summed).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn mins_dot(mins: u64, b: &BlockQ8_K) -> __m256i {
-        let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
-        let pairs = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
-        _mm256_madd_epi16(pairs, load_bsums(b))
+        _mm256_madd_epi16(mins_pairs(mins), load_bsums(b))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -544,7 +551,7 @@ mod k {
     /// Eight signed bytes widened to eight i16, broadcast to both 128-bit lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn i8x8_i16(v: &[u8]) -> __m256i {
+    pub(in crate::kernels::x86_64) fn i8x8_i16(v: &[u8]) -> __m256i {
         let mut b = [0u8; 8];
         b.copy_from_slice(&v[..8]);
         let v = u64::from_le_bytes(b);

@@ -65,6 +65,15 @@ static KERNEL: Kernel = Kernel {
     mm_q4_0: None,
     mm_q4_1: Some((matmul_q4_1, COLS)),
     mm_q8_0: Some((matmul_q8_0, COLS)),
+    // Q5_0 and Q6_K run AVX-512 row kernels here, so their blocked matmuls are AVX-512 ones
+    // in those kernels' order (`avx512_q`); Q4_K runs the AVX2 row kernel, so it takes the
+    // AVX2 blocked matmul.
+    #[cfg(feature = "quant-q5")]
+    mm_q5_0: Some((avx512_q::matmul_q5_0, COLS)),
+    #[cfg(feature = "quant-k")]
+    mm_q4_k: Some((super::avx2_mm::matmul_q4_k, avx2::MM_COLS)),
+    #[cfg(feature = "quant-k")]
+    mm_q6_k: Some((avx512_q::matmul_q6_k, avx2::MM_COLS)),
     mm_float: Some(avx2::matmul_float),
     mm_float_add: Some(avx2::matmul_float_add),
     // The AVX2 batched Q8_0 B update sums in AVX2's order; this table's own Q8_0 add rows

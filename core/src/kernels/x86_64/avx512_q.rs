@@ -23,6 +23,16 @@
 //! repacking). Each 128-bit lane is one 16-element scale group: `vpermw` spreads the scales,
 //! and one `vpdpwssd` multiplies the `vpmaddubsw` pair sums by them and accumulates.
 //!
+//! # Blocked prompt matmuls (`matmul_q5_0`, `matmul_q6_k`)
+//!
+//! Prefill runs Q5_0 and Q6_K through blocked matmuls that unpack a weight group (four Q5_0
+//! blocks, as `avx512.rs`'s `matmul_q4_1`) or a Q6_K super-block once for several tokens and
+//! then do, per column, exactly what the row kernel does for it (the same exact integer dot,
+//! the same float scale, FMA lanes and `finish`), so each column is bit-identical to this
+//! table's matvec. Q4_K runs the AVX2 blocked matmul (`avx2_mm.rs`, whose module doc and
+//! `bench/README.md` give the prefill figures: SmolLM2 Q4_K_M 199.6 -> 320.3 tok/s, Gemma-3
+//! 270M Q4_K_M 198.6 -> 286.9, one thread).
+//!
 //! # Measured, and what runs the AVX2 kernel here
 //!
 //! Zen 4 executes a 512-bit operation as two 256-bit halves, so AVX-512 wins only where it
@@ -50,11 +60,14 @@
     not(all(feature = "quant-q5", feature = "quant-k", feature = "quant-iq4")),
     allow(unused_imports, unused_macros, dead_code)
 )]
+use super::avx2::MM_COLS;
 use super::avx2_q;
+use super::avx512::COLS;
 use super::avx512::{
     dm_index, finish, load16f, load16i, load64, load_group, load_idx, pack4, prefetch_ahead,
     qs_index, zeroed, Act4, ACT4_ZERO, LANES4, MAX_BLOCKS,
 };
+use crate::kernels::{Isa, Kernel};
 use crate::quant::blocks_as_bytes;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -255,6 +268,78 @@ mod q5 {
         let c = consts(&QS_Q5_1, &QH_LO_Q5_1, &QH_HI_Q5_1, &DM_Q5_1);
         rows4!(w, bpr, y, act, c, 24, q5_1_group);
     }
+
+    /// Blocked `Y = W X` for Q5_0 weights and Q8_0 activations (prompt tokens; the shapes of
+    /// `avx512::matmul_q4_1`, whose structure this follows): a group of four weight blocks is
+    /// loaded and unpacked once for [`COLS`] tokens, each column's activations packed once
+    /// per pass as the matvec packs them. Per (row, column) the arithmetic is `q5_0_group`'s
+    /// (the same exact integer dot, the same `d_w * d_x` lanes and FMA in group order, and
+    /// `finish` with a zero `m`), so every column is bit-identical to this table's matvec.
+    /// `false` if `k` is not the AVX-512 table or the shape does not fit.
+    pub(in crate::kernels::x86_64) fn matmul_q5_0(
+        k: &Kernel,
+        w: &[BlockQ5_0],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_0],
+        y: &mut [f32],
+    ) -> bool {
+        if k.isa != Isa::Avx512 || bpr == 0 || bpr > MAX_BLOCKS || w.len() < rows * bpr {
+            return false;
+        }
+        // SAFETY: a `Kernel` with `isa == Avx512` is only ever created by `avx512::detect`
+        // (crate invariant, see `Kernel`), after checking every feature the kernel enables.
+        unsafe { matmul_q5_0_tf(&w[..rows * bpr], bpr, rows, x, y) };
+        true
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn matmul_q5_0_tf(w: &[BlockQ5_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+        let mut act = [[ACT4_ZERO; MAX_BLOCKS / 4]; COLS];
+        let ng = bpr.div_ceil(4);
+        let c = consts(&QS_Q5_0, &QH_LO_Q5_0, &QH_HI_Q5_0, &D_Q5_0);
+        let wb = blocks_as_bytes(w);
+        for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+            let ncol = (xs.len() / bpr).min(ys.len() / rows);
+            for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
+                a[..ng].fill(ACT4_ZERO);
+                pack4(xc.iter().map(|b| (&b.qs, b.d, [0; 2])), &mut a[..ng]);
+            }
+            for (r, row) in wb.chunks_exact(bpr * 22).enumerate() {
+                let mut acc = [_mm512_setzero_ps(); COLS];
+                for (g, bytes) in row.chunks(88).enumerate() {
+                    prefetch_ahead(bytes);
+                    let (v0, v1) = load_group(bytes);
+                    let (lo, hi) = q5_quants(v0, v1, &c);
+                    let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+                        v0, c.dm, v1,
+                    )));
+                    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d4));
+                    // Fixed trip count so the accumulators stay in registers.
+                    #[allow(clippy::needless_range_loop)]
+                    for j in 0..COLS {
+                        if j < ncol {
+                            let a = &act[j][g];
+                            let corr = load16i(&a.corr);
+                            let s = _mm512_dpbusd_epi32(
+                                _mm512_add_epi32(corr, corr),
+                                lo,
+                                load64(&a.lo),
+                            );
+                            let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
+                            let sc = _mm512_mul_ps(d, load16f(&a.d));
+                            acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
+                        }
+                    }
+                }
+                for (j, a) in acc.iter().take(ncol).enumerate() {
+                    if let Some(o) = ys.get_mut(j * rows + r) {
+                        *o = finish(*a, _mm256_setzero_ps());
+                    }
+                }
+            }
+        }
+    }
 }
 #[cfg(feature = "quant-q5")]
 pub(in crate::kernels::x86_64) use q5::*;
@@ -404,6 +489,94 @@ mod k {
             out[r] = finish(acc[r], _mm256_setzero_ps());
         }
         out
+    }
+
+    /// Blocked `Y = W X` for Q6_K weights and Q8_K activations (prompt tokens; shapes as
+    /// `avx512::matmul_q4_1`): a super-block is unpacked once (`dot_q6_k`'s four quant
+    /// registers and four scale spreads) for up to [`MM_COLS`] = 8 tokens, whose Q8_K blocks
+    /// are read where they lie. Per (row, column) the arithmetic is `dot_q6_k`'s: the same
+    /// exact integer dot (its terms added in another order, which integers allow), the same
+    /// scalar `f16(d_w) * d_x`, FMA and `finish`, so every column is bit-identical to this
+    /// table's matvec. `false` if `k` is not the AVX-512 table or the shape does not fit.
+    pub(in crate::kernels::x86_64) fn matmul_q6_k(
+        k: &Kernel,
+        w: &[BlockQ6_K],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_K],
+        y: &mut [f32],
+    ) -> bool {
+        if k.isa != Isa::Avx512 || bpr == 0 || w.len() < rows * bpr {
+            return false;
+        }
+        // SAFETY: as in `matmul_q5_0`.
+        unsafe { matmul_q6_k_tf(&w[..rows * bpr], bpr, rows, x, y) };
+        true
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    fn matmul_q6_k_tf(w: &[BlockQ6_K], bpr: usize, rows: usize, x: &[BlockQ8_K], y: &mut [f32]) {
+        let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+        let (shl, shr) = (counts(4, 2), counts(0, 2));
+        let idx = [
+            load_idx(&IDX6[0]),
+            load_idx(&IDX6[1]),
+            load_idx(&IDX6[2]),
+            load_idx(&IDX6[3]),
+        ];
+        for (xs, ys) in x.chunks(MM_COLS * bpr).zip(y.chunks_mut(MM_COLS * rows)) {
+            let ncol = (xs.len() / bpr).min(ys.len() / rows);
+            let cols: [&[BlockQ8_K]; MM_COLS] = core::array::from_fn(|c| match c < ncol {
+                true => xs.get(c * bpr..(c + 1) * bpr).unwrap_or(&[]),
+                false => &[],
+            });
+            for (r, row) in w.chunks_exact(bpr).take(rows).enumerate() {
+                let mut acc = [_mm512_setzero_ps(); MM_COLS];
+                for (i, a) in row.iter().enumerate() {
+                    let ab = blocks_as_bytes(core::slice::from_ref(a));
+                    prefetch_ahead(ab);
+                    prefetch_ahead(&ab[128..]);
+                    let s16 = _mm256_cvtepi8_epi16(load16(&a.scales));
+                    let sc = _mm512_castsi256_si512(s16);
+                    let (ql, _) = a.ql.as_chunks::<64>();
+                    let (qh, _) = a.qh.as_chunks::<32>();
+                    let mut q = [_mm512_setzero_si512(); 4];
+                    for h in 0..2 {
+                        let l = load64(&ql[h]);
+                        let hb = _mm512_broadcast_i64x4(load32(&qh[h]));
+                        q[2 * h] = _mm512_or_si512(
+                            _mm512_and_si512(l, m4),
+                            _mm512_and_si512(_mm512_sllv_epi16(hb, shl), m30),
+                        );
+                        q[2 * h + 1] = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+                            _mm512_and_si512(_mm512_srlv_epi16(hb, shr), m30),
+                        );
+                    }
+                    let s = idx.map(|i| _mm512_permutexvar_epi16(i, sc));
+                    let dw = f16_le(a.d);
+                    for (acc, col) in acc.iter_mut().zip(&cols) {
+                        let Some(b) = col.get(i) else { continue };
+                        let (yq, _) = b.qs.as_chunks::<64>();
+                        // 32 * sum_g scale_g * bsum_g: the `- 32` of every quant.
+                        let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(s16, load32(&b.bsums)));
+                        let mut isum =
+                            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(corr));
+                        for ((q, s), y) in q.iter().zip(&s).zip(yq) {
+                            let p = _mm512_maddubs_epi16(*q, load64(y));
+                            isum = _mm512_dpwssd_epi32(isum, p, *s);
+                        }
+                        let d = _mm512_set1_ps(dw * b.d());
+                        *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), *acc);
+                    }
+                }
+                for (j, a) in acc.iter().take(ncol).enumerate() {
+                    if let Some(o) = ys.get_mut(j * rows + r) {
+                        *o = finish(*a, _mm256_setzero_ps());
+                    }
+                }
+            }
+        }
     }
 }
 #[cfg(feature = "quant-k")]

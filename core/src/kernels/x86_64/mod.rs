@@ -6,6 +6,8 @@
 //! not enabled it, and then the instructions fault (Intel SDM vol. 1, 13.3).
 
 pub mod avx2;
+#[cfg(any(feature = "quant-q5", feature = "quant-k"))]
+mod avx2_mm;
 mod avx2_q;
 pub mod avx512;
 mod avx512_q;
