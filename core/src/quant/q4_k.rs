@@ -8,7 +8,7 @@
 //! Element order: four chunks of 64; in chunk `c`, byte `qs[32c + l]` holds element `64c + l`
 //! (low nibble, group `2c`) and element `64c + 32 + l` (high nibble, group `2c + 1`).
 
-use super::k_common::{add_lanes, get_scale_min_k4, lanes8, reduce_lanes};
+use super::k_common::{add_lanes, get_scale_min_k4, lanes8, quantize_scale_min_k, reduce_lanes};
 use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
@@ -61,6 +61,31 @@ pub fn dequantize_row_q4_k(x: &[BlockQ4_K], y: &mut [f32]) {
             for l in 0..32 {
                 o[l] = d1 * (q[l] & 0x0f) as f32 - m1;
                 o[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// Quantise `x` into Q4_K blocks, byte-identical to ggml's `quantize_row_q4_K_ref` (what
+/// `ggml_quantize_chunk` runs without an importance matrix): per group of 32 a weighted affine
+/// fit searching 21 scales (`make_qkx2_quants(nmax 15, rmin -1, rdelta 0.1, nstep 20)`), 6-bit
+/// scales and mins, then a re-quantisation against the rounded scales.
+///
+/// Blocks of `y` past `x.len() / 256` and a tail of `x` shorter than 256 are left alone.
+pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4_K]) {
+    for (xb, b) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+        let xb: &[f32; QK_K] = match xb.try_into() {
+            Ok(a) => a,
+            Err(_) => continue, // unreachable: chunks_exact
+        };
+        let mut l = [0u8; QK_K];
+        let (d, dmin, scales) = quantize_scale_min_k(xb, 15, -1.0, 20, &mut l);
+        b.d = d;
+        b.dmin = dmin;
+        b.scales = scales;
+        for (q, lc) in b.qs.chunks_exact_mut(32).zip(l.chunks_exact(64)) {
+            for i in 0..32 {
+                q[i] = lc[i] | (lc[i + 32] << 4);
             }
         }
     }

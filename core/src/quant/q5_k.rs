@@ -5,7 +5,7 @@
 //! `qh: [u8; 32]` (fifth bits), `qs: [u8; 128]` (low nibbles, ordered as Q4_K).
 //! `w = d * sc * q - dmin * m`; the fifth bit of element `32k + l` is bit `k` of `qh[l]`.
 
-use super::k_common::{add_lanes, get_scale_min_k4, lanes8, reduce_lanes};
+use super::k_common::{add_lanes, get_scale_min_k4, lanes8, quantize_scale_min_k, reduce_lanes};
 use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
@@ -73,6 +73,41 @@ pub fn dequantize_row_q5_k(x: &[BlockQ5_K], y: &mut [f32]) {
                 o[l] = d1 * qc[l] as f32 - m1;
                 o[l + 32] = d2 * qc[l + 32] as f32 - m2;
             }
+        }
+    }
+}
+
+/// Quantise `x` into Q5_K blocks, byte-identical to ggml's `quantize_row_q5_K_ref` (what
+/// `ggml_quantize_chunk` runs without an importance matrix): as Q4_K with `nmax 31`,
+/// `rmin -0.5`, `nstep 15`; the fifth bits go to `qh`.
+///
+/// Blocks of `y` past `x.len() / 256` and a tail of `x` shorter than 256 are left alone.
+pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5_K]) {
+    for (xb, b) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+        let xb: &[f32; QK_K] = match xb.try_into() {
+            Ok(a) => a,
+            Err(_) => continue, // unreachable: chunks_exact
+        };
+        let mut l = [0u8; QK_K];
+        let (d, dmin, scales) = quantize_scale_min_k(xb, 31, -0.5, 15, &mut l);
+        b.d = d;
+        b.dmin = dmin;
+        b.scales = scales;
+        b.qh = [0; 32];
+        let (mut m1, mut m2) = (1u8, 2u8);
+        for (q, lc) in b.qs.chunks_exact_mut(32).zip(l.chunks_exact(64)) {
+            for j in 0..32 {
+                let (l1, l2) = (lc[j], lc[j + 32]);
+                if l1 > 15 {
+                    b.qh[j] |= m1;
+                }
+                if l2 > 15 {
+                    b.qh[j] |= m2;
+                }
+                q[j] = (l1 & 0x0f) | ((l2 & 0x0f) << 4);
+            }
+            m1 <<= 2;
+            m2 <<= 2;
         }
     }
 }

@@ -8,8 +8,8 @@
 //! `ql'[l+32] & 15 | (qh'[l] >> 2 & 3) << 4`, `+64` is `ql'[l] >> 4 | (qh'[l] >> 4 & 3) << 4`,
 //! `+96` is `ql'[l+32] >> 4 | (qh'[l] >> 6) << 4`. Group `g` (16 elements) uses `scales[g]`.
 
-use super::k_common::{add_lanes, lanes8, reduce_lanes};
-use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
+use super::k_common::{add_lanes, lanes8, make_qx_quants16, reduce_lanes, GROUP_MAX_EPS};
+use super::{f16_le, nearest_int, to_f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
 /// Q6_K super-block.
@@ -75,6 +75,70 @@ pub fn dequantize_row_q6_k(x: &[BlockQ6_K], y: &mut [f32]) {
         {
             for (o, &v) in o16.iter_mut().zip(q16) {
                 *o = d * (sc as i8) as f32 * v as f32;
+            }
+        }
+    }
+}
+
+/// Quantise `x` into Q6_K blocks, byte-identical to ggml's `quantize_row_q6_K_ref` (what
+/// `ggml_quantize_chunk` runs without an importance matrix): per group of 16 a symmetric fit
+/// weighted by `x^2` over 19 candidate scales (`make_qx_quants(nmax 32, rmse_type 1)`), the 16
+/// scales quantised to i8 against the largest in magnitude, then a re-quantisation against them.
+///
+/// Blocks of `y` past `x.len() / 256` and a tail of `x` shorter than 256 are left alone.
+pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
+    for (xb, b) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+        let mut l = [0i8; QK_K];
+        let mut scales = [0.0f32; 16];
+        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+        for ((xg, lg), s) in xb
+            .chunks_exact(16)
+            .zip(l.chunks_exact_mut(16))
+            .zip(scales.iter_mut())
+        {
+            let (Ok(xg), Ok(lg)) = (<&[f32; 16]>::try_from(xg), <&mut [i8; 16]>::try_from(lg))
+            else {
+                continue; // unreachable: chunks_exact
+            };
+            *s = make_qx_quants16(32, xg, lg);
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = *s;
+            }
+        }
+        if max_abs_scale < GROUP_MAX_EPS {
+            *b = BlockQ6_K::ZERO;
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        b.d = to_f16_le(1.0 / iscale);
+        for (o, &s) in b.scales.iter_mut().zip(&scales) {
+            *o = nearest_int(iscale * s).min(127) as i8 as u8;
+        }
+        let d = f16_le(b.d);
+        for ((lg, xg), &sc) in l
+            .chunks_exact_mut(16)
+            .zip(xb.chunks_exact(16))
+            .zip(&b.scales)
+        {
+            let dj = d * (sc as i8) as f32;
+            if dj == 0.0 {
+                continue;
+            }
+            for (o, &v) in lg.iter_mut().zip(xg) {
+                *o = (nearest_int(v / dj).clamp(-32, 31) + 32) as i8;
+            }
+        }
+        for ((ql, qh), lh) in
+            b.ql.chunks_exact_mut(64)
+                .zip(b.qh.chunks_exact_mut(32))
+                .zip(l.chunks_exact(128))
+        {
+            for i in 0..32 {
+                let q = |k: usize| lh[i + 32 * k] as u8;
+                ql[i] = (q(0) & 0x0f) | ((q(2) & 0x0f) << 4);
+                ql[i + 32] = (q(1) & 0x0f) | ((q(3) & 0x0f) << 4);
+                qh[i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
     }
