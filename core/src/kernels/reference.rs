@@ -117,6 +117,51 @@ impl TypeFn for Dequantize<'_, '_> {
     }
 }
 
+/// Quantise one row of f32 values into `ty` bytes (`y` is exactly one row): F32, F16, BF16, or
+/// any weight type whose oracle has a [`QuantType::QUANTIZE`](crate::quant::QuantType::QUANTIZE).
+/// Returns `false` (and writes nothing) for a type without a quantiser or a `y` that is not a
+/// whole number of blocks.
+pub fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8]) -> bool {
+    match ty {
+        GgmlType::F32 => {
+            for (c, v) in y.chunks_exact_mut(4).zip(x) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (c, v) in y.chunks_exact_mut(2).zip(x) {
+                c.copy_from_slice(&to_f16_le(*v));
+            }
+        }
+        GgmlType::BF16 => {
+            for (c, v) in y.chunks_exact_mut(2).zip(x) {
+                c.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        ty => return with_type(ty, Quantize { x, y }).unwrap_or(false),
+    }
+    true
+}
+
+/// [`quantize_row`] of one weight type, for [`with_type`].
+struct Quantize<'x, 'y> {
+    x: &'x [f32],
+    y: &'y mut [u8],
+}
+
+impl TypeFn for Quantize<'_, '_> {
+    type Out = bool;
+    fn call<T: Runnable>(self) -> bool {
+        match (T::QUANTIZE, crate::quant::cast_blocks_mut::<T>(self.y)) {
+            (Some(f), Ok(b)) => {
+                f(self.x, b);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `(int8_t)` conversion as C does for in-range values: truncate toward zero.
 #[inline]
 fn trunc_i8(v: f32) -> i8 {

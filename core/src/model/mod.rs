@@ -28,6 +28,8 @@
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
 mod config;
+#[cfg(feature = "alloc")]
+pub mod quantize;
 mod rope;
 
 pub use config::{Arch, Config, Ffn, RopeStyle, ARCHITECTURES};

@@ -124,6 +124,7 @@ pub fn vec_dot_q4_k_q8_k(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ4_K {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q4_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

@@ -209,6 +209,7 @@ pub fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 }
 
 impl QuantType for BlockQ5_0 {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -220,6 +221,7 @@ impl QuantType for BlockQ5_0 {
 }
 
 impl QuantType for BlockQ5_1 {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_1);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_1;
     fn dequantize(w: &[Self], out: &mut [f32]) {

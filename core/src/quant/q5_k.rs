@@ -139,6 +139,7 @@ pub fn vec_dot_q5_k_q8_k(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ5_K {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

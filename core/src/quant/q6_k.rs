@@ -160,6 +160,7 @@ pub fn vec_dot_q6_k_q8_k(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ6_K {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q6_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

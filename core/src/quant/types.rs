@@ -35,6 +35,10 @@ pub trait QuantType: Block {
     /// `sum_i w_i x_i` against quantised activations, operation for operation as ggml's generic
     /// (non-SIMD) `ggml_vec_dot_*`; blocks are zipped, extra blocks ignored.
     fn vec_dot(w: &[Self], x: &[Self::Act]) -> f32;
+    /// The weight quantiser (f32 values to whole blocks, extra values or blocks ignored),
+    /// byte-identical to what ggml's `ggml_quantize_chunk` writes without an importance matrix,
+    /// or `None` where this crate has none (then `edgelora quantize` cannot target the type).
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = None;
 }
 
 // The 32-wide types that predate this trait keep their oracles in `kernels/reference.rs`; these
@@ -61,6 +65,7 @@ impl ActType for BlockQ8_1 {
 }
 
 impl QuantType for BlockQ4_0 {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q4_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -72,6 +77,7 @@ impl QuantType for BlockQ4_0 {
 }
 
 impl QuantType for BlockQ4_1 {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q4_1);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_1;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -83,6 +89,7 @@ impl QuantType for BlockQ4_1 {
 }
 
 impl QuantType for BlockQ8_0 {
+    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q8_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {

