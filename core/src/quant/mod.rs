@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use core::mem::{align_of, size_of};
 
 pub mod types;
-pub use types::{ActType, QuantType};
+pub use types::{ActType, QuantType, QuantizeFn};
 
 pub mod q8_k;
 pub use q8_k::{BlockQ8_K, QK_K};

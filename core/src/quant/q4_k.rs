@@ -9,6 +9,7 @@
 //! (low nibble, group `2c`) and element `64c + 32 + l` (high nibble, group `2c + 1`).
 
 use super::k_common::{add_lanes, get_scale_min_k4, lanes8, quantize_scale_min_k, reduce_lanes};
+use super::types::QuantizeFn;
 use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
@@ -124,7 +125,7 @@ pub fn vec_dot_q4_k_q8_k(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ4_K {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q4_k);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q4_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

@@ -9,6 +9,7 @@
 //! little-endian u32. Q5_0 dots against Q8_0 activations, Q5_1 against Q8_1 (whose `s` carries
 //! the activation sum the minimum multiplies).
 
+use super::types::QuantizeFn;
 use super::{f16_le, to_f16_le, Block, BlockQ8_0, BlockQ8_1, GgmlType, QuantType, QK};
 use core::mem::{align_of, size_of};
 
@@ -209,7 +210,7 @@ pub fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 }
 
 impl QuantType for BlockQ5_0 {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_0);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q5_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -221,7 +222,7 @@ impl QuantType for BlockQ5_0 {
 }
 
 impl QuantType for BlockQ5_1 {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_1);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q5_1);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_1;
     fn dequantize(w: &[Self], out: &mut [f32]) {

@@ -6,6 +6,7 @@
 //! `w = d * sc * q - dmin * m`; the fifth bit of element `32k + l` is bit `k` of `qh[l]`.
 
 use super::k_common::{add_lanes, get_scale_min_k4, lanes8, quantize_scale_min_k, reduce_lanes};
+use super::types::QuantizeFn;
 use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
@@ -139,7 +140,7 @@ pub fn vec_dot_q5_k_q8_k(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ5_K {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q5_k);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q5_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

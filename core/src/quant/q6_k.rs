@@ -9,6 +9,7 @@
 //! `+96` is `ql'[l+32] >> 4 | (qh'[l] >> 6) << 4`. Group `g` (16 elements) uses `scales[g]`.
 
 use super::k_common::{add_lanes, lanes8, make_qx_quants16, reduce_lanes, GROUP_MAX_EPS};
+use super::types::QuantizeFn;
 use super::{f16_le, nearest_int, to_f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
@@ -160,7 +161,7 @@ pub fn vec_dot_q6_k_q8_k(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 impl QuantType for BlockQ6_K {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(quantize_row_q6_k);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q6_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

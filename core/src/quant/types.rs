@@ -23,6 +23,9 @@ pub trait ActType: Block {
     fn dequantize(a: &[Self], out: &mut [f32]);
 }
 
+/// A weight quantiser: f32 values to whole blocks (extra values or blocks ignored).
+pub type QuantizeFn<T> = fn(&[f32], &mut [T]);
+
 /// A ggml weight block type with its scalar oracle (the one place its arithmetic is defined).
 pub trait QuantType: Block {
     /// Elements per block (32 or 256).
@@ -38,7 +41,7 @@ pub trait QuantType: Block {
     /// The weight quantiser (f32 values to whole blocks, extra values or blocks ignored),
     /// byte-identical to what ggml's `ggml_quantize_chunk` writes without an importance matrix,
     /// or `None` where this crate has none (then `edgelora quantize` cannot target the type).
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = None;
+    const QUANTIZE: Option<QuantizeFn<Self>> = None;
 }
 
 // The 32-wide types that predate this trait keep their oracles in `kernels/reference.rs`; these
@@ -65,7 +68,7 @@ impl ActType for BlockQ8_1 {
 }
 
 impl QuantType for BlockQ4_0 {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q4_0);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(r::quantize_row_q4_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -77,7 +80,7 @@ impl QuantType for BlockQ4_0 {
 }
 
 impl QuantType for BlockQ4_1 {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q4_1);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(r::quantize_row_q4_1);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_1;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -89,7 +92,7 @@ impl QuantType for BlockQ4_1 {
 }
 
 impl QuantType for BlockQ8_0 {
-    const QUANTIZE: Option<fn(&[f32], &mut [Self])> = Some(r::quantize_row_q8_0);
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(r::quantize_row_q8_0);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
