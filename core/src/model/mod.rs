@@ -645,13 +645,9 @@ impl<'w, const L: usize> Model<'w, L> {
                 xi.iter_mut().for_each(|v| *v *= k);
             }
         }
+        let (fs, ff) = (c.rope_freq_scale, self.rope_freqs);
         for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
-            if self.rope_freqs.is_none() && c.rope_freq_scale == 1.0 {
-                rope_table(ti, pos0 + i, c.rope_base, rd);
-            } else {
-                let (fs, ff) = (c.rope_freq_scale, self.rope_freqs);
-                rope_table_scaled(ti, pos0 + i, c.rope_base, rd, fs, ff);
-            }
+            rope_table_scaled(ti, pos0 + i, c.rope_base, rd, fs, ff);
         }
         for (i, ti) in brope2.chunks_exact_mut(rd).enumerate() {
             rope_table(ti, pos0 + i, a.rope_base_swa, rd);

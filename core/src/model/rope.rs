@@ -46,13 +46,7 @@ use core::f32::consts::FRAC_PI_4;
 /// Fill `table` ((cos, sin) per rotated pair, `(rope_dims,)`) for position `pos`:
 /// pair `i` is rotated by `pos * base^(-2i / rope_dims)`.
 pub fn rope_table(table: &mut [f32], pos: usize, base: f32, rope_dims: usize) {
-    let log2_base = log2_q32(base);
-    let p = pos as f32;
-    for (i, cs) in table.chunks_exact_mut(2).enumerate() {
-        let (sin, cos) = sin_cos(p * inv_freq(log2_base, i, rope_dims));
-        cs[0] = cos;
-        cs[1] = sin;
-    }
+    rope_table_scaled(table, pos, base, rope_dims, 1.0, None);
 }
 
 /// [`rope_table`] with rope scaling: pair `i` is rotated by
