@@ -5,15 +5,12 @@
 //! test regenerates them in memory and fails if the committed bytes differ (deterministic
 //! generator, so any difference is a stale file). `EDGELORA_REGEN_ASSETS=1` rewrites them.
 
-use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
-use edgelora::lora::{base_fingerprint, FINGERPRINT_KEY};
-use edgelora::model::{Model, LINEAR_NAMES};
-use edgelora::quant::GgmlType;
+use edgelora::lora::base_fingerprint;
+use edgelora::model::Model;
 use edgelora::Gguf;
 use std::path::PathBuf;
 
 mod common;
-use common::{f32_bytes, rnd};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -42,39 +39,18 @@ fn adapter(
     layers: Option<usize>,
 ) -> Vec<u8> {
     let m: Model<'_> = Model::from_gguf(base).unwrap();
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", OwnedValue::Str("llama".into()));
-    w.set("general.type", OwnedValue::Str("adapter".into()));
-    w.set("adapter.type", OwnedValue::Str("lora".into()));
-    w.set("adapter.lora.alpha", OwnedValue::F32(r as f32));
-    w.set(FINGERPRINT_KEY, OwnedValue::U64(fingerprint));
-    let n_layers = layers.unwrap_or(m.config().n_layers);
-    for l in 0..n_layers {
-        for (k, name) in LINEAR_NAMES.iter().enumerate() {
-            if which.is_some_and(|ks| !ks.contains(&k)) {
-                continue;
-            }
-            let t = m.layer(l).unwrap().linear(k);
-            let target = format!("blk.{l}.{name}.weight");
-            let a = rnd(seed * 7919 + (l * 10 + k) as u64, r * t.cols(), 0.3);
-            let b = rnd(seed * 7919 + 1000 + (l * 10 + k) as u64, t.rows() * r, 0.3);
-            w.add_tensor(
-                &format!("{target}.lora_a"),
-                GgmlType::F32,
-                &[t.cols() as u64, r as u64],
-                f32_bytes(&a),
-            )
-            .unwrap();
-            w.add_tensor(
-                &format!("{target}.lora_b"),
-                GgmlType::F32,
-                &[r as u64, t.rows() as u64],
-                f32_bytes(&b),
-            )
-            .unwrap();
-        }
-    }
-    w.to_bytes()
+    let spec = common::RandomAdapter {
+        rank: r,
+        alpha: r as f32,
+        amp: 0.3,
+        fingerprint: Some(fingerprint),
+        linears: which,
+        layers,
+    };
+    spec.build(&m, |l, k| {
+        let i = (l * 10 + k) as u64;
+        (seed * 7919 + i, seed * 7919 + 1000 + i)
+    })
 }
 
 /// (manifest key, bytes) of every generated asset.

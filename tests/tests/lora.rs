@@ -5,7 +5,7 @@ use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
 use edgelora::kernels::MatRef;
 use edgelora::lora::merge::{merge_into, merged_len};
 use edgelora::lora::stream::{frame_header, Progress, StreamLoader};
-use edgelora::lora::{base_fingerprint, Adapter, AdapterSet, LoraPair, FINGERPRINT_KEY};
+use edgelora::lora::{base_fingerprint, Adapter, AdapterSet, LoraPair};
 use edgelora::model::{Model, State, LINEARS, LINEAR_NAMES};
 use edgelora::quant::GgmlType;
 use edgelora::{ErrorKind as K, Gguf};
@@ -24,37 +24,18 @@ fn tiny() -> Vec<u8> {
 /// An all-linear adapter of rank `r` for `base` with random A and B.
 fn make_adapter(base: &Gguf<'_>, r: usize, seed: u64, alpha: f32, fingerprint: bool) -> Vec<u8> {
     let m: Model<4> = Model::from_gguf(base).unwrap();
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", OwnedValue::Str("llama".into()));
-    w.set("general.type", OwnedValue::Str("adapter".into()));
-    w.set("adapter.type", OwnedValue::Str("lora".into()));
-    w.set("adapter.lora.alpha", OwnedValue::F32(alpha));
-    if fingerprint {
-        w.set(FINGERPRINT_KEY, OwnedValue::U64(base_fingerprint(base)));
-    }
-    for l in 0..m.config().n_layers {
-        for (k, name) in LINEAR_NAMES.iter().enumerate() {
-            let t = m.layer(l).unwrap().linear(k);
-            let target = format!("blk.{l}.{name}.weight");
-            let a = rnd(seed + (l * 10 + k) as u64, r * t.cols(), 0.3);
-            let b = rnd(seed + 1000 + (l * 10 + k) as u64, t.rows() * r, 0.3);
-            w.add_tensor(
-                &format!("{target}.lora_a"),
-                GgmlType::F32,
-                &[t.cols() as u64, r as u64],
-                f32_bytes(&a),
-            )
-            .unwrap();
-            w.add_tensor(
-                &format!("{target}.lora_b"),
-                GgmlType::F32,
-                &[r as u64, t.rows() as u64],
-                f32_bytes(&b),
-            )
-            .unwrap();
-        }
-    }
-    w.to_bytes()
+    let spec = common::RandomAdapter {
+        rank: r,
+        alpha,
+        amp: 0.3,
+        fingerprint: fingerprint.then(|| base_fingerprint(base)),
+        linears: None,
+        layers: None,
+    };
+    spec.build(&m, |l, k| {
+        let i = (l * 10 + k) as u64;
+        (seed + i, seed + 1000 + i)
+    })
 }
 
 fn logits_with(m: &Model<4>, set: &AdapterSet<'_, '_, '_>, tokens: &[u32]) -> Vec<Vec<f32>> {

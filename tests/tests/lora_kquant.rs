@@ -9,12 +9,10 @@
 
 mod common;
 
-use common::{f32_bytes, rnd};
-use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
 use edgelora::kernels::{KernelMode, MatRef};
 use edgelora::lora::merge::{merge_into, merged_len};
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
-use edgelora::model::{state_buffer, Model, State, LINEARS, LINEAR_NAMES};
+use edgelora::model::{state_buffer, Model, State, LINEARS};
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
 
@@ -23,34 +21,18 @@ fn base_bytes() -> Vec<u8> {
 }
 
 fn make_adapter(m: &Model<'_>, r: usize, seed: u64, alpha: f32) -> Vec<u8> {
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", OwnedValue::Str("llama".into()));
-    w.set("general.type", OwnedValue::Str("adapter".into()));
-    w.set("adapter.type", OwnedValue::Str("lora".into()));
-    w.set("adapter.lora.alpha", OwnedValue::F32(alpha));
-    for l in 0..m.config().n_layers {
-        for (k, name) in LINEAR_NAMES.iter().enumerate() {
-            let t = m.layer(l).unwrap().linear(k);
-            let target = format!("blk.{l}.{name}.weight");
-            let a = rnd(seed + (l * 10 + k) as u64, r * t.cols(), 0.2);
-            let b = rnd(seed + 1000 + (l * 10 + k) as u64, t.rows() * r, 0.2);
-            w.add_tensor(
-                &format!("{target}.lora_a"),
-                GgmlType::F32,
-                &[t.cols() as u64, r as u64],
-                f32_bytes(&a),
-            )
-            .unwrap();
-            w.add_tensor(
-                &format!("{target}.lora_b"),
-                GgmlType::F32,
-                &[r as u64, t.rows() as u64],
-                f32_bytes(&b),
-            )
-            .unwrap();
-        }
-    }
-    w.to_bytes()
+    let spec = common::RandomAdapter {
+        rank: r,
+        alpha,
+        amp: 0.2,
+        fingerprint: None,
+        linears: None,
+        layers: None,
+    };
+    spec.build(m, |l, k| {
+        let i = (l * 10 + k) as u64;
+        (seed + i, seed + 1000 + i)
+    })
 }
 
 fn run(

@@ -87,3 +87,70 @@ pub fn flip_allowance(sum_sq_e12: f64, margins: &[f64]) -> (f64, f64, f64) {
     };
     (sigma, expected, expected + 3.0 * expected.sqrt() + 1.0)
 }
+
+/// A random LoRA adapter in llama.cpp's GGUF layout (F32 A and B) for a model, for tests that
+/// need one: every linear of every layer unless narrowed.
+pub struct RandomAdapter<'x> {
+    /// Rank r.
+    pub rank: usize,
+    /// `adapter.lora.alpha`.
+    pub alpha: f32,
+    /// Values of A and B are uniform in `[-amp, amp)`.
+    pub amp: f32,
+    /// The base fingerprint to record, if any.
+    pub fingerprint: Option<u64>,
+    /// Only these linears (indices in `LINEAR_NAMES`), if given.
+    pub linears: Option<&'x [usize]>,
+    /// Only the first this many layers, if given.
+    pub layers: Option<usize>,
+}
+
+impl RandomAdapter<'_> {
+    /// The adapter's GGUF bytes; `seeds(l, k)` gives the `rnd` seeds of A and B of linear `k`
+    /// in layer `l` (callers keep their own, so committed fixtures stay byte-identical).
+    pub fn build<const L: usize>(
+        &self,
+        m: &edgelora::model::Model<'_, L>,
+        seeds: impl Fn(usize, usize) -> (u64, u64),
+    ) -> Vec<u8> {
+        use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
+        use edgelora::model::LINEAR_NAMES;
+        use edgelora::quant::GgmlType;
+        let r = self.rank;
+        let mut w = GgufWriter::new();
+        w.set("general.architecture", OwnedValue::Str("llama".into()));
+        w.set("general.type", OwnedValue::Str("adapter".into()));
+        w.set("adapter.type", OwnedValue::Str("lora".into()));
+        w.set("adapter.lora.alpha", OwnedValue::F32(self.alpha));
+        if let Some(fp) = self.fingerprint {
+            w.set(edgelora::lora::FINGERPRINT_KEY, OwnedValue::U64(fp));
+        }
+        for l in 0..self.layers.unwrap_or(m.config().n_layers) {
+            for (k, name) in LINEAR_NAMES.iter().enumerate() {
+                if self.linears.is_some_and(|ks| !ks.contains(&k)) {
+                    continue;
+                }
+                let t = m.layer(l).unwrap().linear(k);
+                let target = format!("blk.{l}.{name}.weight");
+                let (sa, sb) = seeds(l, k);
+                let a = rnd(sa, r * t.cols(), self.amp);
+                let b = rnd(sb, t.rows() * r, self.amp);
+                w.add_tensor(
+                    &format!("{target}.lora_a"),
+                    GgmlType::F32,
+                    &[t.cols() as u64, r as u64],
+                    f32_bytes(&a),
+                )
+                .unwrap();
+                w.add_tensor(
+                    &format!("{target}.lora_b"),
+                    GgmlType::F32,
+                    &[r as u64, t.rows() as u64],
+                    f32_bytes(&b),
+                )
+                .unwrap();
+            }
+        }
+        w.to_bytes()
+    }
+}
