@@ -63,11 +63,7 @@ struct Fixture {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    common::json_f64s(v)
 }
 
 /// Every model: one per architecture, then the rope scaling ones.
@@ -97,20 +93,9 @@ fn fixtures_in(json: &str) -> Vec<Fixture> {
                 .iter()
                 .map(|c| Case {
                     name: c["name"].as_str().unwrap().to_string(),
-                    tokens: arr(&c["tokens"])
-                        .iter()
-                        .map(|t| t.as_u64().unwrap() as u32)
-                        .collect(),
-                    top_ids: arr(&c["top_ids"])
-                        .iter()
-                        .map(|r| {
-                            arr(r)
-                                .iter()
-                                .map(|t| t.as_u64().unwrap() as usize)
-                                .collect()
-                        })
-                        .collect(),
-                    top_logits: arr(&c["top_logits"]).iter().map(floats).collect(),
+                    tokens: common::json_u32s(&c["tokens"]),
+                    top_ids: common::json_id_rows(&c["top_ids"]),
+                    top_logits: common::json_f64_rows(&c["top_logits"]),
                     logit_rms: floats(&c["logit_rms"]),
                     last_logits: floats(&c["last_logits"]),
                 })

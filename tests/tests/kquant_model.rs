@@ -48,27 +48,10 @@ fn refs() -> (Value, Vec<Case>) {
         .iter()
         .map(|c| Case {
             name: c["name"].as_str().unwrap().to_string(),
-            tokens: arr(&c["tokens"])
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect(),
-            top_ids: arr(&c["top_ids"])
-                .iter()
-                .map(|r| {
-                    arr(r)
-                        .iter()
-                        .map(|t| t.as_u64().unwrap() as usize)
-                        .collect()
-                })
-                .collect(),
-            top_logits: arr(&c["top_logits"])
-                .iter()
-                .map(|r| arr(r).iter().map(|t| t.as_f64().unwrap()).collect())
-                .collect(),
-            logit_rms: arr(&c["logit_rms"])
-                .iter()
-                .map(|t| t.as_f64().unwrap())
-                .collect(),
+            tokens: common::json_u32s(&c["tokens"]),
+            top_ids: common::json_id_rows(&c["top_ids"]),
+            top_logits: common::json_f64_rows(&c["top_logits"]),
+            logit_rms: common::json_f64s(&c["logit_rms"]),
         })
         .collect();
     (v, cases)

@@ -154,3 +154,28 @@ impl RandomAdapter<'_> {
         w.to_bytes()
     }
 }
+
+/// A JSON array of numbers as f64 (panics with the value if it is not one: fixtures only).
+pub fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
+    let a = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    a.iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// A JSON array of token ids.
+pub fn json_u32s(v: &serde_json::Value) -> Vec<u32> {
+    json_f64s(v).into_iter().map(|x| x as u32).collect()
+}
+
+/// A JSON array of arrays of token ids (per position: a top-k list).
+pub fn json_id_rows(v: &serde_json::Value) -> Vec<Vec<usize>> {
+    let a = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    a.iter()
+        .map(|r| json_f64s(r).into_iter().map(|x| x as usize).collect())
+        .collect()
+}
+
+/// A JSON array of arrays of numbers (per position: logits).
+pub fn json_f64_rows(v: &serde_json::Value) -> Vec<Vec<f64>> {
+    let a = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    a.iter().map(json_f64s).collect()
+}
