@@ -235,21 +235,35 @@ pub(super) fn load_group(bytes: &[u8]) -> (__m512i, __m512i) {
     (v0, v1)
 }
 
-/// Bytes ahead of the group being read that the matvecs prefetch. Decode streams every weight
-/// once and the hardware prefetcher alone leaves the loads partly exposed: on the dev VM
-/// (2026-11-28, SmolLM2 Q4_1, one thread) decode went from 53-57 to 82-89 tokens/s with it;
-/// 2048 and 8192 measured the same within noise.
+/// Bytes ahead of the group being read that the matvecs prefetch into L2 (`PREFETCH`) and
+/// into L1 (`PREFETCH_L1`). Decode streams every weight once and the hardware prefetcher alone
+/// leaves the loads partly exposed: on the dev VM (2026-11-28, SmolLM2 Q4_1, one thread)
+/// decode went from 53-57 to 82-89 tokens/s with an L1 prefetch 4096 bytes ahead.
+///
+/// Two levels since 2026-12-06: an L1 prefetch far ahead helped some shapes and halved others
+/// (AMD EPYC Zen 4 VM, `bench/examples/roof.rs`, thread CPU time, weights in the file's 4 KB
+/// mapping): Gemma 3's 262144 x 640 Q8_0 head streamed at 8.2-8.7 GB/s with it, 14.7-21 GB/s
+/// with the L1 prefetch 256 bytes ahead instead, yet 256 bytes ahead halved 16384 x 1536
+/// matrices (Q8_0 19.4 -> 9.6 GB/s). Far ahead into L2 plus near ahead into L1 gave the best
+/// of both on every shape measured (head 19.8-20.8 GB/s against a 23-24 GB/s plain-read roof;
+/// see the README's roofline table).
 const PREFETCH: usize = 4096;
+/// See [`PREFETCH`].
+const PREFETCH_L1: usize = 256;
 
-/// Hint the cache to fetch the two lines at `PREFETCH` bytes past the start of `bytes`.
+/// Hint the cache to fetch the two lines at `PREFETCH` bytes past the start of `bytes` into
+/// L2 and the two at `PREFETCH_L1` into L1.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 pub(super) fn prefetch_ahead(bytes: &[u8]) {
     // `wrapping_add`: the address may lie past the slice; a prefetch never faults or reads
     // architecturally, so no safety condition applies to the pointer.
-    let p = bytes.as_ptr().wrapping_add(PREFETCH);
-    _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
+    let far = bytes.as_ptr().wrapping_add(PREFETCH);
+    _mm_prefetch::<_MM_HINT_T1>(far.cast());
+    _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64).cast());
+    let near = bytes.as_ptr().wrapping_add(PREFETCH_L1);
+    _mm_prefetch::<_MM_HINT_T0>(near.cast());
+    _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(64).cast());
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
