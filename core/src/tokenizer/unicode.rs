@@ -1,9 +1,10 @@
 //! Character classes for the pre-tokeniser and GPT-2's byte <-> character mapping.
 //!
 //! `\p{L}` and `\p{N}` come from the generated range tables in `unicode_tables.rs` (Unicode
-//! 14.0, the version of the Oniguruma build inside Hugging Face `tokenizers`, whose regex is the
-//! reference); `\s` is Unicode `White_Space`, which is what `char::is_whitespace` tests and what
-//! Oniguruma's `\s` means for UTF-8 text.
+//! 16.0, the version of the Oniguruma build inside Hugging Face `tokenizers` 0.23, whose regex
+//! is the reference; llama.cpp's own tables are older, which shows on letters new in 16.0);
+//! `\s` is Unicode `White_Space`, which is what `char::is_whitespace` tests and what Oniguruma's
+//! `\s` means for UTF-8 text.
 
 use super::unicode_tables::{LETTER, NUMBER};
 
@@ -175,6 +176,9 @@ mod tests {
             ('!', Class::Other),
             ('🙂', Class::Other),
             ('\'', Class::Other),
+            ('\u{1e5d0}', Class::Letter), // Ol Onal, new in Unicode 16.0
+            ('\u{11f50}', Class::Number), // Kawi digit, new in 15.0
+            ('\u{10940}', Class::Other),  // Sidetic, new in 17.0: not in tokenizers' tables
         ] {
             assert_eq!(class(c), k, "{c:?}");
         }
