@@ -243,27 +243,56 @@ fn unknown_pre_is_a_typed_error() {
     }
 }
 
-/// The chat templates written into the fixtures select the built-in formats, which render
-/// what `transformers`' `apply_chat_template` would for Llama 3 (the BOS of the template is the
-/// caller's id, see `ChatTemplate`).
+/// The chat templates in the fixtures (Llama 3 Instruct's, Qwen2 Instruct's) select the core's
+/// built-in formats, whose renders, with BOS as an id where the vocabulary asks for one, give the
+/// text and ids of `transformers`' `apply_chat_template` with those templates.
 #[test]
-fn fixture_chat_templates_select_builtin_formats() {
-    let l3b = fixture("tiny_llama3_bpe.gguf");
-    let g = Gguf::parse(&l3b).unwrap();
-    let t = ChatTemplate::from_gguf(&g).unwrap().unwrap();
-    assert_eq!(t.format(), ChatFormat::Llama3);
-    let mut s = String::new();
-    t.render(&[ChatMessage::new("user", " Hi ")], true, &mut s)
-        .unwrap();
-    assert_eq!(
-        s,
-        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-    );
-    let qb = fixture("tiny_qwen2_bpe.gguf");
-    let g = Gguf::parse(&qb).unwrap();
-    let t = ChatTemplate::from_gguf(&g).unwrap().unwrap();
-    assert_eq!(t.format(), ChatFormat::ChatMl);
-    assert_eq!(t.default_system(), Some("You are a helpful assistant."));
+fn builtin_chat_formats_match_transformers() {
+    let refs = refs();
+    let mut n = 0;
+    for (name, format) in [
+        ("llama3", ChatFormat::Llama3),
+        ("qwen2", ChatFormat::ChatMl),
+    ] {
+        let bytes = fixture(refs[name]["gguf"].as_str().unwrap());
+        let g = Gguf::parse(&bytes).unwrap();
+        let tok = Tokenizer::new_owned(&g).unwrap();
+        let t = ChatTemplate::from_gguf(&g).unwrap().unwrap();
+        assert_eq!(t.format(), format);
+        assert_eq!(
+            ChatTemplate::for_model(&g, |x| tok.token_id(x).is_some()).unwrap(),
+            Some(t)
+        );
+        for r in refs[name]["chat"].as_array().unwrap() {
+            let msgs: Vec<ChatMessage<'_>> = r["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
+                })
+                .collect();
+            let gen = r["add_generation_prompt"].as_bool().unwrap();
+            let mut s = String::new();
+            t.render(&msgs, gen, &mut s).unwrap();
+            let mut ids = Vec::new();
+            let mut want = r["text"].as_str().unwrap();
+            if tok.add_bos() {
+                let bos = tok.bos_id().unwrap();
+                ids.push(bos);
+                let bos_text = std::str::from_utf8(tok.token_text(bos).unwrap()).unwrap();
+                want = want
+                    .strip_prefix(bos_text)
+                    .expect("the template writes BOS");
+            }
+            assert_eq!(s, want, "{name} {msgs:?} {gen}");
+            ids.extend(enc(&tok, &s, true));
+            assert_eq!(ids, ids_of(&r["ids"]), "{name} {msgs:?} {gen}");
+            n += 1;
+        }
+    }
+    println!("{n}/{n} chat renders (Llama 3, Qwen2) equal transformers' apply_chat_template");
+    assert_eq!(n, 20);
 }
 
 /// A writer holding the metadata of `bytes` whose keys pass `keep` (the fixtures have no
