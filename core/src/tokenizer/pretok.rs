@@ -1,4 +1,6 @@
-//! Pre-tokenisation for byte-level BPE: the GPT-2 regex, written out by hand.
+//! Pre-tokenisation for byte-level BPE: the GPT-2, Llama 3 and Qwen2 regexes, written out by
+//! hand (the core has no regex engine; each is a few dozen lines over the `\p{L}`/`\p{N}`/`\s`
+//! classes of `unicode.rs`).
 //!
 //! GPT-2 (and Hugging Face's `ByteLevel` pre-tokeniser) split text with
 //!
@@ -31,7 +33,11 @@
 //! (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //! ```
 //!
-//! and Qwen2's (`qwen2`) with the same pattern where `\p{N}` stands alone instead of `\p{N}{1,3}`.
+//! and Qwen2's (`qwen2`) with the same pattern where `\p{N}` stands alone instead of `\p{N}{1,3}`
+//! (both checked against the `tokenizer.json` regexes `transformers` builds and llama.cpp's
+//! `unicode_regex_split_custom_llama3`/`_qwen2`). DBRX and Smaug (`dbrx`, `smaug-bpe`) use Llama
+//! 3's regex without its other settings.
+//!
 //! Spelled out, at each position, first match wins:
 //!
 //! 1. an apostrophe followed by `s t re ve m ll d` in any case is a piece. The case folding is
@@ -50,7 +56,14 @@
 //!
 //! Llama 3 also sets `ignore_merges` (its `tokenizer.json`; llama.cpp for `llama-bpe`): a piece
 //! that is itself a token becomes that token without merging; see
-//! [`PreTokenizer::ignores_merges`].
+//! [`PreTokenizer::ignores_merges`]. Qwen2's `tokenizer.json` normalises text to NFC first; a
+//! GGUF does not record that and llama.cpp does not do it, nor does this tokenizer (decomposed
+//! accents give other ids than Hugging Face's there).
+//!
+//! A value of `tokenizer.ggml.pre` that is not listed in [`PreTokenizer::from_name`] (Qwen3.5's
+//! `qwen35`, GPT-4o's, Tekken, ...) makes the tokenizer refuse the file with
+//! [`ErrorKind::BadValue`](crate::ErrorKind::BadValue) naming the key, rather than split with
+//! a regex the vocabulary was not trained with.
 
 use super::unicode::{class, is_number, Class};
 
@@ -65,6 +78,8 @@ pub enum PreTokenizer {
     Llama3,
     /// Qwen2's regex: Llama 3's with one number at a time (`qwen2`, `deepseek-r1-qwen`, ...).
     Qwen2,
+    /// Llama 3's regex without `ignore_merges` or a BOS default (`dbrx`, `smaug-bpe`).
+    Llama3Regex,
 }
 
 impl PreTokenizer {
@@ -82,6 +97,8 @@ impl PreTokenizer {
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" => {
                 PreTokenizer::Qwen2
             }
+            // LLAMA_VOCAB_PRE_TYPE_DBRX / _SMAUG: Llama 3's regex, none of its other settings.
+            "dbrx" | "smaug-bpe" => PreTokenizer::Llama3Regex,
             _ => return None,
         })
     }
@@ -144,7 +161,7 @@ impl<'t> Iterator for Pieces<'t> {
                     gpt2_next(&self.text[..self.seg_end], start)
                 }
             }
-            PreTokenizer::Llama3 => llama3_next(self.text, start, 3),
+            PreTokenizer::Llama3 | PreTokenizer::Llama3Regex => llama3_next(self.text, start, 3),
             PreTokenizer::Qwen2 => llama3_next(self.text, start, 1),
         };
         self.pos = end;
@@ -365,10 +382,15 @@ mod tests {
         assert_eq!(PreTokenizer::from_name("gpt-4o"), None);
         assert_eq!(PreTokenizer::from_name("Llama-BPE"), None);
         assert!(PreTokenizer::Llama3.ignores_merges() && PreTokenizer::Llama3.default_add_bos());
+        assert_eq!(
+            PreTokenizer::from_name("smaug-bpe"),
+            Some(PreTokenizer::Llama3Regex)
+        );
         for k in [
             PreTokenizer::Gpt2,
             PreTokenizer::Gpt2SplitDigits,
             PreTokenizer::Qwen2,
+            PreTokenizer::Llama3Regex,
         ] {
             assert!(!k.ignores_merges() && !k.default_add_bos());
         }
@@ -436,6 +458,9 @@ mod tests {
         ] {
             assert_eq!(split(s, q), split(s, l), "{s:?}");
         }
+        for s in ["DON'T 1234567\r\n  x", " 'ſ ² e\u{301}"] {
+            assert_eq!(split(s, PreTokenizer::Llama3Regex), split(s, l), "{s:?}");
+        }
     }
 
     /// Random text (random bytes, made UTF-8, and random picks from awkward characters) never
@@ -466,6 +491,7 @@ mod tests {
                 PreTokenizer::Gpt2SplitDigits,
                 PreTokenizer::Llama3,
                 PreTokenizer::Qwen2,
+                PreTokenizer::Llama3Regex,
             ] {
                 split(&text, k);
             }
