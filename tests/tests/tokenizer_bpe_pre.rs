@@ -311,3 +311,90 @@ fn copy(bytes: &[u8], keep: impl Fn(&str) -> bool) -> GgufWriter {
 fn rewrite(bytes: &[u8], keep: impl Fn(&str) -> bool) -> Vec<u8> {
     copy(bytes, keep).to_bytes()
 }
+
+/// The real Llama 3 and Qwen2 vocabularies (128 256 / 151 936 tokens) that llama.cpp ships for
+/// its tokenizer test, `models/ggml-vocab-{llama-bpe,qwen2}.gguf`, against the ids beside them
+/// (`.gguf.out`, written by `convert_hf_to_gguf_update.py` with the models' own Hugging Face
+/// tokenizers for the strings in `.gguf.inp`). The files are llama.cpp's (7.8 and 5.9 MB, not
+/// committed): point `EDGELORA_LLAMA_CPP_MODELS` at that folder (llama-cpp-python 0.3.36's sdist
+/// has it under `vendor/llama.cpp/models`); without it the test prints SKIPPED.
+#[test]
+fn real_vocabularies_match_llama_cpp_test_files() {
+    let Some(dir) = std::env::var_os("EDGELORA_LLAMA_CPP_MODELS") else {
+        println!(
+            "SKIPPED: set EDGELORA_LLAMA_CPP_MODELS to llama.cpp's models/ folder \
+             (ggml-vocab-llama-bpe.gguf, ggml-vocab-qwen2.gguf and their .inp/.out)"
+        );
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    for (name, pre, n_vocab) in [
+        ("llama-bpe", PreTokenizer::Llama3, 128_256),
+        ("qwen2", PreTokenizer::Qwen2, 151_936),
+    ] {
+        let path = dir.join(format!("ggml-vocab-{name}.gguf"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let inp = std::fs::read_to_string(path.with_extension("gguf.inp")).unwrap();
+        let out = std::fs::read_to_string(path.with_extension("gguf.out")).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let tok = Tokenizer::new_owned(&g).unwrap();
+        assert_eq!(tok.pre_tokenizer(), pre);
+        assert_eq!(tok.vocab_size(), n_vocab);
+        // llama.cpp's test-tokenizer-0 format: tests separated by "\n__ggml_vocab_test__\n"
+        // (also after the last), one line of ids per test.
+        let texts: Vec<&str> = inp
+            .strip_suffix("\n__ggml_vocab_test__\n")
+            .unwrap()
+            .split("\n__ggml_vocab_test__\n")
+            .collect();
+        let want: Vec<Vec<u32>> = out
+            .lines()
+            .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(texts.len(), want.len());
+        let mut ok = 0;
+        for (text, want) in texts.iter().zip(&want) {
+            let ours = enc(&tok, text, false);
+            assert_eq!(&ours, want, "{name} {text:?}");
+            assert_eq!(tok.decode_to_string(&ours).unwrap(), *text);
+            ok += 1;
+        }
+        println!(
+            "{name}: {ok}/{} strings give the model's own Hugging Face ids ({} tokens, {} merges, \
+             add_bos {})",
+            texts.len(),
+            tok.vocab_size(),
+            tok.merge_count(),
+            tok.add_bos()
+        );
+
+        // llama.cpp's ids for the 364 strings of bpe_pre_refs.json with this vocabulary
+        // (real_vocab_refs.json, ids only): equal except where llama.cpp's splitter differs
+        // from the regex (see the README: `'ſ`, letters new in Unicode 16).
+        let refs: Value = serde_json::from_slice(&fixture("real_vocab_refs.json")).unwrap();
+        let (mut n, mut same) = (0, 0);
+        let mut differ = Vec::new();
+        for case in refs[name]["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids = ids_of(&case["ids"]);
+            let ours = enc(&tok, text, true);
+            n += 1;
+            if ours == ids {
+                same += 1;
+            } else {
+                let known = text.contains('\u{17f}') || text.contains('\u{1e5d0}');
+                assert!(known, "{name} {text:?}: ours {ours:?}, llama.cpp {ids:?}");
+                differ.push(text);
+            }
+            let plain = case.get("ids_plain").map_or(ids, ids_of);
+            if ours == ids_of(&case["ids"]) {
+                assert_eq!(enc(&tok, text, false), plain, "{name} {text:?}");
+            }
+            assert_eq!(tok.decode_to_string(&ours).unwrap(), text);
+        }
+        println!(
+            "{name}: {same}/{n} strings give llama.cpp's ids; the others differ where llama.cpp's \
+             splitter does: {differ:?}"
+        );
+    }
+}
