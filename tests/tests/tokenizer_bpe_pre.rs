@@ -123,7 +123,7 @@ fn check_against_refs(name: &str, pre: PreTokenizer) {
     println!(
         "{name}: {hf_ok}/{n} strings give tokenizers' ids, {llama_ok}/{n} llama.cpp's \
          ({} disagreements between the references: {disagreements:?}); {plain_n} checked without \
-         parse_special; {nfc} where Qwen2's NFC normaliser would change the ids",
+         parse_special; {nfc} that Qwen2's NFC normaliser would change (not applied: llama.cpp does not)",
         disagreements.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -361,11 +361,12 @@ fn real_vocabularies_match_llama_cpp_test_files() {
         }
         println!(
             "{name}: {ok}/{} strings give the model's own Hugging Face ids ({} tokens, {} merges, \
-             add_bos {})",
+             add_bos {}, scratch {} words)",
             texts.len(),
             tok.vocab_size(),
             tok.merge_count(),
-            tok.add_bos()
+            tok.add_bos(),
+            Tokenizer::scratch_len(&g).unwrap()
         );
 
         // llama.cpp's ids for the 364 strings of bpe_pre_refs.json with this vocabulary
