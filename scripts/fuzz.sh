@@ -77,11 +77,18 @@ for i, d in enumerate(sorted(glob.glob(os.path.join(FX, "lora/tiny/*/adapter_con
 texts = []
 for f in ("tiny_bpe_refs.json", "tiny_spm_refs.json"):
     texts += [c["text"] for c in json.load(open(os.path.join(FX, "tokenizer", f)))["cases"] if c["text"]]
+pre_texts = [c["text"] for c in json.load(open(os.path.join(FX, "tokenizer", "bpe_pre_refs.json")))["llama3"]["cases"] if c["text"]]
 for i, t in enumerate(texts[:120]):
     b = t.encode()
     ids = b"".join(struct.pack("<I", rnd.randrange(300)) for _ in range(4))
     split = min(255, 256 * len(b) // max(1, len(b) + len(ids)) + 1)
     put("tokenizer", f"seed-{i}", bytes([i % 32, split, rnd.randrange(64)]) + b + ids)
+# The Llama 3 / Qwen2 vocabularies (flag bit 5, bit 0 picks which) on their own strings.
+for i, t in enumerate(pre_texts[:120]):
+    b = t.encode()
+    ids = b"".join(struct.pack("<I", rnd.randrange(2100)) for _ in range(4))
+    split = min(255, 256 * len(b) // max(1, len(b) + len(ids)) + 1)
+    put("tokenizer", f"seed-pre-{i}", bytes([0x20 | (i % 32 & 0x1d), split, rnd.randrange(64)]) + b + ids)
 # forward: head, ctx, ops.
 for i in range(24):
     ops = bytearray([i % 32, rnd.randrange(40)])

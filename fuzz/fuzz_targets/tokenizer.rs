@@ -1,9 +1,10 @@
-//! The tokenizer on the committed vocabularies (byte-level BPE, SmolLM2's pre-tokeniser,
-//! SentencePiece): encode arbitrary bytes (as lossy UTF-8) and decode arbitrary ids. Input:
+//! The tokenizer on the committed vocabularies (byte-level BPE with the GPT-2, SmolLM2, Llama 3
+//! and Qwen2 pre-tokenisers, SentencePiece): encode arbitrary bytes (as lossy UTF-8) and decode
+//! arbitrary ids. Input:
 //!
 //! ```text
-//! byte 0   bits 0-1 vocabulary, bit 2 parse_special, bit 3 skip_special,
-//!          bit 4 strip_leading_space
+//! byte 0   bits 0-1 vocabulary (mod 3), or with bit 5 set bit 0 picks Llama 3 / Qwen2;
+//!          bit 2 parse_special, bit 3 skip_special, bit 4 strip_leading_space
 //! byte 1   where the rest splits into text | ids
 //! byte 2   a small output size (ids for encode, bytes for decode) to exercise short buffers
 //! rest     text bytes, then u32 LE ids (top bit clear: reduced into the vocabulary + 8)
@@ -25,14 +26,16 @@ use edgelora::{ErrorKind, Gguf};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-static VOCABS: [&[u8]; 3] = [
+static VOCABS: [&[u8]; 5] = [
     include_bytes!("../../tests/fixtures/tokenizer/tiny_bpe.gguf"),
     include_bytes!("../../tests/fixtures/tokenizer/tiny_bpe_smollm.gguf"),
     include_bytes!("../../tests/fixtures/tokenizer/tiny_spm.gguf"),
+    include_bytes!("../../tests/fixtures/tokenizer/tiny_llama3_bpe.gguf"),
+    include_bytes!("../../tests/fixtures/tokenizer/tiny_qwen2_bpe.gguf"),
 ];
 
-fn tokenizers() -> &'static [Tokenizer<'static, Vec<u32>>; 3] {
-    static T: OnceLock<[Tokenizer<'static, Vec<u32>>; 3]> = OnceLock::new();
+fn tokenizers() -> &'static [Tokenizer<'static, Vec<u32>>; 5] {
+    static T: OnceLock<[Tokenizer<'static, Vec<u32>>; 5]> = OnceLock::new();
     T.get_or_init(|| {
         VOCABS.map(|b| {
             let g = Gguf::parse(b).expect("committed vocabulary parses");
@@ -48,7 +51,13 @@ fuzz_target!(|data: &[u8]| {
     let small = r.u8() as usize;
     let rest = r.rest();
     let (text_bytes, id_bytes) = rest.split_at(rest.len() * split / 256);
-    let tok = &tokenizers()[(flags & 3) as usize % 3];
+    // Bits 0-1 as before (older seeds keep their vocabulary); bit 5 for the two added later.
+    let pick = if flags & 32 != 0 {
+        3 + (flags & 1) as usize
+    } else {
+        (flags & 3) as usize % 3
+    };
+    let tok = &tokenizers()[pick];
     let (parse_special, skip, strip) = (flags & 4 != 0, flags & 8 != 0, flags & 16 != 0);
     let vocab = tok.vocab_size();
 

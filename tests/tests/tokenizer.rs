@@ -936,7 +936,13 @@ fn fuzz<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, seed: u64, rounds: usize) {
 
 #[test]
 fn random_input_never_panics() {
-    for name in ["tiny_bpe.gguf", "tiny_bpe_smollm.gguf", "tiny_spm.gguf"] {
+    for name in [
+        "tiny_bpe.gguf",
+        "tiny_bpe_smollm.gguf",
+        "tiny_llama3_bpe.gguf",
+        "tiny_qwen2_bpe.gguf",
+        "tiny_spm.gguf",
+    ] {
         let bytes = fixture(name);
         let g = Gguf::parse(&bytes).unwrap();
         let tok = Tokenizer::new_owned(&g).unwrap();

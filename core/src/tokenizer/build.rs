@@ -348,7 +348,8 @@ impl<'a, S: AsRef<[u32]> + AsMut<[u32]>> Tokenizer<'a, S> {
     ///
     /// Reads `model`, `tokens`, `token_type` (optional: all normal), `scores` (optional: all
     /// 0), `merges` (required for `gpt2`), `pre`, `bos/eos/unknown/eot/eom_token_id`,
-    /// `add_bos_token` (default: true for `llama`, false for `gpt2`) and `add_space_prefix`
+    /// `add_bos_token` (default: true for `llama` and for `gpt2` with a Llama 3 `pre`, false for
+    /// other `gpt2` files) and `add_space_prefix`
     /// (default: true for `llama`; not used by `gpt2`, as in llama.cpp).
     ///
     /// # Errors
@@ -616,7 +617,8 @@ impl<'a, S: AsRef<[u32]> + AsMut<[u32]>> Tokenizer<'a, S> {
             }
         }
         let spm = meta.kind == TokenizerKind::Spm;
-        let add_bos = optional_bool(gguf, ADD_BOS_KEY)?.unwrap_or(spm);
+        let add_bos =
+            optional_bool(gguf, ADD_BOS_KEY)?.unwrap_or(spm || meta.pre.default_add_bos());
         let add_space_prefix = optional_bool(gguf, ADD_SPACE_PREFIX_KEY)?.unwrap_or(spm);
 
         Ok(Tokenizer {

@@ -59,7 +59,7 @@ use build::{
     hash_bytes, hash_pair, int_elem, parse_byte_token, slot_of, tok_find, tok_text, Layout,
 };
 use merge::{merge_piece, work_len, PairKey, FALLBACK, NONE};
-use unicode::{char_to_byte, utf8_len};
+use unicode::{byte_level_spelling, char_to_byte, utf8_len};
 
 #[cfg(feature = "alloc")]
 use alloc::{string::String, vec, vec::Vec};
@@ -415,7 +415,9 @@ impl<'a, S: AsRef<[u32]>> Tokenizer<'a, S> {
     }
 
     /// Whether prompts should start with BOS (`tokenizer.ggml.add_bos_token`; default true for
-    /// `llama`, false for `gpt2`). [`Tokenizer::encode`] never adds it: the caller does.
+    /// `llama` and for `gpt2` with a Llama 3 pre-tokeniser, false for other `gpt2` files, as in
+    /// llama.cpp; see [`PreTokenizer::default_add_bos`]). [`Tokenizer::encode`] never adds it:
+    /// the caller does.
     pub const fn add_bos(&self) -> bool {
         self.add_bos
     }
@@ -693,6 +695,18 @@ impl<'a, S: AsRef<[u32]>> Tokenizer<'a, S> {
                             push_id(o.ids, &mut o.w, id)?;
                         }
                         continue;
+                    }
+                    if self.pre.ignores_merges() {
+                        // A piece that is a token is that token (llama.cpp looks up every
+                        // token, as Hugging Face's `ignore_merges` looks up its whole vocab).
+                        let spelled = byte_level_spelling(b);
+                        let h = hash_bytes(spelled.clone());
+                        if let Some(id) =
+                            self.find_text(h, |t| t.iter().copied().eq(spelled.clone()))
+                        {
+                            push_id(o.ids, &mut o.w, id)?;
+                            continue;
+                        }
                     }
                     let starts = b.iter().enumerate().map(|(i, &c)| (i, self.byte_token(c)));
                     self.run_piece(b.len(), starts, &BpeKeys(self), Fallback::Bpe, o)?;

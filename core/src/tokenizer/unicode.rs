@@ -1,9 +1,10 @@
 //! Character classes for the pre-tokeniser and GPT-2's byte <-> character mapping.
 //!
 //! `\p{L}` and `\p{N}` come from the generated range tables in `unicode_tables.rs` (Unicode
-//! 14.0, the version of the Oniguruma build inside Hugging Face `tokenizers`, whose regex is the
-//! reference); `\s` is Unicode `White_Space`, which is what `char::is_whitespace` tests and what
-//! Oniguruma's `\s` means for UTF-8 text.
+//! 16.0, the version of the Oniguruma build inside Hugging Face `tokenizers` 0.23, whose regex
+//! is the reference; llama.cpp's own tables are older, which shows on letters new in 16.0);
+//! `\s` is Unicode `White_Space`, which is what `char::is_whitespace` tests and what Oniguruma's
+//! `\s` means for UTF-8 text.
 
 use super::unicode_tables::{LETTER, NUMBER};
 
@@ -111,6 +112,21 @@ const NON_PRINTABLE: [u8; 68] = {
     t
 };
 
+/// The UTF-8 of `bytes` spelled with [`BYTE_TO_CHAR`] (how a byte-level vocabulary stores the
+/// piece: `" the"` is `"Ġthe"`).
+pub(crate) fn byte_level_spelling(bytes: &[u8]) -> impl Iterator<Item = u8> + Clone + '_ {
+    bytes.iter().flat_map(|&b| {
+        // Every mapped code point is below U+0800: one or two UTF-8 bytes.
+        let cp = BYTE_TO_CHAR[b as usize];
+        let (arr, n) = if cp < 0x80 {
+            ([cp as u8, 0], 1)
+        } else {
+            ([0xc0 | (cp >> 6) as u8, 0x80 | (cp & 0x3f) as u8], 2)
+        };
+        arr.into_iter().take(n)
+    })
+}
+
 /// Inverse of [`BYTE_TO_CHAR`]; `None` for characters outside GPT-2's byte alphabet.
 pub(crate) fn char_to_byte(c: char) -> Option<u8> {
     let cp = c as u32;
@@ -136,6 +152,7 @@ pub(crate) const fn utf8_len(lead: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
@@ -149,6 +166,13 @@ mod tests {
             assert_eq!(char_to_byte(c), Some(b));
         }
         assert_eq!(char_to_byte('\u{144}'), None);
+        let all: std::vec::Vec<u8> = (0..=255u8).collect();
+        let mut expect = std::string::String::new();
+        for &b in &all {
+            expect.push(char::from_u32(BYTE_TO_CHAR[b as usize] as u32).unwrap());
+        }
+        assert!(byte_level_spelling(&all).eq(expect.bytes()));
+        assert!(byte_level_spelling(b" the").eq("\u{120}the".bytes()));
         assert_eq!(char_to_byte('日'), None);
     }
 
@@ -175,6 +199,9 @@ mod tests {
             ('!', Class::Other),
             ('🙂', Class::Other),
             ('\'', Class::Other),
+            ('\u{1e5d0}', Class::Letter), // Ol Onal, new in Unicode 16.0
+            ('\u{11f50}', Class::Number), // Kawi digit, new in 15.0
+            ('\u{10940}', Class::Other),  // Sidetic, new in 17.0: not in tokenizers' tables
         ] {
             assert_eq!(class(c), k, "{c:?}");
         }

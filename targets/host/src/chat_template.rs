@@ -182,25 +182,38 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 40);
+        assert_eq!(n, 60);
     }
 
-    /// SmolLM2's template (ChatML with a default system message) renders the same through
-    /// minijinja and through the core's built-in ChatML.
+    /// SmolLM2's and Qwen2 Instruct's templates (ChatML with a default system message) and Llama
+    /// 3 Instruct's render the same through minijinja and through the core's built-in format
+    /// (which leaves BOS to the caller: Llama 3's template writes `bos_token` first).
     #[test]
-    fn smollm2_template_equals_builtin_chatml() {
+    fn real_templates_equal_builtin_formats() {
         let refs = refs();
-        let text = refs["templates"]["smollm2"].as_str().unwrap();
-        let jinja = ChatRenderer::new(Some(text), None, "<s>".into(), "</s>".into());
-        let builtin = ChatRenderer::Builtin(ChatTemplate::detect(text).unwrap());
-        for r in refs["builtin"].as_array().unwrap() {
-            let m = msgs(&r["messages"]);
-            let gen = r["add_generation_prompt"].as_bool().unwrap();
-            assert_eq!(
-                jinja.render(&m, gen).unwrap(),
-                builtin.render(&m, gen).unwrap()
-            );
+        let mut n = 0;
+        for (name, format, bos) in [
+            ("smollm2", ChatFormat::ChatMl, ""),
+            ("qwen2_instruct", ChatFormat::ChatMl, ""),
+            ("llama3_instruct", ChatFormat::Llama3, "<s>"),
+        ] {
+            let text = refs["templates"][name].as_str().unwrap();
+            let jinja = ChatRenderer::new(Some(text), None, "<s>".into(), "</s>".into());
+            let t = ChatTemplate::detect(text).unwrap();
+            assert_eq!(t.format(), format, "{name}");
+            let builtin = ChatRenderer::Builtin(t);
+            for r in refs["builtin"].as_array().unwrap() {
+                let m = msgs(&r["messages"]);
+                let gen = r["add_generation_prompt"].as_bool().unwrap();
+                assert_eq!(
+                    jinja.render(&m, gen).unwrap(),
+                    format!("{bos}{}", builtin.render(&m, gen).unwrap()),
+                    "{name}"
+                );
+                n += 1;
+            }
         }
+        assert_eq!(n, 90);
     }
 
     #[test]
