@@ -2,8 +2,8 @@
 //! then rescaled by its magnitude factor), one row at a time, into a caller buffer of any type
 //! this build can write: F32, F16, BF16, or any weight type with a quantiser in the type table
 //! ([`QuantType::QUANTIZE`](crate::quant::QuantType::QUANTIZE): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! Q4_K, Q5_K, Q6_K today). [`merge_model`] (feature `alloc`) merges a whole file, either into
-//! one fixed type or into each tensor's own type ([`MergeType::Base`]), which is what
+//! Q4_K, Q5_K, Q6_K today). `merge_model` (feature `alloc`) merges a whole file, either into
+//! one fixed type or into each tensor's own type (`MergeType::Base`), which is what
 //! `edgelora merge --type base` runs.
 //!
 //! Each merged row is dequantised exactly (the base's oracle), the update added in f32, and the
@@ -66,7 +66,7 @@ pub fn merged_len(w: &MatRef<'_>, ty: GgmlType) -> Option<usize> {
 }
 
 /// The error for a merge output type this build has no quantiser for (Q2_K, Q3_K, IQ4_NL,
-/// IQ4_XS, or a family whose feature is off). Names the type; [`merge_model`] renames it to
+/// IQ4_XS, or a family whose feature is off). Names the type; `merge_model` renames it to
 /// `"<tensor> (<type>)"`.
 fn no_quantizer(ty: GgmlType) -> Error {
     Error::new(
@@ -85,7 +85,8 @@ fn no_quantizer(ty: GgmlType) -> Error {
 /// [`ErrorKind::UnsupportedTensorType`] naming the type if it has no quantiser in this build
 /// ([`r::has_quantizer`]); [`ErrorKind::BadDims`] if `cols` is not a whole number of blocks
 /// of `ty`; [`ErrorKind::ShapeMismatch`] if a pair (or its DoRA factor) does not fit `w`;
-/// [`ErrorKind::BufferTooSmall`] for short buffers. Nothing is written to `out` on error.
+/// [`ErrorKind::BufferTooSmall`] for short buffers. All of these are checked before the first
+/// row is written.
 pub fn merge_into(
     w: &MatRef<'_>,
     pairs: &[(LoraPair<'_>, f32)],
