@@ -159,8 +159,14 @@ fn qwen_gemma_peft_adapters_match_peft() {
             let mut slots = vec![None; Adapter::slots_len(model.config())];
             let b = ad.bind(&base, &model, &mut slots).unwrap();
             let set = AdapterSet::single(&b, 1.0);
-            let merged_bytes =
-                merge_model(&base, &model, &set, MergeType::Fixed(GgmlType::F32), |_| {}).unwrap();
+            let merged_bytes = merge_model(
+                &base,
+                &model,
+                &[(&b, 1.0)],
+                MergeType::Fixed(GgmlType::F32),
+                |_| {},
+            )
+            .unwrap();
             let merged_g = Gguf::parse(&merged_bytes).unwrap();
             let merged: Model = Model::from_gguf(&merged_g).unwrap();
             let (mut r_ref, mut r_merged) = (0f64, 0f64);

@@ -646,8 +646,14 @@ fn tiny_dora_merge_matches_peft() {
     let mut slots = vec![None; Adapter::slots_len(model.config())];
     let b = ad.bind(&base, &model, &mut slots).unwrap();
     let set = AdapterSet::single(&b, 1.0);
-    let merged_bytes =
-        merge_model(&base, &model, &set, MergeType::Fixed(GgmlType::F32), |_| {}).unwrap();
+    let merged_bytes = merge_model(
+        &base,
+        &model,
+        &[(&b, 1.0)],
+        MergeType::Fixed(GgmlType::F32),
+        |_| {},
+    )
+    .unwrap();
     let merged_g = Gguf::parse(&merged_bytes).unwrap();
     let merged: Model = Model::from_gguf(&merged_g).unwrap();
     let (mut worst, mut worst_unmerged, mut total) = (0f32, 0f32, 0);
@@ -680,4 +686,38 @@ fn tiny_dora_merge_matches_peft() {
     assert!(total > 0);
     assert!(worst < 1e-4, "{worst}");
     assert!(worst_unmerged < 1e-4, "{worst_unmerged}");
+
+    // Two adapters, plain at 0.5 then DoRA: merged in that order equals the unmerged pair
+    // (W' = g (W + 0.5 s1 B1 A1 + s2 B2 A2), the order `AdapterSet::apply` uses).
+    let pb = convert("lora/tiny/plain", &base, GgmlType::F32);
+    let pad = Adapter::parse(&pb).unwrap();
+    let mut pslots = vec![None; Adapter::slots_len(model.config())];
+    let p = pad.bind(&base, &model, &mut pslots).unwrap();
+    let mut both = AdapterSet::single(&p, 0.5);
+    both.push(&b, 1.0).unwrap();
+    let mb = merge_model(
+        &base,
+        &model,
+        &[(&p, 0.5), (&b, 1.0)],
+        MergeType::Fixed(GgmlType::F32),
+        |_| {},
+    )
+    .unwrap();
+    let mg = Gguf::parse(&mb).unwrap();
+    let m2: Model = Model::from_gguf(&mg).unwrap();
+    let toks = ids(&refs["cases"][0]["tokens"]);
+    let un = run(&model, &both, &toks, KernelMode::Reference);
+    let got = run(&m2, &AdapterSet::EMPTY, &toks, KernelMode::Reference);
+    let scale = un.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+    let d = un
+        .iter()
+        .flatten()
+        .zip(got.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "tiny plain x0.5 + dora merged to F32 vs unmerged: max rel |dlogit| {:.1e}",
+        d / scale
+    );
+    assert!(d < 1e-4 * scale, "{d}");
 }

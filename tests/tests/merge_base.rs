@@ -135,7 +135,7 @@ fn check_merge(
     let set = AdapterSet::single(&b, 1.0);
 
     let mut reports: Vec<(String, GgmlType, GgmlType, MergeStats)> = vec![];
-    let out = merge_model(&base, &model, &set, MergeType::Base, |r| {
+    let out = merge_model(&base, &model, &[(&b, 1.0)], MergeType::Base, |r| {
         reports.push((r.name.to_string(), r.from, r.to, r.stats))
     })
     .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -289,16 +289,23 @@ fn tiny_mixed_merge_base_refuses_types_without_quantiser() {
         let ad = Adapter::parse(&ad_bytes).unwrap();
         let mut slots = vec![None; Adapter::slots_len(model.config())];
         let b = ad.bind(&g, &model, &mut slots).unwrap();
-        let set = AdapterSet::single(&b, 1.0);
         let mut called = 0;
-        let e = merge_model(&g, &model, &set, MergeType::Base, |_| called += 1).unwrap_err();
+        let e =
+            merge_model(&g, &model, &[(&b, 1.0)], MergeType::Base, |_| called += 1).unwrap_err();
         println!("{}: {e}", ty.name());
         assert_eq!(e.kind(), ErrorKind::UnsupportedTensorType);
         assert_eq!(e.name().to_string(), format!("{first} ({})", ty.name()));
         assert!(e.to_string().contains("--type q8_0"), "{e}");
         assert_eq!(called, 0, "refused before merging anything");
         // The same adapter merges into a fixed type.
-        merge_model(&g, &model, &set, MergeType::Fixed(GgmlType::Q8_0), |_| {}).unwrap();
+        merge_model(
+            &g,
+            &model,
+            &[(&b, 1.0)],
+            MergeType::Fixed(GgmlType::Q8_0),
+            |_| {},
+        )
+        .unwrap();
 
         // The row-level API: typed error naming the type, output buffer untouched.
         let (l, k) = parse_target(first).unwrap();

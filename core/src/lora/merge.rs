@@ -199,7 +199,7 @@ mod whole {
     use crate::format::gguf::Gguf;
     use crate::format::gguf_write::{GgufWriter, OwnedValue};
     use crate::kernels::reference as r;
-    use crate::lora::{parse_target, AdapterSet, LoraPair};
+    use crate::lora::{parse_target, BoundAdapter, LoraPair};
     use crate::model::{Model, LINEARS};
     use crate::quant::GgmlType;
     use alloc::vec;
@@ -255,10 +255,11 @@ mod whole {
         e.named(&buf[..n])
     }
 
-    /// Merge the active adapters of `set` (bound to `model`, loaded from `base`) into the base
-    /// and return the new GGUF's bytes: metadata and untargeted tensors copied unchanged, each
-    /// targeted linear (`blk.N.<linear>.weight`) replaced by its merged weights in the type
-    /// `target` picks. `progress` is called once per merged tensor, after it is done, in file
+    /// Merge `adapters` (each bound to `model`, loaded from `base`, with its user scale; any
+    /// number of them, applied in order as an [`AdapterSet`](crate::lora::AdapterSet) would
+    /// apply them) into the base and return the new GGUF's bytes: metadata and untargeted
+    /// tensors copied unchanged, each targeted linear (`blk.N.<linear>.weight`) replaced by its
+    /// merged weights in the type `target` picks. `progress` is called once per merged tensor, after it is done, in file
     /// order.
     ///
     /// Every targeted tensor is checked before any work is done, so an unsupported type fails
@@ -270,16 +271,16 @@ mod whole {
     /// merge to Q8_0 or F16 instead); [`ErrorKind::BadDims`] naming the tensor if its rows are
     /// not whole blocks of the output type; [`ErrorKind::MissingTensor`] if an adapted linear
     /// is not stored as its own `blk.N.<linear>.weight` tensor; [`ErrorKind::InvalidArgument`]
-    /// if an active adapter carries a replacement output head (not merged: run it unmerged);
+    /// if an adapter carries a replacement output head (not merged: run it unmerged);
     /// errors of [`merge_into`].
     pub fn merge_model<const L: usize>(
         base: &Gguf<'_>,
         model: &Model<'_, L>,
-        set: &AdapterSet<'_, '_, '_>,
+        adapters: &[(&BoundAdapter<'_, '_>, f32)],
         target: MergeType,
         mut progress: impl FnMut(&MergeReport<'_>),
     ) -> Result<Vec<u8>> {
-        if set.head().is_some() {
+        if adapters.iter().any(|(b, _)| b.head().is_some()) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "an adapter carries a replacement output head, which merge does not write: run \
@@ -289,8 +290,9 @@ mod whole {
         }
         let n_layers = model.config().n_layers;
         let pairs_of = |l: usize, k: usize| -> Vec<(LoraPair<'_>, f32)> {
-            set.iter()
-                .filter_map(|(b, user)| {
+            adapters
+                .iter()
+                .filter_map(|&(b, user)| {
                     b.pair(l, k)
                         .map(|p| (*p, user * b.alpha() / p.rank() as f32))
                 })

@@ -5,7 +5,7 @@ use crate::util::{human, map, resolve_model};
 use anyhow::{bail, Context, Result};
 use edgelora::lora::convert::{convert_peft, ConvertOptions};
 use edgelora::lora::merge::{merge_model, MergeType};
-use edgelora::lora::{stream, Adapter, AdapterSet, LoraPair};
+use edgelora::lora::{stream, Adapter, LoraPair};
 use edgelora::model::Model;
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
@@ -222,13 +222,10 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         "base" => MergeType::Base,
         o => bail!("--type {o}: expected f32, f16, q8_0 or base"),
     };
-    let mut set = AdapterSet::EMPTY;
-    for (b, s) in bound.iter().zip(&scales) {
-        set.push(b, *s)?;
-    }
+    let adapters: Vec<_> = bound.iter().zip(scales.iter().copied()).collect();
     let (mut lost, mut n) = (0, 0);
     let (mut worst, mut worst_rms) = (0f64, 0f64);
-    let bytes = merge_model(&base, &model, &set, target, |r| {
+    let bytes = merge_model(&base, &model, &adapters, target, |r| {
         n += 1;
         worst = worst.max(r.stats.rel_err);
         worst_rms = worst_rms.max(r.stats.rel_rms());
