@@ -629,3 +629,95 @@ fn smollm2_peft_adapters_top1_vs_transformers_peft() {
         );
     }
 }
+
+/// DoRA merged ([`merge_model`] into F32: `W' = g (W + s B A)` row by row) against PEFT, and
+/// against the unmerged run: both to f32 summation noise (1e-4 of the largest logit, as the
+/// unmerged adapters above). Merging used to drop `g`, which this catches.
+#[test]
+fn tiny_dora_merge_matches_peft() {
+    use edgelora::lora::merge::{merge_model, MergeType};
+    let base_bytes = std::fs::read(fx("tiny/tiny-f32.gguf")).unwrap();
+    let base = Gguf::parse(&base_bytes).unwrap();
+    let model: Model = Model::from_gguf(&base).unwrap();
+    let refs: J =
+        serde_json::from_slice(&std::fs::read(fx("lora/tiny/refs.json")).unwrap()).unwrap();
+    let bytes = convert("lora/tiny/dora", &base, GgmlType::F32);
+    let ad = Adapter::parse(&bytes).unwrap();
+    let mut slots = vec![None; Adapter::slots_len(model.config())];
+    let b = ad.bind(&base, &model, &mut slots).unwrap();
+    let set = AdapterSet::single(&b, 1.0);
+    let merged_bytes = merge_model(
+        &base,
+        &model,
+        &[(&b, 1.0)],
+        MergeType::Fixed(GgmlType::F32),
+        |_| {},
+    )
+    .unwrap();
+    let merged_g = Gguf::parse(&merged_bytes).unwrap();
+    let merged: Model = Model::from_gguf(&merged_g).unwrap();
+    let (mut worst, mut worst_unmerged, mut total) = (0f32, 0f32, 0);
+    for c in refs["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["adapter"] == "dora" && c["scale"] == 1.0)
+    {
+        let toks = ids(&c["tokens"]);
+        let got = run(&merged, &AdapterSet::EMPTY, &toks, KernelMode::Reference);
+        let (w, a, k) = cmp_full(&got, &c["logits"]);
+        assert_eq!(a, k, "top-1");
+        worst = worst.max(w);
+        total += k;
+        let un = run(&model, &set, &toks, KernelMode::Reference);
+        let scale = un.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+        let d = un
+            .iter()
+            .flatten()
+            .zip(got.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        worst_unmerged = worst_unmerged.max(d / scale);
+    }
+    println!(
+        "tiny dora merged to F32: max rel |dlogit| vs PEFT {worst:.1e}, vs unmerged \
+         {worst_unmerged:.1e} ({total} positions)"
+    );
+    assert!(total > 0);
+    assert!(worst < 1e-4, "{worst}");
+    assert!(worst_unmerged < 1e-4, "{worst_unmerged}");
+
+    // Two adapters, plain at 0.5 then DoRA: merged in that order equals the unmerged pair
+    // (W' = g (W + 0.5 s1 B1 A1 + s2 B2 A2), the order `AdapterSet::apply` uses).
+    let pb = convert("lora/tiny/plain", &base, GgmlType::F32);
+    let pad = Adapter::parse(&pb).unwrap();
+    let mut pslots = vec![None; Adapter::slots_len(model.config())];
+    let p = pad.bind(&base, &model, &mut pslots).unwrap();
+    let mut both = AdapterSet::single(&p, 0.5);
+    both.push(&b, 1.0).unwrap();
+    let mb = merge_model(
+        &base,
+        &model,
+        &[(&p, 0.5), (&b, 1.0)],
+        MergeType::Fixed(GgmlType::F32),
+        |_| {},
+    )
+    .unwrap();
+    let mg = Gguf::parse(&mb).unwrap();
+    let m2: Model = Model::from_gguf(&mg).unwrap();
+    let toks = ids(&refs["cases"][0]["tokens"]);
+    let un = run(&model, &both, &toks, KernelMode::Reference);
+    let got = run(&m2, &AdapterSet::EMPTY, &toks, KernelMode::Reference);
+    let scale = un.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+    let d = un
+        .iter()
+        .flatten()
+        .zip(got.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "tiny plain x0.5 + dora merged to F32 vs unmerged: max rel |dlogit| {:.1e}",
+        d / scale
+    );
+    assert!(d < 1e-4 * scale, "{d}");
+}

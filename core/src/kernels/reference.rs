@@ -143,6 +143,23 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8]) -> bool {
     true
 }
 
+/// True if [`quantize_row`] can write `ty` in this build: F32, F16, BF16, or a weight type whose
+/// oracle has a [`QuantType::QUANTIZE`](crate::quant::QuantType::QUANTIZE) (read from the type
+/// table, so a new quantiser is picked up without editing a list).
+pub fn has_quantizer(ty: GgmlType) -> bool {
+    struct Has;
+    impl TypeFn for Has {
+        type Out = bool;
+        fn call<T: Runnable>(self) -> bool {
+            T::QUANTIZE.is_some()
+        }
+    }
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => true,
+        ty => with_type(ty, Has).unwrap_or(false),
+    }
+}
+
 /// [`quantize_row`] of one weight type, for [`with_type`].
 struct Quantize<'x, 'y> {
     x: &'x [f32],

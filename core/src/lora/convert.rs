@@ -9,8 +9,13 @@
 //!   scale `alpha / r` is right for every module (llama.cpp's converter ignores rsLoRA and
 //!   per-module alpha; files from this converter do not depend on that);
 //! - `fan_in_fan_out` transposes A and B back to PyTorch Linear layout;
-//! - the rows of B for q_proj and k_proj get llama.cpp's rope permutation, as the base's
-//!   attn_q/attn_k rows did;
+//! - HF module names `model.layers.N.{self_attn.q/k/v/o_proj, mlp.gate/up/down_proj}`, the
+//!   same for llama, Qwen2, Qwen3 and Gemma 2/3 (nothing else is architecture-specific: biases
+//!   and norms belong to the base, a tied head is the base's `token_embd.weight`);
+//! - for architectures with normal (adjacent-pair) rope, i.e. llama, the rows of B (and DoRA's
+//!   magnitude) for q_proj and k_proj get llama.cpp's rope permutation, as the base's
+//!   attn_q/attn_k rows did; NEOX-rope architectures (Qwen2, Qwen3, Gemma) are converted by
+//!   llama.cpp without it, so their rows stay as HF has them;
 //! - the base fingerprint ([`super::base_fingerprint`]), rank and task name are recorded;
 //! - DoRA (`use_dora`): the per-row factor `m / ||W + s B A||` is computed here against the
 //!   exact quantised base and stored as `<target>.dora_scale` (F32), so a device applies DoRA
@@ -18,9 +23,10 @@
 //!   such files are edgelora-only, llama.cpp does not know DoRA);
 //! - `modules_to_save = ["lm_head"]`: the saved head becomes a replacement `output.weight`.
 //!
-//! Anything it cannot represent is refused with an error naming the field or tensor: embedding
-//! LoRA, biases, other `modules_to_save`, and `init_lora_weights` methods that rewrite the base
-//! (PiSSA, OLoRA, LoftQ, CorDA, EVA).
+//! Anything it cannot represent is refused with an error naming the field or tensor: LoRA on
+//! the embeddings or on `lm_head`, LoRA biases and trained base biases (`bias`, `lora_bias`),
+//! other `modules_to_save`, and `init_lora_weights` methods that rewrite the base (PiSSA,
+//! OLoRA, LoftQ, CorDA, EVA).
 
 use super::{base_fingerprint, FINGERPRINT_KEY};
 use crate::error::{Error, ErrorKind, Result};
@@ -28,7 +34,7 @@ use crate::format::gguf::Gguf;
 use crate::format::gguf_write::{GgufWriter, OwnedValue};
 use crate::format::safetensors::SafeTensors;
 use crate::kernels::reference;
-use crate::model::{Config, Model, LINEAR_NAMES};
+use crate::model::{Config, Model, RopeStyle, LINEAR_NAMES};
 use crate::quant::{self, BlockQ8_0, GgmlType};
 use serde_json::Value as J;
 use std::collections::BTreeMap;
@@ -102,7 +108,8 @@ fn pattern_lookup<'j>(pat: Option<&'j J>, module: &str, field: &str) -> Result<O
     Ok(None)
 }
 
-/// Convert a PEFT adapter for the llama-family `base`.
+/// Convert a PEFT adapter for `base` (any architecture edgelora runs: llama, Qwen2, Qwen3,
+/// Gemma 2, Gemma 3).
 ///
 /// # Errors
 /// Parse errors of either file; [`ErrorKind::BadValue`] naming the config field or tensor for
@@ -237,13 +244,43 @@ pub fn convert_peft(
     let mut head = None;
     for (i, t) in st.tensors.iter().enumerate() {
         let n = t.name.as_str();
+        // Errors name the tensor without PEFT's `base_model.model.` prefix: the rest fits an
+        // error's name (48 bytes) and says which module it is.
         let core_name = n.strip_prefix("base_model.model.").unwrap_or(n);
-        if n.contains("lora_embedding") || n.contains("embed_tokens") {
-            return Err(refuse("embedding LoRA is not supported", n));
-        }
         if core_name == "lm_head.weight" || core_name == "lm_head.modules_to_save.default.weight" {
             head = Some(i);
             continue;
+        }
+        if n.contains("lora_embedding") || core_name.contains("embed_tokens") {
+            return Err(refuse(
+                "LoRA on the token embeddings cannot be represented (with tied embeddings, as in \
+                 Gemma and small Qwen2 models, it would also change the output head): target \
+                 the decoder linears only",
+                core_name,
+            ));
+        }
+        if core_name.starts_with("lm_head.") {
+            return Err(refuse(
+                "LoRA on lm_head (the output head; token_embd.weight when embeddings are tied) \
+                 cannot be represented: target the decoder linears, or train the head with \
+                 modules_to_save=[\"lm_head\"] (stored as a replacement output.weight)",
+                core_name,
+            ));
+        }
+        if core_name.ends_with(".bias") {
+            return Err(if core_name.contains(".lora_") {
+                refuse(
+                    "LoRA bias (lora_bias) cannot be represented: the adapter format has A and B \
+                     only; train with lora_bias=false",
+                    core_name,
+                )
+            } else {
+                refuse(
+                    "trained base bias cannot be represented (bias=\"all\"/\"lora_only\"); \
+                     the base's own biases (Qwen2 q/k/v) need nothing: train with bias=\"none\"",
+                    core_name,
+                )
+            });
         }
         let mag = core_name
             .strip_suffix(".lora_magnitude_vector.weight")
@@ -254,11 +291,14 @@ pub fn convert_peft(
             (m, 1)
         } else if let Some(m) = mag {
             if !dora {
-                return Err(refuse("DoRA magnitude present but use_dora is false", n));
+                return Err(refuse(
+                    "DoRA magnitude present but use_dora is false",
+                    core_name,
+                ));
             }
             (m, 2)
         } else {
-            return Err(refuse("tensor is not a LoRA A/B weight, DoRA magnitude or lm_head (biases and other replacement modules cannot be represented)", n));
+            return Err(refuse("tensor is not a LoRA A/B weight, DoRA magnitude or lm_head (biases and other replacement modules cannot be represented)", core_name));
         };
         let e = mods.entry(module.to_string()).or_default();
         match slot {
@@ -288,7 +328,7 @@ pub fn convert_peft(
         });
         let (layer, lin) = parsed.ok_or_else(|| {
             refuse(
-                "LoRA target is not a llama decoder linear (q/k/v/o/gate/up/down_proj)",
+                "LoRA target is not a decoder linear (model.layers.N.*.q/k/v/o/gate/up/down_proj)",
                 module,
             )
         })?;
@@ -384,7 +424,10 @@ pub fn convert_peft(
             }
             None => None,
         };
-        if lin <= 1 {
+        // llama.cpp's converter permutes attn_q/attn_k rows only for architectures whose
+        // rope pairs adjacent dimensions (its llama class); NEOX-rope bases (Qwen2, Qwen3,
+        // Gemma) keep HF's row order, and so must B and DoRA's magnitude.
+        if lin <= 1 && mc.arch.rope == RopeStyle::Normal {
             let heads = if lin == 0 { mc.n_heads } else { mc.n_kv_heads };
             b = permute_rows_for_rope(&b, heads, out_d / heads, r);
             mag = mag.map(|m| permute_rows_for_rope(&m, heads, out_d / heads, 1));

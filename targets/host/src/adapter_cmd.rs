@@ -3,11 +3,10 @@
 use crate::commands::parse_adapter_arg;
 use crate::util::{human, map, resolve_model};
 use anyhow::{bail, Context, Result};
-use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
 use edgelora::lora::convert::{convert_peft, ConvertOptions};
-use edgelora::lora::merge::{merge_into, merged_len};
+use edgelora::lora::merge::{merge_model, MergeType};
 use edgelora::lora::{stream, Adapter, LoraPair};
-use edgelora::model::{Model, LINEAR_NAMES};
+use edgelora::model::Model;
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
 use std::path::PathBuf;
@@ -181,8 +180,9 @@ pub struct MergeArgs {
     /// Output GGUF.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// Type of the merged matrices: f32, f16, q8_0, or `base` (re-quantise to each tensor's own
-    /// type; reports how much of the update is lost).
+    /// Type of the merged matrices: f32, f16, q8_0, or `base` (re-quantise each merged tensor
+    /// into its own type: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K; Q2_K, Q3_K and IQ4 tensors
+    /// are refused). Prints each tensor's rounding error and how much of the update it loses.
     #[arg(long = "type", default_value = "q8_0")]
     pub ty: String,
 }
@@ -215,59 +215,51 @@ pub fn merge(a: MergeArgs) -> Result<()> {
                 .with_context(|| format!("{f} does not fit the base"))?,
         );
     }
-    let fixed = match a.ty.to_ascii_lowercase().as_str() {
-        "f32" => Some(GgmlType::F32),
-        "f16" => Some(GgmlType::F16),
-        "q8_0" => Some(GgmlType::Q8_0),
-        "base" => None,
+    let target = match a.ty.to_ascii_lowercase().as_str() {
+        "f32" => MergeType::Fixed(GgmlType::F32),
+        "f16" => MergeType::Fixed(GgmlType::F16),
+        "q8_0" => MergeType::Fixed(GgmlType::Q8_0),
+        "base" => MergeType::Base,
         o => bail!("--type {o}: expected f32, f16, q8_0 or base"),
     };
-    let mut w = GgufWriter::new();
-    for (k, v) in base.metadata() {
-        w.set(k, OwnedValue::from_value(&v));
-    }
-    let mut merged: std::collections::HashMap<String, (GgmlType, Vec<u8>)> = Default::default();
+    let adapters: Vec<_> = bound.iter().zip(scales.iter().copied()).collect();
     let (mut lost, mut n) = (0, 0);
-    let mut worst = 0f64;
-    for l in 0..cfg.n_layers {
-        for (k, lin_name) in LINEAR_NAMES.iter().enumerate() {
-            let pairs: Vec<(LoraPair, f32)> = bound
-                .iter()
-                .zip(&scales)
-                .filter_map(|(b, s)| b.pair(l, k).map(|p| (*p, s * b.alpha() / p.rank() as f32)))
-                .collect();
-            if pairs.is_empty() {
-                continue;
-            }
-            let wm = *model.layer(l).context("layer")?.linear(k);
-            let ty = fixed.unwrap_or(wm.ty());
-            let mut out = vec![0u8; merged_len(&wm, ty).context("row length vs type")?];
-            let mut row = vec![0f32; 2 * wm.cols()];
-            let st = merge_into(&wm, &pairs, ty, &mut out, &mut row)?;
-            let name = format!("blk.{l}.{lin_name}.weight");
-            n += 1;
-            worst = worst.max(st.rel_err);
-            if st.update_lost() {
-                lost += 1;
-                eprintln!("warning: {name} -> {}: rounding error is {:.0}% of the update (update mostly lost)", ty.name(), st.rel_err * 100.0);
-            }
-            merged.insert(name, (ty, out));
+    let (mut worst, mut worst_rms) = (0f64, 0f64);
+    let bytes = merge_model(&base, &model, &adapters, target, |r| {
+        n += 1;
+        worst = worst.max(r.stats.rel_err);
+        worst_rms = worst_rms.max(r.stats.rel_rms());
+        lost += usize::from(r.stats.update_lost());
+        if r.from != r.to || target == MergeType::Base || r.stats.update_lost() {
+            // One line per re-quantised tensor: `edgelora quantize` reports the same rms.
+            eprintln!(
+                "  {:<28} {:>6} -> {:<6} update {:.3e}, rounding error {:.3e} = {:.1}% of the update, {:.2}% rms of the weights{}",
+                r.name,
+                r.from.name(),
+                r.to.name(),
+                r.stats.delta_norm,
+                r.stats.err_norm,
+                r.stats.rel_err * 100.0,
+                r.stats.rel_rms() * 100.0,
+                if r.stats.update_lost() { " (warning: update mostly lost)" } else { "" }
+            );
         }
-    }
-    for t in base.tensors() {
-        match merged.remove(t.name) {
-            Some((ty, bytes)) => w.add_tensor(t.name, ty, t.dims(), bytes)?,
-            None => w.add_tensor(t.name, t.ty, t.dims(), t.data.to_vec())?,
-        };
-    }
-    let bytes = w.to_bytes();
+    })
+    .with_context(|| {
+        format!(
+            "merging into {} with --type {}",
+            bp.display(),
+            a.ty.to_ascii_lowercase()
+        )
+    })?;
     Gguf::parse(&bytes).context("merged file does not parse (bug)")?;
     std::fs::write(&a.out, &bytes)?;
     eprintln!(
-        "merged {n} matrices into {} ({}); worst rounding error {:.1}% of the update; {lost} tensors lost most of their update",
+        "merged {n} matrices into {} ({}); worst rounding error {:.1}% of the update ({:.2}% rms of the weights); {lost} tensors lost most of their update",
         a.out.display(),
         human(bytes.len() as u64),
-        worst * 100.0
+        worst * 100.0,
+        worst_rms * 100.0
     );
     Ok(())
 }
