@@ -158,17 +158,22 @@ fn load_ps_bytes(a: &[u8; 32]) -> __m256 {
     unsafe { _mm256_loadu_ps(a.as_ptr().cast()) }
 }
 
-/// Bytes ahead of the block being read that the matvecs prefetch (see `avx512::PREFETCH`).
+/// Bytes ahead of the block being read that the matvecs prefetch into L2 (`PREFETCH`) and L1
+/// (`PREFETCH_L1`): the two-level scheme of `avx512::PREFETCH`, whose doc has the figures.
 const PREFETCH: usize = 4096;
+/// See [`PREFETCH`].
+const PREFETCH_L1: usize = 256;
 
-/// Hint the cache to fetch the line `PREFETCH` bytes past `b`.
+/// Hint the cache to fetch the line `PREFETCH` bytes past `b` into L2 and the line
+/// `PREFETCH_L1` bytes past it into L1.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn prefetch_ahead<T>(b: &T) {
     // `wrapping_add`: the address may lie past the weights; a prefetch never faults or reads
     // architecturally, so no safety condition applies to the pointer.
-    let p = (b as *const T).cast::<u8>().wrapping_add(PREFETCH);
-    _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    let p = (b as *const T).cast::<u8>();
+    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH).cast());
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_L1).cast());
 }
 
 // ---- small helpers ---------------------------------------------------------------------------
