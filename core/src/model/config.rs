@@ -81,73 +81,87 @@ pub struct Arch {
     /// `query_pre_attn_scalar = dim / n_heads`; llama.cpp recognises it by its layer count).
     /// 0: none.
     pub wide_q_scale_layers: usize,
+    /// Reads the soft-cap keys `{arch}.attn_logit_softcapping` / `final_logit_softcapping`
+    /// (gemma2; llama.cpp's sliding-window gemma3 graph applies none, so gemma3 ignores them).
+    pub softcaps: bool,
     /// Attention logit soft-cap `c * tanh(s / c)` (0: none).
     pub attn_softcap: f32,
     /// Final logit soft-cap (0: none).
     pub final_softcap: f32,
 }
 
-/// Architectures this build runs.
-pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "gemma2"];
+/// The settings every architecture starts from (llama's): each row of `architectures!`
+/// changes only what differs.
+const LLAMA: Arch = Arch {
+    name: "llama",
+    ffn: Ffn::SwiGlu,
+    rope: RopeStyle::Normal,
+    post_norms: false,
+    qk_norm: false,
+    qkv_bias: false,
+    embed_scale: false,
+    swa_period: 0,
+    swa_window: 0,
+    rope_base_swa: 0.0,
+    q_scale: 0.0,
+    wide_q_scale_layers: 0,
+    softcaps: false,
+    attn_softcap: 0.0,
+    final_softcap: 0.0,
+};
+
+/// The architecture table: one row per `general.architecture` this build runs. It defines
+/// [`ARCHITECTURES`], the lookup behind [`Arch::for_name`] and the list that an unsupported
+/// file's error message names, so adding an architecture that only recombines settings is one
+/// row here and nothing else.
+macro_rules! architectures {
+    ($($name:literal => { $($field:ident: $value:expr),* $(,)? }),* $(,)?) => {
+        /// Architectures this build runs.
+        pub const ARCHITECTURES: &[&str] = &[$($name),*];
+
+        /// The error context of an unsupported `general.architecture`.
+        const UNSUPPORTED: &str =
+            concat!("general.architecture (this build runs:", $(" ", $name,)* ")");
+
+        fn lookup(name: &str) -> Option<Arch> {
+            match name {
+                $($name => Some(Arch { name: $name, $($field: $value,)* ..LLAMA }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+architectures! {
+    "llama" => {},
+    "qwen2" => { rope: RopeStyle::Neox, qkv_bias: true },
+    "qwen3" => { rope: RopeStyle::Neox, qk_norm: true },
+    "gemma3" => {
+        ffn: Ffn::GeGluTanh,
+        rope: RopeStyle::Neox,
+        post_norms: true,
+        qk_norm: true,
+        embed_scale: true,
+        swa_period: 6,
+        rope_base_swa: 10000.0,
+        wide_q_scale_layers: 62,
+    },
+    "gemma2" => {
+        ffn: Ffn::GeGluTanh,
+        rope: RopeStyle::Neox,
+        post_norms: true,
+        embed_scale: true,
+        swa_period: 2,
+        wide_q_scale_layers: 46,
+        softcaps: true,
+    },
+}
 
 impl Arch {
     /// The fixed settings of architecture `name` (the per-file ones are filled in by
     /// [`Config::from_gguf`]), or `None` if this build does not run it.
     pub fn for_name(name: &str) -> Option<Arch> {
-        let llama = Arch {
-            name: "llama",
-            ffn: Ffn::SwiGlu,
-            rope: RopeStyle::Normal,
-            post_norms: false,
-            qk_norm: false,
-            qkv_bias: false,
-            embed_scale: false,
-            swa_period: 0,
-            swa_window: 0,
-            rope_base_swa: 0.0,
-            q_scale: 0.0,
-            wide_q_scale_layers: 0,
-            attn_softcap: 0.0,
-            final_softcap: 0.0,
-        };
-        Some(match name {
-            "llama" => llama,
-            "qwen2" => Arch {
-                name: "qwen2",
-                rope: RopeStyle::Neox,
-                qkv_bias: true,
-                ..llama
-            },
-            "qwen3" => Arch {
-                name: "qwen3",
-                rope: RopeStyle::Neox,
-                qk_norm: true,
-                ..llama
-            },
-            "gemma3" => Arch {
-                name: "gemma3",
-                ffn: Ffn::GeGluTanh,
-                rope: RopeStyle::Neox,
-                post_norms: true,
-                qk_norm: true,
-                embed_scale: true,
-                swa_period: 6,
-                rope_base_swa: 10000.0,
-                wide_q_scale_layers: 62,
-                ..llama
-            },
-            "gemma2" => Arch {
-                name: "gemma2",
-                ffn: Ffn::GeGluTanh,
-                rope: RopeStyle::Neox,
-                post_norms: true,
-                embed_scale: true,
-                swa_period: 2,
-                wide_q_scale_layers: 46,
-                ..llama
-            },
-            _ => return None,
-        })
+        lookup(name)
     }
 
     /// True if layer `l` attends through a sliding window.
@@ -259,11 +273,7 @@ impl Config {
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Config> {
         let name = g.get_str("general.architecture")?;
         let Some(mut arch) = Arch::for_name(name) else {
-            return Err(Error::new(
-                ErrorKind::UnsupportedArch,
-                "general.architecture (this build runs llama, qwen2, qwen3, gemma3, gemma2)",
-            )
-            .named(name.as_bytes()));
+            return Err(Error::new(ErrorKind::UnsupportedArch, UNSUPPORTED).named(name.as_bytes()));
         };
         let arch_name = arch.name;
         let key = |s: &str| Key::new(arch_name, s);
@@ -380,8 +390,7 @@ impl Config {
         } else {
             1.0 / libm::sqrtf(head_dim as f32)
         };
-        // Soft-caps: gemma2 only (llama.cpp's sliding-window gemma3 graph applies none).
-        if arch.name == "gemma2" {
+        if arch.softcaps {
             for (suffix, slot) in [
                 ("attn_logit_softcapping", &mut arch.attn_softcap),
                 ("final_logit_softcapping", &mut arch.final_softcap),
