@@ -59,166 +59,86 @@ pub use iq4::{BlockIQ4_NL, BlockIQ4_XS};
 /// Weights per quantised block.
 pub const QK: usize = 32;
 
-/// ggml tensor types. Only some are runnable (see [`GgmlType::is_supported`]); the others are
-/// known so that files containing them can be parsed and inspected with correct sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types, missing_docs)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q8_1,
-    Q2_K,
-    Q3_K,
-    Q4_K,
-    Q5_K,
-    Q6_K,
-    Q8_K,
-    IQ4_NL,
-    IQ4_XS,
-    I8,
-    I16,
-    I32,
-    I64,
-    F64,
-    BF16,
+/// The ggml type table: one row per type, `Variant = ggml id, "NAME", elements per block,
+/// bytes per block, cargo feature that builds its kernels, whether this build runs it`. It
+/// defines [`GgmlType`] and every per-type fact the reader, the loader and the error messages
+/// use; a new quant type is one row here, its block file in this folder and its row in the
+/// kernel type table (`kernels/types.rs`).
+macro_rules! ggml_types {
+    ($($v:ident = $id:literal, $name:literal, $bl:literal, $bb:literal, $feat:expr, $built:expr;)*) => {
+        /// ggml tensor types. Only some are runnable (see [`GgmlType::is_supported`]); the
+        /// others are known so that files containing them can be parsed and inspected with
+        /// correct sizes. The discriminant is the ggml type id.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[allow(non_camel_case_types, missing_docs)]
+        #[repr(u32)]
+        pub enum GgmlType {
+            $($v = $id,)*
+        }
+
+        impl GgmlType {
+            /// Map a ggml type id (as stored in GGUF tensor infos) to a type.
+            pub const fn from_id(id: u32) -> Option<GgmlType> {
+                match id {
+                    $($id => Some(GgmlType::$v),)*
+                    _ => None,
+                }
+            }
+
+            /// This type's row: (name, block length, block bytes, feature, built).
+            const fn row(self) -> (&'static str, usize, usize, Option<&'static str>, bool) {
+                match self {
+                    $(GgmlType::$v => ($name, $bl, $bb, $feat, $built),)*
+                }
+            }
+        }
+    };
+}
+
+ggml_types! {
+    F32 = 0, "F32", 1, 4, None, true;
+    F16 = 1, "F16", 1, 2, None, true;
+    Q4_0 = 2, "Q4_0", 32, 18, None, true;
+    Q4_1 = 3, "Q4_1", 32, 20, None, true;
+    Q5_0 = 6, "Q5_0", 32, 22, Some("quant-q5"), cfg!(feature = "quant-q5");
+    Q5_1 = 7, "Q5_1", 32, 24, Some("quant-q5"), cfg!(feature = "quant-q5");
+    Q8_0 = 8, "Q8_0", 32, 34, None, true;
+    Q8_1 = 9, "Q8_1", 32, 36, None, true;
+    Q2_K = 10, "Q2_K", 256, 84, Some("quant-k"), cfg!(feature = "quant-k");
+    Q3_K = 11, "Q3_K", 256, 110, Some("quant-k"), cfg!(feature = "quant-k");
+    Q4_K = 12, "Q4_K", 256, 144, Some("quant-k"), cfg!(feature = "quant-k");
+    Q5_K = 13, "Q5_K", 256, 176, Some("quant-k"), cfg!(feature = "quant-k");
+    Q6_K = 14, "Q6_K", 256, 210, Some("quant-k"), cfg!(feature = "quant-k");
+    Q8_K = 15, "Q8_K", 256, 292, None, false;
+    IQ4_NL = 20, "IQ4_NL", 32, 18, Some("quant-iq4"), cfg!(feature = "quant-iq4");
+    IQ4_XS = 23, "IQ4_XS", 256, 136, Some("quant-iq4"), cfg!(feature = "quant-iq4");
+    I8 = 24, "I8", 1, 1, None, false;
+    I16 = 25, "I16", 1, 2, None, false;
+    I32 = 26, "I32", 1, 4, None, false;
+    I64 = 27, "I64", 1, 8, None, false;
+    F64 = 28, "F64", 1, 8, None, false;
+    BF16 = 30, "BF16", 1, 2, None, true;
 }
 
 impl GgmlType {
-    /// Map a ggml type id (as stored in GGUF tensor infos) to a type.
-    pub const fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            6 => GgmlType::Q5_0,
-            7 => GgmlType::Q5_1,
-            8 => GgmlType::Q8_0,
-            9 => GgmlType::Q8_1,
-            10 => GgmlType::Q2_K,
-            11 => GgmlType::Q3_K,
-            12 => GgmlType::Q4_K,
-            13 => GgmlType::Q5_K,
-            14 => GgmlType::Q6_K,
-            15 => GgmlType::Q8_K,
-            20 => GgmlType::IQ4_NL,
-            23 => GgmlType::IQ4_XS,
-            24 => GgmlType::I8,
-            25 => GgmlType::I16,
-            26 => GgmlType::I32,
-            27 => GgmlType::I64,
-            28 => GgmlType::F64,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
-    }
-
     /// The ggml type id.
     pub const fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q5_0 => 6,
-            GgmlType::Q5_1 => 7,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q8_1 => 9,
-            GgmlType::Q2_K => 10,
-            GgmlType::Q3_K => 11,
-            GgmlType::Q4_K => 12,
-            GgmlType::Q5_K => 13,
-            GgmlType::Q6_K => 14,
-            GgmlType::Q8_K => 15,
-            GgmlType::IQ4_NL => 20,
-            GgmlType::IQ4_XS => 23,
-            GgmlType::I8 => 24,
-            GgmlType::I16 => 25,
-            GgmlType::I32 => 26,
-            GgmlType::I64 => 27,
-            GgmlType::F64 => 28,
-            GgmlType::BF16 => 30,
-        }
+        self as u32
     }
 
     /// Elements per block (1 for plain types).
     pub const fn block_len(self) -> usize {
-        match self {
-            GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::BF16
-            | GgmlType::I8
-            | GgmlType::I16
-            | GgmlType::I32
-            | GgmlType::I64
-            | GgmlType::F64 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
-            GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::IQ4_NL => 32,
-            GgmlType::IQ4_XS
-            | GgmlType::Q2_K
-            | GgmlType::Q3_K
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::Q8_K => 256,
-        }
+        self.row().1
     }
 
     /// Bytes per block.
     pub const fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::I32 => 4,
-            GgmlType::F16 | GgmlType::BF16 | GgmlType::I16 => 2,
-            GgmlType::I8 => 1,
-            GgmlType::I64 | GgmlType::F64 => 8,
-            GgmlType::Q4_0 => 18,
-            GgmlType::Q4_1 => 20,
-            GgmlType::Q5_0 => 22,
-            GgmlType::Q5_1 => 24,
-            GgmlType::Q8_0 => 34,
-            GgmlType::Q8_1 => 36,
-            GgmlType::Q2_K => 84,
-            GgmlType::Q3_K => 110,
-            GgmlType::Q4_K => 144,
-            GgmlType::Q5_K => 176,
-            GgmlType::Q6_K => 210,
-            GgmlType::Q8_K => 292,
-            GgmlType::IQ4_NL => 18,
-            GgmlType::IQ4_XS => 136,
-        }
+        self.row().2
     }
 
     /// Upper-case ggml name (`"Q4_1"`).
     pub const fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4_1 => "Q4_1",
-            GgmlType::Q5_0 => "Q5_0",
-            GgmlType::Q5_1 => "Q5_1",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q8_1 => "Q8_1",
-            GgmlType::Q2_K => "Q2_K",
-            GgmlType::Q3_K => "Q3_K",
-            GgmlType::Q4_K => "Q4_K",
-            GgmlType::Q5_K => "Q5_K",
-            GgmlType::Q6_K => "Q6_K",
-            GgmlType::Q8_K => "Q8_K",
-            GgmlType::IQ4_NL => "IQ4_NL",
-            GgmlType::IQ4_XS => "IQ4_XS",
-            GgmlType::I8 => "I8",
-            GgmlType::I16 => "I16",
-            GgmlType::I32 => "I32",
-            GgmlType::I64 => "I64",
-            GgmlType::F64 => "F64",
-            GgmlType::BF16 => "BF16",
-        }
+        self.row().0
     }
 
     /// Parse a ggml type name, case-insensitively (`"q8_0"`).
@@ -230,38 +150,14 @@ impl GgmlType {
 
     /// True if the kernels in this build can run matrices of this type (the K-quant, Q5 and
     /// IQ4 families need their cargo features: `quant-k`, `quant-q5`, `quant-iq4`).
-    // With every family's feature on, the `cfg!` arms are all `true` and clippy sees a
-    // `matches!`; the arms are kept because they are what the other feature sets compile.
-    #[allow(clippy::match_like_matches_macro)]
     pub const fn is_supported(self) -> bool {
-        match self {
-            GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::BF16
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q8_0
-            | GgmlType::Q8_1 => true,
-            GgmlType::Q5_0 | GgmlType::Q5_1 => cfg!(feature = "quant-q5"),
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-                cfg!(feature = "quant-k")
-            }
-            GgmlType::IQ4_NL | GgmlType::IQ4_XS => cfg!(feature = "quant-iq4"),
-            _ => false,
-        }
+        self.row().4
     }
 
     /// The cargo feature that builds this type's kernels, for error messages (`None` if the
     /// type has no feature: always built, or never runnable).
     pub const fn feature(self) -> Option<&'static str> {
-        match self {
-            GgmlType::Q5_0 | GgmlType::Q5_1 => Some("quant-q5"),
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-                Some("quant-k")
-            }
-            GgmlType::IQ4_NL | GgmlType::IQ4_XS => Some("quant-iq4"),
-            _ => None,
-        }
+        self.row().3
     }
 
     /// Bytes taken by one row of `n` elements, or `None` if `n` is not a whole number of
