@@ -16,7 +16,9 @@
 //!   magnitude) for q_proj and k_proj get llama.cpp's rope permutation, as the base's
 //!   attn_q/attn_k rows did; NEOX-rope architectures (Qwen2, Qwen3, Gemma) are converted by
 //!   llama.cpp without it, so their rows stay as HF has them;
-//! - the base fingerprint ([`super::base_fingerprint`]), rank and task name are recorded;
+//! - the base fingerprints ([`super::base_fingerprint`] of its bytes and
+//!   [`super::base_shape_fingerprint`] of its tensor names and dims), rank and task name are
+//!   recorded, so the adapter binds to that base and to re-quantised copies of it;
 //! - DoRA (`use_dora`): the per-row factor `m / ||W + s B A||` is computed here against the
 //!   exact quantised base and stored as `<target>.dora_scale` (F32), so a device applies DoRA
 //!   with one multiply per output and no extra memory (the fingerprint ties it to that base;
@@ -28,7 +30,7 @@
 //! other `modules_to_save`, and `init_lora_weights` methods that rewrite the base (PiSSA,
 //! OLoRA, LoftQ, CorDA, EVA).
 
-use super::{base_fingerprint, FINGERPRINT_KEY};
+use super::{base_fingerprint, base_shape_fingerprint, FINGERPRINT_KEY, SHAPE_FINGERPRINT_KEY};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::Gguf;
 use crate::format::gguf_write::{GgufWriter, OwnedValue};
@@ -224,6 +226,10 @@ pub fn convert_peft(
     };
     w.set("adapter.lora.alpha", OwnedValue::F32(alpha_g));
     w.set(FINGERPRINT_KEY, OwnedValue::U64(base_fingerprint(base)));
+    w.set(
+        SHAPE_FINGERPRINT_KEY,
+        OwnedValue::U64(base_shape_fingerprint(base)),
+    );
     let task = opts.task.clone().or_else(|| {
         get("task_name")
             .and_then(|v| v.as_str())

@@ -35,6 +35,9 @@ pub const MAX_ACTIVE: usize = 4;
 const _: () = assert!(2 * MAX_ACTIVE <= crate::kernels::SIDE_PARTS);
 /// Metadata key where edgelora's converter records the base fingerprint.
 pub const FINGERPRINT_KEY: &str = "adapter.edgelora.base_fingerprint";
+/// Metadata key where edgelora's converter records the base's shape fingerprint
+/// ([`base_shape_fingerprint`]).
+pub const SHAPE_FINGERPRINT_KEY: &str = "adapter.edgelora.base_shape_fingerprint";
 
 /// A and B of one target matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +66,7 @@ pub struct Adapter<'a> {
     n_pairs: usize,
     max_rank: usize,
     fingerprint: Option<u64>,
+    shape_fingerprint: Option<u64>,
     head: Option<MatRef<'a>>,
 }
 
@@ -110,16 +114,8 @@ impl<'a> Adapter<'a> {
             return Err(Error::new(ErrorKind::BadValue, "alpha must be finite")
                 .named(b"adapter.lora.alpha"));
         }
-        let fingerprint =
-            match g.get(FINGERPRINT_KEY) {
-                None => None,
-                Some(v) => Some(v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(
-                    || {
-                        Error::new(ErrorKind::WrongType, "fingerprint must be uint64")
-                            .named(FINGERPRINT_KEY.as_bytes())
-                    },
-                )?),
-            };
+        let fingerprint = read_u64(&g, FINGERPRINT_KEY)?;
+        let shape_fingerprint = read_u64(&g, SHAPE_FINGERPRINT_KEY)?;
         let mut n_pairs = 0;
         let mut max_rank = 0;
         let mut head = None;
@@ -177,6 +173,7 @@ impl<'a> Adapter<'a> {
             n_pairs,
             max_rank,
             fingerprint,
+            shape_fingerprint,
             head,
         })
     }
@@ -257,15 +254,38 @@ impl<'a> Adapter<'a> {
                 .named(arch.as_bytes()));
             }
         }
-        if let Some(fp) = self.fingerprint {
-            let got = base_fingerprint(base);
-            if fp != got {
-                return Err(Error::new(
-                    ErrorKind::BadValue,
-                    "adapter was converted for a different base model",
-                )
-                .named(FINGERPRINT_KEY.as_bytes())
-                .detail(got, fp));
+        // The exact fingerprint ties the file to the base's bytes; the shape fingerprint to its
+        // tensor names and dims. A re-quantised copy of the base (the usual deployment: train
+        // on F16 or Q8_0, run on Q4_K_M) fails the first and passes the second, and is
+        // accepted with `same_base_weights() == Some(false)` for the caller to report. DoRA
+        // factors were computed against the exact base rows, and files without a shape
+        // fingerprint cannot tell a re-quantised copy from another model, so those stay strict.
+        let same_weights = self.fingerprint.map(|fp| fp == base_fingerprint(base));
+        if same_weights == Some(false) {
+            let dora = self.pairs().any(|(_, p)| p.dora.is_some());
+            match self.shape_fingerprint {
+                Some(sfp) if sfp != base_shape_fingerprint(base) => {
+                    return Err(Error::new(
+                        ErrorKind::BadValue,
+                        "adapter was converted for a base with other tensors or shapes; \
+                         convert it again against this base",
+                    )
+                    .named(SHAPE_FINGERPRINT_KEY.as_bytes()));
+                }
+                Some(_) if !dora => {}
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::BadValue,
+                        if dora {
+                            "DoRA adapter was converted for a base with other weights (its row \
+                             norms fit that base only); convert it again with this base"
+                        } else {
+                            "adapter was converted for a different base model; if this is a \
+                             re-quantised copy of it, convert the adapter again with this base"
+                        },
+                    )
+                    .named(FINGERPRINT_KEY.as_bytes()));
+                }
             }
         }
         // Resolve everything into a local pass first so a failure leaves `slots` untouched
@@ -315,6 +335,7 @@ impl<'a> Adapter<'a> {
         }
         Ok(BoundAdapter {
             slots,
+            same_weights,
             alpha: self.alpha,
             n_layers: cfg.n_layers,
             head: self.head,
@@ -326,6 +347,7 @@ impl<'a> Adapter<'a> {
 #[derive(Debug)]
 pub struct BoundAdapter<'a, 's> {
     slots: &'s [Option<LoraPair<'a>>],
+    same_weights: Option<bool>,
     alpha: f32,
     n_layers: usize,
     head: Option<MatRef<'a>>,
@@ -336,6 +358,13 @@ impl<'a> BoundAdapter<'a, '_> {
     #[inline]
     pub fn pair(&self, layer: usize, linear: usize) -> Option<&LoraPair<'a>> {
         self.slots.get(layer * LINEARS + linear)?.as_ref()
+    }
+    /// Whether the base's bytes are those the adapter was converted against: `Some(false)`
+    /// for a base with the same tensor names and shapes but other weights or quant types (a
+    /// re-quantised copy, or another fine-tune of the same architecture, which no check can
+    /// tell apart), `None` if the file records no fingerprint (llama.cpp's converter).
+    pub const fn same_base_weights(&self) -> Option<bool> {
+        self.same_weights
     }
     /// `adapter.lora.alpha`.
     pub const fn alpha(&self) -> f32 {
@@ -724,6 +753,41 @@ pub fn parse_target(name: &str) -> Option<(usize, usize)> {
     let part = rest.strip_suffix(".weight")?;
     let k = crate::model::LINEAR_NAMES.iter().position(|n| *n == part)?;
     Some((layer, k))
+}
+
+/// An optional `u64` key (a fingerprint).
+fn read_u64(g: &Gguf<'_>, key: &'static str) -> Result<Option<u64>> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_int()
+            .and_then(|i| u64::try_from(i).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::new(ErrorKind::WrongType, "fingerprint must be uint64").named(key.as_bytes())
+            }),
+    }
+}
+
+/// A 64-bit fingerprint of a base model's shape: FNV-1a over the architecture and every
+/// tensor's name and dims, not types or data, so it is the same for every quantisation of one
+/// model (and for every fine-tune of the same architecture and size).
+pub fn base_shape_fingerprint(g: &Gguf<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(g.get_str("general.architecture").unwrap_or("").as_bytes());
+    for t in g.tensors() {
+        eat(t.name.as_bytes());
+        for d in t.dims() {
+            eat(&d.to_le_bytes());
+        }
+    }
+    h
 }
 
 /// A 64-bit fingerprint of a base model: FNV-1a over the architecture, every tensor's name,

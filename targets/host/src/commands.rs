@@ -270,6 +270,13 @@ impl Adapters {
                 a.alpha(),
                 t.elapsed().as_secs_f64() * 1e3
             );
+            if b.same_base_weights() == Some(false) {
+                eprintln!(
+                    "note: adapter {n} was converted against a base with the same tensors and \
+                     shapes but other weights or quant types (fine for a re-quantised copy of \
+                     that base; another fine-tune of the same model would also pass this check)"
+                );
+            }
             out.push(b);
         }
         Ok(out)
