@@ -1310,9 +1310,9 @@ impl<'s> State<'s> {
     /// The oldest position a block may restart from (`Model::forward` at `pos` needs the
     /// window of `pos` in the sliding layers' rings): 0 without rings.
     pub fn earliest_restart(&self) -> usize {
-        match self.cfg.arch.swa_window {
-            0 => 0,
-            w => (self.swa_lo + w).saturating_sub(1).min(self.filled),
+        match (self.cfg.arch.swa_window, self.swa_lo) {
+            (0, _) | (_, 0) => 0,
+            (w, lo) => (lo + w).saturating_sub(1).min(self.filled),
         }
     }
 
@@ -1366,4 +1366,10 @@ impl<'s> State<'s> {
 #[cfg(feature = "alloc")]
 pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
     alloc::vec![0.0; State::len_for(cfg, ctx).min(isize::MAX as usize / 4)]
+}
+
+/// An owned state buffer for a KV cache built as `spec` says (needs the `alloc` feature).
+#[cfg(feature = "alloc")]
+pub fn state_buffer_for(cfg: &Config, ctx: usize, spec: CacheSpec) -> alloc::vec::Vec<f32> {
+    alloc::vec![0.0; State::len_for_cache(cfg, ctx, spec).min(isize::MAX as usize / 4)]
 }
