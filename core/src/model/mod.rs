@@ -454,8 +454,9 @@ impl<'w, const L: usize> Model<'w, L> {
     ///
     /// # Errors
     /// [`ErrorKind::TokenOutOfRange`], [`ErrorKind::ContextFull`] if `pos >= state.ctx()`,
-    /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache or the state was
-    /// sized for another model.
+    /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache, rewinds further
+    /// than the sliding-window layers' rings keep ([`State::earliest_restart`]), or the state
+    /// was sized for another model.
     pub fn forward<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>) -> Result<&'s [f32]> {
         self.forward_with(token, pos, s, &NoAdapters)
     }
@@ -1316,7 +1317,8 @@ impl<'s> State<'s> {
         }
     }
 
-    /// Keep only the first `n` positions of the KV cache.
+    /// Keep only the first `n` positions of the KV cache. With sliding-window rings, running
+    /// on from `n` works only if `n >=` [`State::earliest_restart`] (checked then, as an error).
     pub fn truncate(&mut self, n: usize) {
         self.filled = self.filled.min(n);
     }
