@@ -1,14 +1,16 @@
 //! Quick single-thread decode and prefill tokens/s on SmolLM2 (or `--model PATH`).
 //!
-//! `cargo run --release -p edgelora-bench --example decode_tps [-- --model M --tokens N --prompt P]`
+//! `cargo run --release -p edgelora-bench --example decode_tps [-- --model M --tokens N --prompt P
+//! --cache-type f32|f16|q8_0]`
 //!
 //! Prefill: a `P`-token prompt (default 64) from an empty cache through `Model::prefill`.
 //! Decode: `N` (default 128) greedy tokens after it, one `forward` each. Each figure is the best
 //! of 3 runs, as wall-clock and as thread-CPU-time rates; criterion's `decode` bench gives
 //! the wall-clock figure with statistics. `EDGELORA_ISA=avx2` forces a kernel,
-//! `EDGELORA_MODE=reference` runs the f32-activation reference path.
+//! `EDGELORA_MODE=reference` runs the f32-activation reference path. The KV cache is f32 unless
+//! `--cache-type` says otherwise (the CLI's default is f16).
 
-use edgelora::model::{state_buffer, Model, State};
+use edgelora::model::{state_buffer_for, CacheSpec, CacheType, Model, State};
 use edgelora::Gguf;
 use std::time::Instant;
 
@@ -32,6 +34,7 @@ fn main() {
     )
     .to_string();
     let (mut n_decode, mut n_prompt) = (128usize, 64usize);
+    let mut cache = CacheType::F32;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("flag needs a value");
@@ -39,6 +42,7 @@ fn main() {
             "--model" => model_path = v,
             "--tokens" => n_decode = v.parse().expect("--tokens N"),
             "--prompt" => n_prompt = v.parse().expect("--prompt P"),
+            "--cache-type" => cache = CacheType::from_name(&v).expect("--cache-type f32|f16|q8_0"),
             _ => panic!("unknown flag {a}"),
         }
     }
@@ -49,7 +53,8 @@ fn main() {
     let model: Box<Model> = Box::new(Model::from_gguf(&g).expect("model"));
     let cfg = *model.config();
     let ctx = (n_prompt + n_decode + 1).min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
+    let spec = CacheSpec::of(cache);
+    let mut buf = state_buffer_for(&cfg, ctx, spec);
     // A fixed pseudo-prompt: token ids spread over the vocabulary.
     let prompt: Vec<u32> = (0..n_prompt as u32)
         .map(|i| (i * 7919 + 13) % cfg.vocab as u32)
@@ -57,7 +62,7 @@ fn main() {
     let reference = std::env::var("EDGELORA_MODE").is_ok_and(|v| v == "reference");
     let (mut best_prefill, mut best_decode) = ([f64::INFINITY; 2], [f64::INFINITY; 2]);
     for _ in 0..3 {
-        let mut st = State::new(&cfg, ctx, &mut buf).expect("state");
+        let mut st = State::with_cache(&cfg, ctx, spec, &mut buf).expect("state");
         if reference {
             st.set_kernel_mode(edgelora::model::KernelMode::Reference);
         }
@@ -75,10 +80,11 @@ fn main() {
         best_decode[1] = best_decode[1].min(cpu_secs() - c1);
     }
     println!(
-        "kernel {} mode {}: prefill {n_prompt} tokens: {:.1} tok/s wall, {:.1} tok/s cpu-time; \
+        "kernel {} mode {} cache {}: prefill {n_prompt} tokens: {:.1} tok/s wall, {:.1} tok/s cpu-time; \
          decode {n_decode} tokens: {:.1} tok/s wall, {:.1} tok/s cpu-time",
         edgelora::kernels::active_isa_name(),
         if reference { "reference" } else { "fast" },
+        cache.name(),
         n_prompt as f64 / best_prefill[0],
         n_prompt as f64 / best_prefill[1],
         n_decode as f64 / best_decode[0],

@@ -8,7 +8,7 @@
 //!     xb = rmsnorm(x) * attn_norm                        // (dim,)
 //!     q = Wq xb; k = Wk xb; v = Wv xb                    // (q_dim,), (kv_dim,), (kv_dim,)
 //!     rope(q, k, pos)                                    // adjacent pairs, llama.cpp layout
-//!     k, v -> cache[layer][pos]
+//!     k, v -> cache[layer][pos]                          // (a ring on sliding layers)
 //!     att_out = softmax(q k^T / sqrt(head_dim)) v        // (q_dim,), per head, GQA
 //!     x += Wo att_out                                    // (dim,)
 //!     xb = rmsnorm(x) * ffn_norm
@@ -24,15 +24,19 @@
 //!
 //! Memory: weights are borrowed from the GGUF bytes; everything that changes lives in a
 //! [`State`] carved from one caller-provided `&mut [f32]` whose length is
-//! [`State::len_for`]`(config, ctx)`, a pure function. `forward` never allocates and never
+//! [`State::len_for_cache`]`(config, ctx, cache)`, a pure function. The KV cache's element
+//! type (f32, f16, q8_0) and the ring that sliding-window layers keep instead of the whole
+//! context are described in `kv.rs`. `forward` never allocates and never
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
 mod config;
+mod kv;
 #[cfg(feature = "alloc")]
 pub mod quantize;
 mod rope;
 
 pub use config::{Arch, Config, Ffn, RopeStyle, ARCHITECTURES};
+pub use kv::{cache_bytes, layer_slots, CacheSpec, CacheType};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
@@ -450,8 +454,9 @@ impl<'w, const L: usize> Model<'w, L> {
     ///
     /// # Errors
     /// [`ErrorKind::TokenOutOfRange`], [`ErrorKind::ContextFull`] if `pos >= state.ctx()`,
-    /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache or the state was
-    /// sized for another model.
+    /// [`ErrorKind::InvalidArgument`] if `pos` skips past the filled cache, rewinds further
+    /// than the sliding-window layers' rings keep ([`State::earliest_restart`]), or the state
+    /// was sized for another model.
     pub fn forward<'s>(&self, token: u32, pos: usize, s: &'s mut State<'_>) -> Result<&'s [f32]> {
         self.forward_with(token, pos, s, &NoAdapters)
     }
@@ -612,10 +617,12 @@ impl<'w, const L: usize> Model<'w, L> {
         let bxb = s.bxb.get_mut(..n * dim).ok_or_else(internal)?; //         (n, dim)
         let bq = s.bq.get_mut(..n * qd).ok_or_else(internal)?; //            (n, q_dim)
         let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
-        let bhb = s.bhb.get_mut(..n * fd).ok_or_else(internal)?; //          (n, ffn_dim)
-        let bhb2 = s.bhb2.get_mut(..n * fd).ok_or_else(internal)?; //        (n, ffn_dim)
-                                                                   // Rope tables: (n, rope_dims) for the global base, and a second one for the sliding
-                                                                   // layers' base where the architecture has one.
+                                                                   // (n, max(ffn_dim, kv_dim)): the FFN's hidden vectors, and before them the block's k and
+                                                                   // v on their way into the cache (which may be a ring, or another element type).
+        let bhb_all = s.bhb.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
+        let bhb2_all = s.bhb2.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
+        // Rope tables: (n, rope_dims) for the global base, and a second one for the sliding
+        // layers' base where the architecture has one.
         let (brope, brope2) = s.rope.split_at_mut((s.block * rd).min(s.rope.len()));
         let brope = brope.get_mut(..n * rd).ok_or_else(internal)?; //        (n, rope_dims)
         let brope2 = brope2.get_mut(..if c.has_second_rope() { n * rd } else { 0 });
@@ -653,6 +660,14 @@ impl<'w, const L: usize> Model<'w, L> {
             rope_table(ti, pos0 + i, a.rope_base_swa, rd);
         }
         obs.tensor("inp_embd", None, pos0, n, bx);
+        let spec = s.cache;
+        // Where the ring of a sliding layer still holds every position the block reads
+        // (`check_state` refused the block otherwise): see `State::swa_lo`.
+        s.swa_lo = s
+            .swa_lo
+            .min(pos0)
+            .max((pos0 + n).saturating_sub(s.swa_slots));
+        let mut region = 0; // this layer's offset in the K and V caches (f32 words)
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
             let Some(w) = layer else {
                 return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
@@ -662,16 +677,9 @@ impl<'w, const L: usize> Model<'w, L> {
                 rmsnorm(o, xi, w.attn_norm, c.rms_eps);
             }
             obs.tensor("attn_norm", Some(l), pos0, n, bxb);
-            let at = (l * ctx + pos0) * kv_dim;
-            let kc = s
-                .k_cache
-                .get_mut(at..at + n * kv_dim)
-                .ok_or_else(internal)?; // (n, kv_dim)
-            let vc = s
-                .v_cache
-                .get_mut(at..at + n * kv_dim)
-                .ok_or_else(internal)?; // (n, kv_dim)
-                                        // Quantised once (Q8_0/Q8_1/Q8_K as the weights need), read by q, k and v.
+            let kc = bhb_all.get_mut(..n * kv_dim).ok_or_else(internal)?; //   (n, kv_dim)
+            let vc = bhb2_all.get_mut(..n * kv_dim).ok_or_else(internal)?; //  (n, kv_dim)
+                                                                           // Quantised once (Q8_0/Q8_1/Q8_K as the weights need), read by q, k and v.
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode);
             linear(l, 0, &w.wq, &mut xin, bq); //                                   (n, q_dim)
             linear(l, 1, &w.wk, &mut xin, kc); //                                   (n, kv_dim)
@@ -707,6 +715,33 @@ impl<'w, const L: usize> Model<'w, L> {
             obs.tensor("q", Some(l), pos0, n, bq);
             obs.tensor("k", Some(l), pos0, n, kc);
             obs.tensor("v", Some(l), pos0, n, vc);
+            // This layer's cache regions: `slots` rows of the cache type (a ring on sliding
+            // layers; `kv.rs` says why `window + block - 1` rows are enough).
+            let slots = kv::layer_slots(c, ctx, spec, l);
+            let words = kv::layer_words(c, ctx, spec, l).ok_or_else(internal)?;
+            let kreg = s
+                .k_cache
+                .get_mut(region..region + words)
+                .ok_or_else(internal)?;
+            let vreg = s
+                .v_cache
+                .get_mut(region..region + words)
+                .ok_or_else(internal)?;
+            region += words;
+            for (i, (kt, vt)) in kc
+                .chunks_exact(kv_dim)
+                .zip(vc.chunks_exact(kv_dim))
+                .enumerate()
+            {
+                let slot = (pos0 + i) % slots;
+                if !kv::store_row(spec.ty, kern, kreg, slot, kt)
+                    || !kv::store_row(spec.ty, kern, vreg, slot, vt)
+                {
+                    return Err(internal());
+                }
+            }
+            // The query's Q8_0 blocks for a Q8_0 cache (the activation scratch is free here).
+            let qq = kernels::scratch_blocks::<crate::quant::BlockQ8_0>(s.bqs);
             // Causal attention per token: token i sees positions ..= pos0 + i.
             for (i, (qi, oi)) in bq
                 .chunks_exact(qd)
@@ -720,17 +755,24 @@ impl<'w, const L: usize> Model<'w, L> {
                 } else {
                     0
                 };
-                let layer_k = s
-                    .k_cache
-                    .get((l * ctx + first) * kv_dim..(l * ctx + pos + 1) * kv_dim)
-                    .ok_or_else(internal)?;
-                let layer_v = s
-                    .v_cache
-                    .get((l * ctx + first) * kv_dim..(l * ctx + pos + 1) * kv_dim)
-                    .ok_or_else(internal)?;
-                let att = s.att.get_mut(..pos + 1 - first).ok_or_else(internal)?; // (span,)
-                let (scale, cap) = (a.q_scale, a.attn_softcap);
-                attend(qi, oi, layer_k, layer_v, att, hd, kv_dim, group, scale, cap);
+                let at = kv::Attn {
+                    k: kreg,
+                    v: vreg,
+                    ty: spec.ty,
+                    slots,
+                    first,
+                    pos,
+                    hd,
+                    kv_dim,
+                    group,
+                    scale: a.q_scale,
+                    cap: a.attn_softcap,
+                    kern,
+                };
+                // att: (span,) scores of one head
+                if !kv::attend(qi, oi, &at, s.att, qq) {
+                    return Err(internal());
+                }
             }
             obs.tensor("attn_out", Some(l), pos0, n, batt);
             let mut ain = Acts::new(batt, n, s.bqs, kern, mode);
@@ -748,6 +790,8 @@ impl<'w, const L: usize> Model<'w, L> {
                 rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
             }
             obs.tensor("ffn_norm", Some(l), pos0, n, bxb);
+            let bhb = bhb_all.get_mut(..n * fd).ok_or_else(internal)?; //       (n, ffn_dim)
+            let bhb2 = bhb2_all.get_mut(..n * fd).ok_or_else(internal)?; //     (n, ffn_dim)
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
@@ -828,6 +872,17 @@ impl<'w, const L: usize> Model<'w, L> {
                 "position skips past the filled KV cache",
             )
             .detail(pos as u64, s.filled as u64));
+        }
+        // A sliding layer at `pos` reads `pos + 1 - window ..= pos`; its ring must still hold
+        // the part before `pos` (only a rewind can fail this).
+        let need = (pos + 1).saturating_sub(c.arch.swa_window);
+        if c.arch.swa_window > 0 && need < pos && need < s.swa_lo {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "rewind past the sliding-window cache (it keeps window + block positions): \
+                 restart from State::earliest_restart, from 0, or build the state with swa_full",
+            )
+            .detail(pos as u64, s.earliest_restart() as u64));
         }
         Ok(())
     }
@@ -932,42 +987,6 @@ fn internal() -> Error {
         ErrorKind::InvalidArgument,
         "state buffers do not match the model",
     )
-}
-
-/// Causal attention of one token, all heads: `q` (n_heads*head_dim,) against the cached keys
-/// and values of positions `0..att.len()` (`k`, `v`: (att.len(), kv_dim)); `att` is scratch
-/// for one head's scores (att.len(),). GQA: query head `h` reads kv head `h / group`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    out: &mut [f32],
-    k: &[f32],
-    v: &[f32],
-    att: &mut [f32],
-    hd: usize,
-    kv_dim: usize,
-    group: usize,
-    scale: f32,
-    cap: f32,
-) {
-    for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-        let kvo = (h / group) * hd;
-        for (a, kt) in att.iter_mut().zip(k.chunks_exact(kv_dim)) {
-            *a = dot(qh, &kt[kvo..kvo + hd]) * scale;
-        }
-        if cap > 0.0 {
-            for a in att.iter_mut() {
-                *a = softcap(*a, cap);
-            }
-        }
-        softmax(att);
-        out.fill(0.0);
-        for (&a, vt) in att.iter().zip(v.chunks_exact(kv_dim)) {
-            for (o, v) in out.iter_mut().zip(&vt[kvo..kvo + hd]) {
-                *o += a * v;
-            }
-        }
-    }
 }
 
 /// `x = x / rms(x) * w`, in place.
@@ -1095,15 +1114,31 @@ pub struct State<'s> {
     /// The kernel table this state's forward passes use; `None` means [`kernels::active`].
     kernel: Option<&'static Kernel>,
     logits: &'s mut [f32],
+    /// Element type and ring choice of the caches.
+    cache: CacheSpec,
+    /// Rows of a sliding layer's ring (`ctx` where there is no ring).
+    swa_slots: usize,
+    /// The oldest position whose K/V the sliding layers' rings still hold (every position from
+    /// here to `filled` is there): a block may start at `pos <= filled` only if the window of
+    /// `pos` starts at or after it (a rewind further back would read overwritten rows).
+    swa_lo: usize,
+    /// Per layer, `kv::layer_slots` rows of `kv::CacheType::row_bytes` each, in f32 words.
     k_cache: &'s mut [f32],
     v_cache: &'s mut [f32],
 }
 
 impl<'s> State<'s> {
-    /// Number of `f32` values a state for `cfg` with `ctx` positions needs, or `None` if the
-    /// size overflows `usize`.
+    /// Number of `f32` values a state for `cfg` with `ctx` positions and an f32 KV cache needs,
+    /// or `None` if the size overflows `usize`.
     pub fn checked_len_for(cfg: &Config, ctx: usize) -> Option<usize> {
-        let kv = cfg.n_layers.checked_mul(ctx)?.checked_mul(cfg.kv_dim())?;
+        Self::checked_len_for_cache(cfg, ctx, CacheSpec::default())
+    }
+
+    /// Number of `f32` values a state for `cfg` with `ctx` positions and a KV cache built as
+    /// `spec` says needs, or `None` if the size overflows `usize`. A pure function of its
+    /// arguments.
+    pub fn checked_len_for_cache(cfg: &Config, ctx: usize, spec: CacheSpec) -> Option<usize> {
+        let kv = kv::cache_words(cfg, ctx, spec)?;
         let blk = Self::block_for(ctx);
         let act_qb = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim).checked_mul(blk)?);
         let parts = [
@@ -1117,8 +1152,8 @@ impl<'s> State<'s> {
             blk.checked_mul(cfg.dim)?, // bxb (block, dim)
             blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
             blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
-            blk.checked_mul(cfg.ffn_dim)?, // bhb (block, ffn_dim)
-            blk.checked_mul(cfg.ffn_dim)?, // bhb2 (block, ffn_dim)
+            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?, // bhb (block, ffn_dim); k staging
+            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?, // bhb2 (block, ffn_dim); v staging
             act_qb,      // the block's quantised forms (kernels::Batch)
             cfg.vocab,   // logits
             kv,          // k cache
@@ -1137,22 +1172,48 @@ impl<'s> State<'s> {
         }
     }
 
-    /// Number of `f32` values a state for `cfg` with `ctx` positions needs (saturating).
+    /// Number of `f32` values a state for `cfg` with `ctx` positions and an f32 KV cache needs
+    /// (saturating).
     pub fn len_for(cfg: &Config, ctx: usize) -> usize {
         Self::checked_len_for(cfg, ctx).unwrap_or(usize::MAX)
     }
 
-    /// Bytes a state for `cfg` with `ctx` positions needs.
+    /// Bytes a state for `cfg` with `ctx` positions and an f32 KV cache needs.
     pub fn bytes_for(cfg: &Config, ctx: usize) -> usize {
         Self::len_for(cfg, ctx).saturating_mul(4)
     }
 
-    /// Carve a state out of `buf`.
+    /// [`State::len_for`] with a KV cache built as `spec` says (saturating).
+    pub fn len_for_cache(cfg: &Config, ctx: usize, spec: CacheSpec) -> usize {
+        Self::checked_len_for_cache(cfg, ctx, spec).unwrap_or(usize::MAX)
+    }
+
+    /// [`State::bytes_for`] with a KV cache built as `spec` says (saturating).
+    pub fn bytes_for_cache(cfg: &Config, ctx: usize, spec: CacheSpec) -> usize {
+        Self::len_for_cache(cfg, ctx, spec).saturating_mul(4)
+    }
+
+    /// Carve a state with an f32 KV cache out of `buf`.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] if `ctx` is 0 or above the model's context length,
     /// [`ErrorKind::BufferTooSmall`] if `buf` is shorter than [`State::len_for`].
     pub fn new(cfg: &Config, ctx: usize, buf: &'s mut [f32]) -> Result<Self> {
+        Self::with_cache(cfg, ctx, CacheSpec::default(), buf)
+    }
+
+    /// Carve a state whose KV cache is built as `spec` says out of `buf`.
+    ///
+    /// # Errors
+    /// As [`State::new`] (with [`State::len_for_cache`] as the size), and
+    /// [`CacheType::check`]'s errors for a cache type the model or build cannot use.
+    pub fn with_cache(
+        cfg: &Config,
+        ctx: usize,
+        spec: CacheSpec,
+        buf: &'s mut [f32],
+    ) -> Result<Self> {
+        spec.ty.check(cfg)?;
         if ctx == 0 || ctx > cfg.ctx_len {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -1160,7 +1221,7 @@ impl<'s> State<'s> {
             )
             .detail(ctx as u64, cfg.ctx_len as u64));
         }
-        let need = Self::checked_len_for(cfg, ctx)
+        let need = Self::checked_len_for_cache(cfg, ctx, spec)
             .ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "state size overflows"))?;
         if buf.len() < need {
             return Err(
@@ -1168,7 +1229,11 @@ impl<'s> State<'s> {
                     .detail(buf.len() as u64, need as u64),
             );
         }
-        let kv = cfg.n_layers * ctx * cfg.kv_dim();
+        let kv = kv::cache_words(cfg, ctx, spec).ok_or_else(internal)?;
+        let swa_slots = (0..cfg.n_layers)
+            .map(|l| kv::layer_slots(cfg, ctx, spec, l))
+            .min()
+            .unwrap_or(ctx);
         let rest = &mut buf[..need];
         rest.fill(0.0);
         let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
@@ -1182,8 +1247,8 @@ impl<'s> State<'s> {
         let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
         let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
         let (batt, rest) = rest.split_at_mut(block * cfg.q_dim());
-        let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim);
-        let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim);
+        let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
+        let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
         let act_qb = act_scratch_f32s(block * cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
         let (bqs, rest) = rest.split_at_mut(act_qb);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
@@ -1209,6 +1274,9 @@ impl<'s> State<'s> {
             mode: KernelMode::Fast,
             kernel: None,
             logits,
+            cache: spec,
+            swa_slots,
+            swa_lo: 0,
             k_cache,
             v_cache,
         })
@@ -1232,9 +1300,25 @@ impl<'s> State<'s> {
     /// Forget the KV cache (O(1): later positions overwrite it).
     pub fn clear(&mut self) {
         self.filled = 0;
+        self.swa_lo = 0;
     }
 
-    /// Keep only the first `n` positions of the KV cache.
+    /// How this state's KV cache is built.
+    pub const fn cache(&self) -> CacheSpec {
+        self.cache
+    }
+
+    /// The oldest position a block may restart from (`Model::forward` at `pos` needs the
+    /// window of `pos` in the sliding layers' rings): 0 without rings.
+    pub fn earliest_restart(&self) -> usize {
+        match (self.cfg.arch.swa_window, self.swa_lo) {
+            (0, _) | (_, 0) => 0,
+            (w, lo) => (lo + w).saturating_sub(1).min(self.filled),
+        }
+    }
+
+    /// Keep only the first `n` positions of the KV cache. With sliding-window rings, running
+    /// on from `n` works only if `n >=` [`State::earliest_restart`] (checked then, as an error).
     pub fn truncate(&mut self, n: usize) {
         self.filled = self.filled.min(n);
     }
@@ -1284,4 +1368,10 @@ impl<'s> State<'s> {
 #[cfg(feature = "alloc")]
 pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
     alloc::vec![0.0; State::len_for(cfg, ctx).min(isize::MAX as usize / 4)]
+}
+
+/// An owned state buffer for a KV cache built as `spec` says (needs the `alloc` feature).
+#[cfg(feature = "alloc")]
+pub fn state_buffer_for(cfg: &Config, ctx: usize, spec: CacheSpec) -> alloc::vec::Vec<f32> {
+    alloc::vec![0.0; State::len_for_cache(cfg, ctx, spec).min(isize::MAX as usize / 4)]
 }

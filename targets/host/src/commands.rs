@@ -5,7 +5,7 @@ use crate::util::{human, map, peak_rss, resolve_model};
 use anyhow::{bail, Context, Result};
 use edgelora::format::gguf::{Gguf, Value};
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
-use edgelora::model::{state_buffer, Model, State};
+use edgelora::model::{cache_bytes, state_buffer_for, CacheSpec, CacheType, Config, Model, State};
 use edgelora::sample::{Sampler, SamplerConfig};
 use serde_json::json;
 use std::io::{BufRead, Write};
@@ -23,6 +23,9 @@ pub struct InspectArgs {
     /// Show every array element and full strings instead of a preview.
     #[arg(long)]
     pub full: bool,
+    /// Context length for the state sizes printed (capped at the model's).
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: usize,
 }
 
 fn value_text(v: &Value<'_>, full: bool) -> String {
@@ -158,10 +161,32 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     match cfg {
         Ok(c) => {
             println!("\nmodel: {c:?}");
-            println!(
-                "state for 2048 positions: {} (KV cache f32)",
-                human(State::bytes_for(&c, 2048.min(c.ctx_len)) as u64)
-            );
+            let ctx = a.ctx.clamp(1, c.ctx_len);
+            println!("state for {ctx} positions (of which KV cache), per --cache-type:");
+            for ty in CacheType::ALL {
+                let size = |swa_full| {
+                    let spec = CacheSpec { ty, swa_full };
+                    format!(
+                        "{} ({})",
+                        human(State::bytes_for_cache(&c, ctx, spec) as u64),
+                        human(cache_bytes(&c, ctx, spec) as u64)
+                    )
+                };
+                let usable = match ty.check(&c) {
+                    Ok(()) => String::new(),
+                    Err(e) => format!("  [not for this model: {e}]"),
+                };
+                if c.arch.swa_window > 0 {
+                    println!(
+                        "  {:<5} {}  sliding layers in a ring; --swa-full: {}{usable}",
+                        ty.name(),
+                        size(false),
+                        size(true)
+                    );
+                } else {
+                    println!("  {:<5} {}{usable}", ty.name(), size(false));
+                }
+            }
         }
         Err(e) => println!("\nnot a runnable llama model: {e}"),
     }
@@ -191,6 +216,52 @@ pub struct ModelArgs {
     /// split across a persistent pool); results are bit-identical to one thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// How the KV cache is stored.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// KV cache element type: `f32` (exact), `f16` (half the memory) or `q8_0` (~27%; needs
+    /// head_dim a multiple of 32), as llama.cpp's --cache-type-k/-v.
+    #[arg(long, default_value = "f16", value_parser = parse_cache_type)]
+    pub cache_type: CacheType,
+    /// Keep every position in sliding-window layers (Gemma) instead of a ring of the window:
+    /// more memory, but a chat can rewind anywhere without re-running the prompt.
+    #[arg(long)]
+    pub swa_full: bool,
+}
+
+fn parse_cache_type(s: &str) -> std::result::Result<CacheType, String> {
+    CacheType::from_name(s).ok_or_else(|| format!("unknown cache type {s:?} (f32, f16, q8_0)"))
+}
+
+impl CacheArgs {
+    /// The core's cache spec.
+    pub fn spec(&self) -> CacheSpec {
+        CacheSpec {
+            ty: self.cache_type,
+            swa_full: self.swa_full,
+        }
+    }
+
+    /// A zeroed buffer of the size [`CacheArgs::state`] needs (a state borrows its buffer).
+    pub fn buffer(&self, cfg: &Config, ctx: usize) -> Vec<f32> {
+        state_buffer_for(cfg, ctx, self.spec())
+    }
+
+    /// The state over `buf` (from [`CacheArgs::buffer`]).
+    pub fn state<'s>(&self, cfg: &Config, ctx: usize, buf: &'s mut [f32]) -> Result<State<'s>> {
+        State::with_cache(cfg, ctx, self.spec(), buf).with_context(|| {
+            format!(
+                "KV cache {} for {} layers of head_dim {}",
+                self.cache_type.name(),
+                cfg.n_layers,
+                cfg.head_dim
+            )
+        })
+    }
 }
 
 impl ModelArgs {
@@ -470,8 +541,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let set = ads.set(&bound)?;
     let cfg = *model.config();
     let ctx = a.model.ctx.min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.model.cache.buffer(&cfg, ctx);
+    let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
     let (text, ids) = if a.chat {
         eprintln!("chat format: {}", tok.chat_format());
@@ -551,8 +622,8 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let set = ads.set(&bound)?;
     let cfg = *model.config();
     let ctx = a.model.ctx.min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.model.cache.buffer(&cfg, ctx);
+    let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];
@@ -578,12 +649,16 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         let pairs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
         let text = tok.chat_prompt(a.system.as_deref(), &pairs)?;
         let ids = tok.encode_chat(&text)?;
-        let keep = cached
+        let mut keep = cached
             .iter()
             .zip(&ids)
             .take_while(|(x, y)| x == y)
             .count()
             .min(ids.len().saturating_sub(1));
+        if keep < st.earliest_restart() {
+            // The sliding layers' rings no longer hold that far back (--swa-full keeps it).
+            keep = 0;
+        }
         st.truncate(keep);
         cached.truncate(keep);
         let mut stdout = std::io::stdout();
@@ -665,8 +740,8 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let set = ads.set(&bound)?;
     let cfg = *model.config();
     let ctx = ids.len().min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.model.cache.buffer(&cfg, ctx);
+    let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
     let mut rows = vec![];
     for (pos, &t) in ids.iter().enumerate() {
@@ -774,8 +849,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let set = ads.set(&bound)?;
     let cfg = *model.config();
     let ctx = (a.prompt_len + a.gen + 1).min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.model.cache.buffer(&cfg, ctx);
+    let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
     // A fixed, ordinary token sequence (ids spread over the vocabulary).
     let prompt: Vec<u32> = (0..a.prompt_len)
@@ -822,6 +897,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 "kernel": kernel,
                 "mode": format!("{:?}", a.model.mode()),
                 "threads": a.model.threads,
+                "cache_type": a.model.cache.cache_type.name(),
+                "state_bytes": State::bytes_for_cache(&cfg, ctx, a.model.cache.spec()),
                 "adapters": a.model.adapters,
                 "prompt_tokens": a.prompt_len,
                 "gen_tokens": a.gen,
@@ -835,6 +912,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!("model    {}", path.display());
         println!("kernel   {kernel} ({:?})", a.model.mode());
         println!("threads  {}", a.model.threads);
+        println!(
+            "cache    {} (state {} for {ctx} positions)",
+            a.model.cache.cache_type.name(),
+            human(State::bytes_for_cache(&cfg, ctx, a.model.cache.spec()) as u64)
+        );
         println!(
             "prefill  {best_pp:.1} tokens/s ({} tokens, best of {})",
             a.prompt_len, a.reps

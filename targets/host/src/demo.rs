@@ -5,11 +5,12 @@
 //! `"{task}: {input}\n"` and its answer is the generated text before the first newline,
 //! compared exactly with the gold output.
 
+use crate::commands::CacheArgs;
 use crate::tok::Tok;
 use crate::util::{human, map, peak_rss, repo_path, resolve_model};
 use anyhow::{bail, Context, Result};
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
-use edgelora::model::{state_buffer, Model, State};
+use edgelora::model::{Model, State};
 use edgelora::Gguf;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,6 +35,8 @@ pub struct DemoArgs {
     /// Maximum new tokens per answer.
     #[arg(long, default_value_t = 48)]
     pub max_new: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,6 +69,8 @@ pub struct EvalArgs {
     /// Print one JSON object (task, correct, n, exact_match, predictions) instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// One held-out example.
@@ -170,8 +175,8 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let tok = Tok::new(&g)?;
     let cfg = *model.config();
     let ctx = 128.min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.cache.buffer(&cfg, ctx);
+    let mut st = a.cache.state(&cfg, ctx, &mut buf)?;
     let dir = adapter_dir(&a.adapters, &a.model);
     // Load every task adapter once; all stay resident and bound, switching is a set swap.
     let mut maps = vec![];
@@ -206,7 +211,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         cfg.dim,
         bound.len(),
         maps.iter().map(|(_, _, mm)| human(mm.len() as u64)).collect::<Vec<_>>().join(" + "),
-        human(State::bytes_for(&cfg, ctx) as u64),
+        human(State::bytes_for_cache(&cfg, ctx, a.cache.spec()) as u64),
         ctx
     );
     let data: Vec<Vec<Example>> = TASKS
@@ -276,8 +281,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let tok = Tok::new(&g)?;
     let cfg = *model.config();
     let ctx = 128.min(cfg.ctx_len);
-    let mut buf = state_buffer(&cfg, ctx);
-    let mut st = State::new(&cfg, ctx, &mut buf)?;
+    let mut buf = a.cache.buffer(&cfg, ctx);
+    let mut st = a.cache.state(&cfg, ctx, &mut buf)?;
     if a.reference {
         st.set_kernel_mode(edgelora::model::KernelMode::Reference);
     }
