@@ -47,7 +47,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let er = p * r * r + r + 1.0;
     // n in [-126, 127]: the biased exponent n + 127 is in [1, 254].
     let ni = t.to_bits() as i32 - SHIFT.to_bits() as i32;
@@ -64,7 +64,7 @@ pub(crate) fn silu(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
     // 2 sqrt(2/pi) and 2 sqrt(2/pi) 0.044715: the -2u of the exponent in one product chain.
-    const A: f32 = 1.595_769_1;
+    const A: f32 = 1.595_769;
     const B: f32 = A * 0.044_715;
     x / (1.0 + exp(-x * (A + B * x * x)))
 }
