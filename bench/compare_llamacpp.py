@@ -11,11 +11,14 @@ run doing a 64-token prefill and 64 decode steps; the best of --reps runs is kep
 llama.cpp is timed through llama-cpp-python's low-level API (`llama_decode` calls, timed in
 Python around each call; the per-call Python overhead is ~10 us against ms-scale steps).
 edgelora is timed by `edgelora bench --json` (its own clock around the same work).
-Prints tokens/s and the ratios edgelora / llama.cpp.
+Prints tokens/s and the ratios edgelora / llama.cpp. On a shared machine add `--cpu-time`
+(one thread): both sides are then timed in the calling thread's CPU time, and the table also
+gives the median of the per-round ratios.
 """
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -63,9 +66,11 @@ def bench_llamacpp(model, threads, n_prompt, n_gen, lora=None):
 
     fill(toks, 0)
     t0 = time.perf_counter()
+    c0 = time.thread_time()
     if llama_cpp.llama_decode(ctx, batch) != 0:
         raise SystemExit("llama_decode failed")
     pp = n_prompt / (time.perf_counter() - t0)
+    pp_cpu = n_prompt / (time.thread_time() - c0)
     tok = 1
     t0 = time.perf_counter()
     c0 = time.thread_time()
@@ -82,10 +87,10 @@ def bench_llamacpp(model, threads, n_prompt, n_gen, lora=None):
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(m)
-    return pp, tg, tg_cpu
+    return pp, tg, pp_cpu, tg_cpu
 
 
-def bench_edgelora(exe, model, threads, n_prompt, n_gen, lora=None):
+def bench_edgelora(exe, model, threads, n_prompt, n_gen, lora=None, cpu_time=False):
     cmd = [exe, "bench", "--model", model, "--prompt-len", str(n_prompt), "--gen", str(n_gen), "--reps", "1", "--json"]
     if threads != 1:
         cmd += ["--threads", str(threads)]
@@ -93,6 +98,10 @@ def bench_edgelora(exe, model, threads, n_prompt, n_gen, lora=None):
         cmd += ["--adapter", lora]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     j = json.loads(out)
+    if cpu_time:
+        if j.get("prefill_cpu_tokens_per_s") is None:
+            raise SystemExit(f"{exe} reports no CPU time (an older build, or not Linux)")
+        return j["prefill_cpu_tokens_per_s"], j["decode_cpu_tokens_per_s"]
     return j["prefill_tokens_per_s"], j["decode_tokens_per_s"]
 
 
@@ -108,6 +117,11 @@ def main():
     ap.add_argument("--llamacpp-only", action="store_true",
                     help="time llama.cpp alone: decode tokens/s per rep, wall and thread-CPU time "
                          "(one thread; pair with `decode_tps`, which prints both for edgelora)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="compare thread CPU time instead of wall time (one thread only): on a "
+                         "shared host it leaves out other processes' time slices. llama.cpp: "
+                         "time.thread_time() around each llama_decode (at one thread ggml computes "
+                         "on the calling thread); edgelora: `bench --json`'s *_cpu_tokens_per_s")
     a = ap.parse_args()
     llama_cpp.llama_log_set(_quiet, ctypes.c_void_p())
     llama_cpp.llama_backend_init()
@@ -117,27 +131,49 @@ def main():
     if a.llamacpp_only:
         for th in a.threads:
             for r in range(a.reps):
-                pp, tg, tg_cpu = bench_llamacpp(a.model, th, a.prompt, a.gen, a.lora)
+                pp, tg, _, tg_cpu = bench_llamacpp(a.model, th, a.prompt, a.gen, a.lora)
                 print(f"llama.cpp threads {th} rep {r}: prefill {pp:.1f} tok/s wall; "
                       f"decode {tg:.1f} tok/s wall, {tg_cpu:.1f} tok/s cpu-time", flush=True)
         return
-    print("| threads | lora | llama.cpp prefill | edgelora prefill | ratio | llama.cpp decode | edgelora decode | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    if a.cpu_time:
+        if a.threads != [1]:
+            raise SystemExit("--cpu-time measures the calling thread: use it with --threads 1")
+        print("# tokens/s in thread CPU time; ratios: of the best runs, and the median of the "
+              "per-round ratios (rounds alternate llama.cpp, edgelora)")
+        print("| threads | lora | llama.cpp prefill | edgelora prefill | ratio | median | "
+              "llama.cpp decode | edgelora decode | ratio | median |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    else:
+        print("| threads | lora | llama.cpp prefill | edgelora prefill | ratio | llama.cpp decode | edgelora decode | ratio |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     loras = [None] + ([a.lora] if a.lora else [])
     for th in a.threads:
         for lora in loras:
             best = {"l": [0, 0], "e": [0, 0]}
+            rounds = []
             for _ in range(a.reps):
+                r = {}
                 for who in ("l", "e"):
                     if who == "l":
-                        pp, tg, _ = bench_llamacpp(a.model, th, a.prompt, a.gen, lora)
+                        pp, tg, pp_cpu, tg_cpu = bench_llamacpp(a.model, th, a.prompt, a.gen, lora)
+                        if a.cpu_time:
+                            pp, tg = pp_cpu, tg_cpu
                     else:
-                        pp, tg = bench_edgelora(a.exe, a.model, th, a.prompt, a.gen, lora)
+                        pp, tg = bench_edgelora(a.exe, a.model, th, a.prompt, a.gen, lora, a.cpu_time)
+                    r[who] = (pp, tg)
                     best[who][0] = max(best[who][0], pp)
                     best[who][1] = max(best[who][1], tg)
+                rounds.append((r["e"][0] / r["l"][0], r["e"][1] / r["l"][1]))
             lp, lt = best["l"]
             ep, et = best["e"]
-            print(f"| {th} | {Path(a.lora).name if lora else '-'} | {lp:.1f} | {ep:.1f} | {ep / lp:.2f} | {lt:.1f} | {et:.1f} | {et / lt:.2f} |")
+            name = Path(a.lora).name if lora else '-'
+            if a.cpu_time:
+                mp = statistics.median(x[0] for x in rounds)
+                mt = statistics.median(x[1] for x in rounds)
+                print(f"| {th} | {name} | {lp:.1f} | {ep:.1f} | {ep / lp:.2f} | {mp:.2f} | "
+                      f"{lt:.1f} | {et:.1f} | {et / lt:.2f} | {mt:.2f} |")
+            else:
+                print(f"| {th} | {name} | {lp:.1f} | {ep:.1f} | {ep / lp:.2f} | {lt:.1f} | {et:.1f} | {et / lt:.2f} |")
             sys.stdout.flush()
 
 

@@ -29,6 +29,7 @@
 //! context are described in `kv.rs`. `forward` never allocates and never
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
+mod act;
 mod config;
 mod kv;
 #[cfg(feature = "alloc")]
@@ -795,17 +796,21 @@ impl<'w, const L: usize> Model<'w, L> {
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
-            match a.ffn {
-                Ffn::SwiGlu => {
+                                                   // The reference path keeps libm's scalar functions (the oracle); the fast path
+                                                   // runs the vectorisable forms in `act.rs` (within 3 ulp of them, measured there).
+            match (a.ffn, mode) {
+                (Ffn::SwiGlu, KernelMode::Reference) => {
                     for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                         *g = silu(*g) * u;
                     }
                 }
-                Ffn::GeGluTanh => {
+                (Ffn::GeGluTanh, KernelMode::Reference) => {
                     for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                         *g = gelu_tanh(*g) * u;
                     }
                 }
+                (Ffn::SwiGlu, KernelMode::Fast) => act::swiglu(bhb, bhb2),
+                (Ffn::GeGluTanh, KernelMode::Fast) => act::geglu_tanh(bhb, bhb2),
             }
             obs.tensor("ffn_act", Some(l), pos0, n, bhb);
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);

@@ -59,6 +59,15 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time this thread has run, in seconds (Linux: `/proc/thread-self/schedstat`, ns
+/// resolution), or `None` where unavailable. On a shared host it leaves out the time slices
+/// other processes take, which wall-clock time does not.
+pub fn thread_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
 /// Human-readable byte count.
 pub fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
