@@ -3,7 +3,7 @@
 //! `gen_ggml_refs.py` beside it through ctypes from llama-cpp-python's bundled ggml (the version
 //! and CPU features are in the fixture's note, printed by the tests).
 //!
-//! 1. Every quantiser we have (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS weights) is
+//! 1. Every quantiser we have (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS weights) is
 //!    byte-identical to `ggml_quantize_chunk` on the same f32 rows.
 //! 2. Dequantising ggml's bytes with our oracle is bit-identical to ggml's `to_float`.
 //! 3. The activation quantisers (Q8_0, Q8_1, Q8_K) are byte-identical to ggml's
@@ -210,7 +210,7 @@ fn table() -> Vec<Ops> {
         row::<BlockQ5_1>(Some(|x| quant_with(x, q5::quantize_row_q5_1)), 4..24),
         row::<BlockQ8_0>(Some(|x| quant_with(x, r::quantize_row_q8_0)), 0..0),
         row::<BlockQ2_K>(None, 16..80),
-        row::<BlockQ3_K>(None, 0..96),
+        row::<BlockQ3_K>(Some(|x| quant_with(x, q3_k::quantize_row_q3_k)), 0..96),
         row::<BlockQ4_K>(Some(|x| quant_with(x, q4_k::quantize_row_q4_k)), 16..144),
         row::<BlockQ5_K>(Some(|x| quant_with(x, q5_k::quantize_row_q5_k)), 16..176),
         row::<BlockQ6_K>(Some(|x| quant_with(x, q6_k::quantize_row_q6_k)), 0..192),
@@ -275,8 +275,8 @@ fn weight_quantisers_byte_identical_to_ggml() {
     println!("rows checked per type: {checked:?}");
     assert_eq!(
         checked.len(),
-        10,
-        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K IQ4_NL IQ4_XS all covered"
+        11,
+        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS all covered"
     );
     for f in &failures {
         println!("DIFF {}", f.lines().next().unwrap_or(""));
