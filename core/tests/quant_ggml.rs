@@ -3,8 +3,8 @@
 //! `gen_ggml_refs.py` beside it through ctypes from llama-cpp-python's bundled ggml (the version
 //! and CPU features are in the fixture's note, printed by the tests).
 //!
-//! 1. Every quantiser we have (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL weights) is byte-identical
-//!    to `ggml_quantize_chunk` on the same f32 rows.
+//! 1. Every quantiser we have (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS weights) is
+//!    byte-identical to `ggml_quantize_chunk` on the same f32 rows.
 //! 2. Dequantising ggml's bytes with our oracle is bit-identical to ggml's `to_float`.
 //! 3. The activation quantisers (Q8_0, Q8_1, Q8_K) are byte-identical to ggml's
 //!    `quantize_row_*_ref`; against the CPU backend's SIMD `from_float` the quants differ by at
@@ -210,12 +210,12 @@ fn table() -> Vec<Ops> {
         row::<BlockQ5_1>(Some(|x| quant_with(x, q5::quantize_row_q5_1)), 4..24),
         row::<BlockQ8_0>(Some(|x| quant_with(x, r::quantize_row_q8_0)), 0..0),
         row::<BlockQ2_K>(None, 16..80),
-        row::<BlockQ3_K>(None, 0..96),
+        row::<BlockQ3_K>(Some(|x| quant_with(x, q3_k::quantize_row_q3_k)), 0..96),
         row::<BlockQ4_K>(Some(|x| quant_with(x, q4_k::quantize_row_q4_k)), 16..144),
         row::<BlockQ5_K>(Some(|x| quant_with(x, q5_k::quantize_row_q5_k)), 16..176),
         row::<BlockQ6_K>(Some(|x| quant_with(x, q6_k::quantize_row_q6_k)), 0..192),
-        row::<BlockIQ4_NL>(Some(|x| quant_with(x, iq4::quantize_row_iq4_nl)), 0..0),
-        row::<BlockIQ4_XS>(None, 0..0),
+        row::<BlockIQ4_NL>(Some(|x| quant_with(x, iq4::quantize_iq4_nl)), 0..0),
+        row::<BlockIQ4_XS>(Some(|x| quant_with(x, iq4::quantize_iq4_xs)), 0..0),
     ]
 }
 
@@ -267,9 +267,6 @@ fn weight_quantisers_byte_identical_to_ggml() {
         let Some(quantize) = ops(*ty).quantize else {
             continue;
         };
-        if *ty == GgmlType::IQ4_NL {
-            continue; // see iq4_nl_quantiser_is_ggml_ref_not_quantize_chunk
-        }
         *checked.entry(ty.name()).or_insert(0) += 1;
         if let Some(msg) = first_block_diff(*ty, x, &quantize(x), q) {
             failures.push(msg);
@@ -278,8 +275,8 @@ fn weight_quantisers_byte_identical_to_ggml() {
     println!("rows checked per type: {checked:?}");
     assert_eq!(
         checked.len(),
-        8,
-        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K all covered"
+        11,
+        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS all covered"
     );
     for f in &failures {
         println!("DIFF {}", f.lines().next().unwrap_or(""));
@@ -292,21 +289,27 @@ fn weight_quantisers_byte_identical_to_ggml() {
     );
 }
 
-/// Our IQ4_NL (and Q8_0) quantiser is ggml's `quantize_row_iq4_nl_ref` (`ntry = -1`: one scale from the
-/// largest value, then its least-squares refit), byte for byte. `ggml_quantize_chunk` (what
-/// `llama-quantize` writes into model files) runs `quantize_iq4_nl` instead, which also tries 15
-/// scales around it (`ntry = 7`) and re-picks the indices for the winner, so its bytes differ on
-/// most blocks; that is a different function, not an oracle error, and its output still
-/// dequantises and dots bit-exactly here (the other tests use those bytes).
+/// `iq4::quantize_row_iq4_nl` (and our Q8_0 quantiser) is ggml's `quantize_row_iq4_nl_ref`
+/// (`ntry = -1`: one scale from the largest value, then its least-squares refit), byte for byte.
+/// `ggml_quantize_chunk` (what `llama-quantize` writes into model files) runs `quantize_iq4_nl`
+/// instead, which also tries 15 scales around it (`ntry = 7`) and re-picks the indices for the
+/// winner: that is `iq4::quantize_iq4_nl`, the type's `QUANTIZE`, checked against the chunk bytes
+/// in `weight_quantisers_byte_identical_to_ggml`. Here the two must differ on the chunk rows
+/// (else this fixture could not tell them apart).
 #[test]
-fn iq4_nl_quantiser_is_ggml_ref_not_quantize_chunk() {
+fn iq4_nl_ref_quantiser_is_ggml_ref_not_quantize_chunk() {
     let (_, recs) = fixture();
+    let reference = |ty: GgmlType| -> QuantizeFn {
+        match ty {
+            GgmlType::IQ4_NL => |x| quant_with(x, quant::iq4::quantize_row_iq4_nl),
+            t => ops(t).quantize.expect("a quantiser"),
+        }
+    };
     let (mut rows, mut chunk_rows, mut chunk_differs) = (0, 0, 0);
     for rec in &recs {
         match rec {
             Rec::RefQuant { ty, x, q } => {
-                let quantize = ops(*ty).quantize.expect("a quantiser");
-                let mut got = quantize(x);
+                let mut got = reference(*ty)(x);
                 // A block below GROUP_MAX_EPS gets d = 0 from both; ggml then packs whatever
                 // indices its stack buffer held from the previous block (it `continue`s before
                 // writing them), we write zeros. Both dequantise to zeros; compare the rest.
@@ -316,23 +319,26 @@ fn iq4_nl_quantiser_is_ggml_ref_not_quantize_chunk() {
                     }
                 }
                 if let Some(msg) = first_block_diff(*ty, x, &got, q) {
-                    panic!("differs from quantize_row_iq4_nl_ref: {msg}");
+                    panic!("differs from quantize_row_*_ref: {msg}");
                 }
                 rows += 1;
             }
             Rec::Weight { ty, x, q, .. } if *ty == GgmlType::IQ4_NL => {
-                let quantize = ops(*ty).quantize.expect("a quantiser");
                 chunk_rows += 1;
-                chunk_differs += usize::from(quantize(x) != *q);
+                chunk_differs += usize::from(reference(*ty)(x) != *q);
             }
             _ => {}
         }
     }
     println!(
         "IQ4_NL and Q8_0: {rows} rows equal to quantize_row_*_ref; \
-         IQ4_NL: {chunk_differs}/{chunk_rows} rows differ from quantize_chunk"
+         IQ4_NL: {chunk_differs}/{chunk_rows} rows of the _ref quantiser differ from quantize_chunk"
     );
     assert_eq!(rows, 16, "8 IQ4_NL and 8 Q8_0 rows");
+    assert!(
+        chunk_differs > 0,
+        "the chunk rows do not tell ntry = -1 from ntry = 7"
+    );
 }
 
 #[test]

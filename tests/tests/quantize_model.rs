@@ -28,7 +28,9 @@ const CTX: usize = 16;
 
 fn bits(ty: GgmlType) -> u32 {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
+        GgmlType::Q3_K => 3,
+        // 16 non-linear levels: a 4-bit grid, denser near zero.
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS => 4,
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
         GgmlType::Q6_K => 6,
         GgmlType::Q8_0 => 8,

@@ -20,10 +20,16 @@
 //! * `Q4_K_M`: base Q4_K; `attn_v` and `ffn_down` of layers where `use_more_bits(i, n)`
 //!   (`i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2`) get Q6_K; a fused `attn_qkv` gets Q5_K.
 //! * `Q5_K_M`: base Q5_K; the same `attn_v`/`ffn_down` layers Q6_K; `attn_qkv` Q6_K.
-//! * `Q6_K`, `Q8_0`, `Q5_0`, `Q4_0`, `Q4_1`: the base type everywhere else.
+//! * `Q3_K_M`: base Q3_K; `attn_v` Q5_K in the first two layers, Q4_K after; `ffn_down` Q5_K in
+//!   layers `i < n/16`, Q4_K elsewhere (llama.cpp keeps Q3_K there only for Falcon);
+//!   `attn_output` and `attn_qkv` Q4_K.
+//! * `IQ4_NL`, `IQ4_XS`: the base type; `ffn_down` of layers `i < n/8` Q5_K (llama.cpp's rule
+//!   without an importance matrix); `attn_v` Q5_K when `n_head / n_head_kv >= 4`.
+//! * `Q6_K`, `Q8_0`, `Q5_0`, `Q5_1`, `Q4_0`, `Q4_1`: the base type everywhere else.
 //! * Fallback when the row length is not a multiple of the chosen type's block (llama.cpp's
-//!   `tensor_type_fallback`): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; if even 32 does not
-//!   divide it, F16.
+//!   `tensor_type_fallback`, as llama-cpp-python 0.3.36 writes files): Q2_K, Q3_K -> Q4_0,
+//!   Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL; if even 32 does not divide it,
+//!   F16.
 //!
 //! Where llama.cpp counts `attn_v`/`ffn_down` tensors in file order (`i_attention_wv`), this
 //! uses the layer number in the name and `n` = the number of such tensors: the same for every
@@ -49,11 +55,15 @@ pub enum Preset {
     Q5_0,
     Q4_0,
     Q4_1,
+    Q5_1,
+    Q3_K_M,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 impl Preset {
     /// Every preset, in the order `--help` lists them.
-    pub const ALL: [Preset; 7] = [
+    pub const ALL: [Preset; 11] = [
         Preset::Q4_K_M,
         Preset::Q5_K_M,
         Preset::Q6_K,
@@ -61,6 +71,10 @@ impl Preset {
         Preset::Q5_0,
         Preset::Q4_0,
         Preset::Q4_1,
+        Preset::Q5_1,
+        Preset::Q3_K_M,
+        Preset::IQ4_NL,
+        Preset::IQ4_XS,
     ];
 
     /// Parse a name, case-insensitively (`q4_k_m`, `Q8_0`).
@@ -80,6 +94,10 @@ impl Preset {
             Preset::Q5_0 => "Q5_0",
             Preset::Q4_0 => "Q4_0",
             Preset::Q4_1 => "Q4_1",
+            Preset::Q5_1 => "Q5_1",
+            Preset::Q3_K_M => "Q3_K_M",
+            Preset::IQ4_NL => "IQ4_NL",
+            Preset::IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -93,6 +111,10 @@ impl Preset {
             Preset::Q4_K_M => 15,
             Preset::Q5_K_M => 17,
             Preset::Q6_K => 18,
+            Preset::Q5_1 => 9,
+            Preset::Q3_K_M => 12,
+            Preset::IQ4_NL => 25,
+            Preset::IQ4_XS => 30,
         }
     }
 
@@ -106,6 +128,10 @@ impl Preset {
             Preset::Q5_0 => GgmlType::Q5_0,
             Preset::Q4_0 => GgmlType::Q4_0,
             Preset::Q4_1 => GgmlType::Q4_1,
+            Preset::Q5_1 => GgmlType::Q5_1,
+            Preset::Q3_K_M => GgmlType::Q3_K,
+            Preset::IQ4_NL => GgmlType::IQ4_NL,
+            Preset::IQ4_XS => GgmlType::IQ4_XS,
         }
     }
 }
@@ -140,6 +166,8 @@ pub fn fallback_type(ty: GgmlType, cols: u64) -> (GgmlType, bool) {
         return (ty, false);
     }
     let f = match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
@@ -168,6 +196,8 @@ pub struct Plan {
     tied: bool,
     n_attn_v: usize,
     n_ffn_down: usize,
+    /// `n_head / n_head_kv` (llama.cpp's `n_gqa()`), 1 if the file does not say.
+    n_gqa: u32,
 }
 
 impl Plan {
@@ -179,11 +209,22 @@ impl Plan {
             n_ffn_down += usize::from(layer_of(t.name, "ffn_down.weight").is_some());
             tied &= t.name != "output.weight";
         }
+        let arch = src
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let key = |k: &str| {
+            let mut s = alloc::string::String::from(arch);
+            s.push_str(".attention.");
+            s.push_str(k);
+            src.get_u32_opt(&s).ok().flatten().unwrap_or(1).max(1)
+        };
         Plan {
             preset,
             tied,
             n_attn_v,
             n_ffn_down,
+            n_gqa: key("head_count") / key("head_count_kv"),
         }
     }
 
@@ -204,15 +245,29 @@ impl Plan {
                 GgmlType::Q6_K
             };
         } else if let Some(i) = layer_of(name, "attn_v.weight") {
-            if k_mix && use_more_bits(i, self.n_attn_v) {
-                ty = GgmlType::Q6_K;
-            }
+            ty = match p {
+                Preset::Q3_K_M if i < 2 => GgmlType::Q5_K,
+                Preset::Q3_K_M => GgmlType::Q4_K,
+                Preset::IQ4_NL | Preset::IQ4_XS if self.n_gqa >= 4 => GgmlType::Q5_K,
+                _ if k_mix && use_more_bits(i, self.n_attn_v) => GgmlType::Q6_K,
+                _ => ty,
+            };
         } else if let Some(i) = layer_of(name, "ffn_down.weight") {
-            if k_mix && use_more_bits(i, self.n_ffn_down) {
-                ty = GgmlType::Q6_K;
+            let n = self.n_ffn_down;
+            ty = match p {
+                Preset::Q3_K_M if i < n / 16 => GgmlType::Q5_K,
+                Preset::Q3_K_M => GgmlType::Q4_K,
+                Preset::IQ4_NL | Preset::IQ4_XS if i < n / 8 => GgmlType::Q5_K,
+                _ if k_mix && use_more_bits(i, n) => GgmlType::Q6_K,
+                _ => ty,
+            };
+        } else if layer_of(name, "attn_output.weight").is_some() {
+            if p == Preset::Q3_K_M {
+                ty = GgmlType::Q4_K;
             }
         } else if layer_of(name, "attn_qkv.weight").is_some() {
             ty = match p {
+                Preset::Q3_K_M => GgmlType::Q4_K,
                 Preset::Q4_K_M => GgmlType::Q5_K,
                 Preset::Q5_K_M => GgmlType::Q6_K,
                 _ => ty,

@@ -13,10 +13,17 @@
 //!
 //! The IQ4_NL quantiser is ggml's `quantize_row_iq4_nl_ref` (no importance matrix, `ntry = -1`):
 //! a first scale `max / -127`, nearest table entries, then the least-squares scale for those
-//! entries with weights `x^2`. IQ4_XS has no quantiser here (ggml's needs a scale search that is
-//! not part of this oracle set).
+//! entries with weights `x^2`. What `llama-quantize` writes into model files is ggml's
+//! `ggml_quantize_chunk`, which runs `quantize_iq4_nl` / `quantize_iq4_xs` instead: the same
+//! start plus a search over 15 scales around it (`ntry = 7`) and, for IQ4_XS, 6-bit group scales
+//! relative to one f16 super-block scale. Those are [`quantize_iq4_nl`] and [`quantize_iq4_xs`],
+//! the [`QuantType::QUANTIZE`] of both types (so `edgelora quantize` writes llama.cpp's bytes);
+//! `quantize_row_iq4_nl` stays as the `_ref` oracle.
 
-use super::{f16_le, to_f16_le, Block, BlockQ8_0, BlockQ8_K, GgmlType, QuantType, QK, QK_K};
+use super::types::QuantizeFn;
+use super::{
+    f16_le, nearest_int, to_f16_le, Block, BlockQ8_0, BlockQ8_K, GgmlType, QuantType, QK, QK_K,
+};
 use core::mem::{align_of, size_of};
 
 /// ggml's `kvalues_iq4nl`: the 16 non-linear levels an IQ4 index selects.
@@ -230,7 +237,129 @@ pub fn quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4_NL]) {
     }
 }
 
+/// The scale search of ggml's `quantize_row_iq4_nl_impl` with `ntry = 7` and no importance
+/// matrix (weights `x^2`), for one super-block of `x.len()` values (32 for IQ4_NL, 256 for
+/// IQ4_XS) in groups of 32: writes the group indices into `l` and returns the per-group scales
+/// (unused tail entries 0). Every float expression keeps the C's operation order (the tests
+/// compare bytes with `ggml_quantize_chunk`).
+fn iq4_group_scales(x: &[f32], l: &mut [u8; QK_K]) -> [f32; QK_K / QK] {
+    const NTRY: i32 = 7;
+    let values = &KVALUES_IQ4NL;
+    let v0 = values[0] as f32;
+    let mut scales = [0.0f32; QK_K / QK];
+    for (ib, xb) in x.chunks_exact(QK).enumerate() {
+        let lb = &mut l[ib * QK..(ib + 1) * QK];
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            let ax = libm::fabsf(v);
+            if ax > amax {
+                amax = ax;
+                max = v;
+            }
+        }
+        if amax < GROUP_MAX_EPS {
+            scales[ib] = 0.0;
+            continue;
+        }
+        // ntry > 0: the first scale maps the largest value to +127 (the C's `-max/values[0]`).
+        let mut d = -max / v0;
+        let mut id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for (li, &v) in lb.iter_mut().zip(xb) {
+            let idx = best_index_int8(values, id * v);
+            *li = idx as u8;
+            let q = values[idx] as f32;
+            let w = v * v;
+            sumqx += w * q * v;
+            sumq2 += w * q * q;
+        }
+        d = sumqx / sumq2;
+        let mut best = d * sumqx;
+        for itry in -NTRY..=NTRY {
+            id = (itry as f32 + v0) / max;
+            sumqx = 0.0;
+            sumq2 = 0.0;
+            for &v in xb {
+                let q = values[best_index_int8(values, id * v)] as f32;
+                let w = v * v;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        scales[ib] = d;
+    }
+    scales
+}
+
+/// Pack 32-value groups of indices the IQ4 way (low nibble element `j`, high `j + 16`).
+fn pack_iq4(l: &[u8], qs: &mut [u8]) {
+    for (lg, q) in l.chunks_exact(QK).zip(qs.chunks_exact_mut(QK / 2)) {
+        for j in 0..QK / 2 {
+            q[j] = lg[j] | (lg[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// Quantise to IQ4_NL as `ggml_quantize_chunk` does (ggml `quantize_iq4_nl`, no importance
+/// matrix): [`iq4_group_scales`]'s search, the winning scale stored as f16, and the indices
+/// re-picked for the f32 winner (an all-tiny block: `d = 0`, every index 8, the level nearest 0).
+pub fn quantize_iq4_nl(x: &[f32], y: &mut [BlockIQ4_NL]) {
+    let mut l = [0u8; QK_K];
+    for (xb, b) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let d = iq4_group_scales(xb, &mut l)[0];
+        b.d = to_f16_le(d);
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (li, &v) in l.iter_mut().zip(xb) {
+            *li = best_index_int8(&KVALUES_IQ4NL, id * v) as u8;
+        }
+        pack_iq4(&l[..QK], &mut b.qs);
+    }
+}
+
+/// Quantise to IQ4_XS as `ggml_quantize_chunk` does (ggml `quantize_iq4_xs`, no importance
+/// matrix): per 32-group scales from [`iq4_group_scales`], the super-block scale
+/// `d = -max_scale / 32` (f16) with 6-bit group scales `clamp(round(s / d), -32, 31) + 32`, and
+/// the indices re-picked for each group's stored scale `d * l` (in f32, before f16 rounding of `d`,
+/// as the C does).
+pub fn quantize_iq4_xs(x: &[f32], y: &mut [BlockIQ4_XS]) {
+    let values = &KVALUES_IQ4NL;
+    let mut l = [0u8; QK_K];
+    for (xs, b) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+        let scales = iq4_group_scales(xs, &mut l);
+        let (mut max_scale, mut amax_scale) = (0.0f32, 0.0f32);
+        for &s in &scales {
+            if libm::fabsf(s) > amax_scale {
+                amax_scale = libm::fabsf(s);
+                max_scale = s;
+            }
+        }
+        let d = -max_scale / 32.0;
+        b.d = to_f16_le(d);
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut scales_h = 0u16;
+        b.scales_l = [0; 4];
+        for (ib, (&s, xb)) in scales.iter().zip(xs.chunks_exact(QK)).enumerate() {
+            let ls = nearest_int(id * s).clamp(-32, 31);
+            let dl = d * ls as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            for (li, &v) in l[ib * QK..(ib + 1) * QK].iter_mut().zip(xb) {
+                *li = best_index_int8(values, idl * v) as u8;
+            }
+            let ls = (ls + 32) as u8;
+            b.scales_l[ib / 2] |= (ls & 0x0f) << (4 * (ib % 2));
+            scales_h |= ((ls >> 4) as u16) << (2 * ib);
+        }
+        b.scales_h = scales_h.to_le_bytes();
+        pack_iq4(&l, &mut b.qs);
+    }
+}
+
 impl QuantType for BlockIQ4_NL {
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_iq4_nl);
     const BLOCK_LEN: usize = QK;
     type Act = BlockQ8_0;
     fn dequantize(w: &[Self], out: &mut [f32]) {
@@ -242,6 +371,7 @@ impl QuantType for BlockIQ4_NL {
 }
 
 impl QuantType for BlockIQ4_XS {
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_iq4_xs);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

@@ -8,9 +8,17 @@
 //! `128h + 32s + l`); the high bit of element `32k + l` (k = 0..8) is bit `k` of `hmask[l]`.
 //! Scales: 12 bytes read as three little-endian u32s and shuffled into 16 bytes (ggml's
 //! `kmask1/kmask2` dance): low nibbles from bytes 0..8, high two bits from bytes 8..12.
+//!
+//! The quantiser is ggml's `quantize_row_q3_K_ref` (what `ggml_quantize_chunk` runs without an
+//! importance matrix): per 16 values a symmetric 3-bit fit refined by coordinate descent
+//! (`make_q3_quants` with `do_rmse`), the 16 scales rounded to 6 bits against the largest, then
+//! every value re-quantised against its rounded scale. Float expressions keep the C's order (the
+//! tests compare bytes with ggml).
 
+use super::k_common::GROUP_MAX_EPS;
 use super::k_common::{add_lanes, lanes8, reduce_lanes};
-use super::{f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
+use super::types::QuantizeFn;
+use super::{f16_le, nearest_int, to_f16_le, Block, BlockQ8_K, GgmlType, QuantType, QK_K};
 use core::mem::{align_of, size_of};
 
 /// Q3_K super-block.
@@ -117,7 +125,134 @@ pub fn vec_dot_q3_k_q8_k(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
     reduce_lanes(0.0, &sums)
 }
 
+/// ggml `make_q3_quants(16, 4, x, L, true)`: a symmetric fit `x ~ scale * l` with `l` in `-4..4`
+/// weighted by `x^2`, from `-4 / max`, then up to 5 rounds of moving single quants while that
+/// raises `sumlx^2 / suml2`. Writes `l + 4` into `l_out` (0 for an all-tiny group) and returns
+/// the scale.
+fn make_q3_quants(x: &[f32], l_out: &mut [i8]) -> f32 {
+    const NMAX: i32 = 4;
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        let ax = libm::fabsf(v);
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let iscale = -(NMAX as f32) / max;
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (o, &v) in l_out.iter_mut().zip(x) {
+        let l = nearest_int(iscale * v).clamp(-NMAX, NMAX - 1);
+        *o = l as i8;
+        let w = v * v;
+        sumlx += w * v * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for (o, &v) in l_out.iter_mut().zip(x) {
+            let w = v * v;
+            let li = *o as f32;
+            let mut slx = sumlx - w * v * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-NMAX, NMAX - 1);
+                if new_l != *o as i32 {
+                    let nl = new_l as f32;
+                    slx += w * v * nl;
+                    sl2 += w * nl * nl;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *o = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for o in l_out.iter_mut() {
+        *o += NMAX as i8;
+    }
+    sumlx / suml2
+}
+
+/// Quantise to Q3_K (ggml `quantize_row_q3_K_ref`; module docs).
+pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3_K]) {
+    for (xs, b) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+        let mut l = [0i8; QK_K];
+        let mut scales = [0.0f32; QK_K / 16];
+        let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
+        for (j, s) in scales.iter_mut().enumerate() {
+            *s = make_q3_quants(&xs[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+            if libm::fabsf(*s) > amax {
+                amax = libm::fabsf(*s);
+                max_scale = *s;
+            }
+        }
+        b.scales = [0; 12];
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for (j, &s) in scales.iter().enumerate() {
+                let mut q = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
+                if j < 8 {
+                    b.scales[j] = q & 0x0f;
+                } else {
+                    b.scales[j - 8] |= (q & 0x0f) << 4;
+                }
+                q >>= 4;
+                b.scales[j % 4 + 8] |= q << (2 * (j / 4));
+            }
+            b.d = to_f16_le(1.0 / iscale);
+        } else {
+            b.d = to_f16_le(0.0);
+        }
+        let d_all = f16_le(b.d);
+        for j in 0..QK_K / 16 {
+            let lo = if j < 8 {
+                b.scales[j] & 0x0f
+            } else {
+                b.scales[j - 8] >> 4
+            };
+            let sc = (lo | (((b.scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+            let d = d_all * sc as f32;
+            if d == 0.0 {
+                continue; // the C keeps make_q3_quants' quants for this group
+            }
+            for ii in 0..16 {
+                let q = nearest_int(xs[16 * j + ii] / d).clamp(-4, 3);
+                l[16 * j + ii] = (q + 4) as i8;
+            }
+        }
+        // High bit of the first 32 quants into bit 0 of hmask[0..32], the next 32 bit 1, ...
+        b.hmask = [0; 32];
+        for (j, lj) in l.iter_mut().enumerate() {
+            if *lj > 3 {
+                b.hmask[j % 32] |= 1 << (j / 32);
+                *lj -= 4;
+            }
+        }
+        for (h, q3) in b.qs.chunks_exact_mut(32).enumerate() {
+            let base = 128 * h;
+            for (i, q) in q3.iter_mut().enumerate() {
+                *q = (l[base + i]
+                    | (l[base + i + 32] << 2)
+                    | (l[base + i + 64] << 4)
+                    | (l[base + i + 96] << 6)) as u8;
+            }
+        }
+    }
+}
+
 impl QuantType for BlockQ3_K {
+    const QUANTIZE: Option<QuantizeFn<Self>> = Some(quantize_row_q3_k);
     const BLOCK_LEN: usize = QK_K;
     type Act = BlockQ8_K;
     fn dequantize(w: &[Self], out: &mut [f32]) {

@@ -19,11 +19,14 @@ Types follow llama.cpp's llama-quantize without an importance matrix:
   q4_k_m  Q4_K; attn_v and ffn_down of 'more bits' layers (first and last eighth, every third
           between) Q6_K; output.weight (or tied token_embd) Q6_K
   q5_k_m  as q4_k_m with Q5_K
+  q3_k_m  Q3_K; attn_v Q5_K (first two layers) / Q4_K; ffn_down Q5_K (first 16th) / Q4_K;
+          attn_output Q4_K
+  iq4_nl / iq4_xs   that type; ffn_down of the first eighth of layers Q5_K
   q6_k    Q6_K everywhere
-  q5_0 / q4_0 / q4_1   that type, output.weight (or tied token_embd) Q6_K
+  q5_0 / q5_1 / q4_0 / q4_1   that type, output.weight (or tied token_embd) Q6_K
   q8_0    Q8_0 everywhere
-Rows whose length is not a multiple of 256 fall back as llama.cpp does: Q4_K -> Q5_0,
-Q5_K -> Q5_1, Q6_K -> Q8_0 (output.weight -> Q8_0). Norms and other 1-D tensors are copied.
+Rows whose length is not a multiple of 256 fall back as llama.cpp does: Q3_K -> Q4_0,
+Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0 (output.weight -> Q8_0), IQ4_XS -> IQ4_NL. Norms and other 1-D tensors are copied.
 A quantised input is dequantised and re-quantised (rounding errors add up; a warning says so).
 The error printed per tensor is rms(output - input) / rms(input), input as f32.")]
 pub struct QuantizeArgs {
@@ -32,7 +35,7 @@ pub struct QuantizeArgs {
     /// Output GGUF.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// Weight mix: q4_k_m, q5_k_m, q6_k, q8_0, q5_0, q4_0 or q4_1.
+    /// Weight mix: q4_k_m, q5_k_m, q6_k, q8_0, q5_0, q4_0, q4_1, q5_1, q3_k_m, iq4_nl or iq4_xs.
     #[arg(long = "type", value_parser = parse_preset)]
     pub ty: Preset,
 }
