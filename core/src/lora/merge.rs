@@ -65,8 +65,8 @@ pub fn merged_len(w: &MatRef<'_>, ty: GgmlType) -> Option<usize> {
     Some(ty.row_bytes(w.cols() as u64)? as usize * w.rows())
 }
 
-/// The error for a merge output type this build has no quantiser for (Q2_K, Q3_K, IQ4_NL,
-/// IQ4_XS, or a family whose feature is off). Names the type; `merge_model` renames it to
+/// The error for a merge output type this build has no quantiser for (Q2_K, or a family whose
+/// feature is off). Names the type; `merge_model` renames it to
 /// `"<tensor> (<type>)"`.
 fn no_quantizer(ty: GgmlType) -> Error {
     Error::new(
@@ -267,7 +267,7 @@ mod whole {
     ///
     /// # Errors
     /// [`ErrorKind::UnsupportedTensorType`] naming `"<tensor> (<type>)"` for a target type
-    /// without a quantiser in this build (with [`MergeType::Base`]: Q2_K, Q3_K, IQ4_NL, IQ4_XS;
+    /// without a quantiser in this build (with [`MergeType::Base`]: Q2_K;
     /// merge to Q8_0 or F16 instead); [`ErrorKind::BadDims`] naming the tensor if its rows are
     /// not whole blocks of the output type; [`ErrorKind::MissingTensor`] if an adapted linear
     /// is not stored as its own `blk.N.<linear>.weight` tensor; [`ErrorKind::InvalidArgument`]

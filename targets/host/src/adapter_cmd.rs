@@ -181,8 +181,7 @@ pub struct MergeArgs {
     #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// Type of the merged matrices: f32, f16, q8_0, or `base` (re-quantise each merged tensor
-    /// into its own type: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K; Q2_K, Q3_K and IQ4 tensors
-    /// are refused). Prints each tensor's rounding error and how much of the update it loses.
+    /// into its own type: every type but Q2_K, whose tensors are refused). Prints each tensor's rounding error and how much of the update it loses.
     #[arg(long = "type", default_value = "q8_0")]
     pub ty: String,
 }
