@@ -165,10 +165,13 @@ fn check_type<T: Runnable>(name: &str, lay: &Layout) {
                     isa.name()
                 );
             }
-            // Blocked matmul: each column bit-identical to the matvec of that column.
-            let rows = 9;
-            let w: Vec<T> = random_blocks(&mut rng, rows * bpr, lay, true);
-            for n in [0usize, 1, 2, 3, 4, 5, 8, 9, 17] {
+            // Blocked matmul: each column bit-identical to the matvec of that column (odd and
+            // even row counts: kernels that take rows in pairs end on a single row).
+            for (rows, n) in [1usize, 2, 9]
+                .into_iter()
+                .flat_map(|r| [0usize, 1, 2, 3, 4, 5, 8, 9, 17].map(|n| (r, n)))
+            {
+                let w: Vec<T> = random_blocks(&mut rng, rows * bpr, lay, true);
                 let x: Vec<f32> = (0..n * cols)
                     .map(|_| ((rng.f64() - 0.5) * 6.0) as f32)
                     .collect();

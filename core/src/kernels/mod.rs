@@ -646,6 +646,9 @@ pub struct Kernel {
     /// As `mm_q4_0` for Q5_0.
     #[cfg(feature = "quant-q5")]
     pub(crate) mm_q5_0: Blocked<crate::quant::BlockQ5_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q5_1.
+    #[cfg(feature = "quant-q5")]
+    pub(crate) mm_q5_1: Blocked<crate::quant::BlockQ5_1, BlockQ8_1>,
     /// As `mm_q4_0` for Q4_K.
     #[cfg(feature = "quant-k")]
     pub(crate) mm_q4_k: Blocked<crate::quant::BlockQ4_K, crate::quant::BlockQ8_K>,

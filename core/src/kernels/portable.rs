@@ -52,6 +52,8 @@ pub static KERNEL: Kernel = Kernel {
     mm_q8_0: None,
     #[cfg(feature = "quant-q5")]
     mm_q5_0: None,
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: None,
     #[cfg(feature = "quant-k")]
     mm_q4_k: None,
     #[cfg(feature = "quant-k")]

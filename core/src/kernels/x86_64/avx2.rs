@@ -53,6 +53,8 @@ static KERNEL: Kernel = Kernel {
     mm_q8_0: Some((matmul_q8_0, MM_COLS)),
     #[cfg(feature = "quant-q5")]
     mm_q5_0: Some((avx2_mm::matmul_q5_0, MM_COLS)),
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: None,
     #[cfg(feature = "quant-k")]
     mm_q4_k: Some((avx2_mm::matmul_q4_k, MM_COLS)),
     #[cfg(feature = "quant-k")]

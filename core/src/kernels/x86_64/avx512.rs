@@ -69,7 +69,9 @@ static KERNEL: Kernel = Kernel {
     // in those kernels' order (`avx512_q`); Q4_K runs the AVX2 row kernel, so it takes the
     // AVX2 blocked matmul.
     #[cfg(feature = "quant-q5")]
-    mm_q5_0: Some((avx512_q::matmul_q5_0, COLS)),
+    mm_q5_0: Some((avx512_q::matmul_q5_0, avx2::MM_COLS)),
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: Some((avx512_q::matmul_q5_1, avx2::MM_COLS)),
     #[cfg(feature = "quant-k")]
     mm_q4_k: Some((super::avx2_mm::matmul_q4_k, avx2::MM_COLS)),
     #[cfg(feature = "quant-k")]
