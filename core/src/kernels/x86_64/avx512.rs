@@ -63,8 +63,8 @@ static KERNEL: Kernel = Kernel {
     }),
     // No blocked Q4_0 here: its matvec per column keeps prefill bit-identical to decode.
     mm_q4_0: None,
-    mm_q4_1: Some((matmul_q4_1, COLS)),
-    mm_q8_0: Some((matmul_q8_0, COLS)),
+    mm_q4_1: Some((matmul_q4_1, avx2::MM_COLS)),
+    mm_q8_0: Some((matmul_q8_0, avx2::MM_COLS)),
     // Q5_0 and Q6_K run AVX-512 row kernels here, so their blocked matmuls are AVX-512 ones
     // in those kernels' order (`avx512_q`); Q4_K runs the AVX2 row kernel, so it takes the
     // AVX2 blocked matmul.
@@ -773,10 +773,6 @@ fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 
 // ---- blocked matmul for prompt batches ---------------------------------------------------------
 
-/// Columns (tokens) per pass: each weight group is loaded and unpacked once for `COLS`
-/// activations, so weight traffic and unpacking are divided by `COLS`.
-pub(crate) const COLS: usize = 4;
-
 /// `y[c * rows + r] = dot(w row r, x column c)` for `n = x.len() / bpr` columns (each column
 /// `bpr` contiguous blocks), or `false` if this kernel does not take the shape (the caller
 /// then runs matvecs). `k` must be an AVX-512 kernel table (the proof that the CPU has it).
@@ -797,10 +793,31 @@ pub(crate) fn matmul_q4_1(
     true
 }
 
+/// `$f::<NC>($args)` for the `NC = ncol` columns of a pass (1..=8).
+macro_rules! pass_by_cols {
+    ($ncol:expr, $f:ident, $($a:expr),*) => {
+        match $ncol {
+            1 => $f::<1>($($a),*),
+            2 => $f::<2>($($a),*),
+            3 => $f::<3>($($a),*),
+            4 => $f::<4>($($a),*),
+            5 => $f::<5>($($a),*),
+            6 => $f::<6>($($a),*),
+            7 => $f::<7>($($a),*),
+            _ => $f::<{ avx2::MM_COLS }>($($a),*),
+        }
+    };
+}
+
+/// The prompt matmuls below take up to [`avx2::MM_COLS`] = 8 columns per pass and weight rows
+/// in pairs: one row's loop is bound by the per-column loads of the packed activations, which
+/// a pair shares. Only the packed slots a call uses are initialised (an 8-column buffer for
+/// the longest rows is 147 KB). Column `c` of a pass sits at `act[c * ng..(c + 1) * ng]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    let mut act = [[ACT4_ZERO; MAX_BLOCKS / 4]; COLS];
+    let mut buf = [const { MaybeUninit::<Act4>::uninit() }; avx2::MM_COLS * MAX_BLOCKS / 4];
     let ng = bpr.div_ceil(4);
+    let act = zeroed(&mut buf[..avx2::MM_COLS * ng], ACT4_ZERO);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_1),
         dm: load_idx(&DM_Q4_1),
@@ -808,40 +825,104 @@ fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: 
         nib: _mm512_set1_epi8(0x0f),
     };
     let wb = blocks_as_bytes(w);
-    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+    for (xs, ys) in x
+        .chunks(avx2::MM_COLS * bpr)
+        .zip(y.chunks_mut(avx2::MM_COLS * rows))
+    {
         let ncol = (xs.len() / bpr).min(ys.len() / rows);
-        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
-            a[..ng].fill(ACT4_ZERO);
-            pack4(xc.iter().map(|b| (&b.qs, b.d, b.s)), &mut a[..ng]);
+        for (a, xc) in act
+            .chunks_exact_mut(ng)
+            .zip(xs.chunks_exact(bpr))
+            .take(ncol)
+        {
+            a.fill(ACT4_ZERO);
+            pack4(xc.iter().map(|b| (&b.qs, b.d, b.s)), a);
         }
-        for (r, row) in wb.chunks_exact(bpr * 20).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); COLS];
-            let mut accm = [_mm256_setzero_ps(); COLS];
-            for (g, bytes) in row.chunks(80).enumerate() {
-                let (v0, v1) = load_group(bytes);
-                let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
-                let lo = _mm512_and_si512(q, c.nib);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
-                let dm =
-                    _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
-                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
-                // Fixed trip count so the accumulators stay in registers.
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..COLS {
-                    if j < ncol {
-                        let a = &act[j][g];
-                        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load64(&a.lo));
-                        let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
-                        let sc = _mm512_mul_ps(d, load16f(&a.d));
-                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
-                        accm[j] = _mm256_fmadd_ps(dm, load8f(&a.s), accm[j]);
-                    }
+        let p = (wb, bpr * 20, rows, &act[..], ng, &c);
+        pass_by_cols!(ncol, q4_1_pass, p, ys);
+    }
+}
+
+/// A group of four Q4_1 blocks unpacked once for all the columns of a pass.
+struct Q4Unpacked {
+    lo: __m512i,
+    hi: __m512i,
+    dm: __m256,
+    d: __m512,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_unpack(bytes: &[u8], c: &Q4Consts) -> Q4Unpacked {
+    prefetch_ahead(bytes);
+    let (v0, v1) = load_group(bytes);
+    let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
+    let lo = _mm512_and_si512(q, c.nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
+    let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+    Q4Unpacked { lo, hi, dm, d }
+}
+
+/// `q4_1_group`'s arithmetic for one (row, column) on an unpacked group and the column's
+/// loaded activation vectors.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_step(
+    u: &Q4Unpacked,
+    (xl, xh, xd, xs): (__m512i, __m512i, __m512, __m256),
+    acc: &mut __m512,
+    accm: &mut __m256,
+) {
+    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.lo, xl);
+    let s = _mm512_dpbusd_epi32(s, u.hi, xh);
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(u.d, xd), _mm512_cvtepi32_ps(s), *acc);
+    *accm = _mm256_fmadd_ps(u.dm, xs, *accm);
+}
+
+/// `(weight bytes, row bytes, rows, packed columns, groups per row, constants)`.
+type Pass<'a, A, C> = (&'a [u8], usize, usize, &'a [A], usize, &'a C);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_pass<const NC: usize>(p: Pass<'_, Act4, Q4Consts>, ys: &mut [f32]) {
+    let (wb, row_bytes, rows, act, ng, c) = p;
+    let load = |a: &Act4| (load64(&a.lo), load64(&a.hi), load16f(&a.d), load8f(&a.s));
+    let mut pairs = wb.chunks_exact(2 * row_bytes);
+    let mut r = 0;
+    for pair in &mut pairs {
+        let (r0, r1) = pair.split_at(row_bytes);
+        let mut acc = [[_mm512_setzero_ps(); NC]; 2];
+        let mut accm = [[_mm256_setzero_ps(); NC]; 2];
+        for (g, (b0, b1)) in r0.chunks(80).zip(r1.chunks(80)).enumerate() {
+            let (u0, u1) = (q4_1_unpack(b0, c), q4_1_unpack(b1, c));
+            for j in 0..NC {
+                let xv = load(&act[j * ng + g]);
+                q4_1_step(&u0, xv, &mut acc[0][j], &mut accm[0][j]);
+                q4_1_step(&u1, xv, &mut acc[1][j], &mut accm[1][j]);
+            }
+        }
+        for j in 0..NC {
+            for h in 0..2 {
+                if let Some(o) = ys.get_mut(j * rows + r + h) {
+                    *o = finish(acc[h][j], accm[h][j]);
                 }
             }
-            for (j, (a, m)) in acc.iter().zip(&accm).take(ncol).enumerate() {
-                if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = finish(*a, *m);
-                }
+        }
+        r += 2;
+    }
+    for row in pairs.remainder().chunks_exact(row_bytes) {
+        let mut acc = [_mm512_setzero_ps(); NC];
+        let mut accm = [_mm256_setzero_ps(); NC];
+        for (g, bytes) in row.chunks(80).enumerate() {
+            let u = q4_1_unpack(bytes, c);
+            for j in 0..NC {
+                q4_1_step(&u, load(&act[j * ng + g]), &mut acc[j], &mut accm[j]);
+            }
+        }
+        for j in 0..NC {
+            if let Some(o) = ys.get_mut(j * rows + r) {
+                *o = finish(acc[j], accm[j]);
             }
         }
     }
@@ -866,8 +947,9 @@ pub(crate) fn matmul_q8_0(
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [[ACT2_ZERO; MAX_BLOCKS / 2]; COLS];
+    let mut buf = [const { MaybeUninit::<Act2>::uninit() }; avx2::MM_COLS * MAX_BLOCKS / 2];
     let ng = bpr.div_ceil(2);
+    let act = zeroed(&mut buf[..avx2::MM_COLS * ng], ACT2_ZERO);
     let c = Q8Consts {
         qs: load_idx(&QS_Q8_0),
         d: load_idx(&D_Q8_0),
@@ -875,34 +957,87 @@ fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: 
         bias: _mm512_set1_epi8(-128),
     };
     let wb = blocks_as_bytes(w);
-    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+    for (xs, ys) in x
+        .chunks(avx2::MM_COLS * bpr)
+        .zip(y.chunks_mut(avx2::MM_COLS * rows))
+    {
         let ncol = (xs.len() / bpr).min(ys.len() / rows);
-        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
-            a[..ng].fill(ACT2_ZERO);
-            pack2(xc, &mut a[..ng]);
+        for (a, xc) in act
+            .chunks_exact_mut(ng)
+            .zip(xs.chunks_exact(bpr))
+            .take(ncol)
+        {
+            a.fill(ACT2_ZERO);
+            pack2(xc, a);
         }
-        for (r, row) in wb.chunks_exact(bpr * 34).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); COLS];
-            for (g, bytes) in row.chunks(68).enumerate() {
-                let (v0, v1) = load_group(bytes);
-                let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
-                let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
-                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
-                // Fixed trip count so the accumulators stay in registers.
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..COLS {
-                    if j < ncol {
-                        let a = &act[j][g];
-                        let s = _mm512_dpbusd_epi32(load16i(&a.corr), q, load64(&a.qs));
-                        let sc = _mm512_mul_ps(d, load16f(&a.d));
-                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
-                    }
+        let p = (wb, bpr * 34, rows, &act[..], ng, &c);
+        pass_by_cols!(ncol, q8_0_pass, p, ys);
+    }
+}
+
+/// Two Q8_0 blocks as `q8_0_group` unpacks them: `w + 128` and `d` spread over the lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_unpack(bytes: &[u8], c: &Q8Consts) -> (__m512i, __m512) {
+    prefetch_ahead(bytes);
+    let (v0, v1) = load_group(bytes);
+    let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
+    let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
+    (
+        q,
+        _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2)),
+    )
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_step(
+    (q, d): (__m512i, __m512),
+    (xc, xq, xd): (__m512i, __m512i, __m512),
+    acc: &mut __m512,
+) {
+    let s = _mm512_dpbusd_epi32(xc, q, xq);
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(s), *acc);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_pass<const NC: usize>(p: Pass<'_, Act2, Q8Consts>, ys: &mut [f32]) {
+    let (wb, row_bytes, rows, act, ng, c) = p;
+    let load = |a: &Act2| (load16i(&a.corr), load64(&a.qs), load16f(&a.d));
+    let mut pairs = wb.chunks_exact(2 * row_bytes);
+    let mut r = 0;
+    for pair in &mut pairs {
+        let (r0, r1) = pair.split_at(row_bytes);
+        let mut acc = [[_mm512_setzero_ps(); NC]; 2];
+        for (g, (b0, b1)) in r0.chunks(68).zip(r1.chunks(68)).enumerate() {
+            let (u0, u1) = (q8_0_unpack(b0, c), q8_0_unpack(b1, c));
+            for j in 0..NC {
+                let xv = load(&act[j * ng + g]);
+                q8_0_step(u0, xv, &mut acc[0][j]);
+                q8_0_step(u1, xv, &mut acc[1][j]);
+            }
+        }
+        for j in 0..NC {
+            for h in 0..2 {
+                if let Some(o) = ys.get_mut(j * rows + r + h) {
+                    *o = _mm512_reduce_add_ps(acc[h][j]);
                 }
             }
-            for (j, a) in acc.iter().take(ncol).enumerate() {
-                if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = _mm512_reduce_add_ps(*a);
-                }
+        }
+        r += 2;
+    }
+    for row in pairs.remainder().chunks_exact(row_bytes) {
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for (g, bytes) in row.chunks(68).enumerate() {
+            let u = q8_0_unpack(bytes, c);
+            for j in 0..NC {
+                q8_0_step(u, load(&act[j * ng + g]), &mut acc[j]);
+            }
+        }
+        for j in 0..NC {
+            if let Some(o) = ys.get_mut(j * rows + r) {
+                *o = _mm512_reduce_add_ps(acc[j]);
             }
         }
     }
