@@ -23,6 +23,10 @@
 mod common;
 
 use edgelora::kernels::{self, Runnable, Side};
+use std::sync::Mutex;
+
+/// Serialises the tests that reset and read `kernels::ran` (process-wide flags).
+static RAN: Mutex<()> = Mutex::new(());
 use edgelora::quant::{blocks_as_bytes, cast_blocks, to_f16_le, ActType, Block, QuantType};
 
 /// Where a type's f16 scales and quants sit (ggml's layouts; checked against gguf-py in
@@ -221,6 +225,7 @@ macro_rules! every_type {
 
 #[test]
 fn every_type_on_every_table_matches_its_oracle() {
+    let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
     every_type! {
         BlockQ4_0 "Q4_0" [0] 2..18, false;
         BlockQ4_1 "Q4_1" [0, 2] 4..20, true;
@@ -283,5 +288,88 @@ fn q8_k_quantiser_matches_the_oracle_on_ties() {
             );
         }
         println!("Q8_K ties [{}]: byte-identical", kernel.isa().name());
+    }
+}
+
+/// Every table's SwiGLU step is bit-identical to `reference::swiglu` (the AVX-512 one runs
+/// `libm::expf`'s operations on lanes, with a scalar fallback for the lanes outside its
+/// range): random values of every magnitude, both sides of every bound `libm::expf` branches
+/// on (`|t|` = 2^-14, 0.5 ln2, 1.5 ln2, 87.34, 88.72, 103.97), zeros, subnormals, infinities
+/// and NaN, at every lane position and with a scalar tail.
+#[test]
+fn swiglu_matches_the_reference_bit_for_bit() {
+    let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
+    let bounds: [u32; 6] = [
+        0x3900_0000,
+        0x3eb1_7218,
+        0x3f85_1592,
+        0x42ae_ac50,
+        0x42b1_7218,
+        0x42cf_f1b5,
+    ];
+    let mut g: Vec<f32> = Vec::new();
+    for b in bounds {
+        for d in -3i32..=3 {
+            let v = f32::from_bits((b as i32 + d) as u32);
+            g.extend([v, -v]);
+        }
+    }
+    g.extend([
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE / 4.0,
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1.0,
+        -1.0,
+    ]);
+    let mut rng = Rng(0x51u64);
+    for i in 0..200_000 {
+        let e = (rng.f64() * 40.0 - 20.0).exp2();
+        let v = (rng.f64() - 0.5) * e;
+        g.push(if i % 3 == 0 {
+            (v * 8.0) as f32
+        } else {
+            v as f32
+        });
+    }
+    g.push(0.5); // a scalar tail after the 16-lane chunks
+    let u: Vec<f32> = (0..g.len())
+        .map(|i| {
+            if i % 5 == 0 {
+                1.0
+            } else {
+                (rng.f64() * 4.0 - 2.0) as f32
+            }
+        })
+        .collect();
+    let mut want = g.clone();
+    kernels::reference::swiglu(&mut want, &u);
+    for kernel in common::tables("swiglu") {
+        // Every offset, so each special value meets every lane.
+        for off in 0..16 {
+            let mut got = g[off..].to_vec();
+            kernels::reset_ran();
+            kernel.swiglu(&mut got, &u[off..]);
+            assert!(
+                kernels::ran(kernel.isa()),
+                "{}: did not run",
+                kernel.isa().name()
+            );
+            for (i, (a, b)) in got.iter().zip(&want[off..]).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "swiglu [{}]: g = {:e} ({:#x}), u = {}: {a:e} vs reference {b:e}",
+                    kernel.isa().name(),
+                    g[off + i],
+                    g[off + i].to_bits(),
+                    u[off + i]
+                );
+            }
+        }
     }
 }

@@ -612,6 +612,8 @@ pub struct Kernel {
     pub(crate) q8_0_add: Q8AddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
+    /// `g = silu(g) * u` elementwise, bit-identical to [`reference::swiglu`] on every table.
+    pub(crate) swiglu: fn(g: &mut [f32], u: &[f32]),
     /// Q8_K activations (K-quant and IQ4_XS dots).
     #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
     pub(crate) quantize_q8_k: QuantFn<crate::quant::BlockQ8_K>,
@@ -690,6 +692,14 @@ impl Kernel {
         if !f.load(Ordering::Relaxed) {
             f.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// SwiGLU's elementwise step `g[i] = silu(g[i]) * u[i]` over `min(g.len(), u.len())`
+    /// elements: bit-identical to [`reference::swiglu`] on every table (AVX-512 runs
+    /// `libm::expf`'s operations on sixteen lanes). Never panics.
+    pub fn swiglu(&self, g: &mut [f32], u: &[f32]) {
+        self.mark();
+        (self.swiglu)(g, u);
     }
 
     /// `y[r] = dot(w row r, x)` for rows of `bpr` blocks of any [`Runnable`] type against its

@@ -47,6 +47,7 @@ pub static KERNEL: Kernel = Kernel {
     iq4_nl: rows_oracle::<crate::quant::BlockIQ4_NL>,
     #[cfg(feature = "quant-iq4")]
     iq4_xs: rows_oracle::<crate::quant::BlockIQ4_XS>,
+    swiglu: crate::kernels::reference::swiglu,
     mm_q4_0: None,
     mm_q4_1: None,
     mm_q8_0: None,

@@ -342,3 +342,18 @@ pub fn dot_row_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     }
     acc
 }
+
+/// SwiGLU's elementwise step, `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + e^-x)`
+/// (`libm::expf`): the formula every table's `swiglu` reproduces bit for bit (a vector
+/// `expf` may only be faster, never different, so prefill, decode and every table keep the
+/// model's activations unchanged).
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `x / (1 + e^-x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}

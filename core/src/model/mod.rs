@@ -752,11 +752,11 @@ impl<'w, const L: usize> Model<'w, L> {
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
             match a.ffn {
-                Ffn::SwiGlu => {
-                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
-                        *g = silu(*g) * u;
-                    }
-                }
+                // The table's SwiGLU is bit-identical to the reference one (a vector expf).
+                Ffn::SwiGlu => match mode {
+                    KernelMode::Reference => kernels::reference::swiglu(bhb, bhb2),
+                    KernelMode::Fast => kern.swiglu(bhb, bhb2),
+                },
                 Ffn::GeGluTanh => {
                     for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
                         *g = gelu_tanh(*g) * u;
@@ -1009,10 +1009,6 @@ fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
 }
 
 /// In-place softmax (max-subtracted).

@@ -56,6 +56,7 @@ static KERNEL: Kernel = Kernel {
     q8_0_add: q8_0_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
+    swiglu: super::avx512_act::swiglu,
     side: Some(SideRows {
         q4_0: q4_0_rows_side,
         q4_1: q4_1_rows_side,
