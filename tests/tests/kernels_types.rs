@@ -291,13 +291,13 @@ fn q8_k_quantiser_matches_the_oracle_on_ties() {
     }
 }
 
-/// Every table's SwiGLU step is bit-identical to `reference::swiglu` (the AVX-512 one runs
-/// `libm::expf`'s operations on lanes, with a scalar fallback for the lanes outside its
-/// range): random values of every magnitude, both sides of every bound `libm::expf` branches
+/// Every table's SwiGLU and GeGLU steps are bit-identical to `reference::swiglu` /
+/// `reference::geglu` (the AVX-512 ones run `libm::expf`'s / `tanhf`'s operations on lanes,
+/// with a scalar fallback for the lanes outside their range): random values of every magnitude, both sides of every bound `libm::expf` branches
 /// on (`|t|` = 2^-14, 0.5 ln2, 1.5 ln2, 87.34, 88.72, 103.97), zeros, subnormals, infinities
 /// and NaN, at every lane position and with a scalar tail.
 #[test]
-fn swiglu_matches_the_reference_bit_for_bit() {
+fn swiglu_and_geglu_match_the_reference_bit_for_bit() {
     let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
     let bounds: [u32; 6] = [
         0x3900_0000,
@@ -337,6 +337,11 @@ fn swiglu_matches_the_reference_bit_for_bit() {
             v as f32
         });
     }
+    // GeGLU: tanhf's argument is ~0.8 x, its bounds (|z| = 2^-24, 0.2554, 0.5493, 10) and
+    // expm1f's (k = +-1, 23) fall in -13..13, sampled densely.
+    for _ in 0..400_000 {
+        g.push(((rng.f64() - 0.5) * 26.0) as f32);
+    }
     g.push(0.5); // a scalar tail after the 16-lane chunks
     let u: Vec<f32> = (0..g.len())
         .map(|i| {
@@ -347,28 +352,37 @@ fn swiglu_matches_the_reference_bit_for_bit() {
             }
         })
         .collect();
-    let mut want = g.clone();
-    kernels::reference::swiglu(&mut want, &u);
-    for kernel in common::tables("swiglu") {
-        // Every offset, so each special value meets every lane.
-        for off in 0..16 {
-            let mut got = g[off..].to_vec();
-            kernels::reset_ran();
-            kernel.swiglu(&mut got, &u[off..]);
-            assert!(
-                kernels::ran(kernel.isa()),
-                "{}: did not run",
-                kernel.isa().name()
-            );
-            for (i, (a, b)) in got.iter().zip(&want[off..]).enumerate() {
+    type Step = fn(&kernels::Kernel, &mut [f32], &[f32]);
+    let steps: [(&str, fn(&mut [f32], &[f32]), Step); 2] = [
+        ("swiglu", kernels::reference::swiglu, |k, g, u| {
+            k.swiglu(g, u)
+        }),
+        ("geglu", kernels::reference::geglu, |k, g, u| k.geglu(g, u)),
+    ];
+    for (name, reference, step) in steps {
+        let mut want = g.clone();
+        reference(&mut want, &u);
+        for kernel in common::tables(name) {
+            // Every offset, so each special value meets every lane.
+            for off in 0..16 {
+                let mut got = g[off..].to_vec();
+                kernels::reset_ran();
+                step(kernel, &mut got, &u[off..]);
                 assert!(
-                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                    "swiglu [{}]: g = {:e} ({:#x}), u = {}: {a:e} vs reference {b:e}",
-                    kernel.isa().name(),
-                    g[off + i],
-                    g[off + i].to_bits(),
-                    u[off + i]
+                    kernels::ran(kernel.isa()),
+                    "{}: did not run",
+                    kernel.isa().name()
                 );
+                for (i, (a, b)) in got.iter().zip(&want[off..]).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                        "{name} [{}]: g = {:e} ({:#x}), u = {}: {a:e} vs reference {b:e}",
+                        kernel.isa().name(),
+                        g[off + i],
+                        g[off + i].to_bits(),
+                        u[off + i]
+                    );
+                }
             }
         }
     }

@@ -614,6 +614,8 @@ pub struct Kernel {
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
     /// `g = silu(g) * u` elementwise, bit-identical to [`reference::swiglu`] on every table.
     pub(crate) swiglu: fn(g: &mut [f32], u: &[f32]),
+    /// `g = gelu_tanh(g) * u` elementwise, bit-identical to [`reference::geglu`] on every table.
+    pub(crate) geglu: fn(g: &mut [f32], u: &[f32]),
     /// Q8_K activations (K-quant and IQ4_XS dots).
     #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
     pub(crate) quantize_q8_k: QuantFn<crate::quant::BlockQ8_K>,
@@ -700,6 +702,13 @@ impl Kernel {
     pub fn swiglu(&self, g: &mut [f32], u: &[f32]) {
         self.mark();
         (self.swiglu)(g, u);
+    }
+
+    /// GeGLU's elementwise step `g[i] = gelu_tanh(g[i]) * u[i]` (Gemma), as
+    /// [`Kernel::swiglu`]: bit-identical to [`reference::geglu`] on every table. Never panics.
+    pub fn geglu(&self, g: &mut [f32], u: &[f32]) {
+        self.mark();
+        (self.geglu)(g, u);
     }
 
     /// `y[r] = dot(w row r, x)` for rows of `bpr` blocks of any [`Runnable`] type against its

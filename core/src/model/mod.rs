@@ -757,11 +757,10 @@ impl<'w, const L: usize> Model<'w, L> {
                     KernelMode::Reference => kernels::reference::swiglu(bhb, bhb2),
                     KernelMode::Fast => kern.swiglu(bhb, bhb2),
                 },
-                Ffn::GeGluTanh => {
-                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
-                        *g = gelu_tanh(*g) * u;
-                    }
-                }
+                Ffn::GeGluTanh => match mode {
+                    KernelMode::Reference => kernels::reference::geglu(bhb, bhb2),
+                    KernelMode::Fast => kern.geglu(bhb, bhb2),
+                },
             }
             obs.tensor("ffn_act", Some(l), pos0, n, bhb);
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
@@ -976,12 +975,6 @@ fn rmsnorm_inplace(x: &mut [f32], w: VecRef<'_>, eps: f32) {
     for (v, wi) in x.iter_mut().zip(w.iter()) {
         *v = *v * inv * wi;
     }
-}
-
-/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))
 }
 
 /// `c tanh(x / c)`.
