@@ -353,7 +353,8 @@ fn swiglu_and_geglu_match_the_reference_bit_for_bit() {
         })
         .collect();
     type Step = fn(&kernels::Kernel, &mut [f32], &[f32]);
-    let steps: [(&str, fn(&mut [f32], &[f32]), Step); 2] = [
+    type Reference = fn(&mut [f32], &[f32]);
+    let steps: [(&str, Reference, Step); 2] = [
         ("swiglu", kernels::reference::swiglu, |k, g, u| {
             k.swiglu(g, u)
         }),

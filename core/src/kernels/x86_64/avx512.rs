@@ -885,6 +885,8 @@ fn q4_1_step(
 /// `(weight bytes, row bytes, rows, packed columns, groups per row, constants)`.
 type Pass<'a, A, C> = (&'a [u8], usize, usize, &'a [A], usize, &'a C);
 
+// Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn q4_1_pass<const NC: usize>(p: Pass<'_, Act4, Q4Consts>, ys: &mut [f32]) {
@@ -1002,6 +1004,8 @@ fn q8_0_step(
     *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(s), *acc);
 }
 
+// Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn q8_0_pass<const NC: usize>(p: Pass<'_, Act2, Q8Consts>, ys: &mut [f32]) {

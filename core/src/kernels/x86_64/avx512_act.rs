@@ -86,11 +86,11 @@ fn x_bits(x: __m512, l: usize) -> u32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn expf(t: __m512) -> (__m512, u16) {
-    const LN2_HI: f32 = 6.931_457_5e-1; // 0x3f317200
-    const LN2_LO: f32 = 1.428_606_8e-6; // 0x35bfbe8e
-    const INV_LN2: f32 = 1.442_695_0; // 0x3fb8aa3b
-    const P1: f32 = 1.666_662_5e-1; // 0x3e2aaa8f
-    const P2: f32 = -2.766_733_3e-3; // 0xbb355215
+    const LN2_HI: f32 = f32::from_bits(0x3f317200); // libm's
+    const LN2_LO: f32 = f32::from_bits(0x35bfbe8e); // libm's
+    const INV_LN2: f32 = f32::from_bits(0x3fb8aa3b); // libm's
+    const P1: f32 = f32::from_bits(0x3e2aaa8f); // libm's
+    const P2: f32 = f32::from_bits(0xbb355215); // libm's
     let bits = _mm512_castps_si512(t);
     let hx = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fff_ffff));
     let neg = _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512());
@@ -203,11 +203,11 @@ fn tanhf(z: __m512) -> (__m512, u16) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn expm1f(v: __m512) -> __m512 {
-    const LN2_HI: f32 = 6.931_381_2e-1; // 0x3f317180
-    const LN2_LO: f32 = 9.058_000_6e-6; // 0x3717f7d1
-    const INV_LN2: f32 = 1.442_695_0; // 0x3fb8aa3b
-    const Q1: f32 = -3.333_321_2e-2; // 0xbd088868
-    const Q2: f32 = 1.580_717_1e-3; // 0x3acf3010
+    const LN2_HI: f32 = f32::from_bits(0x3f317180); // libm's
+    const LN2_LO: f32 = f32::from_bits(0x3717f7d1); // libm's
+    const INV_LN2: f32 = f32::from_bits(0x3fb8aa3b); // libm's
+    const Q1: f32 = f32::from_bits(0xbd088868); // libm's
+    const Q2: f32 = f32::from_bits(0x3acf3010); // libm's
     let set = _mm512_set1_epi32;
     let f = _mm512_set1_ps;
     let (add, sub, mul, div) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_div_ps);

@@ -427,6 +427,8 @@ mod q5 {
     /// One pass of `NC` columns over every row, rows in pairs (each column's activation
     /// vectors are loaded once for both rows: the loads, not the arithmetic, bound a single
     /// row's loop).
+    // Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     #[inline]
     fn q5_pass<const NC: usize, const Q51: bool>(p: Pass<'_>, ys: &mut [f32]) {
