@@ -30,8 +30,8 @@
 //!
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
 //! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`] (and, through
-//! [`Kernel::matmul_q`], Q5_0 / Q6_K / Q4_K), which unpack each weight group once for several
-//! tokens (blocked on AVX-512 and AVX2, with each column bit-identical to the same table's
+//! [`Kernel::matmul_q`], Q5_0 / Q5_1 / Q6_K / Q4_K), which unpack each weight group once for
+//! several tokens (blocked on AVX-512 and AVX2, with each column bit-identical to the same table's
 //! matvec; a matvec per token elsewhere, and for Q4_0 on AVX-512), and the LoRA
 //! products of a prompt block run [`Kernel::matmul_float`] (A, and float base weights),
 //! [`Kernel::matmul_float_add`] / [`Kernel::matmul_q8_0_add`] (B), which share weight
