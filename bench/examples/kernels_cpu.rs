@@ -10,6 +10,9 @@
 //! Then one row per weight type (every type the fast path runs, through the generic
 //! `Kernel::matvec_q`) and table: a 576 x 1536 matrix (SmolLM2's `ffn_down`, 0.4-0.8 MB, in
 //! cache) and a 16384 x 1536 one (12-23 MB, streamed). `types` runs only these rows.
+//!
+//! `mm` prints, per weight type and table, the 64-token prompt matmul (`Kernel::matmul_q`)
+//! in GMAC/s on SmolLM2's `ffn_up` and `ffn_down` shapes (the prefill question).
 
 use edgelora::kernels::{reference, Isa, Runnable};
 use edgelora::quant::{
@@ -88,6 +91,56 @@ fn per_type<T: Runnable>(name: &str, f16_at: &[usize], seed: &mut u64) {
     let _ = <T::Act as ActType>::BLOCK_LEN;
 }
 
+/// One row per weight type and table: the prompt matmul (`Kernel::matmul_q`, blocked where
+/// the table has a blocked kernel) over 64 tokens, GMAC/s over all columns, for SmolLM2's
+/// `ffn_up` (1536 x 576) and `ffn_down` (576 x 1536) shapes where the row length fits the type.
+fn per_type_mm<T: Runnable>(name: &str, f16_at: &[usize], seed: &mut u64) {
+    let ntok = 64;
+    for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+        if cols % T::BLOCK_LEN != 0 {
+            continue;
+        }
+        let bpr = cols / T::BLOCK_LEN;
+        let x: Vec<f32> = (0..cols * ntok)
+            .map(|_| lcg(seed) as f32 / 128.0 - 1.0)
+            .collect();
+        let w: Vec<T> = blocks(seed, rows * bpr, f16_at);
+        let mut y = vec![0f32; rows * ntok];
+        let mut line = format!("{name:<7} {rows:>5}x{cols:<5} x{ntok}");
+        for k in Isa::ALL.into_iter().filter_map(Isa::kernel) {
+            let mut xq = vec![
+                cast_blocks::<T::Act>(&vec![0u8; size_of::<T::Act>()]).unwrap()[0];
+                bpr * ntok
+            ];
+            k.quantize(&x, &mut xq);
+            let t = time(|| k.matmul_q(black_box(&w), bpr, rows, black_box(&xq), &mut y));
+            line += &format!(
+                " | {:<8} {:>6.2} GMAC/s",
+                k.isa().name(),
+                (rows * cols * ntok) as f64 / t / 1e9
+            );
+        }
+        println!("{line}");
+    }
+}
+
+fn types_mm() {
+    use edgelora::quant::*;
+    let mut seed = 7u64;
+    per_type_mm::<BlockQ4_0>("Q4_0", &[0], &mut seed);
+    per_type_mm::<BlockQ4_1>("Q4_1", &[0, 2], &mut seed);
+    per_type_mm::<BlockQ8_0>("Q8_0", &[0], &mut seed);
+    per_type_mm::<BlockQ5_0>("Q5_0", &[0], &mut seed);
+    per_type_mm::<BlockQ5_1>("Q5_1", &[0, 2], &mut seed);
+    per_type_mm::<BlockQ2_K>("Q2_K", &[80, 82], &mut seed);
+    per_type_mm::<BlockQ3_K>("Q3_K", &[108], &mut seed);
+    per_type_mm::<BlockQ4_K>("Q4_K", &[0, 2], &mut seed);
+    per_type_mm::<BlockQ5_K>("Q5_K", &[0, 2], &mut seed);
+    per_type_mm::<BlockQ6_K>("Q6_K", &[208], &mut seed);
+    per_type_mm::<BlockIQ4_NL>("IQ4_NL", &[0], &mut seed);
+    per_type_mm::<BlockIQ4_XS>("IQ4_XS", &[0], &mut seed);
+}
+
 fn types() {
     use edgelora::quant::*;
     let mut seed = 7u64;
@@ -106,9 +159,10 @@ fn types() {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("types") {
-        types();
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("types") => return types(),
+        Some("mm") => return types_mm(),
+        _ => {}
     }
     let mut seed = 1u64;
     let shapes = [

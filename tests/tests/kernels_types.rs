@@ -23,6 +23,10 @@
 mod common;
 
 use edgelora::kernels::{self, Runnable, Side};
+use std::sync::Mutex;
+
+/// Serialises the tests that reset and read `kernels::ran` (process-wide flags).
+static RAN: Mutex<()> = Mutex::new(());
 use edgelora::quant::{blocks_as_bytes, cast_blocks, to_f16_le, ActType, Block, QuantType};
 
 /// Where a type's f16 scales and quants sit (ggml's layouts; checked against gguf-py in
@@ -165,10 +169,13 @@ fn check_type<T: Runnable>(name: &str, lay: &Layout) {
                     isa.name()
                 );
             }
-            // Blocked matmul: each column bit-identical to the matvec of that column.
-            let rows = 9;
-            let w: Vec<T> = random_blocks(&mut rng, rows * bpr, lay, true);
-            for n in [0usize, 1, 2, 3, 4, 5, 8, 9, 17] {
+            // Blocked matmul: each column bit-identical to the matvec of that column (odd and
+            // even row counts: kernels that take rows in pairs end on a single row).
+            for (rows, n) in [1usize, 2, 9]
+                .into_iter()
+                .flat_map(|r| [0usize, 1, 2, 3, 4, 5, 8, 9, 17].map(|n| (r, n)))
+            {
+                let w: Vec<T> = random_blocks(&mut rng, rows * bpr, lay, true);
                 let x: Vec<f32> = (0..n * cols)
                     .map(|_| ((rng.f64() - 0.5) * 6.0) as f32)
                     .collect();
@@ -218,6 +225,7 @@ macro_rules! every_type {
 
 #[test]
 fn every_type_on_every_table_matches_its_oracle() {
+    let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
     every_type! {
         BlockQ4_0 "Q4_0" [0] 2..18, false;
         BlockQ4_1 "Q4_1" [0, 2] 4..20, true;
@@ -280,5 +288,103 @@ fn q8_k_quantiser_matches_the_oracle_on_ties() {
             );
         }
         println!("Q8_K ties [{}]: byte-identical", kernel.isa().name());
+    }
+}
+
+/// Every table's SwiGLU and GeGLU steps are bit-identical to `reference::swiglu` /
+/// `reference::geglu` (the AVX-512 ones run `libm::expf`'s / `tanhf`'s operations on lanes,
+/// with a scalar fallback for the lanes outside their range): random values of every magnitude, both sides of every bound `libm::expf` branches
+/// on (`|t|` = 2^-14, 0.5 ln2, 1.5 ln2, 87.34, 88.72, 103.97), zeros, subnormals, infinities
+/// and NaN, at every lane position and with a scalar tail.
+#[test]
+fn swiglu_and_geglu_match_the_reference_bit_for_bit() {
+    let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
+    let bounds: [u32; 6] = [
+        0x3900_0000,
+        0x3eb1_7218,
+        0x3f85_1592,
+        0x42ae_ac50,
+        0x42b1_7218,
+        0x42cf_f1b5,
+    ];
+    let mut g: Vec<f32> = Vec::new();
+    for b in bounds {
+        for d in -3i32..=3 {
+            let v = f32::from_bits((b as i32 + d) as u32);
+            g.extend([v, -v]);
+        }
+    }
+    g.extend([
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE / 4.0,
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1.0,
+        -1.0,
+    ]);
+    let mut rng = Rng(0x51u64);
+    for i in 0..200_000 {
+        let e = (rng.f64() * 40.0 - 20.0).exp2();
+        let v = (rng.f64() - 0.5) * e;
+        g.push(if i % 3 == 0 {
+            (v * 8.0) as f32
+        } else {
+            v as f32
+        });
+    }
+    // GeGLU: tanhf's argument is ~0.8 x, its bounds (|z| = 2^-24, 0.2554, 0.5493, 10) and
+    // expm1f's (k = +-1, 23) fall in -13..13, sampled densely.
+    for _ in 0..400_000 {
+        g.push(((rng.f64() - 0.5) * 26.0) as f32);
+    }
+    g.push(0.5); // a scalar tail after the 16-lane chunks
+    let u: Vec<f32> = (0..g.len())
+        .map(|i| {
+            if i % 5 == 0 {
+                1.0
+            } else {
+                (rng.f64() * 4.0 - 2.0) as f32
+            }
+        })
+        .collect();
+    type Step = fn(&kernels::Kernel, &mut [f32], &[f32]);
+    type Reference = fn(&mut [f32], &[f32]);
+    let steps: [(&str, Reference, Step); 2] = [
+        ("swiglu", kernels::reference::swiglu, |k, g, u| {
+            k.swiglu(g, u)
+        }),
+        ("geglu", kernels::reference::geglu, |k, g, u| k.geglu(g, u)),
+    ];
+    for (name, reference, step) in steps {
+        let mut want = g.clone();
+        reference(&mut want, &u);
+        for kernel in common::tables(name) {
+            // Every offset, so each special value meets every lane.
+            for off in 0..16 {
+                let mut got = g[off..].to_vec();
+                kernels::reset_ran();
+                step(kernel, &mut got, &u[off..]);
+                assert!(
+                    kernels::ran(kernel.isa()),
+                    "{}: did not run",
+                    kernel.isa().name()
+                );
+                for (i, (a, b)) in got.iter().zip(&want[off..]).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                        "{name} [{}]: g = {:e} ({:#x}), u = {}: {a:e} vs reference {b:e}",
+                        kernel.isa().name(),
+                        g[off + i],
+                        g[off + i].to_bits(),
+                        u[off + i]
+                    );
+                }
+            }
+        }
     }
 }

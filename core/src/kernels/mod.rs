@@ -30,8 +30,8 @@
 //!
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
 //! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`] (and, through
-//! [`Kernel::matmul_q`], Q5_0 / Q6_K / Q4_K), which unpack each weight group once for several
-//! tokens (blocked on AVX-512 and AVX2, with each column bit-identical to the same table's
+//! [`Kernel::matmul_q`], Q5_0 / Q5_1 / Q6_K / Q4_K), which unpack each weight group once for
+//! several tokens (blocked on AVX-512 and AVX2, with each column bit-identical to the same table's
 //! matvec; a matvec per token elsewhere, and for Q4_0 on AVX-512), and the LoRA
 //! products of a prompt block run [`Kernel::matmul_float`] (A, and float base weights),
 //! [`Kernel::matmul_float_add`] / [`Kernel::matmul_q8_0_add`] (B), which share weight
@@ -612,6 +612,10 @@ pub struct Kernel {
     pub(crate) q8_0_add: Q8AddRowsFn,
     pub(crate) quantize_q8_0: QuantFn<BlockQ8_0>,
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
+    /// `g = silu(g) * u` elementwise, bit-identical to [`reference::swiglu`] on every table.
+    pub(crate) swiglu: fn(g: &mut [f32], u: &[f32]),
+    /// `g = gelu_tanh(g) * u` elementwise, bit-identical to [`reference::geglu`] on every table.
+    pub(crate) geglu: fn(g: &mut [f32], u: &[f32]),
     /// Q8_K activations (K-quant and IQ4_XS dots).
     #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
     pub(crate) quantize_q8_k: QuantFn<crate::quant::BlockQ8_K>,
@@ -646,6 +650,9 @@ pub struct Kernel {
     /// As `mm_q4_0` for Q5_0.
     #[cfg(feature = "quant-q5")]
     pub(crate) mm_q5_0: Blocked<crate::quant::BlockQ5_0, BlockQ8_0>,
+    /// As `mm_q4_0` for Q5_1.
+    #[cfg(feature = "quant-q5")]
+    pub(crate) mm_q5_1: Blocked<crate::quant::BlockQ5_1, BlockQ8_1>,
     /// As `mm_q4_0` for Q4_K.
     #[cfg(feature = "quant-k")]
     pub(crate) mm_q4_k: Blocked<crate::quant::BlockQ4_K, crate::quant::BlockQ8_K>,
@@ -687,6 +694,21 @@ impl Kernel {
         if !f.load(Ordering::Relaxed) {
             f.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// SwiGLU's elementwise step `g[i] = silu(g[i]) * u[i]` over `min(g.len(), u.len())`
+    /// elements: bit-identical to [`reference::swiglu`] on every table (AVX-512 runs
+    /// `libm::expf`'s operations on sixteen lanes). Never panics.
+    pub fn swiglu(&self, g: &mut [f32], u: &[f32]) {
+        self.mark();
+        (self.swiglu)(g, u);
+    }
+
+    /// GeGLU's elementwise step `g[i] = gelu_tanh(g[i]) * u[i]` (Gemma), as
+    /// [`Kernel::swiglu`]: bit-identical to [`reference::geglu`] on every table. Never panics.
+    pub fn geglu(&self, g: &mut [f32], u: &[f32]) {
+        self.mark();
+        (self.geglu)(g, u);
     }
 
     /// `y[r] = dot(w row r, x)` for rows of `bpr` blocks of any [`Runnable`] type against its

@@ -47,11 +47,15 @@ pub static KERNEL: Kernel = Kernel {
     iq4_nl: rows_oracle::<crate::quant::BlockIQ4_NL>,
     #[cfg(feature = "quant-iq4")]
     iq4_xs: rows_oracle::<crate::quant::BlockIQ4_XS>,
+    swiglu: crate::kernels::reference::swiglu,
+    geglu: crate::kernels::reference::geglu,
     mm_q4_0: None,
     mm_q4_1: None,
     mm_q8_0: None,
     #[cfg(feature = "quant-q5")]
     mm_q5_0: None,
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: None,
     #[cfg(feature = "quant-k")]
     mm_q4_k: None,
     #[cfg(feature = "quant-k")]

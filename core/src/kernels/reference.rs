@@ -342,3 +342,32 @@ pub fn dot_row_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     }
     acc
 }
+
+/// SwiGLU's elementwise step, `g[i] = silu(g[i]) * u[i]` with `silu(x) = x / (1 + e^-x)`
+/// (`libm::expf`): the formula every table's `swiglu` reproduces bit for bit (a vector
+/// `expf` may only be faster, never different, so prefill, decode and every table keep the
+/// model's activations unchanged).
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `x / (1 + e^-x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+/// GeGLU's elementwise step (Gemma), `g[i] = gelu_tanh(g[i]) * u[i]`: the formula every
+/// table's `geglu` reproduces bit for bit (as [`swiglu`]).
+pub fn geglu(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))
+}

@@ -156,7 +156,16 @@ macro_rules! runnable {
     };
 }
 
-runnable!("quant-q5", BlockQ5_1, q5_1);
+#[cfg(feature = "quant-q5")]
+impl Runnable for crate::quant::BlockQ5_1 {
+    fn rows(k: &Kernel) -> QRowsFn<Self, Self::Act> {
+        k.q5_1
+    }
+    fn blocked(k: &Kernel) -> Blocked<Self, Self::Act> {
+        k.mm_q5_1
+    }
+}
+
 runnable!("quant-k", BlockQ2_K, q2_k);
 runnable!("quant-k", BlockQ3_K, q3_k);
 runnable!("quant-k", BlockQ5_K, q5_k);

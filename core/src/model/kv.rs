@@ -327,9 +327,25 @@ pub(super) fn attend(
     let _ = &qq;
     for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kvo = (h / a.group) * hd;
-        // Scores, in position order.
+        // Scores, in position order. F32 rows: eight keys' dots in flight per run (`scores`,
+        // each key summed in `dot`'s order, so the same bits).
+        if let Rows::F32(k) = k {
+            let mut i = 0;
+            for (r0, n) in runs {
+                let (Some(kr), Some(ar)) =
+                    (k.get(r0 * kv_dim..(r0 + n) * kv_dim), att.get_mut(i..i + n))
+                else {
+                    return false;
+                };
+                super::scores(qh, kr, kv_dim, kvo, a.scale, ar);
+                i += n;
+            }
+        }
         let mut i = 0;
         for (r0, n) in runs {
+            if let Rows::F32(_) = k {
+                break;
+            }
             for t in r0..r0 + n {
                 let Some(s) = att.get_mut(i) else {
                     return false;

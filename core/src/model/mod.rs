@@ -29,7 +29,6 @@
 //! context are described in `kv.rs`. `forward` never allocates and never
 //! panics: token ids, positions and the state's shape are checked and reported as errors.
 
-mod act;
 mod config;
 mod kv;
 #[cfg(feature = "alloc")]
@@ -796,21 +795,16 @@ impl<'w, const L: usize> Model<'w, L> {
             let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
             linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
             linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
-                                                   // The reference path keeps libm's scalar functions (the oracle); the fast path
-                                                   // runs the vectorisable forms in `act.rs` (within 3 ulp of them, measured there).
-            match (a.ffn, mode) {
-                (Ffn::SwiGlu, KernelMode::Reference) => {
-                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
-                        *g = silu(*g) * u;
-                    }
-                }
-                (Ffn::GeGluTanh, KernelMode::Reference) => {
-                    for (g, u) in bhb.iter_mut().zip(bhb2.iter()) {
-                        *g = gelu_tanh(*g) * u;
-                    }
-                }
-                (Ffn::SwiGlu, KernelMode::Fast) => act::swiglu(bhb, bhb2),
-                (Ffn::GeGluTanh, KernelMode::Fast) => act::geglu_tanh(bhb, bhb2),
+            match a.ffn {
+                // The table's SwiGLU is bit-identical to the reference one (a vector expf).
+                Ffn::SwiGlu => match mode {
+                    KernelMode::Reference => kernels::reference::swiglu(bhb, bhb2),
+                    KernelMode::Fast => kern.swiglu(bhb, bhb2),
+                },
+                Ffn::GeGluTanh => match mode {
+                    KernelMode::Reference => kernels::reference::geglu(bhb, bhb2),
+                    KernelMode::Fast => kern.geglu(bhb, bhb2),
+                },
             }
             obs.tensor("ffn_act", Some(l), pos0, n, bhb);
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
@@ -1004,12 +998,6 @@ fn rmsnorm_inplace(x: &mut [f32], w: VecRef<'_>, eps: f32) {
     }
 }
 
-/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))
-}
-
 /// `c tanh(x / c)`.
 fn softcap(x: f32, c: f32) -> f32 {
     c * libm::tanhf(x / c)
@@ -1029,14 +1017,40 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `att[t] = dot(q, key t) * scale` for the keys at `kvo..kvo + q.len()` of each `kv_dim` row
+/// of `k`. Eight keys at a time, each dot still summed in `dot`'s order (so the bits are
+/// `dot`'s): a single dot is one chain of dependent adds, and eight chains in flight hide
+/// the add latency (attention was 15% of a 64-token prefill with one chain).
+fn scores(q: &[f32], k: &[f32], kv_dim: usize, kvo: usize, scale: f32, att: &mut [f32]) {
+    const N: usize = 8;
+    let hd = q.len();
+    let n = att.len().min(k.len() / kv_dim.max(1));
+    let (att, k) = (&mut att[..n], &k[..n * kv_dim]);
+    let mut outs = att.chunks_exact_mut(N);
+    let mut rows = k.chunks_exact(N * kv_dim);
+    for (o, kc) in (&mut outs).zip(&mut rows) {
+        let keys: [&[f32]; N] = core::array::from_fn(|j| &kc[j * kv_dim + kvo..][..hd]);
+        // `Sum` for f32 starts from -0.0.
+        let mut s = [-0.0f32; N];
+        for (d, &qd) in q.iter().enumerate() {
+            for (s, key) in s.iter_mut().zip(&keys) {
+                *s += qd * key[d];
+            }
+        }
+        for (o, s) in o.iter_mut().zip(s) {
+            *o = s * scale;
+        }
+    }
+    let rest = rows.remainder().chunks_exact(kv_dim.max(1));
+    for (a, kt) in outs.into_remainder().iter_mut().zip(rest) {
+        *a = dot(q, &kt[kvo..kvo + hd]) * scale;
+    }
+}
+
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
 }
 
 /// In-place softmax (max-subtracted).
@@ -1379,4 +1393,45 @@ pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
 #[cfg(feature = "alloc")]
 pub fn state_buffer_for(cfg: &Config, ctx: usize, spec: CacheSpec) -> alloc::vec::Vec<f32> {
     alloc::vec![0.0; State::len_for_cache(cfg, ctx, spec).min(isize::MAX as usize / 4)]
+}
+
+#[cfg(test)]
+mod scores_tests {
+    extern crate std;
+    use super::{dot, scores};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// `scores` (eight dots in flight) gives each key `dot`'s bits: every count of keys
+    /// around the chunk size, a GQA offset, signed zeros.
+    #[test]
+    fn scores_equal_dot_bit_for_bit() {
+        let (hd, kv_dim, kvo) = (64usize, 192usize, 64usize);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        };
+        let mut q: Vec<f32> = (0..hd).map(|_| r()).collect();
+        q[3] = -0.0;
+        for n in [0usize, 1, 7, 8, 9, 16, 17, 33] {
+            let k: Vec<f32> = (0..n * kv_dim).map(|_| r()).collect();
+            let mut att = vec![f32::NAN; n];
+            scores(&q, &k, kv_dim, kvo, 0.125, &mut att);
+            for (t, a) in att.iter().enumerate() {
+                let want = dot(&q, &k[t * kv_dim + kvo..t * kv_dim + kvo + hd]) * 0.125;
+                assert_eq!(a.to_bits(), want.to_bits(), "n {n} key {t}");
+            }
+        }
+        // All-zero products: -0.0 sums stay -0.0 as `Sum` gives.
+        let z = vec![-0.0f32; hd];
+        let k = vec![0.0f32; 8 * hd];
+        let mut att = [f32::NAN; 8];
+        scores(&z, &k, hd, 0, 1.0, &mut att);
+        assert!(att
+            .iter()
+            .all(|a| a.to_bits() == dot(&z, &k[..hd]).to_bits()));
+    }
 }

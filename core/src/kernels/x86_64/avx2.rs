@@ -53,6 +53,8 @@ static KERNEL: Kernel = Kernel {
     mm_q8_0: Some((matmul_q8_0, MM_COLS)),
     #[cfg(feature = "quant-q5")]
     mm_q5_0: Some((avx2_mm::matmul_q5_0, MM_COLS)),
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: Some((avx2_mm::matmul_q5_1, MM_COLS)),
     #[cfg(feature = "quant-k")]
     mm_q4_k: Some((avx2_mm::matmul_q4_k, MM_COLS)),
     #[cfg(feature = "quant-k")]
@@ -145,7 +147,7 @@ pub(super) fn load32(a: &[u8; 32]) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_ps(a: &[f32; 8]) -> __m256 {
+pub(super) fn load_ps(a: &[f32; 8]) -> __m256 {
     // SAFETY: `a` is 8 readable f32s; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_ps(a.as_ptr()) }
 }

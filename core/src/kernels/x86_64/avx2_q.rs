@@ -197,6 +197,17 @@ mod q5 {
         hsums(acc)
     }
 
+    /// The 32 unsigned 5-bit quants of a Q5_1 block (nibble plus `16 *` its `qh` bit).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(in super::super) fn q5_1_quants(a: &BlockQ5_1) -> __m256i {
+        let hi = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(a.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        _mm256_or_si256(nibbles(&a.qs), hi)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q5_1_rows_tf(w: &[BlockQ5_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
         rows!(w, bpr, x, y, dot_q5_1);
@@ -221,11 +232,7 @@ mod q5 {
             for r in 0..R {
                 let a = &w[r][i];
                 prefetch_ahead(a);
-                let hi = _mm256_and_si256(
-                    bits_to_bytes(u32::from_le_bytes(a.qh)),
-                    _mm256_set1_epi8(0x10),
-                );
-                let s = dot_u8i8(_mm256_or_si256(nibbles(&a.qs), hi), yv);
+                let s = dot_u8i8(q5_1_quants(a), yv);
                 let sc = scales_q5_1(a, b);
                 acc_m[r] = _mm_add_ps(acc_m[r], sc);
                 acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(s), acc[r]);

@@ -56,6 +56,8 @@ static KERNEL: Kernel = Kernel {
     q8_0_add: q8_0_add_rows,
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
+    swiglu: super::avx512_act::swiglu,
+    geglu: super::avx512_act::geglu,
     side: Some(SideRows {
         q4_0: q4_0_rows_side,
         q4_1: q4_1_rows_side,
@@ -63,13 +65,15 @@ static KERNEL: Kernel = Kernel {
     }),
     // No blocked Q4_0 here: its matvec per column keeps prefill bit-identical to decode.
     mm_q4_0: None,
-    mm_q4_1: Some((matmul_q4_1, COLS)),
-    mm_q8_0: Some((matmul_q8_0, COLS)),
+    mm_q4_1: Some((matmul_q4_1, avx2::MM_COLS)),
+    mm_q8_0: Some((matmul_q8_0, avx2::MM_COLS)),
     // Q5_0 and Q6_K run AVX-512 row kernels here, so their blocked matmuls are AVX-512 ones
     // in those kernels' order (`avx512_q`); Q4_K runs the AVX2 row kernel, so it takes the
     // AVX2 blocked matmul.
     #[cfg(feature = "quant-q5")]
-    mm_q5_0: Some((avx512_q::matmul_q5_0, COLS)),
+    mm_q5_0: Some((avx512_q::matmul_q5_0, avx2::MM_COLS)),
+    #[cfg(feature = "quant-q5")]
+    mm_q5_1: Some((avx512_q::matmul_q5_1, avx2::MM_COLS)),
     #[cfg(feature = "quant-k")]
     mm_q4_k: Some((super::avx2_mm::matmul_q4_k, avx2::MM_COLS)),
     #[cfg(feature = "quant-k")]
@@ -194,12 +198,11 @@ const fn lane_index(per_block: u32) -> [u32; 16] {
 
 static QS_Q4_1: [u8; 64] = qs_index(20, 4, 4);
 static QS_Q4_0: [u8; 64] = qs_index(18, 2, 4);
-static QS_Q8_0: [u8; 64] = qs_index(34, 2, 2);
+static QS_Q8_0: [u8; 64] = qs_index(34, 2, 4);
 static DM_Q4_1: [u16; 32] = dm_index(20, 4, true);
 static D_Q4_0: [u16; 32] = dm_index(18, 4, false);
-static D_Q8_0: [u16; 32] = dm_index(34, 2, false);
+static D_Q8_0: [u16; 32] = dm_index(34, 4, false);
 pub(super) static LANES4: [u32; 16] = lane_index(4);
-static LANES8: [u32; 16] = lane_index(8);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
@@ -319,21 +322,6 @@ pub(super) const ACT4_ZERO: Act4 = Act4 {
     corr: [0; 16],
 };
 
-/// Two activation blocks in the lane order of the Q8_0 kernel.
-#[derive(Clone, Copy)]
-struct Act2 {
-    qs: [u8; 64],
-    d: [f32; 16],
-    /// Per lane, `-128 *` the sum of the 4 activation bytes that lane multiplies.
-    corr: [i32; 16],
-}
-
-const ACT2_ZERO: Act2 = Act2 {
-    qs: [0; 64],
-    d: [0.0; 16],
-    corr: [0; 16],
-};
-
 /// `buf` with every slot set to `zero`, as initialised values. The repack buffers are sized
 /// for the longest row (18 KB for `Act4`) but a decode row is usually much shorter (18 blocks
 /// for SmolLM2's 576 columns: 1.4 KB); filling the whole array on every call cost ~0.4% of a
@@ -364,19 +352,6 @@ pub(super) fn pack4<'a>(
                 .map(|b| q[4 * l + b] as i8 as i32 + q[16 + 4 * l + b] as i8 as i32)
                 .sum();
             a.corr[4 * i + l] = -8 * sum;
-        }
-    }
-}
-
-fn pack2(x: &[BlockQ8_0], out: &mut [Act2]) {
-    for (j, b) in x.iter().enumerate() {
-        let (g, i) = (j / 2, j % 2);
-        let Some(a) = out.get_mut(g) else { return };
-        a.qs[32 * i..32 * i + 32].copy_from_slice(&b.qs);
-        a.d[8 * i..8 * i + 8].fill(f16_le(b.d));
-        for l in 0..8 {
-            let sum: i32 = b.qs[4 * l..4 * l + 4].iter().map(|&v| v as i8 as i32).sum();
-            a.corr[8 * i + l] = -128 * sum;
         }
     }
 }
@@ -519,30 +494,77 @@ struct Q8Consts {
     bias: __m512i,
 }
 
+/// Four Q8_0 blocks (`bytes`, up to 136) as the Q4 kernels lay out four blocks: `lo` the
+/// first 16 quants of each block, `hi` the last 16 (both `+ 128` as unsigned bytes), `d` of
+/// block `i` in lanes `4i..4i + 4`. The `hi` halves start 16 bytes later, so they are
+/// gathered with the same index from a second (overlapping) load.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn q8_0_group(bytes: &[u8], a: &Act2, c: &Q8Consts, acc: &mut __m512) {
+fn q8_0_unpack(bytes: &[u8], c: &Q8Consts) -> (__m512i, __m512i, __m512) {
+    // The addresses the two-block layout prefetched (each 68-byte half's two lines ahead):
+    // one call per 136 bytes cost SmolLM2 Q6_K decode 124 -> 89 tok/s, a second one at 128
+    // bytes -> 107; these two keep it (121-125, thread CPU time, dev VM).
     prefetch_ahead(bytes);
+    prefetch_ahead(bytes.get(68..).unwrap_or(bytes));
     let (v0, v1) = load_group(bytes);
-    // w + 128 as unsigned bytes; the accumulator starts at -128 * sum x.
-    let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
-    let s = _mm512_dpbusd_epi32(load16i(&a.corr), q, load64(&a.qs));
-    let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
-    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
-    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, load16f(&a.d)), _mm512_cvtepi32_ps(s), *acc);
+    let (u0, u1) = load_group(bytes.get(16..).unwrap_or(&[]));
+    let lo = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
+    let hi = _mm512_xor_si512(_mm512_permutex2var_epi8(u0, c.qs, u1), c.bias);
+    let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+        v0, c.d, v1,
+    )));
+    (
+        lo,
+        hi,
+        _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d4)),
+    )
+}
+
+/// One row's (or one column's) contribution from an unpacked group of four blocks and its
+/// packed activations: two `vpdpbusd` from `-128 * sum x` (`Act4::corr` times 16, set by
+/// [`pack_q8_0`]), then one scale multiply and FMA per four blocks (the 2-block layout this
+/// replaced paid them per two blocks: 64-token prompt matmul 57-59 -> 70-80 GMAC/s,
+/// `kernels_cpu mm`, dev VM; SmolLM2 Q6_K prefill 455 -> 480 tok/s thread CPU time, decode
+/// unchanged). This changes the AVX-512 table's Q8_0 summation order (allowed across tables,
+/// see the cross-table contract); matvec and matmul share it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_step(
+    (lo, hi, d): (__m512i, __m512i, __m512),
+    (xc, xl, xh, xd): (__m512i, __m512i, __m512i, __m512),
+    acc: &mut __m512,
+) {
+    let s = _mm512_dpbusd_epi32(xc, lo, xl);
+    let s = _mm512_dpbusd_epi32(s, hi, xh);
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(s), *acc);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_load(a: &Act4) -> (__m512i, __m512i, __m512i, __m512) {
+    (
+        load16i(&a.corr),
+        load64(&a.lo),
+        load64(&a.hi),
+        load16f(&a.d),
+    )
+}
+
+/// Pack Q8_0 activations as [`pack4`] does, with `corr` (there `-8 * sum x` per lane)
+/// times 16: `-128 * sum x`, the offset of the `+ 128` weights.
+fn pack_q8_0(x: &[BlockQ8_0], out: &mut [Act4]) {
+    pack4(x.iter().map(|b| (&b.qs, b.d, [0, 0])), out);
+    for a in out.iter_mut() {
+        a.corr = a.corr.map(|v| 16 * v);
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], side: Side<'_>) {
-    let mut act = [const { MaybeUninit::<Act2>::uninit() }; MAX_BLOCKS / 2];
-    let act = zeroed(&mut act[..bpr.div_ceil(2)], ACT2_ZERO);
-    pack2(x, act);
-    let c = Q8Consts {
-        qs: load_idx(&QS_Q8_0),
-        d: load_idx(&D_Q8_0),
-        lanes: load_idx(&LANES8),
-        bias: _mm512_set1_epi8(-128),
-    };
+    let mut act = [const { MaybeUninit::<Act4>::uninit() }; MAX_BLOCKS / 4];
+    let act = zeroed(&mut act[..bpr.div_ceil(4)], ACT4_ZERO);
+    pack_q8_0(x, act);
+    let c = q8_consts();
     let row_bytes = bpr * 34;
     let mut rows = blocks_as_bytes(w).chunks_exact(row_bytes);
     let mut side = side.cursor(y.len().div_ceil(2));
@@ -553,9 +575,10 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], sid
         };
         side.step(prefetch_side);
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for ((g0, g1), a) in r0.chunks(68).zip(r1.chunks(68)).zip(act.iter()) {
-            q8_0_group(g0, a, &c, &mut a0);
-            q8_0_group(g1, a, &c, &mut a1);
+        for ((g0, g1), a) in r0.chunks(136).zip(r1.chunks(136)).zip(act.iter()) {
+            let xv = q8_0_load(a);
+            q8_0_step(q8_0_unpack(g0, &c), xv, &mut a0);
+            q8_0_step(q8_0_unpack(g1, &c), xv, &mut a1);
         }
         o[0] = _mm512_reduce_add_ps(a0);
         o[1] = _mm512_reduce_add_ps(a1);
@@ -563,10 +586,21 @@ fn q8_0_rows_tf(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32], sid
     for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
         side.step(prefetch_side);
         let mut a0 = _mm512_setzero_ps();
-        for (g, a) in r.chunks(68).zip(act.iter()) {
-            q8_0_group(g, a, &c, &mut a0);
+        for (g, a) in r.chunks(136).zip(act.iter()) {
+            q8_0_step(q8_0_unpack(g, &c), q8_0_load(a), &mut a0);
         }
         *o = _mm512_reduce_add_ps(a0);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_consts() -> Q8Consts {
+    Q8Consts {
+        qs: load_idx(&QS_Q8_0),
+        d: load_idx(&D_Q8_0),
+        lanes: load_idx(&LANES4),
+        bias: _mm512_set1_epi8(-128),
     }
 }
 
@@ -771,10 +805,6 @@ fn f16_rows_tf(w: &[u8], cols: usize, x: &[f32], y: &mut [f32]) {
 
 // ---- blocked matmul for prompt batches ---------------------------------------------------------
 
-/// Columns (tokens) per pass: each weight group is loaded and unpacked once for `COLS`
-/// activations, so weight traffic and unpacking are divided by `COLS`.
-pub(crate) const COLS: usize = 4;
-
 /// `y[c * rows + r] = dot(w row r, x column c)` for `n = x.len() / bpr` columns (each column
 /// `bpr` contiguous blocks), or `false` if this kernel does not take the shape (the caller
 /// then runs matvecs). `k` must be an AVX-512 kernel table (the proof that the CPU has it).
@@ -795,10 +825,31 @@ pub(crate) fn matmul_q4_1(
     true
 }
 
+/// `$f::<NC>($args)` for the `NC = ncol` columns of a pass (1..=8).
+macro_rules! pass_by_cols {
+    ($ncol:expr, $f:ident, $($a:expr),*) => {
+        match $ncol {
+            1 => $f::<1>($($a),*),
+            2 => $f::<2>($($a),*),
+            3 => $f::<3>($($a),*),
+            4 => $f::<4>($($a),*),
+            5 => $f::<5>($($a),*),
+            6 => $f::<6>($($a),*),
+            7 => $f::<7>($($a),*),
+            _ => $f::<{ avx2::MM_COLS }>($($a),*),
+        }
+    };
+}
+
+/// The prompt matmuls below take up to [`avx2::MM_COLS`] = 8 columns per pass and weight rows
+/// in pairs: one row's loop is bound by the per-column loads of the packed activations, which
+/// a pair shares. Only the packed slots a call uses are initialised (an 8-column buffer for
+/// the longest rows is 147 KB). Column `c` of a pass sits at `act[c * ng..(c + 1) * ng]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: &mut [f32]) {
-    let mut act = [[ACT4_ZERO; MAX_BLOCKS / 4]; COLS];
+    let mut buf = [const { MaybeUninit::<Act4>::uninit() }; avx2::MM_COLS * MAX_BLOCKS / 4];
     let ng = bpr.div_ceil(4);
+    let act = zeroed(&mut buf[..avx2::MM_COLS * ng], ACT4_ZERO);
     let c = Q4Consts {
         qs: load_idx(&QS_Q4_1),
         dm: load_idx(&DM_Q4_1),
@@ -806,40 +857,106 @@ fn matmul_q4_1_tf(w: &[BlockQ4_1], bpr: usize, rows: usize, x: &[BlockQ8_1], y: 
         nib: _mm512_set1_epi8(0x0f),
     };
     let wb = blocks_as_bytes(w);
-    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+    for (xs, ys) in x
+        .chunks(avx2::MM_COLS * bpr)
+        .zip(y.chunks_mut(avx2::MM_COLS * rows))
+    {
         let ncol = (xs.len() / bpr).min(ys.len() / rows);
-        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
-            a[..ng].fill(ACT4_ZERO);
-            pack4(xc.iter().map(|b| (&b.qs, b.d, b.s)), &mut a[..ng]);
+        for (a, xc) in act
+            .chunks_exact_mut(ng)
+            .zip(xs.chunks_exact(bpr))
+            .take(ncol)
+        {
+            a.fill(ACT4_ZERO);
+            pack4(xc.iter().map(|b| (&b.qs, b.d, b.s)), a);
         }
-        for (r, row) in wb.chunks_exact(bpr * 20).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); COLS];
-            let mut accm = [_mm256_setzero_ps(); COLS];
-            for (g, bytes) in row.chunks(80).enumerate() {
-                let (v0, v1) = load_group(bytes);
-                let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
-                let lo = _mm512_and_si512(q, c.nib);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
-                let dm =
-                    _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
-                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
-                // Fixed trip count so the accumulators stay in registers.
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..COLS {
-                    if j < ncol {
-                        let a = &act[j][g];
-                        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load64(&a.lo));
-                        let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
-                        let sc = _mm512_mul_ps(d, load16f(&a.d));
-                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
-                        accm[j] = _mm256_fmadd_ps(dm, load8f(&a.s), accm[j]);
-                    }
+        let p = (wb, bpr * 20, rows, &act[..], ng, &c);
+        pass_by_cols!(ncol, q4_1_pass, p, ys);
+    }
+}
+
+/// A group of four Q4_1 blocks unpacked once for all the columns of a pass.
+struct Q4Unpacked {
+    lo: __m512i,
+    hi: __m512i,
+    dm: __m256,
+    d: __m512,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_unpack(bytes: &[u8], c: &Q4Consts) -> Q4Unpacked {
+    prefetch_ahead(bytes);
+    let (v0, v1) = load_group(bytes);
+    let q = _mm512_permutex2var_epi8(v0, c.qs, v1);
+    let lo = _mm512_and_si512(q, c.nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), c.nib);
+    let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.dm, v0)));
+    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+    Q4Unpacked { lo, hi, dm, d }
+}
+
+/// `q4_1_group`'s arithmetic for one (row, column) on an unpacked group and the column's
+/// loaded activation vectors.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_step(
+    u: &Q4Unpacked,
+    (xl, xh, xd, xs): (__m512i, __m512i, __m512, __m256),
+    acc: &mut __m512,
+    accm: &mut __m256,
+) {
+    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u.lo, xl);
+    let s = _mm512_dpbusd_epi32(s, u.hi, xh);
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(u.d, xd), _mm512_cvtepi32_ps(s), *acc);
+    *accm = _mm256_fmadd_ps(u.dm, xs, *accm);
+}
+
+/// `(weight bytes, row bytes, rows, packed columns, groups per row, constants)`.
+type Pass<'a, A, C> = (&'a [u8], usize, usize, &'a [A], usize, &'a C);
+
+// Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q4_1_pass<const NC: usize>(p: Pass<'_, Act4, Q4Consts>, ys: &mut [f32]) {
+    let (wb, row_bytes, rows, act, ng, c) = p;
+    let load = |a: &Act4| (load64(&a.lo), load64(&a.hi), load16f(&a.d), load8f(&a.s));
+    let mut pairs = wb.chunks_exact(2 * row_bytes);
+    let mut r = 0;
+    for pair in &mut pairs {
+        let (r0, r1) = pair.split_at(row_bytes);
+        let mut acc = [[_mm512_setzero_ps(); NC]; 2];
+        let mut accm = [[_mm256_setzero_ps(); NC]; 2];
+        for (g, (b0, b1)) in r0.chunks(80).zip(r1.chunks(80)).enumerate() {
+            let (u0, u1) = (q4_1_unpack(b0, c), q4_1_unpack(b1, c));
+            for j in 0..NC {
+                let xv = load(&act[j * ng + g]);
+                q4_1_step(&u0, xv, &mut acc[0][j], &mut accm[0][j]);
+                q4_1_step(&u1, xv, &mut acc[1][j], &mut accm[1][j]);
+            }
+        }
+        for j in 0..NC {
+            for h in 0..2 {
+                if let Some(o) = ys.get_mut(j * rows + r + h) {
+                    *o = finish(acc[h][j], accm[h][j]);
                 }
             }
-            for (j, (a, m)) in acc.iter().zip(&accm).take(ncol).enumerate() {
-                if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = finish(*a, *m);
-                }
+        }
+        r += 2;
+    }
+    for row in pairs.remainder().chunks_exact(row_bytes) {
+        let mut acc = [_mm512_setzero_ps(); NC];
+        let mut accm = [_mm256_setzero_ps(); NC];
+        for (g, bytes) in row.chunks(80).enumerate() {
+            let u = q4_1_unpack(bytes, c);
+            for j in 0..NC {
+                q4_1_step(&u, load(&act[j * ng + g]), &mut acc[j], &mut accm[j]);
+            }
+        }
+        for j in 0..NC {
+            if let Some(o) = ys.get_mut(j * rows + r) {
+                *o = finish(acc[j], accm[j]);
             }
         }
     }
@@ -864,43 +981,68 @@ pub(crate) fn matmul_q8_0(
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn matmul_q8_0_tf(w: &[BlockQ8_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    let mut act = [[ACT2_ZERO; MAX_BLOCKS / 2]; COLS];
-    let ng = bpr.div_ceil(2);
-    let c = Q8Consts {
-        qs: load_idx(&QS_Q8_0),
-        d: load_idx(&D_Q8_0),
-        lanes: load_idx(&LANES8),
-        bias: _mm512_set1_epi8(-128),
-    };
+    let mut buf = [const { MaybeUninit::<Act4>::uninit() }; avx2::MM_COLS * MAX_BLOCKS / 4];
+    let ng = bpr.div_ceil(4);
+    let act = zeroed(&mut buf[..avx2::MM_COLS * ng], ACT4_ZERO);
+    let c = q8_consts();
     let wb = blocks_as_bytes(w);
-    for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+    for (xs, ys) in x
+        .chunks(avx2::MM_COLS * bpr)
+        .zip(y.chunks_mut(avx2::MM_COLS * rows))
+    {
         let ncol = (xs.len() / bpr).min(ys.len() / rows);
-        for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
-            a[..ng].fill(ACT2_ZERO);
-            pack2(xc, &mut a[..ng]);
+        for (a, xc) in act
+            .chunks_exact_mut(ng)
+            .zip(xs.chunks_exact(bpr))
+            .take(ncol)
+        {
+            a.fill(ACT4_ZERO);
+            pack_q8_0(xc, a);
         }
-        for (r, row) in wb.chunks_exact(bpr * 34).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); COLS];
-            for (g, bytes) in row.chunks(68).enumerate() {
-                let (v0, v1) = load_group(bytes);
-                let q = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
-                let d2 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(c.d, v0)));
-                let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d2));
-                // Fixed trip count so the accumulators stay in registers.
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..COLS {
-                    if j < ncol {
-                        let a = &act[j][g];
-                        let s = _mm512_dpbusd_epi32(load16i(&a.corr), q, load64(&a.qs));
-                        let sc = _mm512_mul_ps(d, load16f(&a.d));
-                        acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
-                    }
+        let p = (wb, bpr * 34, rows, &act[..], ng, &c);
+        pass_by_cols!(ncol, q8_0_pass, p, ys);
+    }
+}
+
+// Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn q8_0_pass<const NC: usize>(p: Pass<'_, Act4, Q8Consts>, ys: &mut [f32]) {
+    let (wb, row_bytes, rows, act, ng, c) = p;
+    let mut pairs = wb.chunks_exact(2 * row_bytes);
+    let mut r = 0;
+    for pair in &mut pairs {
+        let (r0, r1) = pair.split_at(row_bytes);
+        let mut acc = [[_mm512_setzero_ps(); NC]; 2];
+        for (g, (b0, b1)) in r0.chunks(136).zip(r1.chunks(136)).enumerate() {
+            let (u0, u1) = (q8_0_unpack(b0, c), q8_0_unpack(b1, c));
+            for j in 0..NC {
+                let xv = q8_0_load(&act[j * ng + g]);
+                q8_0_step(u0, xv, &mut acc[0][j]);
+                q8_0_step(u1, xv, &mut acc[1][j]);
+            }
+        }
+        for j in 0..NC {
+            for h in 0..2 {
+                if let Some(o) = ys.get_mut(j * rows + r + h) {
+                    *o = _mm512_reduce_add_ps(acc[h][j]);
                 }
             }
-            for (j, a) in acc.iter().take(ncol).enumerate() {
-                if let Some(o) = ys.get_mut(j * rows + r) {
-                    *o = _mm512_reduce_add_ps(*a);
-                }
+        }
+        r += 2;
+    }
+    for row in pairs.remainder().chunks_exact(row_bytes) {
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for (g, bytes) in row.chunks(136).enumerate() {
+            let u = q8_0_unpack(bytes, c);
+            for j in 0..NC {
+                q8_0_step(u, q8_0_load(&act[j * ng + g]), &mut acc[j]);
+            }
+        }
+        for j in 0..NC {
+            if let Some(o) = ys.get_mut(j * rows + r) {
+                *o = _mm512_reduce_add_ps(acc[j]);
             }
         }
     }

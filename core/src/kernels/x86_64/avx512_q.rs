@@ -23,13 +23,17 @@
 //! repacking). Each 128-bit lane is one 16-element scale group: `vpermw` spreads the scales,
 //! and one `vpdpwssd` multiplies the `vpmaddubsw` pair sums by them and accumulates.
 //!
-//! # Blocked prompt matmuls (`matmul_q5_0`, `matmul_q6_k`)
+//! # Blocked prompt matmuls (`matmul_q5_0`, `matmul_q5_1`, `matmul_q6_k`)
 //!
-//! Prefill runs Q5_0 and Q6_K through blocked matmuls that unpack a weight group (four Q5_0
-//! blocks, as `avx512.rs`'s `matmul_q4_1`) or a Q6_K super-block once for several tokens and
+//! Prefill runs Q5_0, Q5_1 and Q6_K through blocked matmuls that unpack a weight group (four
+//! Q5 blocks) or a Q6_K super-block once for several tokens and
 //! then do, per column, exactly what the row kernel does for it (the same exact integer dot,
 //! the same float scale, FMA lanes and `finish`), so each column is bit-identical to this
-//! table's matvec. Q4_K runs the AVX2 blocked matmul (`avx2_mm.rs`, whose module doc and
+//! table's matvec. The Q5 ones take eight tokens per pass and rows in pairs: a single
+//! row's loop is bound by its per-column activation loads (`lo`, `hi`, `d`, `corr`: four
+//! 64-byte loads per 128 MACs), which a pair shares. `kernels_cpu mm` (64 tokens, one
+//! thread, thread CPU time, GMAC/s, 1536 x 576 / 576 x 1536): Q5_0 50 / 57 (four tokens, one
+//! row) -> 64 / 72; Q5_1 25 / 29 (matvec per token) -> 58 / 68. Q4_K runs the AVX2 blocked matmul (`avx2_mm.rs`, whose module doc and
 //! `bench/README.md` give the prefill figures: SmolLM2 Q4_K_M 199.6 -> 320.3 tok/s, Gemma-3
 //! 270M Q4_K_M 198.6 -> 286.9, one thread).
 //!
@@ -62,7 +66,6 @@
 )]
 use super::avx2::MM_COLS;
 use super::avx2_q;
-use super::avx512::COLS;
 use super::avx512::{
     dm_index, finish, load16f, load16i, load64, load_group, load_idx, pack4, prefetch_ahead,
     qs_index, zeroed, Act4, ACT4_ZERO, LANES4, MAX_BLOCKS,
@@ -270,12 +273,12 @@ mod q5 {
     }
 
     /// Blocked `Y = W X` for Q5_0 weights and Q8_0 activations (prompt tokens; the shapes of
-    /// `avx512::matmul_q4_1`, whose structure this follows): a group of four weight blocks is
-    /// loaded and unpacked once for [`COLS`] tokens, each column's activations packed once
-    /// per pass as the matvec packs them. Per (row, column) the arithmetic is `q5_0_group`'s
-    /// (the same exact integer dot, the same `d_w * d_x` lanes and FMA in group order, and
-    /// `finish` with a zero `m`), so every column is bit-identical to this table's matvec.
-    /// `false` if `k` is not the AVX-512 table or the shape does not fit.
+    /// `avx512::matmul_q4_1`): a group of four weight blocks is loaded and unpacked once for
+    /// up to [`MM_COLS`] = 8 tokens, each column's activations packed once per pass as the
+    /// matvec packs them. Per (row, column) the arithmetic is `q5_0_group`'s (the same exact
+    /// integer dot, the same `d_w * d_x` lanes and FMA in group order, and `finish` with a
+    /// zero `m`), so every column is bit-identical to this table's matvec. `false` if `k` is
+    /// not the AVX-512 table or the shape does not fit.
     pub(in crate::kernels::x86_64) fn matmul_q5_0(
         k: &Kernel,
         w: &[BlockQ5_0],
@@ -289,55 +292,199 @@ mod q5 {
         }
         // SAFETY: a `Kernel` with `isa == Avx512` is only ever created by `avx512::detect`
         // (crate invariant, see `Kernel`), after checking every feature the kernel enables.
-        unsafe { matmul_q5_0_tf(&w[..rows * bpr], bpr, rows, x, y) };
+        unsafe { matmul_q5_tf::<false>(blocks_as_bytes(&w[..rows * bpr]), bpr, rows, x, y) };
         true
     }
 
+    /// As [`matmul_q5_0`] for Q5_1 weights and Q8_1 activations (the per-column `m_w s_x`
+    /// lanes as `q5_1_group` accumulates them).
+    pub(in crate::kernels::x86_64) fn matmul_q5_1(
+        k: &Kernel,
+        w: &[BlockQ5_1],
+        bpr: usize,
+        rows: usize,
+        x: &[BlockQ8_1],
+        y: &mut [f32],
+    ) -> bool {
+        if k.isa != Isa::Avx512 || bpr == 0 || bpr > MAX_BLOCKS || w.len() < rows * bpr {
+            return false;
+        }
+        // SAFETY: as in `matmul_q5_0`.
+        unsafe { matmul_q5_tf::<true>(blocks_as_bytes(&w[..rows * bpr]), bpr, rows, x, y) };
+        true
+    }
+
+    /// What the Q5 matmul needs of an activation block: Q8_0 and Q8_1 alike.
+    pub(super) trait Q8Act {
+        fn parts(&self) -> (&[u8; 32], [u8; 2], [u8; 2]);
+    }
+    impl Q8Act for BlockQ8_0 {
+        fn parts(&self) -> (&[u8; 32], [u8; 2], [u8; 2]) {
+            (&self.qs, self.d, [0; 2])
+        }
+    }
+    impl Q8Act for BlockQ8_1 {
+        fn parts(&self) -> (&[u8; 32], [u8; 2], [u8; 2]) {
+            (&self.qs, self.d, self.s)
+        }
+    }
+
+    /// The Q5 matmul body: `Q51` picks Q5_1 (24-byte blocks, `d` and `m`, no `- 16`) over
+    /// Q5_0 (22-byte blocks, the `- 16` folded into the packed `corr`). The packed columns of
+    /// a pass sit at `act[c * ng..(c + 1) * ng]`; only the slots a call uses are initialised
+    /// (a whole 8 x 64-group buffer is 147 KB).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    fn matmul_q5_0_tf(w: &[BlockQ5_0], bpr: usize, rows: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-        let mut act = [[ACT4_ZERO; MAX_BLOCKS / 4]; COLS];
+    fn matmul_q5_tf<const Q51: bool>(
+        wb: &[u8],
+        bpr: usize,
+        rows: usize,
+        x: &[impl Q8Act],
+        y: &mut [f32],
+    ) {
+        let mut buf = [const { MaybeUninit::<Act4>::uninit() }; MM_COLS * MAX_BLOCKS / 4];
         let ng = bpr.div_ceil(4);
-        let c = consts(&QS_Q5_0, &QH_LO_Q5_0, &QH_HI_Q5_0, &D_Q5_0);
-        let wb = blocks_as_bytes(w);
-        for (xs, ys) in x.chunks(COLS * bpr).zip(y.chunks_mut(COLS * rows)) {
+        let act = zeroed(&mut buf[..MM_COLS * ng], ACT4_ZERO);
+        let c = match Q51 {
+            true => consts(&QS_Q5_1, &QH_LO_Q5_1, &QH_HI_Q5_1, &DM_Q5_1),
+            false => consts(&QS_Q5_0, &QH_LO_Q5_0, &QH_HI_Q5_0, &D_Q5_0),
+        };
+        let bs = if Q51 { 24 } else { 22 };
+        for (xs, ys) in x.chunks(MM_COLS * bpr).zip(y.chunks_mut(MM_COLS * rows)) {
             let ncol = (xs.len() / bpr).min(ys.len() / rows);
-            for (a, xc) in act.iter_mut().zip(xs.chunks_exact(bpr)) {
-                a[..ng].fill(ACT4_ZERO);
-                pack4(xc.iter().map(|b| (&b.qs, b.d, [0; 2])), &mut a[..ng]);
-            }
-            for (r, row) in wb.chunks_exact(bpr * 22).enumerate() {
-                let mut acc = [_mm512_setzero_ps(); COLS];
-                for (g, bytes) in row.chunks(88).enumerate() {
-                    prefetch_ahead(bytes);
-                    let (v0, v1) = load_group(bytes);
-                    let (lo, hi) = q5_quants(v0, v1, &c);
-                    let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
-                        v0, c.dm, v1,
-                    )));
-                    let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(d4));
-                    // Fixed trip count so the accumulators stay in registers.
-                    #[allow(clippy::needless_range_loop)]
-                    for j in 0..COLS {
-                        if j < ncol {
-                            let a = &act[j][g];
-                            let corr = load16i(&a.corr);
-                            let s = _mm512_dpbusd_epi32(
-                                _mm512_add_epi32(corr, corr),
-                                lo,
-                                load64(&a.lo),
-                            );
-                            let s = _mm512_dpbusd_epi32(s, hi, load64(&a.hi));
-                            let sc = _mm512_mul_ps(d, load16f(&a.d));
-                            acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[j]);
-                        }
-                    }
-                }
-                for (j, a) in acc.iter().take(ncol).enumerate() {
-                    if let Some(o) = ys.get_mut(j * rows + r) {
-                        *o = finish(*a, _mm256_setzero_ps());
+            for (a, xc) in act
+                .chunks_exact_mut(ng)
+                .zip(xs.chunks_exact(bpr))
+                .take(ncol)
+            {
+                a.fill(ACT4_ZERO);
+                pack4(xc.iter().map(Q8Act::parts), a);
+                if !Q51 {
+                    // `q5_0_group` starts its dot from `2 * corr` (`-16 * sum x`): the same
+                    // integer, formed once per pass instead of once per row.
+                    for g in a.iter_mut() {
+                        g.corr = g.corr.map(|v| 2 * v);
                     }
                 }
             }
+            let p = (wb, bpr * bs, rows, &act[..], ng, &c);
+            match ncol {
+                1 => q5_pass::<1, Q51>(p, ys),
+                2 => q5_pass::<2, Q51>(p, ys),
+                3 => q5_pass::<3, Q51>(p, ys),
+                4 => q5_pass::<4, Q51>(p, ys),
+                5 => q5_pass::<5, Q51>(p, ys),
+                6 => q5_pass::<6, Q51>(p, ys),
+                7 => q5_pass::<7, Q51>(p, ys),
+                _ => q5_pass::<MM_COLS, Q51>(p, ys),
+            }
+        }
+    }
+
+    /// `(weight bytes, row bytes, rows, packed columns, groups per row, constants)`.
+    type Pass<'a> = (&'a [u8], usize, usize, &'a [Act4], usize, &'a Q5Consts);
+
+    /// A group of four Q5 blocks unpacked once for all the columns of a pass: the low and
+    /// high quants, the f16 scales (and Q5_1 mins) as f32, and `d` spread over the lanes.
+    struct Unpacked {
+        lo: __m512i,
+        hi: __m512i,
+        dm: __m256,
+        d: __m512,
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    #[inline]
+    fn unpack(bytes: &[u8], c: &Q5Consts) -> Unpacked {
+        prefetch_ahead(bytes);
+        let (v0, v1) = load_group(bytes);
+        let (lo, hi) = q5_quants(v0, v1, c);
+        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+            v0, c.dm, v1,
+        )));
+        let d = _mm512_permutexvar_ps(c.lanes, _mm512_castps256_ps512(dm));
+        Unpacked { lo, hi, dm, d }
+    }
+
+    /// One (row, column) step: `q5_0_group` / `q5_1_group`'s arithmetic on an unpacked group
+    /// and the column's activation loads (shared by the rows of a pair).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    #[inline]
+    fn step<const Q51: bool>(
+        u: &Unpacked,
+        s0: __m512i,
+        (xl, xh, xd, xs): (__m512i, __m512i, __m512, __m256),
+        acc: &mut __m512,
+        accm: &mut __m256,
+    ) {
+        let s = _mm512_dpbusd_epi32(s0, u.lo, xl);
+        let s = _mm512_dpbusd_epi32(s, u.hi, xh);
+        *acc = _mm512_fmadd_ps(_mm512_mul_ps(u.d, xd), _mm512_cvtepi32_ps(s), *acc);
+        if Q51 {
+            *accm = _mm256_fmadd_ps(u.dm, xs, *accm);
+        }
+    }
+
+    /// One pass of `NC` columns over every row, rows in pairs (each column's activation
+    /// vectors are loaded once for both rows: the loads, not the arithmetic, bound a single
+    /// row's loop).
+    // Fixed trip counts over `NC` and the pair index keep the accumulators in registers.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    #[inline]
+    fn q5_pass<const NC: usize, const Q51: bool>(p: Pass<'_>, ys: &mut [f32]) {
+        let (wb, row_bytes, rows, act, ng, c) = p;
+        let gb = if Q51 { 96 } else { 88 };
+        let load = |a: &Act4| {
+            let s0 = match Q51 {
+                true => _mm512_setzero_si512(),
+                false => load16i(&a.corr),
+            };
+            let xs = match Q51 {
+                true => super::super::avx512::load8f(&a.s),
+                false => _mm256_setzero_ps(),
+            };
+            (s0, (load64(&a.lo), load64(&a.hi), load16f(&a.d), xs))
+        };
+        let mut pairs = wb.chunks_exact(2 * row_bytes);
+        let mut r = 0;
+        for pair in &mut pairs {
+            let (r0, r1) = pair.split_at(row_bytes);
+            let mut acc = [[_mm512_setzero_ps(); NC]; 2];
+            let mut accm = [[_mm256_setzero_ps(); NC]; 2];
+            for (g, (b0, b1)) in r0.chunks(gb).zip(r1.chunks(gb)).enumerate() {
+                let u0 = unpack(b0, c);
+                let u1 = unpack(b1, c);
+                for j in 0..NC {
+                    let (s0, x) = load(&act[j * ng + g]);
+                    step::<Q51>(&u0, s0, x, &mut acc[0][j], &mut accm[0][j]);
+                    step::<Q51>(&u1, s0, x, &mut acc[1][j], &mut accm[1][j]);
+                }
+            }
+            for j in 0..NC {
+                for h in 0..2 {
+                    if let Some(o) = ys.get_mut(j * rows + r + h) {
+                        *o = finish(acc[h][j], accm[h][j]);
+                    }
+                }
+            }
+            r += 2;
+        }
+        for row in pairs.remainder().chunks_exact(row_bytes) {
+            let mut acc = [_mm512_setzero_ps(); NC];
+            let mut accm = [_mm256_setzero_ps(); NC];
+            for (g, bytes) in row.chunks(gb).enumerate() {
+                let u = unpack(bytes, c);
+                for j in 0..NC {
+                    let (s0, x) = load(&act[j * ng + g]);
+                    step::<Q51>(&u, s0, x, &mut acc[j], &mut accm[j]);
+                }
+            }
+            for j in 0..NC {
+                if let Some(o) = ys.get_mut(j * rows + r) {
+                    *o = finish(acc[j], accm[j]);
+                }
+            }
+            r += 1;
         }
     }
 }

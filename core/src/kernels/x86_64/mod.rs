@@ -10,6 +10,7 @@ pub mod avx2;
 mod avx2_mm;
 mod avx2_q;
 pub mod avx512;
+mod avx512_act;
 mod avx512_q;
 
 use core::arch::x86_64::{__cpuid, __cpuid_count, _mm_prefetch, _xgetbv, _MM_HINT_T1};
