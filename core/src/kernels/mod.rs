@@ -615,6 +615,7 @@ pub struct Kernel {
     /// `g = silu(g) * u` elementwise, bit-identical to [`reference::swiglu`] on every table.
     pub(crate) swiglu: fn(g: &mut [f32], u: &[f32]),
     /// `g = gelu_tanh(g) * u` elementwise, bit-identical to [`reference::geglu`] on every table.
+    #[cfg(feature = "arch-gemma")]
     pub(crate) geglu: fn(g: &mut [f32], u: &[f32]),
     /// Q8_K activations (K-quant and IQ4_XS dots).
     #[cfg(any(feature = "quant-k", feature = "quant-iq4"))]
@@ -706,6 +707,7 @@ impl Kernel {
 
     /// GeGLU's elementwise step `g[i] = gelu_tanh(g[i]) * u[i]` (Gemma), as
     /// [`Kernel::swiglu`]: bit-identical to [`reference::geglu`] on every table. Never panics.
+    #[cfg(feature = "arch-gemma")]
     pub fn geglu(&self, g: &mut [f32], u: &[f32]) {
         self.mark();
         (self.geglu)(g, u);

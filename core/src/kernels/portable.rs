@@ -48,6 +48,7 @@ pub static KERNEL: Kernel = Kernel {
     #[cfg(feature = "quant-iq4")]
     iq4_xs: rows_oracle::<crate::quant::BlockIQ4_XS>,
     swiglu: crate::kernels::reference::swiglu,
+    #[cfg(feature = "arch-gemma")]
     geglu: crate::kernels::reference::geglu,
     mm_q4_0: None,
     mm_q4_1: None,

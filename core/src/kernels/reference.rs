@@ -360,6 +360,7 @@ pub fn silu(x: f32) -> f32 {
 
 /// GeGLU's elementwise step (Gemma), `g[i] = gelu_tanh(g[i]) * u[i]`: the formula every
 /// table's `geglu` reproduces bit for bit (as [`swiglu`]).
+#[cfg(feature = "arch-gemma")]
 pub fn geglu(g: &mut [f32], u: &[f32]) {
     for (g, u) in g.iter_mut().zip(u) {
         *g = gelu_tanh(*g) * u;
@@ -367,6 +368,7 @@ pub fn geglu(g: &mut [f32], u: &[f32]) {
 }
 
 /// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+#[cfg(feature = "arch-gemma")]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))

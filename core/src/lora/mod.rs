@@ -267,8 +267,7 @@ impl<'a> Adapter<'a> {
                 Some(sfp) if sfp != base_shape_fingerprint(base) => {
                     return Err(Error::new(
                         ErrorKind::BadValue,
-                        "adapter was converted for a base with other tensors or shapes; \
-                         convert it again against this base",
+                        "adapter fits a base of other shapes; convert it for this one",
                     )
                     .named(SHAPE_FINGERPRINT_KEY.as_bytes()));
                 }
@@ -277,11 +276,9 @@ impl<'a> Adapter<'a> {
                     return Err(Error::new(
                         ErrorKind::BadValue,
                         if dora {
-                            "DoRA adapter was converted for a base with other weights (its row \
-                             norms fit that base only); convert it again with this base"
+                            "DoRA adapter fits other base weights; convert it for this base"
                         } else {
-                            "adapter was converted for a different base model; if this is a \
-                             re-quantised copy of it, convert the adapter again with this base"
+                            "adapter was converted for another base; convert it for this one"
                         },
                     )
                     .named(FINGERPRINT_KEY.as_bytes()));
@@ -773,44 +770,40 @@ fn read_u64(g: &Gguf<'_>, key: &'static str) -> Result<Option<u64>> {
 /// tensor's name and dims, not types or data, so it is the same for every quantisation of one
 /// model (and for every fine-tune of the same architecture and size).
 pub fn base_shape_fingerprint(g: &Gguf<'_>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(g.get_str("general.architecture").unwrap_or("").as_bytes());
-    for t in g.tensors() {
-        eat(t.name.as_bytes());
-        for d in t.dims() {
-            eat(&d.to_le_bytes());
-        }
-    }
-    h
+    fingerprint(g, false)
 }
 
 /// A 64-bit fingerprint of a base model: FNV-1a over the architecture, every tensor's name,
 /// type and dims, and up to 256 bytes from the start and end of each tensor's data. Cheap
 /// enough for a microcontroller at load time and different for any two real fine-tunes.
 pub fn base_fingerprint(g: &Gguf<'_>) -> u64 {
+    fingerprint(g, true)
+}
+
+/// The two fingerprints' one loop (one copy in a firmware image): with `bytes`, each tensor's
+/// type and data ends are hashed after its name and dims.
+fn fingerprint(g: &Gguf<'_>, bytes: bool) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= x as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
     eat(g.get_str("general.architecture").unwrap_or("").as_bytes());
     for t in g.tensors() {
         eat(t.name.as_bytes());
-        eat(&t.ty.id().to_le_bytes());
+        if bytes {
+            eat(&t.ty.id().to_le_bytes());
+        }
         for d in t.dims() {
             eat(&d.to_le_bytes());
         }
-        let n = t.data.len();
-        eat(&t.data[..n.min(256)]);
-        eat(&t.data[n.saturating_sub(256)..]);
+        if bytes {
+            let n = t.data.len();
+            eat(&t.data[..n.min(256)]);
+            eat(&t.data[n.saturating_sub(256)..]);
+        }
     }
     h
 }

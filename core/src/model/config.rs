@@ -275,6 +275,13 @@ impl Config {
         let Some(mut arch) = Arch::for_name(name) else {
             return Err(Error::new(ErrorKind::UnsupportedArch, UNSUPPORTED).named(name.as_bytes()));
         };
+        if arch.ffn == Ffn::GeGluTanh && !cfg!(feature = "arch-gemma") {
+            return Err(Error::new(
+                ErrorKind::UnsupportedArch,
+                "general.architecture (needs cargo feature arch-gemma)",
+            )
+            .named(name.as_bytes()));
+        }
         let arch_name = arch.name;
         let key = |s: &str| Key::new(arch_name, s);
         let bad = |k: &Key| {

@@ -328,46 +328,36 @@ pub(super) fn attend(
     for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kvo = (h / a.group) * hd;
         // Scores, in position order. F32 rows: eight keys' dots in flight per run (`scores`,
-        // each key summed in `dot`'s order, so the same bits).
-        if let Rows::F32(k) = k {
-            let mut i = 0;
-            for (r0, n) in runs {
-                let (Some(kr), Some(ar)) =
-                    (k.get(r0 * kv_dim..(r0 + n) * kv_dim), att.get_mut(i..i + n))
-                else {
-                    return false;
-                };
-                super::scores(qh, kr, kv_dim, kvo, a.scale, ar);
-                i += n;
-            }
-        }
+        // each key summed in `dot`'s order, so the same bits); F16 / Q8_0 rows: the table's
+        // row dot per position.
         let mut i = 0;
         for (r0, n) in runs {
-            if let Rows::F32(_) = k {
-                break;
-            }
-            for t in r0..r0 + n {
-                let Some(s) = att.get_mut(i) else {
-                    return false;
-                };
-                i += 1;
-                *s = match k {
-                    Rows::F32(k) => match k.get(t * kv_dim + kvo..t * kv_dim + kvo + hd) {
-                        Some(kt) => super::dot(qh, kt) * a.scale,
-                        None => return false,
-                    },
-                    #[cfg(feature = "kv-quant")]
-                    Rows::F16(k) => {
+            let Some(ar) = att.get_mut(i..i + n) else {
+                return false;
+            };
+            i += n;
+            match k {
+                Rows::F32(k) => {
+                    let Some(kr) = k.get(r0 * kv_dim..(r0 + n) * kv_dim) else {
+                        return false;
+                    };
+                    super::scores(qh, kr, kv_dim, kvo, a.scale, ar);
+                }
+                #[cfg(feature = "kv-quant")]
+                Rows::F16(k) => {
+                    for (s, t) in ar.iter_mut().zip(r0..r0 + n) {
                         let o = (t * kv_dim + kvo) * 2;
                         let Some(kt) = k.get(o..o + hd * 2) else {
                             return false;
                         };
                         let mut y = [0.0f32];
                         (a.kern.f16)(kt, hd, qh, &mut y);
-                        y[0] * a.scale
+                        *s = y[0] * a.scale;
                     }
-                    #[cfg(feature = "kv-quant")]
-                    Rows::Q8(k) => {
+                }
+                #[cfg(feature = "kv-quant")]
+                Rows::Q8(k) => {
+                    for (s, t) in ar.iter_mut().zip(r0..r0 + n) {
                         let o = (t * kv_dim + kvo) / 32;
                         let (Some(kt), Some(qt)) = (k.get(o..o + qb), qq.get(h * qb..(h + 1) * qb))
                         else {
@@ -375,9 +365,9 @@ pub(super) fn attend(
                         };
                         let mut y = [0.0f32];
                         (a.kern.q8_0)(kt, qb, qt, &mut y);
-                        y[0] * a.scale
+                        *s = y[0] * a.scale;
                     }
-                };
+                }
             }
         }
         if a.cap > 0.0 {

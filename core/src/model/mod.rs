@@ -801,10 +801,19 @@ impl<'w, const L: usize> Model<'w, L> {
                     KernelMode::Reference => kernels::reference::swiglu(bhb, bhb2),
                     KernelMode::Fast => kern.swiglu(bhb, bhb2),
                 },
+                #[cfg(feature = "arch-gemma")]
                 Ffn::GeGluTanh => match mode {
                     KernelMode::Reference => kernels::reference::geglu(bhb, bhb2),
                     KernelMode::Fast => kern.geglu(bhb, bhb2),
                 },
+                // `Config::from_gguf` refuses Gemma files in such a build.
+                #[cfg(not(feature = "arch-gemma"))]
+                Ffn::GeGluTanh => {
+                    return Err(Error::new(
+                        ErrorKind::UnsupportedArch,
+                        "needs cargo feature arch-gemma",
+                    ))
+                }
             }
             obs.tensor("ffn_act", Some(l), pos0, n, bhb);
             let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
@@ -999,8 +1008,16 @@ fn rmsnorm_inplace(x: &mut [f32], w: VecRef<'_>, eps: f32) {
 }
 
 /// `c tanh(x / c)`.
+#[cfg(feature = "arch-gemma")]
 fn softcap(x: f32, c: f32) -> f32 {
     c * libm::tanhf(x / c)
+}
+
+/// Soft-caps are Gemma 2's, whose files a build without `arch-gemma` refuses at load
+/// (`Config::from_gguf`), so a cap is never set here; leaving `tanhf` out saves firmware flash.
+#[cfg(not(feature = "arch-gemma"))]
+fn softcap(x: f32, _c: f32) -> f32 {
+    x
 }
 
 /// `out = x / rms(x) * w`.
@@ -1021,6 +1038,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// of `k`. Eight keys at a time, each dot still summed in `dot`'s order (so the bits are
 /// `dot`'s): a single dot is one chain of dependent adds, and eight chains in flight hide
 /// the add latency (attention was 15% of a 64-token prefill with one chain).
+///
+/// On 32-bit microcontroller targets (no SIMD, few registers, a flash budget) it is the plain
+/// loop: the same bits, a fraction of the code.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn scores(q: &[f32], k: &[f32], kv_dim: usize, kvo: usize, scale: f32, att: &mut [f32]) {
+    let hd = q.len();
+    for (a, kt) in att.iter_mut().zip(k.chunks_exact(kv_dim.max(1))) {
+        if let Some(kt) = kt.get(kvo..kvo + hd) {
+            *a = dot(q, kt) * scale;
+        }
+    }
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn scores(q: &[f32], k: &[f32], kv_dim: usize, kvo: usize, scale: f32, att: &mut [f32]) {
     const N: usize = 8;
     let hd = q.len();

@@ -85,10 +85,41 @@ macro_rules! ggml_types {
                 }
             }
 
-            /// This type's row: (name, block length, block bytes, feature, built).
-            const fn row(self) -> (&'static str, usize, usize, Option<&'static str>, bool) {
+            /// Upper-case ggml name (`"Q4_1"`).
+            pub const fn name(self) -> &'static str {
                 match self {
-                    $(GgmlType::$v => ($name, $bl, $bb, $feat, $built),)*
+                    $(GgmlType::$v => $name,)*
+                }
+            }
+
+            /// Elements per block (1 for plain types).
+            pub const fn block_len(self) -> usize {
+                match self {
+                    $(GgmlType::$v => $bl,)*
+                }
+            }
+
+            /// Bytes per block.
+            pub const fn block_bytes(self) -> usize {
+                match self {
+                    $(GgmlType::$v => $bb,)*
+                }
+            }
+
+            /// The cargo feature that builds this type's kernels, for error messages (`None`
+            /// if the type has no feature: always built, or never runnable).
+            pub const fn feature(self) -> Option<&'static str> {
+                match self {
+                    $(GgmlType::$v => $feat,)*
+                }
+            }
+
+            /// True if the kernels in this build can run matrices of this type (the K-quant,
+            /// Q5 and IQ4 families need their cargo features: `quant-k`, `quant-q5`,
+            /// `quant-iq4`).
+            pub const fn is_supported(self) -> bool {
+                match self {
+                    $(GgmlType::$v => $built,)*
                 }
             }
         }
@@ -126,38 +157,11 @@ impl GgmlType {
         self as u32
     }
 
-    /// Elements per block (1 for plain types).
-    pub const fn block_len(self) -> usize {
-        self.row().1
-    }
-
-    /// Bytes per block.
-    pub const fn block_bytes(self) -> usize {
-        self.row().2
-    }
-
-    /// Upper-case ggml name (`"Q4_1"`).
-    pub const fn name(self) -> &'static str {
-        self.row().0
-    }
-
     /// Parse a ggml type name, case-insensitively (`"q8_0"`).
     pub fn from_name(s: &str) -> Option<GgmlType> {
         (0..=30u32)
             .filter_map(GgmlType::from_id)
             .find(|t| t.name().eq_ignore_ascii_case(s))
-    }
-
-    /// True if the kernels in this build can run matrices of this type (the K-quant, Q5 and
-    /// IQ4 families need their cargo features: `quant-k`, `quant-q5`, `quant-iq4`).
-    pub const fn is_supported(self) -> bool {
-        self.row().4
-    }
-
-    /// The cargo feature that builds this type's kernels, for error messages (`None` if the
-    /// type has no feature: always built, or never runnable).
-    pub const fn feature(self) -> Option<&'static str> {
-        self.row().3
     }
 
     /// Bytes taken by one row of `n` elements, or `None` if `n` is not a whole number of

@@ -293,7 +293,7 @@ fn every_command_runs_every_architecture_with_adapters_on_every_table() {
                     c.arch
                 );
                 assert!(
-                    err.contains("convert it again"),
+                    err.contains("convert it for this base"),
                     "{}: unclear refusal: {err}",
                     c.arch
                 );

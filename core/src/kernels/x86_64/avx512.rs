@@ -57,6 +57,7 @@ static KERNEL: Kernel = Kernel {
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
     swiglu: super::avx512_act::swiglu,
+    #[cfg(feature = "arch-gemma")]
     geglu: super::avx512_act::geglu,
     side: Some(SideRows {
         q4_0: q4_0_rows_side,

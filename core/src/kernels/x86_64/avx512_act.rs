@@ -126,11 +126,13 @@ fn expf(t: __m512) -> (__m512, u16) {
 
 /// `g[i] = gelu_tanh(g[i]) * u[i]`, bit-identical to [`reference::geglu`]. Reachable only
 /// through the AVX-512 table.
+#[cfg(feature = "arch-gemma")]
 pub(super) fn geglu(g: &mut [f32], u: &[f32]) {
     // SAFETY: as in `swiglu`.
     unsafe { geglu_tf(g, u) }
 }
 
+#[cfg(feature = "arch-gemma")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn geglu_tf(g: &mut [f32], u: &[f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -164,6 +166,7 @@ fn geglu_tf(g: &mut [f32], u: &[f32]) {
 /// `libm::tanhf` (FreeBSD `s_tanhf.c`) on every lane with `2^-24 <= |z|` and `z` not NaN,
 /// and the mask of the other lanes (recomputed by the caller). `|z| > 10` gives `+-1`;
 /// below, `expm1f(+-2|z|)` as `libm` picks the sign, and `libm`'s three formulas.
+#[cfg(feature = "arch-gemma")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn tanhf(z: __m512) -> (__m512, u16) {
@@ -200,6 +203,7 @@ fn tanhf(z: __m512) -> (__m512, u16) {
 /// (what [`tanhf`] passes): no special cases, `k` in `-1..=29`, so of `libm`'s results only
 /// `k = 0`, `k = -1`, `k = 1` and `1 < k <= 56` (two forms, split at `k = 23`) occur; each
 /// lane computes them all and keeps its own.
+#[cfg(feature = "arch-gemma")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
 fn expm1f(v: __m512) -> __m512 {
