@@ -156,7 +156,7 @@ fn bind_rejects_mismatches() {
     let mut slots = vec![None; n];
     let e = a.bind(&base, &model, &mut slots).unwrap_err();
     assert_eq!(e.kind(), K::BadValue);
-    assert!(e.to_string().contains("different base"), "{e}");
+    assert!(e.to_string().contains("another base"), "{e}");
     assert!(
         slots.iter().all(|s| s.is_none()),
         "failed bind must not fill slots"
