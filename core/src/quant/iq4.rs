@@ -305,7 +305,7 @@ fn pack_iq4(l: &[u8], qs: &mut [u8]) {
 }
 
 /// Quantise to IQ4_NL as `ggml_quantize_chunk` does (ggml `quantize_iq4_nl`, no importance
-/// matrix): [`iq4_group_scales`]'s search, the winning scale stored as f16, and the indices
+/// matrix): `iq4_group_scales`'s search, the winning scale stored as f16, and the indices
 /// re-picked for the f32 winner (an all-tiny block: `d = 0`, every index 8, the level nearest 0).
 pub fn quantize_iq4_nl(x: &[f32], y: &mut [BlockIQ4_NL]) {
     let mut l = [0u8; QK_K];
@@ -321,7 +321,7 @@ pub fn quantize_iq4_nl(x: &[f32], y: &mut [BlockIQ4_NL]) {
 }
 
 /// Quantise to IQ4_XS as `ggml_quantize_chunk` does (ggml `quantize_iq4_xs`, no importance
-/// matrix): per 32-group scales from [`iq4_group_scales`], the super-block scale
+/// matrix): per 32-group scales from `iq4_group_scales`, the super-block scale
 /// `d = -max_scale / 32` (f16) with 6-bit group scales `clamp(round(s / d), -32, 31) + 32`, and
 /// the indices re-picked for each group's stored scale `d * l` (in f32, before f16 rounding of `d`,
 /// as the C does).
