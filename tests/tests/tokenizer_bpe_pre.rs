@@ -16,6 +16,9 @@ use edgelora::tokenizer::{
 use edgelora::ErrorKind;
 use serde_json::Value;
 
+mod common;
+use common::{enc, json_u32s, stream_decode};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tokenizer");
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -24,39 +27,6 @@ fn fixture(name: &str) -> Vec<u8> {
 
 fn refs() -> Value {
     serde_json::from_slice(&fixture("bpe_pre_refs.json")).unwrap()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// Encode with a generous buffer.
-fn enc<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, text: &str, special: bool) -> Vec<u32> {
-    let mut out = vec![0u32; Tokenizer::encode_buf_len(text.len())];
-    let n = tok
-        .encode(text, special, &mut out)
-        .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-    out.truncate(n);
-    out
-}
-
-/// Decode one id at a time with the streaming decoder (every chunk whole UTF-8).
-fn stream_decode<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, ids: &[u32]) -> String {
-    let mut dec = tok.decoder();
-    let mut s = Vec::new();
-    let mut buf = vec![0u8; tok.max_token_bytes() * 3 + 3];
-    for &id in ids {
-        let n = dec.push(id, &mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..n]).is_ok());
-        s.extend_from_slice(&buf[..n]);
-    }
-    let n = dec.finish(&mut buf).unwrap();
-    s.extend_from_slice(&buf[..n]);
-    String::from_utf8(s).unwrap()
 }
 
 /// Every string: `tokenizers`' ids with `parse_special`, llama.cpp's without it where the two
@@ -82,7 +52,7 @@ fn check_against_refs(name: &str, pre: PreTokenizer) {
     let mut failures = Vec::new();
     for case in r["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let hf = ids_of(&case["ids"]);
+        let hf = json_u32s(&case["ids"]);
         let ours = enc(&tok, text, true);
         n += 1;
         if ours == hf {
@@ -90,7 +60,9 @@ fn check_against_refs(name: &str, pre: PreTokenizer) {
         } else {
             failures.push(format!("{text:?}: ours {ours:?}, tokenizers {hf:?}"));
         }
-        let llama = case.get("ids_llamacpp").map_or_else(|| hf.clone(), ids_of);
+        let llama = case
+            .get("ids_llamacpp")
+            .map_or_else(|| hf.clone(), json_u32s);
         llama_ok += (ours == llama) as usize;
         assert_eq!(
             llama != hf,
@@ -100,7 +72,7 @@ fn check_against_refs(name: &str, pre: PreTokenizer) {
         nfc += case.get("ids_nfc").is_some() as usize;
         // Without parse_special, control tokens are text (llama.cpp's special=false).
         if !disagreements.contains(&text) {
-            let plain = case.get("ids_plain").map_or(llama, ids_of);
+            let plain = case.get("ids_plain").map_or(llama, json_u32s);
             assert_eq!(
                 enc(&tok, text, false),
                 plain,
@@ -152,7 +124,10 @@ fn special_tokens_and_bos_rules() {
     assert!(l3.add_bos());
     assert!(refs["llama3"]["add_bos_llamacpp"].as_bool().unwrap());
     assert_eq!(l3.bos_id(), Some(id("<|begin_of_text|>")));
-    assert_eq!(vec![l3.bos_id().unwrap()], ids_of(&refs["llama3"]["bos"]));
+    assert_eq!(
+        vec![l3.bos_id().unwrap()],
+        json_u32s(&refs["llama3"]["bos"])
+    );
     assert_eq!(l3.eos_id(), Some(id("<|eot_id|>")));
     for t in [
         "<|begin_of_text|>",
@@ -287,7 +262,7 @@ fn builtin_chat_formats_match_transformers() {
             }
             assert_eq!(s, want, "{name} {msgs:?} {gen}");
             ids.extend(enc(&tok, &s, true));
-            assert_eq!(ids, ids_of(&r["ids"]), "{name} {msgs:?} {gen}");
+            assert_eq!(ids, json_u32s(&r["ids"]), "{name} {msgs:?} {gen}");
             n += 1;
         }
     }
@@ -377,7 +352,7 @@ fn real_vocabularies_match_llama_cpp_test_files() {
         let mut differ = Vec::new();
         for case in refs[name]["cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
-            let ids = ids_of(&case["ids"]);
+            let ids = json_u32s(&case["ids"]);
             let ours = enc(&tok, text, true);
             n += 1;
             if ours == ids {
@@ -387,8 +362,8 @@ fn real_vocabularies_match_llama_cpp_test_files() {
                 assert!(known, "{name} {text:?}: ours {ours:?}, llama.cpp {ids:?}");
                 differ.push(text);
             }
-            let plain = case.get("ids_plain").map_or(ids, ids_of);
-            if ours == ids_of(&case["ids"]) {
+            let plain = case.get("ids_plain").map_or(ids, json_u32s);
+            if ours == json_u32s(&case["ids"]) {
                 assert_eq!(enc(&tok, text, false), plain, "{name} {text:?}");
             }
             assert_eq!(tok.decode_to_string(&ours).unwrap(), text);

@@ -14,6 +14,9 @@ use edgelora::format::gguf::Gguf;
 use edgelora::tokenizer::{TokenType, Tokenizer, TokenizerKind};
 use serde_json::Value;
 
+mod common;
+use common::{enc, json_u32s, stream_decode};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tokenizer");
 const GEMMA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -23,38 +26,6 @@ const GEMMA: &str = concat!(
 fn json(name: &str) -> Value {
     let b = std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"));
     serde_json::from_slice(&b).unwrap()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn enc<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, text: &str, special: bool) -> Vec<u32> {
-    let mut out = vec![0u32; Tokenizer::encode_buf_len(text.len())];
-    let n = tok
-        .encode(text, special, &mut out)
-        .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-    out.truncate(n);
-    out
-}
-
-/// Decode one id at a time with the streaming decoder; every chunk must be whole UTF-8.
-fn stream_decode<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, ids: &[u32]) -> String {
-    let mut dec = tok.decoder();
-    let mut s = Vec::new();
-    let mut buf = vec![0u8; tok.max_token_bytes() * 3 + 3];
-    for &id in ids {
-        let n = dec.push(id, &mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..n]).is_ok());
-        s.extend_from_slice(&buf[..n]);
-    }
-    let n = dec.finish(&mut buf).unwrap();
-    s.extend_from_slice(&buf[..n]);
-    String::from_utf8(s).unwrap()
 }
 
 /// Figures of one comparison run.
@@ -75,8 +46,10 @@ fn compare<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, refs: &Value) -> Tally {
     let mut t = Tally::default();
     for case in refs["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want = ids_of(&case["ids"]);
-        let want_plain = case.get("ids_plain").map_or_else(|| want.clone(), ids_of);
+        let want = json_u32s(&case["ids"]);
+        let want_plain = case
+            .get("ids_plain")
+            .map_or_else(|| want.clone(), json_u32s);
         t.strings += 1;
         let ours = enc(tok, text, true);
         if ours == want {
@@ -125,7 +98,7 @@ fn check_gemma_settings<S: AsRef<[u32]>>(tok: &Tokenizer<'_, S>, refs: &Value) {
     assert_eq!(tok.kind(), TokenizerKind::Spm);
     assert!(tok.add_bos(), "Gemma's add_bos_token is true");
     assert!(!tok.add_space_prefix(), "Gemma's add_space_prefix is false");
-    assert_eq!(tok.bos_id(), Some(ids_of(&refs["bos"])[0]));
+    assert_eq!(tok.bos_id(), Some(json_u32s(&refs["bos"])[0]));
     let sot = tok.token_id("<start_of_turn>").unwrap();
     let eot = tok.token_id("<end_of_turn>").unwrap();
     assert_eq!(tok.token_type(sot).unwrap(), TokenType::Control);

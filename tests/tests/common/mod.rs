@@ -179,3 +179,35 @@ pub fn json_f64_rows(v: &serde_json::Value) -> Vec<Vec<f64>> {
     let a = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
     a.iter().map(json_f64s).collect()
 }
+
+/// Encode `text` with a generous output buffer (panics with the text on a tokenizer error).
+pub fn enc<S: AsRef<[u32]>>(
+    tok: &edgelora::tokenizer::Tokenizer<'_, S>,
+    text: &str,
+    special: bool,
+) -> Vec<u32> {
+    let mut out = vec![0u32; edgelora::tokenizer::Tokenizer::encode_buf_len(text.len())];
+    let n = tok
+        .encode(text, special, &mut out)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    out.truncate(n);
+    out
+}
+
+/// Decode one id at a time with the streaming decoder; every chunk must be whole UTF-8.
+pub fn stream_decode<S: AsRef<[u32]>>(
+    tok: &edgelora::tokenizer::Tokenizer<'_, S>,
+    ids: &[u32],
+) -> String {
+    let mut dec = tok.decoder();
+    let mut s = Vec::new();
+    let mut buf = vec![0u8; tok.max_token_bytes() * 3 + 3];
+    for &id in ids {
+        let n = dec.push(id, &mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..n]).is_ok());
+        s.extend_from_slice(&buf[..n]);
+    }
+    let n = dec.finish(&mut buf).unwrap();
+    s.extend_from_slice(&buf[..n]);
+    String::from_utf8(s).unwrap()
+}
