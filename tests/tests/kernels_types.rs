@@ -291,13 +291,13 @@ fn q8_k_quantiser_matches_the_oracle_on_ties() {
     }
 }
 
-/// Every table's SwiGLU and GeGLU steps are bit-identical to `reference::swiglu` /
-/// `reference::geglu` (the AVX-512 ones run `libm::expf`'s / `tanhf`'s operations on lanes,
+/// Every table's SwiGLU, GeGLU and softmax exponential steps are bit-identical to
+/// `reference::swiglu` / `reference::geglu` / `reference::exp_shifted` (the AVX-512 ones run `libm::expf`'s / `tanhf`'s operations on lanes,
 /// with a scalar fallback for the lanes outside their range): random values of every magnitude, both sides of every bound `libm::expf` branches
 /// on (`|t|` = 2^-14, 0.5 ln2, 1.5 ln2, 87.34, 88.72, 103.97), zeros, subnormals, infinities
 /// and NaN, at every lane position and with a scalar tail.
 #[test]
-fn swiglu_and_geglu_match_the_reference_bit_for_bit() {
+fn swiglu_geglu_and_exp_match_the_reference_bit_for_bit() {
     let _ran = RAN.lock().unwrap_or_else(|e| e.into_inner());
     let bounds: [u32; 6] = [
         0x3900_0000,
@@ -354,11 +354,17 @@ fn swiglu_and_geglu_match_the_reference_bit_for_bit() {
         .collect();
     type Step = fn(&kernels::Kernel, &mut [f32], &[f32]);
     type Reference = fn(&mut [f32], &[f32]);
-    let steps: [(&str, Reference, Step); 2] = [
+    let steps: [(&str, Reference, Step); 3] = [
         ("swiglu", kernels::reference::swiglu, |k, g, u| {
             k.swiglu(g, u)
         }),
         ("geglu", kernels::reference::geglu, |k, g, u| k.geglu(g, u)),
+        // Softmax's step with m = 0 (so `x - m` is `x` and every bound above is hit).
+        (
+            "exp_shifted",
+            |g, _| kernels::reference::exp_shifted(g, 0.0),
+            |k, g, _| k.exp_shifted(g, 0.0),
+        ),
     ];
     for (name, reference, step) in steps {
         let mut want = g.clone();

@@ -76,6 +76,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub(crate) mod attn;
 mod input;
 pub mod types;
 pub use input::{
@@ -614,6 +615,12 @@ pub struct Kernel {
     pub(crate) quantize_q8_1: QuantFn<BlockQ8_1>,
     /// `g = silu(g) * u` elementwise, bit-identical to [`reference::swiglu`] on every table.
     pub(crate) swiglu: fn(g: &mut [f32], u: &[f32]),
+    /// `x = e^(x - m)` elementwise, bit-identical to [`reference::exp_shifted`] on every table.
+    pub(crate) exp_shifted: fn(x: &mut [f32], m: f32),
+    /// Attention scores over cached rows, bit-identical to [`attn::scores`] on every table.
+    pub(crate) attn_scores: attn::ScoresFn,
+    /// Attention's weighted sum of cached rows, bit-identical to [`attn::wsum`] on every table.
+    pub(crate) attn_wsum: attn::WsumFn,
     /// `g = gelu_tanh(g) * u` elementwise, bit-identical to [`reference::geglu`] on every table.
     #[cfg(feature = "arch-gemma")]
     pub(crate) geglu: fn(g: &mut [f32], u: &[f32]),
@@ -703,6 +710,13 @@ impl Kernel {
     pub fn swiglu(&self, g: &mut [f32], u: &[f32]) {
         self.mark();
         (self.swiglu)(g, u);
+    }
+
+    /// Softmax's exponentials `x[i] = e^(x[i] - m)`: bit-identical to
+    /// [`reference::exp_shifted`] (`libm::expf`) on every table. Never panics.
+    pub fn exp_shifted(&self, x: &mut [f32], m: f32) {
+        self.mark();
+        (self.exp_shifted)(x, m);
     }
 
     /// GeGLU's elementwise step `g[i] = gelu_tanh(g[i]) * u[i]` (Gemma), as
@@ -1180,6 +1194,19 @@ impl Kernel {
         let n = (x.len() / QK).min(y.len());
         self.mark();
         (self.quantize_q8_1)(&x[..n * QK], &mut y[..n]);
+    }
+}
+
+/// Attention's score dot `q . k` in the one order every table uses (sixteen lanes, then a
+/// pairwise fold; see the `attn` module): what the model's attention computes per key before
+/// the scale, for code that re-traces the forward pass (the CUDA crate's CPU trace).
+pub fn attention_dot(q: &[f32], k: &[f32]) -> f32 {
+    let n = q.len().min(k.len());
+    let mut out = [0.0f32];
+    if attn::scores(&q[..n], attn::Elems::F32(&k[..n]), n, 1.0, &mut out) {
+        out[0]
+    } else {
+        0.0
     }
 }
 

@@ -48,6 +48,9 @@ pub static KERNEL: Kernel = Kernel {
     #[cfg(feature = "quant-iq4")]
     iq4_xs: rows_oracle::<crate::quant::BlockIQ4_XS>,
     swiglu: crate::kernels::reference::swiglu,
+    exp_shifted: crate::kernels::reference::exp_shifted,
+    attn_scores: crate::kernels::attn::scores,
+    attn_wsum: crate::kernels::attn::wsum,
     #[cfg(feature = "arch-gemma")]
     geglu: crate::kernels::reference::geglu,
     mm_q4_0: None,

@@ -353,6 +353,14 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Softmax's exponentials `x[i] = e^(x[i] - m)` (`libm::expf`): the formula every table's
+/// `exp_shifted` reproduces bit for bit.
+pub fn exp_shifted(x: &mut [f32], m: f32) {
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - m);
+    }
+}
+
 /// `x / (1 + e^-x)`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + libm::expf(-x))

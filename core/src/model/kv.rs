@@ -27,8 +27,9 @@
 //! Regions live in the state's `f32` words; F16 and Q8_0 rows are viewed as bytes (`u8` has
 //! no alignment and every bit pattern is valid for both `u8` and `f32`).
 
-use super::{softcap, softmax, Config, State};
+use super::{softcap, softmax_with, Config, State};
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::attn::Elems;
 #[cfg(feature = "kv-quant")]
 use crate::kernels::scratch_blocks;
 use crate::kernels::Kernel;
@@ -219,25 +220,6 @@ pub(super) fn store_row(
     }
 }
 
-/// IEEE half bits to f32, exact for every input (the `half` crate's result, bit for bit:
-/// tested over all 65536 values), written without branches on the value so that the value
-/// loop of the attention vectorises (the `half` crate's portable conversion, which no_std
-/// builds without F16C get, branches on subnormals; it made a 1000-position f16 decode ~30%
-/// slower than f32). Finite halves: the exponent and mantissa bits shifted into an f32 and
-/// scaled by 2^112 (the exponent bias difference; subnormals come out right because the f32
-/// they land in is subnormal too and the scaling is exact). Inf/NaN: exponent all ones.
-#[cfg(feature = "kv-quant")]
-#[inline(always)]
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let h = h as u32;
-    let sign = (h & 0x8000) << 16;
-    let em = h & 0x7fff;
-    let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000); // 2^112
-    let special = f32::from_bits(0x7f80_0000 | ((h & 0x03ff) << 13));
-    let v = if em >= 0x7c00 { special } else { finite };
-    f32::from_bits(v.to_bits() | sign)
-}
-
 /// One layer's cached rows as the attention reads them.
 enum Rows<'a> {
     F32(&'a [f32]),
@@ -291,10 +273,10 @@ pub(super) struct Attn<'a> {
 /// the span), `qq` for the query's Q8_0 blocks (Q8_0 caches). GQA: query head `h` reads kv
 /// head `h / group`. Scores, softmax and the value sum run in position order whatever the ring
 /// offset, so a ring gives the same bits as a full cache. Returns `false` if a buffer is short.
-pub(super) fn attend(
+pub(super) fn attend<'a>(
     q: &[f32],
     out: &mut [f32],
-    a: &Attn<'_>,
+    a: &Attn<'a>,
     att: &mut [f32],
     qq: &mut [BlockQ8_0],
 ) -> bool {
@@ -325,36 +307,31 @@ pub(super) fn attend(
         }
     }
     let _ = &qq;
+    // F32 and F16 rows through the table's attention kernels (one fixed order on every table,
+    // `kernels::attn`), offset to a head's columns: `Elems` for the rows from `r0` on.
+    let elems = |rows: &Rows<'a>, r0: usize, kvo: usize| -> Option<Elems<'a>> {
+        let e = r0 * kv_dim + kvo;
+        match *rows {
+            Rows::F32(x) => x.get(e..).map(Elems::F32),
+            #[cfg(feature = "kv-quant")]
+            Rows::F16(x) => x.get(2 * e..).map(Elems::F16),
+            #[cfg(feature = "kv-quant")]
+            Rows::Q8(_) => None,
+        }
+    };
     for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kvo = (h / a.group) * hd;
-        // Scores, in position order. F32 rows: eight keys' dots in flight per run (`scores`,
-        // each key summed in `dot`'s order, so the same bits); F16 / Q8_0 rows: the table's
-        // row dot per position.
+        // Scores, in position order.
         let mut i = 0;
         for (r0, n) in runs {
             let Some(ar) = att.get_mut(i..i + n) else {
                 return false;
             };
             i += n;
+            if n == 0 {
+                continue;
+            }
             match k {
-                Rows::F32(k) => {
-                    let Some(kr) = k.get(r0 * kv_dim..(r0 + n) * kv_dim) else {
-                        return false;
-                    };
-                    super::scores(qh, kr, kv_dim, kvo, a.scale, ar);
-                }
-                #[cfg(feature = "kv-quant")]
-                Rows::F16(k) => {
-                    for (s, t) in ar.iter_mut().zip(r0..r0 + n) {
-                        let o = (t * kv_dim + kvo) * 2;
-                        let Some(kt) = k.get(o..o + hd * 2) else {
-                            return false;
-                        };
-                        let mut y = [0.0f32];
-                        (a.kern.f16)(kt, hd, qh, &mut y);
-                        *s = y[0] * a.scale;
-                    }
-                }
                 #[cfg(feature = "kv-quant")]
                 Rows::Q8(k) => {
                     for (s, t) in ar.iter_mut().zip(r0..r0 + n) {
@@ -368,6 +345,14 @@ pub(super) fn attend(
                         *s = y[0] * a.scale;
                     }
                 }
+                _ => {
+                    let Some(kr) = elems(&k, r0, kvo) else {
+                        return false;
+                    };
+                    if !(a.kern.attn_scores)(qh, kr, kv_dim, a.scale, ar) {
+                        return false;
+                    }
+                }
             }
         }
         if a.cap > 0.0 {
@@ -375,35 +360,22 @@ pub(super) fn attend(
                 *s = softcap(*s, a.cap);
             }
         }
-        softmax(att);
+        softmax_with(a.kern, att);
         // Values, in position order.
         out.fill(0.0);
         let mut i = 0;
         for (r0, n) in runs {
-            for t in r0..r0 + n {
-                let p = att.get(i).copied().unwrap_or(0.0);
-                i += 1;
-                match v {
-                    Rows::F32(v) => {
-                        let Some(vt) = v.get(t * kv_dim + kvo..t * kv_dim + kvo + hd) else {
-                            return false;
-                        };
-                        for (o, x) in out.iter_mut().zip(vt) {
-                            *o += p * x;
-                        }
-                    }
-                    #[cfg(feature = "kv-quant")]
-                    Rows::F16(v) => {
-                        let o = (t * kv_dim + kvo) * 2;
-                        let Some(vt) = v.get(o..o + hd * 2) else {
-                            return false;
-                        };
-                        for (o, b) in out.iter_mut().zip(vt.chunks_exact(2)) {
-                            *o += p * f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-                        }
-                    }
-                    #[cfg(feature = "kv-quant")]
-                    Rows::Q8(v) => {
+            let Some(p) = att.get(i..i + n) else {
+                return false;
+            };
+            i += n;
+            if n == 0 {
+                continue;
+            }
+            match v {
+                #[cfg(feature = "kv-quant")]
+                Rows::Q8(v) => {
+                    for (t, &p) in (r0..r0 + n).zip(p) {
                         let o = (t * kv_dim + kvo) / 32;
                         let Some(vt) = v.get(o..o + qb) else {
                             return false;
@@ -416,23 +388,16 @@ pub(super) fn attend(
                         }
                     }
                 }
+                _ => {
+                    let Some(vr) = elems(&v, r0, kvo) else {
+                        return false;
+                    };
+                    if !(a.kern.attn_wsum)(p, vr, kv_dim, out) {
+                        return false;
+                    }
+                }
             }
         }
     }
     true
-}
-
-#[cfg(all(test, feature = "kv-quant"))]
-mod tests {
-    #[test]
-    fn f16_to_f32_matches_half_for_every_value() {
-        for h in 0..=u16::MAX {
-            let want = half::f16::from_bits(h).to_f32();
-            let got = super::f16_to_f32(h);
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{h:#06x}: {got:e} vs {want:e}"
-            );
-        }
-    }
 }

@@ -1030,54 +1030,6 @@ fn rmsnorm(out: &mut [f32], x: &[f32], w: VecRef<'_>, eps: f32) {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `att[t] = dot(q, key t) * scale` for the keys at `kvo..kvo + q.len()` of each `kv_dim` row
-/// of `k`. Eight keys at a time, each dot still summed in `dot`'s order (so the bits are
-/// `dot`'s): a single dot is one chain of dependent adds, and eight chains in flight hide
-/// the add latency (attention was 15% of a 64-token prefill with one chain).
-///
-/// On 32-bit microcontroller targets (no SIMD, few registers, a flash budget) it is the plain
-/// loop: the same bits, a fraction of the code.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn scores(q: &[f32], k: &[f32], kv_dim: usize, kvo: usize, scale: f32, att: &mut [f32]) {
-    let hd = q.len();
-    for (a, kt) in att.iter_mut().zip(k.chunks_exact(kv_dim.max(1))) {
-        if let Some(kt) = kt.get(kvo..kvo + hd) {
-            *a = dot(q, kt) * scale;
-        }
-    }
-}
-
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn scores(q: &[f32], k: &[f32], kv_dim: usize, kvo: usize, scale: f32, att: &mut [f32]) {
-    const N: usize = 8;
-    let hd = q.len();
-    let n = att.len().min(k.len() / kv_dim.max(1));
-    let (att, k) = (&mut att[..n], &k[..n * kv_dim]);
-    let mut outs = att.chunks_exact_mut(N);
-    let mut rows = k.chunks_exact(N * kv_dim);
-    for (o, kc) in (&mut outs).zip(&mut rows) {
-        let keys: [&[f32]; N] = core::array::from_fn(|j| &kc[j * kv_dim + kvo..][..hd]);
-        // `Sum` for f32 starts from -0.0.
-        let mut s = [-0.0f32; N];
-        for (d, &qd) in q.iter().enumerate() {
-            for (s, key) in s.iter_mut().zip(&keys) {
-                *s += qd * key[d];
-            }
-        }
-        for (o, s) in o.iter_mut().zip(s) {
-            *o = s * scale;
-        }
-    }
-    let rest = rows.remainder().chunks_exact(kv_dim.max(1));
-    for (a, kt) in outs.into_remainder().iter_mut().zip(rest) {
-        *a = dot(q, &kt[kvo..kvo + hd]) * scale;
-    }
-}
-
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
@@ -1086,10 +1038,15 @@ fn add(x: &mut [f32], y: &[f32]) {
 
 /// In-place softmax (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
+    softmax_with(&kernels::portable::KERNEL, x);
+}
+
+/// [`softmax`] with the exponentials on `kern` (the same bits on every table).
+pub(crate) fn softmax_with(kern: &Kernel, x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    (kern.exp_shifted)(x, max);
     let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = libm::expf(*v - max);
+    for v in x.iter() {
         sum += *v;
     }
     if sum > 0.0 {
@@ -1424,45 +1381,4 @@ pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
 #[cfg(feature = "alloc")]
 pub fn state_buffer_for(cfg: &Config, ctx: usize, spec: CacheSpec) -> alloc::vec::Vec<f32> {
     alloc::vec![0.0; State::len_for_cache(cfg, ctx, spec).min(isize::MAX as usize / 4)]
-}
-
-#[cfg(test)]
-mod scores_tests {
-    extern crate std;
-    use super::{dot, scores};
-    use std::vec;
-    use std::vec::Vec;
-
-    /// `scores` (eight dots in flight) gives each key `dot`'s bits: every count of keys
-    /// around the chunk size, a GQA offset, signed zeros.
-    #[test]
-    fn scores_equal_dot_bit_for_bit() {
-        let (hd, kv_dim, kvo) = (64usize, 192usize, 64usize);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
-        };
-        let mut q: Vec<f32> = (0..hd).map(|_| r()).collect();
-        q[3] = -0.0;
-        for n in [0usize, 1, 7, 8, 9, 16, 17, 33] {
-            let k: Vec<f32> = (0..n * kv_dim).map(|_| r()).collect();
-            let mut att = vec![f32::NAN; n];
-            scores(&q, &k, kv_dim, kvo, 0.125, &mut att);
-            for (t, a) in att.iter().enumerate() {
-                let want = dot(&q, &k[t * kv_dim + kvo..t * kv_dim + kvo + hd]) * 0.125;
-                assert_eq!(a.to_bits(), want.to_bits(), "n {n} key {t}");
-            }
-        }
-        // All-zero products: -0.0 sums stay -0.0 as `Sum` gives.
-        let z = vec![-0.0f32; hd];
-        let k = vec![0.0f32; 8 * hd];
-        let mut att = [f32::NAN; 8];
-        scores(&z, &k, hd, 0, 1.0, &mut att);
-        assert!(att
-            .iter()
-            .all(|a| a.to_bits() == dot(&z, &k[..hd]).to_bits()));
-    }
 }

@@ -330,7 +330,7 @@ pub fn trace(
                 let kvo = (h / group) * hd;
                 let a = &mut att[..pos + 1]; //                                  (pos+1,)
                 for (ai, kt) in a.iter_mut().zip(layer_k.chunks_exact(kv_dim)) {
-                    *ai = reference::dot_f32(qh, &kt[kvo..kvo + hd]) * scale;
+                    *ai = kernels::attention_dot(qh, &kt[kvo..kvo + hd]) * scale;
                 }
                 softmax(a);
                 if let Some(j) = jit.as_mut() {

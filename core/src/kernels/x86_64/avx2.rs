@@ -43,6 +43,8 @@ static KERNEL: Kernel = Kernel {
     q8_0_add: q8_0_add_rows,
     quantize_q8_0,
     quantize_q8_1,
+    attn_scores: super::avx2_attn::scores,
+    attn_wsum: super::avx2_attn::wsum,
     side: Some(SideRows {
         q4_0: q4_0_rows_side,
         q4_1: q4_1_rows_side,

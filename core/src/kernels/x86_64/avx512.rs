@@ -57,6 +57,9 @@ static KERNEL: Kernel = Kernel {
     quantize_q8_0: avx2::quantize_q8_0,
     quantize_q8_1: avx2::quantize_q8_1,
     swiglu: super::avx512_act::swiglu,
+    exp_shifted: super::avx512_act::exp_shifted,
+    attn_scores: super::avx2_attn::scores,
+    attn_wsum: super::avx2_attn::wsum,
     #[cfg(feature = "arch-gemma")]
     geglu: super::avx512_act::geglu,
     side: Some(SideRows {

@@ -71,6 +71,35 @@ fn swiglu_tf(g: &mut [f32], u: &[f32]) {
     reference::swiglu(&mut g[done..], &u[done..]);
 }
 
+/// `x[i] = libm::expf(x[i] - m)`, bit-identical to [`reference::exp_shifted`] (softmax's
+/// step). Reachable only through the AVX-512 table.
+pub(super) fn exp_shifted(x: &mut [f32], m: f32) {
+    // SAFETY: as in `swiglu`.
+    unsafe { exp_shifted_tf(x, m) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn exp_shifted_tf(x: &mut [f32], m: f32) {
+    let (xv, _) = x.as_chunks_mut::<16>();
+    let mv = _mm512_set1_ps(m);
+    for xc in xv.iter_mut() {
+        // SAFETY: `xc` is 16 readable f32s; no alignment requirement.
+        let t = _mm512_sub_ps(unsafe { _mm512_loadu_ps(xc.as_ptr()) }, mv);
+        let (e, scalar) = expf(t);
+        // SAFETY: `xc` is 16 writable f32s; no alignment requirement.
+        unsafe { _mm512_storeu_ps(xc.as_mut_ptr(), e) };
+        if scalar != 0 {
+            for (l, xl) in xc.iter_mut().enumerate() {
+                if scalar >> l & 1 == 1 {
+                    *xl = libm::expf(f32::from_bits(x_bits(t, l)));
+                }
+            }
+        }
+    }
+    let done = xv.len() * 16;
+    reference::exp_shifted(&mut x[done..], m);
+}
+
 /// Lane `l` of `x` as bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]

@@ -6,6 +6,7 @@
 //! not enabled it, and then the instructions fault (Intel SDM vol. 1, 13.3).
 
 pub mod avx2;
+mod avx2_attn;
 #[cfg(any(feature = "quant-q5", feature = "quant-k"))]
 mod avx2_mm;
 mod avx2_q;
