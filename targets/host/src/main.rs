@@ -10,6 +10,7 @@ mod commands;
 mod cuda_cmd;
 mod demo;
 mod fetch;
+mod generation;
 mod quantize_cmd;
 mod tok;
 mod util;
