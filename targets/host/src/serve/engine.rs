@@ -354,13 +354,16 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Job>>, spec: CacheSpec, mod
         }
         shared.metrics.running.fetch_add(1, Ordering::Relaxed);
         run_job(shared, &mut st, job);
-        shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// Run one job; it stops counting as running before its last event goes out (so a client
+/// that has its answer sees it in /metrics as finished).
 fn run_job(shared: &Shared, st: &mut State<'_>, job: Job) {
     let events = job.events.clone();
+    let done = || shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
     let fail = |e: String| {
+        done();
         let _ = events.blocking_send(Event::Error(e));
     };
     let mut set = AdapterSet::EMPTY;
@@ -405,6 +408,7 @@ fn run_job(shared: &Shared, st: &mut State<'_>, job: Job) {
         Ok(g) => {
             shared.metrics.generation(&g, sink.gone);
             if sink.gone {
+                done();
                 return;
             }
             if !sink.stopped {
@@ -416,6 +420,7 @@ fn run_job(shared: &Shared, st: &mut State<'_>, job: Job) {
                 (true, _) | (_, Finish::Eog) => FinishReason::Stop,
                 _ => FinishReason::Length,
             };
+            done();
             let _ = job.events.blocking_send(Event::Done {
                 finish,
                 prompt_tokens: g.n_prompt,
