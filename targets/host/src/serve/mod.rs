@@ -69,7 +69,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
     /// Threads for the matrix kernels of each forward pass (results are bit-identical to one
-    /// thread); with --parallel N the N requests share this pool.
+    /// thread). The pool serves one forward pass at a time: with --parallel N, a request that
+    /// finds it busy runs its matrices on its own worker thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// Use the scalar reference kernels with f32 activations (slow; the parity baseline).
