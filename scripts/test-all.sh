@@ -36,13 +36,18 @@ python3 targets/trainer/tasks.py data --out "$tmp_data" >/dev/null
 diff -r "$tmp_data" targets/trainer/data
 rm -rf "$tmp_data"
 
+echo "== python: .venv with the official openai client (the serve test drives the server with it)"
+if [ ! -x .venv/bin/pip ]; then python3 -m venv .venv || echo "WARNING: python3 -m venv failed"; fi
+if [ -x .venv/bin/pip ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check openai || echo "WARNING: openai not installed; its serve test prints SKIPPED"
+fi
+
 echo "== tests"
 # Release-like optimisation for tests is set in Cargo.toml ([profile.test]); parity runs a
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.
 cargo test --workspace --all-targets --no-fail-fast -- --nocapture
 
 echo "== cuda feature (no GPU here: builds, NVRTC compile of every kernel; GPU tests print SKIPPED)"
-if [ ! -x .venv/bin/pip ]; then python3 -m venv .venv || echo "WARNING: python3 -m venv failed"; fi
 if [ -x .venv/bin/pip ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12 || echo "WARNING: nvrtc wheel not installed"
 fi
