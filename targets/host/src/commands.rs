@@ -2,7 +2,7 @@
 
 use crate::generation::{report, run, TextSink};
 use crate::tok::Tok;
-use crate::util::{human, map, peak_rss, resolve_model, thread_cpu_secs};
+use crate::util::{huge_bytes, human, map, peak_rss, resolve_model, thread_cpu_secs};
 use anyhow::{bail, Context, Result};
 use edgelora::format::gguf::{Gguf, Value};
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
@@ -801,6 +801,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Some(t.elapsed().as_nanos() as f64 / n as f64)
     };
     let rss = peak_rss();
+    // How much of the weights the kernel backed with 2 MB pages (`util::map`).
+    let huge = huge_bytes(&m);
     let kernel = edgelora::kernels::active_isa_name();
     if a.json {
         println!(
@@ -821,6 +823,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 "decode_cpu_tokens_per_s": cpu_tg,
                 "swap_ns": swap_ns,
                 "peak_rss_bytes": rss,
+                "weights_bytes": m.len(),
+                "weights_huge_page_bytes": huge,
             }))?
         );
     } else {
@@ -844,6 +848,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             println!("swap     {ns:.1} ns per adapter-set switch");
         }
         println!("peak RSS {}", rss.map(human).unwrap_or_else(|| "?".into()));
+        println!(
+            "weights  {} ({} in 2 MB pages{})",
+            human(m.len() as u64),
+            huge.map(human).unwrap_or_else(|| "?".into()),
+            if huge.unwrap_or(0) == 0 {
+                "; `--mmap`, no THP, or a small file"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

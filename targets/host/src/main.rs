@@ -1,6 +1,7 @@
 //! `edgelora`: the host command line.
 //!
-//! Weights are memory-mapped and parsed in place by the no_std core; this binary only adds
+//! Weights are read into huge-page memory (or memory-mapped with `--mmap`) and parsed in place
+//! by the no_std core; this binary only adds
 //! argument parsing, file handling, timing and printing.
 
 mod adapter_cmd;
@@ -23,6 +24,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "edgelora", version, about, long_about = None)]
 struct Cli {
+    /// Map model files as they are (4 KB pages, shared with the page cache) instead of reading
+    /// files of 16 MiB and more into memory backed by transparent huge pages (the default where
+    /// the kernel has them: decode streams the weights faster; costs a copy at start).
+    #[arg(long, global = true)]
+    mmap: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -91,6 +97,7 @@ fn quiet_broken_pipe() {
 fn main() -> Result<()> {
     quiet_broken_pipe();
     let cli = Cli::parse();
+    util::set_plain_mmap(cli.mmap);
     match cli.cmd {
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Eval(a) => demo::eval(a),
