@@ -510,8 +510,29 @@ fn q8_0_unpack(bytes: &[u8], c: &Q8Consts) -> (__m512i, __m512i, __m512) {
     // bytes -> 107; these two keep it (121-125, thread CPU time, dev VM).
     prefetch_ahead(bytes);
     prefetch_ahead(bytes.get(68..).unwrap_or(bytes));
-    let (v0, v1) = load_group(bytes);
-    let (u0, u1) = load_group(bytes.get(16..).unwrap_or(&[]));
+    let ((v0, v1), (u0, u1)) = if bytes.len() >= 136 {
+        // A whole group: four plain loads (bytes 0..64, 64..128, 16..80) and one masked
+        // 56-byte load (80..136), without `load_group`'s length arithmetic.
+        let p = bytes.as_ptr();
+        // SAFETY: 136 bytes from `p` lie in `bytes`; the masked load enables only 80..136.
+        unsafe {
+            (
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(64).cast()),
+                ),
+                (
+                    _mm512_loadu_si512(p.add(16).cast()),
+                    _mm512_maskz_loadu_epi8((1u64 << 56) - 1, p.add(80).cast()),
+                ),
+            )
+        }
+    } else {
+        (
+            load_group(bytes),
+            load_group(bytes.get(16..).unwrap_or(&[])),
+        )
+    };
     let lo = _mm512_xor_si512(_mm512_permutex2var_epi8(v0, c.qs, v1), c.bias);
     let hi = _mm512_xor_si512(_mm512_permutex2var_epi8(u0, c.qs, u1), c.bias);
     let d4 = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
