@@ -786,25 +786,24 @@ impl<'w, const L: usize> Model<'w, L> {
         };
 
         // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
-        let toks = seqs
-            .iter()
-            .flat_map(|q| q.tokens.iter().enumerate().map(|(i, &t)| (t, q.pos + i)));
-        for (((t, pos), xi), ti) in toks
-            .zip(bx.chunks_exact_mut(dim))
-            .zip(brope.chunks_exact_mut(rd))
-        {
-            self.token_embd.dequantize_row(t as usize, xi)?;
-            if a.embed_scale {
-                let k = libm::sqrtf(dim as f32);
-                xi.iter_mut().for_each(|v| *v *= k);
+        // (Plain loops over the sequences: iterator adaptors here cost firmware flash.)
+        let mut i = 0; // token index in the pass
+        for q in seqs.iter() {
+            for (k, &t) in q.tokens.iter().enumerate() {
+                let pos = q.pos + k;
+                let xi = bx.get_mut(i * dim..(i + 1) * dim).ok_or_else(internal)?;
+                self.token_embd.dequantize_row(t as usize, xi)?;
+                if a.embed_scale {
+                    let k = libm::sqrtf(dim as f32);
+                    xi.iter_mut().for_each(|v| *v *= k);
+                }
+                let ti = brope.get_mut(i * rd..(i + 1) * rd).ok_or_else(internal)?;
+                rope_table_scaled(ti, pos, c.rope_base, rd, c.rope_freq_scale, self.rope_freqs);
+                if let Some(ti) = brope2.get_mut(i * rd..(i + 1) * rd) {
+                    rope_table(ti, pos, a.rope_base_swa, rd);
+                }
+                i += 1;
             }
-            rope_table_scaled(ti, pos, c.rope_base, rd, c.rope_freq_scale, self.rope_freqs);
-        }
-        let poss = seqs
-            .iter()
-            .flat_map(|q| (0..q.tokens.len()).map(|i| q.pos + i));
-        for (pos, ti) in poss.zip(brope2.chunks_exact_mut(rd)) {
-            rope_table(ti, pos, a.rope_base_swa, rd);
         }
         obs.tensor("inp_embd", None, pos0, n, bx);
         let mut region = 0; // this layer's offset in the K and V caches (f32 words)
@@ -1002,6 +1001,25 @@ impl<'w, const L: usize> Model<'w, L> {
     ) -> Result<()> {
         let c = &self.config;
         let (dim, vocab) = (c.dim, c.vocab);
+        if !BLOCKED_PREFILL {
+            // Microcontrollers run one sequence of one token: its head is one matvec.
+            let (Some(q), Some(xb)) = (seqs.first_mut(), xn.get_mut(..dim)) else {
+                return Err(internal());
+            };
+            if q.logits {
+                let x = bx.get(..dim).ok_or_else(internal)?;
+                rmsnorm(xb, x, self.output_norm, c.rms_eps);
+                obs.tensor("result_norm", None, q.pos, 1, xb);
+                let st = &mut *q.state;
+                let mut oin = Input::new(xb, bqs, st.kernel(), st.mode);
+                matvec_input(q.adapters.head().unwrap_or(&self.output), &mut oin, st.logits);
+                if c.arch.final_softcap > 0.0 {
+                    let cap = c.arch.final_softcap;
+                    st.logits.iter_mut().for_each(|v| *v = softcap(*v, cap));
+                }
+            }
+            return Ok(());
+        }
         let cap = (head_buf.len() / vocab.max(1)).min(xn.len() / dim.max(1));
         let head_of = |q: &SeqStep<'_, '_>| -> *const u8 {
             q.adapters
