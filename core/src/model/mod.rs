@@ -1012,7 +1012,11 @@ impl<'w, const L: usize> Model<'w, L> {
                 obs.tensor("result_norm", None, q.pos, 1, xb);
                 let st = &mut *q.state;
                 let mut oin = Input::new(xb, bqs, st.kernel(), st.mode);
-                matvec_input(q.adapters.head().unwrap_or(&self.output), &mut oin, st.logits);
+                matvec_input(
+                    q.adapters.head().unwrap_or(&self.output),
+                    &mut oin,
+                    st.logits,
+                );
                 if c.arch.final_softcap > 0.0 {
                     let cap = c.arch.final_softcap;
                     st.logits.iter_mut().for_each(|v| *v = softcap(*v, cap));
