@@ -515,7 +515,7 @@ impl<'w, const L: usize> Model<'w, L> {
     /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
     /// layer by layer: every linear is one blocked matmul over the block (each weight read
     /// once per block, not once per token) followed by its adapters' products over the block
-    /// ([`Adapters::apply_batch`]: each A and B read once per block, a Q8_0 A against the
+    /// ([`Adapters::apply_cols`]: each A and B read once per block, a Q8_0 A against the
     /// block's own quantised activations), rope, cache writes and causal attention per token.
     /// The batched kernels keep each output's summation order, so the logits equal
     /// [`Model::forward`] run token by token (`tests/tests/prefill.rs`: identical on AVX2 and
