@@ -569,7 +569,31 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
         tmp: &mut [f32],
         out_tmp: &mut [f32],
     ) {
-        let (n, k, mode) = (x.len(), x.kernel(), x.mode());
+        let n = x.len();
+        self.apply_cols(layer, linear, x, 0..n, y, tmp, out_tmp);
+    }
+
+    /// [`AdapterSet::apply_batch`] for vectors `cols` of the batch only: `y` holds their
+    /// outputs (`(cols.len(), out)`, vector `cols.start + c` at `y[c * out ..]`). A batch whose
+    /// vectors come from several sequences with different adapter sets (the multi-sequence
+    /// step, `Model::step_many`) runs each set over its own columns this way: the gathered
+    /// per-group LoRA product of Punica/S-LoRA ("BGMV"), with the batch's quantised forms
+    /// shared by every group and by the base matmul. Every output is bit-identical to
+    /// [`AdapterSet::apply`] of its vector. Cannot panic.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_cols(
+        &self,
+        layer: usize,
+        linear: usize,
+        x: &mut Batch<'_>,
+        cols: core::ops::Range<usize>,
+        y: &mut [f32],
+        tmp: &mut [f32],
+        out_tmp: &mut [f32],
+    ) {
+        let (k, mode) = (x.kernel(), x.mode());
+        let (lo, hi) = (cols.start.min(x.len()), cols.end.min(x.len()));
+        let n = hi.saturating_sub(lo);
         for (ad, user) in self.iter() {
             let Some(p) = ad.pair(layer, linear) else {
                 continue;
@@ -590,7 +614,7 @@ impl<'r, 'a, 's> AdapterSet<'r, 'a, 's> {
                 ) else {
                     break;
                 };
-                matmul_input_range(&p.a, x, c0..c1, t);
+                matmul_input_range(&p.a, x, lo + c0..lo + c1, t);
                 match b_fast {
                     // Y += s T B^T, T kept in f32
                     Some(FastB::Q8_0(bb)) => k.matmul_q8_0_add(bb, r / QK, out, t, s, yc),
@@ -820,16 +844,20 @@ impl crate::model::Adapters for AdapterSet<'_, '_, '_> {
     ) {
         AdapterSet::apply(self, layer, linear, x, y, tmp, out_tmp);
     }
-    fn apply_batch(
+    fn apply_cols(
         &self,
         layer: usize,
         linear: usize,
         x: &mut Batch<'_>,
+        cols: core::ops::Range<usize>,
         y: &mut [f32],
         tmp: &mut [f32],
         out_tmp: &mut [f32],
     ) {
-        AdapterSet::apply_batch(self, layer, linear, x, y, tmp, out_tmp);
+        AdapterSet::apply_cols(self, layer, linear, x, cols, y, tmp, out_tmp);
+    }
+    fn is_empty(&self) -> bool {
+        AdapterSet::is_empty(self)
     }
     fn side(&self, layer: usize, linear: usize) -> Side<'_> {
         AdapterSet::side(self, layer, linear)

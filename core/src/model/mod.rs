@@ -68,17 +68,25 @@ pub trait Adapters {
         tmp: &mut [f32],
         out_tmp: &mut [f32],
     );
-    /// As [`Adapters::apply`] for the vectors of a prompt block; every output bit-identical to
-    /// `apply` of its vector.
-    fn apply_batch(
+    /// As [`Adapters::apply`] for vectors `cols` of a batch (a prompt block, or the tokens of
+    /// one adapter group in a multi-sequence step): `y` holds the outputs of those vectors
+    /// only (`(cols.len(), out)`); every output bit-identical to `apply` of its vector.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_cols(
         &self,
         layer: usize,
         linear: usize,
         x: &mut Batch<'_>,
+        cols: core::ops::Range<usize>,
         y: &mut [f32],
         tmp: &mut [f32],
         out_tmp: &mut [f32],
     );
+    /// True if no adapter is active (a multi-sequence step skips such a group). The default
+    /// says false, which is always correct.
+    fn is_empty(&self) -> bool {
+        false
+    }
     /// The bytes `apply` will read for `(layer, linear)`, for the base matvec to prefetch.
     fn side(&self, layer: usize, linear: usize) -> Side<'_>;
     /// A replacement output head, if an active adapter has one.
@@ -101,15 +109,19 @@ impl Adapters for NoAdapters {
         _: &mut [f32],
     ) {
     }
-    fn apply_batch(
+    fn apply_cols(
         &self,
         _: usize,
         _: usize,
         _: &mut Batch<'_>,
+        _: core::ops::Range<usize>,
         _: &mut [f32],
         _: &mut [f32],
         _: &mut [f32],
     ) {
+    }
+    fn is_empty(&self) -> bool {
+        true
     }
     fn side(&self, _: usize, _: usize) -> Side<'_> {
         Side::NONE
@@ -503,7 +515,7 @@ impl<'w, const L: usize> Model<'w, L> {
     /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
     /// layer by layer: every linear is one blocked matmul over the block (each weight read
     /// once per block, not once per token) followed by its adapters' products over the block
-    /// ([`Adapters::apply_batch`]: each A and B read once per block, a Q8_0 A against the
+    /// ([`Adapters::apply_cols`]: each A and B read once per block, a Q8_0 A against the
     /// block's own quantised activations), rope, cache writes and causal attention per token.
     /// The batched kernels keep each output's summation order, so the logits equal
     /// [`Model::forward`] run token by token (`tests/tests/prefill.rs`: identical on AVX2 and
@@ -560,7 +572,7 @@ impl<'w, const L: usize> Model<'w, L> {
             );
         }
         // `BLOCKED_PREFILL` is a constant: when false the block path is not even compiled in.
-        if !BLOCKED_PREFILL || s.mode == KernelMode::Reference || s.block == 0 {
+        if !BLOCKED_PREFILL || s.mode == KernelMode::Reference || s.w.block == 0 {
             // The oracle path stays a plain loop of single-token steps.
             for (i, &t) in rest.iter().enumerate() {
                 self.step(t, start + i, s, false, set, obs)?;
@@ -568,7 +580,7 @@ impl<'w, const L: usize> Model<'w, L> {
             return self.forward_observed(*last, start + rest.len(), s, set, obs);
         }
         self.check_state(start, s, set)?;
-        let block = s.block;
+        let block = s.w.block;
         let blocks = tokens.len().div_ceil(block);
         for (b, chunk) in tokens.chunks(block).enumerate() {
             self.block(chunk, start + b * block, s, set, b + 1 == blocks, obs)?;
@@ -576,14 +588,80 @@ impl<'w, const L: usize> Model<'w, L> {
         Ok(&*s.logits)
     }
 
-    /// The forward pass, one body for decode and prompt: run `tokens` (at most `s.block`) at
-    /// positions `pos0..` through every layer together. A decode step is a block of one token
-    /// (its linears run the matvec kernels, each prefetching its adapter pair's bytes); a
-    /// prompt block runs each linear as one blocked matmul over the block followed by its
-    /// adapters' products over the block (every column bit-identical to the matvec: prefill
-    /// equals token-by-token decode). Rope, cache writes and causal attention run per token.
-    /// Leaves each token's residual in `s.bx` (block, dim) and, with `want_logits`, the last
-    /// token's logits in `s.logits`.
+    /// Run one step of several sequences at once: sequence `j` runs `seqs[j].tokens` at
+    /// positions `seqs[j].pos..` on its own state (KV cache and position), with its own
+    /// adapters, and gets the logits of its last token in its state when it asks for them.
+    /// Decode steps (one token each) and prompt chunks mix freely: every linear reads the base
+    /// weights once for all the step's tokens (a blocked matmul), then each adapter set runs
+    /// over its own sequences' columns (the gathered LoRA product of Punica/S-LoRA); attention
+    /// is per token on its sequence's cache. The body is the one of [`Model::forward`] and
+    /// [`Model::prefill`] (no copy of the forward pass), and every column of the batched
+    /// kernels is bit-identical to the matvec, so each sequence's logits equal what it gets
+    /// run alone (`tests/tests/batch.rs`), whatever shares the step.
+    ///
+    /// All states must be built for this model with the same context length (at most the
+    /// scratch's) and cache spec, and run on the same kernel table and mode. A step of more
+    /// than one token needs a host build (x86-64, aarch64); microcontroller builds run single
+    /// tokens only.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for an empty step or sequence, more tokens than the
+    /// scratch holds, states that differ as said above, and everything [`Model::prefill`]
+    /// refuses (token ids, positions, context) for each sequence; nothing is run then. An
+    /// error inside the pass leaves every state's cache valid up to its `pos`.
+    pub fn step_many(
+        &self,
+        scratch: &mut StepScratch<'_>,
+        seqs: &mut [SeqStep<'_, '_>],
+    ) -> Result<()> {
+        let Some(first) = seqs.first() else {
+            return Err(Error::new(ErrorKind::InvalidArgument, "empty step"));
+        };
+        let (ctx, spec, mode) = (first.state.ctx, first.state.cache, first.state.mode);
+        let kern = first.state.kernel();
+        let mut n = 0usize;
+        for q in seqs.iter() {
+            let st = &*q.state;
+            if q.tokens.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "empty sequence in a step",
+                ));
+            }
+            if st.ctx != ctx
+                || st.cache != spec
+                || st.mode != mode
+                || !core::ptr::eq(st.kernel(), kern)
+                || ctx > scratch.ctx
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "states of one step need the same context, cache spec, kernel and mode",
+                ));
+            }
+            for &t in q.tokens {
+                self.check_token(t)?;
+            }
+            self.check_state(q.pos, st, q.adapters)?;
+            let end = q.pos.saturating_add(q.tokens.len());
+            if end > ctx {
+                return Err(Error::new(ErrorKind::ContextFull, "step tokens")
+                    .detail(end as u64, ctx as u64));
+            }
+            n += q.tokens.len();
+        }
+        if n > scratch.w.block || (!BLOCKED_PREFILL && n != 1) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "more tokens than the step scratch holds (one on microcontrollers)",
+            )
+            .detail(n as u64, scratch.w.block as u64));
+        }
+        self.body(&mut scratch.w, scratch.head, seqs, &mut NoObserver)
+    }
+
+    /// The forward pass of a single sequence's block: [`Model::body`] with the state's own
+    /// scratch and one [`SeqStep`].
     fn block(
         &self,
         tokens: &[u32],
@@ -593,8 +671,52 @@ impl<'w, const L: usize> Model<'w, L> {
         want_logits: bool,
         obs: &mut dyn Observer,
     ) -> Result<()> {
+        // The state's scratch is taken out for the pass (O(1), no copy) so the body can hold
+        // it beside the state's KV cache, and put back whatever happens.
+        let mut w = core::mem::take(&mut s.w);
+        let r = {
+            let mut seq = [SeqStep {
+                state: &mut *s,
+                tokens,
+                pos: pos0,
+                adapters: set,
+                logits: want_logits,
+            }];
+            self.body(&mut w, &mut [], &mut seq, obs)
+        };
+        s.w = w;
+        if r.is_ok() {
+            s.last = tokens.len() - 1;
+        }
+        r
+    }
+
+    /// The forward pass, one body for decode, prompt blocks and multi-sequence steps: run the
+    /// tokens of every sequence in `seqs` (`n` in all, at most `w.block`; sequence `j`'s
+    /// tokens at positions `seqs[j].pos..`, laid end to end in `seqs` order) through every
+    /// layer together. One token in all (a decode step) runs the matvec kernels, each
+    /// prefetching its adapter pair's bytes; more run each linear as one blocked matmul over
+    /// all `n` columns followed by each sequence's adapters over its own columns (consecutive
+    /// sequences with the same adapter set object as one group: `Adapters::apply_cols`). Every
+    /// column is bit-identical to the matvec, so a token's result does not depend on what
+    /// shares its pass: prefill equals token-by-token decode, and a sequence in a
+    /// multi-sequence step equals the sequence run alone. Rope, cache writes and causal
+    /// attention run per token, on its own sequence's cache. Leaves each token's residual in
+    /// `w.bx` (n, dim) and, for each sequence that wants them, the logits of its last token
+    /// in its state. `head_buf` holds rows of the output head's blocked matmul (whole
+    /// `vocab`-sized rows; fewer than two run the head as one matvec per sequence).
+    /// Callers have checked tokens, positions, states and adapter sets.
+    fn body(
+        &self,
+        w: &mut Scratch<'_>,
+        head_buf: &mut [f32],
+        seqs: &mut [SeqStep<'_, '_>],
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
         let c = &self.config;
-        let n = tokens.len();
+        let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+        let first = seqs.first().ok_or_else(internal)?;
+        let pos0 = first.pos;
         let (dim, qd, fd, hd, kv_dim, rd, ctx) = (
             c.dim,
             c.q_dim(),
@@ -602,96 +724,113 @@ impl<'w, const L: usize> Model<'w, L> {
             c.head_dim,
             c.kv_dim(),
             c.rope_dims,
-            s.ctx,
+            first.state.ctx,
         );
         let group = c.n_heads / c.n_kv_heads;
         let a = &c.arch;
-        let (kern, mode) = (s.kernel(), s.mode);
-        if n == 0 || n > s.block || pos0 + n > ctx || (!BLOCKED_PREFILL && n != 1) {
+        let (kern, mode, spec) = (first.state.kernel(), first.state.mode, first.state.cache);
+        if n == 0 || n > w.block || (!BLOCKED_PREFILL && n != 1) {
             return Err(internal());
         }
-        // Positions from pos0 on are being rewritten: until this block is done they are not valid.
-        s.filled = s.filled.min(pos0);
-        // Per-block views (each token's vector at [i * width ..]).
-        let bx = s.bx.get_mut(..n * dim).ok_or_else(internal)?; //           (n, dim)
-        let bxb = s.bxb.get_mut(..n * dim).ok_or_else(internal)?; //         (n, dim)
-        let bq = s.bq.get_mut(..n * qd).ok_or_else(internal)?; //            (n, q_dim)
-        let batt = s.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
-                                                                   // (n, max(ffn_dim, kv_dim)): the FFN's hidden vectors, and before them the block's k and
-                                                                   // v on their way into the cache (which may be a ring, or another element type).
-        let bhb_all = s.bhb.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
-        let bhb2_all = s.bhb2.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
+        for q in seqs.iter_mut() {
+            let st = &mut *q.state;
+            let end = q.pos + q.tokens.len();
+            if q.tokens.is_empty() || end > st.ctx || st.ctx != ctx || st.cache != spec {
+                return Err(internal());
+            }
+            // Positions from pos on are being rewritten: until this pass is done they are not
+            // valid.
+            st.filled = st.filled.min(q.pos);
+            // Where the ring of a sliding layer still holds every position the pass reads
+            // (`check_state` refused the block otherwise): see `State::swa_lo`.
+            st.swa_lo = st.swa_lo.min(q.pos).max(end.saturating_sub(st.swa_slots));
+        }
+        // Per-pass views (each token's vector at [i * width ..]).
+        let bx = w.bx.get_mut(..n * dim).ok_or_else(internal)?; //           (n, dim)
+        let bxb = w.bxb.get_mut(..n * dim).ok_or_else(internal)?; //         (n, dim)
+        let bq = w.bq.get_mut(..n * qd).ok_or_else(internal)?; //            (n, q_dim)
+        let batt = w.batt.get_mut(..n * qd).ok_or_else(internal)?; //        (n, q_dim)
+                                                                   // (n, max(ffn_dim, kv_dim)): the FFN's hidden vectors, and before them the pass's k
+                                                                   // and v on their way into the caches (which may be rings, or another element type).
+        let bhb_all = w.bhb.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
+        let bhb2_all = w.bhb2.get_mut(..n * fd.max(kv_dim)).ok_or_else(internal)?;
         // Rope tables: (n, rope_dims) for the global base, and a second one for the sliding
         // layers' base where the architecture has one.
-        let (brope, brope2) = s.rope.split_at_mut((s.block * rd).min(s.rope.len()));
+        let (brope, brope2) = w.rope.split_at_mut((w.block * rd).min(w.rope.len()));
         let brope = brope.get_mut(..n * rd).ok_or_else(internal)?; //        (n, rope_dims)
         let brope2 = brope2.get_mut(..if c.has_second_rope() { n * rd } else { 0 });
         let brope2 = brope2.ok_or_else(internal)?; //                         (n, rope_dims)
                                                    // LoRA scratch: T = A X of the block, (n, r). `hb` (ffn_dim,) serves: at ffn_dim >= n r
                                                    // (SmolLM2: r <= 96 for 16 tokens) it holds T for the whole block and every adapter's
-                                                   // A and B are read once per block (`Adapters::apply_batch`), above that
+                                                   // A and B are read once per block (`Adapters::apply_cols`), above that
                                                    // ceil(n r / ffn_dim) times. `lora_tmp` (MAX_RANK,) where it is the longer (tiny
                                                    // models). `lora_out` (the output width) serves the plain B path.
-        let lt: &mut [f32] = if s.hb.len() >= s.lora_tmp.len() {
-            s.hb
+        let lt: &mut [f32] = if w.hb.len() >= w.lora_tmp.len() {
+            &mut *w.hb
         } else {
-            s.lora_tmp
+            &mut *w.lora_tmp
         };
-        let lo: &mut [f32] = s.lora_out;
+        let lo: &mut [f32] = &mut *w.lora_out;
+        let (bqs, att) = (&mut *w.bqs, &mut *w.att);
         // One linear, `y = W x + sum_i s_i B_i (A_i x)` (llama.cpp's `build_lora_mm`): the
         // architecture code below never sees adapters or activation quantising.
-        let mut linear = |l: usize, k: usize, w: &MatRef<'_>, x: &mut Acts<'_>, y: &mut [f32]| {
-            x.linear(set, l, k, w, y, lt, lo);
+        let linear = |seqs: &[SeqStep<'_, '_>],
+                      l: usize,
+                      k: usize,
+                      wm: &MatRef<'_>,
+                      x: &mut Acts<'_>,
+                      y: &mut [f32],
+                      lt: &mut [f32],
+                      lo: &mut [f32]| {
+            x.linear(seqs, l, k, wm, y, lt, lo);
         };
 
         // x_i = token_embd[token_i]; the rope table of each position, once for all layers.
-        for (&t, xi) in tokens.iter().zip(bx.chunks_exact_mut(dim)) {
-            self.token_embd.dequantize_row(t as usize, xi)?;
-            if a.embed_scale {
-                let k = libm::sqrtf(dim as f32);
-                xi.iter_mut().for_each(|v| *v *= k);
+        // (Plain loops over the sequences: iterator adaptors here cost firmware flash.)
+        let mut i = 0; // token index in the pass
+        for q in seqs.iter() {
+            for (k, &t) in q.tokens.iter().enumerate() {
+                let pos = q.pos + k;
+                let xi = bx.get_mut(i * dim..(i + 1) * dim).ok_or_else(internal)?;
+                self.token_embd.dequantize_row(t as usize, xi)?;
+                if a.embed_scale {
+                    let k = libm::sqrtf(dim as f32);
+                    xi.iter_mut().for_each(|v| *v *= k);
+                }
+                let ti = brope.get_mut(i * rd..(i + 1) * rd).ok_or_else(internal)?;
+                rope_table_scaled(ti, pos, c.rope_base, rd, c.rope_freq_scale, self.rope_freqs);
+                if let Some(ti) = brope2.get_mut(i * rd..(i + 1) * rd) {
+                    rope_table(ti, pos, a.rope_base_swa, rd);
+                }
+                i += 1;
             }
         }
-        let (fs, ff) = (c.rope_freq_scale, self.rope_freqs);
-        for (i, ti) in brope.chunks_exact_mut(rd).enumerate() {
-            rope_table_scaled(ti, pos0 + i, c.rope_base, rd, fs, ff);
-        }
-        for (i, ti) in brope2.chunks_exact_mut(rd).enumerate() {
-            rope_table(ti, pos0 + i, a.rope_base_swa, rd);
-        }
         obs.tensor("inp_embd", None, pos0, n, bx);
-        let spec = s.cache;
-        // Where the ring of a sliding layer still holds every position the block reads
-        // (`check_state` refused the block otherwise): see `State::swa_lo`.
-        s.swa_lo = s
-            .swa_lo
-            .min(pos0)
-            .max((pos0 + n).saturating_sub(s.swa_slots));
         let mut region = 0; // this layer's offset in the K and V caches (f32 words)
         for (l, layer) in self.layers.iter().take(c.n_layers).enumerate() {
-            let Some(w) = layer else {
+            let Some(wl) = layer else {
                 return Err(Error::new(ErrorKind::InvalidArgument, "layer not loaded"));
             };
             // Attention: q, k, v for the whole block; k and v straight into the cache.
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
-                rmsnorm(o, xi, w.attn_norm, c.rms_eps);
+                rmsnorm(o, xi, wl.attn_norm, c.rms_eps);
             }
             obs.tensor("attn_norm", Some(l), pos0, n, bxb);
             let kc = bhb_all.get_mut(..n * kv_dim).ok_or_else(internal)?; //   (n, kv_dim)
             let vc = bhb2_all.get_mut(..n * kv_dim).ok_or_else(internal)?; //  (n, kv_dim)
                                                                            // Quantised once (Q8_0/Q8_1/Q8_K as the weights need), read by q, k and v.
-            let mut xin = Acts::new(bxb, n, s.bqs, kern, mode);
-            linear(l, 0, &w.wq, &mut xin, bq); //                                   (n, q_dim)
-            linear(l, 1, &w.wk, &mut xin, kc); //                                   (n, kv_dim)
-            linear(l, 2, &w.wv, &mut xin, vc); //                                   (n, kv_dim)
-            if let Some([b_q, b_k, b_v]) = w.qkv_bias {
+            let mut xin = Acts::new(bxb, n, bqs, kern, mode);
+            linear(seqs, l, 0, &wl.wq, &mut xin, bq, lt, lo); //                    (n, q_dim)
+            linear(seqs, l, 1, &wl.wk, &mut xin, kc, lt, lo); //                    (n, kv_dim)
+            linear(seqs, l, 2, &wl.wv, &mut xin, vc, lt, lo); //                    (n, kv_dim)
+            if let Some([b_q, b_k, b_v]) = wl.qkv_bias {
                 for (y, b) in [(&mut *bq, b_q), (&mut *kc, b_k), (&mut *vc, b_v)] {
                     for yi in y.chunks_exact_mut(b.len().max(1)) {
                         yi.iter_mut().zip(b.iter()).for_each(|(v, bv)| *v += bv);
                     }
                 }
             }
-            if let Some((qn, kn)) = w.qk_norm {
+            if let Some((qn, kn)) = wl.qk_norm {
                 // Per-head RMSNorm of q and k, before rope.
                 bq.chunks_exact_mut(hd)
                     .for_each(|h| rmsnorm_inplace(h, qn, c.rms_eps));
@@ -716,68 +855,82 @@ impl<'w, const L: usize> Model<'w, L> {
             obs.tensor("k", Some(l), pos0, n, kc);
             obs.tensor("v", Some(l), pos0, n, vc);
             // This layer's cache regions: `slots` rows of the cache type (a ring on sliding
-            // layers; `kv.rs` says why `window + block - 1` rows are enough).
+            // layers; `kv.rs` says why `window + block - 1` rows are enough). Every state of
+            // the pass has the same context and cache layout (checked above).
             let slots = kv::layer_slots(c, ctx, spec, l);
             let words = kv::layer_words(c, ctx, spec, l).ok_or_else(internal)?;
-            let kreg = s
-                .k_cache
-                .get_mut(region..region + words)
-                .ok_or_else(internal)?;
-            let vreg = s
-                .v_cache
-                .get_mut(region..region + words)
-                .ok_or_else(internal)?;
-            region += words;
-            for (i, (kt, vt)) in kc
-                .chunks_exact(kv_dim)
-                .zip(vc.chunks_exact(kv_dim))
-                .enumerate()
-            {
-                let slot = (pos0 + i) % slots;
-                if !kv::store_row(spec.ty, kern, kreg, slot, kt)
-                    || !kv::store_row(spec.ty, kern, vreg, slot, vt)
+            let mut off = 0; // the sequence's first token in the pass
+            for q in seqs.iter_mut() {
+                let m = q.tokens.len();
+                let st = &mut *q.state;
+                let kreg = st
+                    .k_cache
+                    .get_mut(region..region + words)
+                    .ok_or_else(internal)?;
+                let vreg = st
+                    .v_cache
+                    .get_mut(region..region + words)
+                    .ok_or_else(internal)?;
+                let rows = off * kv_dim..(off + m) * kv_dim;
+                let (kq, vq) = (
+                    kc.get(rows.clone()).ok_or_else(internal)?,
+                    vc.get(rows).ok_or_else(internal)?,
+                );
+                for (i, (kt, vt)) in kq
+                    .chunks_exact(kv_dim)
+                    .zip(vq.chunks_exact(kv_dim))
+                    .enumerate()
                 {
-                    return Err(internal());
+                    let slot = (q.pos + i) % slots;
+                    if !kv::store_row(spec.ty, kern, kreg, slot, kt)
+                        || !kv::store_row(spec.ty, kern, vreg, slot, vt)
+                    {
+                        return Err(internal());
+                    }
                 }
-            }
-            // The query's Q8_0 blocks for a Q8_0 cache (the activation scratch is free here).
-            let qq = kernels::scratch_blocks::<crate::quant::BlockQ8_0>(s.bqs);
-            // Causal attention per token: token i sees positions ..= pos0 + i.
-            for (i, (qi, oi)) in bq
-                .chunks_exact(qd)
-                .zip(batt.chunks_exact_mut(qd))
-                .enumerate()
-            {
-                let pos = pos0 + i;
-                // A sliding layer sees the last `swa_window` positions (itself included).
-                let first = if swa {
-                    (pos + 1).saturating_sub(a.swa_window)
-                } else {
-                    0
-                };
-                let at = kv::Attn {
-                    k: kreg,
-                    v: vreg,
-                    ty: spec.ty,
-                    slots,
-                    first,
-                    pos,
-                    hd,
-                    kv_dim,
-                    group,
-                    scale: a.q_scale,
-                    cap: a.attn_softcap,
-                    kern,
-                };
-                // att: (span,) scores of one head
-                if !kv::attend(qi, oi, &at, s.att, qq) {
-                    return Err(internal());
+                // The query's Q8_0 blocks for a Q8_0 cache (the activation scratch is free
+                // here).
+                let qq = kernels::scratch_blocks::<crate::quant::BlockQ8_0>(bqs);
+                let qrows = off * qd..(off + m) * qd;
+                let (qs, os) = (
+                    bq.get(qrows.clone()).ok_or_else(internal)?,
+                    batt.get_mut(qrows).ok_or_else(internal)?,
+                );
+                // Causal attention per token: token i sees positions ..= q.pos + i.
+                for (i, (qi, oi)) in qs.chunks_exact(qd).zip(os.chunks_exact_mut(qd)).enumerate() {
+                    let pos = q.pos + i;
+                    // A sliding layer sees the last `swa_window` positions (itself included).
+                    let first = if swa {
+                        (pos + 1).saturating_sub(a.swa_window)
+                    } else {
+                        0
+                    };
+                    let at = kv::Attn {
+                        k: kreg,
+                        v: vreg,
+                        ty: spec.ty,
+                        slots,
+                        first,
+                        pos,
+                        hd,
+                        kv_dim,
+                        group,
+                        scale: a.q_scale,
+                        cap: a.attn_softcap,
+                        kern,
+                    };
+                    // att: (span,) scores of one head
+                    if !kv::attend(qi, oi, &at, att, qq) {
+                        return Err(internal());
+                    }
                 }
+                off += m;
             }
+            region += words;
             obs.tensor("attn_out", Some(l), pos0, n, batt);
-            let mut ain = Acts::new(batt, n, s.bqs, kern, mode);
-            linear(l, 3, &w.wo, &mut ain, bxb); //                                  (n, dim)
-            if let Some((post_attn, _)) = w.post_norms {
+            let mut ain = Acts::new(batt, n, bqs, kern, mode);
+            linear(seqs, l, 3, &wl.wo, &mut ain, bxb, lt, lo); //                   (n, dim)
+            if let Some((post_attn, _)) = wl.post_norms {
                 bxb.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_inplace(o, post_attn, c.rms_eps));
             }
@@ -787,14 +940,14 @@ impl<'w, const L: usize> Model<'w, L> {
 
             // Feed-forward (SwiGLU or GeGLU).
             for (o, xi) in bxb.chunks_exact_mut(dim).zip(bx.chunks_exact(dim)) {
-                rmsnorm(o, xi, w.ffn_norm, c.rms_eps);
+                rmsnorm(o, xi, wl.ffn_norm, c.rms_eps);
             }
             obs.tensor("ffn_norm", Some(l), pos0, n, bxb);
             let bhb = bhb_all.get_mut(..n * fd).ok_or_else(internal)?; //       (n, ffn_dim)
             let bhb2 = bhb2_all.get_mut(..n * fd).ok_or_else(internal)?; //     (n, ffn_dim)
-            let mut xin = Acts::new(bxb, n, s.bqs, kern, mode); //               gate and up
-            linear(l, 4, &w.w_gate, &mut xin, bhb); //                              (n, ffn_dim)
-            linear(l, 5, &w.w_up, &mut xin, bhb2); //                               (n, ffn_dim)
+            let mut xin = Acts::new(bxb, n, bqs, kern, mode); //                 gate and up
+            linear(seqs, l, 4, &wl.w_gate, &mut xin, bhb, lt, lo); //               (n, ffn_dim)
+            linear(seqs, l, 5, &wl.w_up, &mut xin, bhb2, lt, lo); //                (n, ffn_dim)
             match a.ffn {
                 // The table's SwiGLU is bit-identical to the reference one (a vector expf).
                 Ffn::SwiGlu => match mode {
@@ -816,9 +969,9 @@ impl<'w, const L: usize> Model<'w, L> {
                 }
             }
             obs.tensor("ffn_act", Some(l), pos0, n, bhb);
-            let mut hin = Acts::new(bhb, n, s.bqs, kern, mode);
-            linear(l, 6, &w.w_down, &mut hin, bxb); //                              (n, dim)
-            if let Some((_, post_ffn)) = w.post_norms {
+            let mut hin = Acts::new(bhb, n, bqs, kern, mode);
+            linear(seqs, l, 6, &wl.w_down, &mut hin, bxb, lt, lo); //               (n, dim)
+            if let Some((_, post_ffn)) = wl.post_norms {
                 bxb.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_inplace(o, post_ffn, c.rms_eps));
             }
@@ -826,21 +979,127 @@ impl<'w, const L: usize> Model<'w, L> {
             add(bx, bxb);
             obs.tensor("l_out", Some(l), pos0, n, bx);
         }
-        s.filled = pos0 + n;
-        s.last = n - 1;
-        if want_logits {
-            // The last token: final norm, then the output head (or the adapter set's head).
-            let x = bx.get((n - 1) * dim..n * dim).ok_or_else(internal)?; //   (dim,)
-            let xb = bxb.get_mut(..dim).ok_or_else(internal)?; //                (dim,)
-            rmsnorm(xb, x, self.output_norm, c.rms_eps);
-            obs.tensor("result_norm", None, pos0 + n - 1, 1, xb);
-            let mut oin = Input::new(xb, s.bqs, kern, mode);
-            matvec_input(set.head().unwrap_or(&self.output), &mut oin, s.logits); // (vocab,)
-            if a.final_softcap > 0.0 {
-                s.logits
-                    .iter_mut()
-                    .for_each(|v| *v = softcap(*v, a.final_softcap));
+        for q in seqs.iter_mut() {
+            q.state.filled = q.pos + q.tokens.len();
+        }
+        self.heads(seqs, bx, bxb, bqs, head_buf, obs)
+    }
+
+    /// The logits of each sequence that wants them, from the residual of its last token in
+    /// `bx`: final norm, then the output head (or the adapter set's head). Consecutive such
+    /// sequences with the same head run as one blocked matmul of up to `head_buf.len() /
+    /// vocab` columns into `head_buf` (bit-identical to the matvec, as every blocked column);
+    /// a lone one runs the matvec straight into its state's logits.
+    fn heads(
+        &self,
+        seqs: &mut [SeqStep<'_, '_>],
+        bx: &[f32],
+        xn: &mut [f32],
+        bqs: &mut [f32],
+        head_buf: &mut [f32],
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (dim, vocab) = (c.dim, c.vocab);
+        if !BLOCKED_PREFILL {
+            // Microcontrollers run one sequence of one token: its head is one matvec.
+            let (Some(q), Some(xb)) = (seqs.first_mut(), xn.get_mut(..dim)) else {
+                return Err(internal());
+            };
+            if q.logits {
+                let x = bx.get(..dim).ok_or_else(internal)?;
+                rmsnorm(xb, x, self.output_norm, c.rms_eps);
+                obs.tensor("result_norm", None, q.pos, 1, xb);
+                let st = &mut *q.state;
+                let mut oin = Input::new(xb, bqs, st.kernel(), st.mode);
+                matvec_input(
+                    q.adapters.head().unwrap_or(&self.output),
+                    &mut oin,
+                    st.logits,
+                );
+                if c.arch.final_softcap > 0.0 {
+                    let cap = c.arch.final_softcap;
+                    st.logits.iter_mut().for_each(|v| *v = softcap(*v, cap));
+                }
             }
+            return Ok(());
+        }
+        let cap = (head_buf.len() / vocab.max(1)).min(xn.len() / dim.max(1));
+        let head_of = |q: &SeqStep<'_, '_>| -> *const u8 {
+            q.adapters
+                .head()
+                .map_or(core::ptr::null(), |h| h.data().as_ptr())
+        };
+        let mut j = 0;
+        let mut off = 0; // first token of seqs[j] in the pass
+        while j < seqs.len() {
+            if !seqs[j].logits {
+                off += seqs[j].tokens.len();
+                j += 1;
+                continue;
+            }
+            // A run of sequences wanting logits with the same head, at most `cap` of them
+            // (sequences that want none may sit between them).
+            let h = head_of(&seqs[j]);
+            let (mut k, mut rows, mut o) = (j, 0usize, off);
+            while k < seqs.len() && (rows == 0 || rows < cap) {
+                let q = &seqs[k];
+                let last = o + q.tokens.len() - 1;
+                o += q.tokens.len();
+                k += 1;
+                if !q.logits {
+                    continue;
+                }
+                if head_of(q) != h {
+                    // Leave it for the next run.
+                    k -= 1;
+                    o -= q.tokens.len();
+                    break;
+                }
+                let x = bx.get(last * dim..(last + 1) * dim).ok_or_else(internal)?; // (dim,)
+                let xb = xn
+                    .get_mut(rows * dim..(rows + 1) * dim)
+                    .ok_or_else(internal)?;
+                rmsnorm(xb, x, self.output_norm, c.rms_eps);
+                obs.tensor("result_norm", None, q.pos + q.tokens.len() - 1, 1, xb);
+                rows += 1;
+            }
+            let q0 = &seqs[j];
+            let (kern, mode) = (q0.state.kernel(), q0.state.mode);
+            let head = q0.adapters.head().unwrap_or(&self.output);
+            if rows == 1 {
+                let st = &mut *seqs[j].state;
+                let xb = xn.get(..dim).ok_or_else(internal)?;
+                let mut oin = Input::new(xb, bqs, kern, mode);
+                matvec_input(head, &mut oin, st.logits); //                          (vocab,)
+            } else {
+                #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+                {
+                    let xb = xn.get(..rows * dim).ok_or_else(internal)?;
+                    let out = head_buf.get_mut(..rows * vocab).ok_or_else(internal)?;
+                    let mut bin = Batch::new(xb, rows, bqs, kern, mode);
+                    matmul_input(head, &mut bin, out); //                      (rows, vocab)
+                    let mut r = out.chunks_exact(vocab);
+                    for q in seqs[j..k].iter_mut().filter(|q| q.logits) {
+                        q.state
+                            .logits
+                            .copy_from_slice(r.next().ok_or_else(internal)?);
+                    }
+                }
+                #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+                return Err(internal());
+            }
+            for q in seqs[j..k].iter_mut().filter(|q| q.logits) {
+                if c.arch.final_softcap > 0.0 {
+                    let cap = c.arch.final_softcap;
+                    q.state
+                        .logits
+                        .iter_mut()
+                        .for_each(|v| *v = softcap(*v, cap));
+                }
+            }
+            j = k;
+            off = o;
         }
         Ok(())
     }
@@ -962,11 +1221,13 @@ impl<'a> Acts<'a> {
     }
 
     /// `y = W x + sum_i s_i B_i (A_i x)` for linear `k` of layer `l` (llama.cpp's
-    /// `build_lora_mm`). `lt`, `lo`: LoRA scratch (see [`Adapters::apply_batch`]).
+    /// `build_lora_mm`), each vector with the adapters of the sequence it belongs to
+    /// (`seqs`, whose tokens are the vectors in order). `lt`, `lo`: LoRA scratch (see
+    /// [`Adapters::apply_cols`]).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &mut self,
-        set: &dyn Adapters,
+        seqs: &[SeqStep<'_, '_>],
         l: usize,
         k: usize,
         w: &MatRef<'_>,
@@ -976,6 +1237,8 @@ impl<'a> Acts<'a> {
     ) {
         match self {
             Acts::One(x) => {
+                let Some(q) = seqs.first() else { return };
+                let set = q.adapters;
                 // The base matvec prefetches the adapter bytes the `apply` after it reads
                 // (`kernels::Side`): they would be cold by then otherwise.
                 matvec_input_side(w, x, y, set.side(l, k));
@@ -983,11 +1246,35 @@ impl<'a> Acts<'a> {
             }
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             Acts::Many(x) => {
+                // The base weights once for every vector of every sequence.
                 matmul_input(w, x, y);
-                set.apply_batch(l, k, x, y, lt, lo);
+                // Then each adapter group over its own columns (consecutive sequences that
+                // share one adapter set object form one group): Punica/S-LoRA's gathered
+                // per-group product, A and B read once per group.
+                let out = w.rows();
+                let (mut c0, mut i) = (0, 0);
+                while let Some(q) = seqs.get(i) {
+                    let set = q.adapters;
+                    let mut c1 = c0;
+                    while let Some(r) = seqs.get(i).filter(|r| same_set(r.adapters, set)) {
+                        c1 += r.tokens.len();
+                        i += 1;
+                    }
+                    if !set.is_empty() {
+                        if let Some(yc) = y.get_mut(c0 * out..c1 * out) {
+                            set.apply_cols(l, k, x, c0..c1, yc, lt, lo);
+                        }
+                    }
+                    c0 = c1;
+                }
             }
         }
     }
+}
+
+/// True if `a` and `b` are the same adapter set object (compared by address).
+fn same_set(a: &dyn Adapters, b: &dyn Adapters) -> bool {
+    core::ptr::addr_eq(a as *const dyn Adapters, b as *const dyn Adapters)
 }
 
 fn internal() -> Error {
@@ -1090,6 +1377,182 @@ fn rope(x: &mut [f32], head_dim: usize, table: &[f32]) {
     }
 }
 
+/// Activations and scratch of one pass over up to `block` tokens, carved from caller memory:
+/// a [`State`]'s own (prefill blocks, decode steps) or a [`StepScratch`]'s (multi-sequence
+/// steps). The default is empty (a state's scratch while a pass has taken it out).
+#[derive(Debug, Default)]
+struct Scratch<'s> {
+    /// Tokens per pass.
+    block: usize,
+    /// (ffn_dim,): the LoRA scratch `T = A X` (tokens, rank).
+    hb: &'s mut [f32],
+    /// (ctx,): one head's attention scores.
+    att: &'s mut [f32],
+    /// (block, rope_dims): `(cos, sin)` per rotated pair, one per token of the block, filled
+    /// once before the layer loop (twice that with a second rope base).
+    rope: &'s mut [f32],
+    /// (MAX_RANK,): LoRA `A x`.
+    lora_tmp: &'s mut [f32],
+    /// (max(dim, q_dim, ffn_dim),): LoRA `B (A x)`.
+    lora_out: &'s mut [f32],
+    /// (block, dim): residuals.
+    bx: &'s mut [f32],
+    /// (block, dim)
+    bxb: &'s mut [f32],
+    /// (block, q_dim)
+    bq: &'s mut [f32],
+    /// (block, q_dim)
+    batt: &'s mut [f32],
+    /// (block, max(ffn_dim, kv_dim)): FFN hidden; k staging.
+    bhb: &'s mut [f32],
+    /// (block, max(ffn_dim, kv_dim)): FFN hidden; v staging.
+    bhb2: &'s mut [f32],
+    /// The block's quantised forms (`kernels::Batch`).
+    bqs: &'s mut [f32],
+}
+
+impl<'s> Scratch<'s> {
+    /// `f32` words of a scratch for `blk` tokens and attention over `ctx` positions.
+    fn words(cfg: &Config, ctx: usize, blk: usize) -> Option<usize> {
+        let widest = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let parts = [
+            cfg.ffn_dim,
+            ctx,
+            blk.checked_mul(cfg.rope_dims)?
+                .checked_mul(1 + cfg.has_second_rope() as usize)?,
+            MAX_RANK,
+            widest,
+            blk.checked_mul(cfg.dim)?,
+            blk.checked_mul(cfg.dim)?,
+            blk.checked_mul(cfg.q_dim())?,
+            blk.checked_mul(cfg.q_dim())?,
+            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?,
+            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?,
+            act_scratch_f32s(widest.checked_mul(blk)?),
+        ];
+        parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
+    }
+
+    /// Carve a scratch off the front of `buf`, which holds at least
+    /// [`Scratch::words`]`(cfg, ctx, blk)` words (callers check); returns the rest.
+    fn carve(cfg: &Config, ctx: usize, block: usize, buf: &'s mut [f32]) -> (Self, &'s mut [f32]) {
+        let widest = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let (hb, rest) = buf.split_at_mut(cfg.ffn_dim);
+        let (att, rest) = rest.split_at_mut(ctx);
+        let (rope, rest) =
+            rest.split_at_mut(block * cfg.rope_dims * (1 + cfg.has_second_rope() as usize));
+        let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
+        let (lora_out, rest) = rest.split_at_mut(widest);
+        let (bx, rest) = rest.split_at_mut(block * cfg.dim);
+        let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
+        let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
+        let (batt, rest) = rest.split_at_mut(block * cfg.q_dim());
+        let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
+        let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
+        let (bqs, rest) = rest.split_at_mut(act_scratch_f32s(block * widest));
+        let w = Scratch {
+            block,
+            hb,
+            att,
+            rope,
+            lora_tmp,
+            lora_out,
+            bx,
+            bxb,
+            bq,
+            batt,
+            bhb,
+            bhb2,
+            bqs,
+        };
+        (w, rest)
+    }
+}
+
+/// One sequence's part of a multi-sequence step ([`Model::step_many`]): its state (KV cache,
+/// logits), the tokens it runs and where, and its adapters.
+pub struct SeqStep<'a, 's> {
+    /// The sequence's state: its KV cache gets the tokens' K/V rows, its logits the result.
+    pub state: &'a mut State<'s>,
+    /// Tokens to run: one for a decode step, a chunk of the prompt for a prefill.
+    pub tokens: &'a [u32],
+    /// Position of the first token (at most `state.len()`, as for [`Model::prefill`]).
+    pub pos: usize,
+    /// The sequence's adapters (consecutive sequences passing the same object share one
+    /// pass over each adapter's A and B).
+    pub adapters: &'a dyn Adapters,
+    /// Compute the logits of the last token into the state (a prefill chunk that is not the
+    /// prompt's last needs none).
+    pub logits: bool,
+}
+
+/// The activations of a multi-sequence step ([`Model::step_many`]) of up to `tokens` tokens
+/// over states of `ctx` positions, with room for the output head of up to `seqs` sequences at
+/// once, carved from one caller-provided `&mut [f32]` of [`StepScratch::len_for`] values (a
+/// pure function). The states keep only their KV caches and logits busy during such a step.
+#[derive(Debug)]
+pub struct StepScratch<'s> {
+    w: Scratch<'s>,
+    ctx: usize,
+    head: &'s mut [f32],
+}
+
+impl<'s> StepScratch<'s> {
+    /// Number of `f32` values a step scratch needs, or `None` if that overflows `usize`.
+    pub fn checked_len_for(cfg: &Config, ctx: usize, tokens: usize, seqs: usize) -> Option<usize> {
+        Scratch::words(cfg, ctx, tokens)?.checked_add(seqs.checked_mul(cfg.vocab)?)
+    }
+
+    /// [`StepScratch::checked_len_for`], saturating.
+    pub fn len_for(cfg: &Config, ctx: usize, tokens: usize, seqs: usize) -> usize {
+        Self::checked_len_for(cfg, ctx, tokens, seqs).unwrap_or(usize::MAX)
+    }
+
+    /// Carve a step scratch for up to `tokens` tokens per step, states of `ctx` positions and
+    /// output heads of up to `seqs` sequences per matmul out of `buf`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `tokens` is 0, [`ErrorKind::BufferTooSmall`] if
+    /// `buf` is shorter than [`StepScratch::len_for`].
+    pub fn new(
+        cfg: &Config,
+        ctx: usize,
+        tokens: usize,
+        seqs: usize,
+        buf: &'s mut [f32],
+    ) -> Result<Self> {
+        if tokens == 0 {
+            return Err(Error::new(ErrorKind::InvalidArgument, "step of 0 tokens"));
+        }
+        let need = Self::checked_len_for(cfg, ctx, tokens, seqs)
+            .ok_or_else(|| Error::new(ErrorKind::BufferTooSmall, "step scratch size overflows"))?;
+        if buf.len() < need {
+            return Err(
+                Error::new(ErrorKind::BufferTooSmall, "step scratch (f32 values)")
+                    .detail(buf.len() as u64, need as u64),
+            );
+        }
+        let (w, rest) = Scratch::carve(cfg, ctx, tokens, &mut buf[..need]);
+        Ok(StepScratch { w, ctx, head: rest })
+    }
+
+    /// Most tokens one step runs.
+    pub const fn tokens(&self) -> usize {
+        self.w.block
+    }
+}
+
+/// An owned step scratch buffer of the right size (needs the `alloc` feature).
+#[cfg(feature = "alloc")]
+pub fn step_scratch_buffer(
+    cfg: &Config,
+    ctx: usize,
+    tokens: usize,
+    seqs: usize,
+) -> alloc::vec::Vec<f32> {
+    alloc::vec![0.0; StepScratch::len_for(cfg, ctx, tokens, seqs).min(isize::MAX as usize / 4)]
+}
+
 /// Everything that changes during inference: activations, scratch, KV cache and logits,
 /// carved from one caller-provided buffer.
 #[derive(Debug)]
@@ -1097,26 +1560,10 @@ pub struct State<'s> {
     cfg: Config,
     ctx: usize,
     filled: usize,
-    /// The block row holding the last token run (its residual in `bx`).
+    /// The block row holding the last token run (its residual in `w.bx`).
     last: usize,
-    /// (ffn_dim,): the LoRA scratch `T = A X` (tokens, rank).
-    hb: &'s mut [f32],
-    att: &'s mut [f32],
-    /// (block, rope_dims): `(cos, sin)` per rotated pair, one per token of the block, filled
-    /// once before the layer loop.
-    rope: &'s mut [f32],
-    lora_tmp: &'s mut [f32],
-    lora_out: &'s mut [f32],
-    /// Prompt tokens per prefill block: `min(PREFILL_BLOCK, ctx)`.
-    block: usize,
-    bx: &'s mut [f32],
-    bxb: &'s mut [f32],
-    bq: &'s mut [f32],
-    batt: &'s mut [f32],
-    bhb: &'s mut [f32],
-    bhb2: &'s mut [f32],
-    /// Scratch for a prompt block's quantised forms (`kernels::Batch`).
-    bqs: &'s mut [f32],
+    /// Activations and scratch of this state's own passes (prefill blocks, decode steps).
+    w: Scratch<'s>,
     mode: KernelMode,
     /// The kernel table this state's forward passes use; `None` means [`kernels::active`].
     kernel: Option<&'static Kernel>,
@@ -1146,25 +1593,11 @@ impl<'s> State<'s> {
     /// arguments.
     pub fn checked_len_for_cache(cfg: &Config, ctx: usize, spec: CacheSpec) -> Option<usize> {
         let kv = kv::cache_words(cfg, ctx, spec)?;
-        let blk = Self::block_for(ctx);
-        let act_qb = act_scratch_f32s(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim).checked_mul(blk)?);
         let parts = [
-            cfg.ffn_dim, // hb: LoRA T = A X
-            ctx,         // att (one head at a time)
-            blk.checked_mul(cfg.rope_dims)?
-                .checked_mul(1 + cfg.has_second_rope() as usize)?, // rope tables
-            MAX_RANK,    // LoRA A x
-            cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim), // LoRA B (A x)
-            blk.checked_mul(cfg.dim)?, // bx: prefill block residuals (block, dim)
-            blk.checked_mul(cfg.dim)?, // bxb (block, dim)
-            blk.checked_mul(cfg.q_dim())?, // bq (block, q_dim)
-            blk.checked_mul(cfg.q_dim())?, // batt (block, q_dim)
-            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?, // bhb (block, ffn_dim); k staging
-            blk.checked_mul(cfg.ffn_dim.max(cfg.kv_dim()))?, // bhb2 (block, ffn_dim); v staging
-            act_qb,      // the block's quantised forms (kernels::Batch)
-            cfg.vocab,   // logits
-            kv,          // k cache
-            kv,          // v cache
+            Scratch::words(cfg, ctx, Self::block_for(ctx))?, // activations and scratch
+            cfg.vocab,                                       // logits
+            kv,                                              // k cache
+            kv,                                              // v cache
         ];
         parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
     }
@@ -1243,21 +1676,7 @@ impl<'s> State<'s> {
             .unwrap_or(ctx);
         let rest = &mut buf[..need];
         rest.fill(0.0);
-        let (hb, rest) = rest.split_at_mut(cfg.ffn_dim);
-        let (att, rest) = rest.split_at_mut(ctx);
-        let block = Self::block_for(ctx);
-        let (rope, rest) =
-            rest.split_at_mut(block * cfg.rope_dims * (1 + cfg.has_second_rope() as usize));
-        let (lora_tmp, rest) = rest.split_at_mut(MAX_RANK);
-        let (lora_out, rest) = rest.split_at_mut(cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let (bx, rest) = rest.split_at_mut(block * cfg.dim);
-        let (bxb, rest) = rest.split_at_mut(block * cfg.dim);
-        let (bq, rest) = rest.split_at_mut(block * cfg.q_dim());
-        let (batt, rest) = rest.split_at_mut(block * cfg.q_dim());
-        let (bhb, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
-        let (bhb2, rest) = rest.split_at_mut(block * cfg.ffn_dim.max(cfg.kv_dim()));
-        let act_qb = act_scratch_f32s(block * cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim));
-        let (bqs, rest) = rest.split_at_mut(act_qb);
+        let (w, rest) = Scratch::carve(cfg, ctx, Self::block_for(ctx), rest);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
         let (k_cache, v_cache) = rest.split_at_mut(kv);
         Ok(State {
@@ -1265,19 +1684,7 @@ impl<'s> State<'s> {
             ctx,
             filled: 0,
             last: 0,
-            hb,
-            att,
-            rope,
-            lora_tmp,
-            lora_out,
-            block,
-            bx,
-            bxb,
-            bq,
-            batt,
-            bhb,
-            bhb2,
-            bqs,
+            w,
             mode: KernelMode::Fast,
             kernel: None,
             logits,
@@ -1339,7 +1746,8 @@ impl<'s> State<'s> {
     /// debugging and parity.
     pub fn hidden(&self) -> &[f32] {
         let d = self.cfg.dim;
-        self.bx
+        self.w
+            .bx
             .get(self.last * d..(self.last + 1) * d)
             .unwrap_or(&[])
     }

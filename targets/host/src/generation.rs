@@ -6,12 +6,12 @@
 //! loop itself is the same for all of them, so a served greedy completion is token for token
 //! what `edgelora generate` prints.
 
-use crate::tok::Tok;
+use crate::tok::{Dec, Tok};
 use crate::util::{human, peak_rss};
 use anyhow::{bail, Result};
 use edgelora::lora::AdapterSet;
 use edgelora::model::{Model, State};
-use edgelora::sample::Sampler;
+use edgelora::sample::{Sampler, SamplerConfig};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -87,6 +87,141 @@ pub struct Gen {
     pub eog: Option<u32>,
 }
 
+/// What a generation wants run next, from [`Stepper::next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Run `token` at `pos` and hand the logits back to [`Stepper::next`].
+    Run(u32, usize),
+    /// The generation is over. `Some((token, pos))`: its last token (the end-of-generation
+    /// token, or the last one `n` allowed), which `generate` and `chat` still run so the KV
+    /// cache holds the whole exchange and a chat can continue after it; the server skips it.
+    Done(Option<(u32, usize)>),
+}
+
+/// One generation driven a token at a time by whoever runs the model: [`run`]'s loop, or the
+/// server's batched scheduler, which advances many of them in one pass. Sampling, the sink's
+/// hooks, stop conditions and decoding live here once, so both give the same tokens.
+pub struct Stepper<'t> {
+    tok: &'t Tok<'t>,
+    dec: Dec<'t, 't>,
+    sampler: Sampler,
+    /// The prompt and sampled tokens (the penalties look at it).
+    pub history: Vec<u32>,
+    out: Vec<u32>,
+    text: String,
+    /// Tokens still allowed.
+    left: usize,
+    /// Position of the next token to run.
+    pos: usize,
+    ctx: usize,
+    finish: Finish,
+    eog: Option<u32>,
+    n_prompt: usize,
+    t0: Instant,
+    prefill_s: f64,
+    t1: Option<Instant>,
+}
+
+impl<'t> Stepper<'t> {
+    /// A generation of at most `n` tokens after prompt `ids`, which will end at position
+    /// `start + ids.len()` of a context of `ctx` positions; `history` already holds what
+    /// precedes the prompt (the penalties look at it).
+    pub fn new(
+        tok: &'t Tok<'t>,
+        start: usize,
+        ids: &[u32],
+        n: usize,
+        ctx: usize,
+        sampler: Sampler,
+        mut history: Vec<u32>,
+    ) -> Self {
+        history.extend_from_slice(ids);
+        Stepper {
+            tok,
+            dec: tok.decoder(),
+            sampler,
+            history,
+            out: vec![],
+            text: String::new(),
+            left: n,
+            pos: start + ids.len(),
+            ctx,
+            finish: Finish::Length,
+            eog: None,
+            n_prompt: ids.len(),
+            t0: Instant::now(),
+            prefill_s: 0.0,
+            t1: None,
+        }
+    }
+
+    /// Given the logits of the last token run (the prompt's last, then each sampled one):
+    /// show them to the sink, sample, hand the token to the sink, and say what to run next.
+    ///
+    /// # Errors
+    /// The sampler's and the decoder's.
+    pub fn next(&mut self, logits: &mut [f32], sink: &mut dyn Sink) -> Result<Next> {
+        if self.t1.is_none() {
+            self.prefill_s = self.t0.elapsed().as_secs_f64();
+            self.t1 = Some(Instant::now());
+        }
+        if self.left == 0 {
+            return Ok(Next::Done(None));
+        }
+        self.left -= 1;
+        let pos = self.pos;
+        sink.logits(logits);
+        let next = self.sampler.sample(logits, &self.history)?;
+        if self.tok.is_eog(next) {
+            self.finish = Finish::Eog;
+            self.history.push(next);
+            self.eog = Some(next);
+            self.left = 0;
+            return Ok(Next::Done((pos < self.ctx).then_some((next, pos))));
+        }
+        self.out.push(next);
+        self.history.push(next);
+        let piece = self.dec.push(next)?;
+        self.text.push_str(&piece);
+        if sink.token(next, &piece).is_break() {
+            self.finish = Finish::Sink;
+            self.left = 0;
+            return Ok(Next::Done(None));
+        }
+        if pos + 1 >= self.ctx {
+            self.finish = Finish::Context;
+            self.left = 0;
+            return Ok(Next::Done(None));
+        }
+        self.pos += 1;
+        if self.left == 0 {
+            return Ok(Next::Done(Some((next, pos))));
+        }
+        Ok(Next::Run(next, pos))
+    }
+
+    /// End the generation: hand the decoder's tail to the sink and return the result.
+    pub fn finish(mut self, sink: &mut dyn Sink) -> Gen {
+        let tail = self.dec.finish();
+        sink.tail(&tail);
+        self.text.push_str(&tail);
+        let now = Instant::now();
+        Gen {
+            tokens: self.out,
+            text: self.text,
+            prefill_s: if self.t1.is_some() {
+                self.prefill_s
+            } else {
+                self.t0.elapsed().as_secs_f64()
+            },
+            decode_s: self.t1.map_or(0.0, |t| (now - t).as_secs_f64()),
+            n_prompt: self.n_prompt,
+            finish: self.finish,
+            eog: self.eog,
+        }
+    }
+}
+
 /// Run prompt `ids` from position `start` (the state already holds `start` positions) and
 /// sample up to `n` tokens, handing each to `sink`. `history` gets the prompt and the sampled
 /// tokens (the penalties look at it).
@@ -113,55 +248,31 @@ pub fn run(
             st.ctx()
         );
     }
-    let t0 = Instant::now();
+    let s = std::mem::replace(sampler, Sampler::new(SamplerConfig::default())?);
+    let mut g = Stepper::new(tok, start, ids, n, st.ctx(), s, std::mem::take(history));
     let mut logits = model.prefill_with(ids, start, st, set)?.to_vec();
-    let prefill_s = t0.elapsed().as_secs_f64();
-    history.extend_from_slice(ids);
-    let mut dec = tok.decoder();
-    let mut out = vec![];
-    let mut text = String::new();
-    let t1 = Instant::now();
-    let mut finish = Finish::Length;
-    let mut eog = None;
-    for pos in (start + ids.len()..).take(n) {
-        sink.logits(&logits);
-        let next = sampler.sample(&mut logits, history)?;
-        if tok.is_eog(next) {
-            finish = Finish::Eog;
-            history.push(next);
-            eog = Some(next);
-            // Keep the end token in the cache so a chat can continue after it.
-            if pos < st.ctx() {
-                model.forward_with(next, pos, st, set)?;
+    let r = loop {
+        match g.next(&mut logits, sink) {
+            Ok(Next::Run(t, pos)) => match model.forward_with(t, pos, st, set) {
+                Ok(l) => logits.copy_from_slice(l),
+                Err(e) => break Err(e.into()),
+            },
+            Ok(Next::Done(eog)) => {
+                // Keep the last token in the cache so a chat can continue after it.
+                if let Some((t, pos)) = eog {
+                    if let Err(e) = model.forward_with(t, pos, st, set) {
+                        break Err(e.into());
+                    }
+                }
+                break Ok(());
             }
-            break;
+            Err(e) => break Err(e),
         }
-        out.push(next);
-        history.push(next);
-        let piece = dec.push(next)?;
-        text.push_str(&piece);
-        if sink.token(next, &piece).is_break() {
-            finish = Finish::Sink;
-            break;
-        }
-        if pos + 1 >= st.ctx() {
-            finish = Finish::Context;
-            break;
-        }
-        logits.copy_from_slice(model.forward_with(next, pos, st, set)?);
-    }
-    let tail = dec.finish();
-    sink.tail(&tail);
-    text.push_str(&tail);
-    Ok(Gen {
-        tokens: out,
-        text,
-        prefill_s,
-        decode_s: t1.elapsed().as_secs_f64(),
-        n_prompt: ids.len(),
-        finish,
-        eog,
-    })
+    };
+    *history = std::mem::take(&mut g.history);
+    *sampler = std::mem::replace(&mut g.sampler, Sampler::new(SamplerConfig::default())?);
+    r?;
+    Ok(g.finish(sink))
 }
 
 /// The timing line `generate` and `chat` print on stderr.

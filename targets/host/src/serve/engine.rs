@@ -1,29 +1,43 @@
-//! The generation side of the server: a queue of jobs and `--parallel` worker threads, each
-//! owning one [`State`] (KV cache), all sharing the one memory-mapped model and its bound
-//! adapters.
+//! The generation side of the server: a bounded queue of jobs and one scheduler thread that
+//! owns `--parallel` sequence slots (a [`State`] each: KV cache and logits) and advances every
+//! running sequence together, continuous batching across adapters.
 //!
 //! The HTTP side only calls [`Engine::submit`] with a [`Job`] (prompt ids, adapters by index
-//! with their scales, sampling, limits) and reads [`Event`]s from the job's channel. A worker
-//! takes the oldest job, binds the job's adapters (an O(1) [`AdapterSet`], nothing is copied
-//! or merged), runs the same generation loop as `edgelora generate`
-//! ([`crate::generation::run`]) and sends text as it completes. A batched scheduler (all
-//! running sequences in one pass over the base weights) can replace the workers behind the
-//! same `submit`/`Event` interface.
+//! with their scales, sampling, limits) and reads [`Event`]s from the job's channel. Each
+//! scheduler step is one [`Model::step_many`] pass over the base weights: the next token of
+//! every running sequence plus chunks of at most [`PREFILL_CHUNK`] prompt tokens of the
+//! sequences still reading their prompt (so a long prompt never stalls the streams), at most
+//! [`STEP_TOKENS`] tokens in all; sequences with the same adapters form one LoRA group of the
+//! step (the gathered per-group product of Punica/S-LoRA), and each sequence keeps its own
+//! sampler, stop strings and logits hook ([`crate::generation::Stepper`], the loop `generate`
+//! runs too). New jobs join between steps, finished ones leave. Every sequence's tokens are
+//! the ones it gets alone (greedy): every column of the batched pass is bit-identical to the
+//! one-sequence pass (`tests/tests/batch.rs`).
 //!
-//! Event channels are bounded: a slow reader holds its worker back instead of growing a
-//! buffer, and a client that goes away (its receiver dropped) ends its generation at the next
-//! token; a job whose client left while it waited in the queue is skipped.
+//! Prompt cache: a slot keeps the KV cache of its last sequence and which tokens (under which
+//! adapters) it holds; a new job goes to the free slot sharing the longest prefix with its
+//! prompt under the same adapters, and only the rest of its prompt is prefilled.
+//!
+//! Back-pressure: the queue holds at most `--queue` jobs ([`Busy`] beyond, a 429 for the
+//! client). Event channels are bounded: a sequence whose reader is slow is simply not
+//! advanced until its channel has room (the scheduler never blocks on a reader, so others
+//! keep streaming), and a client that goes away (its receiver dropped) frees its slot at the
+//! next step; a job whose client left while it waited in the queue is skipped.
 
-use crate::generation::{self, Finish, Sink};
+use crate::generation::{self, Finish, Next, Sink, Stepper};
 use crate::tok::Tok;
 use anyhow::Result;
 use edgelora::lora::{AdapterSet, BoundAdapter};
-use edgelora::model::{state_buffer_for, CacheSpec, KernelMode, Model, State};
+use edgelora::model::{
+    state_buffer_for, step_scratch_buffer, CacheSpec, KernelMode, Model, SeqStep, State,
+    StepScratch,
+};
 use edgelora::sample::{Sampler, SamplerConfig};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::stop::StopMatcher;
 
@@ -144,6 +158,7 @@ struct Counters {
     decode_s: f64,
     completions: u64,
     cancelled: u64,
+    cached_prompt_tokens: u64,
 }
 
 impl Metrics {
@@ -167,6 +182,11 @@ impl Metrics {
         c.decode_s += g.decode_s;
         c.completions += 1;
         c.cancelled += cancelled as u64;
+    }
+
+    fn cached_prompt(&self, n: usize) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.cached_prompt_tokens += n as u64;
     }
 
     fn cancelled_in_queue(&self) {
@@ -227,6 +247,12 @@ impl Metrics {
             &one(c.prompt_tokens.to_string()),
         );
         metric(
+            "edgelora_prompt_cache_tokens_total",
+            "counter",
+            "Prompt tokens whose KV came from the prompt cache (not prefilled again).",
+            &one(c.cached_prompt_tokens.to_string()),
+        );
+        metric(
             "edgelora_generated_tokens_total",
             "counter",
             "Tokens generated.",
@@ -235,13 +261,13 @@ impl Metrics {
         metric(
             "edgelora_prefill_seconds_total",
             "counter",
-            "Seconds spent prefilling prompts (summed over workers).",
+            "Seconds from admission to the first token (summed over sequences).",
             &one(format!("{:.6}", c.prefill_s)),
         );
         metric(
             "edgelora_decode_seconds_total",
             "counter",
-            "Seconds spent generating tokens (summed over workers).",
+            "Seconds spent generating tokens (summed over sequences).",
             &one(format!("{:.6}", c.decode_s)),
         );
         let tps = c.generated_tokens as f64 / c.decode_s.max(1e-9);
@@ -254,7 +280,7 @@ impl Metrics {
         metric(
             "edgelora_queue_depth",
             "gauge",
-            "Requests waiting for a free worker.",
+            "Requests waiting for a free sequence slot.",
             &one(self.queued.load(Ordering::Relaxed).to_string()),
         );
         metric(
@@ -274,42 +300,62 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The job queue and its workers.
+/// Most tokens one batched step runs (decodes plus prompt chunks): the blocked matmuls read
+/// each weight once per step, so a larger step amortises the weights over more tokens, while
+/// a step's latency is what every running stream waits between two tokens.
+pub const STEP_TOKENS: usize = 64;
+
+/// Most prompt tokens of one sequence per step: a long prompt is prefilled over several
+/// steps, between which the running streams keep getting their tokens.
+pub const PREFILL_CHUNK: usize = 32;
+
+/// The request queue: jobs waiting for a sequence slot, at most `cap` of them.
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    cap: usize,
+}
+
+/// The answer of [`Engine::submit`] when the queue is full.
+#[derive(Debug)]
+pub struct Busy;
+
+/// The job queue and the scheduler thread.
 pub struct Engine {
-    queue: Mutex<mpsc::Sender<Job>>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
 }
 
 impl Engine {
-    /// Start `parallel` workers, each with a KV cache of `shared.ctx` positions.
+    /// Start the scheduler with `parallel` sequence slots, each a KV cache of `shared.ctx`
+    /// positions, and a queue of at most `queue_cap` waiting jobs.
     ///
     /// # Errors
     /// A cache spec the model cannot use.
     pub fn start(
         shared: Arc<Shared>,
         parallel: usize,
+        queue_cap: usize,
         spec: CacheSpec,
         mode: KernelMode,
     ) -> Result<Engine> {
         let cfg = *shared.model.config();
-        // Check the cache once here, so a bad spec is a startup error, not a worker's.
+        // Check the cache once here, so a bad spec is a startup error, not the scheduler's.
         {
             let mut buf = state_buffer_for(&cfg, 1, spec);
             State::with_cache(&cfg, 1, spec, &mut buf)?;
         }
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..parallel.max(1) {
-            let rx = rx.clone();
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("edgelora-worker-{i}"))
-                .spawn(move || worker(&shared, &rx, spec, mode))?;
-        }
-        Ok(Engine {
-            queue: Mutex::new(tx),
-            shared,
-        })
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            cap: queue_cap.max(1),
+        });
+        let (q, sh) = (queue.clone(), shared.clone());
+        let slots = parallel.max(1);
+        std::thread::Builder::new()
+            .name("edgelora-scheduler".into())
+            .spawn(move || scheduler(&sh, &q, slots, spec, mode))?;
+        Ok(Engine { queue, shared })
     }
 
     /// The shared model and counters.
@@ -318,124 +364,418 @@ impl Engine {
     }
 
     /// Queue a job; its events arrive on `job.events`.
-    pub fn submit(&self, job: Job) {
-        self.shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
-        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(mpsc::SendError(job)) = q.send(job) {
-            // Only if every worker died (a panic in the model): say so to the client.
-            self.shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            let _ = job
-                .events
-                .try_send(Event::Error("no worker is running".into()));
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue already holds its maximum (the job is dropped).
+    pub fn submit(&self, job: Job) -> Result<(), Busy> {
+        let mut q = self.queue.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.queue.cap {
+            return Err(Busy);
         }
+        q.push_back(job);
+        self.shared.metrics.queued.store(q.len(), Ordering::Relaxed);
+        self.queue.ready.notify_one();
+        Ok(())
     }
 }
 
-fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Job>>, spec: CacheSpec, mode: KernelMode) {
-    let cfg = *shared.model.config();
-    let mut buf = state_buffer_for(&cfg, shared.ctx, spec);
-    let Ok(mut st) = State::with_cache(&cfg, shared.ctx, spec, &mut buf) else {
-        eprintln!("worker: cannot build a state of {} positions", shared.ctx);
-        return;
+/// Adapters by index into [`Shared::adapters`] and scale (bits): sequences with equal keys
+/// share one adapter set object in a step (one LoRA pass per group), and a KV cache is
+/// reused only under the key it was computed with.
+type Key = Vec<(usize, u32)>;
+
+fn key_of(adapters: &[(usize, f32)]) -> Key {
+    adapters.iter().map(|&(i, s)| (i, s.to_bits())).collect()
+}
+
+/// A running sequence.
+struct Seq {
+    prompt: Vec<u32>,
+    /// Prompt positions whose K/V are in the slot's cache.
+    fed: usize,
+    /// The token to run next and its position (after the prompt).
+    next: Option<(u32, usize)>,
+    key: Key,
+    stepper: Stepper<'static>,
+    sink: ServeSink,
+    /// The last logits, handed to the stepper.
+    logits: Vec<f32>,
+}
+
+/// A KV cache and what it holds.
+struct Slot {
+    seq: Option<Seq>,
+    /// The tokens whose K/V the cache holds, in order, and the adapters they were run with:
+    /// the prompt cache. A new request under the same key starts after the longest common
+    /// prefix (a shared system prompt is prefilled once per slot, not once per request).
+    cached: Vec<u32>,
+    cached_key: Key,
+    /// When the slot last finished a sequence (least recently used goes first).
+    used: u64,
+}
+
+/// The scheduler: admits jobs into free slots, then runs steps that advance every running
+/// sequence by one token and feed waiting prompts in chunks, all in one
+/// [`Model::step_many`] pass over the base weights, until the process ends.
+fn scheduler(shared: &Shared, q: &Queue, n_slots: usize, spec: CacheSpec, mode: KernelMode) {
+    let model = shared.model;
+    let cfg = *model.config();
+    let ctx = shared.ctx;
+    let mut bufs: Vec<Vec<f32>> = (0..n_slots)
+        .map(|_| state_buffer_for(&cfg, ctx, spec))
+        .collect();
+    let mut states: Vec<State<'_>> = Vec::with_capacity(n_slots);
+    for b in bufs.iter_mut() {
+        match State::with_cache(&cfg, ctx, spec, b) {
+            Ok(mut s) => {
+                s.set_kernel_mode(mode);
+                states.push(s);
+            }
+            Err(e) => {
+                eprintln!("scheduler: cannot build a state of {ctx} positions: {e}");
+                return;
+            }
+        }
+    }
+    let budget = STEP_TOKENS.max(n_slots);
+    let mut sbuf = step_scratch_buffer(&cfg, ctx, budget, n_slots);
+    let mut scratch = match StepScratch::new(&cfg, ctx, budget, n_slots, &mut sbuf) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("scheduler: {e}");
+            return;
+        }
     };
-    st.set_kernel_mode(mode);
+    let mut slots: Vec<Slot> = (0..n_slots)
+        .map(|_| Slot {
+            seq: None,
+            cached: vec![],
+            cached_key: vec![],
+            used: 0,
+        })
+        .collect();
+    // Sinks of finished sequences whose last events wait for room in their channel.
+    let mut draining: Vec<ServeSink> = vec![];
+    let mut clock = 0u64;
     loop {
+        clock += 1;
+        draining.retain_mut(|s| !s.flush());
+        // Clients that went away free their sequence now.
+        for sl in slots.iter_mut() {
+            if sl.seq.as_ref().is_some_and(|s| s.sink.events.is_closed()) {
+                let s = sl.seq.take().map(|s| s.stepper.finish(&mut NullSink));
+                if let Some(g) = s {
+                    shared.metrics.generation(&g, true);
+                }
+                shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
+                sl.used = clock;
+            }
+        }
+        admit(shared, q, &mut slots, &mut states, clock);
+        let runnable = slots.iter().any(|s| {
+            s.seq.as_ref().is_some_and(|s| {
+                s.sink.outbox.is_empty() && (s.fed < s.prompt.len() || s.next.is_some())
+            })
+        });
+        if !runnable {
+            let busy = slots.iter().any(|s| s.seq.is_some()) || !draining.is_empty();
+            let jobs = q.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if jobs.is_empty() {
+                // Sleep until a job arrives; poll when a reader is slow (its channel full).
+                let wait = if busy {
+                    std::time::Duration::from_millis(2)
+                } else {
+                    std::time::Duration::from_secs(1)
+                };
+                let _ = q.ready.wait_timeout(jobs, wait);
+            }
+            continue;
+        }
+        step(
+            shared,
+            &mut slots,
+            &mut states,
+            &mut scratch,
+            budget,
+            &mut draining,
+            clock,
+        );
+    }
+}
+
+/// Move queued jobs into free slots, each into the slot whose cache shares the longest
+/// prefix with its prompt under the same adapters (else the least recently used one).
+fn admit(shared: &Shared, q: &Queue, slots: &mut [Slot], states: &mut [State<'_>], clock: u64) {
+    loop {
+        if !slots.iter().any(|s| s.seq.is_none()) {
+            return;
+        }
         let job = {
-            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
+            let mut jobs = q.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let j = jobs.pop_front();
+            shared.metrics.queued.store(jobs.len(), Ordering::Relaxed);
+            match j {
+                Some(j) => j,
+                None => return,
             }
         };
-        shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
             shared.metrics.cancelled_in_queue();
             continue;
         }
+        let sampler = match Sampler::new(job.sampling) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.events.try_send(Event::Error(e.to_string()));
+                continue;
+            }
+        };
+        if let Some(&(i, _)) = job
+            .adapters
+            .iter()
+            .find(|(i, _)| *i >= shared.adapters.len())
+        {
+            let _ = job.events.try_send(Event::Error(format!("no adapter {i}")));
+            continue;
+        }
+        let key = key_of(&job.adapters);
+        let lcp = |s: &Slot| -> usize {
+            if s.cached_key != key {
+                return 0;
+            }
+            s.cached
+                .iter()
+                .zip(&job.prompt)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let Some(i) = (0..slots.len())
+            .filter(|&i| slots[i].seq.is_none())
+            .max_by_key(|&i| (lcp(&slots[i]), u64::MAX - slots[i].used))
+        else {
+            return;
+        };
+        // Keep the shared prefix, but run at least the prompt's last token (its logits).
+        let mut keep = lcp(&slots[i]).min(job.prompt.len().saturating_sub(1));
+        let st = &mut states[i];
+        if keep < st.earliest_restart() {
+            keep = 0;
+        }
+        st.truncate(keep);
+        let slot = &mut slots[i];
+        slot.cached.truncate(keep);
+        slot.cached_key = key.clone();
+        shared.metrics.cached_prompt(keep);
         shared.metrics.running.fetch_add(1, Ordering::Relaxed);
-        run_job(shared, &mut st, job);
+        let history = Vec::with_capacity(job.prompt.len() + job.max_tokens);
+        let stepper = Stepper::new(
+            shared.tok,
+            0,
+            &job.prompt,
+            job.max_tokens,
+            shared.ctx,
+            sampler,
+            history,
+        );
+        slot.seq = Some(Seq {
+            fed: keep,
+            next: None,
+            key,
+            stepper,
+            sink: ServeSink::new(shared.tok, job.events, job.stop, job.logprobs),
+            logits: vec![0.0; shared.model.config().vocab],
+            prompt: job.prompt,
+        });
+        let _ = clock;
     }
 }
 
-/// Run one job; it stops counting as running before its last event goes out (so a client
-/// that has its answer sees it in /metrics as finished).
-fn run_job(shared: &Shared, st: &mut State<'_>, job: Job) {
-    let events = job.events.clone();
-    let done = || shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
-    let fail = |e: String| {
-        done();
-        let _ = events.blocking_send(Event::Error(e));
-    };
-    let mut set = AdapterSet::EMPTY;
-    for &(i, scale) in &job.adapters {
-        let Some(a) = shared.adapters.get(i) else {
-            return fail(format!("no adapter {i}"));
-        };
-        if let Err(e) = set.push(a, scale) {
-            return fail(format!("adapter {}: {e}", shared.adapter_ids[i]));
+/// One batched step: the next token of every running sequence whose reader keeps up, then
+/// prompt chunks while the step has room; then sampling, events, and the end of finished
+/// sequences.
+fn step(
+    shared: &Shared,
+    slots: &mut [Slot],
+    states: &mut [State<'_>],
+    scratch: &mut StepScratch<'_>,
+    budget: usize,
+    draining: &mut Vec<ServeSink>,
+    clock: u64,
+) {
+    // (slot, first token, count, pos, wants logits); tokens are read from the sequence.
+    let mut plan: Vec<(usize, usize, usize, bool)> = vec![];
+    let mut room = budget;
+    for (i, sl) in slots.iter().enumerate() {
+        if let Some(s) = &sl.seq {
+            if s.next.is_some() && s.sink.outbox.is_empty() && room > 0 {
+                plan.push((i, 1, s.next.map_or(0, |n| n.1), true));
+                room -= 1;
+            }
         }
     }
-    let mut sampler = match Sampler::new(job.sampling) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
-    };
-    let mut sink = ServeSink {
-        tok: shared.tok,
-        events: &job.events,
-        stop: StopMatcher::new(job.stop),
-        logprobs: job.logprobs,
-        logits: vec![],
-        pending: vec![],
-        stopped: false,
-        gone: false,
-    };
-    // No prompt cache yet: every request starts from an empty KV cache.
-    st.clear();
-    let mut history = Vec::with_capacity(job.prompt.len() + job.max_tokens);
-    let r = generation::run(
-        shared.model,
-        shared.tok,
-        st,
-        0,
-        &job.prompt,
-        job.max_tokens,
-        &mut sampler,
-        &mut history,
-        &set,
-        &mut sink,
-    );
-    match r {
-        Ok(g) => {
-            shared.metrics.generation(&g, sink.gone);
-            if sink.gone {
-                done();
-                return;
+    for (i, sl) in slots.iter().enumerate() {
+        if let Some(s) = &sl.seq {
+            if s.fed < s.prompt.len() && room > 0 {
+                let n = PREFILL_CHUNK.min(room).min(s.prompt.len() - s.fed);
+                plan.push((i, n, s.fed, s.fed + n == s.prompt.len()));
+                room -= n;
             }
-            if !sink.stopped {
-                let text = sink.stop.finish();
-                let logprobs = std::mem::take(&mut sink.pending);
-                sink.send(text, logprobs);
+        }
+    }
+    if plan.is_empty() {
+        return;
+    }
+    // Sequences with the same adapters side by side: one LoRA group each.
+    plan.sort_by(|a, b| {
+        let ka = slots[a.0].seq.as_ref().map(|s| &s.key);
+        let kb = slots[b.0].seq.as_ref().map(|s| &s.key);
+        ka.cmp(&kb)
+    });
+    let mut keys: Vec<&Key> = vec![];
+    let mut sets: Vec<AdapterSet<'_, '_, '_>> = vec![];
+    let mut set_of = vec![0usize; plan.len()];
+    for (k, p) in plan.iter().enumerate() {
+        let Some(s) = slots[p.0].seq.as_ref() else {
+            continue;
+        };
+        if keys.last() != Some(&&s.key) {
+            let mut set = AdapterSet::EMPTY;
+            for &(i, scale) in &s.key {
+                if let Some(a) = shared.adapters.get(i) {
+                    // Checked at admission (at most MAX_ACTIVE, finite scales).
+                    let _ = set.push(a, f32::from_bits(scale));
+                }
             }
-            let finish = match (sink.stopped, g.finish) {
-                (true, _) | (_, Finish::Eog) => FinishReason::Stop,
-                _ => FinishReason::Length,
+            keys.push(&s.key);
+            sets.push(set);
+        }
+        set_of[k] = sets.len() - 1;
+    }
+    let one_tok: Vec<[u32; 1]> = plan
+        .iter()
+        .map(|p| {
+            [slots[p.0]
+                .seq
+                .as_ref()
+                .and_then(|s| s.next)
+                .map_or(0, |n| n.0)]
+        })
+        .collect();
+    let r = {
+        let mut refs: Vec<Option<&mut State<'_>>> = states.iter_mut().map(Some).collect();
+        let mut seqs: Vec<SeqStep<'_, '_>> = Vec::with_capacity(plan.len());
+        for (k, &(i, n, pos, logits)) in plan.iter().enumerate() {
+            let (Some(st), Some(s)) = (refs[i].take(), slots[i].seq.as_ref()) else {
+                continue;
             };
-            done();
-            let _ = job.events.blocking_send(Event::Done {
-                finish,
-                prompt_tokens: g.n_prompt,
-                completion_tokens: g.tokens.len(),
+            let tokens: &[u32] = if s.fed < s.prompt.len() {
+                &s.prompt[pos..pos + n]
+            } else {
+                &one_tok[k]
+            };
+            seqs.push(SeqStep {
+                state: st,
+                tokens,
+                pos,
+                adapters: &sets[set_of[k]],
+                logits,
             });
         }
-        Err(e) => fail(format!("{e:#}")),
+        shared.model.step_many(scratch, &mut seqs)
+    };
+    if let Err(e) = r {
+        // Nothing of the step ran: fail its sequences rather than loop on the error.
+        for &(i, ..) in &plan {
+            if let Some(mut s) = slots[i].seq.take() {
+                shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
+                s.sink.push(Event::Error(format!("{e}")));
+                draining.push(s.sink);
+                slots[i].cached.clear();
+            }
+        }
+        return;
+    }
+    for &(i, n, pos, logits) in &plan {
+        let sl = &mut slots[i];
+        let Some(s) = sl.seq.as_mut() else { continue };
+        // The cache now holds these tokens at `pos..`.
+        sl.cached.truncate(pos);
+        if s.fed < s.prompt.len() {
+            sl.cached.extend_from_slice(&s.prompt[pos..pos + n]);
+            s.fed += n;
+        } else if let Some((t, _)) = s.next {
+            sl.cached.push(t);
+        }
+        if !logits {
+            continue;
+        }
+        s.logits.copy_from_slice(states[i].logits());
+        let next = s.stepper.next(&mut s.logits, &mut s.sink);
+        match next {
+            Ok(Next::Run(t, p)) => s.next = Some((t, p)),
+            Ok(Next::Done(_)) => {
+                if let Some(s) = sl.seq.take() {
+                    finish(shared, s, draining);
+                }
+                sl.used = clock;
+            }
+            Err(e) => {
+                if let Some(mut s) = sl.seq.take() {
+                    shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
+                    s.sink.push(Event::Error(format!("{e:#}")));
+                    draining.push(s.sink);
+                }
+                sl.used = clock;
+            }
+        }
+    }
+}
+
+/// The end of a sequence: the text the stop matcher still held, then `Done`.
+fn finish(shared: &Shared, s: Seq, draining: &mut Vec<ServeSink>) {
+    let mut sink = s.sink;
+    let g = s.stepper.finish(&mut sink);
+    shared.metrics.generation(&g, sink.gone);
+    shared.metrics.running.fetch_sub(1, Ordering::Relaxed);
+    if sink.gone {
+        return;
+    }
+    if !sink.stopped {
+        let text = sink.stop.finish();
+        let logprobs = std::mem::take(&mut sink.pending);
+        sink.send(text, logprobs);
+    }
+    let finish = match (sink.stopped, g.finish) {
+        (true, _) | (_, Finish::Eog) => FinishReason::Stop,
+        _ => FinishReason::Length,
+    };
+    sink.push(Event::Done {
+        finish,
+        prompt_tokens: g.n_prompt,
+        completion_tokens: g.tokens.len(),
+    });
+    if !sink.flush() {
+        draining.push(sink);
+    }
+}
+
+/// A sink that ignores everything (a cancelled sequence's end).
+struct NullSink;
+
+impl Sink for NullSink {
+    fn token(&mut self, _: u32, _: &str) -> ControlFlow<()> {
+        ControlFlow::Break(())
     }
 }
 
 /// Turns tokens into events: stop strings cut, log-probabilities attached, and the end of the
-/// generation once the client has gone.
-struct ServeSink<'j> {
+/// generation once the client has gone. Events go through a small outbox: the scheduler never
+/// blocks on one slow reader (its sequence just waits for the next step until its channel has
+/// room), so the buffers stay bounded and the other streams keep going.
+struct ServeSink {
     tok: &'static Tok<'static>,
-    events: &'j tokio::sync::mpsc::Sender<Event>,
+    events: tokio::sync::mpsc::Sender<Event>,
+    outbox: VecDeque<Event>,
     stop: StopMatcher,
     logprobs: Option<usize>,
     /// The logits of the token being sampled (kept only when log-probabilities are asked for).
@@ -446,19 +786,57 @@ struct ServeSink<'j> {
     gone: bool,
 }
 
-impl ServeSink<'_> {
+impl ServeSink {
+    fn new(
+        tok: &'static Tok<'static>,
+        events: tokio::sync::mpsc::Sender<Event>,
+        stop: Vec<String>,
+        logprobs: Option<usize>,
+    ) -> Self {
+        ServeSink {
+            tok,
+            events,
+            outbox: VecDeque::new(),
+            stop: StopMatcher::new(stop),
+            logprobs,
+            logits: vec![],
+            pending: vec![],
+            stopped: false,
+            gone: false,
+        }
+    }
+
+    /// Queue an event and send what the channel takes.
+    fn push(&mut self, e: Event) {
+        self.outbox.push_back(e);
+        self.flush();
+    }
+
+    /// Send queued events while the channel has room; true when nothing is left to send
+    /// (all sent, or the client has gone).
+    fn flush(&mut self) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        while let Some(e) = self.outbox.pop_front() {
+            match self.events.try_send(e) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.outbox.push_front(e);
+                    return false;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.gone = true;
+                    self.outbox.clear();
+                }
+            }
+        }
+        true
+    }
+
     /// Send text and log-probabilities, if there is anything to send; false if the client
     /// has gone.
     fn send(&mut self, text: String, logprobs: Vec<TokenLogprob>) -> bool {
-        if text.is_empty() && logprobs.is_empty() {
-            return true;
-        }
-        if self
-            .events
-            .blocking_send(Event::Delta { text, logprobs })
-            .is_err()
-        {
-            self.gone = true;
+        if !(text.is_empty() && logprobs.is_empty()) {
+            self.push(Event::Delta { text, logprobs });
         }
         !self.gone
     }
@@ -510,7 +888,7 @@ impl ServeSink<'_> {
     }
 }
 
-impl Sink for ServeSink<'_> {
+impl Sink for ServeSink {
     fn logits(&mut self, logits: &[f32]) {
         if self.logprobs.is_some() {
             self.logits.clear();

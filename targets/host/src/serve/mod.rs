@@ -3,8 +3,9 @@
 //!
 //! - [`api`]: request bodies checked field by field, OpenAI-style errors;
 //! - [`routes`]: the axum routes, whole responses and server-sent event streams;
-//! - [`engine`]: the job queue and the `--parallel` workers that run the generation loop
-//!   `generate` runs ([`crate::generation::run`]), one KV cache each;
+//! - [`engine`]: the job queue and the scheduler that runs up to `--parallel` sequences in
+//!   batched steps (continuous batching across adapters, prompt cache), each sequence with
+//!   the generation loop `generate` runs ([`crate::generation::Stepper`]);
 //! - [`stop`]: stop strings cut from streamed text.
 //!
 //! The model file and adapters are memory-mapped once and live as long as the process (they
@@ -60,17 +61,21 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every route but /health (401 otherwise).
     #[arg(long, env = "EDGELORA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Requests generated at the same time, each with its own KV cache of --ctx positions;
-    /// more requests wait in a queue (its depth is in /metrics).
+    /// Sequences generated at the same time (continuous batching: every running sequence
+    /// advances in one pass over the base weights per step, whatever its adapters), each
+    /// with its own KV cache of --ctx positions; more requests wait in the queue.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
+    /// Requests that may wait for a free sequence slot; beyond that a request gets 429 with
+    /// Retry-After (the queue depth is in /metrics).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
     /// Positions of each request's KV cache (prompt + generated tokens; capped at the
     /// model's context length).
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
-    /// Threads for the matrix kernels of each forward pass (results are bit-identical to one
-    /// thread). The pool serves one forward pass at a time: with --parallel N, a request that
-    /// finds it busy runs its matrices on its own worker thread.
+    /// Threads for the matrix kernels of each batched step (results are bit-identical to one
+    /// thread).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// Use the scalar reference kernels with f32 activations (slow; the parity baseline).
@@ -151,7 +156,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         ctx,
         metrics: Metrics::default(),
     });
-    let engine = Engine::start(shared, a.parallel.into(), a.cache.spec(), mode)?;
+    let engine = Engine::start(
+        shared,
+        a.parallel.into(),
+        a.queue as usize,
+        a.cache.spec(),
+        mode,
+    )?;
     let app = Arc::new(routes::App {
         engine,
         api_key: a.api_key.clone(),

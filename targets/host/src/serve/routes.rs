@@ -158,7 +158,17 @@ async fn generate(app: Arc<App>, body: Bytes, ep: Endpoint) -> Response {
                 whole(meta, rx).await
             }
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let busy = e.status == StatusCode::TOO_MANY_REQUESTS;
+            let mut r = e.into_response();
+            if busy {
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            r
+        }
     }
 }
 
@@ -226,7 +236,7 @@ fn start(
     };
     shared.metrics.adapter_use(&label);
     let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-    app.engine.submit(Job {
+    let queued = app.engine.submit(Job {
         prompt: ids,
         adapters: std::mem::take(&mut req.adapters),
         sampling: req.sampling,
@@ -235,6 +245,13 @@ fn start(
         logprobs: req.logprobs,
         events: tx,
     });
+    if queued.is_err() {
+        return Err(ApiError::status(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("rate_limit_exceeded"),
+            "The server's queue is full; retry after a moment (Retry-After).".into(),
+        ));
+    }
     Ok((req, rx))
 }
 

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Load test for `edgelora serve`: concurrent clients, each with its own adapter or mix.
+
+Starts the server (SmolLM2-135M Q4_1 with the three task adapters and the r8 benchmark
+adapter), then:
+
+1. reference: every client's request run alone, one at a time (greedy);
+2. for 1, 4 and 8 concurrent clients (client k always uses mix k and prompt k): every answer
+   must equal its reference; reports aggregate decode tokens/s (completion tokens / wall
+   time), p50/p99 request latency, and the ratio to one client;
+3. time to first token with a ~500-token system prompt, uncached (a new system prompt each
+   time) vs cached (the same system prompt, another user message), medians;
+4. memory: the server's RSS after a warm-up and after `--soak` more requests.
+
+    /tmp/openai-venv/bin/python bench/serve_load.py [--threads 1] [--max-tokens 48]
+
+Needs the `openai` package (it talks to the server exactly as any OpenAI client does).
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, "models")
+
+# Mix k of client k: a model id, or a llama-server style `lora` list.
+MIXES = [
+    ("base", None),
+    ("intent", None),
+    ("normalize", None),
+    ("reply", None),
+    ("bench", None),
+    ("mix-ir", [{"id": "intent", "scale": 0.5}, {"id": "reply", "scale": 0.5}]),
+    ("mix-nb", [{"id": "normalize", "scale": 1.0}, {"id": "bench", "scale": 0.5}]),
+    ("reply-0.7", [{"id": "reply", "scale": 0.7}]),
+]
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "turn on the kitchen lights and set them to 40 percent",
+    "meet me at 5pm tmrw @ the cafe on 3rd st",
+    "Can you help me plan a picnic for Saturday?",
+    "Explain why the sky is blue to a ten year old.",
+    "set an alarm for seven thirty tomorrow morning",
+    "pls send the q3 rpt to j. smith by eod",
+    "What should I cook tonight with rice, eggs and spinach?",
+]
+
+
+def start_server(args):
+    cmd = [
+        args.binary, "serve", "-m", args.model, "--port", "0", "--threads", str(args.threads),
+        "--parallel", str(args.parallel), "--ctx", str(args.ctx),
+        "--adapter", f"intent={MODELS}/smollm2/intent/adapter.gguf",
+        "--adapter", f"normalize={MODELS}/smollm2/normalize/adapter.gguf",
+        "--adapter", f"reply={MODELS}/smollm2/reply/adapter.gguf",
+        "--adapter", f"bench={MODELS}/bench-lora-r8.gguf",
+    ]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = p.stdout.readline()
+    m = re.search(r"listening on (http://\S+)", line)
+    if not m:
+        p.kill()
+        sys.exit(f"server did not start: {line!r}")
+    return p, m.group(1)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def request_args(k, max_tokens):
+    name, lora = MIXES[k % len(MIXES)]
+    model = "SmolLM2-135M-Instruct.Q4_1" if name == "base" else name
+    kw = dict(
+        model=model if lora is None else "SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+        max_tokens=max_tokens,
+        temperature=0,
+    )
+    if lora is not None:
+        kw["extra_body"] = {"lora": lora}
+    return kw
+
+
+async def one(client, k, max_tokens):
+    t = time.perf_counter()
+    r = await client.chat.completions.create(**request_args(k, max_tokens))
+    return k, r.choices[0].message.content, r.usage.completion_tokens, time.perf_counter() - t
+
+
+async def client_loop(client, k, n, max_tokens, want, out):
+    for _ in range(n):
+        kk, text, toks, lat = await one(client, k, max_tokens)
+        out.append((kk, text == want[kk], toks, lat))
+
+
+async def phase(client, clients, per_client, max_tokens, want):
+    out = []
+    t = time.perf_counter()
+    await asyncio.gather(*(client_loop(client, k, per_client, max_tokens, want, out)
+                           for k in range(clients)))
+    wall = time.perf_counter() - t
+    toks = sum(o[2] for o in out)
+    lats = sorted(o[3] for o in out)
+    bad = [o[0] for o in out if not o[1]]
+    p99 = lats[min(len(lats) - 1, int(0.99 * len(lats)))]
+    return dict(clients=clients, requests=len(out), tokens=toks, wall=wall, tps=toks / wall,
+                p50=statistics.median(lats), p99=p99, mismatches=bad)
+
+
+def system_prompt(salt):
+    words = ("You are a careful assistant for a home automation gateway. Answer briefly, "
+             "name the device, the room and the action, and never invent devices. ").split()
+    body = " ".join(words[(i * 7 + salt) % len(words)] for i in range(420))
+    return f"[{salt}] {body}"
+
+
+async def ttft(client, system, user):
+    t = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model="intent", stream=True, max_tokens=4, temperature=0,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
+    first = None
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t
+    return first if first is not None else time.perf_counter() - t
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/edgelora"))
+    ap.add_argument("--model", default=os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--per-client", type=int, default=2)
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--soak", type=int, default=200)
+    ap.add_argument("--url", help="use a running server instead of starting one")
+    args = ap.parse_args()
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_server(args)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
+                                timeout=600)
+    try:
+        counts = [int(c) for c in args.clients.split(",")]
+        print(f"server {url}, threads {args.threads}, parallel {args.parallel}, "
+              f"max_tokens {args.max_tokens}")
+        want = {}
+        for k in range(max(counts)):
+            _, text, toks, lat = await one(client, k, args.max_tokens)
+            want[k] = text
+            print(f"reference mix {MIXES[k][0]:10s}: {toks:3d} tokens in {lat:.2f} s")
+        base = None
+        for c in counts:
+            r = await phase(client, c, args.per_client, args.max_tokens, want)
+            base = base or r["tps"]
+            print(f"{c} clients: {r['requests']} requests, {r['tokens']} tokens in "
+                  f"{r['wall']:.2f} s = {r['tps']:.1f} tok/s aggregate ({r['tps'] / base:.2f}x "
+                  f"one client); latency p50 {r['p50']:.2f} s p99 {r['p99']:.2f} s; "
+                  f"answers != alone: {len(r['mismatches'])}")
+            if r["mismatches"]:
+                print(f"  MISMATCH for mixes {sorted(set(r['mismatches']))}")
+        # Time to first token, ~500-token system prompt.
+        unc, cac = [], []
+        for i in range(3):
+            sp = system_prompt(1000 + i)
+            unc.append(await ttft(client, sp, "turn off the hall light"))
+            cac.append(await ttft(client, sp, f"dim the bedroom lamp to {10 + i} percent"))
+        u, k = statistics.median(unc), statistics.median(cac)
+        print(f"TTFT with a ~500-token system prompt: uncached {u * 1000:.0f} ms, cached "
+              f"{k * 1000:.0f} ms ({k / u:.2f} of uncached)")
+        if proc is not None and args.soak > 0:
+            before = rss_kib(proc.pid)
+            t = time.perf_counter()
+            done = 0
+            while done < args.soak:
+                batch = min(8, args.soak - done)
+                await asyncio.gather(*(one(client, (done + j) % len(MIXES), 8)
+                                       for j in range(batch)))
+                done += batch
+            after = rss_kib(proc.pid)
+            print(f"memory: RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after "
+                  f"{args.soak} more requests ({time.perf_counter() - t:.1f} s)")
+    finally:
+        await client.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
