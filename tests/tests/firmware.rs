@@ -74,7 +74,13 @@ fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
     let dir = root().join("targets/cortex-m");
     let mut features = format!("board-{board}");
     if dsp {
-        features.push_str(",dsp");
+        // The runtime image links the DSP table alone (its flash budget); the others keep the
+        // portable one selectable (`kernels` cross-checks the two in place).
+        features.push_str(if bin == "runtime" {
+            ",dsp-only"
+        } else {
+            ",dsp"
+        });
     }
     // Separate target dirs per feature set would rebuild the same deps; one dir keeps each
     // feature set's artefacts side by side, but the ELF is overwritten, so copy it out.

@@ -21,7 +21,8 @@
 pub(crate) enum Elems<'a> {
     /// f32 words.
     F32(&'a [f32]),
-    /// Little-endian IEEE half-precision values, two bytes each.
+    /// Little-endian IEEE half-precision values, two bytes each (the `kv-quant` caches).
+    #[cfg(feature = "kv-quant")]
     F16(&'a [u8]),
 }
 
@@ -30,6 +31,7 @@ impl Elems<'_> {
     pub(crate) fn len(&self) -> usize {
         match self {
             Elems::F32(x) => x.len(),
+            #[cfg(feature = "kv-quant")]
             Elems::F16(x) => x.len() / 2,
         }
     }
@@ -52,6 +54,7 @@ pub(crate) const LANES: usize = 16;
 /// slower than f32). Finite halves: the exponent and mantissa bits shifted into an f32 and
 /// scaled by 2^112 (the exponent bias difference; subnormals come out right because the f32
 /// they land in is subnormal too and the scaling is exact). Inf/NaN: exponent all ones.
+#[cfg(feature = "kv-quant")]
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
@@ -74,6 +77,8 @@ pub(crate) fn fold16(mut a: [f32; LANES]) -> f32 {
     a[0]
 }
 
+/// Sixteen lanes as chunks (vectorises on hosts).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 fn dot16_f32(q: &[f32], k: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -90,6 +95,18 @@ fn dot16_f32(q: &[f32], k: &[f32]) -> f32 {
     fold16(acc)
 }
 
+/// The same lanes in one loop: the same bits in a fraction of the code (microcontrollers).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[inline(always)]
+fn dot16_f32(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (d, (a, b)) in q.iter().zip(k).enumerate() {
+        acc[d % LANES] += a * b;
+    }
+    fold16(acc)
+}
+
+#[cfg(feature = "kv-quant")]
 #[inline(always)]
 fn dot16_f16(q: &[f32], k: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -108,6 +125,7 @@ pub(crate) fn scores(q: &[f32], k: Elems<'_>, stride: usize, scale: f32, out: &m
     for (i, o) in out.iter_mut().enumerate() {
         let s = match k {
             Elems::F32(k) => dot16_f32(q, &k[i * stride..i * stride + hd]),
+            #[cfg(feature = "kv-quant")]
             Elems::F16(k) => dot16_f16(q, &k[2 * i * stride..2 * (i * stride + hd)]),
         };
         *o = s * scale;
@@ -128,6 +146,7 @@ pub(crate) fn wsum(p: &[f32], v: Elems<'_>, stride: usize, out: &mut [f32]) -> b
                     *o += pi * x;
                 }
             }
+            #[cfg(feature = "kv-quant")]
             Elems::F16(v) => {
                 let row = &v[2 * i * stride..2 * (i * stride + hd)];
                 for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
@@ -166,6 +185,7 @@ mod tests {
         x.iter().flat_map(|&v| crate::quant::to_f16_le(v)).collect()
     }
 
+    #[cfg(feature = "kv-quant")]
     #[test]
     fn f16_to_f32_matches_half_for_every_value() {
         for h in 0..=u16::MAX {
@@ -213,10 +233,11 @@ mod tests {
                         .map(|_| half::f16::from_f32(r()).to_f32())
                         .collect();
                     let k16 = halves(&k);
-                    for rows in [
-                        Elems::F32(k.get(kvo..).unwrap_or(&[])),
-                        Elems::F16(k16.get(2 * kvo..).unwrap_or(&[])),
-                    ] {
+                    let mut all = vec![Elems::F32(k.get(kvo..).unwrap_or(&[]))];
+                    #[cfg(feature = "kv-quant")]
+                    all.push(Elems::F16(k16.get(2 * kvo..).unwrap_or(&[])));
+                    let _ = &k16;
+                    for rows in all {
                         let mut att = vec![f32::NAN; n];
                         assert!((kern.attn_scores)(&q, rows, kv_dim, 0.125, &mut att));
                         for (t, a) in att.iter().enumerate() {

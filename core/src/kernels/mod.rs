@@ -1228,6 +1228,10 @@ fn detect(isa: Isa) -> Option<&'static Kernel> {
         return None;
     }
     match isa {
+        // A DSP-only image links no portable table (`cortex-m-dsp-only`).
+        #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp-only"))]
+        Isa::Portable => None,
+        #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp-only")))]
         Isa::Portable => portable::detect(),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86_64::avx2::detect(),
@@ -1263,7 +1267,15 @@ pub fn best() -> &'static Kernel {
     [Isa::Avx512, Isa::Avx2, Isa::NeonDot, Isa::Neon, Isa::Dsp]
         .into_iter()
         .find_map(Isa::kernel)
-        .unwrap_or(&portable::KERNEL)
+        .unwrap_or(fallback())
+}
+
+/// The table when no SIMD one is available: portable, or DSP on a DSP-only image.
+fn fallback() -> &'static Kernel {
+    #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp-only"))]
+    return &arm::dsp::KERNEL;
+    #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp-only")))]
+    &portable::KERNEL
 }
 
 /// The kernel the model uses: [`best`] unless [`force`] (or, under `std`, the environment

@@ -844,6 +844,7 @@ impl crate::model::Adapters for AdapterSet<'_, '_, '_> {
     ) {
         AdapterSet::apply(self, layer, linear, x, y, tmp, out_tmp);
     }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn apply_cols(
         &self,
         layer: usize,

@@ -15,10 +15,12 @@
 //! older one ([`CacheSpec::swa_full`] keeps every position instead, as llama.cpp's `swa_full`).
 //!
 //! Element types (llama.cpp's `type_k`/`type_v`):
-//! - `F32`: the oracle; attention is the plain scalar loop of the reference forward pass.
-//! - `F16`: each value rounded to nearest f16 when written; scores are the kernel table's F16
-//!   row dot against the f32 query (no rounding of q, unlike llama.cpp's f16 `vec_dot_type`),
-//!   values are widened to f32 and accumulated in f32.
+//! - `F32`: the oracle. Scores and the value sum are the table's attention kernels
+//!   (`kernels::attn`: one fixed order, the same bits on every table).
+//! - `F16`: each value rounded to nearest f16 when written; the same attention kernels read
+//!   the halves (widened exactly to f32) against the f32 query (no rounding of q, unlike
+//!   llama.cpp's f16 `vec_dot_type`), so an F16 cache gives what an F32 cache holding the
+//!   rounded values would.
 //! - `Q8_0`: blocks of 32 along `head_dim` (so `head_dim % 32 == 0`), quantised as ggml's
 //!   `quantize_row_q8_0`; scores are the table's Q8_0 x Q8_0 dot against the query quantised to
 //!   Q8_0 per head (what llama.cpp does for a Q8_0 K), values dequantised (`d * q`) and

@@ -42,11 +42,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf::{Gguf, TensorInfo};
 pub use crate::kernels::KernelMode;
 use crate::kernels::{
-    self, act_scratch_f32s, matvec_input, matvec_input_side, Batch, Input, Kernel, MatRef, Side,
+    self, act_scratch_f32s, matvec_input, matvec_input_side, Input, Kernel, MatRef, Side,
 };
 // Prompt blocks of several tokens (hosts only; see `BLOCKED_PREFILL`).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use crate::kernels::matmul_input;
+use crate::kernels::{matmul_input, Batch};
 
 /// Largest LoRA rank the forward pass keeps scratch for (`A x` lives in a fixed `MAX_RANK`-float
 /// slice of the state); adapters of a higher rank are refused at parse time.
@@ -71,6 +71,9 @@ pub trait Adapters {
     /// As [`Adapters::apply`] for vectors `cols` of a batch (a prompt block, or the tokens of
     /// one adapter group in a multi-sequence step): `y` holds the outputs of those vectors
     /// only (`(cols.len(), out)`); every output bit-identical to `apply` of its vector.
+    /// Hosts only (x86_64, aarch64: where prompt blocks and multi-sequence steps run batched);
+    /// on microcontrollers it would sit in every adapter set's vtable unused (3.3 KB of flash).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[allow(clippy::too_many_arguments)]
     fn apply_cols(
         &self,
@@ -109,6 +112,7 @@ impl Adapters for NoAdapters {
         _: &mut [f32],
     ) {
     }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn apply_cols(
         &self,
         _: usize,
@@ -1273,6 +1277,7 @@ impl<'a> Acts<'a> {
 }
 
 /// True if `a` and `b` are the same adapter set object (compared by address).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn same_set(a: &dyn Adapters, b: &dyn Adapters) -> bool {
     core::ptr::addr_eq(a as *const dyn Adapters, b as *const dyn Adapters)
 }
@@ -1325,13 +1330,17 @@ fn add(x: &mut [f32], y: &[f32]) {
 
 /// In-place softmax (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
-    softmax_with(&kernels::portable::KERNEL, x);
+    softmax_by(x, kernels::reference::exp_shifted);
 }
 
 /// [`softmax`] with the exponentials on `kern` (the same bits on every table).
 pub(crate) fn softmax_with(kern: &Kernel, x: &mut [f32]) {
+    softmax_by(x, kern.exp_shifted);
+}
+
+fn softmax_by(x: &mut [f32], exp_shifted: fn(&mut [f32], f32)) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    (kern.exp_shifted)(x, max);
+    exp_shifted(x, max);
     let mut sum = 0.0f32;
     for v in x.iter() {
         sum += *v;
