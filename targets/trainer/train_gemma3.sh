@@ -14,8 +14,9 @@
 # models/gemma3/ is gitignored and this script is the way to get them.
 #
 # Measured on this repository's machine (no GPU; 1 thread, 2 vCPUs shared with other jobs):
-# ~0.12 steps/s at batch 16, i.e. ~15-20 min of training per task, plus ~1 min to load the base
-# (twice: training and the re-load check) and ~1.5 min per 200-answer PyTorch evaluation.
+# 0.13 / 0.08 / 0.20 steps/s at batch 16 for intent / reply / normalize, i.e. 13-22 min of
+# training per task, plus ~1.5 min to load the base (twice: training and the re-load check)
+# and 0.5-1.5 min per 200-answer PyTorch evaluation (four of them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
