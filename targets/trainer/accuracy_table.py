@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Accuracy parity of the task adapters: PyTorch PEFT vs edgelora, on each task's test split.
 
-    python targets/trainer/accuracy_table.py [--model tiny|smollm2 ...] [--reference]
+    python targets/trainer/accuracy_table.py [--model tiny|smollm2|gemma3-270m ...] [--reference]
 
-For each model and task it reads PEFT's figures from models/<model>/<task>/metrics.json
+For each model and task it reads PEFT's figures from models/<dir>/<task>/metrics.json
+(<dir>: tiny, smollm2, gemma3)
 (written by train.py: float32 model, the adapter as trained, greedy decoding) and runs the
 edgelora CLI (target/release/edgelora, built if missing) on the same split:
-  - unmerged: base as shipped (Q8_0 tiny / Q4_1 SmolLM2) + adapter applied unmerged, SIMD path;
+  - unmerged: base as shipped (Q8_0 tiny / Q4_1 SmolLM2 / Q4_K_M Gemma 3) + adapter applied
+    unmerged, SIMD path;
   - unmerged, reference kernels (f32 activations; --reference, slow on SmolLM2);
   - merged into the weights as Q8_0 (`edgelora merge --type q8_0`);
   - merged and re-quantised to each tensor's own type (`--type base`).
-Prints a Markdown table and writes models/<model>/accuracy.json. Needs no Python packages.
+Prints a Markdown table and writes models/<dir>/accuracy.json. Needs no Python packages.
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TASKS = ("intent", "reply", "normalize")
-BASES = {"tiny": ROOT / "models/tiny/tiny-base.gguf", "smollm2": ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"}
+# model -> (base GGUF, directory with <task>/adapter.gguf)
+BASES = {
+    "tiny": (ROOT / "models/tiny/tiny-base.gguf", ROOT / "models/tiny"),
+    "smollm2": (ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / "models/smollm2"),
+    # adapters not committed (Gemma Terms of Use): bash targets/trainer/train_gemma3.sh
+    "gemma3-270m": (ROOT / "models/gemma-3-270m-q4_k_m.gguf", ROOT / "models/gemma3"),
+}
 
 
 def binary() -> str:
@@ -53,17 +61,17 @@ def main() -> None:
     ap.add_argument("--task", action="append", choices=TASKS, help="default: all three")
     args = ap.parse_args()
     bin_ = binary()
-    models = args.model or [m for m in BASES if (ROOT / "models" / m / "intent" / "adapter.gguf").exists()]
+    models = args.model or [m for m in BASES if (BASES[m][1] / "intent" / "adapter.gguf").exists()]
     rows = []
     for m in models:
-        base = BASES[m]
+        base, adir = BASES[m]
         if not base.exists():
             print(f"SKIPPED {m}: {base} not found (edgelora fetch {m})")
             continue
-        acc_path = ROOT / "models" / m / "accuracy.json"
+        acc_path = adir / "accuracy.json"
         out = json.loads(acc_path.read_text()) if acc_path.exists() and args.task else {}
         for t in args.task or TASKS:
-            d = ROOT / "models" / m / t
+            d = adir / t
             ad = d / "adapter.gguf"
             if not ad.exists():
                 print(f"SKIPPED {m}/{t}: no {ad.relative_to(ROOT)}")

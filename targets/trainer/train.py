@@ -3,11 +3,12 @@
 
     python targets/trainer/train.py --base tiny --task intent --steps 600 --out models/tiny/intent
     python targets/trainer/train.py --base smollm2 --task intent --steps 300 --out build/smollm2-intent
+    python targets/trainer/train.py --base gemma3-270m --task intent --steps 100 --threads 1 --out models/gemma3/intent
     accelerate launch targets/trainer/train.py ...      # or: torchrun --nproc-per-node 4 train.py ...
 
 --base is `tiny` (models/tiny/tiny-base.gguf), `smollm2` (SmolLM2-135M-Instruct.Q4_1.gguf in
-models/, $EDGELORA_MODELS or the repository's models/), a .gguf path, or a Hugging Face
-checkpoint directory. A GGUF base is loaded by transformers' GGUF support, which dequantises
+models/, $EDGELORA_MODELS or the repository's models/), `gemma3-270m` (gemma-3-270m-q4_k_m.gguf,
+same places), a .gguf path, or a Hugging Face checkpoint directory. A GGUF base is loaded by transformers' GGUF support, which dequantises
 it to float32: the adapter is trained on exactly the weights the device runs (up to the
 runtime's own rounding), not on a different float original.
 
@@ -16,8 +17,12 @@ What it does, in order:
     targets/trainer/data/<task>/train.jsonl (`tasks.prompt`, loss on the answer, its newline
     and EOS only);
  2. trains LoRA (PEFT) with AdamW, warmup + cosine schedule, seeded; uses CUDA when present,
-    else the CPU (--threads, default 2); all device placement and data sharding go through
-    `accelerate`, so `accelerate launch` / `torchrun` on several GPUs runs it unchanged;
+    else the CPU (--threads, default: torch's own choice); all device placement and data sharding go through
+    `accelerate`, so `accelerate launch` / `torchrun` on several GPUs runs it unchanged.
+    The loss applies the output head only at the answer positions (`AnswerLoss`): a 262,144 x
+    640 head (Gemma 3) over every position of a batch is most of the step's work and memory;
+    the loss is the same mean cross-entropy as transformers' (checked on SmolLM2: equal to
+    float rounding, `--check-loss`);
  3. evaluates exact match on the test split with greedy decoding (base alone, then with the
     adapter; prompt -> text up to the first newline);
  4. writes OUT/adapter_model.safetensors + adapter_config.json (PEFT; the task
@@ -59,6 +64,8 @@ TARGETS = {
 # default learning rate per base (tuned on these tasks; a 135M pretrained model needs a
 # smaller step than the 0.85M tiny base)
 DEFAULT_LR = {"tiny": 6e-3, "smollm2": 1e-3}
+# GGUF file of each named pretrained base, looked up in model_dirs(); `edgelora fetch NAME` gets it
+NAMED_BASES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf", "gemma3-270m": "gemma-3-270m-q4_k_m.gguf"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,16 +83,17 @@ def model_dirs() -> list[Path]:
 def resolve_base(base: str) -> Path:
     if base == "tiny":
         return ROOT / "models" / "tiny" / "tiny-base.gguf"
-    if base == "smollm2":
+    if base in NAMED_BASES:
+        name = NAMED_BASES[base]
         for d in model_dirs():
-            p = d / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            p = d / name
             if p.exists():
                 return p
-        raise SystemExit("SmolLM2-135M-Instruct.Q4_1.gguf not found in ./models, $EDGELORA_MODELS or "
-                         "the repository's models/: run `cargo run --release -p edgelora-cli -- fetch smollm2`")
+        raise SystemExit(f"{name} not found in ./models, $EDGELORA_MODELS or the repository's models/: "
+                         f"run `cargo run --release -p edgelora-cli -- fetch {base}`")
     p = Path(base)
     if not p.exists():
-        raise SystemExit(f"--base {base}: no such file or directory (or use tiny / smollm2)")
+        raise SystemExit(f"--base {base}: no such file or directory (or use tiny / {' / '.join(NAMED_BASES)})")
     return p
 
 
@@ -167,6 +175,49 @@ def collate(pad_id: int):
             att[i, : len(x)] = 1
         return {"input_ids": ids, "labels": lab, "attention_mask": att}
     return f
+
+
+class AnswerLoss(torch.nn.Module):
+    """Causal-LM loss with the output head applied only where there is a label.
+
+    Same value as transformers' `ForCausalLMLoss` (mean cross-entropy over the positions whose
+    next-token label is not -100), but the head runs on those positions only: with labels on
+    the answer alone that is ~1/3 of the positions, and for Gemma 3's 262,144-row head the
+    logits of a full batch (16 x 40 x 262,144 floats, 0.67 GB, and as much again for their
+    gradient) were most of a step. It is a module wrapping the PEFT model so that
+    `accelerate.prepare` (DDP on several processes) wraps the whole loss computation."""
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.peft = peft_model
+
+    def forward(self, input_ids, attention_mask, labels):
+        causal = self.peft.get_base_model()  # the *ForCausalLM, with the LoRA layers injected
+        hidden = causal.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        target = labels[:, 1:]  # position t predicts token t+1
+        keep = target != -100
+        logits = causal.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer_tokens, vocab)
+        cap = getattr(causal.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
+def check_loss(head_only: AnswerLoss, dl, steps: int, say) -> None:
+    """AnswerLoss against transformers' full-head loss on the first batches (no training)."""
+    worst = 0.0
+    with torch.no_grad():
+        for i, batch in enumerate(dl):
+            if i >= steps:
+                break
+            full = head_only.peft(**batch).loss.item()
+            ours = head_only(**batch).item()
+            worst = max(worst, abs(full - ours) / max(1e-12, abs(full)))
+            say(f"check-loss batch {i}: transformers {full:.7f}  answer-only head {ours:.7f}  "
+                f"rel diff {abs(full - ours) / max(1e-12, abs(full)):.2e}")
+    if worst > 1e-5:
+        raise SystemExit(f"--check-loss: answer-only loss differs from transformers' by {worst:.2e} (relative)")
+    say(f"check-loss: equal within {worst:.1e} (relative) on {steps} batches")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +317,8 @@ def rel(p: Path) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="tiny | smollm2 | path to a .gguf or HF checkpoint dir")
+    ap.add_argument("--base", required=True,
+                    help="tiny | smollm2 | gemma3-270m | path to a .gguf or HF checkpoint dir")
     ap.add_argument("--task", required=True, choices=tasks.TASKS)
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -282,13 +334,17 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=16, help="examples per step (per process)")
     ap.add_argument("--warmup", type=int, default=None, help="default: steps/10, at most 50")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads when there is no GPU")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads when there is no GPU (default: torch's own, the core count)")
     ap.add_argument("--eval-n", type=int, default=None, help="test rows to evaluate (default: all)")
     ap.add_argument("--eval-batch", type=int, default=50)
     ap.add_argument("--skip-base-eval", action="store_true", help="do not evaluate the base alone")
     ap.add_argument("--edgelora", default=None, help="path of the edgelora binary for `adapter convert`")
     ap.add_argument("--no-convert", action="store_true")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--check-loss", type=int, default=0, metavar="N",
+                    help="only compare the answer-only-head loss with transformers' full loss on N "
+                         "batches of the untrained adapter, fail if they differ (relative > 1e-5), exit")
     return ap.parse_args(argv)
 
 
@@ -303,14 +359,15 @@ def main(argv=None) -> None:
     accel = Accelerator(cpu=not torch.cuda.is_available())
     device = accel.device
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
     set_seed(args.seed)
     main_proc = accel.is_main_process
     say = accel.print
 
     base_path = resolve_base(args.base)
-    base_kind = args.base if args.base in ("tiny", "smollm2") else "path"
+    base_kind = args.base if args.base == "tiny" or args.base in NAMED_BASES else "path"
     lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.base, 1e-3)
     warmup = args.warmup if args.warmup is not None else min(50, max(1, args.steps // 10))
     say(f"device: {device} ({accel.num_processes} process(es)"
@@ -349,12 +406,16 @@ def main(argv=None) -> None:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    loss_model = AnswerLoss(model)
     # the scheduler is not handed to accelerate: it would step it once per process, and here
     # --steps counts optimizer steps whatever the number of processes
-    model, opt, dl = accel.prepare(model, opt, dl)
+    loss_model, opt, dl = accel.prepare(loss_model, opt, dl)
+    if args.check_loss:
+        check_loss(accel.unwrap_model(loss_model), dl, args.check_loss, say)
+        return
 
     # --- base alone (LoRA off) --------------------------------------------------------------
-    unwrapped = accel.unwrap_model(model)
+    unwrapped = accel.unwrap_model(loss_model).peft
     base_eval = None
     if main_proc and not args.skip_base_eval:
         with unwrapped.disable_adapter():
@@ -364,17 +425,17 @@ def main(argv=None) -> None:
     accel.wait_for_everyone()
 
     # --- training ---------------------------------------------------------------------------
-    model.train()
+    loss_model.train()
     step, t0, t_last, losses, tokens = 0, time.time(), time.time(), [], 0
     while step < args.steps:
         for batch in dl:
-            out = model(**batch)
-            accel.backward(out.loss)
-            accel.clip_grad_norm_(model.parameters(), 1.0)
+            loss = loss_model(**batch)
+            accel.backward(loss)
+            accel.clip_grad_norm_(loss_model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(out.loss.item())
+            losses.append(loss.item())
             tokens += int(batch["attention_mask"].sum()) * accel.num_processes
             step += 1
             if step % args.log_every == 0 or step == args.steps or step == 1:
@@ -391,7 +452,7 @@ def main(argv=None) -> None:
 
     # --- adapter evaluation, save, export (main process) -------------------------------------
     if main_proc:
-        unwrapped = accel.unwrap_model(model)
+        unwrapped = accel.unwrap_model(loss_model).peft
         if args.save_dtype == "f16":
             # evaluate exactly the weights that are saved: round A and B to f16 first
             with torch.no_grad():

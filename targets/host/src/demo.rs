@@ -1,5 +1,5 @@
 //! `edgelora demo` and `edgelora eval`: the task adapters on the default tiny model (or
-//! SmolLM2), with exact-match on the held-out test split.
+//! SmolLM2, or Gemma 3 270M), with exact-match on the held-out test split.
 //!
 //! Prompt format and metric are the trainer's (`targets/trainer/tasks.py`): the model is given
 //! `"{task}: {input}\n"` and its answer is the generated text before the first newline,
@@ -20,7 +20,8 @@ pub const TASKS: [&str; 3] = ["intent", "reply", "normalize"];
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Base model: `tiny` (ships in models/tiny), `smollm2`, or a GGUF path.
+    /// Base model: `tiny` (ships in models/tiny), `smollm2`, `gemma3-270m`, or a GGUF path
+    /// (the file of one of those, or any base with --adapters).
     #[arg(long, short = 'm', default_value = "tiny")]
     pub model: String,
     /// Held-out inputs per task.
@@ -29,7 +30,8 @@ pub struct DemoArgs {
     /// Directory with <task>/test.jsonl.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Directory with <task>/adapter.gguf (default: next to the model's models/ entry).
+    /// Directory with <task>/adapter.gguf (default: the model's own, models/tiny, models/smollm2
+    /// or models/gemma3).
     #[arg(long)]
     pub adapters: Option<PathBuf>,
     /// Maximum new tokens per answer.
@@ -47,7 +49,7 @@ pub struct EvalArgs {
     /// Adapter GGUF (omit to evaluate the base alone).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Base model: `tiny`, `smollm2`, or a GGUF path.
+    /// Base model: `tiny`, `smollm2`, `gemma3-270m`, or a GGUF path.
     #[arg(long, short = 'm', default_value = "tiny")]
     pub model: String,
     /// Directory with <task>/test.jsonl.
@@ -155,14 +157,86 @@ fn model_alias(m: &str) -> String {
     m.to_string()
 }
 
-fn adapter_dir(a: &Option<PathBuf>, model: &str) -> PathBuf {
+/// Where a named model's task adapters live and how to make them.
+struct TaskAdapters {
+    /// `--model` alias.
+    model: &'static str,
+    /// GGUF file name of the base (to recognise a path to it).
+    file: &'static str,
+    /// Directory with `<task>/adapter.gguf`, relative to the repository.
+    dir: &'static str,
+    /// The command that builds them.
+    build: &'static str,
+    /// Why they may be absent from a checkout.
+    note: &'static str,
+}
+
+/// One row per model with task adapters.
+const TASK_ADAPTERS: [TaskAdapters; 3] = [
+    TaskAdapters {
+        model: "tiny",
+        file: "tiny-base.gguf",
+        dir: "models/tiny",
+        build: "bash targets/trainer/rebuild_tiny.sh",
+        note: "they are committed; restore them with `git checkout models/tiny`",
+    },
+    TaskAdapters {
+        model: "smollm2",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        dir: "models/smollm2",
+        build: "bash targets/trainer/train_smollm2.sh",
+        note: "they are committed; restore them with `git checkout models/smollm2`",
+    },
+    TaskAdapters {
+        model: "gemma3-270m",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        dir: "models/gemma3",
+        build: "bash targets/trainer/train_gemma3.sh",
+        note: "they are not committed: weights trained on Gemma are Model Derivatives under the \
+               Gemma Terms of Use, so each checkout trains its own",
+    },
+];
+
+/// The adapters row of `--model` (an alias, or a path whose file name is a known base's).
+fn task_adapters(model: &str) -> Option<&'static TaskAdapters> {
+    let file = std::path::Path::new(model)
+        .file_name()
+        .and_then(|f| f.to_str());
+    TASK_ADAPTERS
+        .iter()
+        .find(|r| r.model == model || Some(r.file) == file)
+}
+
+fn adapter_dir(a: &Option<PathBuf>, model: &str) -> Result<PathBuf> {
     if let Some(d) = a {
-        return d.clone();
+        return Ok(d.clone());
     }
-    if model == "tiny" {
-        repo_path("models/tiny")
-    } else {
-        repo_path("models/smollm2")
+    match task_adapters(model) {
+        Some(r) => Ok(repo_path(r.dir)),
+        None => bail!(
+            "no task adapters are known for model '{model}': pass --adapters DIR (a directory \
+             with intent/, reply/, normalize/ each holding adapter.gguf), or use --model {}",
+            TASK_ADAPTERS.map(|r| r.model).join(" / ")
+        ),
+    }
+}
+
+/// The error for a missing `<task>/adapter.gguf`: which file, and the command that makes it.
+fn missing_adapter(p: &std::path::Path, task: &str, model: &str) -> String {
+    match task_adapters(model) {
+        Some(r) => format!(
+            "task adapter '{task}' not found: {} does not exist. Build {}'s adapters with `{}` \
+             ({}; the trainer needs .venv with targets/trainer/requirements.txt)",
+            p.display(),
+            r.model,
+            r.build,
+            r.note
+        ),
+        None => format!(
+            "task adapter '{task}' not found: {} does not exist (train one with \
+             targets/trainer/train.py and convert it with `edgelora adapter convert`)",
+            p.display()
+        ),
     }
 }
 
@@ -177,14 +251,15 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let ctx = 128.min(cfg.ctx_len);
     let mut buf = a.cache.buffer(&cfg, ctx);
     let mut st = a.cache.state(&cfg, ctx, &mut buf)?;
-    let dir = adapter_dir(&a.adapters, &a.model);
+    let dir = adapter_dir(&a.adapters, &a.model)?;
     // Load every task adapter once; all stay resident and bound, switching is a set swap.
     let mut maps = vec![];
     for t in TASKS {
         let p = dir.join(t).join("adapter.gguf");
-        let mm = map(&p).with_context(|| {
-            format!("adapter for task '{t}' (convert it with `edgelora adapter convert`)")
-        })?;
+        if !p.exists() {
+            bail!("{}", missing_adapter(&p, t, &a.model));
+        }
+        let mm = map(&p).with_context(|| format!("adapter for task '{t}'"))?;
         maps.push((t, p, mm));
     }
     let parsed: Vec<Adapter> = maps

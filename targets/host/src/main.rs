@@ -35,8 +35,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// The main job: task adapters on the tiny default model (or --model smollm2), switching
-    /// adapters between requests; prints outputs, exact-match, swap time, tokens/s, memory.
+    /// The main job: task adapters on the tiny default model (or --model smollm2 /
+    /// gemma3-270m), switching adapters between requests; prints outputs, exact-match, swap
+    /// time, tokens/s, memory.
     Demo(demo::DemoArgs),
     /// Exact-match of a task adapter (or the base alone) on the task's held-out test split.
     Eval(demo::EvalArgs),
