@@ -579,21 +579,38 @@ impl Compiler<'_> {
 /// [`CompileError`] for text that is not JSON, a keyword this does not support, a `$ref`
 /// that does not resolve, or a count over the table's limits.
 pub fn compile(schema_json: &str) -> Result<Vec<u8>, CompileError> {
+    compile_at(schema_json, &[])
+}
+
+/// Compile the schema found under the object keys `path` of the JSON document `json` (for
+/// OpenAI's request body: `["response_format", "json_schema", "schema"]`), keeping the order
+/// its properties are written in (a JSON library's map would sort them).
+///
+/// # Errors
+/// As [`compile`], and a `path` that is not in the document.
+pub fn compile_at(json: &str, path: &[&str]) -> Result<Vec<u8>, CompileError> {
     let mut p = Parser {
-        s: schema_json.as_bytes(),
+        s: json.as_bytes(),
         i: 0,
     };
-    let root = p.value(0)?;
+    let doc = p.value(0)?;
     p.ws();
     if p.i != p.s.len() {
         return p.fail("trailing characters");
     }
+    let mut root = &doc;
+    for k in path {
+        root = match root.get(k) {
+            Some(v) => v,
+            None => return err(alloc::format!("no {k:?} in the document")),
+        };
+    }
     let mut c = Compiler {
-        root: &root,
+        root,
         nodes: Vec::new(),
         refs: Vec::new(),
     };
-    let top = c.node(&root, "#", 0)?;
+    let top = c.node(root, "#", 0)?;
     let top = c.link(top)?;
     Ok(c.emit(top))
 }

@@ -47,7 +47,7 @@ mod stop;
 mod trie;
 
 #[cfg(feature = "alloc")]
-pub use compile::{compile, CompileError};
+pub use compile::{compile, compile_at, CompileError};
 pub use json::{JsonState, MAX_DEPTH, MAX_NUMBER};
 pub use schema::{Schema, ANY, ANY_ARRAY, ANY_OBJECT, MAGIC, MAX_BRANCHES, MAX_CHOICES, VERSION};
 pub use stop::StopScan;

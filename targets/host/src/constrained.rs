@@ -134,11 +134,6 @@ impl JsonConstraint {
         self.state = s;
         ok
     }
-
-    /// True when the output so far is one complete value.
-    pub fn is_complete(&self) -> bool {
-        self.state.is_complete(&self.schema())
-    }
 }
 
 /// A sink that constrains the tokens another sink gets (no constraint: passes through).
