@@ -451,23 +451,37 @@ pub struct ConstrainArgs {
     /// order; types, enum/const, required, items, minItems/maxItems, anyOf, $ref).
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<PathBuf>,
+    /// With --json-object/--json-schema: whitespace bytes allowed in a row between JSON
+    /// tokens (0: compact JSON only). Bounded so that a model cannot stall in whitespace.
+    #[arg(long, value_name = "N", default_value_t = crate::constrained::MAX_WS)]
+    pub json_ws: u8,
 }
 
 impl ConstrainArgs {
     /// The compiled schema table asked for, if any.
     pub fn table(&self) -> Result<Option<Vec<u8>>> {
         if let Some(p) = &self.json_schema {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let t = crate::constrained::compile_schema(&text).with_context(|| format!("compiling {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t = crate::constrained::compile_schema(&text)
+                .with_context(|| format!("compiling {}", p.display()))?;
             return Ok(Some(t));
         }
         Ok(self.json_object.then(crate::constrained::any_object_table))
     }
 
     /// A fresh constraint for one generation.
-    pub fn constraint(&self, table: &Option<Vec<u8>>, vocab: &Option<std::sync::Arc<crate::constrained::Vocab>>) -> Result<Option<crate::constrained::JsonConstraint>> {
+    pub fn constraint(
+        &self,
+        table: &Option<Vec<u8>>,
+        vocab: &Option<std::sync::Arc<crate::constrained::Vocab>>,
+    ) -> Result<Option<crate::constrained::JsonConstraint>> {
         match (table, vocab) {
-            (Some(t), Some(v)) => Ok(Some(crate::constrained::JsonConstraint::new(v.clone(), t.clone())?)),
+            (Some(t), Some(v)) => Ok(Some(crate::constrained::JsonConstraint::with_ws(
+                v.clone(),
+                t.clone(),
+                self.json_ws,
+            )?)),
             _ => Ok(None),
         }
     }

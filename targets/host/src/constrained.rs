@@ -81,13 +81,23 @@ pub struct JsonConstraint {
 }
 
 impl JsonConstraint {
-    /// A constraint to one value of the schema in `table`.
+    /// A constraint to one value of the schema in `table`, whitespace runs of at most
+    /// [`MAX_WS`].
     ///
     /// # Errors
     /// A table that [`Schema::from_bytes`] refuses.
     pub fn new(vocab: Arc<Vocab>, table: Vec<u8>) -> Result<Self> {
+        Self::with_ws(vocab, table, MAX_WS)
+    }
+
+    /// As [`JsonConstraint::new`], with at most `max_ws` whitespace bytes in a row (0: compact
+    /// JSON).
+    ///
+    /// # Errors
+    /// A table that [`Schema::from_bytes`] refuses.
+    pub fn with_ws(vocab: Arc<Vocab>, table: Vec<u8>, max_ws: u8) -> Result<Self> {
         let schema = Schema::from_bytes(&table).context("schema table")?;
-        let state = JsonState::new(&schema, MAX_WS);
+        let state = JsonState::new(&schema, max_ws);
         let stack = vec![state; vocab.trie.max_depth() + 1];
         let mask = vec![0u32; vocab.trie.vocab_size().div_ceil(32)];
         Ok(JsonConstraint {
@@ -111,7 +121,13 @@ impl JsonConstraint {
         let n = self
             .vocab
             .trie
-            .fill_mask(&schema, &self.state, &self.vocab.eog, &mut self.stack, &mut self.mask)
+            .fill_mask(
+                &schema,
+                &self.state,
+                &self.vocab.eog,
+                &mut self.stack,
+                &mut self.mask,
+            )
             .unwrap_or(0);
         if n == 0 {
             // Nothing fits (a vocabulary without the bytes the schema needs): end the output
@@ -145,7 +161,11 @@ pub struct Constrained<'a, 'c> {
 
 impl<'a, 'c> Constrained<'a, 'c> {
     /// Wrap `inner`; `c` masks each step and follows each sampled token.
-    pub fn new(inner: &'a mut dyn Sink, c: Option<&'c mut JsonConstraint>, tok: &'a Tok<'a>) -> Self {
+    pub fn new(
+        inner: &'a mut dyn Sink,
+        c: Option<&'c mut JsonConstraint>,
+        tok: &'a Tok<'a>,
+    ) -> Self {
         Constrained { inner, c, tok }
     }
 }

@@ -33,7 +33,7 @@ pub struct DemoArgs {
     /// Directory with <task>/adapter.gguf (default: next to the model's models/ entry).
     #[arg(long)]
     pub adapters: Option<PathBuf>,
-    /// Maximum new tokens per answer.
+    /// Maximum new tokens per answer (at least 128 when constrained).
     #[arg(long, default_value_t = 48)]
     pub max_new: usize,
     #[command(flatten)]
@@ -57,7 +57,7 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Maximum new tokens per answer.
+    /// Maximum new tokens per answer (at least 128 when constrained).
     #[arg(long, default_value_t = 48)]
     pub max_new: usize,
     /// Print every prediction.
@@ -248,7 +248,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             swap_ns += t0.elapsed().as_nanos() as f64;
             swaps += 1;
             let t1 = Instant::now();
-            let (with, n1) = answer(&model, &tok, &mut st, &set, task, &ex.input, a.max_new, None)?;
+            let (with, n1) = answer(
+                &model, &tok, &mut st, &set, task, &ex.input, a.max_new, None,
+            )?;
             let (base, n2) = answer(
                 &model,
                 &tok,
@@ -300,7 +302,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
     let tok = Tok::new(&g)?;
     let cfg = *model.config();
-    let ctx = 128.min(cfg.ctx_len);
+    let constrained =
+        (a.constrain.json_object || a.constrain.json_schema.is_some()) && !a.check_only;
+    // A constrained answer ends only when its value is complete: give it room (an intent
+    // object with whitespace and a long number can take ~70 tokens).
+    let max_new = if constrained {
+        a.max_new.max(128)
+    } else {
+        a.max_new
+    };
+    let ctx = if constrained { 256 } else { 128 }.min(cfg.ctx_len);
     let mut buf = a.cache.buffer(&cfg, ctx);
     let mut st = a.cache.state(&cfg, ctx, &mut buf)?;
     if a.reference {
@@ -338,14 +349,24 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mut preds = vec![];
     for (i, e) in ex.iter().enumerate() {
         let mut c = a.constrain.constraint(&table, &vocab)?;
-        let (pred, _) = answer(&model, &tok, &mut st, &set, &a.task, &e.input, a.max_new, if a.check_only { None } else { c.as_mut() })?;
+        let (pred, _) = answer(
+            &model,
+            &tok,
+            &mut st,
+            &set,
+            &a.task,
+            &e.input,
+            max_new,
+            if a.check_only { None } else { c.as_mut() },
+        )?;
         let hit = pred == e.output;
         ok += hit as usize;
         valid_json += serde_json::from_str::<serde_json::Value>(&pred).is_ok() as usize;
         if let Some(t) = &table {
             let schema = edgelora::constrain::Schema::from_bytes(t)?;
             let mut s = edgelora::constrain::JsonState::new(&schema, u8::MAX);
-            schema_valid += (s.advance(&schema, pred.as_bytes()) && s.is_complete(&schema)) as usize;
+            schema_valid +=
+                (s.advance(&schema, pred.as_bytes()) && s.is_complete(&schema)) as usize;
         }
         if a.json {
             preds.push(serde_json::Value::String(pred));

@@ -404,17 +404,24 @@ fn response_format(rf: Option<&Value>, body: &[u8]) -> Result<Option<Vec<u8>>, A
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(crate::constrained::any_object_table())),
         Some("json_schema") => {
-            let js = rf
-                .get("json_schema")
-                .ok_or_else(|| bad("response_format json_schema needs 'json_schema': {\"name\", \"schema\"}".into()))?;
-            if js.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+            let js = rf.get("json_schema").ok_or_else(|| {
+                bad(
+                    "response_format json_schema needs 'json_schema': {\"name\", \"schema\"}"
+                        .into(),
+                )
+            })?;
+            if js
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
                 return Err(bad("'json_schema.strict' must be a boolean".into()));
             }
             if js.get("schema").is_none() {
                 // OpenAI: a missing schema means any JSON object.
                 return Ok(Some(crate::constrained::any_object_table()));
             }
-            let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
+            let text =
+                std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
             edgelora::constrain::compile_at(text, &["response_format", "json_schema", "schema"])
                 .map(Some)
                 .map_err(|e| bad(e.to_string()))
