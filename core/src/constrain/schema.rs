@@ -162,7 +162,7 @@ impl<'a> Schema<'a> {
                     }
                     for j in 0..k {
                         let (o, l) = (rd(at + 8 + 8 * j)?, rd(at + 12 + 8 * j)?);
-                        if l == 0 || l > 0xFFFF || !bytes_ok(o, l) {
+                        if !(1..=0xFFFF).contains(&l) || !bytes_ok(o, l) {
                             return Err(bad("schema literal bytes", at + 8 + 8 * j));
                         }
                     }
@@ -181,7 +181,7 @@ impl<'a> Schema<'a> {
                     for j in 0..k {
                         let p = at + 8 + 16 * j;
                         let (o, l) = (rd(p)?, rd(p + 4)?);
-                        if l < 2 || l > 0xFFFF || !bytes_ok(o, l) {
+                        if !(2..=0xFFFF).contains(&l) || !bytes_ok(o, l) {
                             return Err(bad("schema property key", p));
                         }
                         if !is_ref(rd(p + 8)?) {
