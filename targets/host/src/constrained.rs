@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 /// may write `{"a": 1}` but cannot stall in whitespace).
 pub const MAX_WS: u8 = 1;
 
+/// Masks kept per constraint (32 KiB each for a 262 144-token vocabulary).
+const MASK_CACHE: usize = 4;
+
 /// A model's vocabulary as the mask walks it.
 pub struct Vocab {
     trie: TokenTrie<Vec<u32>>,
@@ -76,6 +79,11 @@ pub struct JsonConstraint {
     state: JsonState,
     stack: Vec<JsonState>,
     mask: Vec<u32>,
+    /// Masks of recent states (at most [`MASK_CACHE`], oldest replaced first): inside a free
+    /// string the state after a token is often the state before it, and the states "inside a
+    /// key" / "inside a value" recur for every property, so their masks are reused.
+    cache: Vec<(JsonState, Vec<u32>)>,
+    next_slot: usize,
     /// Tokens whose mask allowed nothing but end-of-generation (for reports).
     pub dead_ends: usize,
 }
@@ -106,6 +114,8 @@ impl JsonConstraint {
             state,
             stack,
             mask,
+            cache: Vec::new(),
+            next_slot: 0,
             dead_ends: 0,
         })
     }
@@ -117,6 +127,10 @@ impl JsonConstraint {
 
     /// Set every logit the output may not continue with to `-inf`.
     pub fn mask(&mut self, logits: &mut [f32]) {
+        if let Some((_, m)) = self.cache.iter().find(|(s, _)| *s == self.state) {
+            apply_mask(m, logits);
+            return;
+        }
         let schema = Schema::from_bytes(&self.table).unwrap_or(Schema::any_value());
         let n = self
             .vocab
@@ -140,6 +154,13 @@ impl JsonConstraint {
             }
         }
         apply_mask(&self.mask, logits);
+        let entry = (self.state, self.mask.clone());
+        if self.cache.len() < MASK_CACHE {
+            self.cache.push(entry);
+        } else {
+            self.cache[self.next_slot] = entry;
+            self.next_slot = (self.next_slot + 1) % MASK_CACHE;
+        }
     }
 
     /// Feed the bytes of a sampled token. False if they do not fit (never after `mask`).
