@@ -405,6 +405,74 @@ fn trie_mask_equals_trying_every_token() {
     assert!(TokenTrie::from_words(&w[..]).is_err());
 }
 
+/// The same on the real vocabularies (byte-level BPE and 262 144-token SentencePiece with
+/// many non-ASCII tokens), at states inside strings (between characters, inside a UTF-8
+/// sequence and an escape), keys, numbers and structure.
+#[test]
+fn trie_mask_equals_trying_every_token_on_real_vocabularies() {
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_K_M.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let path = format!("{ROOT}/models/{name}");
+        let Ok(file) = std::fs::File::open(&path) else {
+            println!("SKIPPED: {path} is absent");
+            continue;
+        };
+        // SAFETY: read-only private mapping of a file nobody modifies during the test.
+        let m = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let g = Gguf::parse(&m).unwrap();
+        let tok = Tokenizer::new_owned(&g).unwrap();
+        let trie =
+            TokenTrie::build(&tok, vec![0u32; TokenTrie::<Vec<u32>>::words_for(&tok)]).unwrap();
+        let any = Schema::any_value();
+        let mut stack = vec![JsonState::new(&any, 0); trie.max_depth() + 1];
+        let mut mask = vec![0u32; tok.vocab_size().div_ceil(32)];
+        let mut buf = [0u8; 256];
+        let prefixes: [&[u8]; 9] = [
+            b"",
+            b"{\"",
+            b"{\"k\": \"caf",
+            b"{\"k\": \"caf\xc3",
+            b"{\"k\": \"\xe6\x97",
+            b"{\"k\": \"a\\",
+            b"{\"k\": \"a\\u00",
+            b"[1",
+            b"{\"k\": \"x\", ",
+        ];
+        for pre in prefixes {
+            let mut state = JsonState::new(&any, 1);
+            assert!(state.advance(&any, pre), "{pre:?}");
+            trie.fill_mask(&any, &state, tok.eog_ids(), &mut stack, &mut mask)
+                .unwrap();
+            let mut n = 0;
+            for id in 0..tok.vocab_size() as u32 {
+                let len = tok.decode_token_into(id, &mut buf).unwrap_or(usize::MAX);
+                let want = if tok.is_eog(id) {
+                    state.is_complete(&any)
+                } else {
+                    use edgelora::tokenizer::TokenType as T;
+                    matches!(
+                        tok.token_type(id).unwrap(),
+                        T::Normal | T::Undefined | T::UserDefined | T::Byte
+                    ) && (1..=edgelora::constrain::MAX_TOKEN_BYTES).contains(&len)
+                        && state.clone().advance(&any, &buf[..len])
+                };
+                assert_eq!(
+                    edgelora::constrain::mask_allows(&mask, id),
+                    want,
+                    "{name}: token {id} after {pre:?}"
+                );
+                n += want as usize;
+            }
+            println!(
+                "{name}: {n} tokens allowed after {:?}",
+                String::from_utf8_lossy(pre)
+            );
+        }
+    }
+}
+
 fn mask_time_for(path: &str) {
     let Ok(file) = std::fs::File::open(path) else {
         println!("SKIPPED: {path} is absent");

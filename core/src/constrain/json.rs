@@ -157,6 +157,13 @@ impl JsonState {
         matches!(self.mode, Mode::Done)
     }
 
+    /// True inside a string between characters (not in an escape or a UTF-8 sequence): any
+    /// whole character but `"`, `\` and controls is accepted there and changes nothing.
+    #[inline]
+    pub(crate) fn at_string_char(&self) -> bool {
+        matches!(self.mode, Mode::Str { esc: 0, rem: 0, .. })
+    }
+
     /// True if byte `b` is accepted and leaves the state as it is: printable ASCII other than
     /// `"` and `\` inside a string, between characters. The mask walk shares the parent's
     /// state for such bytes instead of copying it.

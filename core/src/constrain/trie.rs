@@ -28,6 +28,20 @@ pub const MAX_TOKEN_BYTES: usize = 128;
 
 const HEADER: usize = 4;
 
+/// Node flag: every token in the node's subtree continues, from the node's byte on, with
+/// whole UTF-8 characters that may stand unescaped inside a JSON string (no `"`, `\`,
+/// control character). Inside a string, at a character boundary, such a subtree is accepted
+/// whole and leaves the state as it was, so the mask takes its tokens without walking it.
+const PLAIN: u32 = 1 << 31;
+/// Node word: the byte in bits 0-7, the depth in bits 8-30, [`PLAIN`] in bit 31.
+const DEPTH_MASK: u32 = 0x7F_FFFF;
+
+/// `bytes` are whole characters that a JSON string may hold unescaped.
+fn plain_suffix(bytes: &[u8]) -> bool {
+    core::str::from_utf8(bytes)
+        .is_ok_and(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'))
+}
+
 /// The vocabulary's byte trie over caller-provided words.
 #[derive(Debug, Clone)]
 pub struct TokenTrie<W: AsRef<[u32]>> {
@@ -123,10 +137,17 @@ impl<W: AsRef<[u32]>> TokenTrie<W> {
                 nodes[3 * at + 2] = (n_nodes - at) as u32;
             }
             for d in lcp + 1..=n {
-                nodes[3 * n_nodes] = u32::from(cur[d - 1]) | (d as u32) << 8;
+                nodes[3 * n_nodes] = u32::from(cur[d - 1]) | (d as u32) << 8 | PLAIN;
                 nodes[3 * n_nodes + 1] = k as u32;
                 path[d] = n_nodes as u32;
                 n_nodes += 1;
+            }
+            // A node stays PLAIN while every token below it reads, from the node's byte on,
+            // as whole string characters.
+            for d in 1..=n {
+                if !plain_suffix(&cur[d - 1..]) {
+                    nodes[3 * path[d] as usize] &= !PLAIN;
+                }
             }
             max_depth = max_depth.max(n);
             prev[..n].copy_from_slice(cur);
@@ -171,7 +192,11 @@ impl<W: AsRef<[u32]>> TokenTrie<W> {
         let nodes = &w[HEADER + n_ids..used];
         let mut last_first = 0;
         for i in 0..n_nodes {
-            let (d, first, skip) = (nodes[3 * i] >> 8, nodes[3 * i + 1], nodes[3 * i + 2]);
+            let (d, first, skip) = (
+                (nodes[3 * i] >> 8) & DEPTH_MASK,
+                nodes[3 * i + 1],
+                nodes[3 * i + 2],
+            );
             if d == 0 || d as usize > max_depth || skip == 0 || i + skip as usize > n_nodes {
                 return Err(bad("token trie node"));
             }
@@ -254,9 +279,22 @@ impl<W: AsRef<[u32]>> TokenTrie<W> {
         let mut i = 0;
         while i < n_nodes {
             let word = nodes[3 * i];
-            let d = ((word >> 8) as usize).clamp(1, max_depth);
+            let d = (((word >> 8) & DEPTH_MASK) as usize).clamp(1, max_depth);
             let b = word as u8;
             let p = slot[d - 1] as usize;
+            if word & PLAIN != 0 && stack[p].at_string_char() {
+                // The whole subtree is accepted: its tokens are one range of `ids`.
+                let skip = (nodes[3 * i + 2] as usize).max(1);
+                let (a, e) = (
+                    nodes[3 * i + 1] as usize,
+                    nodes[3 * (i + skip) + 1] as usize,
+                );
+                for &id in ids.get(a..e).unwrap_or(&[]) {
+                    set(id, mask);
+                }
+                i += skip;
+                continue;
+            }
             let ok = if stack[p].keeps(b) {
                 slot[d] = p as u8;
                 true
