@@ -5,8 +5,11 @@
 //! mask is one forward pass over the node array. The automaton state of each node is its
 //! parent's state plus one byte (a copy of a ~150-byte [`JsonState`] and one step); a node
 //! whose byte is rejected is skipped with its whole subtree (llguidance's token trie works the
-//! same way). Inside free strings most of the trie is alive; at structure (after `{`, between
-//! properties, inside enum values) nearly all of it is cut at the first or second byte.
+//! same way). At structure (after `{`, between properties, inside enum values) nearly all of
+//! it is cut at the first or second byte. Inside a free string most of it is alive, so nodes
+//! whose whole subtree is plain string characters carry a flag and are taken as one range of
+//! ids. Measured per step (2-vCPU VM): SmolLM2 (49 152 tokens) 0.01 ms at structure, 0.03 ms
+//! mean in strings; Gemma 3 (262 144) 0.01 ms and 0.57 ms (7.0 ms before the flag).
 //!
 //! # Layout (caller-provided `u32` words, [`TokenTrie::words_for`])
 //! `[n_nodes, n_ids, max_depth, n_vocab]`, then the eligible token ids sorted by their bytes,
@@ -85,7 +88,7 @@ impl<W: AsRef<[u32]>> TokenTrie<W> {
     /// Build the trie of `tok`'s vocabulary into `words`.
     ///
     /// Sorting compares tokens by their bytes, decoded on the fly (no scratch beyond
-    /// `words`): `O(V log V)` comparisons, 0.1-0.5 s for a 262 144-token vocabulary.
+    /// `words`): `O(V log V)` comparisons: 0.2-0.4 s for SmolLM2's 49 152 tokens, 1.3 s for Gemma 3's 262 144.
     ///
     /// # Errors
     /// [`ErrorKind::BufferTooSmall`] if `words` is shorter than [`TokenTrie::words_for`].
