@@ -10,6 +10,7 @@
 //! - [`model`]: llama-family config, weights, caller-owned [`model::State`] and `forward`.
 //! - [`tokenizer`]: byte-level BPE (gpt2) and SentencePiece-style (llama) from GGUF metadata.
 //! - [`sample`]: greedy, temperature, top-k, top-p, repetition penalty, seeded RNG.
+//! - [`constrain`]: JSON / JSON Schema constrained decoding over the vocabulary, stop strings.
 //! - [`input_policy`]: what is validated, every hard cap and why, the guarantee per entry point.
 //!
 //! No allocator is needed by default; the `alloc` feature adds owned conveniences and `std`
@@ -23,6 +24,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod constrain;
 pub mod error;
 pub mod format;
 pub mod input_policy;

@@ -10,6 +10,7 @@ use edgelora::model::{cache_bytes, state_buffer_for, CacheSpec, CacheType, Confi
 use edgelora::sample::{Sampler, SamplerConfig};
 use serde_json::json;
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
 // ---------------------------------------------------------------- inspect
@@ -431,6 +432,98 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, token ids, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub constrain: ConstrainArgs,
+}
+
+/// Constrained output: stop strings, JSON, JSON Schema.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConstrainArgs {
+    /// Stop at this string (repeatable); it and what follows are not printed.
+    #[arg(long = "stop", value_name = "S")]
+    pub stop: Vec<String>,
+    /// Constrain the output to one JSON object (OpenAI's `json_object`): every token is
+    /// checked against a JSON automaton before sampling, and the end comes only once the
+    /// object is complete.
+    #[arg(long, conflicts_with = "json_schema")]
+    pub json_object: bool,
+    /// Constrain the output to one JSON value of this JSON Schema (properties in schema
+    /// order; types, enum/const, required, items, minItems/maxItems, anyOf, $ref).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// With --json-object/--json-schema: whitespace bytes allowed in a row between JSON
+    /// tokens (0: compact JSON only). Bounded so that a model cannot stall in whitespace.
+    #[arg(long, value_name = "N", default_value_t = crate::constrained::MAX_WS)]
+    pub json_ws: u8,
+}
+
+impl ConstrainArgs {
+    /// The compiled schema table asked for, if any.
+    pub fn table(&self) -> Result<Option<Vec<u8>>> {
+        if let Some(p) = &self.json_schema {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t = crate::constrained::compile_schema(&text)
+                .with_context(|| format!("compiling {}", p.display()))?;
+            return Ok(Some(t));
+        }
+        Ok(self.json_object.then(crate::constrained::any_object_table))
+    }
+
+    /// A fresh constraint for one generation.
+    pub fn constraint(
+        &self,
+        table: &Option<Vec<u8>>,
+        vocab: &Option<std::sync::Arc<crate::constrained::Vocab>>,
+    ) -> Result<Option<crate::constrained::JsonConstraint>> {
+        match (table, vocab) {
+            (Some(t), Some(v)) => Ok(Some(crate::constrained::JsonConstraint::with_ws(
+                v.clone(),
+                t.clone(),
+                self.json_ws,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Prints what the stop matcher releases; stops at a stop string.
+struct PrintSink {
+    stop: crate::serve::stop::StopMatcher,
+    print: bool,
+    text: String,
+    stopped: bool,
+}
+
+impl PrintSink {
+    fn out(&mut self, s: &str) {
+        self.text.push_str(s);
+        if self.print {
+            let mut o = std::io::stdout();
+            let _ = o.write_all(s.as_bytes());
+            let _ = o.flush();
+        }
+    }
+}
+
+impl crate::generation::Sink for PrintSink {
+    fn token(&mut self, _id: u32, text: &str) -> std::ops::ControlFlow<()> {
+        let r = self.stop.push(text);
+        self.out(&r.text);
+        if r.stopped {
+            self.stopped = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn tail(&mut self, text: &str) {
+        if !self.stopped {
+            let mut r = self.stop.push(text).text;
+            r.push_str(&self.stop.finish());
+            self.out(&r);
+        }
+    }
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -461,8 +554,19 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];
     let json = a.json;
-    let mut stdout = std::io::stdout();
-    let gen = run(
+    let table = a.constrain.table()?;
+    let vocab = match table {
+        Some(_) => Some(std::sync::Arc::new(crate::constrained::Vocab::new(&tok)?)),
+        None => None,
+    };
+    let mut constraint = a.constrain.constraint(&table, &vocab)?;
+    let mut printer = PrintSink {
+        stop: crate::serve::stop::StopMatcher::new(a.constrain.stop.clone()),
+        print: !json,
+        text: String::new(),
+        stopped: false,
+    };
+    let mut gen = run(
         &model,
         &tok,
         &mut st,
@@ -472,13 +576,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         &mut sampler,
         &mut history,
         &set,
-        &mut TextSink(|s: &str| {
-            if !json {
-                let _ = stdout.write_all(s.as_bytes());
-                let _ = stdout.flush();
-            }
-        }),
+        &mut crate::constrained::Constrained::new(&mut printer, constraint.as_mut(), &tok),
     )?;
+    gen.text = printer.text;
     if json {
         let out = json!({
             "model": path.display().to_string(),

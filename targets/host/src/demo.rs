@@ -5,7 +5,8 @@
 //! `"{task}: {input}\n"` and its answer is the generated text before the first newline,
 //! compared exactly with the gold output.
 
-use crate::commands::CacheArgs;
+use crate::commands::{CacheArgs, ConstrainArgs};
+use crate::constrained::{JsonConstraint, Vocab};
 use crate::tok::Tok;
 use crate::util::{human, map, peak_rss, repo_path, resolve_model};
 use anyhow::{bail, Context, Result};
@@ -34,7 +35,7 @@ pub struct DemoArgs {
     /// or models/gemma3).
     #[arg(long)]
     pub adapters: Option<PathBuf>,
-    /// Maximum new tokens per answer.
+    /// Maximum new tokens per answer (at least 128 when constrained).
     #[arg(long, default_value_t = 48)]
     pub max_new: usize,
     #[command(flatten)]
@@ -58,7 +59,7 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Maximum new tokens per answer.
+    /// Maximum new tokens per answer (at least 128 when constrained).
     #[arg(long, default_value_t = 48)]
     pub max_new: usize,
     /// Print every prediction.
@@ -68,9 +69,17 @@ pub struct EvalArgs {
     /// (slower; isolates the effect of quantising activations to Q8).
     #[arg(long)]
     pub reference: bool,
-    /// Print one JSON object (task, correct, n, exact_match, predictions) instead of text.
+    /// Print one JSON object (task, correct, n, exact_match, valid_json, schema_valid,
+    /// predictions) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Constrained output (`--json-object`, `--json-schema FILE`; `--stop` is not used here:
+    /// an answer ends at its first newline, or with a constraint when the value is complete).
+    #[command(flatten)]
+    pub constrain: ConstrainArgs,
+    /// With --json-schema: do not constrain, only count the answers that fit the schema.
+    #[arg(long, requires = "json_schema")]
+    pub check_only: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -110,6 +119,7 @@ pub fn load_examples(data: &Option<PathBuf>, task: &str) -> Result<Vec<Example>>
 
 /// Greedy answer for one prompt: text up to the first newline (or end token / limit).
 /// Returns (answer, generated token count).
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     model: &Model<'_>,
     tok: &Tok<'_>,
@@ -118,6 +128,7 @@ pub fn answer(
     task: &str,
     input: &str,
     max_new: usize,
+    mut constraint: Option<&mut JsonConstraint>,
 ) -> Result<(String, usize)> {
     st.clear();
     let ids = tok.encode_prompt(&format!("{task}: {input}\n"), false)?;
@@ -133,18 +144,27 @@ pub fn answer(
     let mut text = String::new();
     let mut n = 0;
     for pos in (ids.len()..st.ctx()).take(max_new) {
+        if let Some(c) = constraint.as_deref_mut() {
+            c.mask(&mut logits);
+        }
         let next = edgelora::sample::argmax(&logits);
         if tok.is_eog(next) {
             break;
         }
         n += 1;
         text.push_str(&dec.push(next)?);
-        if text.contains('\n') {
+        if let Some(c) = constraint.as_deref_mut() {
+            // The constraint decides where the answer ends (it may hold a newline).
+            c.accept(&tok.piece_bytes(next));
+        } else if text.contains('\n') {
             break;
         }
         logits.copy_from_slice(model.forward_with(next, pos, st, set)?);
     }
     text.push_str(&dec.finish());
+    if constraint.is_some() {
+        return Ok((text.trim().to_string(), n));
+    }
     Ok((text.split('\n').next().unwrap_or("").trim().to_string(), n))
 }
 
@@ -304,7 +324,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             swap_ns += t0.elapsed().as_nanos() as f64;
             swaps += 1;
             let t1 = Instant::now();
-            let (with, n1) = answer(&model, &tok, &mut st, &set, task, &ex.input, a.max_new)?;
+            let (with, n1) = answer(
+                &model, &tok, &mut st, &set, task, &ex.input, a.max_new, None,
+            )?;
             let (base, n2) = answer(
                 &model,
                 &tok,
@@ -313,6 +335,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
                 task,
                 &ex.input,
                 a.max_new,
+                None,
             )?;
             gen_secs += t1.elapsed().as_secs_f64();
             gen_tokens += n1 + n2;
@@ -355,7 +378,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
     let tok = Tok::new(&g)?;
     let cfg = *model.config();
-    let ctx = 128.min(cfg.ctx_len);
+    let constrained =
+        (a.constrain.json_object || a.constrain.json_schema.is_some()) && !a.check_only;
+    // A constrained answer ends only when its value is complete: give it room (an intent
+    // object with whitespace and a long number can take ~70 tokens).
+    let max_new = if constrained {
+        a.max_new.max(128)
+    } else {
+        a.max_new
+    };
+    let ctx = if constrained { 256 } else { 128 }.min(cfg.ctx_len);
     let mut buf = a.cache.buffer(&cfg, ctx);
     let mut st = a.cache.state(&cfg, ctx, &mut buf)?;
     if a.reference {
@@ -382,13 +414,36 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(l) = a.limit {
         ex.truncate(l);
     }
+    let table = a.constrain.table()?;
+    let vocab = match (&table, a.check_only) {
+        (Some(_), false) => Some(std::sync::Arc::new(Vocab::new(&tok)?)),
+        _ => None,
+    };
     let t = Instant::now();
     let mut ok = 0;
+    let (mut valid_json, mut schema_valid) = (0, 0);
     let mut preds = vec![];
     for (i, e) in ex.iter().enumerate() {
-        let (pred, _) = answer(&model, &tok, &mut st, &set, &a.task, &e.input, a.max_new)?;
+        let mut c = a.constrain.constraint(&table, &vocab)?;
+        let (pred, _) = answer(
+            &model,
+            &tok,
+            &mut st,
+            &set,
+            &a.task,
+            &e.input,
+            max_new,
+            if a.check_only { None } else { c.as_mut() },
+        )?;
         let hit = pred == e.output;
         ok += hit as usize;
+        valid_json += serde_json::from_str::<serde_json::Value>(&pred).is_ok() as usize;
+        if let Some(t) = &table {
+            let schema = edgelora::constrain::Schema::from_bytes(t)?;
+            let mut s = edgelora::constrain::JsonState::new(&schema, u8::MAX);
+            schema_valid +=
+                (s.advance(&schema, pred.as_bytes()) && s.is_complete(&schema)) as usize;
+        }
         if a.json {
             preds.push(serde_json::Value::String(pred));
             continue;
@@ -415,6 +470,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             "correct": ok,
             "n": ex.len(),
             "exact_match": ok as f64 / ex.len().max(1) as f64,
+            "constrained": table.is_some() && !a.check_only,
+            "valid_json": valid_json,
+            "schema_valid": table.as_ref().map(|_| schema_valid),
             "predictions": preds,
         });
         println!("{v}");
@@ -432,6 +490,19 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         path.display(),
         if a.reference { "reference" } else { "fast" },
         t.elapsed().as_secs_f64()
+    );
+    println!(
+        "valid JSON {valid_json}/{n}{}{}",
+        match &table {
+            Some(_) => format!(", schema-valid {schema_valid}/{}", ex.len()),
+            None => String::new(),
+        },
+        match (&table, a.check_only) {
+            (Some(_), false) => " (constrained)",
+            (Some(_), true) => " (checked only, not constrained)",
+            _ => "",
+        },
+        n = ex.len()
     );
     Ok(())
 }

@@ -21,6 +21,11 @@ pub trait Sink {
     /// temperature). Only sinks that report log-probabilities need them.
     fn logits(&mut self, _logits: &[f32]) {}
 
+    /// Change the logits before sampling, after [`Sink::logits`] saw them: constrained
+    /// decoding sets the tokens the output may not continue with to `-inf`
+    /// ([`crate::constrained::Constrained`]).
+    fn mask(&mut self, _logits: &mut [f32]) {}
+
     /// A sampled token (not an end-of-generation token) and the text it completed (empty
     /// while a multi-byte character is incomplete). `Break` ends the generation after it;
     /// the token is then not run, so it is not in the KV cache.
@@ -171,6 +176,7 @@ impl<'t> Stepper<'t> {
         self.left -= 1;
         let pos = self.pos;
         sink.logits(logits);
+        sink.mask(logits);
         let next = self.sampler.sample(logits, &self.history)?;
         if self.tok.is_eog(next) {
             self.finish = Finish::Eog;

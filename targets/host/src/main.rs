@@ -7,6 +7,7 @@
 mod adapter_cmd;
 mod chat_template;
 mod commands;
+mod constrained;
 #[cfg(feature = "cuda")]
 mod cuda_cmd;
 mod demo;

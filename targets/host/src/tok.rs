@@ -31,6 +31,11 @@ impl<'a> Tok<'a> {
         Ok(Tok { t, chat })
     }
 
+    /// The core tokenizer.
+    pub fn inner(&self) -> &Tokenizer<'a, Vec<u32>> {
+        &self.t
+    }
+
     /// Which chat format renders prompts, for messages.
     pub fn chat_format(&self) -> String {
         self.chat.describe()

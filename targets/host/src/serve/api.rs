@@ -129,6 +129,9 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     /// The prompt.
     pub prompt: Prompt,
+    /// `response_format` `json_object` / `json_schema`: the compiled schema table
+    /// ([`edgelora::constrain::Schema`]); `None` for text.
+    pub format: Option<Vec<u8>>,
 }
 
 /// Fields each endpoint accepts. Fields OpenAI defines that this server does not support are
@@ -181,6 +184,7 @@ const COMPLETION_FIELDS: &[&str] = &[
     "lora",
     "echo",
     "suffix",
+    "response_format",
     "best_of",
     "logit_bias",
 ];
@@ -287,14 +291,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, shared: &Shared) -> Result<GenRequ
             return Err(ApiError::field("logit_bias", "logit_bias is not supported"));
         }
     }
-    if let Some(rf) = f.get("response_format") {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::field(
-                "response_format",
-                "only response_format {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
+    let format = response_format(f.get("response_format"), body)?;
     let _ = f.string("user")?;
 
     let model = f.string("model")?.unwrap_or(&shared.base_id).to_string();
@@ -393,7 +390,46 @@ pub fn parse(body: &[u8], endpoint: Endpoint, shared: &Shared) -> Result<GenRequ
         include_usage,
         logprobs,
         prompt,
+        format,
     })
+}
+
+/// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or `{"type":
+/// "json_schema", "json_schema": {"name": .., "schema": {..}, "strict": ..}}` (the schema is
+/// compiled from the body's own text, so its properties keep their written order).
+fn response_format(rf: Option<&Value>, body: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(rf) = rf else { return Ok(None) };
+    let bad = |m: String| ApiError::field("response_format", m);
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(crate::constrained::any_object_table())),
+        Some("json_schema") => {
+            let js = rf.get("json_schema").ok_or_else(|| {
+                bad(
+                    "response_format json_schema needs 'json_schema': {\"name\", \"schema\"}"
+                        .into(),
+                )
+            })?;
+            if js
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
+                return Err(bad("'json_schema.strict' must be a boolean".into()));
+            }
+            if js.get("schema").is_none() {
+                // OpenAI: a missing schema means any JSON object.
+                return Ok(Some(crate::constrained::any_object_table()));
+            }
+            let text =
+                std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
+            edgelora::constrain::compile_at(text, &["response_format", "json_schema", "schema"])
+                .map(Some)
+                .map_err(|e| bad(e.to_string()))
+        }
+        _ => Err(bad(
+            "response_format type must be \"text\", \"json_object\" or \"json_schema\"".into(),
+        )),
+    }
 }
 
 /// A 404 for an unknown model or adapter id, listing the ids there are.

@@ -79,6 +79,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Report log-probabilities: `Some(n)` with the `n` most likely alternatives per token.
     pub logprobs: Option<usize>,
+    /// `response_format` JSON constraint: masks the logits before each sample.
+    pub constraint: Option<crate::constrained::JsonConstraint>,
     /// Where the results go.
     pub events: tokio::sync::mpsc::Sender<Event>,
 }
@@ -398,6 +400,8 @@ struct Seq {
     key: Key,
     stepper: Stepper<'static>,
     sink: ServeSink,
+    /// The request's `response_format` constraint (masks the logits the stepper samples).
+    constraint: Option<crate::constrained::JsonConstraint>,
     /// The last logits, handed to the stepper.
     logits: Vec<f32>,
 }
@@ -583,6 +587,7 @@ fn admit(shared: &Shared, q: &Queue, slots: &mut [Slot], states: &mut [State<'_>
             key,
             stepper,
             sink: ServeSink::new(shared.tok, job.events, job.stop, job.logprobs),
+            constraint: job.constraint,
             logits: vec![0.0; shared.model.config().vocab],
             prompt: job.prompt,
         });
@@ -710,7 +715,9 @@ fn step(
             continue;
         }
         s.logits.copy_from_slice(states[i].logits());
-        let next = s.stepper.next(&mut s.logits, &mut s.sink);
+        let mut sink =
+            crate::constrained::Constrained::new(&mut s.sink, s.constraint.as_mut(), shared.tok);
+        let next = s.stepper.next(&mut s.logits, &mut sink);
         match next {
             Ok(Next::Run(t, p)) => s.next = Some((t, p)),
             Ok(Next::Done(_)) => {

@@ -234,6 +234,17 @@ fn start(
             .collect::<Vec<_>>()
             .join("+"),
     };
+    let constraint = match req.format.take() {
+        Some(table) => {
+            let vocab = crate::constrained::Vocab::cached(shared.tok)
+                .map_err(|e| ApiError::bad(format!("response_format: {e:#}")))?;
+            Some(
+                crate::constrained::JsonConstraint::new(vocab, table)
+                    .map_err(|e| ApiError::field("response_format", format!("{e:#}")))?,
+            )
+        }
+        None => None,
+    };
     shared.metrics.adapter_use(&label);
     let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
     let queued = app.engine.submit(Job {
@@ -243,6 +254,7 @@ fn start(
         max_tokens,
         stop: std::mem::take(&mut req.stop),
         logprobs: req.logprobs,
+        constraint,
         events: tx,
     });
     if queued.is_err() {
