@@ -8,12 +8,12 @@
 
 use super::engine::Shared;
 use super::registry::Loaded;
-use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use edgelora::lora::MAX_ACTIVE;
 use edgelora::sample::SamplerConfig;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]

@@ -24,10 +24,10 @@
 //! keep streaming), and a client that goes away (its receiver dropped) frees its slot at the
 //! next step; a job whose client left while it waited in the queue is skipped.
 
+use super::registry::{Loaded, Registry};
 use crate::generation::{self, Finish, Next, Sink, Stepper};
 use crate::tok::Tok;
 use anyhow::Result;
-use super::registry::{Loaded, Registry};
 use edgelora::format::gguf::Gguf;
 use edgelora::lora::AdapterSet;
 use edgelora::model::{

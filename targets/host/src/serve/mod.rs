@@ -227,7 +227,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 );
                 std::thread::spawn(|| {
                     std::thread::sleep(DRAIN);
-                    eprintln!("requests still running after {} s: cancelled", DRAIN.as_secs());
+                    eprintln!(
+                        "requests still running after {} s: cancelled",
+                        DRAIN.as_secs()
+                    );
                     std::process::exit(0);
                 });
             })

@@ -7,10 +7,10 @@
 //! a last chunk with no choices; a stream ends with `data: [DONE]`.
 
 use super::api::{self, ApiError, Endpoint, GenRequest, Prompt};
-use super::registry::{Backing, Entry, Loaded};
-use edgelora::lora::stream::{StreamLoader, FRAME_MAGIC};
 use super::engine::{Engine, Event, FinishReason, Job, TokenLogprob, EVENT_BUFFER};
+use super::registry::{Backing, Entry, Loaded};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -18,6 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use edgelora::lora::stream::{StreamLoader, FRAME_MAGIC};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -54,8 +55,12 @@ pub fn router(app: Arc<App>) -> Router {
 /// Checks the API key and counts every request by route and status.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
-        p @ ("/health" | "/metrics" | "/v1/models" | "/v1/chat/completions"
-        | "/v1/completions" | "/v1/adapters") => p.to_string(),
+        p @ ("/health"
+        | "/metrics"
+        | "/v1/models"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/adapters") => p.to_string(),
         p if p.starts_with("/v1/adapters/") => "/v1/adapters/{id}".to_string(),
         _ => "other".to_string(),
     };
@@ -195,7 +200,10 @@ fn load_adapter(app: &App, query: &str, body: &[u8]) -> Result<Entry, ApiError> 
         let Value::Object(obj) = &v else {
             return Err(ApiError::bad("the body must be a JSON object"));
         };
-        if let Some(k) = obj.keys().find(|k| !["id", "path", "scale"].contains(&k.as_str())) {
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !["id", "path", "scale"].contains(&k.as_str()))
+        {
             return Err(ApiError::field(
                 k,
                 format!("unknown field '{k}'; this endpoint takes: id, path, scale"),
@@ -207,7 +215,12 @@ fn load_adapter(app: &App, query: &str, body: &[u8]) -> Result<Entry, ApiError> 
         };
         let path = match obj.get("path") {
             Some(Value::String(s)) => s.clone(),
-            _ => return Err(ApiError::field("path", "'path' must be a string (a file on the server)")),
+            _ => {
+                return Err(ApiError::field(
+                    "path",
+                    "'path' must be a string (a file on the server)",
+                ))
+            }
         };
         let scale = match obj.get("scale") {
             None | Some(Value::Null) => 1.0,
@@ -219,14 +232,21 @@ fn load_adapter(app: &App, query: &str, body: &[u8]) -> Result<Entry, ApiError> 
             .map_err(|e| ApiError::field("path", format!("reading {path}: {e}")))?;
         (id, scale, path, Backing::copy(&bytes))
     };
-    if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c == '"' || c == '/') {
+    if id.is_empty()
+        || id
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '/')
+    {
         return Err(ApiError::field(
             "id",
             "the id must be non-empty, without spaces, quotes or slashes",
         ));
     }
     if !scale.is_finite() || scale.abs() > 1e3 {
-        return Err(ApiError::field("scale", "the scale must be a finite number"));
+        return Err(ApiError::field(
+            "scale",
+            "the scale must be a finite number",
+        ));
     }
     let taken = || {
         let mut e = ApiError::status(
@@ -249,7 +269,10 @@ fn load_adapter(app: &App, query: &str, body: &[u8]) -> Result<Entry, ApiError> 
         adapter: Arc::new(loaded),
     };
     shared.adapters.add(e.clone()).map_err(|_| taken())?;
-    eprintln!("adapter '{id}' added ({} bytes, from {})", e.adapter.size, e.source);
+    eprintln!(
+        "adapter '{id}' added ({} bytes, from {})",
+        e.adapter.size, e.source
+    );
     Ok(e)
 }
 
@@ -269,12 +292,29 @@ async fn delete_adapter(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     }
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Chat).await
+async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Chat).await,
+        Err(e) => body_error(e),
+    }
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Completions).await
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Completions).await,
+        Err(e) => body_error(e),
+    }
+}
+
+/// A body that could not be read (over the 2 MiB limit: 413), as an OpenAI-style error.
+fn body_error(e: BytesRejection) -> Response {
+    let status = e.status();
+    let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is over the server's limit of 2 MiB".to_string()
+    } else {
+        format!("reading the request body: {e}")
+    };
+    ApiError::status(status, None, msg).into_response()
 }
 
 /// A response id: a prefix and a process-wide counter mixed with the start time.
