@@ -453,6 +453,9 @@ pub fn not_found(what: &str, id: &str, shared: &Shared) -> ApiError {
     }
 }
 
+/// Adapters to run and their scales.
+type Active = Vec<(Arc<Loaded>, f32)>;
+
 /// The adapters a request runs: `lora` if given (llama-server's per-request list, which
 /// replaces the choice `model` makes; scale 0 leaves an adapter out), else the adapter
 /// `model` names at its `--adapter` scale, else none for the base id.
@@ -460,7 +463,7 @@ fn resolve_adapters(
     f: &Fields<'_>,
     model: &str,
     shared: &Shared,
-) -> Result<(Vec<(Arc<Loaded>, f32)>, String), ApiError> {
+) -> Result<(Active, String), ApiError> {
     // One snapshot: an adapter deleted after this still runs for this request.
     let list = shared.adapters.list();
     let by_model = if model == shared.base_id {

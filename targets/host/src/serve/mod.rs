@@ -35,10 +35,12 @@ use std::sync::Arc;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions, \
-GET /v1/models, GET /health, GET /metrics (Prometheus text).\n\
+GET /v1/models, POST /v1/adapters ({\"id\", \"path\", \"scale\"} or a framed .elas body with \
+?id=NAME), DELETE /v1/adapters/ID, GET /health, GET /metrics (Prometheus text).\n\
 A request picks its adapter with \"model\": \"NAME\" (the base model's id is the model file's \
 name without .gguf), or mixes adapters with llama-server's \"lora\": [{\"id\": NAME or index, \
 \"scale\": S}], which replaces the choice \"model\" makes.\n\
+SIGTERM/SIGINT: stop accepting, let running requests finish (up to 10 s), exit 0.\n\
 The bound address is printed on stdout as `listening on http://HOST:PORT`."
 )]
 pub struct ServeArgs {
