@@ -17,6 +17,12 @@
 //! - `/v1/models` lists the base and the adapters; `/metrics` counters move;
 //! - `--parallel 2` with concurrent requests for different adapters gives each request's
 //!   single answer;
+//! - run-time adapters: `POST /v1/adapters` by path and as a framed upload answers like
+//!   `generate --adapter FILE`, 409 for a taken id, 400 for a truncated file, a bad CRC or an
+//!   adapter of another base (refused by fingerprint); `DELETE` hides it at once (404 with the
+//!   list) and `/v1/models` follows;
+//! - 413 for a body over the limit, 429 with Retry-After when the queue is full;
+//! - SIGTERM during a stream: the stream ends with `[DONE]`, the server exits 0;
 //! - the official `openai` Python client (`tests/openai_client.py`), when a Python with it is
 //!   found (SKIPPED otherwise).
 
@@ -140,6 +146,10 @@ impl Response {
 
 /// A minimal HTTP/1.1 client: one request per connection, chunked bodies decoded.
 fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> Response {
+    http_bytes(addr, method, path, headers, body.as_bytes())
+}
+
+fn http_bytes(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Response {
     let mut s = TcpStream::connect(addr).expect("connecting");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
@@ -150,8 +160,10 @@ fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> R
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).expect("sending");
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    // The server may answer (413) and close before it has read a big body.
+    let _ = s.write_all(&req);
     let mut raw = vec![];
     s.read_to_end(&mut raw).expect("reading");
     let split = raw
@@ -735,4 +747,223 @@ fn official_openai_client() {
     assert!(stdout.contains("ALL OK"), "{stdout}");
     drop(chat);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn ids(s: &Server) -> Vec<String> {
+    s.get("/v1/models").json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn adapters_added_used_and_deleted_at_run_time() {
+    let s = Server::start(
+        TINY,
+        &["--adapter", &format!("intent={}", adapter_file("intent"))],
+    );
+    let (task, prompt) = prompts()[1];
+    let (want, n_tok) = generate(TINY, &[adapter_file(task)], prompt, 40, false);
+    let path = root().join(adapter_file(task));
+    let add = json!({"id": "rt", "path": path.to_str().expect("path"), "scale": 1.0});
+    let r = s.post("/v1/adapters", &add);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["id"], "rt");
+    assert_eq!(ids(&s), ["tiny-base", "intent", "rt"]);
+    let r = s.post("/v1/completions", &completion("rt", prompt, 40));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(text_of(&r.json()), want);
+    assert_eq!(r.json()["usage"]["completion_tokens"], n_tok);
+
+    // A taken id (an adapter's or the base's): 409, nothing changes.
+    assert_eq!(s.post("/v1/adapters", &add).status, 409);
+    let base = json!({"id": "tiny-base", "path": path.to_str().unwrap()});
+    assert_eq!(s.post("/v1/adapters", &base).status, 409);
+
+    // A truncated file: 400 with the core's error (here: tensor data outside the file).
+    let bytes = std::fs::read(&path).expect("adapter");
+    let dir = std::env::temp_dir().join(format!("edgelora-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let r = s.post(
+        "/v1/adapters",
+        &json!({"id": "cut", "path": cut.to_str().unwrap()}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("parsing the adapter: "), "{msg}");
+
+    // A framed upload (`adapter frame`): the same answer; a flipped payload byte: bad CRC.
+    let elas = dir.join("a.elas");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .current_dir(root())
+        .args([
+            "adapter",
+            "frame",
+            &adapter_file(task),
+            "-o",
+            elas.to_str().unwrap(),
+        ])
+        .output()
+        .expect("adapter frame");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut framed = std::fs::read(&elas).expect("elas");
+    let r = http_bytes(&s.addr, "POST", "/v1/adapters?id=up", &[], &framed);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = s.post("/v1/completions", &completion("up", prompt, 40));
+    assert_eq!(text_of(&r.json()), want);
+    let mid = framed.len() / 2;
+    framed[mid] ^= 0x55;
+    let r = http_bytes(&s.addr, "POST", "/v1/adapters?id=bad", &[], &framed);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("checksum"), "{}", r.body);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(ids(&s), ["tiny-base", "intent", "rt", "up"]);
+
+    // DELETE: gone at once (404 with the list), also for a --adapter one; 404 when unknown.
+    for id in ["rt", "intent"] {
+        let r = s.request("DELETE", &format!("/v1/adapters/{id}"), &[], "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = s.post("/v1/completions", &completion(id, prompt, 4));
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(!r.json()["error"]["available"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(id)));
+    }
+    assert_eq!(s.request("DELETE", "/v1/adapters/rt", &[], "").status, 404);
+    assert_eq!(ids(&s), ["tiny-base", "up"]);
+    // The id can be added again.
+    assert_eq!(s.post("/v1/adapters", &add).status, 201);
+    let r = s.post("/v1/completions", &completion("rt", prompt, 40));
+    assert_eq!(text_of(&r.json()), want);
+}
+
+#[test]
+fn adapter_for_another_base_is_refused() {
+    if !root().join(SMOLLM2_INTENT).exists() {
+        println!("SKIPPED: {SMOLLM2_INTENT} not found");
+        return;
+    }
+    let s = Server::tiny(&[]);
+    let path = root().join(SMOLLM2_INTENT);
+    let r = s.post(
+        "/v1/adapters",
+        &json!({"id": "other", "path": path.to_str().unwrap()}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("fingerprint") || msg.contains("architecture"),
+        "{msg}"
+    );
+    assert_eq!(ids(&s), ["tiny-base", "intent", "reply", "normalize"]);
+}
+
+#[test]
+fn body_over_the_limit_is_413() {
+    let s = Server::tiny(&[]);
+    let prompt = "a".repeat(3 << 20);
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": "intent", "prompt": prompt}),
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+    // The server still answers.
+    assert_eq!(s.get("/health").status, 200);
+}
+
+/// The slow model for the tests that need requests to overlap: SmolLM2 if fetched.
+fn slow_model() -> &'static str {
+    if root().join(SMOLLM2).exists() {
+        SMOLLM2
+    } else {
+        println!("note: {SMOLLM2} not found; using the tiny model (requests may not overlap)");
+        TINY
+    }
+}
+
+#[test]
+fn full_queue_is_429_with_retry_after() {
+    let model = slow_model();
+    let s = Server::start(model, &["--parallel", "1", "--queue", "1", "--ctx", "512"]);
+    let addr = s.addr.clone();
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0});
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.to_string());
+            std::thread::spawn(move || http(&addr, "POST", "/v1/completions", &[], &body))
+        })
+        .collect();
+    let rs: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<&Response> = rs.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + busy.len(), rs.len(), "only 200 or 429");
+    if model == SMOLLM2 {
+        // One runs, one waits: the other four are refused.
+        assert!(busy.len() >= 3, "{ok} answered, {} refused", busy.len());
+    }
+    for r in busy {
+        assert!(
+            r.headers.to_ascii_lowercase().contains("retry-after:"),
+            "{}",
+            r.headers
+        );
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    }
+}
+
+#[test]
+fn sigterm_finishes_running_streams_and_exits_0() {
+    let model = slow_model();
+    let mut s = Server::start(model, &["--ctx", "512"]);
+    let mut c = TcpStream::connect(&s.addr).expect("connecting");
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
+                      "stream": true})
+    .to_string();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending");
+    // Wait for the stream to start (headers and a first event), then SIGTERM the server.
+    let mut first = [0u8; 256];
+    let n = c.read(&mut first).expect("first bytes");
+    assert!(n > 0);
+    let pid = s.child.id().to_string();
+    let k = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(k.success());
+    let mut rest = vec![];
+    c.read_to_end(&mut rest).expect("reading the stream");
+    let all = [&first[..n], &rest[..]].concat();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("data: [DONE]"),
+        "the stream did not finish: {text}"
+    );
+    assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t.elapsed().as_secs() < 15, "the server did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(TcpStream::connect(&s.addr).is_err(), "still accepting");
 }

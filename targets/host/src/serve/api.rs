@@ -7,11 +7,13 @@
 //! that are not supported here are refused with the reason unless they hold their default.
 
 use super::engine::Shared;
+use super::registry::Loaded;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use edgelora::lora::MAX_ACTIVE;
 use edgelora::sample::SamplerConfig;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -113,8 +115,10 @@ pub enum Prompt {
 pub struct GenRequest {
     /// The `model` asked for (echoed in responses).
     pub model: String,
-    /// Adapters to run: index into the server's adapters, scale.
-    pub adapters: Vec<(usize, f32)>,
+    /// Adapters to run and their scales.
+    pub adapters: Vec<(Arc<Loaded>, f32)>,
+    /// The model id (or `id*scale+...` mix) counted in /metrics.
+    pub label: String,
     /// Sampling parameters.
     pub sampling: SamplerConfig,
     /// `max_tokens` / `max_completion_tokens`, if given.
@@ -295,7 +299,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, shared: &Shared) -> Result<GenRequ
     let _ = f.string("user")?;
 
     let model = f.string("model")?.unwrap_or(&shared.base_id).to_string();
-    let adapters = resolve_adapters(&f, &model, shared)?;
+    let (adapters, label) = resolve_adapters(&f, &model, shared)?;
 
     let temperature = f.num("temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let sampling = SamplerConfig {
@@ -383,6 +387,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, shared: &Shared) -> Result<GenRequ
     Ok(GenRequest {
         model,
         adapters,
+        label,
         sampling,
         max_tokens,
         stop,
@@ -435,7 +440,7 @@ fn response_format(rf: Option<&Value>, body: &[u8]) -> Result<Option<Vec<u8>>, A
 /// A 404 for an unknown model or adapter id, listing the ids there are.
 pub fn not_found(what: &str, id: &str, shared: &Shared) -> ApiError {
     let mut ids = vec![shared.base_id.clone()];
-    ids.extend(shared.adapter_ids.iter().cloned());
+    ids.extend(shared.adapters.list().into_iter().map(|e| e.id));
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
@@ -448,6 +453,9 @@ pub fn not_found(what: &str, id: &str, shared: &Shared) -> ApiError {
     }
 }
 
+/// Adapters to run and their scales.
+type Active = Vec<(Arc<Loaded>, f32)>;
+
 /// The adapters a request runs: `lora` if given (llama-server's per-request list, which
 /// replaces the choice `model` makes; scale 0 leaves an adapter out), else the adapter
 /// `model` names at its `--adapter` scale, else none for the base id.
@@ -455,40 +463,42 @@ fn resolve_adapters(
     f: &Fields<'_>,
     model: &str,
     shared: &Shared,
-) -> Result<Vec<(usize, f32)>, ApiError> {
+) -> Result<(Active, String), ApiError> {
+    // One snapshot: an adapter deleted after this still runs for this request.
+    let list = shared.adapters.list();
     let by_model = if model == shared.base_id {
         None
     } else {
-        match shared.adapter_ids.iter().position(|a| a == model) {
+        match list.iter().position(|a| a.id == model) {
             Some(i) => Some(i),
             None => return Err(not_found("model", model, shared)),
         }
     };
-    let Some(list) = f.get("lora") else {
-        return Ok(by_model
-            .map(|i| vec![(i, shared.adapter_scales[i])])
-            .unwrap_or_default());
+    let Some(lora) = f.get("lora") else {
+        let out = by_model
+            .map(|i| vec![(list[i].adapter.clone(), list[i].scale)])
+            .unwrap_or_default();
+        return Ok((out, model.to_string()));
     };
-    let Value::Array(list) = list else {
+    let Value::Array(lora) = lora else {
         return Err(ApiError::field(
             "lora",
             "'lora' must be a list of {\"id\": index or name, \"scale\": number}",
         ));
     };
     let mut out: Vec<(usize, f32)> = vec![];
-    for e in list {
+    for e in lora {
         let id = e.get("id").ok_or_else(|| {
             ApiError::field("lora", format!("each 'lora' entry needs an 'id', got {e}"))
         })?;
         let i = match id {
             Value::Number(n) => match n.as_u64() {
-                Some(i) if (i as usize) < shared.adapters.len() => i as usize,
+                Some(i) if (i as usize) < list.len() => i as usize,
                 _ => return Err(not_found("adapter", &n.to_string(), shared)),
             },
-            Value::String(s) => shared
-                .adapter_ids
+            Value::String(s) => list
                 .iter()
-                .position(|a| a == s)
+                .position(|a| a.id == *s)
                 .ok_or_else(|| not_found("adapter", s, shared))?,
             v => {
                 return Err(ApiError::field(
@@ -498,7 +508,7 @@ fn resolve_adapters(
             }
         };
         let scale = match e.get("scale") {
-            None | Some(Value::Null) => shared.adapter_scales[i],
+            None | Some(Value::Null) => list[i].scale,
             Some(v) => match v.as_f64() {
                 Some(s) if s.is_finite() && s.abs() <= 1e3 => s as f32,
                 _ => {
@@ -512,7 +522,7 @@ fn resolve_adapters(
         if out.iter().any(|&(j, _)| j == i) {
             return Err(ApiError::field(
                 "lora",
-                format!("adapter '{}' is listed twice", shared.adapter_ids[i]),
+                format!("adapter '{}' is listed twice", list[i].id),
             ));
         }
         out.push((i, scale));
@@ -527,7 +537,20 @@ fn resolve_adapters(
             ),
         ));
     }
-    Ok(out)
+    let label = match out.as_slice() {
+        [] => shared.base_id.clone(),
+        [(i, s)] if list[*i].id == model && *s == list[*i].scale => model.to_string(),
+        l => l
+            .iter()
+            .map(|(i, s)| format!("{}*{s}", list[*i].id))
+            .collect::<Vec<_>>()
+            .join("+"),
+    };
+    let out = out
+        .into_iter()
+        .map(|(i, s)| (list[i].adapter.clone(), s))
+        .collect();
+    Ok((out, label))
 }
 
 fn messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {

@@ -24,10 +24,12 @@
 //! keep streaming), and a client that goes away (its receiver dropped) frees its slot at the
 //! next step; a job whose client left while it waited in the queue is skipped.
 
+use super::registry::{Loaded, Registry};
 use crate::generation::{self, Finish, Next, Sink, Stepper};
 use crate::tok::Tok;
 use anyhow::Result;
-use edgelora::lora::{AdapterSet, BoundAdapter};
+use edgelora::format::gguf::Gguf;
+use edgelora::lora::AdapterSet;
 use edgelora::model::{
     state_buffer_for, step_scratch_buffer, CacheSpec, KernelMode, Model, SeqStep, State,
     StepScratch,
@@ -44,19 +46,17 @@ use super::stop::StopMatcher;
 /// Events a job's channel holds before the worker waits for the reader.
 pub const EVENT_BUFFER: usize = 64;
 
-/// The model, tokenizer and adapters every worker shares, read-only for the life of the
-/// process.
+/// The model, tokenizer and adapters every worker shares (the model for the life of the
+/// process, the adapter list changed by the adapter routes).
 pub struct Shared {
     /// The base model (weights borrowed from the mapped file).
     pub model: &'static Model<'static>,
     /// Its tokenizer and chat renderer.
     pub tok: &'static Tok<'static>,
-    /// Adapters bound to the model, in `--adapter` order.
-    pub adapters: &'static [BoundAdapter<'static, 'static>],
-    /// Model id of each adapter (same order).
-    pub adapter_ids: Vec<String>,
-    /// Scale each adapter runs at when chosen by `model` (the `:SCALE` of `--adapter`).
-    pub adapter_scales: Vec<f32>,
+    /// The GGUF the model was loaded from (adapters added at run time bind against it).
+    pub base: &'static Gguf<'static>,
+    /// The adapters served now (`--adapter`, then `POST /v1/adapters`).
+    pub adapters: Registry,
     /// Model id of the base alone.
     pub base_id: String,
     /// Positions of each worker's KV cache.
@@ -69,8 +69,8 @@ pub struct Shared {
 pub struct Job {
     /// Prompt token ids (BOS included where the model wants it).
     pub prompt: Vec<u32>,
-    /// Active adapters: index into [`Shared::adapters`] and scale.
-    pub adapters: Vec<(usize, f32)>,
+    /// Active adapters and scales (held until the job ends, even if deleted meanwhile).
+    pub adapters: Vec<(Arc<Loaded>, f32)>,
     /// Sampling parameters.
     pub sampling: SamplerConfig,
     /// Most tokens to generate.
@@ -381,13 +381,16 @@ impl Engine {
     }
 }
 
-/// Adapters by index into [`Shared::adapters`] and scale (bits): sequences with equal keys
+/// Adapters by serial ([`Loaded::serial`]) and scale (bits): sequences with equal keys
 /// share one adapter set object in a step (one LoRA pass per group), and a KV cache is
 /// reused only under the key it was computed with.
-type Key = Vec<(usize, u32)>;
+type Key = Vec<(u64, u32)>;
 
-fn key_of(adapters: &[(usize, f32)]) -> Key {
-    adapters.iter().map(|&(i, s)| (i, s.to_bits())).collect()
+fn key_of(adapters: &[(Arc<Loaded>, f32)]) -> Key {
+    adapters
+        .iter()
+        .map(|(a, s)| (a.serial, s.to_bits()))
+        .collect()
 }
 
 /// A running sequence.
@@ -398,6 +401,8 @@ struct Seq {
     /// The token to run next and its position (after the prompt).
     next: Option<(u32, usize)>,
     key: Key,
+    /// The adapters of `key`, kept alive while the sequence runs.
+    held: Vec<(Arc<Loaded>, f32)>,
     stepper: Stepper<'static>,
     sink: ServeSink,
     /// The request's `response_format` constraint (masks the logits the stepper samples).
@@ -534,14 +539,6 @@ fn admit(shared: &Shared, q: &Queue, slots: &mut [Slot], states: &mut [State<'_>
                 continue;
             }
         };
-        if let Some(&(i, _)) = job
-            .adapters
-            .iter()
-            .find(|(i, _)| *i >= shared.adapters.len())
-        {
-            let _ = job.events.try_send(Event::Error(format!("no adapter {i}")));
-            continue;
-        }
         let key = key_of(&job.adapters);
         let lcp = |s: &Slot| -> usize {
             if s.cached_key != key {
@@ -585,6 +582,7 @@ fn admit(shared: &Shared, q: &Queue, slots: &mut [Slot], states: &mut [State<'_>
             fed: keep,
             next: None,
             key,
+            held: job.adapters,
             stepper,
             sink: ServeSink::new(shared.tok, job.events, job.stop, job.logprobs),
             constraint: job.constraint,
@@ -645,11 +643,9 @@ fn step(
         };
         if keys.last() != Some(&&s.key) {
             let mut set = AdapterSet::EMPTY;
-            for &(i, scale) in &s.key {
-                if let Some(a) = shared.adapters.get(i) {
-                    // Checked at admission (at most MAX_ACTIVE, finite scales).
-                    let _ = set.push(a, f32::from_bits(scale));
-                }
+            for (a, scale) in &s.held {
+                // Checked when the request was parsed (at most MAX_ACTIVE, finite scales).
+                let _ = set.push(a.bound(), *scale);
             }
             keys.push(&s.key);
             sets.push(set);

@@ -8,23 +8,26 @@
 //!   the generation loop `generate` runs ([`crate::generation::Stepper`]);
 //! - [`stop`]: stop strings cut from streamed text.
 //!
-//! The model file and adapters are memory-mapped once and live as long as the process (they
-//! are leaked on purpose: every worker borrows them for the server's whole life, and the OS
-//! reclaims them at exit), so binding an adapter to a request is the core's O(1)
+//! The model file is memory-mapped once and lives as long as the process (leaked on purpose:
+//! every worker borrows it for the server's whole life, and the OS reclaims it at exit).
+//! Adapters live in a [`registry::Registry`] that `POST /v1/adapters` and `DELETE
+//! /v1/adapters/{id}` change at run time; binding one to a request is the core's O(1)
 //! [`edgelora::lora::AdapterSet`], never a copy or a merge.
 
 pub mod api;
 pub mod engine;
+pub mod registry;
 pub mod routes;
 pub mod stop;
 
-use crate::commands::{parse_adapter_arg, Adapters, CacheArgs};
+use crate::commands::{parse_adapter_arg, CacheArgs};
 use crate::tok::Tok;
 use crate::util::{map, resolve_model};
 use anyhow::{bail, Context, Result};
 use edgelora::format::gguf::Gguf;
 use edgelora::model::{KernelMode, Model};
 use engine::{Engine, Metrics, Shared};
+use registry::{Backing, Entry, Loaded, Registry};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -32,10 +35,12 @@ use std::sync::Arc;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions, \
-GET /v1/models, GET /health, GET /metrics (Prometheus text).\n\
+GET /v1/models, POST /v1/adapters ({\"id\", \"path\", \"scale\"} or a framed .elas body with \
+?id=NAME), DELETE /v1/adapters/ID, GET /health, GET /metrics (Prometheus text).\n\
 A request picks its adapter with \"model\": \"NAME\" (the base model's id is the model file's \
 name without .gguf), or mixes adapters with llama-server's \"lora\": [{\"id\": NAME or index, \
 \"scale\": S}], which replaces the choice \"model\" makes.\n\
+SIGTERM/SIGINT: stop accepting, let running requests finish (up to 10 s), exit 0.\n\
 The bound address is printed on stdout as `listening on http://HOST:PORT`."
 )]
 pub struct ServeArgs {
@@ -113,30 +118,46 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "base".into()),
     };
-    let mut ids = vec![];
-    let mut files = vec![];
-    let mut scales = vec![];
+    let mut named = vec![];
     for s in &a.adapters {
         let (name, file, scale) = parse_named_adapter(s)?;
-        if name == base_id || ids.contains(&name) {
+        if name == base_id || named.iter().any(|(n, _, _)| *n == name) {
             bail!("--adapter {s:?}: the id '{name}' is already taken (the base model's id is '{base_id}')");
         }
-        ids.push(name);
-        files.push(file);
-        scales.push(scale);
+        named.push((name, file, scale));
     }
 
     // Everything below lives until the process exits (see the module docs).
     let bytes: &'static memmap2::Mmap = Box::leak(Box::new(map(&path)?));
-    let g = Gguf::parse(bytes).with_context(|| format!("parsing {}", path.display()))?;
-    let model: &'static Model<'static> = Box::leak(Box::new(
-        Model::from_gguf(&g).with_context(|| format!("loading {}", path.display()))?,
+    let g: &'static Gguf<'static> = Box::leak(Box::new(
+        Gguf::parse(bytes).with_context(|| format!("parsing {}", path.display()))?,
     ));
-    let tok: &'static Tok<'static> = Box::leak(Box::new(Tok::new(&g)?));
-    let ads: &'static Adapters = Box::leak(Box::new(Adapters::open(&files)?));
-    let parsed = Box::leak(ads.parse()?.into_boxed_slice());
-    let slots = Box::leak(ads.slots(model).into_boxed_slice());
-    let bound = Box::leak(ads.bind(parsed, &g, model, slots)?.into_boxed_slice());
+    let model: &'static Model<'static> = Box::leak(Box::new(
+        Model::from_gguf(g).with_context(|| format!("loading {}", path.display()))?,
+    ));
+    let tok: &'static Tok<'static> = Box::leak(Box::new(Tok::new(g)?));
+    let adapters = Registry::default();
+    for (id, file, scale) in named {
+        let p = std::path::Path::new(&file);
+        let loaded = Loaded::new(Backing::Map(map(p)?), g, model)
+            .with_context(|| format!("adapter {file}"))?;
+        let b = loaded.bound();
+        if b.same_base_weights() == Some(false) {
+            eprintln!(
+                "note: adapter {file} was converted against a base with the same tensors and \
+                 shapes but other weights or quant types"
+            );
+        }
+        let e = Entry {
+            id,
+            scale,
+            source: file,
+            adapter: Arc::new(loaded),
+        };
+        if adapters.add(e).is_err() {
+            bail!("duplicate adapter id");
+        }
+    }
 
     edgelora::kernels::set_threads(a.threads.into());
     let mode = if a.reference {
@@ -152,9 +173,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let shared = Arc::new(Shared {
         model,
         tok,
-        adapters: bound,
-        adapter_ids: ids,
-        adapter_scales: scales,
+        base: g,
+        adapters,
         base_id,
         ctx,
         metrics: Metrics::default(),
@@ -185,12 +205,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
         let s = app.engine.shared();
+        let ids: Vec<String> = s.adapters.list().into_iter().map(|e| e.id).collect();
         eprintln!(
             "serving {} as '{}' ({} adapters: {}), {} parallel, ctx {ctx}, chat format: {}",
             path.display(),
             s.base_id,
-            s.adapter_ids.len(),
-            s.adapter_ids.join(", "),
+            ids.len(),
+            ids.join(", "),
             a.parallel,
             s.tok.chat_format()
         );
@@ -198,12 +219,31 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
         axum::serve(listener, routes::router(app))
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(async {
+                shutdown().await;
+                // Stop accepting now; running requests get DRAIN to finish, then the process
+                // ends (cancelling them), still with status 0.
+                eprintln!(
+                    "shutting down: no new connections; waiting up to {} s for running requests",
+                    DRAIN.as_secs()
+                );
+                std::thread::spawn(|| {
+                    std::thread::sleep(DRAIN);
+                    eprintln!(
+                        "requests still running after {} s: cancelled",
+                        DRAIN.as_secs()
+                    );
+                    std::process::exit(0);
+                });
+            })
             .await?;
         eprintln!("shut down");
         anyhow::Ok(())
     })
 }
+
+/// How long running requests may take to finish after SIGTERM or SIGINT.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown() {

@@ -8,14 +8,17 @@
 
 use super::api::{self, ApiError, Endpoint, GenRequest, Prompt};
 use super::engine::{Engine, Event, FinishReason, Job, TokenLogprob, EVENT_BUFFER};
+use super::registry::{Backing, Entry, Loaded};
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use edgelora::lora::stream::{StreamLoader, FRAME_MAGIC};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -40,6 +43,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route(
+            "/v1/adapters",
+            post(add_adapter).layer(DefaultBodyLimit::max(ADAPTER_BODY_LIMIT)),
+        )
+        .route("/v1/adapters/{id}", delete(delete_adapter))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -47,10 +55,13 @@ pub fn router(app: Arc<App>) -> Router {
 /// Checks the API key and counts every request by route and status.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
-        p
-        @ ("/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
-            p.to_string()
-        }
+        p @ ("/health"
+        | "/metrics"
+        | "/v1/models"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/adapters") => p.to_string(),
+        p if p.starts_with("/v1/adapters/") => "/v1/adapters/{id}".to_string(),
         _ => "other".to_string(),
     };
     let resp = match &app.api_key {
@@ -103,22 +114,207 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
     let mut data = vec![json!({
         "id": s.base_id, "object": "model", "created": app.started, "owned_by": "edgelora",
     })];
-    for (id, scale) in s.adapter_ids.iter().zip(&s.adapter_scales) {
-        // vLLM lists a LoRA model with its base as `parent`.
-        data.push(json!({
-            "id": id, "object": "model", "created": app.started, "owned_by": "edgelora",
-            "parent": s.base_id, "root": s.base_id, "scale": scale,
-        }));
+    for e in s.adapters.list() {
+        data.push(model_object(&app, &e));
     }
     Json(json!({ "object": "list", "data": data }))
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Chat).await
+/// An adapter in the model list; vLLM lists a LoRA model with its base as `parent`.
+fn model_object(app: &App, e: &Entry) -> Value {
+    let base = &app.engine.shared().base_id;
+    json!({
+        "id": e.id, "object": "model", "created": app.started, "owned_by": "edgelora",
+        "parent": base, "root": base, "scale": e.scale, "source": e.source,
+        "bytes": e.adapter.size,
+    })
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Completions).await
+/// Largest body of `POST /v1/adapters` (a framed adapter upload).
+pub const ADAPTER_BODY_LIMIT: usize = 1 << 30;
+
+/// `POST /v1/adapters`: either JSON `{"id", "path", "scale"?}` (the file is read whole into
+/// memory), or the raw bytes of a framed adapter (`.elas`, see `edgelora::lora::stream`) with
+/// `?id=NAME[&scale=S]`. The adapter is parsed, CRC-checked (framed) and bound against the
+/// served base before it becomes visible: 201 with its model object, 409 if the id is taken,
+/// 400 with the core's error for a bad file or another base (nothing served changes).
+async fn add_adapter(State(app): State<Arc<App>>, req: Request) -> Response {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match axum::body::to_bytes(req.into_body(), ADAPTER_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                format!("the adapter is over {ADAPTER_BODY_LIMIT} bytes"),
+            )
+            .into_response()
+        }
+    };
+    let app2 = app.clone();
+    // Reading, parsing and binding take a while for a big file: off the async workers.
+    let r = tokio::task::spawn_blocking(move || load_adapter(&app2, &query, &body)).await;
+    match r {
+        Ok(Ok(e)) => (StatusCode::CREATED, Json(model_object(&app, &e))).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => generation_failed(format!("loading the adapter: {e}")).into_response(),
+    }
+}
+
+fn load_adapter(app: &App, query: &str, body: &[u8]) -> Result<Entry, ApiError> {
+    let shared = app.engine.shared();
+    let (id, scale, source, backing) = if body.starts_with(&FRAME_MAGIC) {
+        let mut id = None;
+        let mut scale = 1.0f32;
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("scale", v)) => {
+                    scale = v.parse().map_err(|_| {
+                        ApiError::field("scale", format!("the scale must be a number, got {v:?}"))
+                    })?
+                }
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "unknown query parameter {kv:?}; a framed upload takes ?id=NAME&scale=S"
+                    )))
+                }
+            }
+        }
+        let id = id.ok_or_else(|| {
+            ApiError::field("id", "a framed upload needs the adapter's id: ?id=NAME")
+        })?;
+        let mut buf = vec![0u8; body.len()];
+        let mut loader = StreamLoader::new(&mut buf);
+        let payload = loader
+            .push(body)
+            .and_then(|_| loader.finish())
+            .map_err(|e| ApiError::bad(format!("the framed adapter is refused: {e}")))?;
+        (id, scale, "upload".to_string(), Backing::copy(payload))
+    } else {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad(format!(
+                "the body is neither JSON {{\"id\", \"path\", \"scale\"}} nor a framed adapter: {e}"
+            ))
+        })?;
+        let Value::Object(obj) = &v else {
+            return Err(ApiError::bad("the body must be a JSON object"));
+        };
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !["id", "path", "scale"].contains(&k.as_str()))
+        {
+            return Err(ApiError::field(
+                k,
+                format!("unknown field '{k}'; this endpoint takes: id, path, scale"),
+            ));
+        }
+        let id = match obj.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(ApiError::field("id", "'id' must be a string")),
+        };
+        let path = match obj.get("path") {
+            Some(Value::String(s)) => s.clone(),
+            _ => {
+                return Err(ApiError::field(
+                    "path",
+                    "'path' must be a string (a file on the server)",
+                ))
+            }
+        };
+        let scale = match obj.get("scale") {
+            None | Some(Value::Null) => 1.0,
+            Some(v) => v.as_f64().ok_or_else(|| {
+                ApiError::field("scale", format!("the scale must be a number, got {v}"))
+            })? as f32,
+        };
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ApiError::field("path", format!("reading {path}: {e}")))?;
+        (id, scale, path, Backing::copy(&bytes))
+    };
+    if id.is_empty()
+        || id
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '/')
+    {
+        return Err(ApiError::field(
+            "id",
+            "the id must be non-empty, without spaces, quotes or slashes",
+        ));
+    }
+    if !scale.is_finite() || scale.abs() > 1e3 {
+        return Err(ApiError::field(
+            "scale",
+            "the scale must be a finite number",
+        ));
+    }
+    let taken = || {
+        let mut e = ApiError::status(
+            StatusCode::CONFLICT,
+            Some("adapter_exists"),
+            format!("the model id '{id}' is already served; DELETE /v1/adapters/{id} first"),
+        );
+        e.param = Some("id".into());
+        e
+    };
+    if id == shared.base_id || shared.adapters.list().iter().any(|e| e.id == id) {
+        return Err(taken());
+    }
+    let loaded = Loaded::new(backing, shared.base, shared.model)
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let e = Entry {
+        id: id.clone(),
+        scale,
+        source,
+        adapter: Arc::new(loaded),
+    };
+    shared.adapters.add(e.clone()).map_err(|_| taken())?;
+    eprintln!(
+        "adapter '{id}' added ({} bytes, from {})",
+        e.adapter.size, e.source
+    );
+    Ok(e)
+}
+
+/// `DELETE /v1/adapters/{id}`: the id is gone for new requests at once; the memory goes when
+/// the last request running with it ends. 404 (with the list) for an unknown id.
+async fn delete_adapter(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let shared = app.engine.shared();
+    match shared.adapters.remove(&id) {
+        Some(e) => {
+            eprintln!(
+                "adapter '{id}' deleted ({} requests still hold it)",
+                Arc::strong_count(&e.adapter) - 1
+            );
+            Json(json!({ "id": id, "object": "model", "deleted": true })).into_response()
+        }
+        None => api::not_found("model", &id, shared).into_response(),
+    }
+}
+
+async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Chat).await,
+        Err(e) => body_error(e),
+    }
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Completions).await,
+        Err(e) => body_error(e),
+    }
+}
+
+/// A body that could not be read (over the 2 MiB limit: 413), as an OpenAI-style error.
+fn body_error(e: BytesRejection) -> Response {
+    let status = e.status();
+    let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is over the server's limit of 2 MiB".to_string()
+    } else {
+        format!("reading the request body: {e}")
+    };
+    ApiError::status(status, None, msg).into_response()
 }
 
 /// A response id: a prefix and a process-wide counter mixed with the start time.
@@ -223,17 +419,7 @@ fn start(
         (None, Endpoint::Completions) => 16.min(room),
         (None, Endpoint::Chat) => room,
     };
-    let label = match req.adapters.as_slice() {
-        [] => shared.base_id.clone(),
-        [(i, s)] if req.model == shared.adapter_ids[*i] && *s == shared.adapter_scales[*i] => {
-            req.model.clone()
-        }
-        list => list
-            .iter()
-            .map(|(i, s)| format!("{}*{s}", shared.adapter_ids[*i]))
-            .collect::<Vec<_>>()
-            .join("+"),
-    };
+    let label = std::mem::take(&mut req.label);
     let constraint = match req.format.take() {
         Some(table) => {
             let vocab = crate::constrained::Vocab::cached(shared.tok)
