@@ -533,12 +533,9 @@ pub fn combine_module(
             .named(module.as_bytes()));
         }
     }
-    let method = if parts.len() == 1 && opts.method != Method::Cat {
-        // PEFT: one adapter is always combined with `linear`.
-        Method::Linear
-    } else {
-        opts.method
-    };
+    // PEFT applies the method even where only one input has the module (it switches to
+    // `linear` only when a single adapter is given, which [`combine`] does).
+    let method = opts.method;
     let density = opts.density.unwrap_or(1.0);
     let inputs: Vec<usize> = parts.iter().map(|p| p.0).collect();
     let merge = method.merge();
