@@ -476,3 +476,100 @@ fn combine_refusals() {
         .is_err());
     let _ = SignMethod::Frequency;
 }
+
+/// End to end on the committed tiny task adapters: `cat` with weights (1, 1), and `svd` with
+/// rank = the sum of the ranks (no truncation), are exact, so their single adapter must give
+/// the logits of running both inputs unmerged at scale 1 (same kernels, the reference path;
+/// the f32 files differ from the unmerged pair only by summation order).
+#[test]
+fn combined_runs_like_the_unmerged_pair() {
+    use edgelora::lora::AdapterSet;
+    use edgelora::model::{state_buffer, KernelMode, State};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let paths = [
+        root.join("models/tiny/tiny-base.gguf"),
+        root.join("models/tiny/intent/adapter.gguf"),
+        root.join("models/tiny/reply/adapter.gguf"),
+    ];
+    let mut bytes = vec![];
+    for p in &paths {
+        match std::fs::read(p) {
+            Ok(b) => bytes.push(b),
+            Err(_) => {
+                println!("SKIPPED: {} is absent", p.display());
+                return;
+            }
+        }
+    }
+    let base = Gguf::parse(&bytes[0]).unwrap();
+    let model: Box<Model> = Box::new(Model::from_gguf(&base).unwrap());
+    let cfg = *model.config();
+    let (ia, ra) = (
+        Adapter::parse(&bytes[1]).unwrap(),
+        Adapter::parse(&bytes[2]).unwrap(),
+    );
+    let run = |set: &AdapterSet| {
+        let toks: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % cfg.vocab as u32).collect();
+        let mut buf = state_buffer(&cfg, toks.len());
+        let mut st = State::new(&cfg, toks.len(), &mut buf).unwrap();
+        st.set_kernel_mode(KernelMode::Reference);
+        toks.iter()
+            .enumerate()
+            .flat_map(|(p, &t)| model.forward_with(t, p, &mut st, set).unwrap().to_vec())
+            .collect::<Vec<f32>>()
+    };
+    let mut s1 = vec![None; Adapter::slots_len(&cfg)];
+    let mut s2 = vec![None; Adapter::slots_len(&cfg)];
+    let bi = ia.bind(&base, &model, &mut s1).unwrap();
+    let br = ra.bind(&base, &model, &mut s2).unwrap();
+    let mut pair = AdapterSet::single(&bi, 1.0);
+    pair.push(&br, 1.0).unwrap();
+    let want = run(&pair);
+    let base_only = run(&AdapterSet::EMPTY);
+    let inputs = [
+        CombineInput {
+            adapter: &ia,
+            weight: 1.0,
+            label: "intent",
+        },
+        CombineInput {
+            adapter: &ra,
+            weight: 1.0,
+            label: "reply",
+        },
+    ];
+    let total_rank = ia.max_rank() + ra.max_rank();
+    for (method, rank) in [(Method::Cat, None), (Method::Svd, Some(total_rank))] {
+        let mut o = CombineOptions::new(method);
+        o.dtype = GgmlType::F32;
+        o.rank = rank;
+        let mut m = SeededMasks {
+            seed: 0,
+            density: 1.0,
+        };
+        let (b, _) = combine(&inputs, &o, &mut m, None).unwrap();
+        let c = Adapter::parse(&b).unwrap();
+        assert_eq!(
+            c.gguf().get_str("adapter.edgelora.task").unwrap(),
+            "intent+reply"
+        );
+        let mut s3 = vec![None; Adapter::slots_len(&cfg)];
+        let bc = c.bind(&base, &model, &mut s3).unwrap();
+        let got = run(&AdapterSet::single(&bc, 1.0));
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        let moved = base_only
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        println!(
+            "{}: max |dlogit| vs unmerged pair {diff:.2e} (adapters move logits by {moved:.2e}, max |logit| {scale:.2e})",
+            method.name()
+        );
+        assert!(moved > 1e-2, "the adapters should change the logits");
+        assert!(diff <= 1e-4 * scale, "{}: {diff}", method.name());
+    }
+}
