@@ -55,7 +55,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 
 /// Smaller matrix side up to which the pruned `*svd` methods use an exact Jacobi SVD.
-pub const EXACT_SVD_MAX: usize = 256;
+pub const EXACT_SVD_MAX: usize = 96;
 
 /// How adapters are combined (PEFT's `combination_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -875,22 +875,37 @@ pub fn svd_truncated(
     qr_mgs(&mut q, cols, p);
     let mut prev = std::vec![0f64; r];
     let mut mq = std::vec![0f64; rows * p];
+    let mut gram = std::vec![0f64; p * p];
+    matmul(m, &q, &mut mq, rows, cols, p);
     for it in 0..300 {
-        matmul(m, &q, &mut mq, rows, cols, p);
-        // q = M^T (M q), orthonormalised.
-        for x in 0..cols {
-            for j in 0..p {
-                q[x * p + j] = (0..rows).map(|i| m[i * cols + x] * mq[i * p + j]).sum();
+        // q = M^T (M q), orthonormalised (accumulated row by row of M: contiguous inner loops).
+        q.fill(0.0);
+        for i in 0..rows {
+            let mq_i = &mq[i * p..(i + 1) * p];
+            for (x, mv) in m[i * cols..(i + 1) * cols].iter().enumerate() {
+                for (d, v) in q[x * p..(x + 1) * p].iter_mut().zip(mq_i) {
+                    *d += mv * v;
+                }
             }
         }
         qr_mgs(&mut q, cols, p);
         matmul(m, &q, &mut mq, rows, cols, p);
-        let (_, s, _) = jacobi_svd(&mq, rows, p);
+        // Ritz values from the small Gram matrix (M Q)^T (M Q): its eigenvalues are sigma^2.
+        gram.fill(0.0);
+        for row in mq.chunks_exact(p) {
+            for (a, x) in row.iter().enumerate() {
+                for (g, y) in gram[a * p..(a + 1) * p].iter_mut().zip(row) {
+                    *g += x * y;
+                }
+            }
+        }
+        let (_, s2, _) = jacobi_svd(&gram, p, p);
+        let s: Vec<f64> = s2.iter().map(|v| v.max(0.0).sqrt()).collect();
         let done = it > 2
             && s.iter()
                 .zip(&prev)
                 .take(r)
-                .all(|(a, b)| (a - b).abs() <= 1e-13 * s[0].max(f64::MIN_POSITIVE));
+                .all(|(a, b)| (a - b).abs() <= 1e-12 * s[0].max(f64::MIN_POSITIVE));
         prev.copy_from_slice(&s[..r]);
         if done {
             break;
@@ -901,10 +916,15 @@ pub fn svd_truncated(
     take_factors(&us, &w, rows, p, cols, r, Some(&q))
 }
 
+/// `out = m q` (rows x cols times cols x p), inner loops over contiguous rows.
 fn matmul(m: &[f64], q: &[f64], out: &mut [f64], rows: usize, cols: usize, p: usize) {
+    out.fill(0.0);
     for i in 0..rows {
-        for j in 0..p {
-            out[i * p + j] = (0..cols).map(|x| m[i * cols + x] * q[x * p + j]).sum();
+        let o = &mut out[i * p..(i + 1) * p];
+        for (x, mv) in m[i * cols..(i + 1) * cols].iter().enumerate() {
+            for (d, v) in o.iter_mut().zip(&q[x * p..(x + 1) * p]) {
+                *d += mv * v;
+            }
         }
     }
 }
