@@ -18,8 +18,8 @@ use edgelora::lora::combine::{
     Method, SeededMasks, SignMethod,
 };
 use edgelora::lora::convert::{convert_peft, permute_rows_for_rope, ConvertOptions};
-use edgelora::lora::{parse_target, Adapter};
-use edgelora::model::Model;
+use edgelora::lora::{parse_target, Adapter, AdapterSet};
+use edgelora::model::{state_buffer, KernelMode, Model, State};
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
 use serde_json::Value as J;
@@ -177,6 +177,7 @@ fn combine_matches_peft() {
         .map(|(n, b)| (*n, Adapter::parse(b).unwrap()))
         .collect();
     let mut n_checked = 0;
+    let mut n_logits = 0;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let method = Method::parse(case["method"].as_str().unwrap()).unwrap();
@@ -256,6 +257,34 @@ fn combine_matches_peft() {
         let mut slots = vec![None; Adapter::slots_len(model.config())];
         out.bind(&g, &model, &mut slots)
             .unwrap_or_else(|e| panic!("{name}: bind: {e}"));
+        if let Some(want) = get(&format!("{name}/logits")) {
+            let toks: Vec<u32> = cases["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            let cfg = *model.config();
+            let bound = out.bind(&g, &model, &mut slots).unwrap();
+            let set = AdapterSet::single(&bound, 1.0);
+            let mut buf = state_buffer(&cfg, toks.len());
+            let mut st = State::new(&cfg, toks.len(), &mut buf).unwrap();
+            st.set_kernel_mode(KernelMode::Reference);
+            let got: Vec<f32> = toks
+                .iter()
+                .enumerate()
+                .flat_map(|(p, &t)| model.forward_with(t, p, &mut st, &set).unwrap().to_vec())
+                .collect();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!("{name:<20} logits vs transformers+PEFT: max |d| {diff:.2e} (max |logit| {scale:.2e})");
+            // Same tolerance as lora_peft.rs: f32 on both sides from identical weights.
+            assert!(diff <= 1e-4 * scale, "{name}: logits differ by {diff}");
+            n_logits += 1;
+        }
         for m in &modules {
             let want = get(&format!("{name}/{m}")).unwrap();
             let n_in = want.len() / out.pairs().find(|(n, _)| n == m).unwrap().1.b.rows();
@@ -268,6 +297,7 @@ fn combine_matches_peft() {
         }
     }
     assert!(n_checked >= 30, "only {n_checked} module checks ran");
+    assert!(n_logits >= 8, "only {n_logits} logits checks ran");
 }
 
 /// DARE: a seed reproduces the file; another seed gives another file; and over many seeds the
@@ -483,8 +513,6 @@ fn combine_refusals() {
 /// the f32 files differ from the unmerged pair only by summation order).
 #[test]
 fn combined_runs_like_the_unmerged_pair() {
-    use edgelora::lora::AdapterSet;
-    use edgelora::model::{state_buffer, KernelMode, State};
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let paths = [
         root.join("models/tiny/tiny-base.gguf"),
