@@ -498,6 +498,11 @@ fn combine_refusals() {
         assert_eq!(e.kind(), ErrorKind::BadValue, "{e}");
         assert!(e.to_string().contains(l), "{e}");
     }
+    // One input: PEFT uses linear, so density and rank would do nothing.
+    let mut o = CombineOptions::new(Method::Svd);
+    o.rank = Some(4);
+    let e = go(&[inp(&plain, "plain")], &o, &mut m);
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     // Missing PEFT mask is an error, not a silent fallback.
     let mut g = GivenMasks::default();
     let mut k = vec![0f32; 4];

@@ -44,7 +44,11 @@
 //! with re-orthogonalisation), then the small `R_b R_a^T` by one-sided Jacobi. The pruned
 //! methods' updates are full matrices: one-sided Jacobi on the matrix when its smaller side is
 //! at most [`EXACT_SVD_MAX`], else subspace iteration (block `2R + 16`) with a Rayleigh-Ritz
-//! step, iterated until the top-R singular values settle. All SVD arithmetic is f64.
+//! step, iterated until the top-R singular values settle. All SVD arithmetic is f64. Measured:
+//! `ties_svd` of two SmolLM2-135M rank-8 adapters (60 pairs, 576 x 576 / 192 x 576 / 1536 x
+//! 576 updates) takes 5 s on one core; with exact Jacobi up to 256 columns and Ritz values from a
+//! full Jacobi each iteration it took 12 s, hence the exact path stops at 96 (the two results
+//! agree to 4e-6 relative, F16 storage).
 
 use super::{parse_target, Adapter, FINGERPRINT_KEY, HEAD_TENSOR, MAX_RANK, SHAPE_FINGERPRINT_KEY};
 use crate::error::{Error, ErrorKind, Result};
@@ -1050,6 +1054,13 @@ pub fn combine(
             "one input is combined with linear (as PEFT does): density has no effect",
         )
         .named(b"density"));
+    }
+    if inputs.len() == 1 && opts.rank.is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "one input is combined with linear (as PEFT does): rank has no effect",
+        )
+        .named(b"rank"));
     }
     let arch = first.adapter.gguf().get_str("general.architecture").ok();
     let fp = |i: &CombineInput<'_, '_>| i.adapter.fingerprint();

@@ -89,12 +89,6 @@ pub fn run(a: CombineArgs) -> Result<()> {
         "frequency" => SignMethod::Frequency,
         o => bail!("--majority-sign {o}: expected total or frequency"),
     };
-    if method.is_dare() && a.density == Some(0.0) {
-        bail!(
-            "--density 0 with {}: DARE rescales by 1/density",
-            method.name()
-        );
-    }
     let mut files = vec![];
     for s in &a.inputs {
         let (f, w) = parse_adapter_arg(s)?;
