@@ -50,7 +50,9 @@
 //! full Jacobi each iteration it took 12 s, hence the exact path stops at 96 (the two results
 //! agree to 4e-6 relative, F16 storage).
 
-use super::{parse_target, Adapter, FINGERPRINT_KEY, HEAD_TENSOR, MAX_RANK, SHAPE_FINGERPRINT_KEY};
+use super::{
+    parse_target, Adapter, LoraPair, FINGERPRINT_KEY, HEAD_TENSOR, MAX_RANK, SHAPE_FINGERPRINT_KEY,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::gguf_write::{GgufWriter, OwnedValue};
 use crate::quant::GgmlType;
@@ -991,12 +993,8 @@ fn input_err(kind: ErrorKind, what: &'static str, label: &str) -> Error {
     Error::new(kind, what).named(label.as_bytes())
 }
 
-fn load_pair(ad: &Adapter<'_>, name: &str) -> Result<Lora> {
-    let p = ad
-        .pairs()
-        .find(|(n, _)| *n == name)
-        .map(|x| x.1)
-        .ok_or_else(|| Error::new(ErrorKind::MissingTensor, "pair").named(name.as_bytes()))?;
+/// One input's pair in f32, with its module scale `alpha / r`.
+fn load_pair(ad: &Adapter<'_>, p: &LoraPair<'_>) -> Result<Lora> {
     let (r, n_in, n_out) = (p.rank(), p.a.cols(), p.b.rows());
     let mut a = std::vec![0f32; r * n_in];
     for (k, row) in a.chunks_exact_mut(n_in).enumerate() {
@@ -1139,15 +1137,12 @@ pub fn combine(
             .unwrap_or_else(|| ranks.iter().copied().max().unwrap_or(1))
     };
     // Union of targets in (layer, linear) order; names that are not per-layer linears last.
-    let mut targets: Vec<&str> = Vec::new();
-    for inp in inputs {
-        for (n, _) in inp.adapter.pairs() {
-            if !targets.contains(&n) {
-                targets.push(n);
-            }
-        }
-    }
+    // Each input's pairs by target, resolved once.
+    let by_name: Vec<BTreeMap<&str, LoraPair<'_>>> =
+        inputs.iter().map(|i| i.adapter.pairs().collect()).collect();
+    let mut targets: Vec<&str> = by_name.iter().flat_map(|m| m.keys().copied()).collect();
     targets.sort_by_key(|n| (parse_target(n).unwrap_or((usize::MAX, usize::MAX)), *n));
+    targets.dedup();
 
     let mut w = GgufWriter::new();
     if let Some(a) = arch {
@@ -1220,9 +1215,9 @@ pub fn combine(
             continue;
         }
         let mut loras = Vec::new();
-        for (i, inp) in inputs.iter().enumerate() {
-            if inp.adapter.pairs().any(|(n, _)| n == name) {
-                loras.push((i, inp.weight, load_pair(inp.adapter, name)?));
+        for (i, (inp, pairs)) in inputs.iter().zip(&by_name).enumerate() {
+            if let Some(p) = pairs.get(name) {
+                loras.push((i, inp.weight, load_pair(inp.adapter, p)?));
             }
         }
         let parts: Vec<(usize, f32, &Lora)> = loras.iter().map(|(i, w, l)| (*i, *w, l)).collect();
