@@ -1354,6 +1354,37 @@ mod tests {
         assert!(rel(&mul(&u5, &v5, rows, 3, cols), &m) < 1e-12);
     }
 
+    /// The subspace path on a wide matrix (rows < cols, both above EXACT_SVD_MAX) against
+    /// exact Jacobi of its transpose.
+    #[test]
+    fn subspace_wide_matches_exact() {
+        let (rows, cols, k) = (120, 300, 6);
+        let b = rnd(rows * k, 11);
+        let a = rnd(k * cols, 12);
+        let mut m = mul(&b, &a, rows, k, cols);
+        for (x, n) in m.iter_mut().zip(rnd(rows * cols, 13)) {
+            *x += 1e-2 * n;
+        }
+        let (u1, v1, r1) = svd_truncated(&m, rows, cols, 4);
+        assert_eq!(r1, 4);
+        let mut t = std::vec![0f64; m.len()];
+        for i in 0..rows {
+            for j in 0..cols {
+                t[j * rows + i] = m[i * cols + j];
+            }
+        }
+        // M^T = V S U^T: the exact rank-4 part of M is U S V^T from those factors.
+        let (vs, _s, u) = jacobi_svd(&t, cols, rows);
+        let mut exact = std::vec![0f64; rows * cols];
+        for i in 0..rows {
+            for x in 0..cols {
+                exact[i * cols + x] = (0..4).map(|j| u[i * rows + j] * vs[x * rows + j]).sum();
+            }
+        }
+        let e = rel(&mul(&u1, &v1, rows, 4, cols), &exact);
+        assert!(e < 1e-9, "{e}");
+    }
+
     #[test]
     fn product_svd_rank_deficient() {
         // Two identical factor columns: B_cat has rank 1.
