@@ -22,6 +22,8 @@ use crate::model::{Config, Model, LINEARS};
 use crate::quant::{cast_blocks, BlockQ8_0, GgmlType, QK};
 
 #[cfg(feature = "std")]
+pub mod combine;
+#[cfg(feature = "std")]
 pub mod convert;
 pub mod merge;
 pub mod stream;

@@ -20,6 +20,9 @@ pub enum AdapterCmd {
     Inspect(InspectAdapterArgs),
     /// Wrap an adapter GGUF in the streaming frame (length + CRC-32) for chunked transfer.
     Frame(FrameArgs),
+    /// Combine adapters into one (PEFT's add_weighted_adapter: linear, cat, svd, ties, dare,
+    /// magnitude_prune): `combine A.gguf:0.5 B.gguf:0.7 --method svd -o out.gguf`.
+    Combine(crate::combine_cmd::CombineArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +65,7 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
     match cmd {
         AdapterCmd::Convert(a) => convert(a),
         AdapterCmd::Inspect(a) => inspect(a),
+        AdapterCmd::Combine(a) => crate::combine_cmd::run(a),
         AdapterCmd::Frame(a) => {
             let bytes = std::fs::read(&a.adapter)
                 .with_context(|| format!("reading {}", a.adapter.display()))?;

@@ -6,6 +6,7 @@
 
 mod adapter_cmd;
 mod chat_template;
+mod combine_cmd;
 mod commands;
 mod constrained;
 #[cfg(feature = "cuda")]
