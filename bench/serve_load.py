@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Load test for `edgelora serve`: concurrent clients, each with its own adapter or mix.
+"""Load test for `edgelora serve` (or llama-server): concurrent clients, each with its own adapter or mix.
 
 Starts the server (SmolLM2-135M Q4_1 with the three task adapters and the r8 benchmark
-adapter), then:
+adapter; `--server llama` starts llama.cpp's llama-server on the same files instead, with
+`--lora-init-without-apply` and each request's adapters in its `lora` field), then:
 
 1. reference: every client's request run alone, one at a time (greedy);
 2. for 1, 4 and 8 concurrent clients (client k always uses mix k and prompt k): every answer
@@ -10,9 +11,14 @@ adapter), then:
    time), p50/p99 request latency, and the ratio to one client;
 3. time to first token with a ~500-token system prompt, uncached (a new system prompt each
    time) vs cached (the same system prompt, another user message), medians;
-4. memory: the server's RSS after a warm-up and after `--soak` more requests.
+4. memory: the server's RSS after a warm-up and every 1000 of `--soak` more requests
+   (8 in flight, rotating through the mixes); errors counted.
 
-    /tmp/openai-venv/bin/python bench/serve_load.py [--threads 1] [--max-tokens 48]
+    .venv/bin/python bench/serve_load.py [--threads 1] [--max-tokens 48] [--clients 1,4,8,16]
+    .venv/bin/python bench/serve_load.py --server llama --llama-server PATH/llama-server
+
+"x alone" compares the aggregate rate with the same clients' requests run one at a time
+(the reference pass: tokens / wall time of those requests, each with its own adapter).
 
 Needs the `openai` package (it talks to the server exactly as any OpenAI client does).
 """
@@ -54,7 +60,50 @@ PROMPTS = [
 ]
 
 
+# llama-server knows adapters by their index in its `--lora` list.
+LLAMA_IDS = {"intent": 0, "normalize": 1, "reply": 2, "bench": 3}
+ADAPTER_FILES = [
+    ("intent", "smollm2/intent/adapter.gguf"),
+    ("normalize", "smollm2/normalize/adapter.gguf"),
+    ("reply", "smollm2/reply/adapter.gguf"),
+    ("bench", "bench-lora-r8.gguf"),
+]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llama(args):
+    import urllib.request
+    port = free_port()
+    cmd = [args.llama_server, "-m", args.model, "--host", "127.0.0.1", "--port", str(port),
+           "-t", str(args.threads), "-tb", str(args.threads), "-np", str(args.parallel),
+           "-c", str(args.ctx * args.parallel), "--lora-init-without-apply", "--no-webui"]
+    for _, f in ADAPTER_FILES:
+        cmd += ["--lora", os.path.join(MODELS, f)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return p, url
+        except Exception:
+            pass
+        if p.poll() is not None:
+            sys.exit(f"llama-server exited with {p.returncode}: {' '.join(cmd)}")
+        time.sleep(0.2)
+    p.kill()
+    sys.exit("llama-server did not become healthy")
+
+
 def start_server(args):
+    if args.server == "llama":
+        return start_llama(args)
     cmd = [
         args.binary, "serve", "-m", args.model, "--port", "0", "--threads", str(args.threads),
         "--parallel", str(args.parallel), "--ctx", str(args.ctx),
@@ -80,15 +129,30 @@ def rss_kib(pid):
     return 0
 
 
+SERVER = "edgelora"
+
+
+def lora_field(name, lora):
+    """The request's adapters: a model id on edgelora, always a `lora` list on llama-server."""
+    if SERVER == "llama":
+        if lora is None:
+            lora = [] if name == "base" else [{"id": name, "scale": 1.0}]
+        return [{"id": LLAMA_IDS[e["id"]], "scale": e["scale"]} for e in lora]
+    return lora
+
+
 def request_args(k, max_tokens):
     name, lora = MIXES[k % len(MIXES)]
     model = "SmolLM2-135M-Instruct.Q4_1" if name == "base" else name
+    # Clients 8..15 use the same mixes as 0..7 with other prompts.
+    prompt = PROMPTS[(k + k // len(MIXES)) % len(PROMPTS)]
     kw = dict(
         model=model if lora is None else "SmolLM2-135M-Instruct.Q4_1",
-        messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+        messages=[{"role": "user", "content": prompt}],
         max_tokens=max_tokens,
         temperature=0,
     )
+    lora = lora_field(name, lora)
     if lora is not None:
         kw["extra_body"] = {"lora": lora}
     return kw
@@ -129,9 +193,11 @@ def system_prompt(salt):
 
 async def ttft(client, system, user):
     t = time.perf_counter()
+    lora = lora_field("intent", None)
     stream = await client.chat.completions.create(
         model="intent", stream=True, max_tokens=4, temperature=0,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        **({"extra_body": {"lora": lora}} if lora is not None else {}))
     first = None
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -151,7 +217,12 @@ async def main():
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--soak", type=int, default=200)
     ap.add_argument("--url", help="use a running server instead of starting one")
+    ap.add_argument("--server", choices=["edgelora", "llama"], default="edgelora")
+    ap.add_argument("--llama-server", default="/tmp/lcp/build-server/bin/llama-server",
+                    help="llama-server binary (built from the llama-cpp-python sdist's sources)")
     args = ap.parse_args()
+    global SERVER
+    SERVER = args.server
     proc = None
     url = args.url
     if url is None:
@@ -160,20 +231,25 @@ async def main():
                                 timeout=600)
     try:
         counts = [int(c) for c in args.clients.split(",")]
-        print(f"server {url}, threads {args.threads}, parallel {args.parallel}, "
+        print(f"{args.server} server {url}, threads {args.threads}, parallel {args.parallel}, "
               f"max_tokens {args.max_tokens}")
-        want = {}
+        want, alone = {}, {}
         for k in range(max(counts)):
+            await one(client, k, args.max_tokens)  # warm (and, for k >= 1, cache) first
             _, text, toks, lat = await one(client, k, args.max_tokens)
             want[k] = text
-            print(f"reference mix {MIXES[k][0]:10s}: {toks:3d} tokens in {lat:.2f} s")
+            alone[k] = (toks, lat)
+            print(f"reference client {k:2d} mix {MIXES[k % len(MIXES)][0]:10s}: {toks:3d} "
+                  f"tokens in {lat:.2f} s")
         base = None
         for c in counts:
             r = await phase(client, c, args.per_client, args.max_tokens, want)
             base = base or r["tps"]
+            solo = sum(alone[k][0] for k in range(c)) / sum(alone[k][1] for k in range(c))
             print(f"{c} clients: {r['requests']} requests, {r['tokens']} tokens in "
                   f"{r['wall']:.2f} s = {r['tps']:.1f} tok/s aggregate ({r['tps'] / base:.2f}x "
-                  f"one client); latency p50 {r['p50']:.2f} s p99 {r['p99']:.2f} s; "
+                  f"one client, {r['tps'] / solo:.2f}x the same requests alone at {solo:.1f}); "
+                  f"latency p50 {r['p50']:.2f} s p99 {r['p99']:.2f} s; "
                   f"answers != alone: {len(r['mismatches'])}")
             if r["mismatches"]:
                 print(f"  MISMATCH for mixes {sorted(set(r['mismatches']))}")
@@ -188,16 +264,23 @@ async def main():
               f"{k * 1000:.0f} ms ({k / u:.2f} of uncached)")
         if proc is not None and args.soak > 0:
             before = rss_kib(proc.pid)
+            samples = [before]
             t = time.perf_counter()
-            done = 0
+            done, errors = 0, 0
             while done < args.soak:
                 batch = min(8, args.soak - done)
-                await asyncio.gather(*(one(client, (done + j) % len(MIXES), 8)
-                                       for j in range(batch)))
+                res = await asyncio.gather(*(one(client, (done + j) % (2 * len(MIXES)), 8)
+                                             for j in range(batch)), return_exceptions=True)
+                errors += sum(isinstance(x, Exception) for x in res)
                 done += batch
+                if done % 1000 == 0:
+                    samples.append(rss_kib(proc.pid))
+                    print(f"  soak {done}: RSS {samples[-1] / 1024:.1f} MiB, errors {errors}, "
+                          f"{time.perf_counter() - t:.0f} s", flush=True)
             after = rss_kib(proc.pid)
             print(f"memory: RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after "
-                  f"{args.soak} more requests ({time.perf_counter() - t:.1f} s)")
+                  f"{args.soak} more requests ({time.perf_counter() - t:.1f} s), "
+                  f"max {max(samples) / 1024:.1f} MiB, errors {errors}")
     finally:
         await client.close()
         if proc is not None:
