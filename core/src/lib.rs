@@ -16,6 +16,7 @@
 //! No allocator is needed by default; the `alloc` feature adds owned conveniences and `std`
 //! adds host conveniences. No function in this crate panics on any input bytes.
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
