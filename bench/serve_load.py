@@ -137,7 +137,12 @@ def lora_field(name, lora):
     if SERVER == "llama":
         if lora is None:
             lora = [] if name == "base" else [{"id": name, "scale": 1.0}]
-        return [{"id": LLAMA_IDS[e["id"]], "scale": e["scale"]} for e in lora]
+        # Every adapter listed, unused ones at scale 0: llama-server treats an empty list as
+        # "the server's defaults" and then keeps a slot's KV cache computed under another
+        # request's adapters (tools/server/server-context.cpp: only a non-empty `lora` that
+        # differs clears it), so a base request after an adapter one answered differently.
+        scales = {LLAMA_IDS[e["id"]]: e["scale"] for e in lora}
+        return [{"id": i, "scale": scales.get(i, 0.0)} for i in sorted(LLAMA_IDS.values())]
     return lora
 
 
