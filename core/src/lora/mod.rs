@@ -23,6 +23,8 @@ use crate::quant::{cast_blocks, BlockQ8_0, GgmlType, QK};
 
 #[cfg(feature = "std")]
 pub mod convert;
+#[cfg(feature = "std")]
+pub mod export;
 pub mod merge;
 pub mod stream;
 
