@@ -20,6 +20,9 @@ pub enum AdapterCmd {
     Inspect(InspectAdapterArgs),
     /// Wrap an adapter GGUF in the streaming frame (length + CRC-32) for chunked transfer.
     Frame(FrameArgs),
+    /// Export a GGUF LoRA adapter as a PEFT directory (adapter_config.json +
+    /// adapter_model.safetensors) for PyTorch PEFT or vLLM: `export A.gguf --to peft DIR`.
+    Export(crate::export_cmd::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +65,7 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
     match cmd {
         AdapterCmd::Convert(a) => convert(a),
         AdapterCmd::Inspect(a) => inspect(a),
+        AdapterCmd::Export(a) => crate::export_cmd::export(a),
         AdapterCmd::Frame(a) => {
             let bytes = std::fs::read(&a.adapter)
                 .with_context(|| format!("reading {}", a.adapter.display()))?;
