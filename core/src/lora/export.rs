@@ -79,8 +79,11 @@ pub fn hf_module_name(layer: usize, lin: usize) -> Option<String> {
 /// A length that is not `heads * head_dim * cols`, or an odd `head_dim`, returns `x` unchanged
 /// (callers check shapes first).
 pub fn unpermute_rows_for_rope(x: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    if heads.checked_mul(head_dim).and_then(|n| n.checked_mul(cols)) != Some(x.len())
-        || head_dim % 2 != 0
+    if heads
+        .checked_mul(head_dim)
+        .and_then(|n| n.checked_mul(cols))
+        != Some(x.len())
+        || !head_dim.is_multiple_of(2)
     {
         return x.to_vec();
     }
@@ -115,7 +118,10 @@ fn to_f32(m: &MatRef<'_>) -> Result<Vec<f32>> {
 /// `general.base_model.0.organization/name` as llama.cpp's converter records it, if present.
 fn recorded_base_name(g: &Gguf<'_>) -> Option<String> {
     let s = |k: &str| g.get(k).and_then(|v| v.as_str().map(|x| x.to_string()));
-    match (s("general.base_model.0.organization"), s("general.base_model.0.name")) {
+    match (
+        s("general.base_model.0.organization"),
+        s("general.base_model.0.name"),
+    ) {
         (Some(o), Some(n)) => Some(std::format!("{o}/{n}")),
         (None, Some(n)) => Some(n),
         _ => s("general.base_model.0.repo_url"),
@@ -168,7 +174,10 @@ pub fn export_peft(
             if let Some(Ok(want)) = g.get(SHAPE_FINGERPRINT_KEY).map(|v| {
                 v.as_int()
                     .and_then(|i| u64::try_from(i).ok())
-                    .ok_or(Error::new(ErrorKind::WrongType, "fingerprint must be uint64"))
+                    .ok_or(Error::new(
+                        ErrorKind::WrongType,
+                        "fingerprint must be uint64",
+                    ))
             }) {
                 if want != base_shape_fingerprint(b) {
                     return Err(Error::new(
@@ -234,8 +243,13 @@ pub fn export_peft(
                     )
                     .named(target.as_bytes())
                 })?;
-                let heads = if lin == 0 { cfg.n_heads } else { cfg.n_kv_heads };
-                if heads == 0 || out_d % heads != 0 || (out_d / heads) % 2 != 0 {
+                let heads = if lin == 0 {
+                    cfg.n_heads
+                } else {
+                    cfg.n_kv_heads
+                };
+                if heads == 0 || !out_d.is_multiple_of(heads) || !(out_d / heads).is_multiple_of(2)
+                {
                     return Err(Error::new(
                         ErrorKind::ShapeMismatch,
                         "lora_b rows are not heads x an even head width of the base",

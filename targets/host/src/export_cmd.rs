@@ -35,7 +35,7 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    if a.to.to_ascii_lowercase() != "peft" {
+    if !a.to.eq_ignore_ascii_case("peft") {
         bail!("--to {}: the only export format is `peft`", a.to);
     }
     let (dtype, elt) = match a.dtype.to_ascii_lowercase().as_str() {

@@ -149,10 +149,7 @@ fn adapter_argument_errors_are_the_same_everywhere() {
             );
         }
     }
-    let five: Vec<&str> = std::iter::repeat(["--adapter", a])
-        .take(5)
-        .flatten()
-        .collect();
+    let five: Vec<&str> = std::iter::repeat_n(["--adapter", a], 5).flatten().collect();
     let mut c = vec!["eval", "--task", "intent", "--limit", "1"];
     c.extend(five);
     let o = run(&c);
