@@ -8,6 +8,8 @@
 //! - PEFT itself: the CLI's export of each tiny adapter, loaded with `PeftModel.from_pretrained`
 //!   (python from `.venv/` or `python3`), gives the original adapter's logits within 1e-4 of
 //!   the largest logit. Printed as SKIPPED when python/PEFT or the release CLI binary is absent.
+//! - Qwen2, Qwen3 and Gemma 3 (NEOX rope) adapters export the same tensors with or without
+//!   their base; llama q/k without the base is refused with an error asking for `--base`.
 //! - DoRA files are refused with an error naming the `.dora_scale` tensor.
 
 use edgelora::error::ErrorKind;
@@ -43,6 +45,13 @@ fn cases() -> Vec<(PathBuf, PathBuf)> {
     }
     for f in ["plain", "rslora", "qv", "head"] {
         v.push((r.join("tests/fixtures/lora/tiny").join(f), fx_base.clone()));
+    }
+    // NEOX-rope architectures (no row permutation), from the transformers-built tiny bases
+    for arch in ["qwen2", "qwen3", "gemma3"] {
+        let d = r.join("tests/fixtures/lora/arch").join(arch);
+        for f in ["plain", "rslora"] {
+            v.push((d.join(f), d.join(format!("tiny-{arch}.gguf"))));
+        }
     }
     if smol.exists() {
         for t in ["intent", "reply", "normalize", "multi"] {
@@ -85,6 +94,12 @@ fn peft_gguf_peft_round_trip_keeps_tensors_and_scale() {
             let ad = Adapter::parse(&gguf).unwrap();
             let ex = export_peft(&ad, Some(&base), &ExportOptions::default())
                 .unwrap_or_else(|e| panic!("{}: export: {e}", short(&dir)));
+            // Without the base: the same tensors where the rope needs nothing (NEOX), else
+            // the error that asks for it.
+            match export_peft(&ad, None, &ExportOptions::default()) {
+                Ok(no_base) => assert_eq!(no_base.tensors, ex.tensors, "{}", short(&dir)),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{}", short(&dir)),
+            }
             assert_eq!(
                 ex.tensors.len(),
                 orig.tensors.len(),
@@ -265,8 +280,10 @@ fn exported_adapters_give_peft_the_same_logits() {
     let tmp = std::env::temp_dir().join(format!("edgelora-lora-export-{}", std::process::id()));
     let mut jobs = vec![];
     for (dir, base) in cases() {
-        // PEFT on the tiny bases only: SmolLM2 in transformers is minutes per load here
-        if base.to_string_lossy().contains("SmolLM2") {
+        // PEFT on the tiny llama bases only: SmolLM2 in transformers is minutes per load
+        // here; the other architectures' tensors are checked above
+        let b = base.to_string_lossy();
+        if b.contains("SmolLM2") || b.contains("lora/arch") {
             continue;
         }
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
