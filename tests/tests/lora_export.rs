@@ -360,3 +360,116 @@ fn exported_adapters_give_peft_the_same_logits() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A minimal safetensors file (F32 tensors) for feeding an export back to the converter; the
+/// CLI writes with the `safetensors` crate, which this test crate does not depend on.
+fn safetensors_f32(tensors: &[edgelora::lora::export::PeftTensor]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = vec![];
+    for t in tensors {
+        let start = data.len();
+        data.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = J::Object(header).to_string().into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+#[test]
+fn mixed_ranks_and_partial_layers_round_trip_gguf_peft_gguf() {
+    use edgelora::format::gguf_write::{GgufWriter, OwnedValue};
+    use edgelora::model::Model;
+    let base_bytes = std::fs::read(root().join("tests/fixtures/tiny/tiny-f32.gguf")).unwrap();
+    let base = Gguf::parse(&base_bytes).unwrap();
+    let model: Box<Model> = Box::new(Model::from_gguf(&base).unwrap());
+    // (layer, linear index, gguf name, rank): q (rope rows), v, down; layer 1 has no v.
+    let pairs = [
+        (0usize, 0usize, "attn_q", 4usize),
+        (1, 0, "attn_q", 4),
+        (0, 2, "attn_v", 2),
+        (0, 6, "ffn_down", 4),
+        (1, 6, "ffn_down", 8),
+    ];
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", OwnedValue::Str("llama".into()));
+    w.set("general.type", OwnedValue::Str("adapter".into()));
+    w.set("adapter.type", OwnedValue::Str("lora".into()));
+    w.set("adapter.lora.alpha", OwnedValue::F32(8.0));
+    let mut seed = 1u64;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    };
+    for (l, k, name, r) in pairs {
+        let lin = model.layer(l).unwrap().linear(k);
+        let (out_d, in_d) = (lin.rows(), lin.cols());
+        let t = format!("blk.{l}.{name}.weight");
+        let bytes = |x: Vec<f32>| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        w.add_tensor(
+            &format!("{t}.lora_a"),
+            GgmlType::F32,
+            &[in_d as u64, r as u64],
+            bytes(rnd(r * in_d)),
+        )
+        .unwrap();
+        w.add_tensor(
+            &format!("{t}.lora_b"),
+            GgmlType::F32,
+            &[r as u64, out_d as u64],
+            bytes(rnd(out_d * r)),
+        )
+        .unwrap();
+    }
+    let gguf = w.to_bytes();
+    let ad = Adapter::parse(&gguf).unwrap();
+    let ex = export_peft(&ad, Some(&base), &ExportOptions::default()).unwrap();
+    let c = &ex.config;
+    assert_eq!(c["r"], 4, "most common rank");
+    assert_eq!(c["lora_alpha"], 8.0);
+    assert_eq!(
+        c["rank_pattern"],
+        serde_json::json!({"model.layers.0.self_attn.v_proj": 2, "model.layers.1.mlp.down_proj": 8})
+    );
+    // not every layer has v: exact module paths
+    assert_eq!(c["target_modules"].as_array().unwrap().len(), pairs.len());
+    // back through the PEFT converter: every pair equals the original, q rows included
+    let st = safetensors_f32(&ex.tensors);
+    let cfg = serde_json::to_vec(c).unwrap();
+    let (back, rep) = convert_peft(
+        &cfg,
+        &st,
+        &base,
+        &ConvertOptions {
+            dtype: GgmlType::F32,
+            task: None,
+        },
+    )
+    .unwrap();
+    let ad2 = Adapter::parse(&back).unwrap();
+    assert_eq!(ad2.alpha(), 8.0);
+    assert_eq!(ad2.n_pairs(), pairs.len());
+    for (target, r, scale) in &rep.pairs {
+        assert_eq!(*scale, 8.0 / *r as f32, "{target}: PEFT scale alpha / r");
+    }
+    let orig: std::collections::BTreeMap<_, _> = ad.pairs().collect();
+    for (name, p2) in ad2.pairs() {
+        let p1 = orig[name];
+        assert_eq!(p1.a.data(), p2.a.data(), "{name} A");
+        assert_eq!(p1.b.data(), p2.b.data(), "{name} B");
+    }
+}
