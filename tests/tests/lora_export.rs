@@ -375,7 +375,7 @@ fn safetensors_f32(tensors: &[edgelora::lora::export::PeftTensor]) -> Vec<u8> {
         );
     }
     let mut h = J::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
