@@ -319,7 +319,10 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True,
                     help="tiny | smollm2 | gemma3-270m | path to a .gguf or HF checkpoint dir")
-    ap.add_argument("--task", required=True, choices=tasks.TASKS)
+    ap.add_argument("--task", required=True, choices=(*tasks.TASKS, "all"),
+                    help="one task, or `all`: one jointly trained adapter on the union of every "
+                         "task's train split (the multi-task upper bound; give it the three "
+                         "single-task ranks and steps summed), evaluated on each task's test split")
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rank", type=int, default=8)
@@ -377,13 +380,24 @@ def main(argv=None) -> None:
     say(f"base: {rel(base_path)} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
         f"loaded in {time.time() - t_load:.1f} s)")
 
-    train_rows = tasks.load_split(args.task, "train")
-    test_rows = tasks.load_split(args.task, "test")[: args.eval_n]
-    enc = [encode_example(tok, args.task, r["input"], r["output"]) for r in train_rows]
-    ans_len = max(len(y) - sum(1 for v in y if v == -100) for _, y in enc)
-    max_new = ans_len + 8
-    say(f"task {args.task}: {len(train_rows)} train / {len(test_rows)} test rows; longest answer "
-        f"{ans_len} tokens (incl. newline, EOS); first prompt ids {enc[0][0][:12]}...")
+    # `--task all` trains on the union of the tasks' train splits (each example keeps its own
+    # task prompt) and evaluates every task's test split; one task is the same as before
+    task_list = list(tasks.TASKS) if args.task == "all" else [args.task]
+    test_sets, max_new, enc = {}, {}, []
+    for task in task_list:
+        train_rows = tasks.load_split(task, "train")
+        test_sets[task] = tasks.load_split(task, "test")[: args.eval_n]
+        task_enc = [encode_example(tok, task, r["input"], r["output"]) for r in train_rows]
+        ans_len = max(len(y) - sum(1 for v in y if v == -100) for _, y in task_enc)
+        max_new[task] = ans_len + 8
+        enc += task_enc
+        say(f"task {task}: {len(train_rows)} train / {len(test_sets[task])} test rows; longest answer "
+            f"{ans_len} tokens (incl. newline, EOS); first prompt ids {task_enc[0][0][:12]}...")
+
+    def evaluate_tasks(m) -> dict:
+        """Per-task evaluation; for `--task all` also the mean exact match under "mean"."""
+        res = {t: evaluate(m, tok, t, test_sets[t], max_new[t], args.eval_batch, device) for t in task_list}
+        return res
 
     targets = TARGETS.get(args.targets, [t.strip() for t in args.targets.split(",") if t.strip()])
     lcfg = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, bias="none",
@@ -416,12 +430,13 @@ def main(argv=None) -> None:
 
     # --- base alone (LoRA off) --------------------------------------------------------------
     unwrapped = accel.unwrap_model(loss_model).peft
-    base_eval = None
+    base_evals = None
     if main_proc and not args.skip_base_eval:
         with unwrapped.disable_adapter():
-            base_eval = evaluate(unwrapped, tok, args.task, test_rows, max_new, args.eval_batch, device)
-        say(f"base alone: exact match {base_eval['exact_match']:.3f} ({base_eval['correct']}/{base_eval['n']}, "
-            f"{base_eval['seconds']} s); e.g. {base_eval['preds'][:3]}")
+            base_evals = evaluate_tasks(unwrapped)
+        for t, e in base_evals.items():
+            say(f"base alone{'' if args.task != 'all' else ' (' + t + ')'}: exact match {e['exact_match']:.3f} "
+                f"({e['correct']}/{e['n']}, {e['seconds']} s); e.g. {e['preds'][:3]}")
     accel.wait_for_everyone()
 
     # --- training ---------------------------------------------------------------------------
@@ -459,9 +474,10 @@ def main(argv=None) -> None:
                 for p in unwrapped.parameters():
                     if p.requires_grad:
                         p.copy_(p.half().float())
-        lora_eval = evaluate(unwrapped, tok, args.task, test_rows, max_new, args.eval_batch, device)
-        say(f"with adapter: exact match {lora_eval['exact_match']:.3f} ({lora_eval['correct']}/{lora_eval['n']}, "
-            f"{lora_eval['seconds']} s)")
+        lora_evals = evaluate_tasks(unwrapped)
+        for t, e in lora_evals.items():
+            say(f"with adapter{'' if args.task != 'all' else ' (' + t + ')'}: exact match {e['exact_match']:.3f} "
+                f"({e['correct']}/{e['n']}, {e['seconds']} s)")
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
         unwrapped.save_pretrained(out, safe_serialization=True)
@@ -480,25 +496,37 @@ def main(argv=None) -> None:
             acfg["target_modules"] = sorted(acfg["target_modules"])  # PEFT writes a set: fix the order
         cfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
         with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for i, r in enumerate(test_rows):
-                row = {"input": r["input"], "gold": r["output"], "adapter": lora_eval["preds"][i]}
-                if base_eval:
-                    row["base"] = base_eval["preds"][i]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            for t in task_list:
+                for i, r in enumerate(test_sets[t]):
+                    row = {"task": t} if args.task == "all" else {}
+                    row.update({"input": r["input"], "gold": r["output"], "adapter": lora_evals[t]["preds"][i]})
+                    if base_evals:
+                        row["base"] = base_evals[t]["preds"][i]
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
         # evaluate what ships: the saved files on a freshly loaded base must give the same answers
         # as the in-memory model (catches a save/load mismatch or a file overwritten by another run)
         from peft import PeftModel
         fresh, _ = load_base(base_path)
         reloaded = PeftModel.from_pretrained(fresh, out).to(device)
-        reload_eval = evaluate(reloaded, tok, args.task, test_rows, max_new, args.eval_batch, device)
-        same = reload_eval["preds"] == lora_eval["preds"]
-        say(f"reloaded from {rel(out)}: exact match {reload_eval['exact_match']:.3f}"
+        reload_evals = evaluate_tasks(reloaded)
+        same = all(reload_evals[t]["preds"] == lora_evals[t]["preds"] for t in task_list)
+        say(f"reloaded from {rel(out)}: exact match "
+            + ", ".join(f"{reload_evals[t]['exact_match']:.3f}" for t in task_list)
             + ("" if same else " -- DIFFERS from the in-memory model"))
         if not same:
             raise SystemExit(f"{out}: the saved adapter does not reproduce the trained model's answers")
         del fresh, reloaded
         export = {"skipped": "--no-convert"} if args.no_convert else convert(out, base_path, args.task,
                                                                               find_edgelora(args.edgelora))
+        def mean_em(evals):
+            return sum(e["exact_match"] for e in evals.values()) / len(evals)
+
+        lora_eval = {"exact_match": mean_em(lora_evals),
+                     "seconds": round(sum(e["seconds"] for e in lora_evals.values()), 1)}
+        base_eval = None if not base_evals else {
+            "exact_match": mean_em(base_evals),
+            "seconds": round(sum(e["seconds"] for e in base_evals.values()), 1)}
+        test_n = sum(len(v) for v in test_sets.values())
         metrics = {
             "task": args.task, "base": base_kind, "base_path": rel(base_path),
             "base_sha256": sha256(base_path) if base_path.is_file() else None,
@@ -507,7 +535,7 @@ def main(argv=None) -> None:
             "dropout": args.dropout, "lr": lr, "warmup": warmup, "batch": args.batch,
             "processes": accel.num_processes, "seed": args.seed,
             "trainable_params": n_train, "save_dtype": args.save_dtype, "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size,
-            "test_n": len(test_rows),
+            "test_n": test_n,
             "exact_match_base_alone": base_eval["exact_match"] if base_eval else None,
             "exact_match_adapter": lora_eval["exact_match"],
             "reloaded_matches": True,
@@ -521,6 +549,11 @@ def main(argv=None) -> None:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "export": export,
         }
+        if args.task == "all":
+            # exact_match_* above are then the mean over the tasks; these are the tasks' own
+            metrics["per_task"] = {t: {"test_n": len(test_sets[t]),
+                                       "exact_match_base_alone": base_evals[t]["exact_match"] if base_evals else None,
+                                       "exact_match_adapter": lora_evals[t]["exact_match"]} for t in task_list}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         say(json.dumps({k: metrics[k] for k in ("task", "base", "exact_match_base_alone", "exact_match_adapter",
                                                 "adapter_bytes", "steps_per_s", "train_seconds", "device")}))

@@ -25,6 +25,8 @@ use crate::quant::{cast_blocks, BlockQ8_0, GgmlType, QK};
 pub mod combine;
 #[cfg(feature = "std")]
 pub mod convert;
+#[cfg(feature = "std")]
+pub mod export;
 pub mod merge;
 pub mod stream;
 

@@ -23,6 +23,9 @@ pub enum AdapterCmd {
     /// Combine adapters into one (PEFT's add_weighted_adapter: linear, cat, svd, ties, dare,
     /// magnitude_prune): `combine A.gguf:0.5 B.gguf:0.7 --method svd -o out.gguf`.
     Combine(crate::combine_cmd::CombineArgs),
+    /// Export a GGUF LoRA adapter as a PEFT directory (adapter_config.json +
+    /// adapter_model.safetensors) for PyTorch PEFT or vLLM: `export A.gguf --to peft DIR`.
+    Export(crate::export_cmd::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,6 +69,7 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
         AdapterCmd::Convert(a) => convert(a),
         AdapterCmd::Inspect(a) => inspect(a),
         AdapterCmd::Combine(a) => crate::combine_cmd::run(a),
+        AdapterCmd::Export(a) => crate::export_cmd::export(a),
         AdapterCmd::Frame(a) => {
             let bytes = std::fs::read(&a.adapter)
                 .with_context(|| format!("reading {}", a.adapter.display()))?;

@@ -5,7 +5,7 @@ use crate::tok::Tok;
 use crate::util::{huge_bytes, human, map, peak_rss, resolve_model, thread_cpu_secs};
 use anyhow::{bail, Context, Result};
 use edgelora::format::gguf::{Gguf, Value};
-use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair};
+use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
 use edgelora::model::{cache_bytes, state_buffer_for, CacheSpec, CacheType, Config, Model, State};
 use edgelora::sample::{Sampler, SamplerConfig};
 use serde_json::json;
@@ -207,7 +207,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
     /// LoRA adapter (GGUF, llama.cpp layout) applied unmerged, as FILE or FILE:SCALE;
-    /// repeat for several at once.
+    /// repeat for several at once (at most 4; |SCALE| <= 16, default 1).
     #[arg(long = "adapter", value_name = "FILE[:SCALE]")]
     pub adapters: Vec<String>,
     /// Use the scalar reference kernels with f32 activations (slow; the parity baseline)
@@ -278,14 +278,50 @@ impl ModelArgs {
     }
 }
 
-/// Split `FILE[:SCALE]`.
-pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
-    if let Some((f, sc)) = s.rsplit_once(':') {
-        if let Ok(v) = sc.parse::<f32>() {
-            return Ok((f.to_string(), v));
-        }
+/// Largest `|SCALE|` an adapter may be applied at (`--adapter FILE:SCALE` of generate, chat,
+/// eval, merge and serve, and serve's per-request `lora` scales). Trained adapters run at 1 and
+/// mixes at fractions of it; past 16 the update swamps the base weights, which is almost
+/// always a typo (`:50` for `:0.5`), so it is refused rather than run.
+pub const MAX_ADAPTER_SCALE: f32 = 16.0;
+
+/// Check an adapter scale: finite and `|scale| <= MAX_ADAPTER_SCALE`. The error says which
+/// rule failed; callers prefix it with the argument or field.
+pub fn check_adapter_scale(v: f32) -> std::result::Result<(), String> {
+    if !v.is_finite() {
+        return Err(format!("the scale must be a finite number, got {v}"));
     }
-    Ok((s.to_string(), 1.0))
+    if v.abs() > MAX_ADAPTER_SCALE {
+        return Err(format!(
+            "the scale {v} is outside [-{MAX_ADAPTER_SCALE}, {MAX_ADAPTER_SCALE}]"
+        ));
+    }
+    Ok(())
+}
+
+/// Split `FILE[:SCALE]` (SCALE defaults to 1). A suffix after the last `:` that is not a number
+/// is an error naming the argument, unless the whole argument is an existing file (a name
+/// with a colon); a scale that is not finite or above [`MAX_ADAPTER_SCALE`] is refused.
+pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
+    let Some((f, sc)) = s.rsplit_once(':') else {
+        if s.is_empty() {
+            bail!("--adapter \"\": expected FILE[:SCALE]");
+        }
+        return Ok((s.to_string(), 1.0));
+    };
+    match sc.trim().parse::<f32>() {
+        Ok(v) => {
+            if f.is_empty() {
+                bail!("--adapter {s:?}: no file before the scale (expected FILE[:SCALE])");
+            }
+            check_adapter_scale(v).map_err(|e| anyhow::anyhow!("--adapter {s:?}: {e}"))?;
+            Ok((f.to_string(), v))
+        }
+        Err(_) if std::path::Path::new(s).is_file() => Ok((s.to_string(), 1.0)),
+        Err(_) => bail!(
+            "--adapter {s:?}: scale {sc:?} is not a number (expected FILE[:SCALE], e.g. \
+             models/tiny/intent/adapter.gguf:0.5)"
+        ),
+    }
 }
 
 /// Memory-mapped adapter files and their parsed views.
@@ -296,7 +332,18 @@ pub struct Adapters {
 }
 
 impl Adapters {
+    /// Map every `FILE[:SCALE]` argument ([`parse_adapter_arg`]).
+    ///
+    /// # Errors
+    /// More than [`MAX_ACTIVE`] arguments, a bad argument, a file that cannot be mapped.
     pub fn open(args: &[String]) -> Result<Self> {
+        if args.len() > MAX_ACTIVE {
+            bail!(
+                "--adapter given {} times: at most {MAX_ACTIVE} adapters are applied at once \
+                 (merge some into the base with `edgelora merge`, or combine them)",
+                args.len()
+            );
+        }
         let mut maps = vec![];
         let mut scales = vec![];
         let mut names = vec![];

@@ -44,12 +44,14 @@ pub struct DemoArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Task name (intent, reply, normalize).
+    /// Task name (intent, reply, normalize), or `all`: every task's held-out split with the
+    /// same adapters, a per-task table and the mean (progress on stderr).
     #[arg(long)]
     pub task: String,
-    /// Adapter GGUF (omit to evaluate the base alone).
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    /// Adapter GGUF applied unmerged, as FILE or FILE:SCALE; repeat to mix several (at most
+    /// 4; |SCALE| <= 16, default 1). Omit to evaluate the base alone.
+    #[arg(long = "adapter", value_name = "FILE[:SCALE]")]
+    pub adapters: Vec<String>,
     /// Base model: `tiny`, `smollm2`, `gemma3-270m`, or a GGUF path.
     #[arg(long, short = 'm', default_value = "tiny")]
     pub model: String,
@@ -69,8 +71,12 @@ pub struct EvalArgs {
     /// (slower; isolates the effect of quantising activations to Q8).
     #[arg(long)]
     pub reference: bool,
-    /// Print one JSON object (task, correct, n, exact_match, valid_json, schema_valid,
-    /// predictions) instead of text.
+    /// Print one JSON object instead of text. One task: {task, model, adapter, adapters,
+    /// kernels, correct, n, exact_match, constrained, valid_json, schema_valid, predictions}.
+    /// `--task all`: {task: "all", model, adapter, adapters, kernels, tasks: {intent: {correct,
+    /// n, exact_match, valid_json, seconds, predictions}, reply: {...}, normalize: {...}},
+    /// mean_exact_match} (the mean of the tasks' exact_match). `adapter` is the argument as
+    /// given (several joined by " + ", null for the base alone); `adapters` lists {file, scale}.
     #[arg(long)]
     pub json: bool,
     /// Constrained output (`--json-object`, `--json-schema FILE`; `--stop` is not used here:
@@ -371,7 +377,30 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Exact match of one task's held-out split.
+struct TaskScore {
+    correct: usize,
+    n: usize,
+    valid_json: usize,
+    schema_valid: usize,
+    predictions: Vec<String>,
+    seconds: f64,
+}
+
+impl TaskScore {
+    fn exact_match(&self) -> f64 {
+        self.correct as f64 / self.n.max(1) as f64
+    }
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
+    let all = a.task == "all";
+    if all && (a.constrain.json_object || a.constrain.json_schema.is_some()) {
+        bail!(
+            "--task all with --json-object/--json-schema: a constraint fits one task's answers \
+             (intent's JSON); run --task intent with it"
+        );
+    }
     let path = resolve_model(&model_alias(&a.model))?;
     let m = map(&path)?;
     let g = Gguf::parse(&m)?;
@@ -393,108 +422,193 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.reference {
         st.set_kernel_mode(edgelora::model::KernelMode::Reference);
     }
-    let am = match &a.adapter {
-        Some(p) => Some(map(p)?),
-        None => None,
+    // --adapter FILE[:SCALE], repeated: the same parsing, cap and binding as generate's.
+    let ads = crate::commands::Adapters::open(&a.adapters)?;
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
+    let set = ads.set(&bound)?;
+    let adapter_label = match a.adapters.len() {
+        0 => None,
+        _ => Some(a.adapters.join(" + ")),
     };
-    let parsed = match &am {
-        Some(mm) => Some(Adapter::parse(mm).context("adapter")?),
-        None => None,
-    };
-    let mut slots = vec![None; Adapter::slots_len(&cfg)];
-    let bound = match &parsed {
-        Some(ad) => Some(ad.bind(&g, &model, &mut slots)?),
-        None => None,
-    };
-    let set = match &bound {
-        Some(b) => AdapterSet::single(b, 1.0),
-        None => AdapterSet::EMPTY,
-    };
-    let mut ex = load_examples(&a.data, &a.task)?;
-    if let Some(l) = a.limit {
-        ex.truncate(l);
-    }
+    let adapter_list: Vec<serde_json::Value> = a
+        .adapters
+        .iter()
+        .map(|s| {
+            crate::commands::parse_adapter_arg(s)
+                .map(|(f, sc)| serde_json::json!({"file": f, "scale": sc}))
+        })
+        .collect::<Result<_>>()?;
     let table = a.constrain.table()?;
     let vocab = match (&table, a.check_only) {
         (Some(_), false) => Some(std::sync::Arc::new(Vocab::new(&tok)?)),
         _ => None,
     };
-    let t = Instant::now();
-    let mut ok = 0;
-    let (mut valid_json, mut schema_valid) = (0, 0);
-    let mut preds = vec![];
-    for (i, e) in ex.iter().enumerate() {
-        let mut c = a.constrain.constraint(&table, &vocab)?;
-        let (pred, _) = answer(
-            &model,
-            &tok,
-            &mut st,
-            &set,
-            &a.task,
-            &e.input,
-            max_new,
-            if a.check_only { None } else { c.as_mut() },
-        )?;
-        let hit = pred == e.output;
-        ok += hit as usize;
-        valid_json += serde_json::from_str::<serde_json::Value>(&pred).is_ok() as usize;
-        if let Some(t) = &table {
-            let schema = edgelora::constrain::Schema::from_bytes(t)?;
-            let mut s = edgelora::constrain::JsonState::new(&schema, u8::MAX);
-            schema_valid +=
-                (s.advance(&schema, pred.as_bytes()) && s.is_complete(&schema)) as usize;
+    let kernels = if a.reference { "reference" } else { "fast" };
+
+    // One task's split; `progress` prints a line per task on stderr (for --task all).
+    let mut run_task = |task: &str, progress: bool| -> Result<TaskScore> {
+        let mut ex = load_examples(&a.data, task)?;
+        if let Some(l) = a.limit {
+            ex.truncate(l);
         }
+        let t = Instant::now();
+        let mut sc = TaskScore {
+            correct: 0,
+            n: ex.len(),
+            valid_json: 0,
+            schema_valid: 0,
+            predictions: vec![],
+            seconds: 0.0,
+        };
+        for (i, e) in ex.iter().enumerate() {
+            let mut c = a.constrain.constraint(&table, &vocab)?;
+            let (pred, _) = answer(
+                &model,
+                &tok,
+                &mut st,
+                &set,
+                task,
+                &e.input,
+                max_new,
+                if a.check_only { None } else { c.as_mut() },
+            )?;
+            let hit = pred == e.output;
+            sc.correct += hit as usize;
+            sc.valid_json += serde_json::from_str::<serde_json::Value>(&pred).is_ok() as usize;
+            if let Some(t) = &table {
+                let schema = edgelora::constrain::Schema::from_bytes(t)?;
+                let mut s = edgelora::constrain::JsonState::new(&schema, u8::MAX);
+                sc.schema_valid +=
+                    (s.advance(&schema, pred.as_bytes()) && s.is_complete(&schema)) as usize;
+            }
+            if progress && (i + 1) % 50 == 0 && i + 1 < ex.len() {
+                eprintln!("  {task}: {}/{} ({} correct)", i + 1, ex.len(), sc.correct);
+            }
+            if a.verbose && !a.json {
+                println!(
+                    "{}{} {i}: {:?} -> {pred:?}{}",
+                    if all {
+                        format!("[{task}] ")
+                    } else {
+                        String::new()
+                    },
+                    if hit { "✓" } else { "✗" },
+                    e.input,
+                    if hit {
+                        String::new()
+                    } else {
+                        format!(" (gold {:?})", e.output)
+                    }
+                );
+            }
+            sc.predictions.push(pred);
+        }
+        sc.seconds = t.elapsed().as_secs_f64();
+        Ok(sc)
+    };
+
+    if all {
+        let mut scores = vec![];
+        for (k, task) in TASKS.iter().enumerate() {
+            eprintln!("eval [{}/{}] {task} ...", k + 1, TASKS.len());
+            let sc = run_task(task, true)?;
+            eprintln!(
+                "eval [{}/{}] {task}: {}/{} = {:.1}% in {:.1} s",
+                k + 1,
+                TASKS.len(),
+                sc.correct,
+                sc.n,
+                100.0 * sc.exact_match(),
+                sc.seconds
+            );
+            scores.push((*task, sc));
+        }
+        let mean = scores.iter().map(|(_, s)| s.exact_match()).sum::<f64>() / scores.len() as f64;
         if a.json {
-            preds.push(serde_json::Value::String(pred));
-            continue;
+            let tasks: serde_json::Map<String, serde_json::Value> = scores
+                .iter()
+                .map(|(t, s)| {
+                    (
+                        t.to_string(),
+                        serde_json::json!({
+                            "correct": s.correct,
+                            "n": s.n,
+                            "exact_match": s.exact_match(),
+                            "valid_json": s.valid_json,
+                            "seconds": (s.seconds * 10.0).round() / 10.0,
+                            "predictions": s.predictions,
+                        }),
+                    )
+                })
+                .collect();
+            let v = serde_json::json!({
+                "task": "all",
+                "model": path.display().to_string(),
+                "adapter": adapter_label,
+                "adapters": adapter_list,
+                "kernels": kernels,
+                "tasks": tasks,
+                "mean_exact_match": mean,
+            });
+            println!("{v}");
+            return Ok(());
         }
-        if a.verbose {
+        println!(
+            "exact match on the held-out splits ({} on {}, {kernels} kernels):",
+            adapter_label.as_deref().unwrap_or("base alone"),
+            path.display()
+        );
+        println!(
+            "  {:<10} {:>9} {:>7} {:>8}",
+            "task", "correct", "EM", "time"
+        );
+        for (t, s) in &scores {
             println!(
-                "{} {i}: {:?} -> {pred:?}{}",
-                if hit { "✓" } else { "✗" },
-                e.input,
-                if hit {
-                    String::new()
-                } else {
-                    format!(" (gold {:?})", e.output)
-                }
+                "  {t:<10} {:>9} {:>6.1}% {:>7.1}s",
+                format!("{}/{}", s.correct, s.n),
+                100.0 * s.exact_match(),
+                s.seconds
             );
         }
+        println!("  {:<10} {:>9} {:>6.1}%", "mean", "", 100.0 * mean);
+        return Ok(());
     }
+
+    let sc = run_task(&a.task, false)?;
+    let (ok, n) = (sc.correct, sc.n);
     if a.json {
         let v = serde_json::json!({
             "task": a.task,
             "model": path.display().to_string(),
-            "adapter": a.adapter.as_ref().map(|p| p.display().to_string()),
-            "kernels": if a.reference { "reference" } else { "fast" },
+            "adapter": adapter_label,
+            "adapters": adapter_list,
+            "kernels": kernels,
             "correct": ok,
-            "n": ex.len(),
-            "exact_match": ok as f64 / ex.len().max(1) as f64,
+            "n": n,
+            "exact_match": sc.exact_match(),
             "constrained": table.is_some() && !a.check_only,
-            "valid_json": valid_json,
-            "schema_valid": table.as_ref().map(|_| schema_valid),
-            "predictions": preds,
+            "valid_json": sc.valid_json,
+            "schema_valid": table.as_ref().map(|_| sc.schema_valid),
+            "predictions": sc.predictions,
         });
         println!("{v}");
         return Ok(());
     }
     println!(
-        "task {}: exact match {ok}/{} = {:.1}% ({} on {}, {} kernels, {:.1} s)",
+        "task {}: exact match {ok}/{n} = {:.1}% ({} on {}, {kernels} kernels, {:.1} s)",
         a.task,
-        ex.len(),
-        100.0 * ok as f64 / ex.len().max(1) as f64,
-        a.adapter
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "base alone".into()),
+        100.0 * sc.exact_match(),
+        adapter_label.as_deref().unwrap_or("base alone"),
         path.display(),
-        if a.reference { "reference" } else { "fast" },
-        t.elapsed().as_secs_f64()
+        sc.seconds
     );
     println!(
-        "valid JSON {valid_json}/{n}{}{}",
+        "valid JSON {}/{n}{}{}",
+        sc.valid_json,
         match &table {
-            Some(_) => format!(", schema-valid {schema_valid}/{}", ex.len()),
+            Some(_) => format!(", schema-valid {}/{n}", sc.schema_valid),
             None => String::new(),
         },
         match (&table, a.check_only) {
@@ -502,7 +616,6 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             (Some(_), true) => " (checked only, not constrained)",
             _ => "",
         },
-        n = ex.len()
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ mod constrained;
 #[cfg(feature = "cuda")]
 mod cuda_cmd;
 mod demo;
+mod export_cmd;
 mod fetch;
 mod generation;
 mod quantize_cmd;

@@ -509,12 +509,16 @@ fn resolve_adapters(
         };
         let scale = match e.get("scale") {
             None | Some(Value::Null) => list[i].scale,
-            Some(v) => match v.as_f64() {
-                Some(s) if s.is_finite() && s.abs() <= 1e3 => s as f32,
+            // the same rule as `--adapter FILE:SCALE` (crate::commands::check_adapter_scale)
+            Some(v) => match v.as_f64().map(|s| s as f32) {
+                Some(s) if crate::commands::check_adapter_scale(s).is_ok() => s,
                 _ => {
                     return Err(ApiError::field(
                         "lora",
-                        format!("a 'lora' scale must be a finite number, got {v}"),
+                        format!(
+                            "a 'lora' scale must be a finite number in [-{m}, {m}], got {v}",
+                            m = crate::commands::MAX_ADAPTER_SCALE
+                        ),
                     ))
                 }
             },

@@ -98,10 +98,8 @@ fn parse_named_adapter(s: &str) -> Result<(String, String, f32)> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '"') {
         bail!("--adapter {s:?}: the name must be non-empty, without spaces or quotes");
     }
-    let (file, scale) = parse_adapter_arg(rest)?;
-    if !scale.is_finite() {
-        bail!("--adapter {s:?}: the scale must be a finite number");
-    }
+    // FILE[:SCALE] as generate/eval/merge take it (same errors, same scale cap)
+    let (file, scale) = parse_adapter_arg(rest).with_context(|| format!("--adapter {s:?}"))?;
     Ok((name.to_string(), file, scale))
 }
 
