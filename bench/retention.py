@@ -38,7 +38,7 @@ MODELS = {
     "tiny": ("models/tiny/tiny-base.gguf", "models/tiny"),
     "smollm2": ("smollm2", "models/smollm2"),
 }
-DEFAULT_METHODS = "linear,cat,svd,ties,dare_linear,dare_ties"
+DEFAULT_METHODS = "linear,cat,svd,ties,ties_svd,dare_linear,dare_ties,magnitude_prune"
 
 
 def find_edgelora(explicit: str | None) -> str:
@@ -132,7 +132,7 @@ def build_rows(args) -> list[dict]:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             out = Path(td) / f"combined-{method}.gguf"
             cmd = ["adapter", "combine", *[f"{ads[t]}:{args.weight}" for t in TASKS], "--method", method]
-            if method.startswith("dare") or method == "ties":
+            if method not in ("linear", "cat", "svd"):
                 cmd += ["--density", str(args.density)]
             if method == "svd" and args.rank:
                 cmd += ["--rank", str(args.rank)]
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, help="first N examples per task (default: the whole split)")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"combine methods (default: {DEFAULT_METHODS})")
     ap.add_argument("--weight", default="1", help="weight of each adapter in `adapter combine` (default 1)")
-    ap.add_argument("--density", type=float, default=0.5, help="--density for ties / dare_* (default 0.5)")
+    ap.add_argument("--density", type=float, default=0.5, help="--density for ties*, dare_*, magnitude_prune* (default 0.5)")
     ap.add_argument("--rank", type=int, help="--rank for svd (default: the tool's)")
     ap.add_argument("--edgelora", help="edgelora binary (default: target/release/edgelora)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every command")
