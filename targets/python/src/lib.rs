@@ -21,7 +21,7 @@ use edgelora_core::lora::convert::{convert_peft, ConvertOptions};
 use edgelora_core::model::KernelMode;
 use edgelora_core::quant::GgmlType;
 use edgelora_core::sample::SamplerConfig;
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ fn io_error(e: &std::io::Error, what: &str, path: &Path) -> PyErr {
 /// `./models` and the source tree's `models/`.
 fn resolve_model(arg: &str) -> PyResult<PathBuf> {
     let p = PathBuf::from(arg);
-    if p.exists() {
+    if p.is_file() {
         return Ok(p);
     }
     if let Some((_, file)) = ALIASES.iter().find(|(a, _)| *a == arg) {
@@ -77,6 +77,11 @@ fn resolve_model(arg: &str) -> PyResult<PathBuf> {
         return Err(PyFileNotFoundError::new_err(format!(
             "model '{arg}' not found (looked for {file} in {dirs:?}); run `edgelora fetch {arg}` \
              or set EDGELORA_MODELS"
+        )));
+    }
+    if p.is_dir() {
+        return Err(PyIsADirectoryError::new_err(format!(
+            "model '{arg}' is a directory; give the path of a GGUF file"
         )));
     }
     Err(PyFileNotFoundError::new_err(format!(
