@@ -59,11 +59,11 @@ fn io_error(e: &std::io::Error, what: &str, path: &Path) -> PyErr {
 
 /// A model argument: an existing path, or an alias looked up in `$EDGELORA_MODELS`,
 /// `./models` and the source tree's `models/`.
-fn resolve_model(arg: &str) -> PyResult<PathBuf> {
-    let p = PathBuf::from(arg);
+fn resolve_model(p: PathBuf) -> PyResult<PathBuf> {
     if p.is_file() {
         return Ok(p);
     }
+    let arg = p.display().to_string();
     if let Some((_, file)) = ALIASES.iter().find(|(a, _)| *a == arg) {
         let mut dirs = vec![];
         if let Ok(d) = std::env::var("EDGELORA_MODELS") {
@@ -152,13 +152,13 @@ impl Model {
     /// Raises FileNotFoundError for a missing file, ValueError for a file that is not a model
     /// edgelora runs.
     #[new]
-    fn new(py: Python<'_>, path: &str) -> PyResult<Self> {
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         Self::open(py, path)
     }
 
     /// Open a GGUF model (see the constructor).
     #[staticmethod]
-    fn open(py: Python<'_>, path: &str) -> PyResult<Self> {
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let p = resolve_model(path)?;
         let bytes = Bytes::map(&p).map_err(|e| io_error(&e, "opening model", &p))?;
         let m = py
@@ -330,17 +330,24 @@ impl Adapter {
     /// Open a GGUF LoRA adapter. Raises FileNotFoundError for a missing file, ValueError for
     /// a file that is not a LoRA adapter.
     #[new]
-    fn new(py: Python<'_>, path: &str) -> PyResult<Self> {
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         Self::open(py, path)
     }
 
     /// Open a GGUF LoRA adapter (see the constructor).
     #[staticmethod]
-    fn open(py: Python<'_>, path: &str) -> PyResult<Self> {
-        let p = PathBuf::from(path);
-        let bytes = Bytes::map(&p).map_err(|e| io_error(&e, "opening adapter", &p))?;
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        if path.is_dir() {
+            return Err(PyIsADirectoryError::new_err(format!(
+                "adapter {} is a directory; give a GGUF file (Adapter.convert reads PEFT \
+                 directories)",
+                path.display()
+            )));
+        }
+        let bytes = Bytes::map(&path).map_err(|e| io_error(&e, "opening adapter", &path))?;
+        let source = path.display().to_string();
         let a = py
-            .detach(|| AdapterFile::new(bytes, path.to_owned()))
+            .detach(|| AdapterFile::new(bytes, source))
             .map_err(value_error)?;
         Ok(Adapter(Arc::new(a)))
     }
