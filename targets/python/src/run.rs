@@ -146,8 +146,8 @@ pub fn generate(
     let mut history = ids.to_vec();
     let mut dec = Decoder::new(&m.tok).skip_special(true);
     let mut text = String::new();
-    let mut pos = ids.len();
-    for i in 0..o.max_tokens {
+    // Token `i` is sampled from the logits of position `pos - 1` and run at `pos`.
+    for (i, pos) in (ids.len()..).take(o.max_tokens).enumerate() {
         let next = sampler
             .sample(&mut logits, &history)
             .map_err(|e| format!("sampling: {e}"))?;
@@ -165,7 +165,6 @@ pub fn generate(
             .forward_with(next, pos, &mut st, &set)
             .map_err(|e| format!("position {pos}: {e}"))?;
         logits.copy_from_slice(l);
-        pos += 1;
     }
     Ok(finish(dec, text, &o.stop))
 }
