@@ -182,6 +182,24 @@ def test_convert_peft(tiny, intent):
         edgelora.Adapter.convert(str(ROOT / "models/tiny"), tiny)
 
 
+def test_save_and_threads_setting(tiny, intent, tmp_path):
+    ids = tiny.tokenize(PROMPT)
+    want = tiny.logits(ids, adapters=[(intent, 1.0)])
+    conv = edgelora.Adapter.convert(ROOT / "models/tiny/intent", tiny, dtype="q8_0")
+    conv.save(tmp_path / "q8.gguf")
+    again = edgelora.Adapter.open(tmp_path / "q8.gguf")
+    assert np.array_equal(tiny.logits(ids, adapters=[(again, 1.0)]), tiny.logits(ids, adapters=[(conv, 1.0)]))
+    # More kernel threads: bit-identical results.
+    edgelora.set_threads(2)
+    try:
+        assert np.array_equal(tiny.logits(ids, adapters=[(intent, 1.0)]), want)
+    finally:
+        edgelora.set_threads(1)
+    with pytest.raises(ValueError, match="threads"):
+        edgelora.set_threads(0)
+    assert isinstance(edgelora.kernel(), str)
+
+
 def test_errors(tiny, intent, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         edgelora.Model.open(str(tmp_path / "missing.gguf"))
