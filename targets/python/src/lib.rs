@@ -240,11 +240,17 @@ impl Model {
         let out = py
             .detach(|| run::logits(m, &ids, &active, mode(reference)))
             .map_err(value_error)?;
-        // One copy into a bytearray numpy can view writable (no numpy C API needed, so the
-        // module stays abi3).
-        let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        // One copy into a bytearray that numpy views, writable, without copying (no numpy C
+        // API needed, so the module stays abi3).
+        let bytes = PyByteArray::new_with(py, out.len() * 4, |buf| {
+            for (dst, x) in buf.chunks_exact_mut(4).zip(&out) {
+                dst.copy_from_slice(&x.to_ne_bytes());
+            }
+            Ok(())
+        })?;
+        drop(out);
         let np = py.import("numpy")?;
-        let arr = np.call_method1("frombuffer", (PyByteArray::new(py, &bytes), "float32"))?;
+        let arr = np.call_method1("frombuffer", (bytes, "float32"))?;
         arr.call_method1("reshape", (ids.len(), cfg.vocab))
     }
 

@@ -39,10 +39,23 @@ pub enum Bytes {
 impl Bytes {
     /// Map the file at `path` read-only.
     ///
+    /// A model's weights (files of 16 MiB and more) are instead read into anonymous memory
+    /// advised `MADV_HUGEPAGE` where the kernel grants transparent huge pages, as the CLI
+    /// does: decode streams every weight once per token, and 2 MB pages read faster than the
+    /// file mapping's 4 KB ones (fewer page walks; prefetchers stop at page boundaries). The
+    /// copy costs one read of the file at open (~0.1 s per 250 MB). `EDGELORA_MMAP=1` keeps
+    /// the plain mapping (the CLI's `--mmap`).
+    ///
     /// # Errors
     /// The I/O error of opening or mapping it.
     pub fn map(path: &Path) -> std::io::Result<Bytes> {
-        let f = std::fs::File::open(path)?;
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        if len >= 16 << 20 && std::env::var_os("EDGELORA_MMAP").is_none() && thp_available() {
+            if let Ok(m) = read_huge(&mut f, len) {
+                return Ok(Bytes::Map(m));
+            }
+        }
         // SAFETY: the mapping is read-only and private to this process. Another process
         // truncating or rewriting the file while it is mapped may make reads fault or see new
         // bytes: the usual contract of mapping a model file, as the CLI documents.
@@ -81,6 +94,25 @@ impl Bytes {
         // SAFETY: upheld by the caller, as documented.
         unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) }
     }
+}
+
+/// Whether the kernel grants transparent huge pages to memory advised `MADV_HUGEPAGE`.
+fn thp_available() -> bool {
+    cfg!(target_os = "linux")
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| !s.contains("[never]"))
+}
+
+/// The whole of `f` (`len` bytes) in a fresh anonymous mapping advised for huge pages, then
+/// made read-only.
+fn read_huge(f: &mut std::fs::File, len: u64) -> std::io::Result<memmap2::Mmap> {
+    use std::io::Read;
+    let n = usize::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
+    let mut m = memmap2::MmapOptions::new().len(n).map_anon()?;
+    #[cfg(target_os = "linux")]
+    m.advise(memmap2::Advice::HugePage)?;
+    f.read_exact(&mut m[..])?;
+    m.make_read_only()
 }
 
 /// A loaded model: weights, tokenizer and chat renderer over the file's bytes.
