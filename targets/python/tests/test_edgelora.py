@@ -24,6 +24,7 @@ INTENT = ROOT / "models/tiny/intent/adapter.gguf"
 REPLY = ROOT / "models/tiny/reply/adapter.gguf"
 SMOL = ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_INTENT = ROOT / "models/smollm2/intent/adapter.gguf"
+GEMMA = ROOT / "models/gemma-3-270m-q4_k_m.gguf"
 PROMPT = "intent: please set the ac in the bathroom to 24 degrees\n"
 
 
@@ -338,3 +339,16 @@ def test_env_models_dir(tmp_path, monkeypatch):
     with pytest.raises(IsADirectoryError):
         edgelora.Model.open(str(tmp_path))
 
+
+@pytest.mark.skipif(not GEMMA.exists(), reason=f"{GEMMA.name} not present (edgelora fetch gemma3-270m)")
+def test_gemma3_chat(cli):
+    m = edgelora.Model.open("gemma3-270m")
+    assert m.architecture == "gemma3"
+    for prompt, system in [("Name three colours.", None), ("What is 2+2?", "Answer in one word.")]:
+        extra = ["--system", system] if system else []
+        ref = run_cli(cli, "generate", "-m", str(GEMMA), "--chat", "-p", prompt, "-n", "16", "--json", *extra)
+        assert m.generate(prompt, chat=True, system=system, max_tokens=16) == ref["text"], prompt
+    ids = m.tokenize("The capital of France is")
+    ref = run_cli(cli, "logits", "-m", str(GEMMA), "--prompt", "The capital of France is", "--json", "--top", "1")
+    assert ref["tokens"] == ids
+    assert [int(i) for i in np.argmax(m.logits(ids), axis=1)] == [p["top_ids"][0] for p in ref["positions"]]
