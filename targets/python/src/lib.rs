@@ -37,7 +37,8 @@ use store::{AdapterFile, Bytes, ModelFile};
 /// one), low enough to catch a scale given in the wrong unit.
 const MAX_SCALE: f64 = 16.0;
 
-/// Model aliases, as `edgelora fetch` names them, and their files under `models/`.
+/// Model aliases, as `edgelora fetch` names them, and their files under `models/` (the CLI's
+/// table lives in its binary crate, `targets/host/src/fetch.rs`, which a library cannot use).
 const ALIASES: &[(&str, &str)] = &[
     ("tiny", "tiny/tiny-base.gguf"),
     ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -71,7 +72,7 @@ fn resolve_model(p: PathBuf) -> PyResult<PathBuf> {
         }
         dirs.push(PathBuf::from("models"));
         dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-        if let Some(found) = dirs.iter().map(|d| d.join(file)).find(|c| c.exists()) {
+        if let Some(found) = dirs.iter().map(|d| d.join(file)).find(|c| c.is_file()) {
             return Ok(found);
         }
         return Err(PyFileNotFoundError::new_err(format!(
