@@ -47,6 +47,12 @@ echo "== tests"
 # 135M model teacher-forced. --nocapture shows the parity figures and any SKIPPED lines.
 cargo test --workspace --all-targets --no-fail-fast -- --nocapture
 
+echo "== python bindings: wheel built with maturin, installed in a clean venv, pytest"
+bash targets/python/build_and_test.sh
+
+echo "== crates: cargo publish --dry-run (packaged and built as crates.io would)"
+cargo publish --dry-run --allow-dirty -p edgelora -p edgelora-cuda -p edgelora-ffi -p edgelora-cli
+
 echo "== cuda feature (no GPU here: builds, NVRTC compile of every kernel; GPU tests print SKIPPED)"
 if [ -x .venv/bin/pip ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12 || echo "WARNING: nvrtc wheel not installed"

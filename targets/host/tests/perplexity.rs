@@ -129,6 +129,8 @@ fn perplexity_refuses_short_text_and_bad_window() {
         model.to_str().unwrap(),
         "-f",
         short.to_str().unwrap(),
+        "--ctx",
+        "64",
     ]);
     let _ = std::fs::remove_file(&short);
     assert!(!out.status.success(), "a too-short text must fail");
@@ -148,6 +150,18 @@ fn perplexity_refuses_short_text_and_bad_window() {
     let out = edgelora(&["perplexity", "-m", model.to_str().unwrap(), "-f", "no/such.txt"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such.txt"));
+    // A window longer than the model's context names the limit.
+    let out = edgelora(&[
+        "perplexity",
+        "-m",
+        model.to_str().unwrap(),
+        "-f",
+        "tests/fixtures/text/kjv-genesis-1-20.txt",
+        "--ctx",
+        "4096",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the model's context"));
 }
 
 #[test]
