@@ -65,7 +65,10 @@ fn log_prob(logits: &[f32], token: usize) -> f64 {
 /// Run `edgelora perplexity`.
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     if a.ctx < 4 {
-        bail!("--ctx {} is too short: give at least 4 tokens (512 is usual)", a.ctx);
+        bail!(
+            "--ctx {} is too short: give at least 4 tokens (512 is usual)",
+            a.ctx
+        );
     }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading the text file {}", a.file.display()))?;

@@ -147,7 +147,13 @@ fn perplexity_refuses_short_text_and_bad_window() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
-    let out = edgelora(&["perplexity", "-m", model.to_str().unwrap(), "-f", "no/such.txt"]);
+    let out = edgelora(&[
+        "perplexity",
+        "-m",
+        model.to_str().unwrap(),
+        "-f",
+        "no/such.txt",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such.txt"));
     // A window longer than the model's context names the limit.
@@ -182,7 +188,11 @@ fn perplexity_on_the_tiny_model_is_finite_and_deterministic() {
             threads,
             "--json",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let one = run("1");
