@@ -473,3 +473,164 @@ fn mixed_ranks_and_partial_layers_round_trip_gguf_peft_gguf() {
         assert_eq!(p1.b.data(), p2.b.data(), "{name} B");
     }
 }
+
+const COMBINED_PY: &str = r#"
+import json, sys, tempfile
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+
+base, ids, dirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = {}
+for d in dirs:
+    with tempfile.TemporaryDirectory() as td:
+        (Path(td) / Path(base).name).symlink_to(Path(base).resolve())
+        m = AutoModelForCausalLM.from_pretrained(td, gguf_file=Path(base).name, dtype=torch.float32)
+    m = PeftModel.from_pretrained(m.eval(), d).eval()
+    with torch.no_grad():
+        out[d] = m(input_ids=torch.tensor([ids])).logits[0].float().tolist()
+print("RESULT " + json.dumps(out))
+"#;
+
+/// A combined adapter (`adapter combine`), exported to PEFT, gives in transformers + PEFT the
+/// logits edgelora gives for it (reference kernels: f32 activations, as PyTorch): the file
+/// edgelora writes is the adapter PEFT runs, for the exact method (`cat`), the re-factorised one
+/// (`svd`) and a pruned one (`ties`).
+#[test]
+fn combined_adapter_exported_gives_peft_edgeloras_logits() {
+    let Some(py) = python() else {
+        println!("SKIPPED: no python with peft, transformers, torch and gguf (.venv or python3)");
+        return;
+    };
+    let cli = root().join("target/release/edgelora");
+    if !cli.exists() {
+        println!(
+            "SKIPPED: {} is absent (cargo build --release -p edgelora-cli)",
+            cli.display()
+        );
+        return;
+    }
+    let r = root();
+    let base = r.join("models/tiny/tiny-base.gguf");
+    let ids: Vec<u32> = std::iter::once(1)
+        .chain((0..15).map(|i| (7 * i + 3) % 200 + 2))
+        .collect();
+    let ids_s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let tmp = std::env::temp_dir().join(format!("edgelora-combined-export-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = |args: &[String]| -> Vec<u8> {
+        let o = Command::new(&cli).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "edgelora {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    let mut ours = vec![];
+    let mut dirs = vec![];
+    for method in ["cat", "svd", "ties"] {
+        let gguf = tmp.join(format!("{method}.gguf"));
+        let dir = tmp.join(format!("{method}-peft"));
+        let mut args: Vec<String> = vec![
+            "adapter".into(),
+            "combine".into(),
+            format!(
+                "{}:0.5",
+                r.join("models/tiny/intent/adapter.gguf").display()
+            ),
+            format!("{}:0.7", r.join("models/tiny/reply/adapter.gguf").display()),
+            "--method".into(),
+            method.into(),
+            "--dtype".into(),
+            "f32".into(),
+            "-o".into(),
+            gguf.display().to_string(),
+        ];
+        if method == "ties" {
+            args.extend(["--density".into(), "0.5".into()]);
+        }
+        run(&args);
+        run(&[
+            "adapter".into(),
+            "export".into(),
+            gguf.display().to_string(),
+            "--to".into(),
+            "peft".into(),
+            dir.display().to_string(),
+            "--base".into(),
+            base.display().to_string(),
+        ]);
+        let j: J = serde_json::from_slice(&run(&[
+            "logits".into(),
+            "-m".into(),
+            base.display().to_string(),
+            "--tokens".into(),
+            ids_s.join(","),
+            "--adapter".into(),
+            gguf.display().to_string(),
+            "--reference".into(),
+            "--cache-type".into(),
+            "f32".into(),
+            "--top".into(),
+            "5".into(),
+            "--json".into(),
+        ]))
+        .unwrap();
+        ours.push((method, j));
+        dirs.push(dir.display().to_string());
+    }
+    let o = Command::new(&py)
+        .args([
+            "-c",
+            COMBINED_PY,
+            &base.display().to_string(),
+            &serde_json::to_string(&ids).unwrap(),
+            &serde_json::to_string(&dirs).unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "PEFT run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("RESULT line");
+    let peft: J = serde_json::from_str(line).unwrap();
+    for ((method, j), dir) in ours.iter().zip(&dirs) {
+        let theirs = peft[dir.as_str()].as_array().unwrap();
+        let (mut worst, mut top_max, mut top1) = (0f64, 0f64, 0);
+        let positions = j["positions"].as_array().unwrap();
+        for (p, row) in positions.iter().enumerate() {
+            let t = theirs[p].as_array().unwrap();
+            let tv: Vec<f64> = t.iter().map(|v| v.as_f64().unwrap()).collect();
+            let hf_top = (0..tv.len())
+                .max_by(|&a, &b| tv[a].total_cmp(&tv[b]))
+                .unwrap();
+            let top_ids = row["top_ids"].as_array().unwrap();
+            top1 += usize::from(top_ids[0].as_u64().unwrap() as usize == hf_top);
+            for (id, l) in top_ids.iter().zip(row["top_logits"].as_array().unwrap()) {
+                let (id, l) = (id.as_u64().unwrap() as usize, l.as_f64().unwrap());
+                worst = worst.max((l - tv[id]).abs());
+                top_max = top_max.max(tv[id].abs());
+            }
+        }
+        println!(
+            "combine {method} -> PEFT: top-1 {top1}/{} positions, max |dlogit| on edgelora's \
+             top-5 {worst:.2e} (largest logit {top_max:.2})",
+            positions.len()
+        );
+        assert_eq!(top1, positions.len(), "{method}: top-1 differs from PEFT's");
+        assert!(
+            worst <= 1e-4 * top_max.max(1.0),
+            "{method}: logits differ from PEFT's by {worst:e}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
