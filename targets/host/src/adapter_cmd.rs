@@ -171,7 +171,10 @@ fn inspect(a: InspectAdapterArgs) -> Result<()> {
         let mut slots = vec![None; Adapter::slots_len(model.config())];
         match ad.bind(&base, &model, &mut slots) {
             Ok(_) => println!("fits {}", bp.display()),
-            Err(e) => println!("does NOT fit {}: {e}", bp.display()),
+            Err(e) => {
+                println!("does NOT fit {}: {e}", bp.display());
+                bail!("{} does not fit {}: {e}", a.adapter.display(), bp.display());
+            }
         }
     }
     Ok(())
@@ -195,6 +198,16 @@ pub struct MergeArgs {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
+    // Check where the output goes before the work, not after it.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!(
+                "-o {}: the directory {} does not exist; create it or choose another path",
+                a.out.display(),
+                dir.display()
+            );
+        }
+    }
     let bp = resolve_model(&a.model)?;
     let bm = map(&bp)?;
     let base = Gguf::parse(&bm)?;
@@ -204,12 +217,12 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let mut scales = vec![];
     for s in &a.adapters {
         let (f, sc) = parse_adapter_arg(s)?;
-        maps.push((map(std::path::Path::new(&f))?, f));
+        maps.push((crate::util::map_adapter(std::path::Path::new(&f))?, f));
         scales.push(sc);
     }
     let parsed: Vec<Adapter> = maps
         .iter()
-        .map(|(m, f)| Adapter::parse(m).with_context(|| f.clone()))
+        .map(|(m, f)| crate::commands::parse_adapter(m, f))
         .collect::<Result<_>>()?;
     let mut slots: Vec<Vec<Option<LoraPair>>> = parsed
         .iter()
@@ -239,7 +252,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         lost += usize::from(r.stats.update_lost());
         if r.from != r.to || target == MergeType::Base || r.stats.update_lost() {
             // One line per re-quantised tensor: `edgelora quantize` reports the same rms.
-            eprintln!(
+            crate::note!(
                 "  {:<28} {:>6} -> {:<6} update {:.3e}, rounding error {:.3e} = {:.1}% of the update, {:.2}% rms of the weights{}",
                 r.name,
                 r.from.name(),
@@ -260,8 +273,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         )
     })?;
     Gguf::parse(&bytes).context("merged file does not parse (bug)")?;
-    std::fs::write(&a.out, &bytes)?;
-    eprintln!(
+    std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
+    crate::note!(
         "merged {n} matrices into {} ({}); worst rounding error {:.1}% of the update ({:.2}% rms of the weights); {lost} tensors lost most of their update",
         a.out.display(),
         human(bytes.len() as u64),

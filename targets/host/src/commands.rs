@@ -325,6 +325,28 @@ pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
 }
 
 /// Memory-mapped adapter files and their parsed views.
+/// Parse an adapter file's bytes, saying what the file is when it is not a LoRA adapter (a model
+/// given as `--adapter` reads as "this is a model file", not as a missing metadata key).
+pub fn parse_adapter<'a>(bytes: &'a [u8], name: &str) -> Result<Adapter<'a>> {
+    match Adapter::parse(bytes) {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            if let Ok(g) = Gguf::parse(bytes) {
+                if g.get_str("general.type").is_err() || g.get_str("general.type") == Ok("model") {
+                    if let Ok(arch) = g.get_str("general.architecture") {
+                        bail!(
+                            "{name} is a model file ({arch}), not a LoRA adapter: pass it as \
+                             --model, and as --adapter a LoRA GGUF (`edgelora adapter convert \
+                             PEFT_DIR --base MODEL -o A.gguf` makes one)"
+                        );
+                    }
+                }
+            }
+            Err(anyhow::Error::new(e).context(format!("adapter {name}")))
+        }
+    }
+}
+
 pub struct Adapters {
     maps: Vec<memmap2::Mmap>,
     scales: Vec<f32>,
@@ -349,7 +371,7 @@ impl Adapters {
         let mut names = vec![];
         for a in args {
             let (f, s) = parse_adapter_arg(a)?;
-            maps.push(map(std::path::Path::new(&f))?);
+            maps.push(crate::util::map_adapter(std::path::Path::new(&f))?);
             scales.push(s);
             names.push(f);
         }
@@ -365,7 +387,7 @@ impl Adapters {
         self.maps
             .iter()
             .zip(&self.names)
-            .map(|(m, n)| Adapter::parse(m).with_context(|| format!("adapter {n}")))
+            .map(|(m, n)| parse_adapter(m, n))
             .collect()
     }
 

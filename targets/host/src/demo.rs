@@ -101,6 +101,9 @@ pub fn load_examples(data: &Option<PathBuf>, task: &str) -> Result<Vec<Example>>
         .clone()
         .unwrap_or_else(|| repo_path("targets/trainer/data"));
     let p = dir.join(task).join("test.jsonl");
+    if data.is_none() && !p.exists() && !["intent", "reply", "normalize"].contains(&task) {
+        bail!("unknown task '{task}': the tasks are intent, reply, normalize (or `all` for eval)");
+    }
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let mut out = vec![];
     for (i, line) in text

@@ -93,6 +93,11 @@ pub const MODELS: &[KnownModel] = &[
     },
 ];
 
+/// Every alias `fetch` knows.
+pub fn aliases() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.alias).collect()
+}
+
 /// The row for an alias.
 pub fn known(alias: &str) -> Option<&'static KnownModel> {
     MODELS.iter().find(|m| m.alias == alias)

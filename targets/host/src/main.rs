@@ -4,6 +4,16 @@
 //! by the no_std core; this binary only adds
 //! argument parsing, file handling, timing and printing.
 
+/// `eprintln!` that ignores a closed stderr (progress and report lines of long commands, so
+/// `... 2>&1 | head -1` does not stop the work before its file is written).
+#[macro_export]
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod adapter_cmd;
 mod chat_template;
 mod combine_cmd;
@@ -84,8 +94,10 @@ enum Cmd {
     Fetch(fetch::FetchArgs),
 }
 
-/// `edgelora ... | head` closes stdout early; `println!` then panics with "failed printing to
-/// stdout". Treat that like the classic SIGPIPE exit instead of printing a panic.
+/// `edgelora ... | head` closes stdout (or, with `2>&1`, stderr) early; `println!` then panics
+/// with "failed printing to stdout". Treat that like the classic SIGPIPE exit instead of
+/// printing a panic. Progress lines of long commands go through [`note!`], which ignores a
+/// closed stderr, so the work is still written.
 fn quiet_broken_pipe() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -95,7 +107,9 @@ fn quiet_broken_pipe() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+        if (msg.contains("failed printing to stdout") || msg.contains("failed printing to stderr"))
+            && msg.contains("Broken pipe")
+        {
             std::process::exit(141);
         }
         default(info);

@@ -11,6 +11,13 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     if p.exists() {
         return Ok(p.to_path_buf());
     }
+    if arg == "tiny" {
+        // The tiny default model ships in the repository (every command takes the alias).
+        let t = repo_path("models/tiny/tiny-base.gguf");
+        if t.exists() {
+            return Ok(t);
+        }
+    }
     if let Some(file) = crate::fetch::known(arg).map(|m| m.file) {
         let mut dirs = vec![PathBuf::from("models")];
         if let Ok(d) = std::env::var("EDGELORA_MODELS") {
@@ -23,9 +30,21 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
                 return Ok(c);
             }
         }
-        anyhow::bail!("model '{arg}' not found (looked for {file} in {dirs:?}); run `edgelora fetch {arg}` first");
+        let shown: Vec<String> = dirs[..dirs.len() - 1]
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        anyhow::bail!(
+            "model '{arg}' is not fetched (looked for {file} in {} and the repository's \
+             models/); run `edgelora fetch {arg}` first",
+            shown.join(", ")
+        );
     }
-    anyhow::bail!("model file '{arg}' does not exist")
+    anyhow::bail!(
+        "model file '{arg}' does not exist; give a GGUF path or an alias: tiny (shipped), {} \
+         (`edgelora fetch NAME`)",
+        crate::fetch::aliases().join(", ")
+    )
 }
 
 /// A path inside the repository: relative to the working directory if it exists there (the
@@ -68,6 +87,35 @@ fn thp_available() -> bool {
 /// the file at start (~0.1 s per 250 MB) and memory the page cache would otherwise share.
 /// Smaller files, `--mmap`, kernels without THP, or a failed load: a plain read-only mapping.
 pub fn map(path: &Path) -> Result<memmap2::Mmap> {
+    if path.is_dir() {
+        if path.join("adapter_config.json").exists() {
+            anyhow::bail!(
+                "{} is a PEFT adapter directory, not a GGUF file; convert it with `edgelora \
+                 adapter convert {} --base MODEL -o adapter.gguf` and pass the .gguf",
+                path.display(),
+                path.display()
+            );
+        }
+        let ggufs: Vec<String> = std::fs::read_dir(path)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".gguf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ggufs.is_empty() {
+            anyhow::bail!(
+                "{} is a directory; give a .gguf file (there is none in it)",
+                path.display()
+            );
+        }
+        anyhow::bail!(
+            "{} is a directory; give a .gguf file, e.g. {}",
+            path.display(),
+            path.join(&ggufs[0]).display()
+        );
+    }
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len >= HUGE_MIN_BYTES
@@ -84,6 +132,41 @@ pub fn map(path: &Path) -> Result<memmap2::Mmap> {
     let m =
         unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
     Ok(m)
+}
+
+/// An adapter file: a GGUF as [`map`] gives it, or a stream frame written by `edgelora adapter
+/// frame` (`ELAS` magic), whose length and CRC-32 are checked and whose payload is returned.
+pub fn map_adapter(path: &Path) -> Result<memmap2::Mmap> {
+    use edgelora::lora::stream::{StreamLoader, FRAME_HEADER, FRAME_MAGIC};
+    let m = map(path)?;
+    if !m.starts_with(&FRAME_MAGIC) {
+        return Ok(m);
+    }
+    let n = m.len().saturating_sub(FRAME_HEADER).max(1);
+    let mut out = memmap2::MmapOptions::new()
+        .len(n)
+        .map_anon()
+        .with_context(|| format!("memory for the frame {}", path.display()))?;
+    let len = {
+        let mut ld = StreamLoader::new(&mut out[..]);
+        ld.push(&m)
+            .map_err(anyhow::Error::new)
+            .and_then(|_| ld.finish().map(<[u8]>::len).map_err(anyhow::Error::new))
+    }
+    .with_context(|| {
+        format!(
+            "{} is an adapter stream frame (ELAS) that does not check out (truncated or \
+             corrupted); write it again with `edgelora adapter frame`",
+            path.display()
+        )
+    })?;
+    if len != n {
+        anyhow::bail!(
+            "{}: frame payload is {len} bytes, the file holds {n} after the header",
+            path.display()
+        );
+    }
+    Ok(out.make_read_only()?)
 }
 
 /// The whole file read into a fresh anonymous mapping advised for huge pages, then made

@@ -1,0 +1,233 @@
+//! Table-driven: what a new user gets wrong, and what the CLI must answer (issue #19's list).
+//! Every case must fail with exit status 1 (not a panic's 101, not 0) and a message that says
+//! what is wrong and what to do; the success cases check that the helpful paths work.
+//! All on the committed tiny model and adapters (plus SmolLM2's committed adapter as a
+//! wrong-base file): nothing to fetch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn edgelora(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .current_dir(root())
+        .env("RUST_BACKTRACE", "0")
+        .args(args)
+        .output()
+        .expect("running edgelora")
+}
+
+const A: &str = "models/tiny/intent/adapter.gguf";
+
+#[test]
+fn every_bad_input_fails_with_a_message_that_says_what_to_do() {
+    let tmp = std::env::temp_dir().join(format!("edgelora-cli-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A stream frame cut short.
+    let frame = tmp.join("a.elas");
+    let out = edgelora(&["adapter", "frame", A, "-o", frame.to_str().unwrap()]);
+    assert!(out.status.success());
+    let cut = tmp.join("cut.elas");
+    let bytes = std::fs::read(&frame).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let cut_s = cut.to_str().unwrap().to_string();
+    let missing_dir = tmp.join("no/such/dir/out.gguf");
+    let missing_s = missing_dir.to_str().unwrap().to_string();
+
+    let g = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["generate", "-m", "tiny", "-p", "intent: hi", "-n", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let s = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let cases: Vec<(&str, Vec<String>, &[&str])> = vec![
+        (
+            "scale that is not a number",
+            g(&["--adapter", &format!("{A}:abc")]),
+            &["is not a number", "FILE[:SCALE]"],
+        ),
+        (
+            "scale out of range",
+            g(&["--adapter", &format!("{A}:1e30")]),
+            &["outside [-16, 16]"],
+        ),
+        (
+            "non-finite scale",
+            g(&["--adapter", &format!("{A}:nan")]),
+            &["--adapter"],
+        ),
+        (
+            "PEFT directory as --model",
+            s(&["generate", "-m", "models/tiny/intent", "-p", "hi"]),
+            &["PEFT adapter directory", "edgelora adapter convert"],
+        ),
+        (
+            "PEFT directory as --adapter",
+            g(&["--adapter", "models/tiny/intent"]),
+            &["PEFT adapter directory", "edgelora adapter convert"],
+        ),
+        (
+            "a directory of models as --model",
+            s(&["generate", "-m", "models/tiny", "-p", "hi"]),
+            &["is a directory", "tiny-base.gguf"],
+        ),
+        (
+            "unknown model alias",
+            s(&["generate", "-m", "no-such-model", "-p", "hi"]),
+            &["does not exist", "tiny", "smollm2", "gemma3-270m"],
+        ),
+        (
+            "adapter for another base",
+            g(&["--adapter", "models/smollm2/intent/adapter.gguf"]),
+            &["another base"],
+        ),
+        (
+            "adapter inspect --base on a mismatch",
+            s(&[
+                "adapter",
+                "inspect",
+                "models/smollm2/intent/adapter.gguf",
+                "--base",
+                "tiny",
+            ]),
+            &["does not fit"],
+        ),
+        (
+            "a model file as --adapter",
+            g(&["--adapter", "models/tiny/tiny-base.gguf"]),
+            &["is a model file", "--model"],
+        ),
+        (
+            "a truncated stream frame as --adapter",
+            g(&["--adapter", &cut_s]),
+            &["stream frame", "adapter frame"],
+        ),
+        (
+            "merge -o into a missing directory",
+            s(&[
+                "merge",
+                "-m",
+                "tiny",
+                "--adapter",
+                A,
+                "--type",
+                "q8_0",
+                "-o",
+                &missing_s,
+            ]),
+            &["does not exist", "no/such/dir"],
+        ),
+        (
+            "unknown task",
+            s(&["eval", "--task", "nosuch"]),
+            &["unknown task", "intent", "reply", "normalize"],
+        ),
+        (
+            "more adapters than can run at once",
+            g(&[
+                "--adapter",
+                A,
+                "--adapter",
+                A,
+                "--adapter",
+                A,
+                "--adapter",
+                A,
+                "--adapter",
+                A,
+            ]),
+            &["at most 4"],
+        ),
+    ];
+    let mut failures = vec![];
+    for (what, args, want) in &cases {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = edgelora(&argv);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        let ok =
+            code == Some(1) && !err.contains("panicked") && want.iter().all(|w| err.contains(w));
+        println!(
+            "{} {what}: exit {code:?}: {}",
+            if ok { "ok  " } else { "FAIL" },
+            err.lines().next().unwrap_or("")
+        );
+        if !ok {
+            failures.push(format!("{what}: exit {code:?}, stderr:\n{err}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn a_framed_adapter_works_wherever_the_gguf_does() {
+    let tmp = std::env::temp_dir().join(format!("edgelora-cli-frame-{}.elas", std::process::id()));
+    assert!(
+        edgelora(&["adapter", "frame", A, "-o", tmp.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let run = |adapter: &str| {
+        let out = edgelora(&[
+            "generate",
+            "-m",
+            "tiny",
+            "-p",
+            "intent: turn on the kitchen lights",
+            "-n",
+            "16",
+            "--adapter",
+            adapter,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let framed = run(tmp.to_str().unwrap());
+    let _ = std::fs::remove_file(&tmp);
+    assert_eq!(framed, run(A), "the framed adapter must give the same text");
+}
+
+#[test]
+fn merge_with_a_closed_stderr_still_writes_its_file() {
+    // `edgelora merge ... 2>&1 | head -1`: the reader goes away after the first line.
+    let out =
+        std::env::temp_dir().join(format!("edgelora-merge-closed-{}.gguf", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .current_dir(root())
+        .args([
+            "merge",
+            "-m",
+            "tiny",
+            "--adapter",
+            A,
+            "--type",
+            "base",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // closed before the first line is written
+    let status = child.wait().unwrap();
+    let written = std::fs::read(&out).ok();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        status.success(),
+        "merge with stderr closed ended with {status:?}"
+    );
+    let bytes = written.expect("the merged file was not written");
+    assert_eq!(&bytes[..4], b"GGUF");
+}
