@@ -216,7 +216,8 @@ pub struct ModelArgs {
     pub reference: bool,
     /// Threads for the matrix kernels (rows of each matvec, tokens of each prompt matmul,
     /// split across a persistent pool); results are bit-identical to one thread.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Default: the physical cores.
+    #[arg(long, default_value_t = crate::util::default_threads(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -478,13 +479,34 @@ impl SampleArgs {
 
 // ---------------------------------------------------------------- generate
 
+/// The prompt of `--prompt TEXT`, `--prompt -` (standard input) or `--prompt-file FILE`.
+fn read_prompt(prompt: Option<&str>, file: Option<&std::path::Path>) -> Result<String> {
+    match (prompt, file) {
+        (_, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("--prompt-file {}: reading the prompt", f.display())),
+        (Some("-"), None) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("--prompt -: reading the prompt from standard input")?;
+            Ok(s)
+        }
+        (Some(p), None) => Ok(p.to_string()),
+        (None, None) => {
+            bail!("give --prompt TEXT, --prompt - (standard input) or --prompt-file FILE")
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Prompt text.
-    #[arg(long, short = 'p')]
-    pub prompt: String,
+    /// Prompt text; `-` reads it from standard input.
+    #[arg(long, short = 'p', required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (UTF-8; used as it is, final newline included).
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
     /// Maximum new tokens.
     #[arg(long, short = 'n', default_value_t = 128)]
     pub n: usize,
@@ -612,13 +634,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let mut buf = a.model.cache.buffer(&cfg, ctx);
     let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
     st.set_kernel_mode(a.model.mode());
+    let prompt = read_prompt(a.prompt.as_deref(), a.prompt_file.as_deref())?;
     let (text, ids) = if a.chat {
         eprintln!("chat format: {}", tok.chat_format());
-        let text = tok.chat_prompt(a.system.as_deref(), &[("user", a.prompt.as_str())])?;
+        let text = tok.chat_prompt(a.system.as_deref(), &[("user", prompt.as_str())])?;
         let ids = tok.encode_chat(&text)?;
         (text, ids)
     } else {
-        (a.prompt.clone(), tok.encode_prompt(&a.prompt, false)?)
+        let ids = tok.encode_prompt(&prompt, false)?;
+        (prompt, ids)
     };
     let mut sampler = a.sample.sampler()?;
     let mut history = vec![];

@@ -116,8 +116,30 @@ fn quiet_broken_pipe() {
     }));
 }
 
+/// `EDGELORA_ISA` that names no kernel table, or one this CPU cannot run, is ignored by the
+/// core (the best table runs): say so once instead of silently.
+fn check_isa_env() {
+    use edgelora::kernels::Isa;
+    let Ok(v) = std::env::var("EDGELORA_ISA") else {
+        return;
+    };
+    let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
+    match Isa::from_name(v.trim()) {
+        None => note!(
+            "warning: EDGELORA_ISA={v:?} is not a kernel table ({}); using the best one for this CPU",
+            names.join(", ")
+        ),
+        Some(i) if i.kernel().is_none() => note!(
+            "warning: EDGELORA_ISA={v:?}: this CPU or build cannot run it; using the best table \
+             for this CPU"
+        ),
+        Some(_) => {}
+    }
+}
+
 fn main() -> Result<()> {
     quiet_broken_pipe();
+    check_isa_env();
     let cli = Cli::parse();
     util::set_plain_mmap(cli.mmap);
     match cli.cmd {

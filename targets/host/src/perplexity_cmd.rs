@@ -37,8 +37,9 @@ pub struct PerplexityArgs {
     /// LoRA adapter applied unmerged, as FILE or FILE:SCALE; repeat for several.
     #[arg(long = "adapter", value_name = "FILE[:SCALE]")]
     pub adapters: Vec<String>,
-    /// Threads for the matrix kernels (results are bit-identical to one thread).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Threads for the matrix kernels (results are bit-identical
+    /// to one thread; default: the physical cores).
+    #[arg(long, default_value_t = crate::util::default_threads(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// Use the scalar reference kernels with f32 activations (slow).
     #[arg(long)]

@@ -47,6 +47,33 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     )
 }
 
+/// Default `--threads`: the machine's physical cores (distinct `thread_siblings_list` entries
+/// under /sys on Linux: hyper-threads share a core's SIMD units, so a second thread per core
+/// adds little to these kernels), at most what the process may run on (cgroup and affinity
+/// limits, `available_parallelism`), between 1 and 64.
+pub fn default_threads() -> u16 {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let physical = (|| {
+        let mut cores = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir("/sys/devices/system/cpu").ok()? {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("cpu") else {
+                continue;
+            };
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let path = format!("/sys/devices/system/cpu/{name}/topology/thread_siblings_list");
+            if let Ok(s) = std::fs::read_to_string(path) {
+                cores.insert(s.trim().to_string());
+            }
+        }
+        (!cores.is_empty()).then_some(cores.len())
+    })()
+    .unwrap_or(logical);
+    physical.min(logical).clamp(1, 64) as u16
+}
+
 /// A path inside the repository: relative to the working directory if it exists there (the
 /// usual case, running from the repository root), else relative to the source tree.
 pub fn repo_path(rel: &str) -> PathBuf {

@@ -231,3 +231,55 @@ fn merge_with_a_closed_stderr_still_writes_its_file() {
     let bytes = written.expect("the merged file was not written");
     assert_eq!(&bytes[..4], b"GGUF");
 }
+
+#[test]
+fn prompt_from_a_file_or_stdin_equals_the_argument() {
+    let prompt = "intent: turn on the kitchen lights";
+    let base = ["generate", "-m", "tiny", "-n", "12", "--adapter", A];
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["-p", prompt]);
+    let want = edgelora(&args);
+    assert!(want.status.success());
+    let file = std::env::temp_dir().join(format!("edgelora-prompt-{}.txt", std::process::id()));
+    std::fs::write(&file, prompt).unwrap();
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--prompt-file", file.to_str().unwrap()]);
+    let from_file = edgelora(&args);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(from_file.stdout, want.stdout, "--prompt-file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .current_dir(root())
+        .args(base)
+        .args(["-p", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(prompt.as_bytes()).unwrap();
+    }
+    let from_stdin = child.wait_with_output().unwrap();
+    assert_eq!(from_stdin.stdout, want.stdout, "--prompt -");
+    // Neither given: an error that names all three ways.
+    let out = edgelora(&["generate", "-m", "tiny"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn an_unknown_isa_in_the_environment_is_warned_about() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .current_dir(root())
+        .env("EDGELORA_ISA", "sse9")
+        .args(["generate", "-m", "tiny", "-p", "hi", "-n", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EDGELORA_ISA=\"sse9\" is not a kernel table") && err.contains("portable"),
+        "{err}"
+    );
+}

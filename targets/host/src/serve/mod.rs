@@ -80,8 +80,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
     /// Threads for the matrix kernels of each batched step (results are bit-identical to one
-    /// thread).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// thread; default: the physical cores).
+    #[arg(long, default_value_t = crate::util::default_threads(), value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// Use the scalar reference kernels with f32 activations (slow; the parity baseline).
     #[arg(long)]
