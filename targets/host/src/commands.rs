@@ -84,6 +84,44 @@ fn value_json(v: &Value<'_>, full: bool) -> serde_json::Value {
     }
 }
 
+/// The model configuration as a JSON object (`inspect --json`): every field by name, enums as
+/// their variant names.
+fn config_json(c: &edgelora::model::Config) -> serde_json::Value {
+    let a = &c.arch;
+    json!({
+        "arch": {
+            "name": a.name,
+            "ffn": format!("{:?}", a.ffn),
+            "rope": format!("{:?}", a.rope),
+            "post_norms": a.post_norms,
+            "qk_norm": a.qk_norm,
+            "qkv_bias": a.qkv_bias,
+            "embed_scale": a.embed_scale,
+            "swa_period": a.swa_period,
+            "swa_window": a.swa_window,
+            "rope_base_swa": a.rope_base_swa,
+            "q_scale": a.q_scale,
+            "wide_q_scale_layers": a.wide_q_scale_layers,
+            "softcaps": a.softcaps,
+            "attn_softcap": a.attn_softcap,
+            "final_softcap": a.final_softcap,
+        },
+        "n_layers": c.n_layers,
+        "dim": c.dim,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "ffn_dim": c.ffn_dim,
+        "vocab": c.vocab,
+        "ctx_len": c.ctx_len,
+        "rope_base": c.rope_base,
+        "rope_freq_scale": c.rope_freq_scale,
+        "rope_dims": c.rope_dims,
+        "rms_eps": c.rms_eps,
+        "tied_output": c.tied_output,
+    })
+}
+
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let path = resolve_model(&a.model)?;
     let m = map(&path)?;
@@ -106,7 +144,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "metadata": g.metadata().map(|(k, v)| json!({"key": k, "type": v.value_type().name(), "value": value_json(&v, a.full)})).collect::<Vec<_>>(),
             "tensors": g.tensors().map(|t| json!({"name": t.name, "type": t.ty.name(), "dims": t.dims(), "offset": t.offset, "bytes": t.data.len()})).collect::<Vec<_>>(),
             "bytes_by_type": by_type.iter().map(|(k, v)| json!({"type": k, "tensors": v.0, "bytes": v.1, "elements": v.2})).collect::<Vec<_>>(),
-            "config": cfg.as_ref().ok().map(|c| format!("{c:?}")),
+            "config": cfg.as_ref().ok().map(config_json),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

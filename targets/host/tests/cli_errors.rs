@@ -283,3 +283,17 @@ fn an_unknown_isa_in_the_environment_is_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_json_gives_the_config_as_an_object() {
+    let out = edgelora(&["inspect", "models/tiny/tiny-base.gguf", "--json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &j["config"];
+    assert_eq!(c["arch"]["name"], "llama");
+    assert!(c["n_layers"].as_u64().unwrap() > 0);
+    assert_eq!(
+        c["dim"].as_u64().unwrap(),
+        c["n_heads"].as_u64().unwrap() * c["head_dim"].as_u64().unwrap()
+    );
+}
