@@ -207,6 +207,11 @@ impl<'a> Adapter<'a> {
         self.fingerprint
     }
 
+    /// Base shape fingerprint ([`base_shape_fingerprint`]) recorded by the converter, if any.
+    pub const fn shape_fingerprint(&self) -> Option<u64> {
+        self.shape_fingerprint
+    }
+
     /// Iterate `(target tensor name, pair)`.
     pub fn pairs(&self) -> impl Iterator<Item = (&'a str, LoraPair<'a>)> + '_ {
         let g = self.gguf;

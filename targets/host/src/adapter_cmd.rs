@@ -50,9 +50,14 @@ pub struct ConvertArgs {
 pub struct InspectAdapterArgs {
     /// Adapter GGUF.
     pub adapter: PathBuf,
-    /// Base model to check it against.
+    /// Base model to check it against (exit status 1 when it does not fit).
     #[arg(long)]
     pub base: Option<String>,
+    /// Print one JSON object: {file, bytes, alpha, pairs: [{target, rank, a: {type, dims},
+    /// b: {type, dims}}], max_rank, base_fingerprint, base_shape_fingerprint (16 hex digits or
+    /// null), task, base_check: {base, fits, error} or null}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,8 +143,51 @@ fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn inspect(a: InspectAdapterArgs) -> Result<()> {
-    let m = map(&a.adapter)?;
-    let ad = Adapter::parse(&m).with_context(|| format!("{}", a.adapter.display()))?;
+    let m = crate::util::map_adapter(&a.adapter)?;
+    let ad = crate::commands::parse_adapter(&m, &a.adapter.display().to_string())?;
+    if a.json {
+        let check = match &a.base {
+            None => serde_json::Value::Null,
+            Some(b) => {
+                let bp = resolve_model(b)?;
+                let bm = map(&bp)?;
+                let base = Gguf::parse(&bm)?;
+                let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
+                let mut slots = vec![None; Adapter::slots_len(model.config())];
+                let r = ad.bind(&base, &model, &mut slots).map(|_| ());
+                serde_json::json!({
+                    "base": bp.display().to_string(),
+                    "fits": r.is_ok(),
+                    "error": r.err().map(|e| e.to_string()),
+                })
+            }
+        };
+        let out = serde_json::json!({
+            "file": a.adapter.display().to_string(),
+            "bytes": m.len(),
+            "alpha": ad.alpha(),
+            "max_rank": ad.max_rank(),
+            "base_fingerprint": ad.fingerprint().map(|f| format!("{f:016x}")),
+            "base_shape_fingerprint": ad.shape_fingerprint().map(|f| format!("{f:016x}")),
+            "task": ad.gguf().get_str("adapter.edgelora.task").ok(),
+            "pairs": ad.pairs().map(|(name, p)| serde_json::json!({
+                "target": name,
+                "rank": p.rank(),
+                "a": {"type": p.a.ty().name(), "dims": [p.a.rows(), p.a.cols()]},
+                "b": {"type": p.b.ty().name(), "dims": [p.b.rows(), p.b.cols()]},
+            })).collect::<Vec<_>>(),
+            "base_check": check,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        if check["fits"] == serde_json::Value::Bool(false) {
+            bail!(
+                "{} does not fit {}",
+                a.adapter.display(),
+                check["base"].as_str().unwrap_or("the base")
+            );
+        }
+        return Ok(());
+    }
     println!("{}: {}", a.adapter.display(), human(m.len() as u64));
     println!(
         "alpha {}, {} pairs, max rank {}, base fingerprint {:?}",

@@ -934,6 +934,9 @@ pub struct TokenizeArgs {
     /// (the rendered prompt goes to stderr).
     #[arg(long)]
     pub chat: bool,
+    /// Print one JSON object: {model, ids: [..], pieces: [..]} (pieces as text, lossy UTF-8).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
@@ -948,6 +951,12 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     } else {
         tok.encode_prompt(&a.prompt, a.special)?
     };
+    if a.json {
+        let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
+        let out = json!({"model": path.display().to_string(), "ids": ids, "pieces": pieces});
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
     for id in ids {
         println!("{id:>6} {:?}", tok.piece(id));
     }

@@ -297,3 +297,34 @@ fn inspect_json_gives_the_config_as_an_object() {
         c["n_heads"].as_u64().unwrap() * c["head_dim"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn tokenize_and_adapter_inspect_speak_json() {
+    let out = edgelora(&["tokenize", "-m", "tiny", "-p", "hello world", "--json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = j["ids"].as_array().unwrap();
+    assert!(!ids.is_empty());
+    assert_eq!(ids.len(), j["pieces"].as_array().unwrap().len());
+    let out = edgelora(&["adapter", "inspect", A, "--base", "tiny", "--json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["base_check"]["fits"], true);
+    assert_eq!(j["base_fingerprint"].as_str().unwrap().len(), 16);
+    assert!(!j["pairs"].as_array().unwrap().is_empty());
+    let out = edgelora(&[
+        "adapter",
+        "inspect",
+        "models/smollm2/intent/adapter.gguf",
+        "--base",
+        "tiny",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a mismatch exits 1 in JSON mode too"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["base_check"]["fits"], false);
+}
