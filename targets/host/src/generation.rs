@@ -164,7 +164,8 @@ impl<'t> Stepper<'t> {
     /// show them to the sink, sample, hand the token to the sink, and say what to run next.
     ///
     /// # Errors
-    /// The sampler's and the decoder's.
+    /// Non-finite logits (a NaN or an infinity: never sampled from); the sampler's and the
+    /// decoder's.
     pub fn next(&mut self, logits: &mut [f32], sink: &mut dyn Sink) -> Result<Next> {
         if self.t1.is_none() {
             self.prefill_s = self.t0.elapsed().as_secs_f64();
@@ -175,6 +176,14 @@ impl<'t> Stepper<'t> {
         }
         self.left -= 1;
         let pos = self.pos;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "the logits before position {pos} are not finite ({} at token id {i}): the model \
+                 or an adapter produced invalid values; check the adapter scales and files \
+                 (`edgelora adapter inspect A --base M`)",
+                logits[i]
+            );
+        }
         sink.logits(logits);
         sink.mask(logits);
         let next = self.sampler.sample(logits, &self.history)?;

@@ -328,3 +328,46 @@ fn tokenize_and_adapter_inspect_speak_json() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["base_check"]["fits"], false);
 }
+
+#[test]
+fn an_adapter_that_makes_the_logits_non_finite_is_an_error_not_garbage() {
+    // The tiny intent adapter with one B value set to infinity.
+    let bytes = std::fs::read(root().join(A)).unwrap();
+    let g = edgelora::Gguf::parse(&bytes).unwrap();
+    let t = g
+        .tensors()
+        .find(|t| t.name.ends_with(".lora_b"))
+        .expect("a B tensor");
+    let start = t.data.as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut bad = bytes.clone();
+    match t.ty.name() {
+        "F16" => {
+            for e in bad[start..start + t.data.len()].chunks_exact_mut(2) {
+                e.copy_from_slice(&0x7c00u16.to_le_bytes());
+            }
+        }
+        "F32" => {
+            for e in bad[start..start + t.data.len()].chunks_exact_mut(4) {
+                e.copy_from_slice(&f32::INFINITY.to_le_bytes());
+            }
+        }
+        other => panic!("the tiny adapter's B is {other}; extend this test"),
+    }
+    let path = std::env::temp_dir().join(format!("edgelora-inf-{}.gguf", std::process::id()));
+    std::fs::write(&path, &bad).unwrap();
+    let out = edgelora(&[
+        "generate",
+        "-m",
+        "tiny",
+        "-p",
+        "intent: turn on the lights",
+        "-n",
+        "4",
+        "--adapter",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not finite"), "{err}");
+}
