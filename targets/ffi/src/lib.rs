@@ -13,6 +13,7 @@
 
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{align_of, size_of};
+#[cfg(not(feature = "std"))]
 use core::sync::atomic::{AtomicBool, Ordering};
 use edgelora::lora::stream::StreamLoader;
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
@@ -88,19 +89,42 @@ pub struct el_model_info {
 
 // ---- errors ------------------------------------------------------------------------------
 
-/// The last error, formatted; guarded by a try-lock (a racing writer simply skips).
+/// The last error's message and its length.
+type LastBuf = ([u8; 192], usize);
+
+// Hosts (`std`): one message per thread, so concurrent callers on their own handles each read
+// their own failure back.
+#[cfg(feature = "std")]
+std::thread_local! {
+    static LAST: core::cell::RefCell<LastBuf> = const { core::cell::RefCell::new(([0; 192], 0)) };
+}
+
+#[cfg(feature = "std")]
+fn with_last<R>(f: impl FnOnce(&mut LastBuf) -> R) -> Option<R> {
+    // `try_with`: a thread being torn down has no slot left; the message is then dropped.
+    LAST.try_with(|c| c.try_borrow_mut().ok().map(|mut l| f(&mut l)))
+        .ok()
+        .flatten()
+}
+
+/// Firmware (no `std`, no thread-locals): one process-wide message guarded by a try-lock (a
+/// racing writer, e.g. an interrupt handler calling in, simply skips).
+#[cfg(not(feature = "std"))]
 struct Last {
     lock: AtomicBool,
-    buf: core::cell::UnsafeCell<([u8; 192], usize)>,
+    buf: core::cell::UnsafeCell<LastBuf>,
 }
 // SAFETY: `buf` is only touched while `lock` is held (acquired with swap).
+#[cfg(not(feature = "std"))]
 unsafe impl Sync for Last {}
+#[cfg(not(feature = "std"))]
 static LAST: Last = Last {
     lock: AtomicBool::new(false),
     buf: core::cell::UnsafeCell::new(([0; 192], 0)),
 };
 
-fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
+#[cfg(not(feature = "std"))]
+fn with_last<R>(f: impl FnOnce(&mut LastBuf) -> R) -> Option<R> {
     if LAST.lock.swap(true, Ordering::Acquire) {
         return None;
     }
@@ -110,7 +134,7 @@ fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
     Some(r)
 }
 
-struct Cursor<'a>(&'a mut ([u8; 192], usize));
+struct Cursor<'a>(&'a mut LastBuf);
 impl core::fmt::Write for Cursor<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for &b in s.as_bytes() {
@@ -177,7 +201,7 @@ pub unsafe extern "C" fn el_status_str(status: c_int) -> *const c_char {
 }
 
 /// Copy the last error's message (NUL-terminated, truncated to `cap`) into `buf`; returns its
-/// full length. Process-wide, not per thread.
+/// full length. Per thread on hosts (feature `std`); one process-wide message on firmware.
 ///
 /// # Safety
 /// `buf` must be valid for `cap` bytes (or null with `cap` 0).
@@ -558,8 +582,9 @@ pub unsafe extern "C" fn el_forward(
     }
 }
 
-/// Greedy generation: clear the state, run `prompt`, then write up to `max_out` ids to `out`
-/// (stopping after `eos`; pass `0xFFFFFFFF` for none). `*n_out` is the count written.
+/// Greedy generation: clear the state, run `prompt`, then write up to `max_out` ids to `out`,
+/// stopping when the next id would be `eos` (which is not written; pass `0xFFFFFFFF` for
+/// none). `*n_out` is the count written.
 ///
 /// # Safety
 /// Handles from this API for the same model; `prompt` valid for `n_prompt` ids, `out` for
@@ -606,11 +631,15 @@ pub unsafe extern "C" fn el_generate(
     let mut n = 0;
     while n < outs.len() {
         let t = argmax(logits);
+        // The end token ends the output; it is not part of it.
+        if t == eos {
+            break;
+        }
         outs[n] = t;
         n += 1;
         // SAFETY: writable per contract.
         unsafe { *n_out = n };
-        if t == eos || n == outs.len() {
+        if n == outs.len() {
             break;
         }
         logits = match m
