@@ -811,6 +811,19 @@ pub unsafe extern "C" fn el_tokenizer_open(
     EL_OK
 }
 
+/// The vocabulary's end-of-sequence id in `*eos` (`EL_NO_EOS`, `0xFFFFFFFF`, if it has none):
+/// what to pass to `el_generate`.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`; `eos` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_eos(tok: *const el_tokenizer, eos: *mut u32) -> c_int {
+    nonnull!(tok, eos);
+    // SAFETY: valid handle and writable pointer per contract.
+    unsafe { *eos = (*tok).0.eos_id().unwrap_or(u32::MAX) };
+    EL_OK
+}
+
 /// Encode UTF-8 `text` (special tokens parsed), with BOS first if `add_bos` and the
 /// vocabulary has one. `out` is also working memory: `10 * len + 16` ids always suffice.
 ///
