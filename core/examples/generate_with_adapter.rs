@@ -27,7 +27,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adapter_path = arg(1, format!("{TINY}/intent/adapter.gguf"));
     let prompt = arg(2, "intent: turn on the kitchen lights\n".into());
     let n_tokens: usize = arg(3, "24".into()).parse()?;
+    let text = generate(&model_path, &adapter_path, &prompt, n_tokens)?;
+    print!("{prompt}");
+    println!("{text}");
+    Ok(())
+}
 
+/// Greedily generate up to `n_tokens` after `prompt` with the adapter at `adapter_path`
+/// applied to the model at `model_path`; returns the generated text. (`pub`: run by
+/// tests/tests/examples.rs.)
+pub fn generate(
+    model_path: &str,
+    adapter_path: &str,
+    prompt: &str,
+    n_tokens: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
     // 1. Parse the model in place; tensors are views into `model_bytes`.
     let model_bytes = std::fs::read(&model_path)?;
     let gguf = Gguf::parse(&model_bytes)?;
@@ -45,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. The prompt: BOS (if the vocabulary has one) + the text, special tokens parsed.
     let mut ids: Vec<u32> = tok.bos_id().into_iter().collect();
-    ids.extend(tok.encode_vec(&prompt, true)?);
+    ids.extend(tok.encode_vec(prompt, true)?);
 
     // 4. Caller-owned inference state for the prompt plus the tokens to generate.
     let ctx = (ids.len() + n_tokens).min(model.config().ctx_len);
@@ -64,7 +78,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logits = model.forward_with(next, ids.len() + out.len() - 1, &mut state, &set)?;
     }
 
-    print!("{prompt}");
-    println!("{}", tok.decode_to_string(&out)?);
-    Ok(())
+    Ok(tok.decode_to_string(&out)?)
 }

@@ -57,7 +57,8 @@ fn answer(
     tok.decode_to_string(&out)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+// `pub`: tests/tests/examples.rs compiles this file as a module and runs it.
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_bytes = std::fs::read(format!("{TINY}/tiny-base.gguf"))?;
     let gguf = Gguf::parse(&model_bytes)?;
     let model: Model<'_> = Model::from_gguf(&gguf)?;
@@ -73,7 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let intent = intent.bind(&gguf, &model, &mut intent_slots)?;
     let active = AdapterSet::single(&intent, 1.0);
     let req = "intent: turn on the kitchen lights\n";
-    println!("active intent: {}", answer(&model, &tok, &mut state, &active, req)?);
+    println!(
+        "active intent: {}",
+        answer(&model, &tok, &mut state, &active, req)?
+    );
 
     // The sender's side: frame header + adapter GGUF (`reply`).
     let payload = std::fs::read(format!("{TINY}/reply/adapter.gguf"))?;
@@ -90,16 +94,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => return Err("a corrupted adapter was accepted".into()),
         Err(e) => println!("corrupted stream rejected: {e}"),
     }
-    println!("still intent: {}", answer(&model, &tok, &mut state, &active, req)?);
+    println!(
+        "still intent: {}",
+        answer(&model, &tok, &mut state, &active, req)?
+    );
 
     // 2. A clean transfer: verified, parsed, bound, and only then swapped in.
     let received = receive(&mut rx, &wire)?;
-    println!("received {} bytes in {CHUNK}-byte chunks, CRC ok", received.len());
+    println!(
+        "received {} bytes in {CHUNK}-byte chunks, CRC ok",
+        received.len()
+    );
     let reply = Adapter::parse(received)?;
     let mut reply_slots = vec![None; Adapter::slots_len(&cfg)];
     let reply = reply.bind(&gguf, &model, &mut reply_slots)?;
     let active = AdapterSet::single(&reply, 1.0);
     let req = "reply: please raise the shades in the bedroom\n";
-    println!("active reply: {}", answer(&model, &tok, &mut state, &active, req)?);
+    println!(
+        "active reply: {}",
+        answer(&model, &tok, &mut state, &active, req)?
+    );
     Ok(())
 }

@@ -26,7 +26,8 @@ const REQUESTS: [(&str, &str); 5] = [
     ("normalize", "twenty percent"),
 ];
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+// `pub`: tests/tests/examples.rs compiles this file as a module and runs it.
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_bytes = std::fs::read(format!("{TINY}/tiny-base.gguf"))?;
     let gguf = Gguf::parse(&model_bytes)?;
     let model: Model<'_> = Model::from_gguf(&gguf)?;

@@ -180,6 +180,7 @@ fn c_example_generates_and_swaps() {
     assert!(stdout.contains(
         "intent: turn on the kitchen lights -> {\"action\":\"on\",\"device\":\"light\",\"room\":\"kitchen\"}\n"
     ));
-    assert!(stdout
-        .contains("reply: please raise the shades in the bedroom -> Opening the bedroom blinds.\n"));
+    assert!(stdout.contains(
+        "reply: please raise the shades in the bedroom -> Opening the bedroom blinds.\n"
+    ));
 }
