@@ -43,7 +43,7 @@ pub fn generate(
     n_tokens: usize,
 ) -> Result<String, Box<dyn std::error::Error>> {
     // 1. Parse the model in place; tensors are views into `model_bytes`.
-    let model_bytes = std::fs::read(&model_path)?;
+    let model_bytes = std::fs::read(model_path)?;
     let gguf = Gguf::parse(&model_bytes)?;
     let model: Model<'_> = Model::from_gguf(&gguf)?;
     let tok = Tokenizer::new_owned(&gguf)?;
@@ -51,7 +51,7 @@ pub fn generate(
     // 2. Parse the adapter and bind it to this model: `slots` is one entry per
     //    (layer, linear), filled with the adapter's A/B pairs. Binding checks shapes and the
     //    base fingerprint, so a wrong adapter is an error here, not garbage later.
-    let adapter_bytes = std::fs::read(&adapter_path)?;
+    let adapter_bytes = std::fs::read(adapter_path)?;
     let adapter = Adapter::parse(&adapter_bytes)?;
     let mut slots = vec![None; Adapter::slots_len(model.config())];
     let bound = adapter.bind(&gguf, &model, &mut slots)?;
