@@ -916,3 +916,36 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     // catch with its watchdog rather than undefined behaviour.
     loop {}
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+
+    fn last() -> std::string::String {
+        let mut b = [0 as c_char; 192];
+        // SAFETY: `b` holds 192 bytes.
+        let n = unsafe { el_last_error(b.as_mut_ptr(), b.len()) };
+        let bytes: std::vec::Vec<u8> = b[..n.min(191)].iter().map(|&c| c as u8).collect();
+        std::string::String::from_utf8(bytes).unwrap()
+    }
+
+    /// Each thread reads back its own failure, whatever other threads did since.
+    #[test]
+    fn last_error_is_per_thread() {
+        let mut out = core::ptr::null_mut();
+        // SAFETY: null arguments are what is tested; nothing is dereferenced.
+        let st = unsafe { el_model_open(core::ptr::null_mut(), 0, core::ptr::null(), 0, &mut out) };
+        assert_eq!(st, EL_ERR_NULL);
+        std::thread::spawn(|| {
+            let (mut buf, mut out) = ([0u8; 8], core::ptr::null_mut());
+            // SAFETY: `buf` is valid; null object memory is what is tested.
+            let st =
+                unsafe { el_stream_begin(core::ptr::null_mut(), 0, buf.as_mut_ptr(), 8, &mut out) };
+            assert_eq!(st, EL_ERR_NULL);
+            assert_eq!(last(), "object memory is null");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(last(), "null pointer argument");
+    }
+}
