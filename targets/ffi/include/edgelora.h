@@ -93,7 +93,7 @@ const char *el_status_str(int status);
 
 /* Copy the calling thread's last error message (firmware: the process-wide one) into `buf`,
  * NUL-terminated and truncated to `cap` bytes; returns the message's full length (without
- * the NUL), so a return >= cap means it was truncated. 192 bytes always hold it. `buf` may
+ * the NUL), so a return >= cap means it was truncated; messages are at most 192 bytes. `buf` may
  * be NULL with `cap` 0 to query the length. Not cleared by successful calls: read it right
  * after a failing status. */
 size_t el_last_error(char *buf, size_t cap);
