@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_tokens: usize = arg(3, "24".into()).parse()?;
     let text = generate(&model_path, &adapter_path, &prompt, n_tokens)?;
     print!("{prompt}");
-    println!("{text}");
+    println!("{}", text.trim_end());
     Ok(())
 }
 
