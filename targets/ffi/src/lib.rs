@@ -13,6 +13,7 @@
 
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{align_of, size_of};
+#[cfg(not(feature = "std"))]
 use core::sync::atomic::{AtomicBool, Ordering};
 use edgelora::lora::stream::StreamLoader;
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
@@ -88,19 +89,42 @@ pub struct el_model_info {
 
 // ---- errors ------------------------------------------------------------------------------
 
-/// The last error, formatted; guarded by a try-lock (a racing writer simply skips).
+/// The last error's message and its length.
+type LastBuf = ([u8; 192], usize);
+
+// Hosts (`std`): one message per thread, so concurrent callers on their own handles each read
+// their own failure back.
+#[cfg(feature = "std")]
+std::thread_local! {
+    static LAST: core::cell::RefCell<LastBuf> = const { core::cell::RefCell::new(([0; 192], 0)) };
+}
+
+#[cfg(feature = "std")]
+fn with_last<R>(f: impl FnOnce(&mut LastBuf) -> R) -> Option<R> {
+    // `try_with`: a thread being torn down has no slot left; the message is then dropped.
+    LAST.try_with(|c| c.try_borrow_mut().ok().map(|mut l| f(&mut l)))
+        .ok()
+        .flatten()
+}
+
+/// Firmware (no `std`, no thread-locals): one process-wide message guarded by a try-lock (a
+/// racing writer, e.g. an interrupt handler calling in, simply skips).
+#[cfg(not(feature = "std"))]
 struct Last {
     lock: AtomicBool,
-    buf: core::cell::UnsafeCell<([u8; 192], usize)>,
+    buf: core::cell::UnsafeCell<LastBuf>,
 }
 // SAFETY: `buf` is only touched while `lock` is held (acquired with swap).
+#[cfg(not(feature = "std"))]
 unsafe impl Sync for Last {}
+#[cfg(not(feature = "std"))]
 static LAST: Last = Last {
     lock: AtomicBool::new(false),
     buf: core::cell::UnsafeCell::new(([0; 192], 0)),
 };
 
-fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
+#[cfg(not(feature = "std"))]
+fn with_last<R>(f: impl FnOnce(&mut LastBuf) -> R) -> Option<R> {
     if LAST.lock.swap(true, Ordering::Acquire) {
         return None;
     }
@@ -110,7 +134,7 @@ fn with_last<R>(f: impl FnOnce(&mut ([u8; 192], usize)) -> R) -> Option<R> {
     Some(r)
 }
 
-struct Cursor<'a>(&'a mut ([u8; 192], usize));
+struct Cursor<'a>(&'a mut LastBuf);
 impl core::fmt::Write for Cursor<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for &b in s.as_bytes() {
@@ -177,7 +201,7 @@ pub unsafe extern "C" fn el_status_str(status: c_int) -> *const c_char {
 }
 
 /// Copy the last error's message (NUL-terminated, truncated to `cap`) into `buf`; returns its
-/// full length. Process-wide, not per thread.
+/// full length. Per thread on hosts (feature `std`); one process-wide message on firmware.
 ///
 /// # Safety
 /// `buf` must be valid for `cap` bytes (or null with `cap` 0).
@@ -558,8 +582,9 @@ pub unsafe extern "C" fn el_forward(
     }
 }
 
-/// Greedy generation: clear the state, run `prompt`, then write up to `max_out` ids to `out`
-/// (stopping after `eos`; pass `0xFFFFFFFF` for none). `*n_out` is the count written.
+/// Greedy generation: clear the state, run `prompt`, then write up to `max_out` ids to `out`,
+/// stopping when the next id would be `eos` (which is not written; pass `0xFFFFFFFF` for
+/// none). `*n_out` is the count written.
 ///
 /// # Safety
 /// Handles from this API for the same model; `prompt` valid for `n_prompt` ids, `out` for
@@ -606,11 +631,15 @@ pub unsafe extern "C" fn el_generate(
     let mut n = 0;
     while n < outs.len() {
         let t = argmax(logits);
+        // The end token ends the output; it is not part of it.
+        if t == eos {
+            break;
+        }
         outs[n] = t;
         n += 1;
         // SAFETY: writable per contract.
         unsafe { *n_out = n };
-        if t == eos || n == outs.len() {
+        if n == outs.len() {
             break;
         }
         logits = match m
@@ -782,6 +811,19 @@ pub unsafe extern "C" fn el_tokenizer_open(
     EL_OK
 }
 
+/// The vocabulary's end-of-sequence id in `*eos` (`EL_NO_EOS`, `0xFFFFFFFF`, if it has none):
+/// what to pass to `el_generate`.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`; `eos` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_eos(tok: *const el_tokenizer, eos: *mut u32) -> c_int {
+    nonnull!(tok, eos);
+    // SAFETY: valid handle and writable pointer per contract.
+    unsafe { *eos = (*tok).0.eos_id().unwrap_or(u32::MAX) };
+    EL_OK
+}
+
 /// Encode UTF-8 `text` (special tokens parsed), with BOS first if `add_bos` and the
 /// vocabulary has one. `out` is also working memory: `10 * len + 16` ids always suffice.
 ///
@@ -873,4 +915,37 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     // Unreachable from input bytes (the core returns errors); a C firmware sees a hang it can
     // catch with its watchdog rather than undefined behaviour.
     loop {}
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+
+    fn last() -> std::string::String {
+        let mut b = [0 as c_char; 192];
+        // SAFETY: `b` holds 192 bytes.
+        let n = unsafe { el_last_error(b.as_mut_ptr(), b.len()) };
+        let bytes: std::vec::Vec<u8> = b[..n.min(191)].iter().map(|&c| c as u8).collect();
+        std::string::String::from_utf8(bytes).unwrap()
+    }
+
+    /// Each thread reads back its own failure, whatever other threads did since.
+    #[test]
+    fn last_error_is_per_thread() {
+        let mut out = core::ptr::null_mut();
+        // SAFETY: null arguments are what is tested; nothing is dereferenced.
+        let st = unsafe { el_model_open(core::ptr::null_mut(), 0, core::ptr::null(), 0, &mut out) };
+        assert_eq!(st, EL_ERR_NULL);
+        std::thread::spawn(|| {
+            let (mut buf, mut out) = ([0u8; 8], core::ptr::null_mut());
+            // SAFETY: `buf` is valid; null object memory is what is tested.
+            let st =
+                unsafe { el_stream_begin(core::ptr::null_mut(), 0, buf.as_mut_ptr(), 8, &mut out) };
+            assert_eq!(st, EL_ERR_NULL);
+            assert_eq!(last(), "object memory is null");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(last(), "null pointer argument");
+    }
 }

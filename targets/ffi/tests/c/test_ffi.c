@@ -79,6 +79,19 @@ int main(int argc, char **argv) {
     CHECK(el_detokenize(tok, out, n_out, text, sizeof text, &tlen));
     printf("C base text_bytes=%zu\n", tlen);
 
+    /* The end token stops generation and is not written: with eos = out[2], the output is
+     * the ids before its first occurrence. */
+    {
+        uint32_t eos = out[2], cut[16];
+        size_t k = 0, n_cut;
+        while (out[k] != eos) k++;
+        CHECK(el_generate(m, s, ids, n_ids, cut, 16, eos, &n_cut));
+        if (n_cut != k || memcmp(cut, out, k * sizeof *out) != 0) {
+            fprintf(stderr, "eos: got %zu ids, want %zu\n", n_cut, k);
+            return 1;
+        }
+    }
+
     size_t asz = el_adapter_size(m);
     el_adapter *a, *b, *bs;
     CHECK(el_adapter_load(m, a_bytes, a_len, obj(asz), asz, &a));
