@@ -474,8 +474,9 @@ fn turn(
     if ids.len() >= eng.ctx {
         conv.msgs.pop();
         eprintln!(
-            "error: this message does not fit: with the system prompt it is {} tokens, the \
-             context is {} (raise --ctx, shorten the message or the system prompt); not sent",
+            "error: this message does not fit: the system prompt and this message come to {} \
+             tokens, the context is {} (raise --ctx, shorten the message or the system prompt); \
+             not sent",
             ids.len(),
             eng.ctx
         );
