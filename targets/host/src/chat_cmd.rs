@@ -309,7 +309,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     if let (false, Some(name)) = (a.plain, tok.chat_builtin()) {
         eprintln!(
             "warning: {} has no chat template; assuming the built-in {name} format its \
-             vocabulary points to (answers may be off if the model was trained on another)",
+             metadata points to (answers may be off if the model was trained on another)",
             path.display()
         );
     }
@@ -471,6 +471,11 @@ fn turn(
             eng.ctx
         );
     }
+    if ids.is_empty() {
+        conv.msgs.pop();
+        eprintln!("error: this message encodes to no tokens; not sent");
+        return Ok(());
+    }
     if ids.len() >= eng.ctx {
         conv.msgs.pop();
         eprintln!(
@@ -488,7 +493,7 @@ fn turn(
         .zip(&ids)
         .take_while(|(x, y)| x == y)
         .count()
-        .min(ids.len() - 1);
+        .min(ids.len().saturating_sub(1));
     if keep < eng.st.earliest_restart() {
         // The sliding layers' rings no longer hold that far back (--swa-full keeps it).
         keep = 0;
