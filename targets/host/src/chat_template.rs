@@ -83,6 +83,20 @@ impl<'a> ChatRenderer<'a> {
         }
     }
 
+    /// The built-in format's name when prompts are rendered by one because the file has no
+    /// template of its own (a guess from metadata the user should hear about).
+    pub fn builtin_name(&self) -> Option<&'static str> {
+        match self {
+            ChatRenderer::Builtin(t) => Some(t.format().name()),
+            _ => None,
+        }
+    }
+
+    /// True when there is a way to render chat prompts at all.
+    pub fn available(&self) -> bool {
+        !matches!(self, ChatRenderer::None)
+    }
+
     /// One line for the user: which format renders prompts.
     pub fn describe(&self) -> String {
         match self {

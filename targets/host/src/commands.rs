@@ -1,6 +1,6 @@
 //! The subcommands.
 
-use crate::generation::{report, run, TextSink};
+use crate::generation::{report, run};
 use crate::tok::Tok;
 use crate::util::{huge_bytes, human, map, peak_rss, resolve_model, thread_cpu_secs};
 use anyhow::{bail, Context, Result};
@@ -9,7 +9,7 @@ use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
 use edgelora::model::{cache_bytes, state_buffer_for, CacheSpec, CacheType, Config, Model, State};
 use edgelora::sample::{Sampler, SamplerConfig};
 use serde_json::json;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -307,7 +307,7 @@ impl CacheArgs {
 
 impl ModelArgs {
     /// The linears' path, after setting the process-wide kernel thread count from `--threads`.
-    fn mode(&self) -> edgelora::model::KernelMode {
+    pub(crate) fn mode(&self) -> edgelora::model::KernelMode {
         edgelora::kernels::set_threads(self.threads.into());
         if self.reference {
             edgelora::model::KernelMode::Reference
@@ -390,6 +390,8 @@ pub struct Adapters {
     maps: Vec<memmap2::Mmap>,
     scales: Vec<f32>,
     names: Vec<String>,
+    /// Do not print the "bound" line again (`chat` binds once to check, then for good).
+    quiet: bool,
 }
 
 impl Adapters {
@@ -418,7 +420,19 @@ impl Adapters {
             maps,
             scales,
             names,
+            quiet: false,
         })
+    }
+
+    /// The same adapters, binding without printing what they are (already printed once).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// The files, as given.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Parse every adapter.
@@ -444,6 +458,11 @@ impl Adapters {
             let b = a
                 .bind(base, model, sl)
                 .with_context(|| format!("adapter {n} does not fit the model"))?;
+            out.push(b);
+            if self.quiet {
+                continue;
+            }
+            let b = out.last().expect("just pushed");
             eprintln!(
                 "adapter {n}: {} pairs, rank <= {}, alpha {}, bound in {:.2} ms",
                 a.n_pairs(),
@@ -458,7 +477,6 @@ impl Adapters {
                      that base; another fine-tune of the same model would also pass this check)"
                 );
             }
-            out.push(b);
         }
         Ok(out)
     }
@@ -502,7 +520,7 @@ pub struct SampleArgs {
 }
 
 impl SampleArgs {
-    fn sampler(&self) -> Result<Sampler> {
+    pub(crate) fn sampler(&self) -> Result<Sampler> {
         Ok(Sampler::new(SamplerConfig {
             temperature: self.temp,
             top_k: self.top_k,
@@ -727,113 +745,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         println!();
     }
     report(&gen);
-    Ok(())
-}
-
-// ---------------------------------------------------------------- chat
-
-#[derive(clap::Args, Debug)]
-pub struct ChatArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// System message (default: the template's own).
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Maximum tokens per reply.
-    #[arg(long, short = 'n', default_value_t = 256)]
-    pub n: usize,
-    #[command(flatten)]
-    pub sample: SampleArgs,
-}
-
-pub fn chat(a: ChatArgs) -> Result<()> {
-    let path = resolve_model(&a.model.model)?;
-    let m = map(&path)?;
-    let g = Gguf::parse(&m)?;
-    let model: Box<Model> = Box::new(Model::from_gguf(&g)?);
-    let tok = Tok::new(&g)?;
-    let ads = Adapters::open(&a.model.adapters)?;
-    let parsed = ads.parse()?;
-    let mut slots = ads.slots(&model);
-    let bound = ads.bind(&parsed, &g, &model, &mut slots)?;
-    let set = ads.set(&bound)?;
-    let cfg = *model.config();
-    let ctx = a.model.ctx.min(cfg.ctx_len);
-    let mut buf = a.model.cache.buffer(&cfg, ctx);
-    let mut st = a.model.cache.state(&cfg, ctx, &mut buf)?;
-    st.set_kernel_mode(a.model.mode());
-    let mut sampler = a.sample.sampler()?;
-    let mut history = vec![];
-    // The conversation so far, and the token ids whose keys and values are in the cache.
-    let mut msgs: Vec<(String, String)> = vec![];
-    let mut cached: Vec<u32> = vec![];
-    eprintln!(
-        "chatting with {} in {} (empty line or Ctrl-D to quit)",
-        path.display(),
-        tok.chat_format()
-    );
-    let stdin = std::io::stdin();
-    loop {
-        eprint!("> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        msgs.push(("user".into(), line.trim_end().to_string()));
-        // Each turn renders the whole conversation (what a template does to earlier turns
-        // may depend on later ones) and reruns only what differs from the cache: normally
-        // just the new user turn and the generation prompt, as llama.cpp's server does.
-        let pairs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
-        let text = tok.chat_prompt(a.system.as_deref(), &pairs)?;
-        let ids = tok.encode_chat(&text)?;
-        let mut keep = cached
-            .iter()
-            .zip(&ids)
-            .take_while(|(x, y)| x == y)
-            .count()
-            .min(ids.len().saturating_sub(1));
-        if keep < st.earliest_restart() {
-            // The sliding layers' rings no longer hold that far back (--swa-full keeps it).
-            keep = 0;
-        }
-        st.truncate(keep);
-        cached.truncate(keep);
-        let mut stdout = std::io::stdout();
-        let gen = match run(
-            &model,
-            &tok,
-            &mut st,
-            keep,
-            &ids[keep..],
-            a.n,
-            &mut sampler,
-            &mut history,
-            &set,
-            &mut TextSink(|s: &str| {
-                let _ = stdout.write_all(s.as_bytes());
-                let _ = stdout.flush();
-            }),
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("\n{e:#}; starting a new conversation");
-                st.clear();
-                cached.clear();
-                msgs.clear();
-                continue;
-            }
-        };
-        println!();
-        cached.extend_from_slice(&ids[keep..]);
-        cached.extend_from_slice(&gen.tokens);
-        cached.extend(gen.eog);
-        if cached.len() != st.len() {
-            // A reply cut by the end of the context leaves its last token unrun.
-            cached.truncate(st.len());
-        }
-        msgs.push(("assistant".into(), gen.text.clone()));
-        report(&gen);
-    }
     Ok(())
 }
 

@@ -35,20 +35,6 @@ pub trait Sink {
     fn tail(&mut self, _text: &str) {}
 }
 
-/// A sink that only wants the text, piece by piece.
-pub struct TextSink<F: FnMut(&str)>(pub F);
-
-impl<F: FnMut(&str)> Sink for TextSink<F> {
-    fn token(&mut self, _id: u32, text: &str) -> ControlFlow<()> {
-        (self.0)(text);
-        ControlFlow::Continue(())
-    }
-
-    fn tail(&mut self, text: &str) {
-        (self.0)(text);
-    }
-}
-
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish {

@@ -15,6 +15,7 @@ macro_rules! note {
 }
 
 mod adapter_cmd;
+mod chat_cmd;
 mod chat_template;
 mod combine_cmd;
 mod commands;
@@ -60,8 +61,8 @@ enum Cmd {
     /// Generate text from a prompt (tokens/s on stderr).
     Generate(commands::GenerateArgs),
     /// Interactive chat in the model's chat format (its template, else built-in ChatML / Gemma /
-    /// Llama 3), one line per turn; empty line or Ctrl-D quits.
-    Chat(commands::ChatArgs),
+    /// Llama 3); /help lists the commands, Ctrl-D quits.
+    Chat(chat_cmd::ChatArgs),
     /// Print the top-K logits at every position, teacher-forced, for comparing runtimes.
     #[cfg(not(feature = "cuda"))]
     Logits(commands::LogitsArgs),
@@ -147,7 +148,7 @@ fn main() -> Result<()> {
         Cmd::Eval(a) => demo::eval(a),
         Cmd::Inspect(a) => commands::inspect(a),
         Cmd::Generate(a) => commands::generate(a),
-        Cmd::Chat(a) => commands::chat(a),
+        Cmd::Chat(a) => chat_cmd::chat(a),
         #[cfg(not(feature = "cuda"))]
         Cmd::Logits(a) => commands::logits(a),
         #[cfg(feature = "cuda")]

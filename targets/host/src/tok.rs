@@ -41,6 +41,17 @@ impl<'a> Tok<'a> {
         self.chat.describe()
     }
 
+    /// The built-in format (`chatml`, `gemma`, `llama3`) used because the file has no chat
+    /// template, if that is how prompts are rendered.
+    pub fn chat_builtin(&self) -> Option<&'static str> {
+        self.chat.builtin_name()
+    }
+
+    /// True when the model has a chat format (its template or a built-in one).
+    pub fn can_chat(&self) -> bool {
+        self.chat.available()
+    }
+
     /// Token ids for `text`, with BOS first when the model asks for it.
     pub fn encode_prompt(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let mut ids = vec![];
