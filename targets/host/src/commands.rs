@@ -511,9 +511,16 @@ pub struct SampleArgs {
     /// Nucleus sampling mass (1 = off).
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Drop tokens whose probability is below this fraction of the most likely one's (0 = off;
+    /// llama.cpp's --min-p).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
     /// Repetition penalty (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// How many of the last tokens the repetition penalty looks at (0 = none).
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
     /// RNG seed: the same seed gives the same text.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -526,7 +533,8 @@ impl SampleArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: 64,
+            repeat_last_n: self.repeat_last_n,
+            min_p: self.min_p,
             seed: self.seed,
             ..SamplerConfig::default()
         })?)

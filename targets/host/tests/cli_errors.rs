@@ -371,3 +371,50 @@ fn an_adapter_that_makes_the_logits_non_finite_is_an_error_not_garbage() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not finite"), "{err}");
 }
+
+#[test]
+fn min_p_and_repeat_last_n_reach_the_sampler() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "-m",
+            "tiny",
+            "-p",
+            "reply: hello there",
+            "-n",
+            "16",
+            "--temp",
+            "1.5",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        let out = edgelora(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    // min-p 1 keeps only the most likely token: the greedy text, whatever the temperature.
+    let greedy = edgelora(&[
+        "generate",
+        "-m",
+        "tiny",
+        "-p",
+        "reply: hello there",
+        "-n",
+        "16",
+    ]);
+    assert_eq!(run(&["--min-p", "1"]), greedy.stdout);
+    // A strong penalty over a long window changes a hot sample's text; over no window not.
+    let plain = run(&[]);
+    assert_eq!(
+        run(&["--repeat-penalty", "3", "--repeat-last-n", "0"]),
+        plain
+    );
+    let out = edgelora(&["generate", "-m", "tiny", "-p", "hi", "--min-p", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_p"));
+}
