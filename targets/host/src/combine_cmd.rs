@@ -117,6 +117,13 @@ pub fn run(a: CombineArgs) -> Result<()> {
             label: l,
         })
         .collect();
+    let name = method.name();
+    if a.density.is_none() && !matches!(name, "linear" | "cat" | "svd") && inputs.len() > 1 {
+        bail!(
+            "--method {name} needs --density D in [0, 1], the fraction of each update it keeps \
+             (PEFT has no default; 0.5 is a common start)"
+        );
+    }
     let opts = CombineOptions {
         method,
         density: a.density,

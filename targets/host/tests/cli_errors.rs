@@ -129,6 +129,20 @@ fn every_bad_input_fails_with_a_message_that_says_what_to_do() {
             &["unknown task", "intent", "reply", "normalize"],
         ),
         (
+            "a pruning combine method without --density",
+            s(&[
+                "adapter",
+                "combine",
+                A,
+                "models/tiny/reply/adapter.gguf",
+                "--method",
+                "ties",
+                "-o",
+                &missing_s,
+            ]),
+            &["--density"],
+        ),
+        (
             "more adapters than can run at once",
             g(&[
                 "--adapter",
