@@ -40,6 +40,12 @@ pub struct DemoArgs {
     pub max_new: usize,
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// Print one JSON object instead of text: {model, model_bytes, layers, dim, ctx,
+    /// state_bytes, load_ms, adapters: [{task, file, bytes}], requests: [{task, input, expected,
+    /// base, adapter, base_ok, adapter_ok}], exact_match: {TASK: {adapter, base, n}},
+    /// swap_ns_mean, swaps, tokens, seconds, tokens_per_s, kernel, peak_rss_bytes}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -307,7 +313,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         );
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
-    println!(
+    let mut requests = vec![];
+    if !a.json {
+        println!(
         "edgelora demo: base {} ({}, {} layers, dim {}), {} task adapters ({}), state {} for {} tokens; loaded in {load_ms:.1} ms",
         path.display(),
         human(m.len() as u64),
@@ -318,6 +326,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         human(State::bytes_for_cache(&cfg, ctx, a.cache.spec()) as u64),
         ctx
     );
+    }
     let data: Vec<Vec<Example>> = TASKS
         .iter()
         .map(|t| load_examples(&a.data, t))
@@ -351,6 +360,13 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             let (ok_a, ok_b) = (with == ex.output, base == ex.output);
             score[ti][0] += ok_a as usize;
             score[ti][1] += ok_b as usize;
+            if a.json {
+                requests.push(serde_json::json!({
+                    "task": task, "input": ex.input, "expected": ex.output,
+                    "base": base, "adapter": with, "base_ok": ok_b, "adapter_ok": ok_a,
+                }));
+                continue;
+            }
             println!("\n[{task}] {}", ex.input);
             println!("  base alone : {base:?} {}", if ok_b { "✓" } else { "✗" });
             println!("  + adapter  : {with:?} {}", if ok_a { "✓" } else { "✗" });
@@ -358,6 +374,39 @@ pub fn demo(a: DemoArgs) -> Result<()> {
                 println!("  expected   : {:?}", ex.output);
             }
         }
+    }
+    if a.json {
+        let mut em = serde_json::Map::new();
+        for (ti, task) in TASKS.iter().enumerate() {
+            let n = a.n.min(data[ti].len());
+            em.insert(
+                task.to_string(),
+                serde_json::json!({"adapter": score[ti][0], "base": score[ti][1], "n": n}),
+            );
+        }
+        let out = serde_json::json!({
+            "model": path.display().to_string(),
+            "model_bytes": m.len(),
+            "layers": cfg.n_layers,
+            "dim": cfg.dim,
+            "ctx": ctx,
+            "state_bytes": State::bytes_for_cache(&cfg, ctx, a.cache.spec()),
+            "load_ms": load_ms,
+            "adapters": maps.iter().map(|(t, p, mm)| serde_json::json!({
+                "task": t, "file": p.display().to_string(), "bytes": mm.len(),
+            })).collect::<Vec<_>>(),
+            "requests": requests,
+            "exact_match": em,
+            "swap_ns_mean": swap_ns / swaps.max(1) as f64,
+            "swaps": swaps,
+            "tokens": gen_tokens,
+            "seconds": gen_secs,
+            "tokens_per_s": gen_tokens as f64 / gen_secs.max(1e-9),
+            "kernel": edgelora::kernels::active_isa_name(),
+            "peak_rss_bytes": peak_rss(),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
     }
     println!("\nexact match on {} held-out inputs per task:", a.n);
     for (ti, task) in TASKS.iter().enumerate() {

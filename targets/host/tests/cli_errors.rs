@@ -432,3 +432,22 @@ fn min_p_and_repeat_last_n_reach_the_sampler() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("min_p"));
 }
+
+#[test]
+fn demo_speaks_json() {
+    let out = edgelora(&["demo", "--json", "-n", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["requests"].as_array().unwrap().len(), 6);
+    assert_eq!(j["adapters"].as_array().unwrap().len(), 3);
+    for task in ["intent", "reply", "normalize"] {
+        let e = &j["exact_match"][task];
+        assert_eq!(e["n"], 2);
+        assert!(e["adapter"].as_u64().unwrap() >= e["base"].as_u64().unwrap());
+    }
+    assert!(j["swaps"].as_u64().unwrap() == 6 && j["tokens"].as_u64().unwrap() > 0);
+}
