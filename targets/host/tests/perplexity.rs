@@ -123,51 +123,24 @@ fn perplexity_refuses_short_text_and_bad_window() {
     let model = root().join("models/tiny/tiny-base.gguf");
     let short = std::env::temp_dir().join(format!("edgelora-ppl-short-{}.txt", std::process::id()));
     std::fs::write(&short, "only a few words").unwrap();
-    let out = edgelora(&[
-        "perplexity",
-        "-m",
-        model.to_str().unwrap(),
-        "-f",
-        short.to_str().unwrap(),
-        "--ctx",
-        "64",
-    ]);
+    let text = "tests/fixtures/text/kjv-genesis-1-20.txt";
+    // (file, extra arguments, what stderr must say)
+    let cases: [(&str, &[&str], &str); 4] = [
+        (short.to_str().unwrap(), &["--ctx", "64"], "needs at least"),
+        (text, &["--ctx", "2"], "too short"),
+        ("no/such.txt", &[], "no/such.txt"),
+        // A window longer than the model's context names the limit.
+        (text, &["--ctx", "4096"], "longer than the model's context"),
+    ];
+    for (file, extra, want) in cases {
+        let mut args = vec!["perplexity", "-m", model.to_str().unwrap(), "-f", file];
+        args.extend_from_slice(extra);
+        let out = edgelora(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
     let _ = std::fs::remove_file(&short);
-    assert!(!out.status.success(), "a too-short text must fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs at least"), "{err}");
-    let out = edgelora(&[
-        "perplexity",
-        "-m",
-        model.to_str().unwrap(),
-        "-f",
-        "tests/fixtures/text/kjv-genesis-1-20.txt",
-        "--ctx",
-        "2",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
-    let out = edgelora(&[
-        "perplexity",
-        "-m",
-        model.to_str().unwrap(),
-        "-f",
-        "no/such.txt",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such.txt"));
-    // A window longer than the model's context names the limit.
-    let out = edgelora(&[
-        "perplexity",
-        "-m",
-        model.to_str().unwrap(),
-        "-f",
-        "tests/fixtures/text/kjv-genesis-1-20.txt",
-        "--ctx",
-        "4096",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the model's context"));
 }
 
 #[test]
