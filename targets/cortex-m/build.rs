@@ -7,7 +7,7 @@
 //! needed and the RAM budget is known at link time: no heap is needed.
 
 use edgelora::lora::Adapter;
-use edgelora::model::{Model, State};
+use edgelora::model::{CacheSpec, CacheType, Model, State};
 use edgelora::tokenizer::Tokenizer;
 use edgelora::Gguf;
 use std::collections::BTreeMap;
@@ -31,6 +31,12 @@ fn main() {
     std::fs::copy(&mem, out.join("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed={}", mem.display());
+
+    // Armv8-M (M33, M55) guards the stack with MSPLIM, Armv7-M with the MPU (lib.rs).
+    println!("cargo:rustc-check-cfg=cfg(armv8m)");
+    if std::env::var("TARGET").is_ok_and(|t| t.starts_with("thumbv8m")) {
+        println!("cargo:rustc-cfg=armv8m");
+    }
 
     let manifest = here.join("assets/manifest.txt");
     println!("cargo:rerun-if-changed={}", manifest.display());
@@ -66,7 +72,13 @@ fn main() {
     let ctx = num("ctx");
     let n_gen = num("n_gen");
     let prompt = &m["prompt"];
-    let state = State::checked_len_for(&cfg, ctx).expect("state size");
+    // The device's KV cache type from the manifest; prompt blocks of one token (a Cortex-M
+    // build runs the prompt token by token, so a bigger block would only hold activations
+    // nothing uses: 43 KB of the tiny fixture's 116 KB f32 state at ctx 128).
+    let cache_ty = CacheType::from_name(&m["kv_cache"])
+        .unwrap_or_else(|| panic!("manifest kv_cache `{}`: f32, f16 or q8_0", m["kv_cache"]));
+    let spec = CacheSpec::of(cache_ty).with_block(1);
+    let state = State::checked_len_for_cache(&cfg, ctx, spec).expect("state size");
     let tok_words = Tokenizer::scratch_len(&g).expect("tokenizer");
     let mut stream = 0;
     for p in [&a_p, &b_p] {
@@ -91,7 +103,12 @@ fn main() {
     writeln!(s, "/// Layers of the model in flash (`Model<'_, MAX_LAYERS>`).\npub const MAX_LAYERS: usize = {};", cfg.n_layers).unwrap();
     writeln!(
         s,
-        "/// `State::len_for(cfg, CTX)` f32 values.\npub const STATE_F32S: usize = {state};"
+        "/// KV cache type and prompt block of the state.\npub const CACHE: edgelora::model::CacheSpec = edgelora::model::CacheSpec::of(edgelora::model::CacheType::{cache_ty:?}).with_block(1);"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "/// `State::len_for_cache(cfg, CTX, CACHE)` f32 values.\npub const STATE_F32S: usize = {state};"
     )
     .unwrap();
     writeln!(

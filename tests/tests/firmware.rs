@@ -20,7 +20,7 @@ mod scenario;
 
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::{Adapter, AdapterSet};
-use edgelora::model::{Model, State};
+use edgelora::model::{CacheSpec, CacheType, Model, State};
 use edgelora::tokenizer::Tokenizer;
 use edgelora::Gguf;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,14 @@ fn run_qemu(elf: &Path, board: &str, extra: &str) -> String {
 }
 
 /// The `EL ` lines the host prints running the scenario with the portable kernel.
+/// The firmware's state: the manifest's KV cache type, prompt blocks of one token (as
+/// build.rs sizes it; the host runs the same spec so the lines can match).
+fn device_cache() -> CacheSpec {
+    let ty = manifest("kv_cache");
+    CacheSpec::of(CacheType::from_name(&ty).unwrap_or_else(|| panic!("manifest kv_cache {ty}")))
+        .with_block(1)
+}
+
 fn host_lines() -> Vec<String> {
     kernels::force(Isa::Portable).unwrap();
     let base = asset("base");
@@ -151,7 +159,7 @@ fn host_lines() -> Vec<String> {
         .max(asset("adapter_b").len())
         .next_multiple_of(32);
     let bufs = scenario::Buffers {
-        state: leak(0.0, State::len_for(&cfg, ctx)),
+        state: leak(0.0, State::len_for_cache(&cfg, ctx, device_cache())),
         tok: leak(0, Tokenizer::scratch_len(&g).unwrap()),
         prompt: leak(0, Tokenizer::encode_buf_len(prompt.len())),
         gen: leak(0, n_gen),
@@ -167,6 +175,7 @@ fn host_lines() -> Vec<String> {
         adapter_wrong: asset("adapter_wrong_base"),
         prompt,
         ctx,
+        cache: device_cache(),
     };
     let mut out = String::new();
     if let Err(e) = scenario::run::<64, _>(&assets, bufs, &mut out) {
@@ -271,8 +280,8 @@ fn firmware_runtime_matches_host_and_fits_budget() {
     let m: Model<'_> = Model::from_gguf(&g).unwrap();
     let ctx: usize = manifest("ctx").parse().unwrap();
     let n_gen: usize = manifest("n_gen").parse().unwrap();
-    let mut buf = vec![0f32; State::len_for(m.config(), ctx)];
-    let mut st = State::new(m.config(), ctx, &mut buf).unwrap();
+    let mut buf = vec![0f32; State::len_for_cache(m.config(), ctx, device_cache())];
+    let mut st = State::with_cache(m.config(), ctx, device_cache(), &mut buf).unwrap();
     let ad = Adapter::parse(asset("adapter_a")).unwrap();
     let mut slots = vec![None; Adapter::slots_len(m.config())];
     let bound = ad.bind(&g, &m, &mut slots).unwrap();
@@ -318,5 +327,33 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
             field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
             "70"
         );
+    }
+}
+
+#[test]
+fn firmware_stack_overflow_faults_instead_of_corrupting() {
+    if qemu_missing() {
+        return;
+    }
+    for board in ["an386", "an500"] {
+        let Some(elf) = build("stackguard", board, false) else {
+            return;
+        };
+        let out = Command::new(root().join("scripts/qemu-run.sh"))
+            .arg(&elf)
+            .env("EDGELORA_BOARD", board)
+            .env("EDGELORA_QEMU_TIMEOUT", "120")
+            .output()
+            .expect("run qemu");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("--- stackguard {board}\n{stdout}");
+        assert_eq!(field(&stdout, "EL-STACKGUARD", "armed"), "true");
+        assert!(
+            stdout.contains("stack_overflow=true"),
+            "the guard did not report the overflow ({board}):\n{stdout}"
+        );
+        assert!(!stdout.contains("EL-STACKGUARD returned"), "{stdout}");
+        // A fault exits with failure (1); 124 would be the timeout (a hang or lockup).
+        assert_eq!(out.status.code(), Some(1), "{board}: {stdout}");
     }
 }

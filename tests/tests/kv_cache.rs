@@ -110,7 +110,11 @@ fn sliding_window_ring_is_bit_identical_to_the_full_cache() {
                 continue;
             }
             let ring = CacheSpec::of(ty);
-            let full = CacheSpec { ty, swa_full: true };
+            let full = CacheSpec {
+                ty,
+                swa_full: true,
+                ..CacheSpec::default()
+            };
             let (lr, lf) = (
                 State::len_for_cache(&cfg, CTX, ring),
                 State::len_for_cache(&cfg, CTX, full),

@@ -182,6 +182,17 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// A float value (f32 as is, f64 rounded to f32), `None` for other types. What
+    /// [`Gguf::get_f32`] reads: an f32 does not round-trip through f64 (on Cortex-M that would
+    /// link the soft-float `__aeabi_f2d` beside the `__aeabi_d2f` an f64 value needs).
+    pub fn as_f32(&self) -> Option<f32> {
+        match *self {
+            Value::F32(v) => Some(v),
+            Value::F64(v) => Some(v as f32),
+            _ => None,
+        }
+    }
+
     /// A string value as `&str` if it is valid UTF-8.
     pub fn as_str(&self) -> Option<&'a str> {
         match *self {
@@ -599,12 +610,16 @@ fn read_tensor_info<'a>(
         .named(nm)
         .detail(ne[0], ty.block_len() as u64)
     })?;
-    let nbytes = row.checked_mul(total / ne[0]).ok_or_else(|| {
+    // Rows = the product of the dimensions after the first (`total / ne[0]` without a u64
+    // division: on 32-bit Arm that links compiler_builtins' 864-byte `__udivmoddi4`).
+    let rows = ne[1..].iter().product::<u64>();
+    let nbytes = row.checked_mul(rows).ok_or_else(|| {
         Error::new(ErrorKind::BadDims, "tensor byte size overflows")
             .at(at)
             .named(nm)
     })?;
-    if offset % ds.alignment as u64 != 0 {
+    // `alignment` is a power of two (checked where it is read): a mask, no u64 division.
+    if offset & (ds.alignment as u64 - 1) != 0 {
         return Err(Error::new(ErrorKind::Misaligned, "tensor offset")
             .at(at)
             .named(nm)
@@ -833,7 +848,8 @@ impl<'a> Gguf<'a> {
         }
         let header_end = cur.pos() as u64;
         let a = alignment as u64;
-        let data_start = header_end.div_ceil(a) * a;
+        // Round up to the power-of-two alignment with a mask (no u64 division on 32-bit).
+        let data_start = (header_end + (a - 1)) & !(a - 1);
         if data_start > file_len && n_tensors > 0 {
             return Err(
                 Error::new(ErrorKind::Truncated, "padding before tensor data")
@@ -887,7 +903,7 @@ impl<'a> Gguf<'a> {
         // starts early and every tensor view would be shifted into other bytes.
         if n_tensors > 0 {
             let end = data_start + prev_end;
-            let padded = end.div_ceil(a) * a;
+            let padded = (end + (a - 1)) & !(a - 1); // power-of-two alignment: no u64 division
             if file_len > padded {
                 return Err(Error::new(
                     ErrorKind::OutOfBounds,
@@ -1062,7 +1078,7 @@ impl<'a> Gguf<'a> {
     /// [`ErrorKind::MissingKey`] or [`ErrorKind::WrongType`].
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_float().map(|f| f as f32).ok_or_else(|| {
+        v.as_f32().ok_or_else(|| {
             Error::new(ErrorKind::WrongType, "expected float32").named(key.as_bytes())
         })
     }
@@ -1074,7 +1090,7 @@ impl<'a> Gguf<'a> {
     pub fn get_f32_opt(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_float().map(|f| Some(f as f32)).ok_or_else(|| {
+            Some(v) => v.as_f32().map(Some).ok_or_else(|| {
                 Error::new(ErrorKind::WrongType, "expected float32").named(key.as_bytes())
             }),
         }

@@ -21,8 +21,8 @@
 pub(crate) enum Elems<'a> {
     /// f32 words.
     F32(&'a [f32]),
-    /// Little-endian IEEE half-precision values, two bytes each (the `kv-quant` caches).
-    #[cfg(feature = "kv-quant")]
+    /// Little-endian IEEE half-precision values, two bytes each (the `kv-f16` cache).
+    #[cfg(feature = "kv-f16")]
     F16(&'a [u8]),
 }
 
@@ -31,7 +31,7 @@ impl Elems<'_> {
     pub(crate) fn len(&self) -> usize {
         match self {
             Elems::F32(x) => x.len(),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             Elems::F16(x) => x.len() / 2,
         }
     }
@@ -54,7 +54,7 @@ pub(crate) const LANES: usize = 16;
 /// slower than f32). Finite halves: the exponent and mantissa bits shifted into an f32 and
 /// scaled by 2^112 (the exponent bias difference; subnormals come out right because the f32
 /// they land in is subnormal too and the scaling is exact). Inf/NaN: exponent all ones.
-#[cfg(feature = "kv-quant")]
+#[cfg(feature = "kv-f16")]
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
@@ -106,7 +106,7 @@ fn dot16_f32(q: &[f32], k: &[f32]) -> f32 {
     fold16(acc)
 }
 
-#[cfg(feature = "kv-quant")]
+#[cfg(feature = "kv-f16")]
 #[inline(always)]
 fn dot16_f16(q: &[f32], k: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -125,7 +125,7 @@ pub(crate) fn scores(q: &[f32], k: Elems<'_>, stride: usize, scale: f32, out: &m
     for (i, o) in out.iter_mut().enumerate() {
         let s = match k {
             Elems::F32(k) => dot16_f32(q, &k[i * stride..i * stride + hd]),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             Elems::F16(k) => dot16_f16(q, &k[2 * i * stride..2 * (i * stride + hd)]),
         };
         *o = s * scale;
@@ -146,7 +146,7 @@ pub(crate) fn wsum(p: &[f32], v: Elems<'_>, stride: usize, out: &mut [f32]) -> b
                     *o += pi * x;
                 }
             }
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             Elems::F16(v) => {
                 let row = &v[2 * i * stride..2 * (i * stride + hd)];
                 for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
@@ -185,7 +185,7 @@ mod tests {
         x.iter().flat_map(|&v| crate::quant::to_f16_le(v)).collect()
     }
 
-    #[cfg(feature = "kv-quant")]
+    #[cfg(feature = "kv-f16")]
     #[test]
     fn f16_to_f32_matches_half_for_every_value() {
         for h in 0..=u16::MAX {
@@ -234,7 +234,7 @@ mod tests {
                         .collect();
                     let k16 = halves(&k);
                     let mut all = vec![Elems::F32(k.get(kvo..).unwrap_or(&[]))];
-                    #[cfg(feature = "kv-quant")]
+                    #[cfg(feature = "kv-f16")]
                     all.push(Elems::F16(k16.get(2 * kvo..).unwrap_or(&[])));
                     let _ = &k16;
                     for rows in all {

@@ -32,10 +32,10 @@
 use super::{softcap, softmax_with, Config, State};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::attn::Elems;
-#[cfg(feature = "kv-quant")]
+#[cfg(feature = "kv-q8_0")]
 use crate::kernels::scratch_blocks;
 use crate::kernels::Kernel;
-#[cfg(feature = "kv-quant")]
+#[cfg(feature = "kv-q8_0")]
 use crate::quant::cast_blocks;
 use crate::quant::BlockQ8_0;
 
@@ -85,13 +85,18 @@ impl CacheType {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`]: Q8_0 with a `head_dim` that is not a multiple of 32
-    /// (its blocks run along each head); F16 or Q8_0 in a build without the `kv-quant`
-    /// feature.
+    /// (its blocks run along each head); F16 in a build without the `kv-f16` feature, Q8_0
+    /// without `kv-q8_0` (both in `kv-quant`).
     pub fn check(self, cfg: &Config) -> Result<()> {
-        if self != CacheType::F32 && !cfg!(feature = "kv-quant") {
+        let built = match self {
+            CacheType::F32 => true,
+            CacheType::F16 => cfg!(feature = "kv-f16"),
+            CacheType::Q8_0 => cfg!(feature = "kv-q8_0"),
+        };
+        if !built {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "KV cache type needs edgelora's `kv-quant` feature (use f32)",
+                "KV cache type not built: needs edgelora's `kv-f16` / `kv-q8_0` feature (`kv-quant` has both; or use f32)",
             ));
         }
         if self == CacheType::Q8_0 && !cfg.head_dim.is_multiple_of(32) {
@@ -105,36 +110,63 @@ impl CacheType {
     }
 }
 
-/// How a state's KV cache is built: element type, and whether sliding-window layers keep every
+/// How a state's KV cache is built: element type, whether sliding-window layers keep every
 /// position (`swa_full`, llama.cpp's option of the same name: any rewind works, at the memory
-/// of a full cache) or only a ring of their window (the default).
+/// of a full cache) or only a ring of their window (the default), and how many prompt tokens
+/// pass through the layers together (`block`: it sizes the activations and the rings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CacheSpec {
     /// Element type of K and V.
     pub ty: CacheType,
     /// Keep all `ctx` positions in sliding-window layers too.
     pub swa_full: bool,
+    /// Prompt tokens per prefill block, capped by `ctx`; 0 (the default) means this target's
+    /// default, [`State::block_for`]. A microcontroller build runs one token at a time either
+    /// way, so 1 there keeps only single-token activations in RAM; a host computing a device
+    /// state's size (the firmware's build script) says 1 explicitly.
+    pub block: usize,
 }
 
 impl CacheSpec {
-    /// A spec of type `ty` with sliding-window rings.
+    /// A spec of type `ty` with sliding-window rings and the target's default block.
     pub const fn of(ty: CacheType) -> CacheSpec {
         CacheSpec {
             ty,
             swa_full: false,
+            block: 0,
+        }
+    }
+
+    /// This spec with prompt blocks of `block` tokens (0: the target's default).
+    pub const fn with_block(self, block: usize) -> CacheSpec {
+        CacheSpec { block, ..self }
+    }
+
+    /// Prompt tokens per block for a state of `ctx` positions: `block` (or the target's
+    /// default when 0), at most `ctx`.
+    pub const fn block_for(self, ctx: usize) -> usize {
+        let b = if self.block == 0 {
+            State::block_for(ctx)
+        } else {
+            self.block
+        };
+        if b < ctx {
+            b
+        } else {
+            ctx
         }
     }
 }
 
 /// Rows (positions) layer `l` keeps: `ctx` for a global layer, `min(ctx, window + block - 1)`
 /// for a sliding-window layer (the module doc says why that is enough), `block` being
-/// [`State::block_for`]`(ctx)`.
+/// [`CacheSpec::block_for`]`(ctx)`.
 pub fn layer_slots(cfg: &Config, ctx: usize, spec: CacheSpec, l: usize) -> usize {
     if spec.swa_full || !cfg.arch.is_swa(l) {
         return ctx;
     }
     let w = cfg.arch.swa_window;
-    ctx.min(w.saturating_add(State::block_for(ctx)).saturating_sub(1))
+    ctx.min(w.saturating_add(spec.block_for(ctx)).saturating_sub(1))
 }
 
 /// `f32` words of layer `l`'s K region (V's is the same size), or `None` on overflow.
@@ -157,14 +189,14 @@ pub fn cache_bytes(cfg: &Config, ctx: usize, spec: CacheSpec) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-#[cfg(feature = "kv-quant")]
+#[cfg(any(feature = "kv-f16", feature = "kv-q8_0"))]
 fn words_as_bytes(w: &[f32]) -> &[u8] {
     // SAFETY: initialised f32s viewed as bytes: `u8` has alignment 1 and no invalid values;
     // the shared borrow carries over.
     unsafe { core::slice::from_raw_parts(w.as_ptr().cast::<u8>(), core::mem::size_of_val(w)) }
 }
 
-#[cfg(feature = "kv-quant")]
+#[cfg(any(feature = "kv-f16", feature = "kv-q8_0"))]
 fn words_as_bytes_mut(w: &mut [f32]) -> &mut [u8] {
     let len = core::mem::size_of_val(w);
     // SAFETY: as `words_as_bytes`; any byte pattern written through the view is a valid f32,
@@ -190,7 +222,7 @@ pub(super) fn store_row(
             }
             None => false,
         },
-        #[cfg(feature = "kv-quant")]
+        #[cfg(feature = "kv-f16")]
         CacheType::F16 => {
             let rb = kv_dim * 2;
             match words_as_bytes_mut(region).get_mut(slot * rb..(slot + 1) * rb) {
@@ -203,7 +235,7 @@ pub(super) fn store_row(
                 None => false,
             }
         }
-        #[cfg(feature = "kv-quant")]
+        #[cfg(feature = "kv-q8_0")]
         CacheType::Q8_0 => {
             let bpr = kv_dim / 32;
             match scratch_blocks::<BlockQ8_0>(region).get_mut(slot * bpr..(slot + 1) * bpr) {
@@ -214,7 +246,7 @@ pub(super) fn store_row(
                 None => false,
             }
         }
-        #[cfg(not(feature = "kv-quant"))]
+        #[cfg(not(all(feature = "kv-f16", feature = "kv-q8_0")))]
         _ => {
             let _ = kern;
             false
@@ -225,9 +257,9 @@ pub(super) fn store_row(
 /// One layer's cached rows as the attention reads them.
 enum Rows<'a> {
     F32(&'a [f32]),
-    #[cfg(feature = "kv-quant")]
+    #[cfg(feature = "kv-f16")]
     F16(&'a [u8]),
-    #[cfg(feature = "kv-quant")]
+    #[cfg(feature = "kv-q8_0")]
     Q8(&'a [BlockQ8_0]),
 }
 
@@ -235,15 +267,15 @@ impl<'a> Rows<'a> {
     fn new(ty: CacheType, region: &'a [f32]) -> Option<Rows<'a>> {
         match ty {
             CacheType::F32 => Some(Rows::F32(region)),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             CacheType::F16 => Some(Rows::F16(words_as_bytes(region))),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-q8_0")]
             CacheType::Q8_0 => {
                 let b = words_as_bytes(region);
                 let n = b.len() / 34 * 34;
                 cast_blocks(&b[..n]).ok().map(Rows::Q8)
             }
-            #[cfg(not(feature = "kv-quant"))]
+            #[cfg(not(all(feature = "kv-f16", feature = "kv-q8_0")))]
             _ => None,
         }
     }
@@ -266,7 +298,7 @@ pub(super) struct Attn<'a> {
     pub scale: f32,
     pub cap: f32,
     /// The state's kernel table (the F16 and Q8_0 dots).
-    #[cfg_attr(not(feature = "kv-quant"), allow(dead_code))]
+    #[cfg_attr(not(feature = "kv-q8_0"), allow(dead_code))]
     pub kern: &'static Kernel,
 }
 
@@ -298,9 +330,9 @@ pub(super) fn attend<'a>(
     let n0 = span.min(a.slots - s0);
     let runs = [(s0, n0), (0, span - n0)];
     let (hd, kv_dim) = (a.hd, a.kv_dim);
-    #[cfg(feature = "kv-quant")]
+    #[cfg(feature = "kv-q8_0")]
     let qb = hd / 32;
-    #[cfg(feature = "kv-quant")]
+    #[cfg(feature = "kv-q8_0")]
     if let Rows::Q8(_) = k {
         let nb = q.len() / 32;
         match qq.get_mut(..nb) {
@@ -315,9 +347,9 @@ pub(super) fn attend<'a>(
         let e = r0 * kv_dim + kvo;
         match *rows {
             Rows::F32(x) => x.get(e..).map(Elems::F32),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             Rows::F16(x) => x.get(2 * e..).map(Elems::F16),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-q8_0")]
             Rows::Q8(_) => None,
         }
     };
@@ -334,7 +366,7 @@ pub(super) fn attend<'a>(
                 continue;
             }
             match k {
-                #[cfg(feature = "kv-quant")]
+                #[cfg(feature = "kv-q8_0")]
                 Rows::Q8(k) => {
                     for (s, t) in ar.iter_mut().zip(r0..r0 + n) {
                         let o = (t * kv_dim + kvo) / 32;
@@ -375,7 +407,7 @@ pub(super) fn attend<'a>(
                 continue;
             }
             match v {
-                #[cfg(feature = "kv-quant")]
+                #[cfg(feature = "kv-q8_0")]
                 Rows::Q8(v) => {
                     for (t, &p) in (r0..r0 + n).zip(p) {
                         let o = (t * kv_dim + kvo) / 32;

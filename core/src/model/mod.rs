@@ -150,8 +150,9 @@ pub const PREFILL_BLOCK: usize = 16;
 /// their matmul is one matvec per token anyway, and the blocked matmul and batched LoRA code
 /// costs ~7 KB of flash on thumbv7em (over the 64 KiB runtime budget), so there the one
 /// forward body runs blocks of one token. The results are the same either way
-/// (`tests/tests/prefill.rs`). The state keeps the same layout on every target (the firmware
-/// test compares its size with the host's).
+/// (`tests/tests/prefill.rs`). There [`State::block_for`] is 1, so a state holds one token's
+/// activations; a host sizing a device's state (the firmware's build script) asks for that
+/// block explicitly ([`CacheSpec::with_block`]).
 const BLOCKED_PREFILL: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 /// Default capacity for layers in [`Model`]; firmware can pick a smaller `Model<'w, N>`.
@@ -516,7 +517,7 @@ impl<'w, const L: usize> Model<'w, L> {
     /// As [`Model::forward`]; [`ErrorKind::InvalidArgument`] for an empty batch. On error,
     /// positions before the failing block of [`PREFILL_BLOCK`] tokens stay in the cache.
     ///
-    /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`State::block_for`] tokens,
+    /// Under [`KernelMode::Fast`] the prompt runs in blocks of [`CacheSpec::block_for`] tokens,
     /// layer by layer: every linear is one blocked matmul over the block (each weight read
     /// once per block, not once per token) followed by its adapters' products over the block
     /// ([`Adapters::apply_cols`]: each A and B read once per block, a Q8_0 A against the
@@ -1603,21 +1604,25 @@ impl<'s> State<'s> {
     pub fn checked_len_for_cache(cfg: &Config, ctx: usize, spec: CacheSpec) -> Option<usize> {
         let kv = kv::cache_words(cfg, ctx, spec)?;
         let parts = [
-            Scratch::words(cfg, ctx, Self::block_for(ctx))?, // activations and scratch
-            cfg.vocab,                                       // logits
-            kv,                                              // k cache
-            kv,                                              // v cache
+            Scratch::words(cfg, ctx, spec.block_for(ctx))?, // activations and scratch
+            cfg.vocab,                                      // logits
+            kv,                                             // k cache
+            kv,                                             // v cache
         ];
         parts.iter().try_fold(0usize, |a, &p| a.checked_add(p))
     }
 
     /// Prompt tokens a state with `ctx` positions runs through the layers together in
-    /// [`Model::prefill`]: `min(PREFILL_BLOCK, ctx)` (a small context keeps a small state).
+    /// [`Model::prefill`] unless its [`CacheSpec::block`] says otherwise: on hosts (x86_64,
+    /// aarch64) `min(PREFILL_BLOCK, ctx)` (a small context keeps a small state); elsewhere 1,
+    /// since those builds run the prompt one token at a time (no blocked matmul compiled in),
+    /// so a bigger block would only hold activations nothing uses.
     pub const fn block_for(ctx: usize) -> usize {
-        if ctx < PREFILL_BLOCK {
+        let b = if BLOCKED_PREFILL { PREFILL_BLOCK } else { 1 };
+        if ctx < b {
             ctx
         } else {
-            PREFILL_BLOCK
+            b
         }
     }
 
@@ -1685,7 +1690,7 @@ impl<'s> State<'s> {
             .unwrap_or(ctx);
         let rest = &mut buf[..need];
         rest.fill(0.0);
-        let (w, rest) = Scratch::carve(cfg, ctx, Self::block_for(ctx), rest);
+        let (w, rest) = Scratch::carve(cfg, ctx, spec.block_for(ctx), rest);
         let (logits, rest) = rest.split_at_mut(cfg.vocab);
         let (k_cache, v_cache) = rest.split_at_mut(kv);
         Ok(State {

@@ -176,7 +176,8 @@ pub fn paint_stack() {
     let sp = cortex_m::register::msp::read() as usize;
     // Leave 256 bytes under the current frame alone (this function's own frame).
     let hi = (sp - 256) & !3;
-    let floor = addr(&raw const __sheap);
+    // Not into the stack guard (`stack_guard`): reading it back would fault.
+    let floor = guard_region().1;
     let lo = hi.saturating_sub(PAINT_WINDOW).max(floor);
     PAINT_LO.store(lo, Ordering::Relaxed);
     PAINT_HI.store(hi, Ordering::Relaxed);
@@ -235,15 +236,105 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(false)
 }
 
-/// Report a hard fault (bad memory access, stack overflow into the statics) and fail.
-#[cortex_m_rt::exception]
-unsafe fn HardFault(ef: &cortex_m_rt::ExceptionFrame) -> ! {
+/// Bytes at the bottom of the stack's room that no code may touch: a stack that grows into
+/// them faults instead of overwriting the statics below (the stack grows down from the top of
+/// RAM towards `.bss`). A power of two, at least 32 (the MPU's smallest region).
+pub const GUARD: usize = 256;
+
+/// The guard region: `[lo, lo + GUARD)`, the first `GUARD`-aligned bytes above the statics.
+pub fn guard_region() -> (usize, usize) {
+    let lo = (addr(&raw const __sheap) + GUARD - 1) & !(GUARD - 1);
+    (lo, lo + GUARD)
+}
+
+/// Arm the stack guard, as flip-link's layout or an MPU guard page do (without a linker
+/// wrapper): on Armv8-M (M33, M55) the main stack limit register `MSPLIM` at the guard's top
+/// (a push below it is a STKOF UsageFault, taken before memory is written); on Armv7-M (M4,
+/// M7) MPU region 0 over the guard, no access, with the default map for everything else (a push
+/// into it is a MemManage fault, escalated to HardFault). Either way the fault handler below
+/// moves the stack pointer to the top of RAM before running any Rust code and reports
+/// `EL-HARDFAULT ... stack_overflow=true`. Returns `false` if the core has no MPU (v7-M).
+pub fn stack_guard() -> bool {
+    let (lo, hi) = guard_region();
+    #[cfg(armv8m)]
+    {
+        let _ = lo;
+        // SAFETY: MSPLIM only bounds how far the main stack may grow; `hi` is below every live
+        // frame (the statics end under it and `main` runs near the top of RAM).
+        unsafe {
+            core::arch::asm!("msr MSPLIM, {0}", in(reg) hi, options(nomem, nostack, preserves_flags))
+        };
+        true
+    }
+    #[cfg(not(armv8m))]
+    {
+        let _ = hi;
+        // SAFETY: the MPU registers are memory-mapped system registers owned by this single
+        // thread at start-up; region 0 covers only the guard bytes, which nothing uses, and
+        // PRIVDEFENA keeps the default map for every other address, so no live access changes.
+        unsafe {
+            let mpu = &*cortex_m::peripheral::MPU::PTR;
+            if (mpu._type.read() >> 8) & 0xff == 0 {
+                return false;
+            }
+            mpu.rnr.write(0);
+            mpu.rbar.write(lo as u32);
+            // XN (28), AP = 000 no access (26:24), SIZE = log2(GUARD) - 1 (5:1), ENABLE (0).
+            let size = GUARD.trailing_zeros() - 1;
+            mpu.rasr.write((1 << 28) | (size << 1) | 1);
+            // ENABLE (0) | PRIVDEFENA (2).
+            mpu.ctrl.write(1 | (1 << 2));
+        }
+        cortex_m::asm::dsb();
+        cortex_m::asm::isb();
+        true
+    }
+}
+
+// The HardFault entry: the fault may be a stack overflow, with SP inside the guard, so the
+// first thing is to move MSP to the top of RAM (`_stack_start`) before any code pushes; the
+// faulting SP goes to the Rust handler as its argument. Replaces cortex-m-rt's trampoline
+// (the linker script's `PROVIDE(HardFault = ...)` yields to this global symbol).
+core::arch::global_asm!(
+    ".section .HardFault.edgelora, \"ax\"",
+    ".global HardFault",
+    ".type HardFault, %function",
+    ".thumb_func",
+    "HardFault:",
+    "  mrs r0, MSP",
+    "  ldr r1, ={top}",
+    "  msr MSP, r1",
+    "  b {handler}",
+    ".ltorg",
+    top = sym _stack_start,
+    handler = sym hard_fault,
+);
+
+/// Report a hard fault (bad memory access, stack overflow into the guard) and fail. `sp` is
+/// the stack pointer at the fault; the exception frame is read only if it lies outside the
+/// guard (a frame inside it was never written).
+extern "C" fn hard_fault(sp: usize) -> ! {
     use fmt::Write;
-    let _ = writeln!(
+    let (lo, hi) = guard_region();
+    // Within a frame's size of the guard: the overflow that tripped it.
+    let overflow = sp < hi + 32 && sp + 64 >= lo;
+    // SAFETY: the fault status registers are read-only memory-mapped system registers.
+    let cfsr = unsafe { core::ptr::read_volatile(0xE000_ED28 as *const u32) };
+    let _ = write!(
         Out,
-        "EL-HARDFAULT pc={:#010x} lr={:#010x}",
-        ef.pc(),
-        ef.lr()
+        "EL-HARDFAULT sp={sp:#010x} cfsr={cfsr:#010x} stack_overflow={overflow}"
     );
+    if !overflow && sp >= addr(&raw const __sheap) && sp + 32 <= addr(&raw const _stack_start) {
+        // SAFETY: `sp` points into the stack's RAM, above the guard, where the core pushed the
+        // eight-word exception frame (pc at word 6, lr at word 5).
+        let (pc, lr) = unsafe {
+            (
+                core::ptr::read_volatile((sp + 24) as *const u32),
+                core::ptr::read_volatile((sp + 20) as *const u32),
+            )
+        };
+        let _ = write!(Out, " pc={pc:#010x} lr={lr:#010x}");
+    }
+    let _ = writeln!(Out);
     exit(false)
 }

@@ -22,7 +22,7 @@
 use core::fmt::{self, Write};
 use edgelora::lora::stream::{frame_header, StreamLoader};
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
-use edgelora::model::{Model, State};
+use edgelora::model::{CacheSpec, Model, State};
 use edgelora::sample::argmax;
 use edgelora::tokenizer::Tokenizer;
 use edgelora::{Error, Gguf};
@@ -45,6 +45,9 @@ pub struct Assets<'b> {
     pub prompt: &'b str,
     /// Context the state was sized for.
     pub ctx: usize,
+    /// KV cache type and prompt block the state was sized for (the manifest's `kv_cache`,
+    /// block 1: build.rs's `config::CACHE`).
+    pub cache: CacheSpec,
 }
 
 /// Caller memory for everything that changes (statics on the device, leaked `Vec`s on the
@@ -268,13 +271,15 @@ pub fn run<'b, const L: usize, W: Write>(
     let cfg = *model.config();
     writeln!(
         out,
-        "EL model layers={} dim={} ffn={} vocab={} ctx={} state_bytes={}",
+        "EL model layers={} dim={} ffn={} vocab={} ctx={} kv={} block={} state_bytes={}",
         cfg.n_layers,
         cfg.dim,
         cfg.ffn_dim,
         cfg.vocab,
         a.ctx,
-        State::bytes_for(&cfg, a.ctx)
+        a.cache.ty.name(),
+        a.cache.block_for(a.ctx),
+        State::bytes_for_cache(&cfg, a.ctx, a.cache)
     )?;
 
     let tok = Tokenizer::new(&g, b.tok).step("tokenizer")?;
@@ -295,7 +300,7 @@ pub fn run<'b, const L: usize, W: Write>(
     write_ids(out, prompt)?;
     writeln!(out)?;
 
-    let mut st = State::new(&cfg, a.ctx, b.state).step("state")?;
+    let mut st = State::with_cache(&cfg, a.ctx, a.cache, b.state).step("state")?;
     let gen = b.gen;
     let h_base = run_line(
         out,

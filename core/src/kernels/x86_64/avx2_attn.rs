@@ -46,7 +46,7 @@ unsafe fn load8(r: Elems<'_>, e: usize) -> __m256 {
     unsafe {
         match r {
             Elems::F32(x) => _mm256_loadu_ps(x.as_ptr().add(e)),
-            #[cfg(feature = "kv-quant")]
+            #[cfg(feature = "kv-f16")]
             Elems::F16(x) => _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(2 * e).cast())),
         }
     }

@@ -10,10 +10,11 @@ use cortex_m_rt::entry;
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::LoraPair;
 use edgelora_firmware::config::{
-    BOARD, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES, TOK_WORDS,
+    BOARD, CACHE, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES,
+    TOK_WORDS,
 };
 use edgelora_firmware::scenario::{self, Assets, Buffers};
-use edgelora_firmware::{assets, exit, paint_stack, print_budget, Aligned, Once, Out};
+use edgelora_firmware::{assets, exit, paint_stack, print_budget, stack_guard, Aligned, Once, Out};
 
 // Everything that changes lives in statics sized by build.rs (no heap): .bss, zeroed by
 // cortex-m-rt before main.
@@ -30,6 +31,7 @@ static STREAM: Once<Aligned<[u8; STREAM_BYTES]>> = Once::new(Aligned([0; STREAM_
 #[entry]
 fn main() -> ! {
     paint_stack();
+    stack_guard();
     let mut out = Out;
     let _ = writeln!(
         out,
@@ -66,6 +68,7 @@ fn main() -> ! {
         adapter_wrong: &assets::ADAPTER_WRONG.0,
         prompt: PROMPT,
         ctx: CTX,
+        cache: CACHE,
     };
     let b = Buffers {
         state,

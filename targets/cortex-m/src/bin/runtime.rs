@@ -11,8 +11,8 @@ use edgelora::lora::{Adapter, AdapterSet, LoraPair};
 use edgelora::model::{Model, State};
 use edgelora::sample::argmax;
 use edgelora::Gguf;
-use edgelora_firmware::config::{CTX, MAX_LAYERS, N_GEN, SLOTS, STATE_F32S};
-use edgelora_firmware::{assets, exit, paint_stack, print_budget, Once, Out};
+use edgelora_firmware::config::{CACHE, CTX, MAX_LAYERS, N_GEN, SLOTS, STATE_F32S};
+use edgelora_firmware::{assets, exit, paint_stack, print_budget, stack_guard, Once, Out};
 
 /// Prompt ids (any ids below the vocabulary size of every model this runs).
 pub const IDS: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 120];
@@ -24,7 +24,7 @@ static SLOTS_A: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; S
 fn run(out: &mut [u32; N_GEN]) -> Option<()> {
     let g = Gguf::parse(&assets::BASE.0).ok()?;
     let model: Model<'_, MAX_LAYERS> = Model::from_gguf(&g).ok()?;
-    let mut st = State::new(model.config(), CTX, STATE.take()?).ok()?;
+    let mut st = State::with_cache(model.config(), CTX, CACHE, STATE.take()?).ok()?;
     let ad = Adapter::parse(&assets::ADAPTER_A.0).ok()?;
     let bound = ad.bind(&g, &model, SLOTS_A.take()?).ok()?;
     let set = AdapterSet::single(&bound, 1.0);
@@ -39,6 +39,7 @@ fn run(out: &mut [u32; N_GEN]) -> Option<()> {
 #[entry]
 fn main() -> ! {
     paint_stack();
+    stack_guard();
     let mut ids = [0u32; N_GEN];
     let ok = run(&mut ids).is_some();
     let mut o = Out;
