@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain"
 rustup show active-toolchain   # installs the pinned toolchain and targets from rust-toolchain.toml
-rustup target add thumbv7em-none-eabihf thumbv8m.main-none-eabihf aarch64-unknown-linux-gnu >/dev/null
+rustup target add thumbv7em-none-eabihf thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf aarch64-unknown-linux-gnu >/dev/null
 
 echo "== model: SmolLM2-135M-Instruct (Q4_1) for parity tests"
 if [ ! -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
