@@ -9,7 +9,8 @@
 //!   streaming B in chunks, plus a hash of every logit's bits; the DSP build must give the
 //!   same lines (its float part is the portable kernel's, its integer part exact);
 //! - `runtime`: the ids equal a direct host computation;
-//! - `kernels` (DSP build): integer block sums and whole matvecs equal the reference in QEMU;
+//! - `kernels` (DSP build; on RISC-V the portable kernel): integer block sums and whole
+//!   matvecs equal the reference in QEMU;
 //! - the budgets the images print stay within the crate's `budget.txt`.
 //!
 //! Needs `qemu-system-arm` (Debian package `qemu-system-arm`), `qemu-system-riscv32`
@@ -416,4 +417,24 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
             "70"
         );
     }
+}
+
+#[test]
+fn firmware_riscv_kernels_match_reference_in_qemu() {
+    if qemu_missing("virt") {
+        return;
+    }
+    let Some(elf) = build("kernels", "virt", false) else {
+        return;
+    };
+    let out = run_qemu(&elf, "virt", "-icount shift=0");
+    print!("--- kernels virt\n{out}");
+    assert_eq!(field(&out, "EL-KERNEL active", "active"), "portable");
+    assert_eq!(field(&out, "EL-KERNEL ran_active", "ran_active"), "true");
+    assert_eq!(
+        field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
+        "60"
+    );
+    // `minstret` counts instructions only under -icount; a counted loop must read 1.00.
+    assert_eq!(field(&out, "EL-IPM calibration", "insn_per_count"), "1.00");
 }

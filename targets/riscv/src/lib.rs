@@ -1,5 +1,6 @@
 //! The edgelora firmware on RISC-V (riscv32imac, QEMU `virt`): the Cortex-M crate's images
-//! (`demo`, `runtime`) built from the same sources, on riscv-rt.
+//! (`demo`, `runtime`) built from the same sources, on riscv-rt, plus a RISC-V `kernels`
+//! image (portable kernels against the reference, instructions per MAC from `minstret`).
 //!
 //! Only [`board`] is RISC-V code; the rest is the Cortex-M crate's board-independent half
 //! (`targets/cortex-m/src/common.rs`) and its scenario (`scenario.rs`), included by path, so
