@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain"
 rustup show active-toolchain   # installs the pinned toolchain and targets from rust-toolchain.toml
-rustup target add thumbv7em-none-eabihf thumbv8m.main-none-eabihf aarch64-unknown-linux-gnu >/dev/null
+rustup target add thumbv7em-none-eabihf thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf aarch64-unknown-linux-gnu >/dev/null
 
 echo "== model: SmolLM2-135M-Instruct (Q4_1) for parity tests"
 if [ ! -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
@@ -23,9 +23,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== docs (core, no broken intra-doc links)"
 RUSTDOCFLAGS="-D warnings" cargo doc -p edgelora --no-deps --features std
 
-echo "== no_std: core for thumbv7em-none-eabihf (no alloc, no std)"
+echo "== no_std: core for thumbv7em, thumbv8m.main (alloc) and riscv32imac (no alloc, no std)"
 cargo build -p edgelora --no-default-features --target thumbv7em-none-eabihf --release
 cargo build -p edgelora --no-default-features --features alloc --target thumbv8m.main-none-eabihf --release
+cargo build -p edgelora --no-default-features --target riscv32imac-unknown-none-elf --release
 
 echo "== aarch64 NEON kernels under qemu-user"
 bash scripts/test-aarch64.sh

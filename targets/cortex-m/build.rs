@@ -1,5 +1,6 @@
 //! Sizes every static buffer from the assets that go into flash, picks the board's linker
-//! script, and tells `include_bytes!` where the assets are.
+//! script, and tells `include_bytes!` where the assets are. Shared by `targets/riscv`
+//! (`build = "../cortex-m/build.rs"`), so every firmware crate sizes its statics alike.
 //!
 //! The asset list is `assets/manifest.txt` (shared with the host test). Buffer sizes come from
 //! the same pure functions the core uses at run time (`State::len_for`,
@@ -19,14 +20,35 @@ fn main() {
     let root = here.join("../..").canonicalize().unwrap();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    // Board: one linker script each.
-    let an386 = std::env::var_os("CARGO_FEATURE_BOARD_AN386").is_some();
-    let an500 = std::env::var_os("CARGO_FEATURE_BOARD_AN500").is_some();
-    let board = match (an386, an500) {
-        (true, true) => panic!("features board-an386 and board-an500 are mutually exclusive"),
-        (_, true) => "an500",
-        _ => "an386",
+    // Board: a linker script each (`memory/{board}.x` in the crate being built) and the
+    // target it needs. One row per board; a board feature picks its row, none picks the first
+    // row for the build's target (an386 on thumbv7em, an505 on thumbv8m.main, virt on RISC-V:
+    // the RISC-V crate, which has no board features, builds with this same file).
+    const BOARDS: &[(&str, &str)] = &[
+        ("an386", "thumbv7em-none-eabihf"),
+        ("an500", "thumbv7em-none-eabihf"),
+        ("an505", "thumbv8m.main-none-eabihf"),
+        ("virt", "riscv32imac-unknown-none-elf"),
+    ];
+    let target = std::env::var("TARGET").unwrap();
+    let chosen: Vec<_> = BOARDS
+        .iter()
+        .filter(|(b, _)| {
+            std::env::var_os(format!("CARGO_FEATURE_BOARD_{}", b.to_uppercase())).is_some()
+        })
+        .collect();
+    let &(board, triple) = match chosen[..] {
+        [] => BOARDS
+            .iter()
+            .find(|(_, t)| *t == target)
+            .unwrap_or_else(|| panic!("no board for target {target}")),
+        [one] => one,
+        _ => panic!("board features are mutually exclusive; got {chosen:?}"),
     };
+    assert!(
+        target == triple,
+        "board-{board} runs {triple}; build with `--target {triple}` (got {target})"
+    );
     let mem = here.join("memory").join(format!("{board}.x"));
     std::fs::copy(&mem, out.join("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
@@ -38,7 +60,8 @@ fn main() {
         println!("cargo:rustc-cfg=armv8m");
     }
 
-    let manifest = here.join("assets/manifest.txt");
+    // The assets and their manifest live with the Cortex-M crate; both firmware crates read them.
+    let manifest = root.join("targets/cortex-m/assets/manifest.txt");
     println!("cargo:rerun-if-changed={}", manifest.display());
     let m = read_manifest(&manifest);
     let path = |k: &str| -> PathBuf {

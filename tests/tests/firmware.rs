@@ -1,18 +1,21 @@
-//! The Cortex-M firmware under QEMU, compared with the host.
+//! The firmware under QEMU, compared with the host.
 //!
-//! Builds `targets/cortex-m` (its own workspace and target dir) for each board and kernel
-//! choice, runs it with `scripts/qemu-run.sh`, and checks:
+//! Builds `targets/cortex-m` (Cortex-M4F an386, M7 an500, M33 an505) and `targets/riscv`
+//! (riscv32imac on QEMU `virt`; the same image sources), each its own workspace and target
+//! dir, for each board and kernel choice ([`BOARDS`]), runs them in QEMU, and checks:
 //! - `demo`: every `EL ...` line equals the line the host prints running the same script
 //!   (`targets/cortex-m/src/scenario.rs`, compiled here) with the portable kernel: the ids
 //!   generated with the base, adapter A, B, both, after rejected bad input, and after
 //!   streaming B in chunks, plus a hash of every logit's bits; the DSP build must give the
 //!   same lines (its float part is the portable kernel's, its integer part exact);
 //! - `runtime`: the ids equal a direct host computation;
-//! - `kernels` (DSP build): integer block sums and whole matvecs equal the reference in QEMU;
-//! - the budgets the images print stay within `targets/cortex-m/budget.txt`.
+//! - `kernels` (DSP build; on RISC-V the portable kernel): integer block sums and whole
+//!   matvecs equal the reference in QEMU;
+//! - the budgets the images print stay within the crate's `budget.txt`.
 //!
-//! Needs `qemu-system-arm` (Debian package `qemu-system-arm`) and the rustup target
-//! `thumbv7em-none-eabihf`; without them the tests print SKIPPED and pass.
+//! Needs `qemu-system-arm` (Debian package `qemu-system-arm`), `qemu-system-riscv32`
+//! (`qemu-system-misc`) and the rustup targets of [`BOARDS`]; a board whose QEMU or target is
+//! missing prints SKIPPED and the others still run.
 
 #[allow(dead_code)]
 #[path = "../../targets/cortex-m/src/scenario.rs"]
@@ -53,13 +56,77 @@ fn asset(key: &str) -> &'static [u8] {
     )
 }
 
-fn qemu_missing() -> bool {
-    let ok = Command::new("qemu-system-arm")
+/// How each board is built and run: one row per board.
+struct Board {
+    /// `EDGELORA_BOARD` / the crate's `board-*` feature.
+    name: &'static str,
+    /// Firmware crate (its own workspace, `.cargo/config.toml` and `budget.txt`).
+    dir: &'static str,
+    /// Whether the crate has a `board-{name}` feature (the RISC-V crate has one board).
+    feature: bool,
+    target: &'static str,
+    /// Codegen flags beside `-Tlink.x` (these replace the crate's config rustflags).
+    rustflags: &'static [&'static str],
+    qemu: &'static str,
+    runner: &'static str,
+}
+
+const BOARDS: &[Board] = &[
+    Board {
+        name: "an386",
+        dir: "targets/cortex-m",
+        feature: true,
+        target: "thumbv7em-none-eabihf",
+        rustflags: &[],
+        qemu: "qemu-system-arm",
+        runner: "scripts/qemu-run.sh",
+    },
+    Board {
+        name: "an500",
+        dir: "targets/cortex-m",
+        feature: true,
+        target: "thumbv7em-none-eabihf",
+        rustflags: &[],
+        qemu: "qemu-system-arm",
+        runner: "scripts/qemu-run.sh",
+    },
+    // thumbv8m.main leaves the DSP extension out; the M33 has it (the `dsp` kernels' asm!).
+    Board {
+        name: "an505",
+        dir: "targets/cortex-m",
+        feature: true,
+        target: "thumbv8m.main-none-eabihf",
+        rustflags: &["-C", "target-cpu=cortex-m33"],
+        qemu: "qemu-system-arm",
+        runner: "scripts/qemu-run.sh",
+    },
+    Board {
+        name: "virt",
+        dir: "targets/riscv",
+        feature: false,
+        target: "riscv32imac-unknown-none-elf",
+        rustflags: &[],
+        qemu: "qemu-system-riscv32",
+        runner: "scripts/qemu-run-riscv.sh",
+    },
+];
+
+fn board(name: &str) -> &'static Board {
+    BOARDS
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap_or_else(|| panic!("unknown board {name}"))
+}
+
+/// True (and SKIPPED printed) if the QEMU that runs `board` is not installed.
+fn qemu_missing(board_name: &str) -> bool {
+    let qemu = board(board_name).qemu;
+    let ok = Command::new(qemu)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        println!("SKIPPED: qemu-system-arm not installed");
+        println!("SKIPPED: {qemu} not installed (board {board_name})");
     }
     !ok
 }
@@ -67,12 +134,17 @@ fn qemu_missing() -> bool {
 /// One firmware build at a time (cargo would serialise on the target dir lock anyway).
 static BUILD: Mutex<()> = Mutex::new(());
 
-/// Build `bin` for `board` (`an386`/`an500`), with the DSP kernels if `dsp`; the ELF path,
-/// or `None` (SKIPPED printed) if the Cortex-M target is not installed.
-fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
+/// Build `bin` for `board` (a [`BOARDS`] row), with the DSP kernels if `dsp`; the ELF path,
+/// or `None` (SKIPPED printed) if the board's target is not installed.
+fn build(bin: &str, board_name: &str, dsp: bool) -> Option<PathBuf> {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = root().join("targets/cortex-m");
-    let mut features = format!("board-{board}");
+    let b = board(board_name);
+    let dir = root().join(b.dir);
+    let mut features = if b.feature {
+        format!("board-{board_name}")
+    } else {
+        String::new()
+    };
     if dsp {
         // The runtime image links the DSP table alone (its flash budget); the others keep the
         // portable one selectable (`kernels` cross-checks the two in place).
@@ -85,11 +157,18 @@ fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
     // Separate target dirs per feature set would rebuild the same deps; one dir keeps each
     // feature set's artefacts side by side, but the ELF is overwritten, so copy it out.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustflags = ["-C", "link-arg=-Tlink.x"]
+        .iter()
+        .chain(b.rustflags)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\x1f");
     let out = Command::new(cargo)
         .current_dir(&dir)
-        .args(["build", "--release", "--bin", bin, "--features", &features])
+        .args(["build", "--release", "--bin", bin, "--target", b.target])
+        .args(["--features", &features])
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .output()
@@ -99,14 +178,14 @@ fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
         if stderr.contains("target may not be installed")
             || stderr.contains("can't find crate for `core`")
         {
-            println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
+            println!("SKIPPED: rustup target {} not installed", b.target);
             return None;
         }
         panic!("firmware build failed ({bin}, {features}):\n{stderr}");
     }
-    let elf = dir.join("target/thumbv7em-none-eabihf/release").join(bin);
+    let elf = dir.join("target").join(b.target).join("release").join(bin);
     let copy = dir.join("target").join(format!(
-        "{bin}-{board}{}.elf",
+        "{bin}-{board_name}{}.elf",
         if dsp { "-dsp" } else { "" }
     ));
     std::fs::copy(&elf, &copy).unwrap();
@@ -115,7 +194,7 @@ fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
 
 /// Run an ELF in QEMU; returns stdout, asserting exit status 0.
 fn run_qemu(elf: &Path, board: &str, extra: &str) -> String {
-    let out = Command::new(root().join("scripts/qemu-run.sh"))
+    let out = Command::new(root().join(crate::board(board).runner))
         .arg(elf)
         .env("EDGELORA_BOARD", board)
         .env("EDGELORA_QEMU_FLAGS", extra)
@@ -212,9 +291,11 @@ fn field(out: &str, tag: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in {tag}"))
 }
 
-/// Check the EL-BUDGET line against `budget.txt` limits `{image}.{key}`.
-fn check_budget(out: &str, image: &str) {
-    let limits = std::fs::read_to_string(root().join("targets/cortex-m/budget.txt")).unwrap();
+/// Check the EL-BUDGET line against the limits `{image}.{key}` in the `budget.txt` of
+/// `board`'s crate.
+fn check_budget(out: &str, board: &str, image: &str) {
+    let file = Path::new(crate::board(board).dir).join("budget.txt");
+    let limits = std::fs::read_to_string(root().join(&file)).unwrap();
     for (k, v) in limits
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -228,21 +309,32 @@ fn check_budget(out: &str, image: &str) {
         }
         let limit: usize = v.trim().parse().unwrap();
         let got: usize = field(out, "EL-BUDGET", key).parse().unwrap();
-        println!("budget {image}.{key} = {got} (limit {limit})");
-        assert!(got <= limit, "{image}.{key} = {got} exceeds the committed limit {limit} (targets/cortex-m/budget.txt)");
+        println!("budget {board} {image}.{key} = {got} (limit {limit})");
+        assert!(
+            got <= limit,
+            "{image}.{key} = {got} on {board} exceeds the committed limit {limit} ({})",
+            file.display()
+        );
     }
 }
 
 #[test]
-fn firmware_demo_matches_host_on_m4f_and_m7() {
-    if qemu_missing() {
-        return;
-    }
+fn firmware_demo_matches_host_on_every_board() {
     let want = host_lines();
     assert!(want.iter().any(|l| l == "EL scenario ok"), "{want:#?}");
-    for (board, dsp) in [("an386", false), ("an386", true), ("an500", true)] {
+    for (board, dsp) in [
+        ("an386", false),
+        ("an386", true),
+        ("an500", true),
+        ("an505", false),
+        ("an505", true),
+        ("virt", false),
+    ] {
+        if qemu_missing(board) {
+            continue;
+        }
         let Some(elf) = build("demo", board, dsp) else {
-            return;
+            continue;
         };
         let out = run_qemu(&elf, board, "");
         print!("--- demo {board} dsp={dsp}\n{out}");
@@ -264,15 +356,12 @@ fn firmware_demo_matches_host_on_m4f_and_m7() {
             got.len(),
             want.len()
         );
-        check_budget(&out, "demo");
+        check_budget(&out, board, "demo");
     }
 }
 
 #[test]
 fn firmware_runtime_matches_host_and_fits_budget() {
-    if qemu_missing() {
-        return;
-    }
     // Direct host computation (no shared code): adapter A, fixed ids, greedy.
     kernels::force(Isa::Portable).unwrap();
     let base = asset("base");
@@ -297,26 +386,35 @@ fn firmware_runtime_matches_host_and_fits_budget() {
             .unwrap()
             .to_vec();
     }
-    for (board, dsp) in [("an386", false), ("an500", true)] {
+    for (board, dsp) in [
+        ("an386", false),
+        ("an500", true),
+        ("an505", false),
+        ("an505", true),
+        ("virt", false),
+    ] {
+        if qemu_missing(board) {
+            continue;
+        }
         let Some(elf) = build("runtime", board, dsp) else {
-            return;
+            continue;
         };
         let out = run_qemu(&elf, board, "");
         print!("--- runtime {board} dsp={dsp}\n{out}");
         assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
         assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
-        check_budget(&out, "runtime");
+        check_budget(&out, board, "runtime");
     }
 }
 
 #[test]
 fn firmware_dsp_kernels_match_reference_in_qemu() {
-    if qemu_missing() {
-        return;
-    }
-    for board in ["an386", "an500"] {
+    for board in ["an386", "an500", "an505"] {
+        if qemu_missing(board) {
+            continue;
+        }
         let Some(elf) = build("kernels", board, true) else {
-            return;
+            continue;
         };
         let out = run_qemu(&elf, board, "-icount shift=0");
         print!("--- kernels {board}\n{out}");
@@ -332,10 +430,10 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
 
 #[test]
 fn firmware_stack_overflow_faults_instead_of_corrupting() {
-    if qemu_missing() {
-        return;
-    }
-    for board in ["an386", "an500"] {
+    for board in ["an386", "an500", "an505"] {
+        if qemu_missing(board) {
+            return;
+        }
         let Some(elf) = build("stackguard", board, false) else {
             return;
         };
@@ -356,4 +454,24 @@ fn firmware_stack_overflow_faults_instead_of_corrupting() {
         // A fault exits with failure (1); 124 would be the timeout (a hang or lockup).
         assert_eq!(out.status.code(), Some(1), "{board}: {stdout}");
     }
+}
+
+#[test]
+fn firmware_riscv_kernels_match_reference_in_qemu() {
+    if qemu_missing("virt") {
+        return;
+    }
+    let Some(elf) = build("kernels", "virt", false) else {
+        return;
+    };
+    let out = run_qemu(&elf, "virt", "-icount shift=0");
+    print!("--- kernels virt\n{out}");
+    assert_eq!(field(&out, "EL-KERNEL active", "active"), "portable");
+    assert_eq!(field(&out, "EL-KERNEL ran_active", "ran_active"), "true");
+    assert_eq!(
+        field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
+        "60"
+    );
+    // `minstret` counts instructions only under -icount; a counted loop must read 1.00.
+    assert_eq!(field(&out, "EL-IPM calibration", "insn_per_count"), "1.00");
 }

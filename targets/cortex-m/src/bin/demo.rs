@@ -6,13 +6,13 @@
 #![no_main]
 
 use core::fmt::Write;
-use cortex_m_rt::entry;
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::LoraPair;
 use edgelora_firmware::config::{
     BOARD, CACHE, CTX, MAX_LAYERS, N_GEN, PROMPT, PROMPT_CAP, SLOTS, STATE_F32S, STREAM_BYTES,
     TOK_WORDS,
 };
+use edgelora_firmware::entry;
 use edgelora_firmware::scenario::{self, Assets, Buffers};
 use edgelora_firmware::{assets, exit, paint_stack, print_budget, stack_guard, Aligned, Once, Out};
 

@@ -6,12 +6,12 @@
 #![no_main]
 
 use core::fmt::Write;
-use cortex_m_rt::entry;
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
 use edgelora::model::{Model, State};
 use edgelora::sample::argmax;
 use edgelora::Gguf;
 use edgelora_firmware::config::{CACHE, CTX, MAX_LAYERS, N_GEN, SLOTS, STATE_F32S};
+use edgelora_firmware::entry;
 use edgelora_firmware::{assets, exit, paint_stack, print_budget, stack_guard, Once, Out};
 
 /// Prompt ids (any ids below the vocabulary size of every model this runs).
