@@ -19,13 +19,16 @@ fn main() {
     let root = here.join("../..").canonicalize().unwrap();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    // Board: one linker script each.
-    let an386 = std::env::var_os("CARGO_FEATURE_BOARD_AN386").is_some();
-    let an500 = std::env::var_os("CARGO_FEATURE_BOARD_AN500").is_some();
-    let board = match (an386, an500) {
-        (true, true) => panic!("features board-an386 and board-an500 are mutually exclusive"),
-        (_, true) => "an500",
-        _ => "an386",
+    // Board: one linker script each, chosen by the one `board-*` feature (an386 if none).
+    const BOARDS: [&str; 3] = ["an386", "an500", "an547"];
+    let on: Vec<&str> = BOARDS
+        .into_iter()
+        .filter(|b| std::env::var_os(format!("CARGO_FEATURE_BOARD_{}", b.to_uppercase())).is_some())
+        .collect();
+    let board = match on[..] {
+        [] => "an386",
+        [b] => b,
+        _ => panic!("board features are mutually exclusive, got {on:?}"),
     };
     let mem = here.join("memory").join(format!("{board}.x"));
     std::fs::copy(&mem, out.join("memory.x")).unwrap();

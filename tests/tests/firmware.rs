@@ -9,10 +9,14 @@
 //!   same lines (its float part is the portable kernel's, its integer part exact);
 //! - `runtime`: the ids equal a direct host computation;
 //! - `kernels` (DSP build): integer block sums and whole matvecs equal the reference in QEMU;
-//! - the budgets the images print stay within `targets/cortex-m/budget.txt`.
+//! - the budgets the images print stay within `targets/cortex-m/budget.txt`;
+//! - on the Cortex-M55 (`mps3-an547`, target `thumbv8m.main-none-eabihf` with
+//!   `-C target-cpu=cortex-m55`): the Helium (MVE) kernels in QEMU against the reference, and
+//!   `demo` (MVE and portable) and `runtime` (MVE) against the host as above.
 //!
-//! Needs `qemu-system-arm` (Debian package `qemu-system-arm`) and the rustup target
-//! `thumbv7em-none-eabihf`; without them the tests print SKIPPED and pass.
+//! Needs `qemu-system-arm` (Debian package `qemu-system-arm`; `mps3-an547` needs QEMU 6.1+) and
+//! the rustup targets `thumbv7em-none-eabihf` and `thumbv8m.main-none-eabihf`; without them the
+//! tests print SKIPPED and pass.
 
 #[allow(dead_code)]
 #[path = "../../targets/cortex-m/src/scenario.rs"]
@@ -64,50 +68,103 @@ fn qemu_missing() -> bool {
     !ok
 }
 
+/// True (SKIPPED printed) if this QEMU lacks `machine` (e.g. `mps3-an547` before QEMU 6.1).
+fn machine_missing(machine: &str) -> bool {
+    let ok = Command::new("qemu-system-arm")
+        .args(["-machine", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == machine)
+        });
+    if !ok {
+        println!("SKIPPED: qemu-system-arm has no machine {machine}");
+    }
+    !ok
+}
+
 /// One firmware build at a time (cargo would serialise on the target dir lock anyway).
 static BUILD: Mutex<()> = Mutex::new(());
+
+/// Per board: the target triple its firmware builds for, and rustflags added to the ones
+/// `.cargo/config.toml` gives that triple. The M55's Helium kernels need
+/// `-C target-cpu=cortex-m55`, which cannot go into the config because the same triple serves
+/// the M33, which has no MVE; a board with extra flags also gets its own target dir
+/// (`target/<board>`), or builds of the triple with and without them would rebuild each other.
+fn board_target(board: &str) -> (&'static str, &'static str) {
+    match board {
+        "an386" | "an500" => ("thumbv7em-none-eabihf", ""),
+        "an547" => ("thumbv8m.main-none-eabihf", "-C target-cpu=cortex-m55"),
+        _ => panic!("no target known for board {board}"),
+    }
+}
 
 /// Build `bin` for `board` (`an386`/`an500`), with the DSP kernels if `dsp`; the ELF path,
 /// or `None` (SKIPPED printed) if the Cortex-M target is not installed.
 fn build(bin: &str, board: &str, dsp: bool) -> Option<PathBuf> {
+    // The runtime image links the DSP table alone (its flash budget); the others keep the
+    // portable one selectable (`kernels` cross-checks the two in place).
+    let kernel = match (dsp, bin) {
+        (false, _) => "",
+        (true, "runtime") => "dsp-only",
+        (true, _) => "dsp",
+    };
+    build_with(bin, board, kernel)
+}
+
+/// Build `bin` for `board` with the firmware's kernel features `kernel` (comma-separated,
+/// empty for portable only); as [`build`].
+fn build_with(bin: &str, board: &str, kernel: &str) -> Option<PathBuf> {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("targets/cortex-m");
+    let (target, rustflags) = board_target(board);
     let mut features = format!("board-{board}");
-    if dsp {
-        // The runtime image links the DSP table alone (its flash budget); the others keep the
-        // portable one selectable (`kernels` cross-checks the two in place).
-        features.push_str(if bin == "runtime" {
-            ",dsp-only"
-        } else {
-            ",dsp"
-        });
+    if !kernel.is_empty() {
+        features = format!("{features},{kernel}");
     }
     // Separate target dirs per feature set would rebuild the same deps; one dir keeps each
     // feature set's artefacts side by side, but the ELF is overwritten, so copy it out.
+    let target_dir = if rustflags.is_empty() {
+        dir.join("target")
+    } else {
+        dir.join("target").join(board)
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&dir)
-        .args(["build", "--release", "--bin", bin, "--features", &features])
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&dir)
+        .args(["build", "--release", "--target", target, "--bin", bin])
+        .args(["--features", &features])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .expect("run cargo");
+        .env("CARGO_TARGET_DIR", &target_dir);
+    // Cargo appends this variable's flags to the config's list for the triple.
+    let flags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        target.to_uppercase().replace(['-', '.'], "_")
+    );
+    if rustflags.is_empty() {
+        cmd.env_remove(&flags_var);
+    } else {
+        cmd.env(&flags_var, rustflags);
+    }
+    let out = cmd.output().expect("run cargo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if stderr.contains("target may not be installed")
             || stderr.contains("can't find crate for `core`")
         {
-            println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
+            println!("SKIPPED: rustup target {target} not installed");
             return None;
         }
         panic!("firmware build failed ({bin}, {features}):\n{stderr}");
     }
-    let elf = dir.join("target/thumbv7em-none-eabihf/release").join(bin);
+    let elf = target_dir.join(target).join("release").join(bin);
     let copy = dir.join("target").join(format!(
-        "{bin}-{board}{}.elf",
-        if dsp { "-dsp" } else { "" }
+        "{bin}-{board}{}{}.elf",
+        if kernel.is_empty() { "" } else { "-" },
+        kernel.replace(',', "-")
     ));
     std::fs::copy(&elf, &copy).unwrap();
     Some(copy)
@@ -264,7 +321,22 @@ fn firmware_runtime_matches_host_and_fits_budget() {
     if qemu_missing() {
         return;
     }
-    // Direct host computation (no shared code): adapter A, fixed ids, greedy.
+    let want = host_runtime_ids();
+    for (board, dsp) in [("an386", false), ("an500", true)] {
+        let Some(elf) = build("runtime", board, dsp) else {
+            return;
+        };
+        let out = run_qemu(&elf, board, "");
+        print!("--- runtime {board} dsp={dsp}\n{out}");
+        assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
+        assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
+        check_budget(&out, "runtime");
+    }
+}
+
+/// The ids bin `runtime` must print, computed directly on the host (no shared code):
+/// adapter A, fixed ids, greedy, portable kernel.
+fn host_runtime_ids() -> String {
     kernels::force(Isa::Portable).unwrap();
     let base = asset("base");
     let g = Gguf::parse(base).unwrap();
@@ -288,16 +360,7 @@ fn firmware_runtime_matches_host_and_fits_budget() {
             .unwrap()
             .to_vec();
     }
-    for (board, dsp) in [("an386", false), ("an500", true)] {
-        let Some(elf) = build("runtime", board, dsp) else {
-            return;
-        };
-        let out = run_qemu(&elf, board, "");
-        print!("--- runtime {board} dsp={dsp}\n{out}");
-        assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
-        assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
-        check_budget(&out, "runtime");
-    }
+    want
 }
 
 #[test]
@@ -319,4 +382,77 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
             "70"
         );
     }
+}
+
+/// Cortex-M55 (`mps3-an547`) with Helium: the MVE kernels against the reference in QEMU
+/// (with DSP and portable beside them in the same image, instructions per MAC of each
+/// printed), then the scenario (`demo`) with MVE and with portable kernels line for line
+/// against the host, and `runtime` with MVE against the host's ids, budgets checked.
+#[test]
+fn firmware_an547_mve_matches_reference_and_host() {
+    if qemu_missing() || machine_missing("mps3-an547") {
+        return;
+    }
+    let Some(elf) = build_with("kernels", "an547", "dsp,mve") else {
+        return;
+    };
+    let out = run_qemu(&elf, "an547", "-icount shift=0");
+    print!("--- kernels an547 (dsp,mve)\n{out}");
+    assert_eq!(field(&out, "EL-KERNEL active", "active"), "mve");
+    assert_eq!(field(&out, "EL-KERNEL ran_active", "ran_active"), "true");
+    assert_eq!(
+        field(&out, "EL-KERNEL blocks_exact isa=mve", "cases"),
+        "2000"
+    );
+    assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
+    for isa in ["portable", "dsp", "mve"] {
+        let tag = format!("EL-KERNEL rows_exact isa={isa}");
+        assert_eq!(field(&out, &tag, "cases"), "70", "{isa}");
+    }
+    assert!(!out.contains("EL-FAIL"), "{out}");
+    // Instruction counts under `-icount` are deterministic: the MVE rows must stay well
+    // ahead of the DSP ones on the same core (measured 0.67 / 0.79 against 3.31 / 3.77).
+    let ipm = |tag: &str, key: &str| -> f32 { field(&out, tag, key).parse().unwrap() };
+    for key in ["q8_0", "q4_0"] {
+        let (mve, dsp) = (
+            ipm("EL-IPM kernel=active(mve)", key),
+            ipm("EL-IPM kernel=dsp(dsp)", key),
+        );
+        assert!(
+            mve < 1.0 && mve * 2.0 < dsp,
+            "{key}: mve {mve} dsp {dsp} insn/MAC"
+        );
+    }
+
+    let want = host_lines();
+    for kernel in ["mve", ""] {
+        let Some(elf) = build_with("demo", "an547", kernel) else {
+            return;
+        };
+        let out = run_qemu(&elf, "an547", "");
+        let name = if kernel.is_empty() {
+            "portable"
+        } else {
+            kernel
+        };
+        print!("--- demo an547 {name}\n{out}");
+        assert_eq!(field(&out, "EL-BOARD", "kernel"), name);
+        assert_eq!(field(&out, "EL-KERNELS", "ran"), name);
+        assert_eq!(
+            el_lines(&out),
+            want,
+            "firmware (an547, {name}) and host differ"
+        );
+        check_budget(&out, "demo");
+    }
+
+    let want = host_runtime_ids();
+    let Some(elf) = build_with("runtime", "an547", "mve") else {
+        return;
+    };
+    let out = run_qemu(&elf, "an547", "");
+    print!("--- runtime an547 mve\n{out}");
+    assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
+    assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
+    check_budget(&out, "runtime");
 }
