@@ -135,22 +135,119 @@ fn f16(d: [u8; 2]) -> f32 {
     r
 }
 
-fn q8_0_rows(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(bpr).zip(y) {
+/// Integer parts of two rows' Q8_0 blocks against one activation block: `(w0 . x, w1 . x)`,
+/// loading `x` once for both.
+#[inline(always)]
+fn pair_q8_0(w0: &BlockQ8_0, w1: &BlockQ8_0, x: &BlockQ8_0) -> (i32, i32) {
+    let (s0, s1): (i32, i32);
+    // SAFETY: reads the 32 bytes of each `qs` (VLDRB: any alignment) and writes only the
+    // declared registers; VMLADAV accumulators must be even registers (r10, r12). No flags.
+    unsafe {
+        asm!(
+            "vldrb.s8 q0, [{x}]",
+            "vldrb.s8 q1, [{x}, #16]",
+            "vldrb.s8 q2, [{a}]",
+            "vldrb.s8 q3, [{a}, #16]",
+            "vmladav.s8 r12, q0, q2",
+            "vmladava.s8 r12, q1, q3",
+            "vldrb.s8 q2, [{b}]",
+            "vldrb.s8 q3, [{b}, #16]",
+            "vmladav.s8 r10, q0, q2",
+            "vmladava.s8 r10, q1, q3",
+            x = in(reg) x.qs.as_ptr(),
+            a = in(reg) w0.qs.as_ptr(),
+            b = in(reg) w1.qs.as_ptr(),
+            lateout("r12") s0,
+            lateout("r10") s1,
+            out("q0") _, out("q1") _, out("q2") _, out("q3") _,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    (s0, s1)
+}
+
+/// As [`pair_q8_0`] for two rows' Q4_0 blocks: the activation block is loaded once and the
+/// nibble mask and offset are set up once for both rows.
+#[inline(always)]
+fn pair_q4_0(w0: &BlockQ4_0, w1: &BlockQ4_0, x: &BlockQ8_0) -> (i32, i32) {
+    let (s0, s1): (i32, i32);
+    // SAFETY: reads the 16 bytes of each `w*.qs` and the 32 of `x.qs` (VLDRB: any alignment)
+    // and writes only the declared registers; accumulators as in `pair_q8_0`. No flags.
+    unsafe {
+        asm!(
+            "vldrb.s8 q0, [{x}]",
+            "vldrb.s8 q1, [{x}, #16]",
+            "vmov.i8 q4, #0xf",
+            "vldrb.u8 q2, [{a}]",
+            "vand q3, q2, q4",
+            "vshr.u8 q2, q2, #4",
+            "vsub.i8 q3, q3, {eight}",
+            "vsub.i8 q2, q2, {eight}",
+            "vmladav.s8 r12, q3, q0",
+            "vmladava.s8 r12, q2, q1",
+            "vldrb.u8 q2, [{b}]",
+            "vand q3, q2, q4",
+            "vshr.u8 q2, q2, #4",
+            "vsub.i8 q3, q3, {eight}",
+            "vsub.i8 q2, q2, {eight}",
+            "vmladav.s8 r10, q3, q0",
+            "vmladava.s8 r10, q2, q1",
+            x = in(reg) x.qs.as_ptr(),
+            a = in(reg) w0.qs.as_ptr(),
+            b = in(reg) w1.qs.as_ptr(),
+            eight = in(reg) 8u32,
+            lateout("r12") s0,
+            lateout("r10") s1,
+            out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    (s0, s1)
+}
+
+/// `y[r] = sum_b s_b * (d_w * d_x)` over rows of `bpr` blocks, two rows at a time through
+/// `pair` (each activation block and its scale loaded once for both rows: 0.67 -> 0.55
+/// instructions per MAC for Q8_0, 0.79 -> 0.66 for Q4_0, measured under QEMU `-icount`,
+/// bin `kernels`), a last odd row through `one`. Every row's float sum
+/// is the portable kernel's, block for block, so pairing changes no bit.
+#[inline(always)]
+fn rows<W>(
+    w: &[W],
+    bpr: usize,
+    x: &[BlockQ8_0],
+    y: &mut [f32],
+    d: impl Fn(&W) -> [u8; 2],
+    pair: impl Fn(&W, &W, &BlockQ8_0) -> (i32, i32),
+    one: impl Fn(&W, &BlockQ8_0) -> i32,
+) {
+    let n = y.len();
+    let mut ys = y.chunks_exact_mut(2);
+    for (rows, o) in w.chunks_exact(2 * bpr).zip(&mut ys) {
+        let (r0, r1) = rows.split_at(bpr);
+        let (mut acc0, mut acc1) = (0.0f32, 0.0f32);
+        for ((a0, a1), b) in r0.iter().zip(r1).zip(x) {
+            let (s0, s1) = pair(a0, a1, b);
+            let dx = f16(b.d);
+            acc0 += s0 as f32 * (f16(d(a0)) * dx);
+            acc1 += s1 as f32 * (f16(d(a1)) * dx);
+        }
+        o[0] = acc0;
+        o[1] = acc1;
+    }
+    let last = w.get((n - n % 2) * bpr..n * bpr);
+    if let (Some(row), [o]) = (last, ys.into_remainder()) {
         let mut acc = 0.0f32;
         for (a, b) in row.iter().zip(x) {
-            acc += block_q8_0(a, b) as f32 * (f16(a.d) * f16(b.d));
+            acc += one(a, b) as f32 * (f16(d(a)) * f16(b.d));
         }
         *o = acc;
     }
 }
 
+fn q8_0_rows(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
+    rows(w, bpr, x, y, |b| b.d, pair_q8_0, block_q8_0);
+}
+
 fn q4_0_rows(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    for (row, o) in w.chunks_exact(bpr).zip(y) {
-        let mut acc = 0.0f32;
-        for (a, b) in row.iter().zip(x) {
-            acc += block_q4_0(a, b) as f32 * (f16(a.d) * f16(b.d));
-        }
-        *o = acc;
-    }
+    rows(w, bpr, x, y, |b| b.d, pair_q4_0, block_q4_0);
 }
