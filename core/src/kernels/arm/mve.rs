@@ -23,17 +23,20 @@
 //! # What stays portable, and why
 //!
 //! Everything but the Q8_0 and Q4_0 rows, in particular the LoRA products (the f32 dots of
-//! A·x and the B·(A·x) update). Those would vectorise well (`VFMA.F32` on four lanes), but not
-//! bit-exactly: MVE's floating-point instructions run under the Arm ARM's
-//! `StandardFPSCRValue()` (flush-to-zero and default NaN, whatever FPSCR says; QEMU models this
-//! with `standard_fp_status` in `mve_helper.c`), while the portable/oracle f32 path uses the
-//! scalar FPU with IEEE subnormals, so any subnormal product or partial sum would differ.
-//! Even with subnormals ruled out, matching the contract would also need the portable
-//! kernel's exact order (eight partial sums, unfused multiply then add, a serial fold of the
-//! eight, then the tail), which leaves one vector op per eight MACs: no faster than the scalar
-//! loop after the reductions. The cross-table contract in `kernels/mod.rs` allows different
-//! f32 orders between tables, but the firmware test compares the device's logit hashes with the
-//! host's portable run, so a table whose f32 products differ would fail it by design.
+//! A·x and the B·(A·x) update). Their summation order could be matched: the portable f32 dot
+//! keeps eight partial sums, accumulator `j` taking elements `j mod 8` with an unfused
+//! multiply then add, which is exactly two 4-lane vectors under `VMUL.F32` + `VADD.F32`
+//! (not `VFMA`, which would round once instead of twice), then the same scalar fold and tail.
+//! What cannot be matched is the arithmetic itself: MVE's floating-point instructions run
+//! under the Arm ARM's `StandardFPSCRValue()` (flush-to-zero and default NaN, whatever FPSCR
+//! says; QEMU models this with `standard_fp_status` in `mve_helper.c`), while the
+//! portable/oracle path uses the scalar FPU with IEEE subnormals, so any subnormal input,
+//! product or partial sum would come out as zero and the result would differ from the host's
+//! (the firmware test compares the device's logit hashes with the host's portable run). A
+//! guarded path is possible (if every nonzero input has magnitude >= 2^-50, every product is
+//! >= 2^-100 and every partial sum a multiple of 2^-123, so nothing is subnormal; else fall
+//! back to portable) but costs a scan of both operands per call; not done, since the LoRA
+//! products are a few percent of a decode step's MACs at real model sizes.
 //!
 //! Only compiled for `target_arch = "arm"` with the `cortex-m-mve` feature; enabling it for a
 //! core without MVE (M4, M7, M33) is the builder's error and would not assemble without
