@@ -3,6 +3,7 @@
 # firmware's semihosting exit). Used as the cargo runner of targets/cortex-m and by the host
 # tests. EDGELORA_BOARD picks the machine: an386 (Cortex-M4F, default), an500 (Cortex-M7),
 # an505 (Cortex-M33).
+# an547 (Cortex-M55 with Helium).
 # Extra QEMU flags (e.g. `-icount shift=0`) can be passed in EDGELORA_QEMU_FLAGS.
 set -euo pipefail
 elf="$1"
@@ -10,6 +11,7 @@ case "${EDGELORA_BOARD:-an386}" in
   an386) machine=mps2-an386; cpu=cortex-m4 ;;
   an500) machine=mps2-an500; cpu=cortex-m7 ;;
   an505) machine=mps2-an505; cpu=cortex-m33 ;;
+  an547) machine=mps3-an547; cpu=cortex-m55 ;;
   *) echo "unknown EDGELORA_BOARD=${EDGELORA_BOARD}" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086

@@ -28,6 +28,7 @@ fn main() {
         ("an386", "thumbv7em-none-eabihf"),
         ("an500", "thumbv7em-none-eabihf"),
         ("an505", "thumbv8m.main-none-eabihf"),
+        ("an547", "thumbv8m.main-none-eabihf"),
         ("virt", "riscv32imac-unknown-none-elf"),
     ];
     let target = std::env::var("TARGET").unwrap();

@@ -100,6 +100,16 @@ const BOARDS: &[Board] = &[
         qemu: "qemu-system-arm",
         runner: "scripts/qemu-run.sh",
     },
+    // The M55's Helium kernels (`mve`) need `-C target-cpu=cortex-m55` on the same triple.
+    Board {
+        name: "an547",
+        dir: "targets/cortex-m",
+        feature: true,
+        target: "thumbv8m.main-none-eabihf",
+        rustflags: &["-C", "target-cpu=cortex-m55"],
+        qemu: "qemu-system-arm",
+        runner: "scripts/qemu-run.sh",
+    },
     Board {
         name: "virt",
         dir: "targets/riscv",
@@ -137,6 +147,35 @@ static BUILD: Mutex<()> = Mutex::new(());
 /// Build `bin` for `board` (a [`BOARDS`] row), with the DSP kernels if `dsp`; the ELF path,
 /// or `None` (SKIPPED printed) if the board's target is not installed.
 fn build(bin: &str, board_name: &str, dsp: bool) -> Option<PathBuf> {
+    // The runtime image links the DSP table alone (its flash budget); the others keep the
+    // portable one selectable (`kernels` cross-checks the two in place).
+    let kernels = match (dsp, bin) {
+        (false, _) => "",
+        (true, "runtime") => "dsp-only",
+        (true, _) => "dsp",
+    };
+    build_with(bin, board_name, kernels)
+}
+
+/// True (and SKIPPED printed) if `qemu-system-arm` lacks `machine`.
+fn machine_missing(machine: &str) -> bool {
+    let ok = Command::new("qemu-system-arm")
+        .args(["-machine", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == machine)
+        });
+    if !ok {
+        println!("SKIPPED: qemu-system-arm has no machine {machine}");
+    }
+    !ok
+}
+
+/// [`build`] with the kernel features spelled out (`""`, `"dsp"`, `"dsp-only"`, `"mve"`,
+/// `"dsp,mve"`).
+fn build_with(bin: &str, board_name: &str, kernels: &str) -> Option<PathBuf> {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let b = board(board_name);
     let dir = root().join(b.dir);
@@ -145,18 +184,20 @@ fn build(bin: &str, board_name: &str, dsp: bool) -> Option<PathBuf> {
     } else {
         String::new()
     };
-    if dsp {
-        // The runtime image links the DSP table alone (its flash budget); the others keep the
-        // portable one selectable (`kernels` cross-checks the two in place).
-        features.push_str(if bin == "runtime" {
-            ",dsp-only"
-        } else {
-            ",dsp"
-        });
+    if !kernels.is_empty() {
+        features.push(',');
+        features.push_str(kernels);
     }
     // Separate target dirs per feature set would rebuild the same deps; one dir keeps each
     // feature set's artefacts side by side, but the ELF is overwritten, so copy it out.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A board with its own codegen flags gets its own target dir: the M33 and M55 share a
+    // triple, and building one after the other in one dir would rebuild everything each time.
+    let target_dir = if b.rustflags.is_empty() {
+        dir.join("target")
+    } else {
+        dir.join("target").join(board_name)
+    };
     let rustflags = ["-C", "link-arg=-Tlink.x"]
         .iter()
         .chain(b.rustflags)
@@ -166,6 +207,7 @@ fn build(bin: &str, board_name: &str, dsp: bool) -> Option<PathBuf> {
     let out = Command::new(cargo)
         .current_dir(&dir)
         .args(["build", "--release", "--bin", bin, "--target", b.target])
+        .args(["--target-dir", &target_dir.to_string_lossy()])
         .args(["--features", &features])
         .env_remove("RUSTFLAGS")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
@@ -183,10 +225,11 @@ fn build(bin: &str, board_name: &str, dsp: bool) -> Option<PathBuf> {
         }
         panic!("firmware build failed ({bin}, {features}):\n{stderr}");
     }
-    let elf = dir.join("target").join(b.target).join("release").join(bin);
+    let elf = target_dir.join(b.target).join("release").join(bin);
     let copy = dir.join("target").join(format!(
-        "{bin}-{board_name}{}.elf",
-        if dsp { "-dsp" } else { "" }
+        "{bin}-{board_name}{}{}.elf",
+        if kernels.is_empty() { "" } else { "-" },
+        kernels.replace(',', "-")
     ));
     std::fs::copy(&elf, &copy).unwrap();
     Some(copy)
@@ -360,9 +403,9 @@ fn firmware_demo_matches_host_on_every_board() {
     }
 }
 
-#[test]
-fn firmware_runtime_matches_host_and_fits_budget() {
-    // Direct host computation (no shared code): adapter A, fixed ids, greedy.
+/// The ids bin `runtime` prints, computed directly on the host (no shared code): adapter A,
+/// fixed ids, greedy, the device's state spec.
+fn host_runtime_ids() -> String {
     kernels::force(Isa::Portable).unwrap();
     let base = asset("base");
     let g = Gguf::parse(base).unwrap();
@@ -386,6 +429,12 @@ fn firmware_runtime_matches_host_and_fits_budget() {
             .unwrap()
             .to_vec();
     }
+    want
+}
+
+#[test]
+fn firmware_runtime_matches_host_and_fits_budget() {
+    let want = host_runtime_ids();
     for (board, dsp) in [
         ("an386", false),
         ("an500", true),
@@ -430,7 +479,7 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
 
 #[test]
 fn firmware_stack_overflow_faults_instead_of_corrupting() {
-    for board in ["an386", "an500", "an505"] {
+    for board in ["an386", "an500", "an505", "an547"] {
         if qemu_missing(board) {
             return;
         }
@@ -474,4 +523,76 @@ fn firmware_riscv_kernels_match_reference_in_qemu() {
     );
     // `minstret` counts instructions only under -icount; a counted loop must read 1.00.
     assert_eq!(field(&out, "EL-IPM calibration", "insn_per_count"), "1.00");
+}
+
+#[test]
+fn firmware_an547_mve_matches_reference_and_host() {
+    if qemu_missing("an547") || machine_missing("mps3-an547") {
+        return;
+    }
+    let Some(elf) = build_with("kernels", "an547", "dsp,mve") else {
+        return;
+    };
+    let out = run_qemu(&elf, "an547", "-icount shift=0");
+    print!("--- kernels an547 (dsp,mve)\n{out}");
+    assert_eq!(field(&out, "EL-KERNEL active", "active"), "mve");
+    assert_eq!(field(&out, "EL-KERNEL ran_active", "ran_active"), "true");
+    assert_eq!(
+        field(&out, "EL-KERNEL blocks_exact isa=mve", "cases"),
+        "2000"
+    );
+    assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
+    for isa in ["portable", "dsp", "mve"] {
+        let tag = format!("EL-KERNEL rows_exact isa={isa}");
+        assert_eq!(field(&out, &tag, "cases"), "70", "{isa}");
+        // 1, 2 and 3 rows: MVE pairs rows and runs an odd last one alone.
+        let tag = format!("EL-KERNEL row_counts_exact isa={isa}");
+        assert_eq!(field(&out, &tag, "cases"), "45", "{isa}");
+    }
+    assert!(!out.contains("EL-FAIL"), "{out}");
+    // Instruction counts under `-icount` are deterministic: the MVE rows must stay well
+    // ahead of the DSP ones on the same core (measured 0.55 / 0.66 against 3.31 / 3.77).
+    let ipm = |tag: &str, key: &str| -> f32 { field(&out, tag, key).parse().unwrap() };
+    for key in ["q8_0", "q4_0"] {
+        let (mve, dsp) = (
+            ipm("EL-IPM kernel=active(mve)", key),
+            ipm("EL-IPM kernel=dsp(dsp)", key),
+        );
+        assert!(
+            mve < 1.0 && mve * 2.0 < dsp,
+            "{key}: mve {mve} dsp {dsp} insn/MAC"
+        );
+    }
+
+    let want = host_lines();
+    for kernel in ["mve", ""] {
+        let Some(elf) = build_with("demo", "an547", kernel) else {
+            return;
+        };
+        let out = run_qemu(&elf, "an547", "");
+        let name = if kernel.is_empty() {
+            "portable"
+        } else {
+            kernel
+        };
+        print!("--- demo an547 {name}\n{out}");
+        assert_eq!(field(&out, "EL-BOARD", "kernel"), name);
+        assert_eq!(field(&out, "EL-KERNELS", "ran"), name);
+        assert_eq!(
+            el_lines(&out),
+            want,
+            "firmware (an547, {name}) and host differ"
+        );
+        check_budget(&out, "an547", "demo");
+    }
+
+    let want = host_runtime_ids();
+    let Some(elf) = build_with("runtime", "an547", "mve-only") else {
+        return;
+    };
+    let out = run_qemu(&elf, "an547", "");
+    print!("--- runtime an547 mve\n{out}");
+    assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
+    assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
+    check_budget(&out, "an547", "runtime");
 }

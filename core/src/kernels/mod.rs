@@ -15,7 +15,7 @@
 //! Every instruction set has its own module with a `detect() -> Option<&'static Kernel>`:
 //! [`portable`] (always), `x86_64::avx2` (AVX2+FMA+F16C), `x86_64::avx512` (AVX-512
 //! F/BW/VL + VNNI + VBMI), `aarch64::neon` (NEON, and NEON with `sdot`; the Q5, K-quant and
-//! IQ4 kernels sit beside it in `aarch64/neon_q.rs`), `arm::dsp` (Cortex-M,
+//! IQ4 kernels sit beside it in `aarch64/neon_q.rs`), `arm::dsp` and `arm::mve` (Cortex-M,
 //! chosen at compile time). A [`Kernel`] is a table of entry points; holding one is the proof
 //! that its instructions exist on this CPU, which is why `#[target_feature]` functions sit
 //! behind it and nowhere else. [`active`] probes once, caches the best kernel and hands it
@@ -25,8 +25,8 @@
 //! `MMTEST_ENSUREFEATURE`).
 //!
 //! Detection uses `cpuid`/`xgetbv` directly on x86_64 so it works without `std`. On targets
-//! without runtime detection (Cortex-M, RISC-V, wasm) only [`portable`] (and, with its feature,
-//! the DSP table) exists, so no other kernel is linked.
+//! without runtime detection (Cortex-M, RISC-V, wasm) only [`portable`] (and, with their
+//! features, the DSP and MVE tables) exists, so no other kernel is linked.
 //!
 //! Decode runs matvecs ([`Kernel::matvec_q4_1`] etc.); prompt batches can run the blocked
 //! [`Kernel::matmul_q4_1`] / [`Kernel::matmul_q8_0`] / [`Kernel::matmul_q4_0`] (and, through
@@ -84,7 +84,10 @@ pub use input::{
     scratch_blocks, Batch, Input,
 };
 pub use types::{ActRunnable, Runnable};
-#[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
+#[cfg(all(
+    target_arch = "arm",
+    any(feature = "cortex-m-dsp", feature = "cortex-m-mve")
+))]
 pub mod arm;
 pub mod portable;
 pub mod reference;
@@ -474,17 +477,21 @@ pub enum Isa {
     NeonDot,
     /// Cortex-M DSP extension (`SMLAD`/`SXTB16`), compiled in by the `cortex-m-dsp` feature.
     Dsp,
+    /// Cortex-M55/M85 Helium (M-profile Vector Extension: `VLDRB`, `VMLADAVA`), compiled in by
+    /// the `cortex-m-mve` feature (build with `-C target-cpu=cortex-m55`).
+    Mve,
 }
 
 impl Isa {
     /// Every ISA, slowest first.
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Portable,
         Isa::Avx2,
         Isa::Avx512,
         Isa::Neon,
         Isa::NeonDot,
         Isa::Dsp,
+        Isa::Mve,
     ];
 
     const fn index(self) -> usize {
@@ -495,6 +502,7 @@ impl Isa {
             Isa::Neon => 3,
             Isa::NeonDot => 4,
             Isa::Dsp => 5,
+            Isa::Mve => 6,
         }
     }
 
@@ -507,6 +515,7 @@ impl Isa {
             Isa::Neon => "neon",
             Isa::NeonDot => "neon-dotprod",
             Isa::Dsp => "dsp",
+            Isa::Mve => "mve",
         }
     }
 
@@ -1228,10 +1237,17 @@ fn detect(isa: Isa) -> Option<&'static Kernel> {
         return None;
     }
     match isa {
-        // A DSP-only image links no portable table (`cortex-m-dsp-only`).
-        #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp-only"))]
+        // A DSP-only or MVE-only image links no portable table (`cortex-m-dsp-only`,
+        // `cortex-m-mve-only`).
+        #[cfg(all(
+            target_arch = "arm",
+            any(feature = "cortex-m-dsp-only", feature = "cortex-m-mve-only")
+        ))]
         Isa::Portable => None,
-        #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp-only")))]
+        #[cfg(not(all(
+            target_arch = "arm",
+            any(feature = "cortex-m-dsp-only", feature = "cortex-m-mve-only")
+        )))]
         Isa::Portable => portable::detect(),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86_64::avx2::detect(),
@@ -1244,6 +1260,8 @@ fn detect(isa: Isa) -> Option<&'static Kernel> {
         // Compile-time choice on Cortex-M: present if and only if the feature built it.
         #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp"))]
         Isa::Dsp => arm::dsp::detect(),
+        #[cfg(all(target_arch = "arm", feature = "cortex-m-mve"))]
+        Isa::Mve => arm::mve::detect(),
         #[allow(unreachable_patterns)]
         _ => None,
     }
@@ -1262,24 +1280,42 @@ fn probe() {
     PROBED.store(true, Ordering::Release);
 }
 
-/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON dotprod > NEON > DSP > portable).
+/// The fastest kernel this CPU runs (AVX-512 > AVX2 > NEON dotprod > NEON > MVE > DSP >
+/// portable).
 pub fn best() -> &'static Kernel {
-    [Isa::Avx512, Isa::Avx2, Isa::NeonDot, Isa::Neon, Isa::Dsp]
-        .into_iter()
-        .find_map(Isa::kernel)
-        .unwrap_or(fallback())
+    [
+        Isa::Avx512,
+        Isa::Avx2,
+        Isa::NeonDot,
+        Isa::Neon,
+        Isa::Mve,
+        Isa::Dsp,
+    ]
+    .into_iter()
+    .find_map(Isa::kernel)
+    .unwrap_or(fallback())
 }
 
-/// The table when no SIMD one is available: portable, or DSP on a DSP-only image.
+/// The table when no SIMD one is available: portable, or the one table of a DSP-only or
+/// MVE-only image.
 fn fallback() -> &'static Kernel {
-    #[cfg(all(target_arch = "arm", feature = "cortex-m-dsp-only"))]
+    #[cfg(all(target_arch = "arm", feature = "cortex-m-mve-only"))]
+    return &arm::mve::KERNEL;
+    #[cfg(all(
+        target_arch = "arm",
+        feature = "cortex-m-dsp-only",
+        not(feature = "cortex-m-mve-only")
+    ))]
     return &arm::dsp::KERNEL;
-    #[cfg(not(all(target_arch = "arm", feature = "cortex-m-dsp-only")))]
+    #[cfg(not(all(
+        target_arch = "arm",
+        any(feature = "cortex-m-dsp-only", feature = "cortex-m-mve-only")
+    )))]
     &portable::KERNEL
 }
 
 /// The kernel the model uses: [`best`] unless [`force`] (or, under `std`, the environment
-/// variable `EDGELORA_ISA=portable|avx2|avx512|neon|neon-dotprod|dsp`, read on first use) chose another. An
+/// variable `EDGELORA_ISA=portable|avx2|avx512|neon|neon-dotprod|dsp|mve`, read on first use) chose another. An
 /// `EDGELORA_ISA` naming an ISA this CPU lacks is ignored; tests that set it check
 /// [`ran`] to catch that.
 pub fn active() -> &'static Kernel {

@@ -174,6 +174,106 @@ fn check_blocks() -> Result<u32, &'static str> {
     Ok(0)
 }
 
+/// A table's public block functions (integer parts): Q8_0 x Q8_0 and Q4_0 x Q8_0.
+type BlockFns = (
+    fn(&BlockQ8_0, &BlockQ8_0) -> i32,
+    fn(&BlockQ4_0, &BlockQ8_0) -> i32,
+);
+
+/// The ISA-specific block functions built into this image (beside DSP's, checked above).
+fn block_fns() -> &'static [(&'static str, BlockFns)] {
+    &[
+        #[cfg(feature = "mve")]
+        (
+            "mve",
+            (
+                edgelora::kernels::arm::mve::block_q8_0,
+                edgelora::kernels::arm::mve::block_q4_0,
+            ),
+        ),
+    ]
+}
+
+/// Integer parts of single blocks through `(q8, q4)` against a plain loop, over the same
+/// random and extreme blocks as [`check_blocks`].
+fn check_blocks_with((q8, q4): BlockFns) -> Result<u32, &'static str> {
+    let mut r = Rng(42);
+    let mut n = 0;
+    for case in 0..2000u32 {
+        let mut w8 = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32],
+        }];
+        let mut w4 = [BlockQ4_0 {
+            d: [0; 2],
+            qs: [0; 16],
+        }];
+        let mut x = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32],
+        }];
+        fill_q8(&mut r, &mut w8, case);
+        fill_q4(&mut r, &mut w4, case / 5);
+        fill_q8(&mut r, &mut x, case / 3);
+        let want8: i32 = w8[0]
+            .qs
+            .iter()
+            .zip(&x[0].qs)
+            .map(|(&a, &b)| a as i8 as i32 * b as i8 as i32)
+            .sum();
+        let want4: i32 = (0..16)
+            .map(|j| {
+                ((w4[0].qs[j] & 15) as i32 - 8) * x[0].qs[j] as i8 as i32
+                    + ((w4[0].qs[j] >> 4) as i32 - 8) * x[0].qs[j + 16] as i8 as i32
+            })
+            .sum();
+        if q8(&w8[0], &x[0]) != want8 {
+            return Err("q8_0 block integer sum");
+        }
+        if q4(&w4[0], &x[0]) != want4 {
+            return Err("q4_0 block integer sum");
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Matvecs of 1, 2 and 3 rows (tables may group rows: MVE pairs them and runs an odd last
+/// row alone) against the reference, bit for bit, over a few shapes and cases.
+fn check_row_counts(
+    k: &Kernel,
+    w8: &mut [BlockQ8_0],
+    w4: &mut [BlockQ4_0],
+    x: &mut [BlockQ8_0],
+) -> Result<u32, &'static str> {
+    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let mut n = 0;
+    for rows in 1..=3usize {
+        for bpr in [1usize, 3, 64] {
+            for case in 0..5u32 {
+                fill_q8(&mut r, &mut w8[..rows * bpr], case);
+                fill_q4(&mut r, &mut w4[..rows * bpr], case + 1);
+                fill_q8(&mut r, &mut x[..bpr], case + 3);
+                let mut y = [0f32; 3];
+                k.matvec_q8_0(&w8[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
+                for (row, &got) in w8[..rows * bpr].chunks(bpr).zip(&y[..rows]) {
+                    if !same(got, reference::vec_dot_q8_0_q8_0(row, &x[..bpr])) {
+                        return Err("q8_0 rows (1-3) differ from the reference");
+                    }
+                }
+                k.matvec_q4_0(&w4[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
+                for (row, &got) in w4[..rows * bpr].chunks(bpr).zip(&y[..rows]) {
+                    if !same(got, reference::vec_dot_q4_0_q8_0(row, &x[..bpr])) {
+                        return Err("q4_0 rows (1-3) differ from the reference");
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// SysTick ticks (down-counter, 24 bits) taken by `f`.
 fn ticks(f: impl FnOnce()) -> u32 {
     let start = SYST::get_current();
@@ -248,13 +348,58 @@ fn main() -> ! {
     }
     let ran_dsp = kernels::ran(Isa::Dsp);
     let _ = writeln!(out, "EL-KERNEL ran_dsp={ran_dsp}");
+    // Generic over the tables built in: the active one must have run, every other table
+    // (portable, DSP beside MVE) must match the reference too, and the ISA-specific block
+    // functions of each must be exact.
+    let _ = writeln!(out, "EL-KERNEL ran_active={}", kernels::ran(k.isa()));
+    for (name, fns) in block_fns() {
+        match check_blocks_with(*fns) {
+            Ok(n) => {
+                let _ = writeln!(out, "EL-KERNEL blocks_exact isa={name} cases={n}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "EL-FAIL {name}: {e}");
+                ok = false;
+            }
+        }
+    }
+    for other in Isa::ALL.into_iter().filter_map(Isa::kernel) {
+        match check_rows(other, w8, w4, x) {
+            Ok(n) => {
+                let _ = writeln!(
+                    out,
+                    "EL-KERNEL rows_exact isa={} cases={n}",
+                    other.isa().name()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "EL-FAIL {}: {e}", other.isa().name());
+                ok = false;
+            }
+        }
+        match check_row_counts(other, w8, w4, x) {
+            Ok(n) => {
+                let _ = writeln!(
+                    out,
+                    "EL-KERNEL row_counts_exact isa={} cases={n}",
+                    other.isa().name()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "EL-FAIL {}: {e}", other.isa().name());
+                ok = false;
+            }
+        }
+    }
 
     // Instructions per MAC: ROWS x 64 blocks (256 rows' worth of work per call repeated 8x).
     let ipt = calibrate();
     let bpr = 64;
     let macs = (8 * ROWS * bpr * 32) as f32;
     let port = Isa::Portable.kernel();
-    for (name, kern) in [("portable", port), ("active", Some(k))] {
+    // DSP beside the active table where both are built (the M55 image has DSP and MVE).
+    let dsp = Isa::Dsp.kernel().filter(|d| d.isa() != k.isa());
+    for (name, kern) in [("portable", port), ("active", Some(k)), ("dsp", dsp)] {
         let Some(kern) = kern else { continue };
         let mut y = [0f32; ROWS];
         let t8 = ticks(|| {
