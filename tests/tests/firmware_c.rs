@@ -1,0 +1,147 @@
+//! The C firmware (`targets/cortex-m-c`) under QEMU, compared with the host.
+//!
+//! Builds the `edgelora-ffi` staticlib no_std for thumbv7em-none-eabihf and the C firmware
+//! with its Makefile (`make`), runs it on mps2-an386 (`make run`), and checks that every
+//! `EL ...` line equals the line the host prints running the Rust firmware's scenario
+//! (`targets/cortex-m/src/scenario.rs`) on the same assets with the portable kernel: prompt
+//! ids, the ids and logits hash of the base, adapter A, B, A+B, the rejected bad input (with
+//! the core's own messages), B after it, and B streamed in chunks. The C side drives the
+//! scenario only through the C API (`targets/ffi/include/edgelora.h`).
+//!
+//! Needs `arm-none-eabi-gcc` with newlib (Debian `gcc-arm-none-eabi libnewlib-arm-none-eabi`),
+//! `make`, `qemu-system-arm` and the rustup target `thumbv7em-none-eabihf`; without one of
+//! them the test prints SKIPPED and passes.
+
+mod scenario_host;
+
+use scenario_host::{el_lines, host_lines, root};
+use std::process::{Command, Output};
+
+/// Stack the linker script reserves (`STACK_SIZE` in targets/cortex-m-c/an386.ld).
+const STACK_SIZE: usize = 32 * 1024;
+
+/// Why the C firmware cannot be built or run here, if it cannot.
+fn missing_tool() -> Option<&'static str> {
+    let runs = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !runs("arm-none-eabi-gcc", "--version") {
+        return Some("arm-none-eabi-gcc not installed (Debian: gcc-arm-none-eabi)");
+    }
+    // gcc prints the bare name back when it cannot find the file.
+    let nano = Command::new("arm-none-eabi-gcc")
+        .args([
+            "-mcpu=cortex-m4",
+            "-mthumb",
+            "-mfloat-abi=hard",
+            "-mfpu=fpv4-sp-d16",
+            "-print-file-name=libc_nano.a",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if !std::path::Path::new(&nano).is_absolute() {
+        return Some(
+            "newlib-nano for arm-none-eabi not installed (Debian: libnewlib-arm-none-eabi)",
+        );
+    }
+    if !runs("make", "--version") {
+        return Some("make not installed");
+    }
+    if !runs("qemu-system-arm", "--version") {
+        return Some("qemu-system-arm not installed");
+    }
+    None
+}
+
+/// `make <args>` in targets/cortex-m-c, with cargo's variables for this test build removed
+/// (the Makefile runs its own cargo for another target and profile).
+fn make(args: &[&str]) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new("make")
+        .current_dir(root().join("targets/cortex-m-c"))
+        .args(args)
+        .arg(format!("CARGO={cargo}"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .output()
+        .expect("run make")
+}
+
+/// `key=value` of the line starting with `tag`, as a number.
+fn field(out: &str, tag: &str, key: &str) -> usize {
+    out.lines()
+        .find(|l| l.starts_with(tag))
+        .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"))
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key} in {tag}"))
+}
+
+#[test]
+fn c_firmware_matches_host_on_m4f() {
+    if let Some(why) = missing_tool() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let want = host_lines();
+    assert!(want.iter().any(|l| l == "EL scenario ok"), "{want:#?}");
+
+    let built = make(&[]);
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    if !built.status.success() {
+        if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
+            println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
+            return;
+        }
+        panic!(
+            "building the C firmware failed:\n{}\n{stderr}",
+            String::from_utf8_lossy(&built.stdout)
+        );
+    }
+    let size = make(&["-s", "size"]);
+    print!("{}", String::from_utf8_lossy(&size.stdout));
+
+    // QEMU runs under `timeout` so that a firmware that hangs fails the test instead.
+    let ran = make(&["-s", "run", "QEMU=timeout 300 qemu-system-arm"]);
+    let out = String::from_utf8_lossy(&ran.stdout).into_owned();
+    print!("--- C firmware an386\n{out}");
+    assert!(
+        ran.status.success(),
+        "C firmware failed ({}):\n{out}\n{}",
+        ran.status,
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let got = el_lines(&out);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "C firmware and host differ");
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "C firmware printed {} EL lines, host {}",
+        got.len(),
+        want.len()
+    );
+
+    // The budget line is printed after the scenario; the stack must have stayed inside the
+    // region the linker script gives it (an overflow would have faulted, not returned here,
+    // but a high-water mark at the limit means the region is too small to trust).
+    let stack = field(&out, "EL-BUDGET", "stack_hwm");
+    assert!(
+        stack > 0 && stack < STACK_SIZE,
+        "stack high-water mark {stack} of {STACK_SIZE}"
+    );
+    assert!(field(&out, "EL-BUDGET", "flash_runtime") > 0);
+}
