@@ -5,7 +5,7 @@
 
 #include "board.h"
 
-extern uint32_t __stack_top, __data_start, __data_end, __data_load, __bss_start, __bss_end;
+extern uint32_t __data_start, __data_end, __data_load, __bss_start, __bss_end, __handler_stack_top;
 
 int main(void);
 
@@ -16,8 +16,25 @@ int main(void);
 #define SCB_MMFAR (*(volatile uint32_t *)0xE000ED34u)
 #define SCB_BFAR (*(volatile uint32_t *)0xE000ED38u)
 
-void Reset_Handler(void) __attribute__((noreturn));
+void Reset_Handler(void) __attribute__((naked, noreturn));
+static void reset(void) __attribute__((noreturn, used));
+
+/* The core starts on the main stack (MSP, the vector table's first word: the handler stack).
+ * Move the program to the process stack (PSP = top of .stack, CONTROL.SPSEL = 1) before any
+ * C frame exists, so that a program stack overflow faults while the fault handler still runs
+ * on the MSP and can report it. Naked: no frame of its own to lose in the switch. */
 void Reset_Handler(void)
+{
+    __asm__ volatile("ldr r0, =__stack_top\n\t"
+                     "msr psp, r0\n\t"
+                     "movs r0, #2\n\t"
+                     "msr control, r0\n\t"
+                     "isb\n\t"
+                     "b reset\n\t"
+                     ".ltorg");
+}
+
+static void reset(void)
 {
     /* CP10 and CP11 full access: the core and the library are built for the hard-float ABI,
      * so the FPU must be on before the first floating-point instruction. */
@@ -34,7 +51,9 @@ void Reset_Handler(void)
 }
 
 /* Every fault ends here (MemManage, BusFault and UsageFault are not enabled separately, so
- * they escalate to HardFault): report the fault status registers and fail. */
+ * they escalate to HardFault): report the fault status registers and fail. A program stack
+ * overflow shows as a stacking error (CFSR bit 12, BusFault STKERR) with BFAR just below
+ * 0x2000_0000. */
 static void Fault_Handler(void)
 {
     out_str("EL-HARDFAULT cfsr=");
@@ -60,10 +79,10 @@ static void Default_Handler(void)
 
 typedef void (*vector)(void);
 
-/* Initial stack pointer, then the 15 system exception vectors (entries 7..10 and 13 are
+/* Initial main stack pointer, then the 15 system exception vectors (entries 7..10 and 13 are
  * reserved). No external interrupts are used, so the table stops there. */
 __attribute__((section(".vectors"), used)) static const vector vectors[16] = {
-    (vector)(uintptr_t)&__stack_top,
+    (vector)(uintptr_t)&__handler_stack_top,
     Reset_Handler,
     Default_Handler, /* NMI */
     Fault_Handler,   /* HardFault */

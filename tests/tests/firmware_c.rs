@@ -8,6 +8,10 @@
 //! the core's own messages), B after it, and B streamed in chunks. The C side drives the
 //! scenario only through the C API (`targets/ffi/include/edgelora.h`).
 //!
+//! A second test links the same firmware with an 8 KiB stack (the scenario needs about 22 KiB)
+//! and checks that the overflow faults and is reported, instead of running on over the
+//! statics: the stack sits at the bottom of RAM (targets/cortex-m-c/an386.ld).
+//!
 //! Needs `arm-none-eabi-gcc` with newlib (Debian `gcc-arm-none-eabi libnewlib-arm-none-eabi`),
 //! `make`, `qemu-system-arm` and the rustup target `thumbv7em-none-eabihf`; without one of
 //! them the test prints SKIPPED and passes.
@@ -16,6 +20,10 @@ mod scenario_host;
 
 use scenario_host::{el_lines, host_lines, root};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// One `make` at a time: both tests build the same staticlib and objects.
+static MAKE: Mutex<()> = Mutex::new(());
 
 /// Stack the linker script reserves (`STACK_SIZE` in targets/cortex-m-c/an386.ld).
 const STACK_SIZE: usize = 32 * 1024;
@@ -60,6 +68,7 @@ fn missing_tool() -> Option<&'static str> {
 /// `make <args>` in targets/cortex-m-c, with cargo's variables for this test build removed
 /// (the Makefile runs its own cargo for another target and profile).
 fn make(args: &[&str]) -> Output {
+    let _g = MAKE.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Command::new("make")
         .current_dir(root().join("targets/cortex-m-c"))
@@ -87,6 +96,25 @@ fn field(out: &str, tag: &str, key: &str) -> usize {
         .unwrap_or_else(|| panic!("no number {key} in {tag}"))
 }
 
+/// `make <args>` (the firmware); false (SKIPPED printed) if the Rust target is missing.
+fn build(args: &[&str]) -> bool {
+    let built = make(args);
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    if !built.status.success() {
+        if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
+            println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
+            return false;
+        }
+        panic!(
+            "building the C firmware failed:\n{}\n{stderr}",
+            String::from_utf8_lossy(&built.stdout)
+        );
+    }
+    true
+}
+
 #[test]
 fn c_firmware_matches_host_on_m4f() {
     if let Some(why) = missing_tool() {
@@ -96,19 +124,8 @@ fn c_firmware_matches_host_on_m4f() {
     let want = host_lines();
     assert!(want.iter().any(|l| l == "EL scenario ok"), "{want:#?}");
 
-    let built = make(&[]);
-    let stderr = String::from_utf8_lossy(&built.stderr);
-    if !built.status.success() {
-        if stderr.contains("target may not be installed")
-            || stderr.contains("can't find crate for `core`")
-        {
-            println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
-            return;
-        }
-        panic!(
-            "building the C firmware failed:\n{}\n{stderr}",
-            String::from_utf8_lossy(&built.stdout)
-        );
+    if !build(&[]) {
+        return;
     }
     let size = make(&["-s", "size"]);
     print!("{}", String::from_utf8_lossy(&size.stdout));
@@ -144,4 +161,30 @@ fn c_firmware_matches_host_on_m4f() {
         "stack high-water mark {stack} of {STACK_SIZE}"
     );
     assert!(field(&out, "EL-BUDGET", "flash_runtime") > 0);
+}
+
+#[test]
+fn c_firmware_stack_overflow_faults() {
+    if let Some(why) = missing_tool() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let small = ["STACK_SIZE=8192", "BUILD=build-stack8k"];
+    if !build(&small) {
+        return;
+    }
+    let mut args = vec!["-s", "run", "QEMU=timeout 300 qemu-system-arm"];
+    args.extend(small);
+    let ran = make(&args);
+    let out = String::from_utf8_lossy(&ran.stdout).into_owned();
+    print!("--- C firmware an386, 8 KiB stack\n{out}");
+    assert!(
+        !ran.status.success(),
+        "an 8 KiB stack cannot hold the scenario:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("EL-HARDFAULT ")),
+        "the overflow must be reported by the fault handler:\n{out}"
+    );
+    assert!(!out.contains("EL scenario ok"));
 }
