@@ -12,6 +12,9 @@
 //! and checks that the overflow faults and is reported, instead of running on over the
 //! statics: the stack sits at the bottom of RAM (targets/cortex-m-c/an386.ld).
 //!
+//! Where `cmake` is installed, a third test builds the firmware with the CMakeLists.txt and
+//! its toolchain file instead and checks the same lines.
+//!
 //! Needs `arm-none-eabi-gcc` with newlib (Debian `gcc-arm-none-eabi libnewlib-arm-none-eabi`),
 //! `make`, `qemu-system-arm` and the rustup target `thumbv7em-none-eabihf`; without one of
 //! them the test prints SKIPPED and passes.
@@ -187,4 +190,73 @@ fn c_firmware_stack_overflow_faults() {
         "the overflow must be reported by the fault handler:\n{out}"
     );
     assert!(!out.contains("EL scenario ok"));
+}
+
+#[test]
+fn c_firmware_cmake_build_matches_host() {
+    if let Some(why) = missing_tool() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    if !Command::new("cmake")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("SKIPPED: cmake not installed");
+        return;
+    }
+    let want = host_lines();
+    let dir = root().join("targets/cortex-m-c");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cmake = |args: &[&str]| -> Output {
+        let _g = MAKE.lock().unwrap_or_else(|e| e.into_inner());
+        Command::new("cmake")
+            .current_dir(&dir)
+            .args(args)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .output()
+            .expect("run cmake")
+    };
+    let ok = |o: &Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let conf = cmake(&[
+        "-B",
+        "build-cmake-test",
+        "-DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi.cmake",
+        &format!("-DCARGO={cargo}"),
+        "-DQEMU=timeout;300;qemu-system-arm",
+    ]);
+    ok(&conf, "cmake configure");
+    let built = cmake(&["--build", "build-cmake-test"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    if !built.status.success() && said.contains("target may not be installed") {
+        println!("SKIPPED: rustup target thumbv7em-none-eabihf not installed");
+        return;
+    }
+    ok(&built, "cmake --build");
+    let ran = cmake(&["--build", "build-cmake-test", "--target", "run"]);
+    let out = String::from_utf8_lossy(&ran.stdout).into_owned();
+    print!("--- C firmware an386 (CMake)\n{out}");
+    ok(&ran, "cmake --build --target run");
+    assert_eq!(
+        el_lines(&out),
+        want,
+        "C firmware (CMake build) and host differ"
+    );
 }
