@@ -32,7 +32,8 @@
  *   run concurrently on different threads, including concurrent generation on different
  *   states of the same model (el_model, el_adapter and el_tokenizer are read-only after they
  *   are made, so any number of threads may use them at once). Calls that take a non-const
- *   handle (el_state *, el_stream *) mutate it: one thread at a time per state or stream, and
+ *   handle (el_state *, el_stream *, el_decoder *) mutate it: one thread at a time per state,
+ *   stream or decoder, and
  *   no el_set_adapters() while that state is generating.
  *   The last-error message is per thread on hosts (the library built with its default `std`
  *   feature): each thread reads back its own last failure. Firmware builds (no_std, no thread
@@ -77,6 +78,7 @@ typedef struct el_state el_state;         /* KV cache, activations, logits, acti
 typedef struct el_adapter el_adapter;     /* LoRA adapter bound to one model; read-only */
 typedef struct el_stream el_stream;       /* receiver for one framed adapter */
 typedef struct el_tokenizer el_tokenizer; /* the model's tokenizer; read-only once opened */
+typedef struct el_decoder el_decoder;     /* streaming detokenizer for one sequence */
 
 typedef struct el_model_info {
     uint32_t n_layers; /* transformer blocks */
@@ -114,6 +116,9 @@ int el_model_open(void *mem, size_t mem_len, const uint8_t *gguf, size_t gguf_le
 /* Fill `*info` with the model's hyper-parameters. Errors: EL_ERR_NULL. */
 int el_model_get_info(const el_model *model, el_model_info *info);
 
+/* Hidden width of the model's feed-forward block; 0 if `model` is NULL. Thread-safe. */
+uint32_t el_model_ffn_dim(const el_model *model);
+
 /* ---- State (KV cache, activations, logits) ---------------------------------------------- */
 
 /* Bytes of memory el_state_init needs for `ctx` positions (KV cache included). Returns 0
@@ -125,6 +130,15 @@ size_t el_state_size(const el_model *model, uint32_t ctx);
  * The model must outlive the state. Errors: EL_ERR_NULL, EL_ERR_BUFFER (mem small or
  * misaligned), EL_ERR_ARG (ctx 0, larger than the model's ctx_len, or overflowing). */
 int el_state_init(const el_model *model, uint32_t ctx, void *mem, size_t mem_len, el_state **out);
+
+/* Bytes of KV cache, activations and logits inside a state for `ctx` positions: the figure
+ * to budget RAM by (el_state_size() less the handle). Returns 0 if `model` is NULL or the size
+ * would overflow size_t. Thread-safe. */
+size_t el_state_data_size(const el_model *model, uint32_t ctx);
+
+/* Forget the state's KV cache, O(1): the next el_forward or el_prefill starts at position 0.
+ * The active adapters stay active. One thread at a time per state. Errors: EL_ERR_NULL. */
+int el_state_clear(el_state *state);
 
 /* ---- Adapters --------------------------------------------------------------------------- */
 
@@ -157,6 +171,17 @@ int el_set_adapters(el_state *state, const el_adapter *const *adapters, const fl
  * (state made for another model), EL_ERR_CONTEXT (pos >= ctx), EL_ERR_ARG (token >= vocab,
  * pos past the filled positions). */
 int el_forward(const el_model *model, el_state *state, uint32_t token, uint32_t pos, const float **logits, size_t *n_vocab);
+
+/* Run the `n` ids of `tokens` at positions pos..pos+n-1 in one call (a prompt: each weight is
+ * read once per block of tokens instead of once per token; the logits are bit-identical to
+ * el_forward run token by token) with the state's active adapters. Needs pos <= positions
+ * already filled (pos 0 after el_state_clear) and pos + n <= ctx. `*logits` is set to the
+ * `*n_vocab` logits of the last token, inside the state's memory, valid until the next call
+ * that uses this state. On error, positions before the failing block stay filled. One thread
+ * at a time per state. Errors: EL_ERR_NULL, EL_ERR_MISMATCH (state made for another model),
+ * EL_ERR_CONTEXT (pos + n > ctx), EL_ERR_ARG (n 0, id >= vocab, pos past the filled
+ * positions). */
+int el_prefill(const el_model *model, el_state *state, const uint32_t *tokens, size_t n, uint32_t pos, const float **logits, size_t *n_vocab);
 
 /* Greedy generation: clear the state, run the `n_prompt` ids of `prompt` (n_prompt >= 1),
  * then write up to `max_out` generated ids to `out`. Generation stops when the next id would
@@ -215,6 +240,15 @@ int el_tokenizer_open(const el_model *model, uint32_t *scratch, size_t words, vo
  * pass to el_generate. Errors: EL_ERR_NULL. */
 int el_tokenizer_eos(const el_tokenizer *tok, uint32_t *eos);
 
+/* Whether the model asks for BOS in front of a prompt (its tokenizer.ggml.add_bos_token), in
+ * `*add_bos`: 1 or 0; pass it to el_tokenize. Thread-safe. Errors: EL_ERR_NULL. */
+int el_tokenizer_add_bos(const el_tokenizer *tok, int *add_bos);
+
+/* 1 if `id` ends generation (EOS, EOT, <|im_end|>, <end_of_turn>, ...: llama.cpp's
+ * end-of-generation list, wider than el_tokenizer_eos), else 0; 0 if `tok` is NULL.
+ * Thread-safe. */
+int el_tokenizer_is_eog(const el_tokenizer *tok, uint32_t id);
+
 /* Encode `len` bytes of UTF-8 `text` (no NUL needed; special tokens such as </s> are
  * parsed), with BOS first if `add_bos` is nonzero and the vocabulary has one. Writes `*n`
  * ids to `out`. `out` is also working memory: `cap` >= 10 * len + 16 always suffices.
@@ -225,6 +259,34 @@ int el_tokenize(const el_tokenizer *tok, const char *text, size_t len, int add_b
  * bytes); `*len` is the text length without the NUL. Errors: EL_ERR_NULL, EL_ERR_ARG (id >=
  * vocab), EL_ERR_BUFFER (text does not fit). */
 int el_detokenize(const el_tokenizer *tok, const uint32_t *ids, size_t n, char *out, size_t cap, size_t *len);
+
+/* ---- Streaming decoder (text token by token, e.g. straight out of a UART) --------------- */
+
+/* Bytes of object memory el_decoder_begin needs. Constant for a given library build. */
+size_t el_decoder_size(void);
+
+/* Start decoding one sequence into `mem` (>= el_decoder_size() bytes, EL_ALIGN-aligned):
+ * every token is rendered (special ones included) and nothing is stripped, unlike
+ * el_detokenize, which drops the leading space a SentencePiece vocabulary adds. The
+ * tokenizer must outlive the decoder. The decoder holds the bytes of a character split
+ * across tokens until it is complete; nothing else. One thread at a time per decoder; any
+ * number of decoders may share a tokenizer. Errors: EL_ERR_NULL, EL_ERR_BUFFER (mem small or
+ * misaligned). */
+int el_decoder_begin(const el_tokenizer *tok, void *mem, size_t mem_len, el_decoder **out);
+
+/* Decode `id`: write the UTF-8 text it completes to `out` (`cap` bytes; NOT NUL-terminated)
+ * and its length to `*len` (0 when the token only starts a character). Always whole
+ * characters, so every chunk can be printed as it comes. 3 * (longest token text) + 3 bytes
+ * always suffice; 64 is plenty for byte-level and SentencePiece vocabularies. On error
+ * nothing is written and the decoder is unchanged (on EL_ERR_BUFFER: print what you have and
+ * push the same id again). Errors: EL_ERR_NULL (`out` may be NULL only with cap 0),
+ * EL_ERR_ARG (id >= vocab), EL_ERR_BUFFER (text does not fit). */
+int el_decoder_push(el_decoder *dec, uint32_t id, char *out, size_t cap, size_t *len);
+
+/* End of the sequence: an incomplete character still held back becomes U+FFFD (3 bytes) in
+ * `out` (not NUL-terminated); `*len` is 0 or 3. The decoder can then decode a new sequence.
+ * Errors: EL_ERR_NULL, EL_ERR_BUFFER (cap < 3 while a character is pending; unchanged). */
+int el_decoder_finish(el_decoder *dec, char *out, size_t cap, size_t *len);
 
 #ifdef __cplusplus
 }

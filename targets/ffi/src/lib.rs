@@ -19,7 +19,7 @@ use edgelora::lora::stream::StreamLoader;
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
 use edgelora::model::{Model, State};
 use edgelora::sample::argmax;
-use edgelora::tokenizer::Tokenizer;
+use edgelora::tokenizer::{Decoder, Tokenizer};
 use edgelora::{Error, ErrorKind, Gguf};
 
 /// Most layers a model opened through this API may have.
@@ -343,6 +343,19 @@ pub unsafe extern "C" fn el_model_get_info(
     EL_OK
 }
 
+/// Hidden width of the model's feed-forward block (0 for a null handle).
+///
+/// # Safety
+/// `model` from `el_model_open` (or null).
+#[no_mangle]
+pub unsafe extern "C" fn el_model_ffn_dim(model: *const el_model) -> u32 {
+    if model.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle per contract.
+    unsafe { &*model }.0.model.config().ffn_dim as u32
+}
+
 // ---- state ---------------------------------------------------------------------------------
 
 /// Bytes of memory `el_state_init` needs for `ctx` positions (0 if it would overflow).
@@ -407,6 +420,36 @@ pub unsafe extern "C" fn el_state_init(
         }));
         *out = p;
     }
+    EL_OK
+}
+
+/// Bytes of KV cache, activations and logits inside a state for `ctx` positions
+/// (`State::bytes_for`: `el_state_size` less the handle); 0 for a null model or on overflow.
+///
+/// # Safety
+/// `model` from `el_model_open` (or null).
+#[no_mangle]
+pub unsafe extern "C" fn el_state_data_size(model: *const el_model, ctx: u32) -> usize {
+    if model.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle per contract.
+    let c = unsafe { &*model }.0.model.config();
+    State::checked_len_for(c, ctx as usize)
+        .and_then(|n| n.checked_mul(4))
+        .unwrap_or(0)
+}
+
+/// Forget the state's KV cache (O(1)); the next forward or prefill starts at position 0.
+/// The active adapters stay.
+///
+/// # Safety
+/// `state` from `el_state_init`, not in use by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn el_state_clear(state: *mut el_state) -> c_int {
+    nonnull!(state);
+    // SAFETY: valid handle per contract.
+    unsafe { &mut *state }.0.state.clear();
     EL_OK
 }
 
@@ -570,6 +613,45 @@ pub unsafe extern "C" fn el_forward(
         .model
         .forward_with(token, pos as usize, &mut s.state, &set)
     {
+        Ok(l) => {
+            // SAFETY: writable per contract.
+            unsafe {
+                *logits = l.as_ptr();
+                *n_vocab = l.len();
+            }
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// Run `n` tokens at positions `pos..pos + n` together (a prompt: each weight is read once per
+/// block of tokens, and the logits equal `el_forward` run token by token) with the active
+/// adapters; `*logits` points at the `*n_vocab` logits of the last one, inside the state.
+///
+/// # Safety
+/// Handles from this API for the same model; `tokens` valid for `n` ids; `logits` and
+/// `n_vocab` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_prefill(
+    model: *const el_model,
+    state: *mut el_state,
+    tokens: *const u32,
+    n: usize,
+    pos: u32,
+    logits: *mut *const f32,
+    n_vocab: *mut usize,
+) -> c_int {
+    nonnull!(model, state, tokens, logits, n_vocab);
+    // SAFETY: valid handles per contract.
+    let (m, s) = (&unsafe { &*model }.0, &mut unsafe { &mut *state }.0);
+    if s.model != model {
+        return bad(EL_ERR_MISMATCH, "state was made for another model handle");
+    }
+    // SAFETY: `n` ids per contract.
+    let toks = unsafe { core::slice::from_raw_parts(tokens, n) };
+    let set = active_set(s);
+    match m.model.prefill_with(toks, pos as usize, &mut s.state, &set) {
         Ok(l) => {
             // SAFETY: writable per contract.
             unsafe {
@@ -824,6 +906,36 @@ pub unsafe extern "C" fn el_tokenizer_eos(tok: *const el_tokenizer, eos: *mut u3
     EL_OK
 }
 
+/// Whether the model asks for BOS in front of a prompt (`tokenizer.ggml.add_bos_token`), in
+/// `*add_bos` (1 or 0).
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`; `add_bos` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_add_bos(
+    tok: *const el_tokenizer,
+    add_bos: *mut c_int,
+) -> c_int {
+    nonnull!(tok, add_bos);
+    // SAFETY: valid handle and writable pointer per contract.
+    unsafe { *add_bos = c_int::from((*tok).0.add_bos()) };
+    EL_OK
+}
+
+/// 1 if `id` ends generation (EOS, EOT, `<|im_end|>`, ...: llama.cpp's end-of-generation
+/// list), 0 if not or if `tok` is null.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open` (or null).
+#[no_mangle]
+pub unsafe extern "C" fn el_tokenizer_is_eog(tok: *const el_tokenizer, id: u32) -> c_int {
+    if tok.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle per contract.
+    c_int::from(unsafe { &*tok }.0.is_eog(id))
+}
+
 /// Encode UTF-8 `text` (special tokens parsed), with BOS first if `add_bos` and the
 /// vocabulary has one. `out` is also working memory: `10 * len + 16` ids always suffice.
 ///
@@ -901,6 +1013,126 @@ pub unsafe extern "C" fn el_detokenize(
             if let Some(z) = o.get_mut(k) {
                 *z = 0;
             }
+            // SAFETY: writable per contract.
+            unsafe { *len = k };
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+// ---- streaming decoder ---------------------------------------------------------------------
+
+/// Opaque streaming decoder: text token by token, characters split across tokens held back.
+pub struct el_decoder(Decoder<'static, 'static, &'static mut [u32]>);
+
+const _: () = assert!(align_of::<el_decoder>() <= EL_ALIGN);
+
+/// Bytes of object memory `el_decoder_begin` needs.
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn el_decoder_size() -> usize {
+    size_of::<el_decoder>()
+}
+
+/// Start decoding a sequence: every token rendered (special ones included), nothing stripped.
+///
+/// # Safety
+/// `tok` from `el_tokenizer_open`, outliving the decoder; `mem` valid for `mem_len` bytes;
+/// `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_decoder_begin(
+    tok: *const el_tokenizer,
+    mem: *mut c_void,
+    mem_len: usize,
+    out: *mut *mut el_decoder,
+) -> c_int {
+    nonnull!(tok, out);
+    if let Err(c) = room(mem, mem_len, size_of::<el_decoder>()) {
+        return c;
+    }
+    // SAFETY: valid handle per contract, outliving the decoder.
+    let t: &'static Tokenizer<'static> = unsafe { &(*tok).0 };
+    let p = mem.cast::<el_decoder>();
+    // SAFETY: aligned and in range (checked by room); `out` writable.
+    unsafe {
+        p.write(el_decoder(t.decoder()));
+        *out = p;
+    }
+    EL_OK
+}
+
+/// Decode one token: write the UTF-8 text it completes to `out` (`*len` bytes, no NUL).
+/// `max_token_bytes * 3 + 3` bytes always suffice; on `EL_ERR_BUFFER` nothing is written and
+/// the decoder is unchanged.
+///
+/// # Safety
+/// `dec` from `el_decoder_begin`; `out` valid for `cap` bytes (or null with `cap` 0); `len`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn el_decoder_push(
+    dec: *mut el_decoder,
+    id: u32,
+    out: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    nonnull!(dec, len);
+    if cap > 0 && out.is_null() {
+        return bad(EL_ERR_NULL, "null output");
+    }
+    // SAFETY: per contract (an empty slice for cap 0).
+    let (d, o) = unsafe {
+        (
+            &mut (*dec).0,
+            if cap == 0 {
+                &mut [][..]
+            } else {
+                core::slice::from_raw_parts_mut(out.cast::<u8>(), cap)
+            },
+        )
+    };
+    match d.push(id, o) {
+        Ok(k) => {
+            // SAFETY: writable per contract.
+            unsafe { *len = k };
+            EL_OK
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// End of the sequence: a character still incomplete becomes U+FFFD (3 bytes) in `out`;
+/// `*len` is 0 or 3. The decoder may then start a new sequence.
+///
+/// # Safety
+/// As `el_decoder_push`.
+#[no_mangle]
+pub unsafe extern "C" fn el_decoder_finish(
+    dec: *mut el_decoder,
+    out: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    nonnull!(dec, len);
+    if cap > 0 && out.is_null() {
+        return bad(EL_ERR_NULL, "null output");
+    }
+    // SAFETY: per contract (an empty slice for cap 0).
+    let (d, o) = unsafe {
+        (
+            &mut (*dec).0,
+            if cap == 0 {
+                &mut [][..]
+            } else {
+                core::slice::from_raw_parts_mut(out.cast::<u8>(), cap)
+            },
+        )
+    };
+    match d.finish(o) {
+        Ok(k) => {
             // SAFETY: writable per contract.
             unsafe { *len = k };
             EL_OK

@@ -79,6 +79,68 @@ int main(int argc, char **argv) {
     CHECK(el_detokenize(tok, out, n_out, text, sizeof text, &tlen));
     printf("C base text_bytes=%zu\n", tlen);
 
+    /* el_prefill: the prompt in one call gives the same logits, bit for bit, as el_forward
+     * token by token; el_state_clear empties the cache (position 1 is then past it). */
+    {
+        const float *lp, *lf;
+        size_t nvp, nvf;
+        static float keep[65536];
+        CHECK(el_state_clear(s));
+        CHECK(el_prefill(m, s, ids, n_ids, 0, &lp, &nvp));
+        if (nvp != info.vocab || nvp > 65536) return 1;
+        memcpy(keep, lp, nvp * sizeof *lp);
+        CHECK(el_state_clear(s));
+        if (el_forward(m, s, ids[1], 1, &lf, &nvf) == EL_OK) {
+            fprintf(stderr, "el_state_clear: position 1 accepted on an empty cache\n");
+            return 1;
+        }
+        for (size_t i = 0; i < n_ids; i++) CHECK(el_forward(m, s, ids[i], (uint32_t)i, &lf, &nvf));
+        if (nvf != nvp || memcmp(keep, lf, nvp * sizeof *lf) != 0) {
+            fprintf(stderr, "el_prefill and el_forward logits differ\n");
+            return 1;
+        }
+        if (el_prefill(m, s, ids, 0, 0, &lp, &nvp) != EL_ERR_ARG) return 1;
+    }
+    /* Sizes and flags the new queries report. */
+    {
+        size_t data = el_state_data_size(m, ctx);
+        int add_bos;
+        uint32_t eos;
+        CHECK(el_tokenizer_add_bos(tok, &add_bos));
+        CHECK(el_tokenizer_eos(tok, &eos));
+        printf("C ffn=%u state_data=%zu add_bos=%d eos_is_eog=%d\n", el_model_ffn_dim(m), data, add_bos,
+               el_tokenizer_is_eog(tok, eos));
+        if (data == 0 || data >= ssz || el_model_ffn_dim(NULL) != 0 || el_tokenizer_is_eog(NULL, eos) != 0)
+            return 1;
+    }
+    /* The streaming decoder gives el_detokenize's text token by token, keeping the leading
+     * space a SentencePiece vocabulary puts first (el_detokenize drops it). */
+    {
+        el_decoder *dec;
+        char dtext[256], piece[64];
+        size_t dlen = 0, k;
+        CHECK(el_decoder_begin(tok, obj(el_decoder_size()), el_decoder_size(), &dec));
+        for (size_t i = 0; i < n_out; i++) {
+            CHECK(el_decoder_push(dec, out[i], piece, sizeof piece, &k));
+            if (dlen + k > sizeof dtext) return 1;
+            memcpy(dtext + dlen, piece, k);
+            dlen += k;
+        }
+        CHECK(el_decoder_finish(dec, piece, sizeof piece, &k));
+        memcpy(dtext + dlen, piece, k);
+        dlen += k;
+        printf("C decoder text_bytes=%zu\n", dlen);
+        if (dlen < tlen || dlen > tlen + 1 || memcmp(dtext + (dlen - tlen), text, tlen) != 0) {
+            fprintf(stderr, "decoder text differs from el_detokenize\n");
+            return 1;
+        }
+        if (el_decoder_push(dec, info.vocab, piece, sizeof piece, &k) != EL_ERR_ARG) return 1;
+        /* No room: an error, or nothing to write (a token that only starts a character). */
+        k = 1;
+        int st0 = el_decoder_push(dec, out[0], NULL, 0, &k);
+        if (!(st0 == EL_ERR_BUFFER || (st0 == EL_OK && k == 0))) return 1;
+    }
+
     /* The end token stops generation and is not written: with eos = out[2], the output is
      * the ids before its first occurrence. */
     {
