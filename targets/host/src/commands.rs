@@ -407,6 +407,15 @@ impl Adapters {
                 args.len()
             );
         }
+        Self::open_files(args)
+    }
+
+    /// [`Adapters::open`] without the limit on how many: for commands that write the adapters
+    /// into a file instead of running them (`merge`, `adapter combine`).
+    ///
+    /// # Errors
+    /// A bad argument, a file that cannot be mapped.
+    pub fn open_files(args: &[String]) -> Result<Self> {
         let mut maps = vec![];
         let mut scales = vec![];
         let mut names = vec![];
@@ -433,6 +442,24 @@ impl Adapters {
     /// The files, as given.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The scales (`adapter combine`: the weights), in the order given.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Each file's name without its directory: how reports and `adapter combine`'s recorded
+    /// provenance name the inputs.
+    pub fn labels(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .map(|f| {
+                std::path::Path::new(f)
+                    .file_name()
+                    .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect()
     }
 
     /// Parse every adapter.

@@ -27,6 +27,7 @@ mod export_cmd;
 mod fetch;
 mod generation;
 mod perplexity_cmd;
+mod progress;
 mod quantize_cmd;
 mod serve;
 mod tok;
