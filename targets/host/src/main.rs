@@ -16,6 +16,7 @@ macro_rules! note {
 
 mod adapter_cmd;
 mod chat_cmd;
+mod chat_jinja;
 mod chat_template;
 mod combine_cmd;
 mod commands;
