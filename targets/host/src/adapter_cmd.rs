@@ -95,6 +95,16 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
     }
 }
 
+/// `--dtype` of the adapter writers (`convert`, `combine`): the storage type of A and B.
+pub fn adapter_dtype(s: &str) -> Result<GgmlType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "q8_0" => GgmlType::Q8_0,
+        other => bail!("--dtype {other}: expected f32, f16 or q8_0"),
+    })
+}
+
 fn convert(a: ConvertArgs) -> Result<()> {
     let cfg = std::fs::read(a.peft_dir.join("adapter_config.json"))
         .with_context(|| format!("reading {}/adapter_config.json", a.peft_dir.display()))?;
@@ -103,12 +113,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let base_path = resolve_model(&a.base)?;
     let bm = map(&base_path)?;
     let base = Gguf::parse(&bm).with_context(|| format!("parsing {}", base_path.display()))?;
-    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        other => bail!("--dtype {other}: expected f32, f16 or q8_0"),
-    };
+    let dtype = adapter_dtype(&a.dtype)?;
     let bar = Progress::steps("convert", 0, "modules");
     let (bytes, rep) = convert_peft_with_progress(
         &cfg,

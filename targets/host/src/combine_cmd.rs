@@ -9,7 +9,6 @@ use edgelora::lora::combine::{
     combine_with_progress, CombineInput, CombineOptions, Method, SeededMasks, SignMethod,
 };
 use edgelora::lora::Adapter;
-use edgelora::quant::GgmlType;
 use std::path::PathBuf;
 
 /// Methods, one line each (PEFT's `combination_type` names and semantics).
@@ -79,12 +78,7 @@ pub fn run(a: CombineArgs) -> Result<()> {
             names.join(", ")
         )
     })?;
-    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        o => bail!("--dtype {o}: expected f32, f16 or q8_0"),
-    };
+    let dtype = crate::adapter_cmd::adapter_dtype(&a.dtype)?;
     let majority_sign = match a.majority_sign.to_ascii_lowercase().as_str() {
         "total" => SignMethod::Total,
         "frequency" => SignMethod::Frequency,

@@ -363,7 +363,6 @@ pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
     }
 }
 
-/// Memory-mapped adapter files and their parsed views.
 /// Parse an adapter file's bytes, saying what the file is when it is not a LoRA adapter (a model
 /// given as `--adapter` reads as "this is a model file", not as a missing metadata key).
 pub fn parse_adapter<'a>(bytes: &'a [u8], name: &str) -> Result<Adapter<'a>> {
@@ -386,6 +385,9 @@ pub fn parse_adapter<'a>(bytes: &'a [u8], name: &str) -> Result<Adapter<'a>> {
     }
 }
 
+/// Adapter files given as `FILE[:SCALE]`, memory-mapped (a stream frame checked and
+/// unwrapped), with their scales: the one path every command takes from arguments to parsed
+/// and bound adapters.
 pub struct Adapters {
     maps: Vec<memmap2::Mmap>,
     scales: Vec<f32>,
