@@ -41,11 +41,13 @@ fn greedy(m: &Model<'_>, set: &AdapterSet<'_, '_, '_>, prompt: &[u32]) -> String
     ids(&out)
 }
 
-#[test]
-fn c_program_links_staticlib_and_matches_rust() {
+/// Build `libedgelora_ffi.a` and compile the C file `src` (repository-relative) against it and
+/// the checked-in header, warning-free (`-Wall -Wextra -Werror`), as `target/ffi-c/<exe>`.
+/// `None` (after printing SKIPPED) where gcc is not installed.
+fn build_c(src: &str, exe: &str) -> Option<PathBuf> {
     if Command::new("gcc").arg("--version").output().is_err() {
         println!("SKIPPED: gcc not installed");
-        return;
+        return None;
     }
     let root = root();
     let tdir = root.join("target/ffi-c");
@@ -59,11 +61,11 @@ fn c_program_links_staticlib_and_matches_rust() {
         .status()
         .unwrap();
     assert!(st.success(), "building edgelora-ffi failed");
-    let exe = tdir.join("test_ffi");
+    let exe = tdir.join(exe);
     let out = Command::new("gcc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(root.join("targets/ffi/include"))
-        .arg(root.join("targets/ffi/tests/c/test_ffi.c"))
+        .arg(root.join(src))
         .arg(tdir.join("debug/libedgelora_ffi.a"))
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe)
@@ -71,9 +73,18 @@ fn c_program_links_staticlib_and_matches_rust() {
         .unwrap();
     assert!(
         out.status.success(),
-        "gcc failed:\n{}",
+        "gcc failed on {src}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some(exe)
+}
+
+#[test]
+fn c_program_links_staticlib_and_matches_rust() {
+    let Some(exe) = build_c("targets/ffi/tests/c/test_ffi.c", "test_ffi") else {
+        return;
+    };
+    let root = root();
 
     let base_p = root.join("tests/fixtures/tiny/tiny-q8_0.gguf");
     let a_p = root.join("targets/cortex-m/assets/tiny-lora-a.gguf");
@@ -130,37 +141,10 @@ fn c_program_links_staticlib_and_matches_rust() {
 /// answers with each adapter after the swap (the same answers the Rust examples give).
 #[test]
 fn c_example_generates_and_swaps() {
-    if Command::new("gcc").arg("--version").output().is_err() {
-        println!("SKIPPED: gcc not installed");
+    let Some(exe) = build_c("targets/ffi/examples/generate.c", "generate_example") else {
         return;
-    }
+    };
     let root = root();
-    let tdir = root.join("target/ffi-c");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "-p", "edgelora-ffi", "--target-dir"])
-        .arg(&tdir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .unwrap();
-    assert!(st.success(), "building edgelora-ffi failed");
-    let exe = tdir.join("generate_example");
-    let out = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root.join("targets/ffi/include"))
-        .arg(root.join("targets/ffi/examples/generate.c"))
-        .arg(tdir.join("debug/libedgelora_ffi.a"))
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gcc failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let tiny = root.join("models/tiny");
     let run = Command::new(&exe)
         .arg(tiny.join("tiny-base.gguf"))

@@ -123,6 +123,21 @@ pub fn convert_peft(
     base: &Gguf<'_>,
     opts: &ConvertOptions,
 ) -> Result<(Vec<u8>, ConvertReport)> {
+    convert_peft_with_progress(config_json, safetensors, base, opts, &mut |_, _| {})
+}
+
+/// [`convert_peft`], calling `progress(done, total)` after each module is converted (for a
+/// progress bar: DoRA modules dequantise the base rows, which takes seconds on larger bases).
+///
+/// # Errors
+/// As [`convert_peft`].
+pub fn convert_peft_with_progress(
+    config_json: &[u8],
+    safetensors: &[u8],
+    base: &Gguf<'_>,
+    opts: &ConvertOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<u8>, ConvertReport)> {
     let cfg: J = serde_json::from_slice(config_json).map_err(|_| {
         refuse(
             "adapter_config.json is not valid JSON",
@@ -315,7 +330,8 @@ pub fn convert_peft(
     }
     let mut maxr = 0;
     let mut entries = Vec::new();
-    for (module, (ai, bi, mi)) in &mods {
+    for (done, (module, (ai, bi, mi))) in mods.iter().enumerate() {
+        progress(done, mods.len());
         let (Some(ai), Some(bi)) = (*ai, *bi) else {
             return Err(Error::new(
                 ErrorKind::MissingTensor,
@@ -491,29 +507,16 @@ pub fn convert_peft(
                 encode(&g, out_d, GgmlType::F32).1,
             )?;
         }
-        let (ty_a, da) = encode(&a, in_d, opts.dtype);
-        let (ty_b, db) = encode(&b, r, opts.dtype);
-        if ty_b != opts.dtype {
-            let note =
-                "lora_b kept as F16: its rows (length r) are not a whole number of Q8_0 blocks"
-                    .to_string();
-            if !report.notes.contains(&note) {
-                report.notes.push(note);
-            }
-        }
-        w.add_tensor(
-            &[target.as_str(), ".lora_a"].concat(),
-            ty_a,
-            &[in_d as u64, r as u64],
-            da,
-        )?;
-        w.add_tensor(
-            &[target.as_str(), ".lora_b"].concat(),
-            ty_b,
-            &[r as u64, out_d as u64],
-            db,
+        write_pair(
+            &mut w,
+            &target,
+            (&a, &b),
+            (in_d, r, out_d),
+            opts.dtype,
+            &mut report.notes,
         )?;
     }
+    progress(mods.len(), mods.len());
     if let Some(hi) = head {
         let t = &st.tensors[hi];
         let o = model.output();
@@ -570,6 +573,46 @@ pub fn permute_rows_for_rope(x: &[f32], heads: usize, head_dim: usize, cols: usi
         }
     }
     out
+}
+
+/// Add one LoRA pair to `w` as `<target>.lora_a` (`a`: `r` rows of `n_in`, ggml dims
+/// `[n_in, r]`) and `<target>.lora_b` (`b`: `n_out` rows of `r`, dims `[r, n_out]`), both
+/// [`encode`]d as `dtype`. B's rows are only `r` long, so Q8_0 falls back to F16 for ranks that
+/// are not a multiple of 32; the first such pair adds a note to `notes`. The converter and
+/// [`super::combine`] write their pairs through here, so both files look alike.
+///
+/// # Errors
+/// The writer's (a duplicate tensor name).
+pub(super) fn write_pair(
+    w: &mut GgufWriter,
+    target: &str,
+    (a, b): (&[f32], &[f32]),
+    (n_in, r, n_out): (usize, usize, usize),
+    dtype: GgmlType,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let (ty_a, da) = encode(a, n_in, dtype);
+    let (ty_b, db) = encode(b, r, dtype);
+    if ty_b != dtype {
+        let note = "lora_b kept as F16: its rows (length r) are not a whole number of Q8_0 blocks"
+            .to_string();
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    w.add_tensor(
+        &[target, ".lora_a"].concat(),
+        ty_a,
+        &[n_in as u64, r as u64],
+        da,
+    )?;
+    w.add_tensor(
+        &[target, ".lora_b"].concat(),
+        ty_b,
+        &[r as u64, n_out as u64],
+        db,
+    )?;
+    Ok(())
 }
 
 /// Encode rows of `row_len` values as `ty` (F32, F16, or Q8_0 when rows fit whole blocks,

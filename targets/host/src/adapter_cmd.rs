@@ -1,11 +1,12 @@
 //! `edgelora adapter ...` and `edgelora merge`.
 
-use crate::commands::parse_adapter_arg;
+use crate::commands::Adapters;
+use crate::progress::Progress;
 use crate::util::{human, map, resolve_model};
 use anyhow::{bail, Context, Result};
-use edgelora::lora::convert::{convert_peft, ConvertOptions};
+use edgelora::lora::convert::{convert_peft_with_progress, ConvertOptions};
 use edgelora::lora::merge::{merge_model, MergeType};
-use edgelora::lora::{stream, Adapter, LoraPair};
+use edgelora::lora::{stream, Adapter};
 use edgelora::model::Model;
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
@@ -83,7 +84,7 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
             let mut out = stream::frame_header(&bytes).to_vec();
             out.extend_from_slice(&bytes);
             std::fs::write(&a.out, &out)?;
-            eprintln!(
+            crate::note!(
                 "wrote {} ({} payload, CRC-32 {:08x})",
                 a.out.display(),
                 human(bytes.len() as u64),
@@ -94,6 +95,16 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
     }
 }
 
+/// `--dtype` of the adapter writers (`convert`, `combine`): the storage type of A and B.
+pub fn adapter_dtype(s: &str) -> Result<GgmlType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "q8_0" => GgmlType::Q8_0,
+        other => bail!("--dtype {other}: expected f32, f16 or q8_0"),
+    })
+}
+
 fn convert(a: ConvertArgs) -> Result<()> {
     let cfg = std::fs::read(a.peft_dir.join("adapter_config.json"))
         .with_context(|| format!("reading {}/adapter_config.json", a.peft_dir.display()))?;
@@ -102,13 +113,9 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let base_path = resolve_model(&a.base)?;
     let bm = map(&base_path)?;
     let base = Gguf::parse(&bm).with_context(|| format!("parsing {}", base_path.display()))?;
-    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        other => bail!("--dtype {other}: expected f32, f16 or q8_0"),
-    };
-    let (bytes, rep) = convert_peft(
+    let dtype = adapter_dtype(&a.dtype)?;
+    let bar = Progress::steps("convert", 0, "modules");
+    let (bytes, rep) = convert_peft_with_progress(
         &cfg,
         &st,
         &base,
@@ -116,8 +123,10 @@ fn convert(a: ConvertArgs) -> Result<()> {
             dtype,
             task: a.task.clone(),
         },
+        &mut |done, total| bar.set_pos(done as u64, total as u64),
     )
     .with_context(|| format!("converting {}", a.peft_dir.display()))?;
+    bar.finish();
     // Check the result loads and binds before writing it.
     let ad = Adapter::parse(&bytes).context("converted adapter does not parse (bug)")?;
     let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
@@ -128,7 +137,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let mut scales: Vec<f32> = rep.pairs.iter().map(|p| p.2).collect();
     scales.sort_by(f32::total_cmp);
     scales.dedup();
-    eprintln!(
+    crate::note!(
         "wrote {}: {} pairs, alpha {}, PEFT scales {:?}, {}",
         a.out.display(),
         rep.pairs.len(),
@@ -137,7 +146,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
         human(bytes.len() as u64)
     );
     for n in &rep.notes {
-        eprintln!("note: {n}");
+        crate::note!("note: {n}");
     }
     Ok(())
 }
@@ -260,29 +269,12 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let bm = map(&bp)?;
     let base = Gguf::parse(&bm)?;
     let model: Box<Model> = Box::new(Model::from_gguf(&base)?);
-    let cfg = *model.config();
-    let mut maps = vec![];
-    let mut scales = vec![];
-    for s in &a.adapters {
-        let (f, sc) = parse_adapter_arg(s)?;
-        maps.push((crate::util::map_adapter(std::path::Path::new(&f))?, f));
-        scales.push(sc);
-    }
-    let parsed: Vec<Adapter> = maps
-        .iter()
-        .map(|(m, f)| crate::commands::parse_adapter(m, f))
-        .collect::<Result<_>>()?;
-    let mut slots: Vec<Vec<Option<LoraPair>>> = parsed
-        .iter()
-        .map(|_| vec![None; Adapter::slots_len(&cfg)])
-        .collect();
-    let mut bound = vec![];
-    for ((p, sl), (_, f)) in parsed.iter().zip(slots.iter_mut()).zip(&maps) {
-        bound.push(
-            p.bind(&base, &model, sl)
-                .with_context(|| format!("{f} does not fit the base"))?,
-        );
-    }
+    // Merging writes a file, so more adapters than run at once are fine; the "bound" lines
+    // of the running commands are left out.
+    let ads = Adapters::open_files(&a.adapters)?.quiet();
+    let parsed = ads.parse()?;
+    let mut slots = ads.slots(&model);
+    let bound = ads.bind(&parsed, &base, &model, &mut slots)?;
     let target = match a.ty.to_ascii_lowercase().as_str() {
         "f32" => MergeType::Fixed(GgmlType::F32),
         "f16" => MergeType::Fixed(GgmlType::F16),
@@ -290,17 +282,24 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         "base" => MergeType::Base,
         o => bail!("--type {o}: expected f32, f16, q8_0 or base"),
     };
-    let adapters: Vec<_> = bound.iter().zip(scales.iter().copied()).collect();
+    let adapters: Vec<_> = bound.iter().zip(ads.scales().iter().copied()).collect();
     let (mut lost, mut n) = (0, 0);
     let (mut worst, mut worst_rms) = (0f64, 0f64);
+    // One step per adapted matrix: the union of the adapters' targets.
+    let targets: std::collections::BTreeSet<&str> = parsed
+        .iter()
+        .flat_map(|p| p.pairs().map(|(t, _)| t))
+        .collect();
+    let bar = Progress::steps("merge", targets.len() as u64, "matrices");
     let bytes = merge_model(&base, &model, &adapters, target, |r| {
         n += 1;
+        bar.set(n as u64, r.name);
         worst = worst.max(r.stats.rel_err);
         worst_rms = worst_rms.max(r.stats.rel_rms());
         lost += usize::from(r.stats.update_lost());
         if r.from != r.to || target == MergeType::Base || r.stats.update_lost() {
             // One line per re-quantised tensor: `edgelora quantize` reports the same rms.
-            crate::note!(
+            bar.line(&format!(
                 "  {:<28} {:>6} -> {:<6} update {:.3e}, rounding error {:.3e} = {:.1}% of the update, {:.2}% rms of the weights{}",
                 r.name,
                 r.from.name(),
@@ -310,7 +309,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
                 r.stats.rel_err * 100.0,
                 r.stats.rel_rms() * 100.0,
                 if r.stats.update_lost() { " (warning: update mostly lost)" } else { "" }
-            );
+            ));
         }
     })
     .with_context(|| {
@@ -320,6 +319,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             a.ty.to_ascii_lowercase()
         )
     })?;
+    bar.finish();
     Gguf::parse(&bytes).context("merged file does not parse (bug)")?;
     std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
     crate::note!(

@@ -2,15 +2,13 @@
 //! when it has one, else the core's built-in format for the model (ChatML, Gemma, Llama 3,
 //! chosen from metadata), else no chat at all rather than a guess.
 //!
-//! The Jinja environment is set up as `transformers`' `apply_chat_template` sets up jinja2:
-//! `trim_blocks`, `lstrip_blocks`, a `raise_exception(msg)` function, `bos_token` / `eos_token`
-//! as text, and Python's string methods (`.strip()`, `.startswith()`, ...) through
-//! minijinja-contrib's `pycompat`. The test below renders the same templates and conversations
-//! as jinja2 did for `tests/fixtures/tokenizer/chat_refs.json`.
+//! The Jinja side is [`crate::chat_jinja`] (minijinja set up as `transformers` sets up jinja2;
+//! shared with the Python bindings). The test below renders the same templates and
+//! conversations as jinja2 did for `tests/fixtures/tokenizer/chat_refs.json`.
 
 use anyhow::{anyhow, Result};
 use edgelora::tokenizer::{ChatFormat, ChatMessage, ChatTemplate};
-use minijinja::{context, Environment, Value};
+use minijinja::Environment;
 
 /// How a model's chat prompts are made.
 pub enum ChatRenderer<'a> {
@@ -28,31 +26,6 @@ pub enum ChatRenderer<'a> {
     None,
 }
 
-const NAME: &str = "chat_template";
-
-/// A Jinja environment configured as `transformers` configures jinja2 for chat templates.
-fn environment<'a>(template: &'a str) -> Result<Environment<'a>, minijinja::Error> {
-    let mut env = Environment::new();
-    env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()?,
-    );
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        },
-    );
-    env.add_template(NAME, template)?;
-    Ok(env)
-}
-
 impl<'a> ChatRenderer<'a> {
     /// From the template text (if any), the built-in format the core picked for the model,
     /// and the texts of the BOS/EOS tokens.
@@ -63,7 +36,7 @@ impl<'a> ChatRenderer<'a> {
         eos: String,
     ) -> Self {
         if let Some(t) = template {
-            match environment(t) {
+            match crate::chat_jinja::environment(t) {
                 Ok(env) => {
                     return ChatRenderer::Jinja {
                         env: Box::new(env),
@@ -118,20 +91,14 @@ impl<'a> ChatRenderer<'a> {
     /// `add_generation_prompt`.
     pub fn render(&self, msgs: &[ChatMessage<'_>], add_generation_prompt: bool) -> Result<String> {
         match self {
-            ChatRenderer::Jinja { env, bos, eos, .. } => {
-                let messages: Value = msgs
-                    .iter()
-                    .map(|m| context! { role => m.role, content => m.content })
-                    .collect();
-                let t = env.get_template(NAME)?;
-                t.render(context! {
-                    messages => messages,
-                    add_generation_prompt => add_generation_prompt,
-                    bos_token => bos,
-                    eos_token => eos,
-                })
-                .map_err(|e| anyhow!("rendering the model's chat template: {e:#}"))
-            }
+            ChatRenderer::Jinja { env, bos, eos, .. } => crate::chat_jinja::render(
+                env,
+                msgs.iter().map(|m| (m.role, m.content)),
+                add_generation_prompt,
+                bos,
+                eos,
+            )
+            .map_err(|e| anyhow!("rendering the model's chat template: {e:#}")),
             ChatRenderer::Builtin(t) => {
                 let mut s = String::new();
                 t.render(msgs, add_generation_prompt, &mut s)?;

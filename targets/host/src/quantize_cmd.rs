@@ -1,8 +1,10 @@
 //! `edgelora quantize`: write a model GGUF in another weight mix (Q4_K_M, Q8_0, ...).
 //!
 //! The work is the core's [`quantize_model`] (per-tensor rules in its module docs); this file
-//! adds the file handling, the progress lines and the error report.
+//! adds the file handling, the progress (a bar on a terminal, one line per tensor elsewhere;
+//! [`crate::progress`]) and the error report.
 
+use crate::progress::Progress;
 use crate::util::{human, map, resolve_model};
 use anyhow::{bail, Context, Result};
 use edgelora::model::quantize::{quantize_model, Preset};
@@ -75,7 +77,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             acc
         });
     if !requant.is_empty() {
-        eprintln!(
+        crate::note!(
             "warning: {} is already quantised ({requant:?} tensors): its weights are dequantised \
              and quantised again, so the errors below are on top of the input's own",
             ip.display()
@@ -83,6 +85,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     let t0 = std::time::Instant::now();
+    let bar = Progress::steps("quantize", src.tensors().count() as u64, "tensors");
     let res = quantize_model(&src, a.ty, |r| {
         let what = match r.rel_rms {
             Some(e) => format!(
@@ -98,11 +101,22 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             ),
             None => format!("{:>5}    copied", r.from.name()),
         };
-        eprintln!("[{:>4}/{}] {:<36} {what}", r.index + 1, r.count, r.name);
+        // On a terminal the bar shows the tensor; the table on stdout lists every error.
+        if bar.is_drawn() {
+            bar.set((r.index + 1) as u64, r.name);
+        } else {
+            bar.line(&format!(
+                "[{:>4}/{}] {:<36} {what}",
+                r.index + 1,
+                r.count,
+                r.name
+            ));
+        }
         if let Some(e) = r.rel_rms {
             rows.push((r.name.to_string(), r.to, e));
         }
     });
+    bar.finish();
     let bytes = match res {
         Ok(b) => b,
         Err(e) => {
@@ -136,7 +150,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             max * 100.0
         );
     }
-    eprintln!(
+    crate::note!(
         "wrote {} ({}, {}, {} tensors quantised) in {:.1}s",
         a.out.display(),
         a.ty.name(),

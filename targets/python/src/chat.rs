@@ -1,17 +1,19 @@
 //! `generate(..., chat=True)`: the prompt as one user turn in the model's chat format, made
 //! as `edgelora generate --chat` makes it, so both give the same tokens.
 //!
-//! The file's own `tokenizer.chat_template` is rendered with minijinja configured as
-//! `transformers` configures jinja2 (`trim_blocks`, `lstrip_blocks`, `raise_exception`,
-//! Python string methods through minijinja-contrib's `pycompat`, `bos_token`/`eos_token` as
-//! text). A file without one uses the core's built-in format its metadata points to (ChatML,
+//! The file's own `tokenizer.chat_template` is rendered by the CLI's own code
+//! (`targets/host/src/chat_jinja.rs`: minijinja configured as `transformers` configures
+//! jinja2). A file without one uses the core's built-in format its metadata points to (ChatML,
 //! Gemma, Llama 3); a file with neither refuses chat rather than guess a format.
 
 use edgelora_core::format::gguf::{Gguf, Value};
 use edgelora_core::tokenizer::{ChatMessage, ChatTemplate, Tokenizer, CHAT_TEMPLATE_KEY};
-use minijinja::{context, Environment};
+use minijinja::Environment;
 
-const NAME: &str = "chat_template";
+/// The CLI's Jinja renderer, compiled into this crate too (it needs only minijinja), so
+/// `generate(..., chat=True)` and `edgelora generate --chat` cannot drift apart.
+#[path = "../../host/src/chat_jinja.rs"]
+mod jinja;
 
 /// How a model's chat prompts are made.
 pub enum Chat {
@@ -35,26 +37,6 @@ fn piece(tok: &Tokenizer<'_, Vec<u32>>, id: Option<u32>) -> String {
     }
 }
 
-/// The template compiled with the settings above.
-fn compile(template: &'static str) -> Result<Environment<'static>, minijinja::Error> {
-    let mut env = Environment::new();
-    env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()?,
-    );
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<(), _> {
-        Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            msg,
-        ))
-    });
-    env.add_template(NAME, template)?;
-    Ok(env)
-}
-
 impl Chat {
     /// The chat format of the model in `g`.
     ///
@@ -65,7 +47,7 @@ impl Chat {
             let text = g.get_str(CHAT_TEMPLATE_KEY).map_err(|e| e.to_string())?;
             // A template minijinja cannot compile falls back to the built-in format, as in
             // the CLI (which prints a warning; a library stays quiet).
-            if let Ok(env) = compile(text) {
+            if let Ok(env) = jinja::environment(text) {
                 return Ok(Chat::Jinja(
                     Box::new(env),
                     piece(tok, tok.bos_id()),
@@ -90,22 +72,14 @@ impl Chat {
         }
         msgs.push(ChatMessage::new("user", user));
         match self {
-            Chat::Jinja(env, bos, eos) => {
-                let messages: Vec<minijinja::Value> = msgs
-                    .iter()
-                    .map(|m| context! { role => m.role, content => m.content })
-                    .collect();
-                env.get_template(NAME)
-                    .and_then(|t| {
-                        t.render(context! {
-                            messages => messages,
-                            add_generation_prompt => true,
-                            bos_token => bos,
-                            eos_token => eos,
-                        })
-                    })
-                    .map_err(|e| format!("rendering the model's chat template: {e:#}"))
-            }
+            Chat::Jinja(env, bos, eos) => jinja::render(
+                env,
+                msgs.iter().map(|m| (m.role, m.content)),
+                true,
+                bos,
+                eos,
+            )
+            .map_err(|e| format!("rendering the model's chat template: {e:#}")),
             Chat::Builtin(t) => {
                 let mut s = String::new();
                 t.render(&msgs, true, &mut s)
