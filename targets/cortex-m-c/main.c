@@ -319,8 +319,10 @@ int main(void)
     out_u32(info.vocab);
     out_str(" ctx=");
     out_u32(EL_CTX);
+    out_str(" kv=" EL_KV_NAME " block=");
+    out_u32(el_state_block(EL_CTX));
     out_str(" state_bytes=");
-    out_u32((uint32_t)el_state_data_size(model, EL_CTX));
+    out_u32((uint32_t)el_state_data_size_kv(model, EL_CTX, EL_KV));
     out_nl();
 
     /* Tokenizer: its index lives in scratch words from the arena. */
@@ -344,9 +346,9 @@ int main(void)
     out_nl();
 
     /* State: KV cache, activations and logits, all inside its memory. */
-    size_t state_len = el_state_size(model, EL_CTX);
+    size_t state_len = el_state_size_kv(model, EL_CTX, EL_KV);
     mem = take(state_len, "arena: state");
-    check(el_state_init(model, EL_CTX, mem, state_len, &state), "state");
+    check(el_state_init_kv(model, EL_CTX, EL_KV, mem, state_len, &state), "state");
     uint32_t h_base = run_line("base");
 
     /* Adapters A and B, bound side by side; a swap is choosing another active set. */

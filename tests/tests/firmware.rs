@@ -18,43 +18,16 @@
 //! missing prints SKIPPED and the others still run.
 
 #[allow(dead_code)]
-#[path = "../../targets/cortex-m/src/scenario.rs"]
-mod scenario;
+mod scenario_host;
+use scenario_host::{asset, device_cache, el_lines, host_lines, manifest, root};
 
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::{Adapter, AdapterSet};
-use edgelora::model::{CacheSpec, CacheType, Model, State};
-use edgelora::tokenizer::Tokenizer;
+use edgelora::model::{Model, State};
 use edgelora::Gguf;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn manifest(key: &str) -> String {
-    let text =
-        std::fs::read_to_string(root().join("targets/cortex-m/assets/manifest.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| panic!("manifest lacks {key}"))
-}
-
-fn asset(key: &str) -> &'static [u8] {
-    Box::leak(
-        std::fs::read(root().join(manifest(key)))
-            .unwrap()
-            .into_boxed_slice(),
-    )
-}
 
 /// How each board is built and run: one row per board.
 struct Board {
@@ -252,66 +225,6 @@ fn run_qemu(elf: &Path, board: &str, extra: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// The `EL ` lines the host prints running the scenario with the portable kernel.
-/// The firmware's state: the manifest's KV cache type, prompt blocks of one token (as
-/// build.rs sizes it; the host runs the same spec so the lines can match).
-fn device_cache() -> CacheSpec {
-    let ty = manifest("kv_cache");
-    CacheSpec::of(CacheType::from_name(&ty).unwrap_or_else(|| panic!("manifest kv_cache {ty}")))
-        .with_block(1)
-}
-
-fn host_lines() -> Vec<String> {
-    kernels::force(Isa::Portable).unwrap();
-    let base = asset("base");
-    let g = Gguf::parse(base).unwrap();
-    let m: Model<'_> = Model::from_gguf(&g).unwrap();
-    let cfg = *m.config();
-    let ctx: usize = manifest("ctx").parse().unwrap();
-    let n_gen: usize = manifest("n_gen").parse().unwrap();
-    let prompt: &'static str = Box::leak(manifest("prompt").into_boxed_str());
-    fn leak<T: Clone>(v: T, n: usize) -> &'static mut [T] {
-        Box::leak(vec![v; n].into_boxed_slice())
-    }
-    let slots = Adapter::slots_len(&cfg);
-    let stream = asset("adapter_a")
-        .len()
-        .max(asset("adapter_b").len())
-        .next_multiple_of(32);
-    let bufs = scenario::Buffers {
-        state: leak(0.0, State::len_for_cache(&cfg, ctx, device_cache())),
-        tok: leak(0, Tokenizer::scratch_len(&g).unwrap()),
-        prompt: leak(0, Tokenizer::encode_buf_len(prompt.len())),
-        gen: leak(0, n_gen),
-        slots_a: leak(None, slots),
-        slots_b: leak(None, slots),
-        slots_s: leak(None, slots),
-        stream: leak(0, stream),
-    };
-    let assets = scenario::Assets {
-        base,
-        adapter_a: asset("adapter_a"),
-        adapter_b: asset("adapter_b"),
-        adapter_wrong: asset("adapter_wrong_base"),
-        prompt,
-        ctx,
-        cache: device_cache(),
-    };
-    let mut out = String::new();
-    if let Err(e) = scenario::run::<64, _>(&assets, bufs, &mut out) {
-        panic!("host scenario failed: {e}\n{out}");
-    }
-    assert!(kernels::ran(Isa::Portable));
-    out.lines().map(str::to_string).collect()
-}
-
-fn el_lines(s: &str) -> Vec<String> {
-    s.lines()
-        .filter(|l| l.starts_with("EL "))
-        .map(str::to_string)
-        .collect()
 }
 
 /// `key=value` fields of the line starting with `tag`.

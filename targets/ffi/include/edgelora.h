@@ -71,6 +71,9 @@ extern "C" {
 #define EL_MAX_LAYERS 32 /* most layers a model opened here may have */
 #define EL_MAX_ACTIVE 4  /* most adapters active at once */
 #define EL_ALIGN 8       /* alignment of every object memory */
+#define EL_KV_F32 0      /* KV cache of f32 (el_state_init's) */
+#define EL_KV_F16 1      /* KV cache of IEEE half: half the RAM (core feature kv-f16) */
+#define EL_KV_Q8_0 2     /* KV cache of Q8_0 blocks (core feature kv-q8_0) */
 #define EL_NO_EOS 0xFFFFFFFFu /* "no end token" for el_generate / el_tokenizer_eos */
 
 typedef struct el_model el_model;         /* parsed model; read-only once opened */
@@ -135,6 +138,19 @@ int el_state_init(const el_model *model, uint32_t ctx, void *mem, size_t mem_len
  * to budget RAM by (el_state_size() less the handle). Returns 0 if `model` is NULL or the size
  * would overflow size_t. Thread-safe. */
 size_t el_state_data_size(const el_model *model, uint32_t ctx);
+
+/* el_state_size, el_state_init and el_state_data_size with a KV cache of element type `kv`
+ * (EL_KV_F32, EL_KV_F16 or EL_KV_Q8_0). A type this build lacks (the staticlib's `kv-f16` /
+ * `kv-q8_0` features) makes el_state_init_kv fail with EL_ERR_ARG, as does an unknown code
+ * (for which the size functions return 0). Same ownership and threading as the plain ones. */
+size_t el_state_size_kv(const el_model *model, uint32_t ctx, uint32_t kv);
+int el_state_init_kv(const el_model *model, uint32_t ctx, uint32_t kv, void *mem, size_t mem_len, el_state **out);
+size_t el_state_data_size_kv(const el_model *model, uint32_t ctx, uint32_t kv);
+
+/* Prompt tokens a state of `ctx` positions runs through the layers together on this target:
+ * 1 on microcontrollers (token by token, no activations for more), min(16, ctx) on hosts.
+ * Thread-safe. */
+uint32_t el_state_block(uint32_t ctx);
 
 /* Forget the state's KV cache, O(1): the next el_forward or el_prefill starts at position 0.
  * The active adapters stay active. One thread at a time per state. Errors: EL_ERR_NULL. */

@@ -17,7 +17,7 @@ use core::mem::{align_of, size_of};
 use core::sync::atomic::{AtomicBool, Ordering};
 use edgelora::lora::stream::StreamLoader;
 use edgelora::lora::{Adapter, AdapterSet, BoundAdapter, LoraPair, MAX_ACTIVE};
-use edgelora::model::{Model, State};
+use edgelora::model::{CacheSpec, CacheType, Model, State};
 use edgelora::sample::argmax;
 use edgelora::tokenizer::{Decoder, Tokenizer};
 use edgelora::{Error, ErrorKind, Gguf};
@@ -26,6 +26,23 @@ use edgelora::{Error, ErrorKind, Gguf};
 pub const EL_MAX_LAYERS: usize = 32;
 /// Alignment every caller-provided object memory must have.
 pub const EL_ALIGN: usize = 8;
+/// KV cache element type for `el_state_*_kv`: f32 (what `el_state_init` makes).
+pub const EL_KV_F32: u32 = 0;
+/// KV cache element type: IEEE half (needs the core's `kv-f16` feature; feature `kv-f16` here).
+pub const EL_KV_F16: u32 = 1;
+/// KV cache element type: Q8_0 blocks (needs the core's `kv-q8_0` feature).
+pub const EL_KV_Q8_0: u32 = 2;
+
+/// The state spec of a KV cache type code (the target's default prompt block).
+fn kv_spec(kv: u32) -> Option<CacheSpec> {
+    let ty = match kv {
+        EL_KV_F32 => CacheType::F32,
+        EL_KV_F16 => CacheType::F16,
+        EL_KV_Q8_0 => CacheType::Q8_0,
+        _ => return None,
+    };
+    Some(CacheSpec::of(ty))
+}
 
 /// Status codes (`el_status` in C).
 pub const EL_OK: c_int = 0;
@@ -364,15 +381,21 @@ pub unsafe extern "C" fn el_model_ffn_dim(model: *const el_model) -> u32 {
 /// `model` from `el_model_open` (or null: returns 0).
 #[no_mangle]
 pub unsafe extern "C" fn el_state_size(model: *const el_model, ctx: u32) -> usize {
-    if model.is_null() {
-        return 0;
+    // SAFETY: per contract.
+    unsafe { el_state_size_kv(model, ctx, EL_KV_F32) }
+}
+
+/// `el_state_size` for a KV cache of element type `kv` (`EL_KV_*`); 0 for an unknown code.
+///
+/// # Safety
+/// `model` from `el_model_open` (or null: returns 0).
+#[no_mangle]
+pub unsafe extern "C" fn el_state_size_kv(model: *const el_model, ctx: u32, kv: u32) -> usize {
+    // SAFETY: per contract.
+    match unsafe { el_state_data_size_kv(model, ctx, kv) } {
+        0 => 0,
+        n => n.checked_add(up(size_of::<el_state>())).unwrap_or(0),
     }
-    // SAFETY: valid handle per contract.
-    let c = unsafe { &*model }.0.model.config();
-    State::checked_len_for(c, ctx as usize)
-        .and_then(|n| n.checked_mul(4))
-        .and_then(|n| n.checked_add(up(size_of::<el_state>())))
-        .unwrap_or(0)
 }
 
 /// Make a state for `ctx` positions in `mem` (KV cache, activations and logits all inside).
@@ -387,9 +410,32 @@ pub unsafe extern "C" fn el_state_init(
     mem_len: usize,
     out: *mut *mut el_state,
 ) -> c_int {
-    nonnull!(model, out);
     // SAFETY: per contract.
-    let need = unsafe { el_state_size(model, ctx) };
+    unsafe { el_state_init_kv(model, ctx, EL_KV_F32, mem, mem_len, out) }
+}
+
+/// `el_state_init` with a KV cache of element type `kv` (`EL_KV_*`).
+///
+/// # Safety
+/// As `el_state_init`.
+#[no_mangle]
+pub unsafe extern "C" fn el_state_init_kv(
+    model: *const el_model,
+    ctx: u32,
+    kv: u32,
+    mem: *mut c_void,
+    mem_len: usize,
+    out: *mut *mut el_state,
+) -> c_int {
+    nonnull!(model, out);
+    let Some(spec) = kv_spec(kv) else {
+        return bad(
+            EL_ERR_ARG,
+            "KV cache type code (EL_KV_F32, EL_KV_F16, EL_KV_Q8_0)",
+        );
+    };
+    // SAFETY: per contract.
+    let need = unsafe { el_state_size_kv(model, ctx, kv) };
     if need == 0 {
         return bad(EL_ERR_ARG, "state size overflows");
     }
@@ -405,7 +451,7 @@ pub unsafe extern "C" fn el_state_init(
     // invalid bit patterns and State::new zeroes what it uses.
     let buf =
         unsafe { core::slice::from_raw_parts_mut(mem.cast::<u8>().add(head).cast::<f32>(), n) };
-    let state = match State::new(&cfg, ctx as usize, buf) {
+    let state = match State::with_cache(&cfg, ctx as usize, spec, buf) {
         Ok(s) => s,
         Err(e) => return err(e),
     };
@@ -430,14 +476,38 @@ pub unsafe extern "C" fn el_state_init(
 /// `model` from `el_model_open` (or null).
 #[no_mangle]
 pub unsafe extern "C" fn el_state_data_size(model: *const el_model, ctx: u32) -> usize {
+    // SAFETY: per contract.
+    unsafe { el_state_data_size_kv(model, ctx, EL_KV_F32) }
+}
+
+/// `el_state_data_size` for a KV cache of element type `kv` (`EL_KV_*`); 0 for an unknown
+/// code.
+///
+/// # Safety
+/// `model` from `el_model_open` (or null: returns 0).
+#[no_mangle]
+pub unsafe extern "C" fn el_state_data_size_kv(model: *const el_model, ctx: u32, kv: u32) -> usize {
+    let Some(spec) = kv_spec(kv) else {
+        return 0;
+    };
     if model.is_null() {
         return 0;
     }
     // SAFETY: valid handle per contract.
     let c = unsafe { &*model }.0.model.config();
-    State::checked_len_for(c, ctx as usize)
+    State::checked_len_for_cache(c, ctx as usize, spec)
         .and_then(|n| n.checked_mul(4))
         .unwrap_or(0)
+}
+
+/// Prompt tokens a state of `ctx` positions runs through the layers together on this target
+/// (1 on microcontrollers, which run the prompt token by token; up to 16 on hosts).
+///
+/// # Safety
+/// None: any value is accepted (`unsafe` like every export, for one calling convention).
+#[no_mangle]
+pub unsafe extern "C" fn el_state_block(ctx: u32) -> u32 {
+    State::block_for(ctx as usize) as u32
 }
 
 /// Forget the state's KV cache (O(1)); the next forward or prefill starts at position 0.

@@ -4,7 +4,6 @@
 //!
 //! A test file that compares a firmware with the host includes this with
 //! `mod scenario_host;` (a directory module, so cargo does not build it as a test of its own).
-//! `firmware.rs` still carries its own copy of `host_lines` from before this module existed.
 #![allow(dead_code)]
 
 #[path = "../../../targets/cortex-m/src/scenario.rs"]
@@ -12,7 +11,7 @@ mod scenario;
 
 use edgelora::kernels::{self, Isa};
 use edgelora::lora::Adapter;
-use edgelora::model::{Model, State};
+use edgelora::model::{CacheSpec, CacheType, Model, State};
 use edgelora::tokenizer::Tokenizer;
 use edgelora::Gguf;
 use std::path::PathBuf;
@@ -47,6 +46,14 @@ pub fn asset(key: &str) -> &'static [u8] {
     )
 }
 
+/// The firmware's state: the manifest's KV cache type, prompt blocks of one token (as the
+/// firmware's build.rs sizes it).
+pub fn device_cache() -> CacheSpec {
+    let ty = manifest("kv_cache");
+    CacheSpec::of(CacheType::from_name(&ty).unwrap_or_else(|| panic!("manifest kv_cache {ty}")))
+        .with_block(1)
+}
+
 /// The `EL ` lines the host prints running the scenario with the portable kernel.
 pub fn host_lines() -> Vec<String> {
     kernels::force(Isa::Portable).unwrap();
@@ -66,7 +73,7 @@ pub fn host_lines() -> Vec<String> {
         .max(asset("adapter_b").len())
         .next_multiple_of(32);
     let bufs = scenario::Buffers {
-        state: leak(0.0, State::len_for(&cfg, ctx)),
+        state: leak(0.0, State::len_for_cache(&cfg, ctx, device_cache())),
         tok: leak(0, Tokenizer::scratch_len(&g).unwrap()),
         prompt: leak(0, Tokenizer::encode_buf_len(prompt.len())),
         gen: leak(0, n_gen),
@@ -82,6 +89,7 @@ pub fn host_lines() -> Vec<String> {
         adapter_wrong: asset("adapter_wrong_base"),
         prompt,
         ctx,
+        cache: device_cache(),
     };
     let mut out = String::new();
     if let Err(e) = scenario::run::<64, _>(&assets, bufs, &mut out) {
