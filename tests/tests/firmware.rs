@@ -17,7 +17,6 @@
 //! (`qemu-system-misc`) and the rustup targets of [`BOARDS`]; a board whose QEMU or target is
 //! missing prints SKIPPED and the others still run.
 
-#[allow(dead_code)]
 mod scenario_host;
 use scenario_host::{asset, device_cache, el_lines, host_lines, manifest, root};
 
