@@ -8,7 +8,8 @@
 //!   streaming B in chunks, plus a hash of every logit's bits; the DSP build must give the
 //!   same lines (its float part is the portable kernel's, its integer part exact);
 //! - `runtime`: the ids equal a direct host computation;
-//! - `kernels` (DSP build): integer block sums and whole matvecs equal the reference in QEMU;
+//! - `kernels` (DSP build): integer block sums and whole matvecs equal the reference in QEMU,
+//!   and the instructions per MAC it measures under `-icount` stay within their budgets;
 //! - the budgets the images print stay within `targets/cortex-m/budget.txt`.
 //!
 //! Needs `qemu-system-arm` (Debian package `qemu-system-arm`) and the rustup target
@@ -314,9 +315,14 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
         assert_eq!(field(&out, "EL-KERNEL active", "active"), "dsp");
         assert_eq!(field(&out, "EL-KERNEL ran_dsp", "ran_dsp"), "true");
         assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
+        // 9 row counts (1..=9: every count mod 4, the DSP row group, below and above it) x
+        // 7 row lengths (0, 1, 2, 3, 7, 64, 128 blocks) x 10 contents, Q8_0 and Q4_0 each.
         assert_eq!(
             field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
-            "70"
+            "630"
         );
+        assert!(!out.contains("EL-FAIL"), "{out}");
+        // Instructions per MAC under -icount are deterministic: budgets, not timings.
+        check_budget(&out, "kernels");
     }
 }
