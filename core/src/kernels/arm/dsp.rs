@@ -1,44 +1,56 @@
-//! Q8_0 and Q4_0 rows with the Armv7E-M DSP extension (Cortex-M4, M7; M33/M55 with DSP).
+//! Q8_0, Q4_0 and F32 rows with the Armv7E-M DSP extension and the FPU (Cortex-M4F, M7;
+//! M33/M55 with DSP and FPU).
 //!
-//! As CMSIS-NN's `arm_nn_mat_mult_nt_t_s8`: four weight rows run together, so each activation
-//! word is loaded and sign-extended once and used four times. `SXTB16` sign-extends bytes 0
-//! and 2 of a word into two 16-bit lanes (with `ROR #8`: bytes 1 and 3), and `SMLAD` adds both
-//! 16x16 products to a 32-bit accumulator. Per activation word (four int8 MACs per row):
-//! - Q8_0: one load and two `SXTB16` shared, then per row one load, two `SXTB16`, two `SMLAD`
-//!   (23 instructions for 16 MACs);
-//! - Q4_0: the nibbles need no sign extension: `AND` with `0x000f000f` (after a shift of 0, 4,
-//!   8 or 12) puts two of them in the two 16-bit lanes, so per row one load, two `AND`, two
-//!   `SMLAD`; the offset 8 is taken once per block for all rows, `sum (q-8) x = sum q x - 8
-//!   sum x`, with `sum x` from `SXTAB16` over the activation block.
+//! Quantised rows, as CMSIS-NN's `arm_nn_mat_mult_nt_t_s8`: four weight rows run together,
+//! so each activation word is loaded and sign-extended once and used four times. `SXTB16`
+//! sign-extends bytes 0 and 2 of a word into two 16-bit lanes (with `ROR #8`: bytes 1 and 3),
+//! and `SMLAD` adds both 16x16 products to a 32-bit accumulator. Per activation word:
+//! - Q8_0: one load and two `SXTB16` shared, then per row one load, two `SXTB16` and two
+//!   `SMLAD` (23 instructions for 16 MACs);
+//! - Q4_0: nibbles need no sign extension: `AND` with `0x000f000f` after a shift of 0, 4, 8
+//!   or 12 puts two of them in the two 16-bit lanes, so per row one load, two `AND`, two
+//!   `SMLAD`; the offset 8 is taken once per block for all four rows, `sum (q-8) x = sum q x
+//!   - 8 sum x`, with `sum x` from `SXTAB16` over the activation block.
 //!
-//! Registers are the limit (four row pointers take three: `p`, `s`, `3s`; four accumulators,
-//! two activation halves, a weight word and a temporary): the twelve that `asm!` may allocate
-//! are all operands, and the loop counter (and Q4_0's mask) sit in `r6`/`r7`, which rustc
-//! reserves as operands, so the block saves and restores them itself. Loops run two words per
-//! pass (Q8_0) or one low/high word pair (Q4_0) rather than fully unrolled: measured under
-//! QEMU `-icount` (bin `kernels`), see `targets/cortex-m/budget.txt` for the figures and the
-//! flash they cost.
+//! A row group is one `asm!` block, float part included: per block the scales are converted
+//! with `VCVTB` (exact, as `half`'s conversion, and NaNs quieted keeping their payload, as
+//! `half` does) and each row does `acc += sum as f32 * (d_w * d_x)` with `VCVT` and
+//! `VMLA.F32` (the product is rounded before the add: not fused), blocks in order. That is
+//! the portable kernel's arithmetic operation for operation, so results are bit-equal to
+//! [`super::super::portable`] and to [`super::super::reference`]'s `vec_dot_*`. The integer
+//! sums are exact (|q| <= 128, 16-bit products, 32 of them per 32-bit accumulator).
+//!
+//! Registers are the limit: four row pointers take three (`p`, `s`, `3s`), then four
+//! accumulators, two activation halves, a weight word, a temporary, the pointer to x, a
+//! counter (Q8_0) or the mask (Q4_0): the thirteen registers `asm!` may allocate. The other
+//! counter sits in `r7`, which rustc keeps from operands (frame pointer), and the FPU
+//! registers cannot be operands on stable (`sreg` needs the unstable `vfp2` feature), so the
+//! block saves and restores those itself.
 //!
 //! Rows: groups of four; the last group is moved back to end at the last row (rows computed
 //! twice get the same value twice), and a matrix of fewer than four rows runs each row as a
-//! group of four copies of itself (stride 0). So there is no second, one-row kernel in flash.
+//! group of four copies of itself (stride 0), so there is no second, one-row kernel in flash.
 //!
-//! The integer sum of every block is exact (no lane can overflow: |q| <= 128, 16-bit products,
-//! 32-bit accumulation of 32 of them), and the float part is the portable kernel's, operation
-//! for operation per row (`acc += sum as f32 * (d_w * d_x)`, blocks in order; f16 scales
-//! converted by `VCVTB`, which is exact like `half`'s conversion and quiets NaNs the same way),
-//! so results are bit-equal to [`super::super::portable`] and to [`super::super::reference`]'s
-//! `vec_dot_*`.
+//! Flash against speed (instructions per MAC under QEMU `-icount`, bin `kernels`, 4 rows x 64
+//! blocks; bytes of the runtime image, `dsp-only`): Q8_0 with one activation word per loop
+//! pass 1.88, two words 1.82 (+96 bytes), four 1.78 (+280); Q4_0 with `sum x` as a loop 2.20,
+//! fully unrolled 2.06 (+76 bytes). The one-word loop and the `sum x` loop are what is built:
+//! the runtime image is being cut to 64 KiB and both stay within issue 18's targets (2.0 and
+//! 2.5). The one-row kernels before ran at 3.61 (Q8_0) and 3.99 (Q4_0).
+//!
+//! F32 rows (LoRA A, float weights) and the LoRA B update: `VLDM` and `VMLA.F32` in the
+//! portable kernel's order (see [`f32_add_rows`]).
 //!
 //! Only compiled for `target_arch = "arm"` with the `cortex-m-dsp` feature; building it for
 //! a core without the DSP extension (M0, M3, M23) is the caller's error, as with CMSIS-NN's
-//! `ARM_MATH_DSP`.
+//! `ARM_MATH_DSP`. It also needs a hard-float build with an FPU (`VCVTB`, `VMLA`, `VLDM`).
 
 use super::super::{portable, Isa, Kernel};
 use crate::quant::{blocks_as_bytes, BlockQ4_0, BlockQ8_0};
 use core::arch::asm;
 
-/// The DSP kernel table: Q8_0 and Q4_0 rows here, everything else portable.
+/// The DSP kernel table: Q8_0, Q4_0 and F32 rows and the F32 LoRA B update here, everything
+/// else portable.
 pub static KERNEL: Kernel = Kernel {
     isa: Isa::Dsp,
     q4_0: q4_0_rows,
@@ -144,9 +156,9 @@ unsafe fn group_q8_0(p: *const u8, s: usize, x: *const u8, nb: usize) -> [f32; R
             )
         };
     }
-    // SAFETY: reads the `nb` blocks at `x` and at each row (the caller guarantees them). r6,
-    // r7 and s0-s8 are not operands (rustc reserves r6/r7; `sreg` operands need the unstable
-    // `vfp2` target feature), so the block saves them on the stack and restores them itself.
+    // SAFETY: reads the `nb` blocks at `x` and at each row (the caller guarantees them). r7
+    // and s0-s8 are not operands (rustc reserves r7; `sreg` operands need the unstable `vfp2`
+    // target feature), so the block saves them on the stack and restores them itself.
     // SMLAD's Q flag and the FPSCR flags are written, and nothing reads them.
     unsafe {
         asm!(
@@ -162,14 +174,13 @@ unsafe fn group_q8_0(p: *const u8, s: usize, x: *const u8, nb: usize) -> [f32; R
             "vmov s4, {t}",
             "vcvtb.f32.f16 s4, s4",
             scales!(),
-            "movs {c}, #4",
+            "movs {c}, #8",
             "mov {a0}, #0",
             "mov {a1}, #0",
             "mov {a2}, #0",
             "mov {a3}, #0",
-            // Two activation words per pass, four passes: p and x end at the next block.
+            // One activation word per pass, eight passes: p and x end at the next block.
             "2:",
-            word!(),
             word!(),
             "subs {c}, {c}, #1",
             "bne 2b",
@@ -257,18 +268,7 @@ unsafe fn group_q4_0(p: *const u8, s: usize, x: *const u8, nb: usize) -> [f32; R
             )
         };
     }
-    macro_rules! sum_x {
-        ($o:literal) => {
-            concat!(
-                "ldr {q}, [{x}, #",
-                $o,
-                "]\n",
-                "sxtab16 {a0}, {a0}, {q}\n",
-                "sxtab16 {a0}, {a0}, {q}, ror #8\n",
-            )
-        };
-    }
-    // SAFETY: as `group_q8_0` (r6, r7 and s0-s9 saved and restored by the block itself).
+    // SAFETY: as `group_q8_0` (r7 and s0-s9 saved and restored by the block itself).
     unsafe {
         asm!(
             "push {{r7}}",
@@ -284,14 +284,14 @@ unsafe fn group_q4_0(p: *const u8, s: usize, x: *const u8, nb: usize) -> [f32; R
             "vcvtb.f32.f16 s4, s4",
             scales!(),
             "mov {a0}, #0",
-            sum_x!("0"),
-            sum_x!("4"),
-            sum_x!("8"),
-            sum_x!("12"),
-            sum_x!("16"),
-            sum_x!("20"),
-            sum_x!("24"),
-            sum_x!("28"),
+            "movs r7, #8",
+            "4:",
+            "ldr {q}, [{x}], #4",
+            "sxtab16 {a0}, {a0}, {q}",
+            "sxtab16 {a0}, {a0}, {q}, ror #8",
+            "subs r7, r7, #1",
+            "bne 4b",
+            "subs {x}, {x}, #32",
             "sxth {t}, {a0}",
             "add {t}, {t}, {a0}, asr #16",
             "mov {a0}, #0",
