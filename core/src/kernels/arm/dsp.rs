@@ -22,7 +22,9 @@
 //!
 //! Registers are the limit: four row pointers take three (`p`, `s`, `3s`), then four
 //! accumulators, two activation halves, a weight word, a temporary, the pointer to x, a
-//! counter (Q8_0) or the mask (Q4_0): the thirteen registers `asm!` may allocate. The other
+//! counter (Q8_0) or the mask (Q4_0): the thirteen registers `asm!` may allocate (r6 among
+//! them, which LLVM only withholds as a base pointer in frames it must realign; these leaf
+//! functions have none, and if one did the build would fail, not miscompile). The other
 //! counter sits in `r7`, which rustc keeps from operands (frame pointer), and the FPU
 //! registers cannot be operands on stable (`sreg` needs the unstable `vfp2` feature), so the
 //! block saves and restores those itself.
@@ -438,7 +440,7 @@ fn f32_add_rows(w: &[u8], cols: usize, x: &[f32], s: f32, y: &mut [f32]) {
     if n == 0 || cols == 0 || x.len() < cols || w.len() / 4 / cols < n {
         return;
     }
-    if w.as_ptr() as usize % 4 != 0 {
+    if !(w.as_ptr() as usize).is_multiple_of(4) {
         portable::f32_add_rows(w, cols, &x[..cols], s, y);
         return;
     }
