@@ -10,7 +10,8 @@
 //!   same lines (its float part is the portable kernel's, its integer part exact);
 //! - `runtime`: the ids equal a direct host computation;
 //! - `kernels` (DSP build; on RISC-V the portable kernel): integer block sums and whole
-//!   matvecs equal the reference in QEMU;
+//!   matvecs equal the reference in QEMU, and the instructions per MAC it measures under
+//!   `-icount` stay within their budgets;
 //! - the budgets the images print stay within the crate's `budget.txt`.
 //!
 //! Needs `qemu-system-arm` (Debian package `qemu-system-arm`), `qemu-system-riscv32`
@@ -63,12 +64,16 @@ const BOARDS: &[Board] = &[
         runner: "scripts/qemu-run.sh",
     },
     // thumbv8m.main leaves the DSP extension out; the M33 has it (the `dsp` kernels' asm!).
+    // `+dsp` rather than `target-cpu=cortex-m33`: with the CPU set, LLVM keeps a register
+    // from the four-row DSP kernels' 13-operand `asm!` blocks and the build fails ("inline
+    // assembly requires more registers than available"); the feature alone builds the same
+    // instructions (rustc warns that `dsp` is an unstable feature name; it is LLVM's).
     Board {
         name: "an505",
         dir: "targets/cortex-m",
         feature: true,
         target: "thumbv8m.main-none-eabihf",
-        rustflags: &["-C", "target-cpu=cortex-m33"],
+        rustflags: &["-C", "target-feature=+dsp"],
         qemu: "qemu-system-arm",
         runner: "scripts/qemu-run.sh",
     },
@@ -382,10 +387,15 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
         assert_eq!(field(&out, "EL-KERNEL active", "active"), "dsp");
         assert_eq!(field(&out, "EL-KERNEL ran_dsp", "ran_dsp"), "true");
         assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
+        // 9 row counts (1..=9: every count mod 4, the DSP row group, below and above it) x
+        // 7 row lengths (0, 1, 2, 3, 7, 64, 128 blocks) x 10 contents, Q8_0 and Q4_0 each.
         assert_eq!(
             field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
-            "70"
+            "630"
         );
+        assert!(!out.contains("EL-FAIL"), "{out}");
+        // Instructions per MAC under -icount are deterministic: budgets, not timings.
+        check_budget(&out, board, "kernels");
     }
 }
 
@@ -442,39 +452,35 @@ fn firmware_an547_mve_matches_reference_and_host() {
     if qemu_missing("an547") || machine_missing("mps3-an547") {
         return;
     }
-    let Some(elf) = build_with("kernels", "an547", "dsp,mve") else {
+    // MVE alone: with `-C target-cpu=cortex-m55` the DSP kernels' 13-operand `asm!` blocks do
+    // not get their registers (see the an505 row); MVE is the M55's table anyway. (Built with
+    // `-C target-feature=+mve,+dsp,+vfp2` instead, the DSP table measures 1.88 / 2.20 on it.)
+    let Some(elf) = build_with("kernels", "an547", "mve") else {
         return;
     };
     let out = run_qemu(&elf, "an547", "-icount shift=0");
-    print!("--- kernels an547 (dsp,mve)\n{out}");
+    print!("--- kernels an547 (mve)\n{out}");
     assert_eq!(field(&out, "EL-KERNEL active", "active"), "mve");
     assert_eq!(field(&out, "EL-KERNEL ran_active", "ran_active"), "true");
     assert_eq!(
         field(&out, "EL-KERNEL blocks_exact isa=mve", "cases"),
         "2000"
     );
-    assert_eq!(field(&out, "EL-KERNEL blocks_int_exact", "cases"), "2000");
-    for isa in ["portable", "dsp", "mve"] {
+    assert_eq!(
+        field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
+        "630"
+    );
+    for isa in ["portable", "mve"] {
         let tag = format!("EL-KERNEL rows_exact isa={isa}");
-        assert_eq!(field(&out, &tag, "cases"), "70", "{isa}");
+        assert_eq!(field(&out, &tag, "cases"), "630", "{isa}");
         // 1, 2 and 3 rows: MVE pairs rows and runs an odd last one alone.
         let tag = format!("EL-KERNEL row_counts_exact isa={isa}");
         assert_eq!(field(&out, &tag, "cases"), "45", "{isa}");
     }
     assert!(!out.contains("EL-FAIL"), "{out}");
-    // Instruction counts under `-icount` are deterministic: the MVE rows must stay well
-    // ahead of the DSP ones on the same core (measured 0.55 / 0.66 against 3.31 / 3.77).
-    let ipm = |tag: &str, key: &str| -> f32 { field(&out, tag, key).parse().unwrap() };
-    for key in ["q8_0", "q4_0"] {
-        let (mve, dsp) = (
-            ipm("EL-IPM kernel=active(mve)", key),
-            ipm("EL-IPM kernel=dsp(dsp)", key),
-        );
-        assert!(
-            mve < 1.0 && mve * 2.0 < dsp,
-            "{key}: mve {mve} dsp {dsp} insn/MAC"
-        );
-    }
+    // Instruction counts under `-icount` are deterministic: budgets, not timings (measured
+    // 0.55 / 0.66 for 4 rows x 64 blocks; portable 5.71 / 6.28 on the same core).
+    check_budget(&out, "an547", "kernels_mve");
 
     let want = host_lines();
     for kernel in ["mve", ""] {

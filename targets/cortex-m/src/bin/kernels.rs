@@ -2,14 +2,22 @@
 //! against the scalar reference, and instructions per MAC measured with SysTick.
 //!
 //! Integer parts: every block dot is compared as an `i32` with a plain loop (DSP build only:
-//! the DSP block functions are public for this). Whole matvecs: the active kernel's rows must
-//! equal `reference::vec_dot_*` bit for bit (same float formula, blocks in order), over
-//! shapes of 0, 1, 2, 3, 7, 64 and 128 blocks per row, random blocks and extreme ones
-//! (-128/127 bytes, nibbles 0/15, f16 max, subnormal and zero scales).
+//! the DSP block functions are public for this; they run the row-group kernel itself). Whole
+//! matvecs: the active kernel's rows must equal `reference::vec_dot_*` bit for bit (same float
+//! formula, blocks in order), over 1 to 9 rows (every row count mod 4, the DSP kernel's group
+//! size, below and above it: full groups, the moved-back last group, one-row groups) times 0,
+//! 1, 2, 3, 7, 64 and 128 blocks per row, random blocks and extreme ones (-128/127 bytes,
+//! nibbles 0/15, f16 max, subnormal and zero scales); an output past the last row must stay
+//! untouched.
 //!
 //! Speed: run under `qemu-system-arm -icount shift=0` (one instruction = 1 ns of virtual
 //! time), SysTick on the core clock counts virtual time; a calibration loop of known length
-//! turns ticks into instructions, so the figure is instructions (not cycles) per MAC.
+//! turns ticks into instructions, so the figure is instructions (not cycles) per MAC. Shapes:
+//! Q8_0/Q4_0 rows of 64 blocks (2048 weights), 4 rows (one DSP row group) and 64 rows (a
+//! layer-sized matvec); the LoRA products of the firmware's adapters (F32, rank 4, dim 64):
+//! `A x` (4 rows of 64) and `y += s B t` (64 rows of 4). Instruction counts under `-icount`
+//! are deterministic, so the active kernel's figures are printed as an `EL-BUDGET` line that
+//! `tests/tests/firmware.rs` checks against `budget.txt` (`kernels.*`).
 #![no_std]
 #![no_main]
 
@@ -17,7 +25,7 @@ use core::fmt::Write;
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::entry;
 use edgelora::kernels::{self, reference, Isa, Kernel};
-use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0};
+use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0, GgmlType};
 use edgelora_firmware::{exit, Out};
 
 /// xorshift64.
@@ -33,7 +41,17 @@ impl Rng {
 }
 
 const MAXB: usize = 128;
-const ROWS: usize = 4;
+/// Row counts checked: every count mod 4 below, at and above one DSP row group.
+const ROW_COUNTS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+const MAXR: usize = 9;
+/// Blocks the weight buffers hold: the checks' 9 x 128 and the 64 x 64 speed shape.
+const NW: usize = 4096;
+/// Blocks per row and repetitions of the speed shapes.
+const BPR: usize = 64;
+const REPS: usize = 8;
+/// The LoRA shapes: the firmware adapters' rank and model dim.
+const RANK: usize = 4;
+const DIM: usize = 64;
 
 /// Fill blocks: `case` picks random or extreme contents.
 fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
@@ -91,35 +109,93 @@ fn check_rows(
 ) -> Result<u32, &'static str> {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let mut n = 0;
-    for bpr in [0usize, 1, 2, 3, 7, 64, MAXB] {
-        for case in 0..10u32 {
-            fill_q8(&mut r, &mut w8[..ROWS * bpr], case);
-            fill_q4(&mut r, &mut w4[..ROWS * bpr], case + 1);
-            fill_q8(&mut r, &mut x[..bpr], case + 2);
-            let mut y = [0f32; ROWS];
-            k.matvec_q8_0(&w8[..ROWS * bpr], bpr, &x[..bpr], &mut y);
-            for (row, &got) in w8[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 {
-                    0.0
-                } else {
-                    reference::vec_dot_q8_0_q8_0(row, &x[..bpr])
-                };
-                if !same(got, want) {
-                    return Err("q8_0 rows differ from the reference");
+    for rows in ROW_COUNTS {
+        for bpr in [0usize, 1, 2, 3, 7, 64, MAXB] {
+            for case in 0..10u32 {
+                fill_q8(&mut r, &mut w8[..rows * bpr], case);
+                fill_q4(&mut r, &mut w4[..rows * bpr], case + 1);
+                fill_q8(&mut r, &mut x[..bpr], case + 2);
+                // One more output than rows: a kernel writing past its rows changes it.
+                const CANARY: f32 = 1234.5;
+                let mut y = [CANARY; MAXR + 1];
+                k.matvec_q8_0(&w8[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
+                for (row, &got) in w8[..rows * bpr].chunks(bpr.max(1)).zip(&y) {
+                    let want = if bpr == 0 {
+                        0.0
+                    } else {
+                        reference::vec_dot_q8_0_q8_0(row, &x[..bpr])
+                    };
+                    if !same(got, want) {
+                        return Err("q8_0 rows differ from the reference");
+                    }
+                }
+                if y[rows] != CANARY {
+                    return Err("q8_0 rows wrote past the last row");
+                }
+                k.matvec_q4_0(&w4[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
+                for (row, &got) in w4[..rows * bpr].chunks(bpr.max(1)).zip(&y) {
+                    let want = if bpr == 0 {
+                        0.0
+                    } else {
+                        reference::vec_dot_q4_0_q8_0(row, &x[..bpr])
+                    };
+                    if !same(got, want) {
+                        return Err("q4_0 rows differ from the reference");
+                    }
+                }
+                if y[rows] != CANARY {
+                    return Err("q4_0 rows wrote past the last row");
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The active kernel's F32 row dots and LoRA B updates against the portable kernel's (the
+/// host's, which the firmware's output lines are compared with), bit for bit: row lengths
+/// around the eight-wide chunks and the four-wide tail, 1 to 5 rows, aligned and unaligned
+/// weights, extreme values; rows past the output must stay untouched.
+fn check_f32(k: &Kernel, buf: &mut [f32]) -> Result<u32, &'static str> {
+    let Some(port) = Isa::Portable.kernel() else {
+        return Ok(0);
+    };
+    let mut r = Rng(99);
+    let mut n = 0;
+    const MAXC: usize = 65;
+    for cols in [1usize, 3, 4, 5, 7, 8, 9, 12, 16, 31, 64, MAXC] {
+        for rows in 1..=5usize {
+            for case in 0..4u32 {
+                for v in buf.iter_mut() {
+                    *v = match (case, r.next() % 16) {
+                        (3, 0) => 0.0,
+                        (3, 1) => -0.0,
+                        (3, 2) => 3.0e38,
+                        (3, 3) => 1.0e-40,
+                        _ => (r.next() % 20001) as f32 / 10000.0 - 1.0,
+                    };
+                }
+                let (x, rest) = buf.split_at(MAXC);
+                let bytes = f32_bytes(rest);
+                // Offset 0: aligned (the VLDM path); offset 2: the fallback.
+                for off in [0usize, 2] {
+                    let w = &bytes[off..off + rows * cols * 4];
+                    let (mut a, mut b) = ([7.0f32; 6], [7.0f32; 6]);
+                    k.matvec_float(GgmlType::F32, w, cols, &x[..cols], &mut a[..rows]);
+                    port.matvec_float(GgmlType::F32, w, cols, &x[..cols], &mut b[..rows]);
+                    if a.iter().zip(&b).any(|(p, q)| !same(*p, *q)) {
+                        return Err("f32 rows differ from the portable kernel");
+                    }
+                    let s = 0.37;
+                    k.matvec_float_add(GgmlType::F32, w, cols, &x[..cols], s, &mut a[..rows]);
+                    port.matvec_float_add(GgmlType::F32, w, cols, &x[..cols], s, &mut b[..rows]);
+                    if a.iter().zip(&b).any(|(p, q)| !same(*p, *q)) {
+                        return Err("f32 add rows differ from the portable kernel");
+                    }
+                    n += 1;
                 }
             }
-            k.matvec_q4_0(&w4[..ROWS * bpr], bpr, &x[..bpr], &mut y);
-            for (row, &got) in w4[..ROWS * bpr].chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 {
-                    0.0
-                } else {
-                    reference::vec_dot_q4_0_q8_0(row, &x[..bpr])
-                };
-                if !same(got, want) {
-                    return Err("q4_0 rows differ from the reference");
-                }
-            }
-            n += 1;
         }
     }
     Ok(n)
@@ -297,22 +373,32 @@ fn calibrate() -> f32 {
     (4 * N) as f32 / t.max(1) as f32
 }
 
+/// Instructions per MAC of `f` (which does `macs` MACs), `ipt` instructions per tick.
+fn ipm(ipt: f32, macs: usize, f: impl FnOnce()) -> f32 {
+    ticks(f) as f32 * ipt / macs as f32
+}
+
 #[entry]
 fn main() -> ! {
     // cortex-m-rt's #[entry] turns `static mut`s declared first in main into `&'static mut`
     // references (main runs once), so no aliasing exists.
-    static mut W8: [BlockQ8_0; ROWS * MAXB] = [BlockQ8_0 {
+    static mut W8: [BlockQ8_0; NW] = [BlockQ8_0 {
         d: [0; 2],
         qs: [0; 32],
-    }; ROWS * MAXB];
-    static mut W4: [BlockQ4_0; ROWS * MAXB] = [BlockQ4_0 {
+    }; NW];
+    static mut W4: [BlockQ4_0; NW] = [BlockQ4_0 {
         d: [0; 2],
         qs: [0; 16],
-    }; ROWS * MAXB];
+    }; NW];
     static mut X: [BlockQ8_0; MAXB] = [BlockQ8_0 {
         d: [0; 2],
         qs: [0; 32],
     }; MAXB];
+    // LoRA factors as the GGUF holds them (little-endian f32 bytes, 4-aligned).
+    static mut LA: [f32; RANK * DIM] = [0.0; RANK * DIM];
+    static mut LB: [f32; DIM * RANK] = [0.0; DIM * RANK];
+    // Scratch for the F32 checks: x (65) and up to 5 rows of 65, plus 2 bytes of offset.
+    static mut F: [f32; 65 * 7] = [0.0; 65 * 7];
     let mut out = Out;
     let Some(mut p) = cortex_m::Peripherals::take() else {
         exit(false)
@@ -340,6 +426,15 @@ fn main() -> ! {
     match check_rows(k, w8, w4, x) {
         Ok(n) => {
             let _ = writeln!(out, "EL-KERNEL rows_bit_exact_vs_reference cases={n}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "EL-FAIL {e}");
+            ok = false;
+        }
+    }
+    match check_f32(k, F) {
+        Ok(n) => {
+            let _ = writeln!(out, "EL-KERNEL f32_rows_bit_exact_vs_portable cases={n}");
         }
         Err(e) => {
             let _ = writeln!(out, "EL-FAIL {e}");
@@ -392,34 +487,96 @@ fn main() -> ! {
         }
     }
 
-    // Instructions per MAC: ROWS x 64 blocks (256 rows' worth of work per call repeated 8x).
+    // Instructions per MAC, random contents (the count does not depend on them).
+    let mut r = Rng(7);
+    fill_q8(&mut r, w8, 3);
+    fill_q4(&mut r, w4, 3);
+    fill_q8(&mut r, &mut x[..BPR], 3);
+    let (la, lb): (&mut [f32], &mut [f32]) = (LA, LB);
+    for v in la.iter_mut().chain(lb.iter_mut()) {
+        *v = (r.next() % 2000) as f32 / 1000.0 - 1.0;
+    }
+    let xf: [f32; DIM] = core::array::from_fn(|i| i as f32 / 64.0 - 0.5);
     let ipt = calibrate();
-    let bpr = 64;
-    let macs = (8 * ROWS * bpr * 32) as f32;
-    let port = Isa::Portable.kernel();
+    let mut active = [0f32; 6];
     // DSP beside the active table where both are built (the M55 image has DSP and MVE).
     let dsp = Isa::Dsp.kernel().filter(|d| d.isa() != k.isa());
-    for (name, kern) in [("portable", port), ("active", Some(k)), ("dsp", dsp)] {
+    for (name, kern) in [
+        ("portable", Isa::Portable.kernel()),
+        ("active", Some(k)),
+        ("dsp", dsp),
+    ] {
         let Some(kern) = kern else { continue };
-        let mut y = [0f32; ROWS];
-        let t8 = ticks(|| {
-            for _ in 0..8 {
-                kern.matvec_q8_0(&w8[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+        let mut y = [0f32; BPR];
+        let mut f = [0f32; 6];
+        for (i, rows) in [4usize, 64].into_iter().enumerate() {
+            let (w8, w4, x, y) = (
+                &w8[..rows * BPR],
+                &w4[..rows * BPR],
+                &x[..BPR],
+                &mut y[..rows],
+            );
+            let macs = REPS * rows * BPR * 32;
+            f[2 * i] = ipm(ipt, macs, || {
+                for _ in 0..REPS {
+                    kern.matvec_q8_0(w8, BPR, x, y);
+                }
+            });
+            f[2 * i + 1] = ipm(ipt, macs, || {
+                for _ in 0..REPS {
+                    kern.matvec_q4_0(w4, BPR, x, y);
+                }
+            });
+        }
+        // LoRA: t = A x (RANK rows of DIM), then y += s B t (DIM rows of RANK), as
+        // `AdapterSet::apply` runs them for an F32 adapter.
+        let (ab, bb) = (f32_bytes(la), f32_bytes(lb));
+        let mut t = [0f32; RANK];
+        let lreps = 8 * REPS;
+        f[4] = ipm(ipt, lreps * RANK * DIM, || {
+            for _ in 0..lreps {
+                kern.matvec_float(GgmlType::F32, ab, DIM, &xf, &mut t);
             }
         });
-        let t4 = ticks(|| {
-            for _ in 0..8 {
-                kern.matvec_q4_0(&w4[..ROWS * bpr], bpr, &x[..bpr], &mut y);
+        f[5] = ipm(ipt, lreps * RANK * DIM, || {
+            for _ in 0..lreps {
+                kern.matvec_float_add(GgmlType::F32, bb, RANK, &t, 0.5, &mut y);
             }
         });
         let _ = writeln!(
             out,
-            "EL-IPM kernel={name}({}) q8_0={:.2} q4_0={:.2} insn/MAC",
+            "EL-IPM kernel={name}({}) q8_0={:.2} q4_0={:.2} insn/MAC (4 rows x {BPR} blocks); \
+             q8_0={:.2} q4_0={:.2} (64 rows); lora_a={:.2} lora_b={:.2} (f32, rank {RANK}, dim {DIM})",
             kern.isa().name(),
-            t8 as f32 * ipt / macs,
-            t4 as f32 * ipt / macs
+            f[0],
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5]
         );
+        if name == "active" {
+            active = f;
+        }
     }
     let _ = writeln!(out, "EL-IPM calibration insn_per_tick={ipt:.2}");
+    // The active kernel's figures x100 (rounded up), for budget.txt's `kernels.*` limits.
+    let x100 = |v: f32| (v * 100.0) as u32 + 1;
+    let _ = writeln!(
+        out,
+        "EL-BUDGET q8_0_ipm_x100={} q4_0_ipm_x100={} q8_0_64rows_ipm_x100={} q4_0_64rows_ipm_x100={} lora_a_ipm_x100={} lora_b_ipm_x100={}",
+        x100(active[0]),
+        x100(active[1]),
+        x100(active[2]),
+        x100(active[3]),
+        x100(active[4]),
+        x100(active[5])
+    );
     exit(ok)
+}
+
+/// The little-endian bytes of f32s (as a GGUF F32 tensor holds them; Cortex-M is little endian).
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte of it is initialised; u8 has alignment 1.
+    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
 }
