@@ -205,7 +205,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             println!("state for {ctx} positions (of which KV cache), per --cache-type:");
             for ty in CacheType::ALL {
                 let size = |swa_full| {
-                    let spec = CacheSpec { ty, swa_full };
+                    let spec = CacheSpec { ty, swa_full, block: 0 };
                     format!(
                         "{} ({})",
                         human(State::bytes_for_cache(&c, ctx, spec) as u64),
@@ -284,6 +284,8 @@ impl CacheArgs {
         CacheSpec {
             ty: self.cache_type,
             swa_full: self.swa_full,
+            // The host's default prompt block (`State::block_for`).
+            block: 0,
         }
     }
 
