@@ -205,7 +205,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             println!("state for {ctx} positions (of which KV cache), per --cache-type:");
             for ty in CacheType::ALL {
                 let size = |swa_full| {
-                    let spec = CacheSpec { ty, swa_full, block: 0 };
+                    let spec = CacheSpec {
+                        ty,
+                        swa_full,
+                        block: 0,
+                    };
                     format!(
                         "{} ({})",
                         human(State::bytes_for_cache(&c, ctx, spec) as u64),
