@@ -6,7 +6,8 @@
 //! `Error: ...` on stderr with a non-zero exit and nothing on stdout (as the older `--json`
 //! commands do). The keys every one of them shares, so a script can treat them alike:
 //! `command` (the subcommand as typed, e.g. `"adapter convert"`), `output` (the path written),
-//! `bytes` (its size), `sha256` (lower-case hex of its bytes), `notes` (the warnings and notes
+//! `bytes` (its size), `sha256` (lower-case hex of its bytes; `adapter export` writes a directory and lists each
+//! file's path, bytes and sha256 under `files` instead), `notes` (the warnings and notes
 //! printed on stderr, as an array of strings) and `seconds`. The README's "`--json` shapes"
 //! lists the rest per command; keys are only ever added, never renamed or removed.
 
