@@ -10,6 +10,7 @@ use edgelora::lora::{stream, Adapter};
 use edgelora::model::Model;
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
+use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -45,6 +46,11 @@ pub struct ConvertArgs {
     /// Task name to record in the adapter.
     #[arg(long)]
     pub task: Option<String>,
+    /// Print one JSON object on stdout when the file is written: {command, input, base,
+    /// output, bytes, sha256, dtype, task, pairs, alpha, max_rank, scales, base_fingerprint,
+    /// base_shape_fingerprint, notes, seconds} (README, "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +74,11 @@ pub struct FrameArgs {
     /// Output stream file.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    /// Print one JSON object on stdout when the file is written: {command, input,
+    /// payload_bytes, output, bytes, sha256, crc32, notes, seconds} (README, "`--json`
+    /// shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn adapter(cmd: AdapterCmd) -> Result<()> {
@@ -76,23 +87,40 @@ pub fn adapter(cmd: AdapterCmd) -> Result<()> {
         AdapterCmd::Inspect(a) => inspect(a),
         AdapterCmd::Combine(a) => crate::combine_cmd::run(a),
         AdapterCmd::Export(a) => crate::export_cmd::export(a),
-        AdapterCmd::Frame(a) => {
-            let bytes = std::fs::read(&a.adapter)
-                .with_context(|| format!("reading {}", a.adapter.display()))?;
-            Adapter::parse(&bytes)
-                .with_context(|| format!("{} is not a valid adapter", a.adapter.display()))?;
-            let mut out = stream::frame_header(&bytes).to_vec();
-            out.extend_from_slice(&bytes);
-            std::fs::write(&a.out, &out)?;
-            crate::note!(
-                "wrote {} ({} payload, CRC-32 {:08x})",
-                a.out.display(),
-                human(bytes.len() as u64),
-                stream::Crc32::of(&bytes)
-            );
-            Ok(())
-        }
+        AdapterCmd::Frame(a) => frame(a),
     }
+}
+
+fn frame(a: FrameArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let bytes =
+        std::fs::read(&a.adapter).with_context(|| format!("reading {}", a.adapter.display()))?;
+    Adapter::parse(&bytes)
+        .with_context(|| format!("{} is not a valid adapter", a.adapter.display()))?;
+    let mut out = stream::frame_header(&bytes).to_vec();
+    out.extend_from_slice(&bytes);
+    std::fs::write(&a.out, &out)?;
+    let crc = stream::Crc32::of(&bytes);
+    crate::note!(
+        "wrote {} ({} payload, CRC-32 {:08x})",
+        a.out.display(),
+        human(bytes.len() as u64),
+        crc
+    );
+    if a.json {
+        crate::json_out::print(&json!({
+            "command": "adapter frame",
+            "input": a.adapter.display().to_string(),
+            "payload_bytes": bytes.len(),
+            "output": a.out.display().to_string(),
+            "bytes": out.len(),
+            "sha256": crate::json_out::sha256_hex(&out),
+            "crc32": format!("{crc:08x}"),
+            "notes": Vec::<String>::new(),
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
+    }
+    Ok(())
 }
 
 /// `--dtype` of the adapter writers (`convert`, `combine`): the storage type of A and B.
@@ -106,6 +134,7 @@ pub fn adapter_dtype(s: &str) -> Result<GgmlType> {
 }
 
 fn convert(a: ConvertArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
     let cfg = std::fs::read(a.peft_dir.join("adapter_config.json"))
         .with_context(|| format!("reading {}/adapter_config.json", a.peft_dir.display()))?;
     let st = std::fs::read(a.peft_dir.join("adapter_model.safetensors"))
@@ -147,6 +176,26 @@ fn convert(a: ConvertArgs) -> Result<()> {
     );
     for n in &rep.notes {
         crate::note!("note: {n}");
+    }
+    if a.json {
+        crate::json_out::print(&json!({
+            "command": "adapter convert",
+            "input": a.peft_dir.display().to_string(),
+            "base": base_path.display().to_string(),
+            "output": a.out.display().to_string(),
+            "bytes": bytes.len(),
+            "sha256": crate::json_out::sha256_hex(&bytes),
+            "dtype": a.dtype.to_ascii_lowercase(),
+            "task": ad.gguf().get_str("adapter.edgelora.task").ok(),
+            "pairs": rep.pairs.len(),
+            "alpha": crate::json_out::f32(rep.alpha),
+            "max_rank": ad.max_rank(),
+            "scales": crate::json_out::f32s(&scales),
+            "base_fingerprint": crate::json_out::fingerprint(ad.fingerprint()),
+            "base_shape_fingerprint": crate::json_out::fingerprint(ad.shape_fingerprint()),
+            "notes": rep.notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
     }
     Ok(())
 }
@@ -252,9 +301,16 @@ pub struct MergeArgs {
     /// into its own type: every type but Q2_K, whose tensors are refused). Prints each tensor's rounding error and how much of the update it loses.
     #[arg(long = "type", default_value = "q8_0")]
     pub ty: String,
+    /// Print one JSON object on stdout when the file is written: {command, model, adapters:
+    /// [{file, scale}], output, bytes, sha256, type, matrices, lost, worst_rel_err,
+    /// worst_rel_rms, per_tensor: [{name, from, to, pairs, delta_norm, err_norm, rel_err,
+    /// rel_rms, update_lost}], notes, seconds} (README, "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
     // Check where the output goes before the work, not after it.
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
@@ -291,8 +347,23 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         .flat_map(|p| p.pairs().map(|(t, _)| t))
         .collect();
     let bar = Progress::steps("merge", targets.len() as u64, "matrices");
+    // Every merged tensor, for --json (the text report lists only the notable ones).
+    let mut per_tensor = Vec::new();
     let bytes = merge_model(&base, &model, &adapters, target, |r| {
         n += 1;
+        if a.json {
+            per_tensor.push(json!({
+                "name": r.name,
+                "from": r.from.name(),
+                "to": r.to.name(),
+                "pairs": r.n_pairs,
+                "delta_norm": r.stats.delta_norm,
+                "err_norm": r.stats.err_norm,
+                "rel_err": r.stats.rel_err,
+                "rel_rms": r.stats.rel_rms(),
+                "update_lost": r.stats.update_lost(),
+            }));
+        }
         bar.set(n as u64, r.name);
         worst = worst.max(r.stats.rel_err);
         worst_rms = worst_rms.max(r.stats.rel_rms());
@@ -329,5 +400,36 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         worst * 100.0,
         worst_rms * 100.0
     );
+    if a.json {
+        let notes: Vec<String> = per_tensor
+            .iter()
+            .filter(|t| t["update_lost"] == true)
+            .map(|t| {
+                format!(
+                    "warning: {} lost most of its update in the rounding to {}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["to"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        crate::json_out::print(&json!({
+            "command": "merge",
+            "model": bp.display().to_string(),
+            "adapters": ads.names().iter().zip(ads.scales()).map(|(f, s)| json!({
+                "file": f, "scale": crate::json_out::f32(*s),
+            })).collect::<Vec<_>>(),
+            "output": a.out.display().to_string(),
+            "bytes": bytes.len(),
+            "sha256": crate::json_out::sha256_hex(&bytes),
+            "type": a.ty.to_ascii_lowercase(),
+            "matrices": n,
+            "lost": lost,
+            "worst_rel_err": worst,
+            "worst_rel_rms": worst_rms,
+            "per_tensor": per_tensor,
+            "notes": notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
+    }
     Ok(())
 }

@@ -63,10 +63,17 @@ pub struct CombineArgs {
     /// Output GGUF adapter.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    /// Print one JSON object on stdout when the file is written: {command, inputs: [{file,
+    /// weight}], method, density, seed, dtype, task, output, bytes, sha256, pairs, rank,
+    /// pair_ranks, alpha, base_fingerprint, base_shape_fingerprint, notes, seconds} (README,
+    /// "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Run `adapter combine`.
 pub fn run(a: CombineArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
     let method = Method::parse(&a.method.to_ascii_lowercase()).map_err(|_| {
         let names: Vec<&str> = edgelora::lora::combine::METHODS
             .iter()
@@ -126,7 +133,7 @@ pub fn run(a: CombineArgs) -> Result<()> {
     )
     .with_context(|| format!("combining with --method {}", method.name()))?;
     bar.finish();
-    Adapter::parse(&bytes).context("combined adapter does not parse (bug)")?;
+    let out = Adapter::parse(&bytes).context("combined adapter does not parse (bug)")?;
     std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
     let mut ranks: Vec<usize> = rep.pairs.iter().map(|p| p.1).collect();
     ranks.sort_unstable();
@@ -143,6 +150,30 @@ pub fn run(a: CombineArgs) -> Result<()> {
     );
     for n in &rep.notes {
         crate::note!("note: {n}");
+    }
+    if a.json {
+        crate::json_out::print(&serde_json::json!({
+            "command": "adapter combine",
+            "inputs": ads.names().iter().zip(ads.scales()).map(|(f, w)| serde_json::json!({
+                "file": f, "weight": crate::json_out::f32(*w),
+            })).collect::<Vec<_>>(),
+            "method": rep.method,
+            "density": a.density,
+            "seed": a.seed,
+            "dtype": a.dtype.to_ascii_lowercase(),
+            "task": out.gguf().get_str("adapter.edgelora.task").ok(),
+            "output": a.out.display().to_string(),
+            "bytes": bytes.len(),
+            "sha256": crate::json_out::sha256_hex(&bytes),
+            "pairs": rep.pairs.len(),
+            "rank": rep.rank,
+            "pair_ranks": ranks,
+            "alpha": crate::json_out::f32(out.alpha()),
+            "base_fingerprint": crate::json_out::fingerprint(out.fingerprint()),
+            "base_shape_fingerprint": crate::json_out::fingerprint(out.shape_fingerprint()),
+            "notes": rep.notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
     }
     Ok(())
 }

@@ -32,9 +32,15 @@ pub struct ExportArgs {
     /// exact for F16 adapters).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Print one JSON object on stdout when the files are written: {command, input, base,
+    /// format, dtype, output, bytes, files: [{path, bytes, sha256}], tensors, r, lora_alpha,
+    /// target_modules, notes, seconds} (README, "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
     if !a.to.eq_ignore_ascii_case("peft") {
         bail!("--to {}: the only export format is `peft`", a.to);
     }
@@ -108,7 +114,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let cfg_path = a.dir.join("adapter_config.json");
     let st_path = a.dir.join("adapter_model.safetensors");
-    std::fs::write(&cfg_path, cfg).with_context(|| format!("writing {}", cfg_path.display()))?;
+    std::fs::write(&cfg_path, &cfg).with_context(|| format!("writing {}", cfg_path.display()))?;
     std::fs::write(&st_path, &st).with_context(|| format!("writing {}", st_path.display()))?;
     eprintln!(
         "wrote {}: {} tensors ({}), r {}, lora_alpha {}, target_modules {}",
@@ -121,6 +127,31 @@ pub fn export(a: ExportArgs) -> Result<()> {
     );
     for n in &ex.notes {
         eprintln!("note: {n}");
+    }
+    if a.json {
+        let file = |p: &std::path::Path, b: &[u8]| {
+            serde_json::json!({
+                "path": p.display().to_string(),
+                "bytes": b.len(),
+                "sha256": crate::json_out::sha256_hex(b),
+            })
+        };
+        crate::json_out::print(&serde_json::json!({
+            "command": "adapter export",
+            "input": a.adapter.display().to_string(),
+            "base": base_map.as_ref().map(|(_, p)| p.display().to_string()),
+            "format": "peft",
+            "dtype": a.dtype.to_ascii_lowercase(),
+            "output": a.dir.display().to_string(),
+            "bytes": cfg.len() + st.len(),
+            "files": [file(&cfg_path, cfg.as_bytes()), file(&st_path, &st)],
+            "tensors": ex.tensors.len(),
+            "r": ex.config["r"],
+            "lora_alpha": ex.config["lora_alpha"],
+            "target_modules": ex.config["target_modules"],
+            "notes": ex.notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
     }
     Ok(())
 }

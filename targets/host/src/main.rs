@@ -27,6 +27,7 @@ mod demo;
 mod export_cmd;
 mod fetch;
 mod generation;
+mod json_out;
 mod perplexity_cmd;
 mod progress;
 mod quantize_cmd;

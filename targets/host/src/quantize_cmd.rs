@@ -11,6 +11,7 @@ use edgelora::model::quantize::{quantize_model, Preset};
 use edgelora::model::Model;
 use edgelora::quant::GgmlType;
 use edgelora::Gguf;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub struct QuantizeArgs {
     /// Weight mix: q4_k_m, q5_k_m, q6_k, q8_0, q5_0, q4_0, q4_1, q5_1, q3_k_m, iq4_nl or iq4_xs.
     #[arg(long = "type", value_parser = parse_preset)]
     pub ty: Preset,
+    /// Print one JSON object on stdout instead of the error table: {command, input, output,
+    /// bytes, sha256, type, tensors, quantized, copied, requantized: {TYPE: n}, per_tensor:
+    /// [{name, type, rel_rms, fallback}], by_type: [{type, tensors, mean_rel_rms,
+    /// worst_rel_rms}], notes, seconds} (README, "`--json` shapes").
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_preset(s: &str) -> std::result::Result<Preset, String> {
@@ -76,12 +83,15 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             *acc.entry(t.ty.name()).or_insert(0) += 1;
             acc
         });
+    let mut notes = Vec::new();
     if !requant.is_empty() {
-        crate::note!(
+        let w = format!(
             "warning: {} is already quantised ({requant:?} tensors): its weights are dequantised \
              and quantised again, so the errors below are on top of the input's own",
             ip.display()
         );
+        crate::note!("{w}");
+        notes.push(w);
     }
     let mut rows = Vec::new();
     let t0 = std::time::Instant::now();
@@ -113,7 +123,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             ));
         }
         if let Some(e) = r.rel_rms {
-            rows.push((r.name.to_string(), r.to, e));
+            rows.push((r.name.to_string(), r.to, e, r.fallback));
         }
     });
     bar.finish();
@@ -132,23 +142,48 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     if rows.is_empty() {
         bail!("{} has no 2-D weights to quantise", ip.display());
     }
-    println!("\nper-tensor error, rms(out - in) / rms(in):");
-    for (name, ty, e) in &rows {
-        println!("  {name:<36} {:<5} {:7.3}%", ty.name(), e * 100.0);
-    }
     let mut by_type: BTreeMap<&str, (usize, f64, f64)> = BTreeMap::new();
-    for (_, ty, e) in &rows {
+    for (_, ty, e, _) in &rows {
         let s = by_type.entry(ty.name()).or_insert((0, 0.0, 0.0));
         s.0 += 1;
         s.1 += e;
         s.2 = s.2.max(*e);
     }
-    for (ty, (n, sum, max)) in &by_type {
-        println!(
-            "  {ty:<5}: {n:>3} tensors, mean {:.3}%, worst {:.3}%",
-            sum / *n as f64 * 100.0,
-            max * 100.0
-        );
+    if a.json {
+        let n_tensors = src.tensors().count();
+        let out = json!({
+            "command": "quantize",
+            "input": ip.display().to_string(),
+            "output": a.out.display().to_string(),
+            "bytes": bytes.len(),
+            "sha256": crate::json_out::sha256_hex(&bytes),
+            "type": a.ty.name().to_ascii_lowercase(),
+            "tensors": n_tensors,
+            "quantized": rows.len(),
+            "copied": n_tensors - rows.len(),
+            "requantized": requant,
+            "per_tensor": rows.iter().map(|(name, ty, e, fb)| json!({
+                "name": name, "type": ty.name(), "rel_rms": e, "fallback": fb,
+            })).collect::<Vec<_>>(),
+            "by_type": by_type.iter().map(|(ty, (n, sum, max))| json!({
+                "type": ty, "tensors": n, "mean_rel_rms": sum / *n as f64, "worst_rel_rms": max,
+            })).collect::<Vec<_>>(),
+            "notes": notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        });
+        crate::json_out::print(&out)?;
+    } else {
+        println!("\nper-tensor error, rms(out - in) / rms(in):");
+        for (name, ty, e, _) in &rows {
+            println!("  {name:<36} {:<5} {:7.3}%", ty.name(), e * 100.0);
+        }
+        for (ty, (n, sum, max)) in &by_type {
+            println!(
+                "  {ty:<5}: {n:>3} tensors, mean {:.3}%, worst {:.3}%",
+                sum / *n as f64 * 100.0,
+                max * 100.0
+            );
+        }
     }
     crate::note!(
         "wrote {} ({}, {}, {} tensors quantised) in {:.1}s",
