@@ -7,8 +7,7 @@
 #![no_main]
 
 use core::fmt::Write;
-use cortex_m_rt::entry;
-use edgelora_firmware::{exit, guard_region, stack_guard, Out};
+use edgelora_firmware::{entry, exit, guard_region, stack_guard, Out};
 
 /// Recurse `n` levels, each holding 256 bytes of stack the optimiser cannot remove.
 #[inline(never)]
