@@ -6,7 +6,7 @@
 //! With defmt the device sends an index into the ELF's `.defmt` string table plus the raw
 //! arguments, and the host formats them: the numbers, the `{:?}` escapes and the core's error
 //! texts are not formatted in flash. Measured (`EL-BUDGET flash_runtime`, an386, portable,
-//! 2026-12-06): `demo` 135884 bytes plain, 133204 defmt; `runtime` 64544 plain, 66052 defmt
+//! 2026-12-06): `demo` 135016 bytes plain, 133204 defmt; `runtime` 64544 plain, 66052 defmt
 //! (it prints two lines, so there is little formatting to leave out; the core's tensor-name
 //! formatting keeps `core::fmt` in it anyway, and the logger and the inliner's choices cost
 //! more). Hence plain text stays the crate's default.

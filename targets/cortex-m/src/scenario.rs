@@ -95,6 +95,18 @@ pub enum Line<'a> {
 
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl Line<'_> {
+    /// The text, written straight into `f`: a text sink calls this rather than going through
+    /// `Display` and a nested `Formatter` (the plain demo image: 135016 bytes of flash against
+    /// 135884 through `Display`, 134960 before lines were values).
+    ///
+    /// # Errors
+    /// `f` failed.
+    pub fn write_to<W: Write + ?Sized>(&self, f: &mut W) -> fmt::Result {
         match *self {
             Line::Model {
                 layers,
@@ -146,7 +158,8 @@ pub trait Sink {
 /// Text: the line's `Display` and a newline.
 impl<W: Write> Sink for W {
     fn line(&mut self, l: &Line<'_>) -> fmt::Result {
-        writeln!(self, "{l}")
+        l.write_to(self)?;
+        self.write_char('\n')
     }
 }
 
@@ -271,7 +284,7 @@ impl<const N: usize> Text<N> {
     }
 }
 
-fn write_ids(out: &mut fmt::Formatter<'_>, ids: &[u32]) -> fmt::Result {
+fn write_ids<W: Write + ?Sized>(out: &mut W, ids: &[u32]) -> fmt::Result {
     out.write_char('[')?;
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
