@@ -177,6 +177,8 @@ extern "C" fn hard_fault(sp: usize) -> ! {
         let _ = writeln!(Out);
     }
     #[cfg(feature = "defmt")]
+    crate::log::recover();
+    #[cfg(feature = "defmt")]
     if framed() {
         let (pc, lr) = frame();
         defmt::println!(

@@ -6,10 +6,13 @@
 //! With defmt the device sends an index into the ELF's `.defmt` string table plus the raw
 //! arguments, and the host formats them: the numbers, the `{:?}` escapes and the core's error
 //! texts are not formatted in flash. Measured (`EL-BUDGET flash_runtime`, an386, portable,
-//! 2026-12-06): `demo` 135016 bytes plain, 133204 defmt; `runtime` 64544 plain, 66052 defmt
+//! 2026-12-06): `demo` 135016 bytes plain, 133320 defmt; `runtime` 64544 plain, 66168 defmt
 //! (it prints two lines, so there is little formatting to leave out; the core's tensor-name
 //! formatting keeps `core::fmt` in it anyway, and the logger and the inliner's choices cost
-//! more). Hence plain text stays the crate's default.
+//! more). Hence plain text stays the crate's default. The core's `core::fmt` use is one
+//! `format_args!("blk.{i}.{part}.{kind}")` (`model::layer_tensor_name_kind`); written by hand
+//! it would take the defmt runtime to 64936 and the plain one to 64376 (measured with such a
+//! patch, not committed here: the core is outside this change).
 //!
 //! The logger is this crate's own rather than `defmt-semihosting` 0.4: that crate brings a
 //! second semihosting implementation (the `semihosting` crate beside `cortex-m-semihosting`,
@@ -17,12 +20,15 @@
 //! checks, and makes one semihosting call per encoder chunk (several per frame); this one
 //! buffers a frame in RAM and writes it with one call where it fits. Measured (an386,
 //! portable): `runtime` 66052 bytes of flash with this logger, 66344 with `defmt-semihosting`;
-//! `demo` 133204 against 133508; the buffer costs 132 bytes of RAM more.
+//! `demo` 133204 against 133508; the buffer costs 132 bytes of RAM more. ([`recover`], which
+//! `defmt-semihosting` has no counterpart of, then added 116 bytes: 66168 and 133320.)
 //!
 //! The images log from thread mode only (no interrupt handler logs); the one context that can
 //! interrupt a frame is the HardFault handler, which never returns, so the logger needs no
-//! lock: a frame started while another is open ends the interrupted one first (a zero byte:
-//! rzCOBS frames are zero-terminated, so the decoder drops the cut frame and resynchronises).
+//! lock. That handler calls [`recover`] first: it rebuilds the logger's state (a stack
+//! overflow may have run over it: a frame bigger than the stack guard can step over the guard
+//! into `.bss`) and ends any frame the fault cut with a zero byte (rzCOBS frames are
+//! zero-terminated, so the decoder drops the cut frame and resynchronises).
 
 use core::cell::UnsafeCell;
 use cortex_m_semihosting::hio::{self, HostStream};
@@ -45,8 +51,21 @@ struct Out {
 
 struct State {
     encoder: defmt::Encoder,
-    in_frame: bool,
     out: Out,
+}
+
+impl State {
+    const fn new() -> State {
+        State {
+            encoder: defmt::Encoder::new(),
+            out: Out {
+                host: None,
+                opened: false,
+                len: 0,
+                buf: [0; BUF],
+            },
+        }
+    }
 }
 
 struct Shared(UnsafeCell<State>);
@@ -56,16 +75,7 @@ struct Shared(UnsafeCell<State>);
 // (see the module docs), so no two live references to the state are ever used in turn.
 unsafe impl Sync for Shared {}
 
-static STATE: Shared = Shared(UnsafeCell::new(State {
-    encoder: defmt::Encoder::new(),
-    in_frame: false,
-    out: Out {
-        host: None,
-        opened: false,
-        len: 0,
-        buf: [0; BUF],
-    },
-}));
+static STATE: Shared = Shared(UnsafeCell::new(State::new()));
 
 impl Out {
     fn push(&mut self, mut bytes: &[u8]) {
@@ -107,14 +117,7 @@ struct Logger;
 // the state is only touched as `Shared` allows.
 unsafe impl defmt::Logger for Logger {
     fn acquire() {
-        with(|s| {
-            if s.in_frame {
-                // A fault cut a frame: end it so the decoder drops it and syncs on this one.
-                s.out.push(&[0]);
-            }
-            s.in_frame = true;
-            s.encoder.start_frame(|b| s.out.push(b));
-        })
+        with(|s| s.encoder.start_frame(|b| s.out.push(b)))
     }
 
     unsafe fn flush() {
@@ -125,13 +128,22 @@ unsafe impl defmt::Logger for Logger {
         with(|s| {
             s.encoder.end_frame(|b| s.out.push(b));
             s.out.flush();
-            s.in_frame = false;
         })
     }
 
     unsafe fn write(bytes: &[u8]) {
         with(|s| s.encoder.write(bytes, |b| s.out.push(b)))
     }
+}
+
+/// Start the logger over, from the fault handler: fresh state (the fault may have come from a
+/// stack that ran over it) and a zero byte that ends any frame the fault cut short.
+pub fn recover() {
+    with(|s| {
+        *s = State::new();
+        s.out.push(&[0]);
+        s.out.flush();
+    })
 }
 
 /// Ids as `1,2,3,` (the runtime image's `ids=` field).
