@@ -266,17 +266,37 @@ impl fmt::Display for Error {
 
 impl core::error::Error for Error {}
 
+/// The same text as `Display`, formatted by the host's defmt decoder (a firmware's log
+/// frames carry the parts, not the text; the firmware test compares the decoded lines with the
+/// host's `Display` lines).
 #[cfg(feature = "defmt")]
 impl defmt::Format for Error {
-    fn format(&self, f: defmt::Formatter) {
-        defmt::write!(f, "{}: {}", self.kind.as_str(), self.what);
-        if let Ok(s) = core::str::from_utf8(self.name.as_bytes()) {
-            if !s.is_empty() {
-                defmt::write!(f, " '{}'", s);
-            }
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}: {=str}", self.kind.as_str(), self.what);
+        if !self.name.is_empty() {
+            defmt::write!(f, " '{}'", self.name);
         }
         if let Some(off) = self.offset {
-            defmt::write!(f, " at byte {}", off);
+            defmt::write!(f, " at byte {=u64}", off);
+        }
+        if let Some((a, b)) = self.detail {
+            defmt::write!(f, " (got {=u64}, limit {=u64})", a, b);
+        }
+    }
+}
+
+/// As `Display`: valid UTF-8 as is, other bytes as `\xNN`, `...` if cut.
+#[cfg(feature = "defmt")]
+impl defmt::Format for Name {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        for chunk in self.as_bytes().utf8_chunks() {
+            defmt::write!(f, "{=str}", chunk.valid());
+            for b in chunk.invalid() {
+                defmt::write!(f, "\\x{=u8:02x}", b);
+            }
+        }
+        if self.truncated {
+            defmt::write!(f, "...");
         }
     }
 }

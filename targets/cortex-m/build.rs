@@ -61,6 +61,17 @@ fn main() {
         println!("cargo:rustc-cfg=armv8m");
     }
 
+    // Logging through defmt (the Cortex-M crate's `defmt` feature): `cfg(el_defmt)` for the
+    // images' sources, which targets/riscv compiles too (it has no such feature, so a
+    // `cfg(feature = "defmt")` there would be an unknown cfg), and defmt's linker script, which
+    // places the interned format strings in the non-loaded `.defmt` section the host decoder
+    // reads from the ELF (defmt's build script puts `defmt.x` on the search path).
+    println!("cargo:rustc-check-cfg=cfg(el_defmt)");
+    if std::env::var_os("CARGO_FEATURE_DEFMT").is_some() {
+        println!("cargo:rustc-cfg=el_defmt");
+        println!("cargo:rustc-link-arg=-Tdefmt.x");
+    }
+
     // The assets and their manifest live with the Cortex-M crate; both firmware crates read them.
     let manifest = root.join("targets/cortex-m/assets/manifest.txt");
     println!("cargo:rerun-if-changed={}", manifest.display());

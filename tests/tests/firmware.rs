@@ -514,3 +514,104 @@ fn firmware_an547_mve_matches_reference_and_host() {
     assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
     check_budget(&out, "an547", "runtime");
 }
+
+/// Run a defmt image (feature `defmt`) in QEMU and decode its frames with
+/// `defmt-print -e <elf>` (from stdin); returns the decoded text. Asserts that QEMU and the
+/// decoder both succeed and that the raw output is frames, not plain text.
+fn run_qemu_defmt(elf: &Path, board: &str) -> String {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let out = Command::new(root().join(crate::board(board).runner))
+        .arg(elf)
+        .env("EDGELORA_BOARD", board)
+        .output()
+        .expect("run qemu");
+    assert!(
+        out.status.success(),
+        "firmware {} on {board} failed ({}):\n{}",
+        elf.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Frames carry an index into the ELF's string table, not the text: the line tags must
+    // not appear in the raw stream (they would if the image had printed plain text).
+    assert!(
+        !out.stdout.windows(3).any(|w| w == b"EL-"),
+        "{} printed plain text, not defmt frames",
+        elf.display()
+    );
+    let mut dec = Command::new("defmt-print")
+        .arg("-e")
+        .arg(elf)
+        .args(["--log-format", "{s}", "stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run defmt-print");
+    dec.stdin
+        .take()
+        .unwrap()
+        .write_all(&out.stdout)
+        .expect("feed defmt-print");
+    let dec = dec.wait_with_output().expect("defmt-print");
+    let text = String::from_utf8_lossy(&dec.stdout).into_owned();
+    assert!(
+        dec.status.success(),
+        "defmt-print failed ({}):\n{text}\n{}",
+        dec.status,
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    text
+}
+
+/// The `demo` and `runtime` images logging through defmt (the firmware's feature `defmt`):
+/// their frames, decoded on the host by the knurling tools' `defmt-print`, must be exactly
+/// the lines the plain images print, i.e. the host's lines (the core's errors in the `reject`
+/// lines come through the core's own `defmt::Format`). An M4F with the portable kernel and an
+/// M33 with the DSP kernels (the two Arm targets). The images' budget lines are printed for
+/// the README; the demo's are checked against `budget.txt` like the plain build's.
+#[test]
+fn firmware_defmt_logs_decode_to_the_host_lines() {
+    let found = Command::new("defmt-print")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("SKIPPED: defmt-print not installed (cargo install defmt-print)");
+        return;
+    }
+    let want = host_lines();
+    let want_ids = host_runtime_ids();
+    for (board, demo_kernels, runtime_kernels, kernel) in [
+        ("an386", "defmt", "defmt", "portable"),
+        ("an505", "dsp,defmt", "dsp-only,defmt", "dsp"),
+    ] {
+        if qemu_missing(board) {
+            continue;
+        }
+        let Some(elf) = build_with("demo", board, demo_kernels) else {
+            continue;
+        };
+        let out = run_qemu_defmt(&elf, board);
+        print!("--- demo {board} {demo_kernels} (decoded)\n{out}");
+        assert_eq!(field(&out, "EL-BOARD", "kernel"), kernel);
+        assert_eq!(field(&out, "EL-KERNELS", "ran"), kernel);
+        assert_eq!(
+            el_lines(&out),
+            want,
+            "defmt firmware ({board}, {kernel}) and host differ"
+        );
+        check_budget(&out, board, "demo");
+
+        let Some(elf) = build_with("runtime", board, runtime_kernels) else {
+            continue;
+        };
+        let out = run_qemu_defmt(&elf, board);
+        print!("--- runtime {board} {runtime_kernels} (decoded)\n{out}");
+        assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
+        assert_eq!(field(&out, "EL-RUNTIME", "ids"), want_ids);
+        let flash: usize = field(&out, "EL-BUDGET", "flash_runtime").parse().unwrap();
+        println!("budget {board} runtime+defmt flash_runtime = {flash}");
+    }
+}

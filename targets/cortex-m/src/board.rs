@@ -1,6 +1,7 @@
 //! Cortex-M board support: semihosting output and exit, the stack pointer for the stack
 //! paint, and the panic and HardFault handlers (every QEMU board of this crate: an386, an500,
-//! an505).
+//! an505, an547). The handlers report in plain text, or as defmt frames with the `defmt`
+//! feature (so a decoded log stays one stream).
 
 use core::fmt;
 use cortex_m_semihosting::{debug, hio};
@@ -40,10 +41,23 @@ pub fn stack_pointer() -> usize {
 
 /// Report a panic over semihosting and fail. No path from input bytes should reach this (the
 /// core returns errors); it exists so that one would be visible, not silent.
+#[cfg(not(feature = "defmt"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use fmt::Write;
     let _ = writeln!(Out, "EL-PANIC {info}");
+    exit(false)
+}
+
+/// With defmt: the location only. Formatting the message would link `core::fmt` back into
+/// every image (the panic message is a `fmt::Arguments`), which is what defmt keeps out.
+#[cfg(feature = "defmt")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => defmt::println!("EL-PANIC at {=str}:{=u32}", l.file(), l.line()),
+        None => defmt::println!("EL-PANIC"),
+    }
     exit(false)
 }
 
@@ -119,6 +133,7 @@ core::arch::global_asm!(
 /// the stack pointer at the fault; the exception frame is read only if it lies outside the
 /// guard (a frame inside it was never written).
 extern "C" fn hard_fault(sp: usize) -> ! {
+    #[cfg(not(feature = "defmt"))]
     use fmt::Write;
     let (lo, hi) = crate::guard_region();
     // SAFETY: CFSR and MMFAR are read-only memory-mapped system registers (reading MMFAR has
@@ -135,25 +150,52 @@ extern "C" fn hard_fault(sp: usize) -> ! {
     let overflow = cfsr & (1 << 20) != 0
         || (cfsr & (1 << 7) != 0 && (lo..hi).contains(&mmfar))
         || (cfsr & (1 << 4) != 0 && sp < hi + 32);
-    let _ = write!(
-        Out,
-        "EL-HARDFAULT sp={sp:#010x} cfsr={cfsr:#010x} stack_overflow={overflow}"
-    );
     let (heap, top) = (
         &raw const __sheap as usize,
         &raw const _stack_start as usize,
     );
-    if !overflow && sp >= heap && sp + 32 <= top {
-        // SAFETY: `sp` points into the stack's RAM, above the guard, where the core pushed the
-        // eight-word exception frame (pc at word 6, lr at word 5).
-        let (pc, lr) = unsafe {
-            (
-                core::ptr::read_volatile((sp + 24) as *const u32),
-                core::ptr::read_volatile((sp + 20) as *const u32),
-            )
-        };
-        let _ = write!(Out, " pc={pc:#010x} lr={lr:#010x}");
+    // The exception frame is read only if it lies in the stack's RAM above the guard.
+    let framed = || !overflow && sp >= heap && sp + 32 <= top;
+    // SAFETY (call only if `framed()`): `sp` points into the stack's RAM, above the guard,
+    // where the core pushed the eight-word exception frame (pc at word 6, lr at word 5).
+    let frame = || unsafe {
+        (
+            core::ptr::read_volatile((sp + 24) as *const u32),
+            core::ptr::read_volatile((sp + 20) as *const u32),
+        )
+    };
+    #[cfg(not(feature = "defmt"))]
+    {
+        let _ = write!(
+            Out,
+            "EL-HARDFAULT sp={sp:#010x} cfsr={cfsr:#010x} stack_overflow={overflow}"
+        );
+        if framed() {
+            let (pc, lr) = frame();
+            let _ = write!(Out, " pc={pc:#010x} lr={lr:#010x}");
+        }
+        let _ = writeln!(Out);
     }
-    let _ = writeln!(Out);
+    #[cfg(feature = "defmt")]
+    crate::log::recover();
+    #[cfg(feature = "defmt")]
+    if framed() {
+        let (pc, lr) = frame();
+        defmt::println!(
+            "EL-HARDFAULT sp={=usize:#010x} cfsr={=u32:#010x} stack_overflow={=bool} pc={=u32:#010x} lr={=u32:#010x}",
+            sp,
+            cfsr,
+            overflow,
+            pc,
+            lr
+        );
+    } else {
+        defmt::println!(
+            "EL-HARDFAULT sp={=usize:#010x} cfsr={=u32:#010x} stack_overflow={=bool}",
+            sp,
+            cfsr,
+            overflow
+        );
+    }
     exit(false)
 }

@@ -196,21 +196,48 @@ pub fn stack_high_water() -> usize {
     addr(&raw const _stack_start) - p
 }
 
-/// Print the budget line: flash of the runtime (text + rodata without the assets), assets,
+/// The budget figures (bytes), as the `EL-BUDGET` line prints them.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Flash of the runtime: text + rodata without the assets + the flash copy of .data.
+    pub flash_runtime: usize,
+    /// `.text`.
+    pub text: usize,
+    /// `.rodata` without the assets.
+    pub rodata_runtime: usize,
+    /// The assets in flash.
+    pub assets: usize,
+    /// `.data` + `.bss`.
+    pub ram_static: usize,
+    /// Stack high-water mark since [`paint_stack`].
+    pub stack_hwm: usize,
+    /// `ram_static + stack_hwm`.
+    pub ram_total: usize,
+}
+
+/// The budget figures now: flash of the runtime (text + rodata without the assets), assets,
 /// RAM (statics + stack high-water mark).
-pub fn print_budget<W: fmt::Write>(out: &mut W) -> fmt::Result {
+pub fn budget() -> Budget {
     let s = sections();
     let assets = assets::total();
     let stack = stack_high_water();
+    Budget {
+        flash_runtime: s.text + s.rodata - assets + s.data,
+        text: s.text,
+        rodata_runtime: s.rodata - assets,
+        assets,
+        ram_static: s.data + s.bss,
+        stack_hwm: stack,
+        ram_total: s.data + s.bss + stack,
+    }
+}
+
+/// Print the budget line ([`budget`]) as text.
+pub fn print_budget<W: fmt::Write>(out: &mut W) -> fmt::Result {
+    let b = budget();
     writeln!(
         out,
         "EL-BUDGET flash_runtime={} text={} rodata_runtime={} assets={} ram_static={} stack_hwm={} ram_total={}",
-        s.text + s.rodata - assets + s.data,
-        s.text,
-        s.rodata - assets,
-        assets,
-        s.data + s.bss,
-        stack,
-        s.data + s.bss + stack
+        b.flash_runtime, b.text, b.rodata_runtime, b.assets, b.ram_static, b.stack_hwm, b.ram_total
     )
 }

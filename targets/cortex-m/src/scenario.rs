@@ -14,6 +14,12 @@
 //! receive buffer, bind it, and check it answers exactly as B from flash did.
 //!
 //! Only `core` and `edgelora`: no allocation, every buffer is handed in.
+//!
+//! Every line is a [`Line`] value handed to a [`Sink`]. Any `fmt::Write` (the host's
+//! `String`, the plain firmware's semihosting `Out`) is a sink that prints its `Display`
+//! text; a defmt firmware's sink (the Cortex-M crate's `log` module, feature `defmt`) sends
+//! the same value as a defmt frame instead, so the host's decoder formats the numbers, the
+//! escaped text and the core's errors (its `defmt::Format`) into the same text.
 
 // The core's `Error` is Copy and about 80 bytes by design (an inline copy of the offending
 // name, no allocator); boxing it is not an option here, and errors are the rare path.
@@ -26,6 +32,136 @@ use edgelora::model::{CacheSpec, Model, State};
 use edgelora::sample::argmax;
 use edgelora::tokenizer::Tokenizer;
 use edgelora::{Error, Gguf};
+
+/// One line of the script's output (`Display`: the text, without the newline).
+#[derive(Clone, Copy, Debug)]
+pub enum Line<'a> {
+    /// The model's shape and the state's size.
+    Model {
+        /// Layers.
+        layers: usize,
+        /// Embedding width.
+        dim: usize,
+        /// FFN width.
+        ffn: usize,
+        /// Vocabulary size.
+        vocab: usize,
+        /// Context the state is sized for.
+        ctx: usize,
+        /// KV cache type name.
+        kv: &'static str,
+        /// Prompt block.
+        block: usize,
+        /// `State::bytes_for_cache`.
+        state_bytes: usize,
+    },
+    /// The prompt and its ids.
+    Prompt {
+        /// Prompt text (printed escaped, as `{:?}`).
+        text: &'a str,
+        /// Its ids.
+        ids: &'a [u32],
+    },
+    /// One generation: ids, hash of every logit's bits, decoded text (escaped).
+    Run {
+        /// Which adapters.
+        name: &'a str,
+        /// Generated ids.
+        ids: &'a [u32],
+        /// FNV-1a over the bits of every logit.
+        hash: u32,
+        /// The ids decoded.
+        text: &'a str,
+    },
+    /// A verified adapter stream.
+    Stream {
+        /// Bytes streamed (frame header + payload).
+        bytes: usize,
+        /// Chunks pushed.
+        chunks: u32,
+        /// Payload bytes.
+        payload: usize,
+    },
+    /// Bad input rejected with this error.
+    Reject {
+        /// Which bad input.
+        what: &'a str,
+        /// The core's error.
+        err: &'a Error,
+    },
+    /// The script passed.
+    Done,
+}
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl Line<'_> {
+    /// The text, written straight into `f`: a text sink calls this rather than going through
+    /// `Display` and a nested `Formatter` (the plain demo image: 135016 bytes of flash against
+    /// 135884 through `Display`, 134960 before lines were values).
+    ///
+    /// # Errors
+    /// `f` failed.
+    pub fn write_to<W: Write + ?Sized>(&self, f: &mut W) -> fmt::Result {
+        match *self {
+            Line::Model {
+                layers,
+                dim,
+                ffn,
+                vocab,
+                ctx,
+                kv,
+                block,
+                state_bytes,
+            } => write!(
+                f,
+                "EL model layers={layers} dim={dim} ffn={ffn} vocab={vocab} ctx={ctx} kv={kv} block={block} state_bytes={state_bytes}"
+            ),
+            Line::Prompt { text, ids } => {
+                write!(f, "EL prompt {text:?} ids=")?;
+                write_ids(f, ids)
+            }
+            Line::Run {
+                name,
+                ids,
+                hash,
+                text,
+            } => {
+                write!(f, "EL run {name} ids=")?;
+                write_ids(f, ids)?;
+                write!(f, " hash={hash:08x} text={text:?}")
+            }
+            Line::Stream {
+                bytes,
+                chunks,
+                payload,
+            } => write!(f, "EL stream bytes={bytes} chunks={chunks} payload={payload}"),
+            Line::Reject { what, err } => write!(f, "EL reject {what}: {err}"),
+            Line::Done => f.write_str("EL scenario ok"),
+        }
+    }
+}
+
+/// Where the script's lines go.
+pub trait Sink {
+    /// Emit one line.
+    ///
+    /// # Errors
+    /// The sink failed (the script stops with [`Failure::Fmt`]).
+    fn line(&mut self, l: &Line<'_>) -> fmt::Result;
+}
+
+/// Text: the line's `Display` and a newline.
+impl<W: Write> Sink for W {
+    fn line(&mut self, l: &Line<'_>) -> fmt::Result {
+        l.write_to(self)?;
+        self.write_char('\n')
+    }
+}
 
 /// Bytes per chunk when streaming an adapter, as a UART driver might hand them over (odd on
 /// purpose, so chunks straddle the frame header, the GGUF header and every field).
@@ -148,7 +284,7 @@ impl<const N: usize> Text<N> {
     }
 }
 
-fn write_ids<W: Write>(out: &mut W, ids: &[u32]) -> fmt::Result {
+fn write_ids<W: Write + ?Sized>(out: &mut W, ids: &[u32]) -> fmt::Result {
     out.write_char('[')?;
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
@@ -187,7 +323,7 @@ fn generate<const L: usize>(
 
 /// Generate and print one `EL run` line; returns the logits hash.
 #[allow(clippy::too_many_arguments)]
-fn run_line<const L: usize, W: Write>(
+fn run_line<const L: usize, W: Sink>(
     out: &mut W,
     name: &str,
     m: &Model<'_, L>,
@@ -208,15 +344,18 @@ fn run_line<const L: usize, W: Write>(
         d.push_to(id, &mut text).step("decode")?;
     }
     d.finish_to(&mut text).step("decode")?;
-    write!(out, "EL run {name} ids=")?;
-    write_ids(out, ids)?;
-    writeln!(out, " hash={hash:08x} text={:?}", text.as_str())?;
+    out.line(&Line::Run {
+        name,
+        ids,
+        hash,
+        text: text.as_str(),
+    })?;
     Ok(hash)
 }
 
 /// Stream `payload` framed, in [`CHUNK`]-byte pieces, optionally flipping one payload byte
 /// or stopping halfway; returns the verified payload.
-fn stream_in<'b, W: Write>(
+fn stream_in<'b, W: Sink>(
     out: &mut W,
     buf: &'b mut [u8],
     payload: &[u8],
@@ -249,11 +388,11 @@ fn stream_in<'b, W: Write>(
     }
     let got = loader.finish()?;
     // Only a complete, verified stream gets here.
-    let _ = writeln!(
-        out,
-        "EL stream bytes={total} chunks={chunks} payload={}",
-        got.len()
-    );
+    let _ = out.line(&Line::Stream {
+        bytes: total,
+        chunks,
+        payload: got.len(),
+    });
     Ok(got)
 }
 
@@ -261,7 +400,7 @@ fn stream_in<'b, W: Write>(
 ///
 /// # Errors
 /// The first [`Failure`]; the caller reports it and exits with a failure status.
-pub fn run<'b, const L: usize, W: Write>(
+pub fn run<'b, const L: usize, W: Sink>(
     a: &Assets<'b>,
     b: Buffers<'b>,
     out: &mut W,
@@ -269,18 +408,16 @@ pub fn run<'b, const L: usize, W: Write>(
     let g = Gguf::parse(a.base).step("parse base")?;
     let model: Model<'b, L> = Model::from_gguf(&g).step("load model")?;
     let cfg = *model.config();
-    writeln!(
-        out,
-        "EL model layers={} dim={} ffn={} vocab={} ctx={} kv={} block={} state_bytes={}",
-        cfg.n_layers,
-        cfg.dim,
-        cfg.ffn_dim,
-        cfg.vocab,
-        a.ctx,
-        a.cache.ty.name(),
-        a.cache.block_for(a.ctx),
-        State::bytes_for_cache(&cfg, a.ctx, a.cache)
-    )?;
+    out.line(&Line::Model {
+        layers: cfg.n_layers,
+        dim: cfg.dim,
+        ffn: cfg.ffn_dim,
+        vocab: cfg.vocab,
+        ctx: a.ctx,
+        kv: a.cache.ty.name(),
+        block: a.cache.block_for(a.ctx),
+        state_bytes: State::bytes_for_cache(&cfg, a.ctx, a.cache),
+    })?;
 
     let tok = Tokenizer::new(&g, b.tok).step("tokenizer")?;
     let mut np = 0;
@@ -296,9 +433,10 @@ pub fn run<'b, const L: usize, W: Write>(
         .ok_or(Failure::Check("prompt buffer"))?;
     np += tok.encode(a.prompt, false, rest).step("encode prompt")?;
     let prompt = &b.prompt[..np];
-    write!(out, "EL prompt {:?} ids=", a.prompt)?;
-    write_ids(out, prompt)?;
-    writeln!(out)?;
+    out.line(&Line::Prompt {
+        text: a.prompt,
+        ids: prompt,
+    })?;
 
     let mut st = State::with_cache(&cfg, a.ctx, a.cache, b.state).step("state")?;
     let gen = b.gen;
@@ -346,7 +484,7 @@ pub fn run<'b, const L: usize, W: Write>(
     let reject = |out: &mut W, what: &str, r: Result<(), Error>| -> Result<(), Failure> {
         match r {
             Err(e) => {
-                writeln!(out, "EL reject {what}: {e}")?;
+                out.line(&Line::Reject { what, err: &e })?;
                 Ok(())
             }
             Ok(()) => Err(Failure::Check("bad input was accepted")),
@@ -418,6 +556,6 @@ pub fn run<'b, const L: usize, W: Write>(
             "streamed adapter differs from the same adapter in flash",
         ));
     }
-    writeln!(out, "EL scenario ok")?;
+    out.line(&Line::Done)?;
     Ok(())
 }
