@@ -14,7 +14,22 @@ case "${EDGELORA_BOARD:-an386}" in
   an547) machine=mps3-an547; cpu=cortex-m55 ;;
   *) echo "unknown EDGELORA_BOARD=${EDGELORA_BOARD}" >&2; exit 2 ;;
 esac
-# shellcheck disable=SC2086
-exec timeout "${EDGELORA_QEMU_TIMEOUT:-300}" qemu-system-arm -machine "$machine" -cpu "$cpu" \
-  -display none -monitor none -serial none -nodefaults -nic none \
-  -semihosting-config enable=on,target=native ${EDGELORA_QEMU_FLAGS:-} -kernel "$elf"
+run() {
+  # shellcheck disable=SC2086
+  timeout "${EDGELORA_QEMU_TIMEOUT:-300}" qemu-system-arm -machine "$machine" -cpu "$cpu" \
+    -display none -monitor none -serial none -nodefaults -nic none \
+    -semihosting-config enable=on,target=native ${EDGELORA_QEMU_FLAGS:-} -kernel "$elf"
+}
+# An image logging through defmt (the firmware's default feature) writes frames, not text:
+# decode them with the knurling tools' defmt-print unless EDGELORA_DEFMT_RAW=1 (the tests
+# decode themselves). The exit status stays QEMU's (the firmware's).
+if [ "${EDGELORA_DEFMT_RAW:-0}" != 1 ] && grep -q '\.defmt' <(arm-none-eabi-objdump -h "$elf" 2>/dev/null || readelf -S "$elf" 2>/dev/null || true); then
+  if ! command -v defmt-print >/dev/null; then
+    echo "this image logs through defmt: install the decoder (cargo install defmt-print), or build with --no-default-features for plain text" >&2
+    exit 2
+  fi
+  set -o pipefail
+  run | defmt-print -e "$elf" --log-format '{s}' stdin
+  exit "${PIPESTATUS[0]}"
+fi
+run

@@ -286,27 +286,39 @@ fn layer_tensor_name<'b>(buf: &'b mut [u8; 64], i: usize, part: &str) -> &'b str
     layer_tensor_name_kind(buf, i, part, "weight")
 }
 
-/// Format `blk.{i}.{part}.{kind}` into `buf` without allocating.
+/// Format `blk.{i}.{part}.{kind}` into `buf` without allocating (empty if it does not fit).
+/// Written out by hand rather than with `core::fmt`: this was the only formatting the
+/// inference path did, and it kept `core::fmt`'s machinery (~1.5 KB) in firmware images that
+/// print nothing with it (the Cortex-M runtime image, and any image logging through defmt).
 fn layer_tensor_name_kind<'b>(buf: &'b mut [u8; 64], i: usize, part: &str, kind: &str) -> &'b str {
-    struct W<'b> {
-        buf: &'b mut [u8; 64],
-        n: usize,
-    }
-    impl core::fmt::Write for W<'_> {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            let end = self
-                .n
-                .checked_add(s.len())
-                .filter(|&e| e <= self.buf.len())
-                .ok_or(core::fmt::Error)?;
-            self.buf[self.n..end].copy_from_slice(s.as_bytes());
-            self.n = end;
-            Ok(())
+    // `i` in decimal, most significant digit first.
+    let mut digits = [0u8; 20];
+    let mut k = digits.len();
+    let mut v = i;
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
     }
-    let mut w = W { buf, n: 0 };
-    let _ = core::fmt::write(&mut w, format_args!("blk.{i}.{part}.{kind}"));
-    let n = w.n;
+    let parts: [&[u8]; 6] = [
+        b"blk.",
+        &digits[k..],
+        b".",
+        part.as_bytes(),
+        b".",
+        kind.as_bytes(),
+    ];
+    let mut n = 0;
+    for p in parts {
+        let Some(dst) = buf.get_mut(n..n + p.len()) else {
+            return "";
+        };
+        dst.copy_from_slice(p);
+        n += p.len();
+    }
     core::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
@@ -1803,4 +1815,26 @@ pub fn state_buffer(cfg: &Config, ctx: usize) -> alloc::vec::Vec<f32> {
 #[cfg(feature = "alloc")]
 pub fn state_buffer_for(cfg: &Config, ctx: usize, spec: CacheSpec) -> alloc::vec::Vec<f32> {
     alloc::vec![0.0; State::len_for_cache(cfg, ctx, spec).min(isize::MAX as usize / 4)]
+}
+
+#[cfg(test)]
+mod name_tests {
+    extern crate std;
+    use super::layer_tensor_name_kind;
+    use std::format;
+
+    #[test]
+    fn layer_tensor_names_match_format() {
+        for i in [0usize, 1, 9, 10, 99, 100, 12345, usize::MAX] {
+            for (part, kind) in [("attn_q", "weight"), ("ffn_down", "bias"), ("", "")] {
+                let mut buf = [0u8; 64];
+                let want = format!("blk.{i}.{part}.{kind}");
+                assert_eq!(layer_tensor_name_kind(&mut buf, i, part, kind), want);
+            }
+        }
+        // Too long for the buffer: empty, never a truncated name.
+        let mut buf = [0u8; 64];
+        let long = "x".repeat(60);
+        assert_eq!(layer_tensor_name_kind(&mut buf, 3, &long, "weight"), "");
+    }
 }

@@ -142,7 +142,17 @@ pub fn sections() -> Sections {
 /// Bytes at the bottom of the stack's room that no code may touch: a stack that grows into
 /// them faults instead of overwriting the statics below (the stack grows down from the top of
 /// RAM towards `.bss`). A power of two, at least 32 (the MPU's smallest region).
-pub const GUARD: usize = 256;
+///
+/// Where the guard is an MPU or PMP region (Armv7-M, RISC-V) it must be larger than any one
+/// stack frame: a function that lowers sp by more than the guard and then stores at its
+/// bottom would step over it into the statics. The largest frames measured in these images
+/// (`sub sp, #N` in the disassembly) are 5,376 bytes (demo) and 4,544 (runtime), so 8 KiB.
+/// Armv8-M's `MSPLIM` checks sp itself, so any frame faults there and 32 bytes suffice.
+#[cfg(not(armv8m))]
+pub const GUARD: usize = 8192;
+/// See the Armv7-M / RISC-V definition: `MSPLIM` checks sp itself.
+#[cfg(armv8m)]
+pub const GUARD: usize = 32;
 
 /// The guard region: `[lo, lo + GUARD)`, the first `GUARD`-aligned bytes above the statics.
 pub fn guard_region() -> (usize, usize) {

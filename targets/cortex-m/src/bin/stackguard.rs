@@ -9,11 +9,14 @@
 use core::fmt::Write;
 use edgelora_firmware::{entry, exit, guard_region, stack_guard, Out};
 
-/// Recurse `n` levels, each holding 256 bytes of stack the optimiser cannot remove.
+/// Recurse `n` levels, each holding 4 KiB of stack the optimiser cannot remove: frames far
+/// larger than one word, as the images' largest (5,376 bytes), so a guard smaller than a frame
+/// would be stepped over (the fault would then come from below RAM, not the guard, and the
+/// test's `stack_overflow=true` check fails).
 #[inline(never)]
 fn deep(n: u32) -> u32 {
-    let mut frame = [0u8; 256];
-    frame[(n % 256) as usize] = n as u8;
+    let mut frame = [0u8; 4096];
+    frame[(n % 4096) as usize] = n as u8;
     let frame = core::hint::black_box(frame);
     if n == 0 {
         return frame[0] as u32;
@@ -29,8 +32,8 @@ fn main() -> ! {
         Out,
         "EL-STACKGUARD armed={armed} guard={lo:#010x}..{hi:#010x}"
     );
-    // Deeper than any RAM these boards have (4 MiB / 256 bytes a level is 16384 levels).
-    let r = deep(1 << 20);
+    // Deeper than any RAM these boards have (4 MiB / 4 KiB a level is 1024 levels).
+    let r = deep(1 << 16);
     let _ = writeln!(Out, "EL-STACKGUARD returned {r}");
     exit(true)
 }
