@@ -196,7 +196,7 @@ fn words_as_bytes(w: &[f32]) -> &[u8] {
     unsafe { core::slice::from_raw_parts(w.as_ptr().cast::<u8>(), core::mem::size_of_val(w)) }
 }
 
-#[cfg(any(feature = "kv-f16", feature = "kv-q8_0"))]
+#[cfg(feature = "kv-f16")]
 fn words_as_bytes_mut(w: &mut [f32]) -> &mut [u8] {
     let len = core::mem::size_of_val(w);
     // SAFETY: as `words_as_bytes`; any byte pattern written through the view is a valid f32,
