@@ -27,6 +27,11 @@ echo "== no_std: core for thumbv7em, thumbv8m.main (alloc) and riscv32imac (no a
 cargo build -p edgelora --no-default-features --target thumbv7em-none-eabihf --release
 cargo build -p edgelora --no-default-features --features alloc --target thumbv8m.main-none-eabihf --release
 cargo build -p edgelora --no-default-features --target riscv32imac-unknown-none-elf --release
+echo "== no_std: each KV cache feature alone (firmware picks one), warnings denied"
+for f in kv-f16 kv-q8_0; do
+  RUSTFLAGS="-D warnings" cargo build -p edgelora --no-default-features --features "$f" \
+    --target thumbv7em-none-eabihf --release --target-dir target/featcheck
+done
 
 echo "== aarch64 NEON kernels under qemu-user"
 bash scripts/test-aarch64.sh
