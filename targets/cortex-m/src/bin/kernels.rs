@@ -201,48 +201,11 @@ fn check_f32(k: &Kernel, buf: &mut [f32]) -> Result<u32, &'static str> {
     Ok(n)
 }
 
-/// Integer parts of single blocks, DSP against a plain loop.
+/// Integer parts of single blocks, DSP against a plain loop ([`check_blocks_with`]).
 #[cfg(feature = "dsp")]
 fn check_blocks() -> Result<u32, &'static str> {
     use edgelora::kernels::arm::dsp;
-    let mut r = Rng(42);
-    let mut n = 0;
-    for case in 0..2000u32 {
-        let mut w8 = [BlockQ8_0 {
-            d: [0; 2],
-            qs: [0; 32],
-        }];
-        let mut w4 = [BlockQ4_0 {
-            d: [0; 2],
-            qs: [0; 16],
-        }];
-        let mut x = [BlockQ8_0 {
-            d: [0; 2],
-            qs: [0; 32],
-        }];
-        fill_q8(&mut r, &mut w8, case);
-        fill_q4(&mut r, &mut w4, case / 5);
-        fill_q8(&mut r, &mut x, case / 3);
-        let want8: i32 = w8[0]
-            .qs
-            .iter()
-            .zip(&x[0].qs)
-            .map(|(&a, &b)| a as i8 as i32 * b as i8 as i32)
-            .sum();
-        let mut want4 = 0i32;
-        for j in 0..16 {
-            want4 += ((w4[0].qs[j] & 15) as i32 - 8) * x[0].qs[j] as i8 as i32;
-            want4 += ((w4[0].qs[j] >> 4) as i32 - 8) * x[0].qs[j + 16] as i8 as i32;
-        }
-        if dsp::block_q8_0(&w8[0], &x[0]) != want8 {
-            return Err("q8_0 block integer sum");
-        }
-        if dsp::block_q4_0(&w4[0], &x[0]) != want4 {
-            return Err("q4_0 block integer sum");
-        }
-        n += 1;
-    }
-    Ok(n)
+    check_blocks_with((dsp::block_q8_0, dsp::block_q4_0))
 }
 
 #[cfg(not(feature = "dsp"))]
@@ -271,7 +234,7 @@ fn block_fns() -> &'static [(&'static str, BlockFns)] {
 }
 
 /// Integer parts of single blocks through `(q8, q4)` against a plain loop, over the same
-/// random and extreme blocks as [`check_blocks`].
+/// random and extreme blocks (2000 cases; [`check_blocks`] runs DSP's through it).
 fn check_blocks_with((q8, q4): BlockFns) -> Result<u32, &'static str> {
     let mut r = Rng(42);
     let mut n = 0;
