@@ -57,7 +57,16 @@ echo "== python bindings: wheel built with maturin, installed in a clean venv, p
 bash targets/python/build_and_test.sh
 
 echo "== crates: cargo publish --dry-run (packaged and built as crates.io would)"
-cargo publish --dry-run --allow-dirty -p edgelora -p edgelora-cuda -p edgelora-ffi -p edgelora-cli
+# Cargo verifies each crate against the others through a local overlay registry under
+# <target>/package/tmp-registry. It unpacks that registry's crates once into
+# $CARGO_HOME/registry/src/-<hash of that path>/ and never again, and treats registry crates'
+# build artifacts as immutable: a machine that ran this before from the same checkout path
+# (CI keeps its path and cargo home) compiled the *old* sources of edgelora 0.1.0 and failed
+# on a function added since. So: its own target dir, emptied, and those unpacked copies removed.
+rm -rf target/publish-check "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/edgelora-*
+CARGO_TARGET_DIR=target/publish-check \
+  cargo publish --dry-run --allow-dirty -p edgelora -p edgelora-cuda -p edgelora-ffi -p edgelora-cli
+rm -rf target/publish-check
 
 echo "== cuda feature (no GPU here: builds, NVRTC compile of every kernel; GPU tests print SKIPPED)"
 if [ -x .venv/bin/pip ]; then
