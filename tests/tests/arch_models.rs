@@ -326,6 +326,57 @@ fn prefill_matches_forward_bit_for_bit() {
     }
 }
 
+/// `Model::init_from_gguf` (built in place: the C library and the firmware) is the same model
+/// as `Model::from_gguf`: identical logits bit for bit on every architecture, the same error
+/// for a file missing a layer tensor or having more layers than the model type holds.
+#[test]
+fn model_built_in_place_equals_by_value() {
+    use core::mem::MaybeUninit;
+    for f in fixtures() {
+        let bytes = load(&f);
+        let g = Gguf::parse(&bytes).unwrap();
+        let by_value: Model = Model::from_gguf(&g).unwrap();
+        let mut slot = MaybeUninit::uninit();
+        let in_place: &Model = Model::init_from_gguf(&g, &mut slot).unwrap();
+        let cfg = *by_value.config();
+        assert_eq!(cfg, *in_place.config());
+        let (mut b1, mut b2) = (state_buffer(&cfg, CTX), state_buffer(&cfg, CTX));
+        for case in &f.cases {
+            let mut a = State::new(&cfg, CTX, &mut b1).unwrap();
+            let mut b = State::new(&cfg, CTX, &mut b2).unwrap();
+            let x = by_value.prefill(&case.tokens, 0, &mut a).unwrap().to_vec();
+            let y = in_place.prefill(&case.tokens, 0, &mut b).unwrap();
+            assert!(
+                x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{} {}: logits differ",
+                f.name,
+                case.name
+            );
+        }
+        // One layer tensor renamed away, and a model type with room for fewer layers.
+        let broken = rename(&bytes, "blk.1.ffn_up.weight", "blk.1.ffn_XX.weight");
+        let g = Gguf::parse(&broken).unwrap();
+        let Err(want) = Model::<'_, { edgelora::model::DEFAULT_MAX_LAYERS }>::from_gguf(&g) else {
+            panic!("{}: a missing layer tensor must be refused", f.name);
+        };
+        let mut slot = MaybeUninit::<Model>::uninit();
+        let Err(got) = Model::init_from_gguf(&g, &mut slot) else {
+            panic!(
+                "{}: a missing layer tensor must be refused in place too",
+                f.name
+            );
+        };
+        assert_eq!(got.to_string(), want.to_string());
+        assert!(got.to_string().contains("blk.1.ffn_up.weight"), "{got}");
+        let g = Gguf::parse(&bytes).unwrap();
+        let mut small = MaybeUninit::<Model<'_, 1>>::uninit();
+        let Err(e) = Model::init_from_gguf(&g, &mut small) else {
+            panic!("{}: more layers than L must be refused", f.name);
+        };
+        assert_eq!(e.kind(), edgelora::ErrorKind::TooMany, "{e}");
+    }
+}
+
 /// `bytes` with the one occurrence of `from` replaced by `to` (same length: every offset in the
 /// file stays valid, so this renames a key or a tensor away).
 fn rename(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {

@@ -8,7 +8,7 @@
 //! the core's own messages), B after it, and B streamed in chunks. The C side drives the
 //! scenario only through the C API (`targets/ffi/include/edgelora.h`).
 //!
-//! A second test links the same firmware with an 8 KiB stack (the scenario needs about 22 KiB)
+//! A second test links the same firmware with a 4 KiB stack (the scenario needs about 7.3 KiB)
 //! and checks that the overflow faults and is reported, instead of running on over the
 //! statics: the stack sits at the bottom of RAM (targets/cortex-m-c/an386.ld).
 //!
@@ -29,7 +29,7 @@ use std::sync::Mutex;
 static MAKE: Mutex<()> = Mutex::new(());
 
 /// Stack the linker script reserves (`STACK_SIZE` in targets/cortex-m-c/an386.ld).
-const STACK_SIZE: usize = 32 * 1024;
+const STACK_SIZE: usize = 12 * 1024;
 
 /// Why the C firmware cannot be built or run here, if it cannot.
 fn missing_tool() -> Option<&'static str> {
@@ -172,7 +172,7 @@ fn c_firmware_stack_overflow_faults() {
         println!("SKIPPED: {why}");
         return;
     }
-    let small = ["STACK_SIZE=8192", "BUILD=build-stack8k"];
+    let small = ["STACK_SIZE=4096", "BUILD=build-stack4k"];
     if !build(&small) {
         return;
     }
@@ -180,10 +180,10 @@ fn c_firmware_stack_overflow_faults() {
     args.extend(small);
     let ran = make(&args);
     let out = String::from_utf8_lossy(&ran.stdout).into_owned();
-    print!("--- C firmware an386, 8 KiB stack\n{out}");
+    print!("--- C firmware an386, 4 KiB stack\n{out}");
     assert!(
         !ran.status.success(),
-        "an 8 KiB stack cannot hold the scenario:\n{out}"
+        "a 4 KiB stack cannot hold the scenario:\n{out}"
     );
     assert!(
         out.lines().any(|l| l.starts_with("EL-HARDFAULT ")),

@@ -138,6 +138,7 @@ impl Adapters for NoAdapters {
     }
 }
 use crate::quant::GgmlType;
+use core::mem::MaybeUninit;
 pub use rope::{rope_table, rope_table_scaled};
 
 /// Most prompt tokens [`Model::prefill`] runs through each layer together (the state holds
@@ -347,6 +348,75 @@ fn mat<'w>(g: &Gguf<'w>, name: &str, rows: usize, cols: usize) -> Result<MatRef<
     Ok(m)
 }
 
+/// Layer `i`'s weight views, each tensor checked for presence, type and shape.
+#[inline(never)]
+fn build_layer<'w>(g: &Gguf<'w>, c: &Config, i: usize, nb: &mut [u8; 64]) -> Result<Layer<'w>> {
+    let mut m = |part: &str, rows: usize, cols: usize| {
+        mat(g, layer_tensor_name(&mut *nb, i, part), rows, cols)
+    };
+    let wq = m("attn_q", c.q_dim(), c.dim)?;
+    let wk = m("attn_k", c.kv_dim(), c.dim)?;
+    let wv = m("attn_v", c.kv_dim(), c.dim)?;
+    let wo = m("attn_output", c.dim, c.q_dim())?;
+    let w_gate = m("ffn_gate", c.ffn_dim, c.dim)?;
+    let w_up = m("ffn_up", c.ffn_dim, c.dim)?;
+    let w_down = m("ffn_down", c.dim, c.ffn_dim)?;
+    let attn_norm = VecRef::from_tensor(
+        &g.tensor(layer_tensor_name(&mut *nb, i, "attn_norm"))?,
+        c.dim,
+    )?;
+    let ffn_norm = VecRef::from_tensor(
+        &g.tensor(layer_tensor_name(&mut *nb, i, "ffn_norm"))?,
+        c.dim,
+    )?;
+    let mut vec = |part: &str, kind: &str, len: usize| {
+        VecRef::from_tensor(
+            &g.tensor(layer_tensor_name_kind(&mut *nb, i, part, kind))?,
+            len,
+        )
+    };
+    let a = &c.arch;
+    let qk_norm = if a.qk_norm {
+        Some((
+            vec("attn_q_norm", "weight", c.head_dim)?,
+            vec("attn_k_norm", "weight", c.head_dim)?,
+        ))
+    } else {
+        None
+    };
+    let post_norms = if a.post_norms {
+        Some((
+            vec("post_attention_norm", "weight", c.dim)?,
+            vec("post_ffw_norm", "weight", c.dim)?,
+        ))
+    } else {
+        None
+    };
+    let qkv_bias = if a.qkv_bias {
+        Some([
+            vec("attn_q", "bias", c.q_dim())?,
+            vec("attn_k", "bias", c.kv_dim())?,
+            vec("attn_v", "bias", c.kv_dim())?,
+        ])
+    } else {
+        None
+    };
+    Ok(Layer {
+        attn_norm,
+        wq,
+        wk,
+        wv,
+        wo,
+        ffn_norm,
+        w_gate,
+        w_up,
+        w_down,
+        qk_norm,
+        post_norms,
+        qkv_bias,
+    })
+}
+
 impl<'w, const L: usize> Model<'w, L> {
     /// Build the model from a parsed GGUF: reads the config and checks every tensor's
     /// presence, type and shape.
@@ -356,6 +426,25 @@ impl<'w, const L: usize> Model<'w, L> {
     /// [`ErrorKind::ShapeMismatch`] or [`ErrorKind::UnsupportedTensorType`] naming the
     /// tensor, [`ErrorKind::TooMany`] if the model has more than `L` layers.
     pub fn from_gguf(g: &Gguf<'w>) -> Result<Self> {
+        let mut slot = MaybeUninit::uninit();
+        Self::init_from_gguf(g, &mut slot)?;
+        // SAFETY: `init_from_gguf` returned Ok, so it wrote every field of `slot`.
+        Ok(unsafe { slot.assume_init() })
+    }
+
+    /// [`Model::from_gguf`], built directly in `slot`: no model-sized value passes through the
+    /// stack (a `Model` is about 250 bytes per layer of `L`, so ~8 KB at `L = 32`, and a
+    /// by-value constructor can hold two or three copies in its frames on a microcontroller).
+    /// The C library's `el_model_open` builds its handle this way, in the caller's memory.
+    ///
+    /// On error `slot` is left uninitialised (a `Model` owns nothing, so nothing leaks).
+    ///
+    /// # Errors
+    /// As [`Model::from_gguf`].
+    pub fn init_from_gguf<'s>(
+        g: &Gguf<'w>,
+        slot: &'s mut MaybeUninit<Self>,
+    ) -> Result<&'s mut Self> {
         let c = Config::from_gguf(g)?;
         if c.n_layers > L {
             return Err(
@@ -374,80 +463,31 @@ impl<'w, const L: usize> Model<'w, L> {
             Ok(t) => Some(VecRef::from_tensor(&t, c.rope_dims / 2)?),
             Err(_) => None,
         };
-        let mut layers = [None; L];
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` points to `slot`'s (uninitialised, writable) storage; `addr_of_mut!`
+        // takes the field's address without reading or referencing uninitialised memory.
+        let layers = unsafe { core::ptr::addr_of_mut!((*p).layers) }.cast::<Option<Layer<'w>>>();
         let mut nb = [0u8; 64];
-        for (i, slot) in layers.iter_mut().enumerate().take(c.n_layers) {
-            let mut m = |part: &str, rows: usize, cols: usize| {
-                mat(g, layer_tensor_name(&mut nb, i, part), rows, cols)
-            };
-            let wq = m("attn_q", c.q_dim(), c.dim)?;
-            let wk = m("attn_k", c.kv_dim(), c.dim)?;
-            let wv = m("attn_v", c.kv_dim(), c.dim)?;
-            let wo = m("attn_output", c.dim, c.q_dim())?;
-            let w_gate = m("ffn_gate", c.ffn_dim, c.dim)?;
-            let w_up = m("ffn_up", c.ffn_dim, c.dim)?;
-            let w_down = m("ffn_down", c.dim, c.ffn_dim)?;
-            let attn_norm = VecRef::from_tensor(
-                &g.tensor(layer_tensor_name(&mut nb, i, "attn_norm"))?,
-                c.dim,
-            )?;
-            let ffn_norm =
-                VecRef::from_tensor(&g.tensor(layer_tensor_name(&mut nb, i, "ffn_norm"))?, c.dim)?;
-            let mut vec = |part: &str, kind: &str, len: usize| {
-                VecRef::from_tensor(
-                    &g.tensor(layer_tensor_name_kind(&mut nb, i, part, kind))?,
-                    len,
-                )
-            };
-            let a = &c.arch;
-            let qk_norm = if a.qk_norm {
-                Some((
-                    vec("attn_q_norm", "weight", c.head_dim)?,
-                    vec("attn_k_norm", "weight", c.head_dim)?,
-                ))
+        for i in 0..L {
+            let layer = if i < c.n_layers {
+                Some(build_layer(g, &c, i, &mut nb)?)
             } else {
                 None
             };
-            let post_norms = if a.post_norms {
-                Some((
-                    vec("post_attention_norm", "weight", c.dim)?,
-                    vec("post_ffw_norm", "weight", c.dim)?,
-                ))
-            } else {
-                None
-            };
-            let qkv_bias = if a.qkv_bias {
-                Some([
-                    vec("attn_q", "bias", c.q_dim())?,
-                    vec("attn_k", "bias", c.kv_dim())?,
-                    vec("attn_v", "bias", c.kv_dim())?,
-                ])
-            } else {
-                None
-            };
-            *slot = Some(Layer {
-                attn_norm,
-                wq,
-                wk,
-                wv,
-                wo,
-                ffn_norm,
-                w_gate,
-                w_up,
-                w_down,
-                qk_norm,
-                post_norms,
-                qkv_bias,
-            });
+            // SAFETY: `[Option<Layer>; L]` is `L` contiguous `Option<Layer>`s, `i < L`; each
+            // element is written once, without dropping the (uninitialised) old value.
+            unsafe { layers.add(i).write(layer) };
         }
-        Ok(Model {
-            config: c,
-            token_embd,
-            output_norm,
-            output,
-            rope_freqs,
-            layers,
-        })
+        // SAFETY: as above, one write per remaining field; after these every field of the
+        // `Model` is initialised, so `assume_init_mut` is sound.
+        unsafe {
+            core::ptr::addr_of_mut!((*p).token_embd).write(token_embd);
+            core::ptr::addr_of_mut!((*p).output_norm).write(output_norm);
+            core::ptr::addr_of_mut!((*p).output).write(output);
+            core::ptr::addr_of_mut!((*p).rope_freqs).write(rope_freqs);
+            core::ptr::addr_of_mut!((*p).config).write(c);
+            Ok(slot.assume_init_mut())
+        }
     }
 
     /// The model's hyper-parameters.

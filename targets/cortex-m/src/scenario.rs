@@ -26,6 +26,7 @@
 #![allow(clippy::result_large_err)]
 
 use core::fmt::{self, Write};
+use core::mem::MaybeUninit;
 use edgelora::lora::stream::{frame_header, StreamLoader};
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
 use edgelora::model::{CacheSpec, Model, State};
@@ -406,7 +407,9 @@ pub fn run<'b, const L: usize, W: Sink>(
     out: &mut W,
 ) -> Result<(), Failure> {
     let g = Gguf::parse(a.base).step("parse base")?;
-    let model: Model<'b, L> = Model::from_gguf(&g).step("load model")?;
+    // Built in place, not returned by value (which copies the ~250 bytes a layer slot).
+    let mut slot = MaybeUninit::uninit();
+    let model: &Model<'b, L> = Model::init_from_gguf(&g, &mut slot).step("load model")?;
     let cfg = *model.config();
     out.line(&Line::Model {
         layers: cfg.n_layers,
@@ -443,7 +446,7 @@ pub fn run<'b, const L: usize, W: Sink>(
     let h_base = run_line(
         out,
         "base",
-        &model,
+        model,
         &mut st,
         &AdapterSet::EMPTY,
         &tok,
@@ -452,15 +455,15 @@ pub fn run<'b, const L: usize, W: Sink>(
     )?;
 
     let ad_a = Adapter::parse(a.adapter_a).step("parse adapter A")?;
-    let bound_a = ad_a.bind(&g, &model, b.slots_a).step("bind adapter A")?;
+    let bound_a = ad_a.bind(&g, model, b.slots_a).step("bind adapter A")?;
     let set_a = AdapterSet::single(&bound_a, 1.0);
-    let h_a = run_line(out, "lora_a", &model, &mut st, &set_a, &tok, prompt, gen)?;
+    let h_a = run_line(out, "lora_a", model, &mut st, &set_a, &tok, prompt, gen)?;
 
     // Swap: bind B beside A; switching is choosing another set.
     let ad_b = Adapter::parse(a.adapter_b).step("parse adapter B")?;
-    let bound_b = ad_b.bind(&g, &model, b.slots_b).step("bind adapter B")?;
+    let bound_b = ad_b.bind(&g, model, b.slots_b).step("bind adapter B")?;
     let set_b = AdapterSet::single(&bound_b, 1.0);
-    let h_b = run_line(out, "lora_b", &model, &mut st, &set_b, &tok, prompt, gen)?;
+    let h_b = run_line(out, "lora_b", model, &mut st, &set_b, &tok, prompt, gen)?;
     if h_a == h_base || h_b == h_base || h_a == h_b {
         return Err(Failure::Check("adapters must change the output"));
     }
@@ -471,7 +474,7 @@ pub fn run<'b, const L: usize, W: Sink>(
     run_line(
         out,
         "mix_a0.5_b0.5",
-        &model,
+        model,
         &mut st,
         &mix,
         &tok,
@@ -501,7 +504,7 @@ pub fn run<'b, const L: usize, W: Sink>(
     reject(
         out,
         "wrong_base",
-        wrong.bind(&g, &model, b.slots_s).map(drop),
+        wrong.bind(&g, model, b.slots_s).map(drop),
     )?;
     reject(
         out,
@@ -524,7 +527,7 @@ pub fn run<'b, const L: usize, W: Sink>(
     let h_kept = run_line(
         out,
         "lora_b_kept",
-        &model,
+        model,
         &mut st,
         &active,
         &tok,
@@ -539,12 +542,12 @@ pub fn run<'b, const L: usize, W: Sink>(
     let payload = stream_in(out, b.stream, a.adapter_b, None, None).step("stream adapter")?;
     let ad_s = Adapter::parse(payload).step("parse streamed adapter")?;
     let bound_s = ad_s
-        .bind(&g, &model, b.slots_s)
+        .bind(&g, model, b.slots_s)
         .step("bind streamed adapter")?;
     let h_s = run_line(
         out,
         "stream_b",
-        &model,
+        model,
         &mut st,
         &AdapterSet::single(&bound_s, 1.0),
         &tok,

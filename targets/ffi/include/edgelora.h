@@ -113,7 +113,9 @@ size_t el_model_size(void);
  * anything made from it is used. Errors: EL_ERR_NULL (gguf, out or mem null), EL_ERR_BUFFER
  * (mem small or misaligned), EL_ERR_FORMAT (not a GGUF model, unsupported tensor type or
  * architecture detail), EL_ERR_MISMATCH (unsupported architecture, missing tensor, shapes),
- * EL_ERR_ARG (more layers than EL_MAX_LAYERS, other bad values). */
+ * EL_ERR_ARG (more layers than EL_MAX_LAYERS, other bad values). On error `*out` is not
+ * written. The model object is built directly in `mem`, not on the stack, so the call's
+ * stack use does not grow with EL_MAX_LAYERS. */
 int el_model_open(void *mem, size_t mem_len, const uint8_t *gguf, size_t gguf_len, el_model **out);
 
 /* Fill `*info` with the model's hyper-parameters. Errors: EL_ERR_NULL. */

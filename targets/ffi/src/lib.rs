@@ -12,7 +12,8 @@
 #![allow(non_camel_case_types)]
 
 use core::ffi::{c_char, c_int, c_void};
-use core::mem::{align_of, size_of};
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::ptr::addr_of_mut;
 #[cfg(not(feature = "std"))]
 use core::sync::atomic::{AtomicBool, Ordering};
 use edgelora::lora::stream::StreamLoader;
@@ -315,15 +316,20 @@ pub unsafe extern "C" fn el_model_open(
         Ok(g) => g,
         Err(e) => return err(e),
     };
-    let model = match Model::from_gguf(&g) {
-        Ok(m) => m,
-        Err(e) => return err(e),
-    };
     let p = mem.cast::<el_model>();
-    // SAFETY: `mem` is aligned (room checks 8, and el_model's alignment is at most 8 on the
-    // targets this builds for: asserted below) and large enough; `out` is writable.
+    // The model object (~8 KB at EL_MAX_LAYERS = 32) is built in the caller's memory, never
+    // on the stack: a by-value build held two or three copies in this frame and the core's
+    // (C firmware stack 23 KB). SAFETY: `mem` is aligned (room checks 8, and el_model's
+    // alignment is at most 8 on the targets this builds for: asserted below), large enough
+    // and writable; the fields are written through raw pointers before any reference to
+    // the whole handle exists, and `out` is written only after both are initialised.
     unsafe {
-        p.write(el_model(ModelH { gguf: g, model }));
+        let model =
+            &mut *addr_of_mut!((*p).0.model).cast::<MaybeUninit<Model<'static, EL_MAX_LAYERS>>>();
+        if let Err(e) = Model::init_from_gguf(&g, model) {
+            return err(e);
+        }
+        addr_of_mut!((*p).0.gguf).write(g);
         *out = p;
     }
     EL_OK

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
 use edgelora::lora::{Adapter, AdapterSet, LoraPair};
 use edgelora::model::{Model, State};
 use edgelora::sample::argmax;
@@ -27,10 +28,13 @@ static SLOTS_A: Once<[Option<LoraPair<'static>>; SLOTS]> = Once::new([NO_PAIR; S
 #[cfg_attr(el_defmt, inline(always))]
 fn run(out: &mut [u32; N_GEN]) -> Option<()> {
     let g = Gguf::parse(&assets::BASE.0).ok()?;
-    let model: Model<'_, MAX_LAYERS> = Model::from_gguf(&g).ok()?;
+    // Built in place: the model object (~250 bytes a layer slot) never passes through a
+    // by-value return, which would copy it on the stack.
+    let mut slot = MaybeUninit::uninit();
+    let model: &Model<'_, MAX_LAYERS> = Model::init_from_gguf(&g, &mut slot).ok()?;
     let mut st = State::with_cache(model.config(), CTX, CACHE, STATE.take()?).ok()?;
     let ad = Adapter::parse(&assets::ADAPTER_A.0).ok()?;
-    let bound = ad.bind(&g, &model, SLOTS_A.take()?).ok()?;
+    let bound = ad.bind(&g, model, SLOTS_A.take()?).ok()?;
     let set = AdapterSet::single(&bound, 1.0);
     let mut logits = model.prefill_with(&IDS, 0, &mut st, &set).ok()?;
     for (i, o) in out.iter_mut().enumerate() {
