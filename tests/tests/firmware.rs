@@ -12,7 +12,8 @@
 //! - `kernels` (DSP build; on RISC-V the portable kernel): integer block sums and whole
 //!   matvecs equal the reference in QEMU, and the instructions per MAC it measures under
 //!   `-icount` stay within their budgets;
-//! - the budgets the images print stay within the crate's `budget.txt`.
+//! - the budgets the images print stay within the crate's `budget.txt`, and the flash figure
+//!   they print accounts for every flash section of the ELF but startup and assets.
 //!
 //! Needs `qemu-system-arm` (Debian package `qemu-system-arm`), `qemu-system-riscv32`
 //! (`qemu-system-misc`) and the rustup targets of [`BOARDS`]; a board whose QEMU or target is
@@ -285,6 +286,66 @@ fn check_budget(out: &str, board: &str, image: &str) {
     }
 }
 
+/// Bytes an image needs in flash, from its ELF32 section headers: every allocated section with
+/// contents (`SHF_ALLOC`, not `SHT_NOBITS`), `.data`'s load image included; the name and size
+/// of each, for the message.
+fn elf_flash(elf: &Path) -> (usize, Vec<(String, usize)>) {
+    let b = std::fs::read(elf).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    assert_eq!(
+        &b[..5],
+        b"\x7fELF\x01",
+        "{}: not a 32-bit ELF",
+        elf.display()
+    );
+    let (shoff, shentsize, shnum, shstrndx) = (u32_at(32), u16_at(46), u16_at(48), u16_at(50));
+    let sh = |i: usize| shoff + i * shentsize;
+    let strtab = u32_at(sh(shstrndx) + 16);
+    let mut total = 0;
+    let mut parts = vec![];
+    for i in 0..shnum {
+        let (name, ty, flags, size) = (
+            u32_at(sh(i)),
+            u32_at(sh(i) + 4),
+            u32_at(sh(i) + 8),
+            u32_at(sh(i) + 20),
+        );
+        const SHF_ALLOC: usize = 2;
+        const SHT_NOBITS: usize = 8;
+        if flags & SHF_ALLOC != 0 && ty != SHT_NOBITS && size > 0 {
+            let n = &b[strtab + name..];
+            let n = String::from_utf8_lossy(&n[..n.iter().position(|&c| c == 0).unwrap()]);
+            total += size;
+            parts.push((n.into_owned(), size));
+        }
+    }
+    (total, parts)
+}
+
+/// The firmware's own `flash_runtime` (text + rodata - assets + data, from linker symbols)
+/// accounts for all the flash the ELF uses but the assets and the vector table: a section the
+/// linker places in flash outside those symbols (as `.eh_frame` once was on RISC-V, 6.8 KB)
+/// would make the budget line lie.
+fn check_flash_accounting(elf: &Path, out: &str, board: &str) {
+    let (total, parts) = elf_flash(elf);
+    let reported: usize = field(out, "EL-BUDGET", "flash_runtime").parse().unwrap();
+    let assets: usize = field(out, "EL-BUDGET", "assets").parse().unwrap();
+    // Startup code and tables outside the runtime's count: the Cortex-M vector table (1 KiB
+    // on the M4F/M7, 2 KiB with the M33/M55 boards' interrupts), riscv-rt's `.init.rust`.
+    let startup: usize = parts
+        .iter()
+        .filter(|(n, _)| n == ".vector_table" || n == ".init.rust")
+        .map(|(_, s)| s)
+        .sum();
+    assert_eq!(
+        total - startup - assets,
+        reported,
+        "{board}: the ELF's flash sections (less startup {startup} and assets {assets}) differ \
+         from flash_runtime={reported}: {parts:?}"
+    );
+}
+
 #[test]
 fn firmware_demo_matches_host_on_every_board() {
     let want = host_lines();
@@ -324,6 +385,7 @@ fn firmware_demo_matches_host_on_every_board() {
             want.len()
         );
         check_budget(&out, board, "demo");
+        check_flash_accounting(&elf, &out, board);
     }
 }
 
@@ -377,6 +439,7 @@ fn firmware_runtime_matches_host_and_fits_budget() {
         assert_eq!(field(&out, "EL-RUNTIME", "ok"), "true");
         assert_eq!(field(&out, "EL-RUNTIME", "ids"), want);
         check_budget(&out, board, "runtime");
+        check_flash_accounting(&elf, &out, board);
     }
 }
 
