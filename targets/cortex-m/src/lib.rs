@@ -21,6 +21,7 @@ mod common;
 #[cfg(feature = "defmt")]
 pub mod log;
 pub mod scenario;
+pub mod testdata;
 
 pub use board::{entry, exit, stack_guard, Out};
 pub use common::*;

@@ -18,6 +18,8 @@ pub mod board;
 mod common;
 #[path = "../../cortex-m/src/scenario.rs"]
 pub mod scenario;
+#[path = "../../cortex-m/src/testdata.rs"]
+pub mod testdata;
 
 pub use board::{entry, exit, stack_guard, Out};
 pub use common::*;

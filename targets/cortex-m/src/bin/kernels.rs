@@ -24,26 +24,14 @@
 use core::fmt::Write;
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::entry;
-use edgelora::kernels::{self, reference, Isa, Kernel};
-use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0, GgmlType};
+use edgelora::kernels::{self, Isa, Kernel};
+use edgelora::quant::{BlockQ4_0, BlockQ8_0, GgmlType};
+use edgelora_firmware::testdata::{self, fill_q4, fill_q8, same, Rng};
 use edgelora_firmware::{exit, Out};
-
-/// xorshift64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 32) as u32
-    }
-}
 
 const MAXB: usize = 128;
 /// Row counts checked: every count mod 4 below, at and above one DSP row group.
 const ROW_COUNTS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
-const MAXR: usize = 9;
 /// Blocks the weight buffers hold: the checks' 9 x 128 and the 64 x 64 speed shape.
 const NW: usize = 4096;
 /// Blocks per row and repetitions of the speed shapes.
@@ -53,104 +41,21 @@ const REPS: usize = 8;
 const RANK: usize = 4;
 const DIM: usize = 64;
 
-/// Fill blocks: `case` picks random or extreme contents.
-fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
-    for (i, blk) in b.iter_mut().enumerate() {
-        blk.d = scale(r, case.wrapping_add(i as u32));
-        for q in blk.qs.iter_mut() {
-            *q = match case % 5 {
-                0 => 0x80, // -128
-                1 => 0x7f,
-                2 => {
-                    if r.next() & 1 == 0 {
-                        0x80
-                    } else {
-                        0x7f
-                    }
-                }
-                _ => r.next() as u8,
-            };
-        }
-    }
-}
-
-fn fill_q4(r: &mut Rng, b: &mut [BlockQ4_0], case: u32) {
-    for (i, blk) in b.iter_mut().enumerate() {
-        blk.d = scale(r, case.wrapping_add(i as u32));
-        for q in blk.qs.iter_mut() {
-            *q = match case % 4 {
-                0 => 0x00, // every weight -8
-                1 => 0xff, // every weight 7
-                _ => r.next() as u8,
-            };
-        }
-    }
-}
-
-fn scale(r: &mut Rng, case: u32) -> [u8; 2] {
-    match case % 7 {
-        0 => to_f16_le(65504.0),
-        1 => [1, 0], // smallest subnormal
-        2 => [0, 0],
-        _ => to_f16_le((r.next() % 2000) as f32 / 1000.0 - 1.0),
-    }
-}
-
-fn same(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
-}
-
-/// Compare the active kernel's matvecs with the reference over every shape and case.
+/// The active kernel's matvecs against the reference: 1 to 9 rows x 0, 1, 2, 3, 7, 64 and
+/// 128 blocks per row x 10 contents.
 fn check_rows(
     k: &Kernel,
     w8: &mut [BlockQ8_0],
     w4: &mut [BlockQ4_0],
     x: &mut [BlockQ8_0],
 ) -> Result<u32, &'static str> {
-    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut n = 0;
-    for rows in ROW_COUNTS {
-        for bpr in [0usize, 1, 2, 3, 7, 64, MAXB] {
-            for case in 0..10u32 {
-                fill_q8(&mut r, &mut w8[..rows * bpr], case);
-                fill_q4(&mut r, &mut w4[..rows * bpr], case + 1);
-                fill_q8(&mut r, &mut x[..bpr], case + 2);
-                // One more output than rows: a kernel writing past its rows changes it.
-                const CANARY: f32 = 1234.5;
-                let mut y = [CANARY; MAXR + 1];
-                k.matvec_q8_0(&w8[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
-                for (row, &got) in w8[..rows * bpr].chunks(bpr.max(1)).zip(&y) {
-                    let want = if bpr == 0 {
-                        0.0
-                    } else {
-                        reference::vec_dot_q8_0_q8_0(row, &x[..bpr])
-                    };
-                    if !same(got, want) {
-                        return Err("q8_0 rows differ from the reference");
-                    }
-                }
-                if y[rows] != CANARY {
-                    return Err("q8_0 rows wrote past the last row");
-                }
-                k.matvec_q4_0(&w4[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
-                for (row, &got) in w4[..rows * bpr].chunks(bpr.max(1)).zip(&y) {
-                    let want = if bpr == 0 {
-                        0.0
-                    } else {
-                        reference::vec_dot_q4_0_q8_0(row, &x[..bpr])
-                    };
-                    if !same(got, want) {
-                        return Err("q4_0 rows differ from the reference");
-                    }
-                }
-                if y[rows] != CANARY {
-                    return Err("q4_0 rows wrote past the last row");
-                }
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
+    let bprs = [0usize, 1, 2, 3, 7, 64, MAXB];
+    testdata::check_rows(
+        k,
+        (w8, w4, x),
+        (&ROW_COUNTS, &bprs, 10),
+        0x9e37_79b9_7f4a_7c15,
+    )
 }
 
 /// The active kernel's F32 row dots and LoRA B updates against the portable kernel's (the
@@ -168,12 +73,12 @@ fn check_f32(k: &Kernel, buf: &mut [f32]) -> Result<u32, &'static str> {
         for rows in 1..=5usize {
             for case in 0..4u32 {
                 for v in buf.iter_mut() {
-                    *v = match (case, r.next() % 16) {
+                    *v = match (case, r.next_u32() % 16) {
                         (3, 0) => 0.0,
                         (3, 1) => -0.0,
                         (3, 2) => 3.0e38,
                         (3, 3) => 1.0e-40,
-                        _ => (r.next() % 20001) as f32 / 10000.0 - 1.0,
+                        _ => (r.next_u32() % 20001) as f32 / 10000.0 - 1.0,
                     };
                 }
                 let (x, rest) = buf.split_at(MAXC);
@@ -285,32 +190,12 @@ fn check_row_counts(
     w4: &mut [BlockQ4_0],
     x: &mut [BlockQ8_0],
 ) -> Result<u32, &'static str> {
-    let mut r = Rng(0x2545_f491_4f6c_dd1d);
-    let mut n = 0;
-    for rows in 1..=3usize {
-        for bpr in [1usize, 3, 64] {
-            for case in 0..5u32 {
-                fill_q8(&mut r, &mut w8[..rows * bpr], case);
-                fill_q4(&mut r, &mut w4[..rows * bpr], case + 1);
-                fill_q8(&mut r, &mut x[..bpr], case + 3);
-                let mut y = [0f32; 3];
-                k.matvec_q8_0(&w8[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
-                for (row, &got) in w8[..rows * bpr].chunks(bpr).zip(&y[..rows]) {
-                    if !same(got, reference::vec_dot_q8_0_q8_0(row, &x[..bpr])) {
-                        return Err("q8_0 rows (1-3) differ from the reference");
-                    }
-                }
-                k.matvec_q4_0(&w4[..rows * bpr], bpr, &x[..bpr], &mut y[..rows]);
-                for (row, &got) in w4[..rows * bpr].chunks(bpr).zip(&y[..rows]) {
-                    if !same(got, reference::vec_dot_q4_0_q8_0(row, &x[..bpr])) {
-                        return Err("q4_0 rows (1-3) differ from the reference");
-                    }
-                }
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
+    testdata::check_rows(
+        k,
+        (w8, w4, x),
+        (&[1, 2, 3], &[1, 3, 64], 5),
+        0x2545_f491_4f6c_dd1d,
+    )
 }
 
 /// SysTick ticks (down-counter, 24 bits) taken by `f`.
@@ -457,7 +342,7 @@ fn main() -> ! {
     fill_q8(&mut r, &mut x[..BPR], 3);
     let (la, lb): (&mut [f32], &mut [f32]) = (LA, LB);
     for v in la.iter_mut().chain(lb.iter_mut()) {
-        *v = (r.next() % 2000) as f32 / 1000.0 - 1.0;
+        *v = (r.next_u32() % 2000) as f32 / 1000.0 - 1.0;
     }
     let xf: [f32; DIM] = core::array::from_fn(|i| i as f32 / 64.0 - 0.5);
     let ipt = calibrate();

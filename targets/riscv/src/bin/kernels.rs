@@ -15,9 +15,9 @@
 #![no_main]
 
 use core::fmt::Write;
-use edgelora::kernels::{self, reference, Isa, Kernel};
-use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0};
-use edgelora_firmware::{entry, exit, Once, Out};
+use edgelora::kernels::{self, Isa, Kernel};
+use edgelora::quant::{BlockQ4_0, BlockQ8_0};
+use edgelora_firmware::{entry, exit, testdata, Once, Out};
 
 const MAXB: usize = 64;
 const ROWS: usize = 4;
@@ -34,100 +34,16 @@ static W8: Once<[BlockQ8_0; ROWS * MAXB]> = Once::new([Q8; ROWS * MAXB]);
 static W4: Once<[BlockQ4_0; ROWS * MAXB]> = Once::new([Q4; ROWS * MAXB]);
 static X: Once<[BlockQ8_0; MAXB]> = Once::new([Q8; MAXB]);
 
-/// xorshift32.
-struct Rng(u32);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0
-    }
-
-    /// A quant byte: all 0x80 (q8 -128; q4 nibbles 0 and 8), all 0x7f / 0xff (q8 127; q4
-    /// nibble 15), or random, by `case`.
-    fn byte(&mut self, case: u32, extreme: u8) -> u8 {
-        match case % 4 {
-            0 => 0x80,
-            1 => extreme,
-            _ => self.next() as u8,
-        }
-    }
-
-    /// An f16 scale: the largest, the smallest subnormal, zero, or random in [-1, 1).
-    fn scale(&mut self, case: u32) -> [u8; 2] {
-        match case % 5 {
-            0 => to_f16_le(65504.0),
-            1 => [1, 0],
-            2 => [0, 0],
-            _ => to_f16_le((self.next() % 2000) as f32 / 1000.0 - 1.0),
-        }
-    }
-}
-
-fn same(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
-}
-
-/// Fill `bpr` blocks per row for `case`; extremes in whole blocks, chosen per block.
-fn fill(r: &mut Rng, case: u32, w8: &mut [BlockQ8_0], w4: &mut [BlockQ4_0], x: &mut [BlockQ8_0]) {
-    for (i, b) in w8.iter_mut().chain(x.iter_mut()).enumerate() {
-        let c = case.wrapping_add(i as u32);
-        b.d = r.scale(c);
-        for q in b.qs.iter_mut() {
-            *q = r.byte(c, 0x7f);
-        }
-    }
-    for (i, b) in w4.iter_mut().enumerate() {
-        let c = case.wrapping_add(3 * i as u32);
-        b.d = r.scale(c);
-        for q in b.qs.iter_mut() {
-            *q = r.byte(c, 0xff);
-        }
-    }
-}
-
-/// The kernel's matvecs against the reference over every shape and case; cases checked.
+/// The kernel's matvecs against the reference (`testdata::check_rows`, shared with the
+/// Cortex-M image): 4 rows x 0, 1, 2, 3, 7 and 64 blocks per row x 10 contents.
 fn check_rows(
     k: &Kernel,
     w8: &mut [BlockQ8_0],
     w4: &mut [BlockQ4_0],
     x: &mut [BlockQ8_0],
 ) -> Result<u32, &'static str> {
-    let mut r = Rng(0x9e37_79b9);
-    let mut n = 0;
-    for bpr in [0usize, 1, 2, 3, 7, MAXB] {
-        for case in 0..10u32 {
-            let (w8, w4, x) = (&mut w8[..ROWS * bpr], &mut w4[..ROWS * bpr], &mut x[..bpr]);
-            fill(&mut r, case, w8, w4, x);
-            let mut y = [0f32; ROWS];
-            k.matvec_q8_0(w8, bpr, x, &mut y);
-            for (row, &got) in w8.chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 {
-                    0.0
-                } else {
-                    reference::vec_dot_q8_0_q8_0(row, x)
-                };
-                if !same(got, want) {
-                    return Err("q8_0 rows differ from the reference");
-                }
-            }
-            k.matvec_q4_0(w4, bpr, x, &mut y);
-            for (row, &got) in w4.chunks(bpr.max(1)).zip(&y) {
-                let want = if bpr == 0 {
-                    0.0
-                } else {
-                    reference::vec_dot_q4_0_q8_0(row, x)
-                };
-                if !same(got, want) {
-                    return Err("q4_0 rows differ from the reference");
-                }
-            }
-            n += 1;
-        }
-    }
-    Ok(n)
+    let bprs = [0usize, 1, 2, 3, 7, MAXB];
+    testdata::check_rows(k, (w8, w4, x), (&[ROWS], &bprs, 10), 0x9e37_79b9_7f4a_7c15)
 }
 
 /// `minstret` counts (instructions under `-icount shift=0`) taken by `f`.

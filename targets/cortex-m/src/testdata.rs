@@ -1,0 +1,132 @@
+//! Test data and the row check of the `kernels` images (Cortex-M `src/bin/kernels.rs`, RISC-V
+//! `targets/riscv/src/bin/kernels.rs`): random and extreme Q8_0 / Q4_0 blocks (-128/127 bytes,
+//! nibbles 0/15, f16 max, the smallest subnormal and zero scales), and a table's matvecs
+//! against `reference::vec_dot_*`, bit for bit. Linked only into the images that use it.
+
+use edgelora::kernels::{reference, Kernel};
+use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0};
+
+/// xorshift64 (the high 32 bits of each state).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u32
+    }
+}
+
+/// Fill Q8_0 blocks: `case` picks all -128, all 127, a random mix of the two, or random
+/// bytes; each block's scale from [`scale`].
+pub fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        blk.d = scale(r, case.wrapping_add(i as u32));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 5 {
+                0 => 0x80, // -128
+                1 => 0x7f,
+                2 => {
+                    if r.next_u32() & 1 == 0 {
+                        0x80
+                    } else {
+                        0x7f
+                    }
+                }
+                _ => r.next_u32() as u8,
+            };
+        }
+    }
+}
+
+/// Fill Q4_0 blocks: `case` picks every weight -8, every weight 7, or random nibbles.
+pub fn fill_q4(r: &mut Rng, b: &mut [BlockQ4_0], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        blk.d = scale(r, case.wrapping_add(i as u32));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 4 {
+                0 => 0x00, // every weight -8
+                1 => 0xff, // every weight 7
+                _ => r.next_u32() as u8,
+            };
+        }
+    }
+}
+
+/// An f16 scale: the largest, the smallest subnormal, zero, or random in [-1, 1).
+pub fn scale(r: &mut Rng, case: u32) -> [u8; 2] {
+    match case % 7 {
+        0 => to_f16_le(65504.0),
+        1 => [1, 0], // smallest subnormal
+        2 => [0, 0],
+        _ => to_f16_le((r.next_u32() % 2000) as f32 / 1000.0 - 1.0),
+    }
+}
+
+/// The same f32 bits (any NaN equals any NaN).
+pub fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Most rows [`check_rows`] takes.
+pub const MAX_ROWS: usize = 9;
+
+/// `k`'s Q8_0 and Q4_0 matvecs against the reference, bit for bit, for every row count in
+/// `rows` (at most [`MAX_ROWS`]) x blocks per row in `bprs` x `cases` contents (random blocks
+/// from `seed`); an output past the last row must stay untouched. The buffers hold at least
+/// `max(rows) * max(bprs)` weight blocks and `max(bprs)` activation blocks. The number of
+/// (rows, blocks, case) triples checked, or what differed.
+pub fn check_rows(
+    k: &Kernel,
+    (w8, w4, x): (&mut [BlockQ8_0], &mut [BlockQ4_0], &mut [BlockQ8_0]),
+    (rows, bprs, cases): (&[usize], &[usize], u32),
+    seed: u64,
+) -> Result<u32, &'static str> {
+    let mut r = Rng(seed);
+    let mut n = 0;
+    for &rows in rows {
+        for &bpr in bprs {
+            for case in 0..cases {
+                let (w8, w4, x) = (&mut w8[..rows * bpr], &mut w4[..rows * bpr], &mut x[..bpr]);
+                fill_q8(&mut r, w8, case);
+                fill_q4(&mut r, w4, case + 1);
+                fill_q8(&mut r, x, case + 2);
+                // One more output than rows: a kernel writing past its rows changes it.
+                const CANARY: f32 = 1234.5;
+                let mut y = [CANARY; MAX_ROWS + 1];
+                k.matvec_q8_0(w8, bpr, x, &mut y[..rows]);
+                for (row, &got) in w8.chunks(bpr.max(1)).zip(&y[..rows]) {
+                    let want = if bpr == 0 {
+                        0.0
+                    } else {
+                        reference::vec_dot_q8_0_q8_0(row, x)
+                    };
+                    if !same(got, want) {
+                        return Err("q8_0 rows differ from the reference");
+                    }
+                }
+                if y[rows] != CANARY {
+                    return Err("q8_0 rows wrote past the last row");
+                }
+                k.matvec_q4_0(w4, bpr, x, &mut y[..rows]);
+                for (row, &got) in w4.chunks(bpr.max(1)).zip(&y[..rows]) {
+                    let want = if bpr == 0 {
+                        0.0
+                    } else {
+                        reference::vec_dot_q4_0_q8_0(row, x)
+                    };
+                    if !same(got, want) {
+                        return Err("q4_0 rows differ from the reference");
+                    }
+                }
+                if y[rows] != CANARY {
+                    return Err("q4_0 rows wrote past the last row");
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
