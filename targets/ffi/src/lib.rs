@@ -1155,6 +1155,22 @@ pub unsafe extern "C" fn el_decoder_push(
     cap: usize,
     len: *mut usize,
 ) -> c_int {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { decoder_out(dec, out, cap, len, |d, o| d.0.push(id, o)) }
+}
+
+/// The shared body of `el_decoder_push` / `el_decoder_finish`: null checks, `out` as a slice
+/// (empty for `cap` 0), `f`'s byte count to `*len`.
+///
+/// # Safety
+/// As `el_decoder_push`.
+unsafe fn decoder_out(
+    dec: *mut el_decoder,
+    out: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    f: impl FnOnce(&mut el_decoder, &mut [u8]) -> Result<usize, Error>,
+) -> c_int {
     nonnull!(dec, len);
     if cap > 0 && out.is_null() {
         return bad(EL_ERR_NULL, "null output");
@@ -1162,7 +1178,7 @@ pub unsafe extern "C" fn el_decoder_push(
     // SAFETY: per contract (an empty slice for cap 0).
     let (d, o) = unsafe {
         (
-            &mut (*dec).0,
+            &mut *dec,
             if cap == 0 {
                 &mut [][..]
             } else {
@@ -1170,7 +1186,7 @@ pub unsafe extern "C" fn el_decoder_push(
             },
         )
     };
-    match d.push(id, o) {
+    match f(d, o) {
         Ok(k) => {
             // SAFETY: writable per contract.
             unsafe { *len = k };
@@ -1192,29 +1208,8 @@ pub unsafe extern "C" fn el_decoder_finish(
     cap: usize,
     len: *mut usize,
 ) -> c_int {
-    nonnull!(dec, len);
-    if cap > 0 && out.is_null() {
-        return bad(EL_ERR_NULL, "null output");
-    }
-    // SAFETY: per contract (an empty slice for cap 0).
-    let (d, o) = unsafe {
-        (
-            &mut (*dec).0,
-            if cap == 0 {
-                &mut [][..]
-            } else {
-                core::slice::from_raw_parts_mut(out.cast::<u8>(), cap)
-            },
-        )
-    };
-    match d.finish(o) {
-        Ok(k) => {
-            // SAFETY: writable per contract.
-            unsafe { *len = k };
-            EL_OK
-        }
-        Err(e) => err(e),
-    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { decoder_out(dec, out, cap, len, |d, o| d.0.finish(o)) }
 }
 
 #[cfg(all(not(feature = "std"), target_os = "none"))]
