@@ -463,6 +463,11 @@ fn firmware_dsp_kernels_match_reference_in_qemu() {
             field(&out, "EL-KERNEL rows_bit_exact_vs_reference", "cases"),
             "630"
         );
+        // Q4_1 (the DSP table runs the portable kernel for it), every table built in.
+        for isa in ["portable", "dsp"] {
+            let tag = format!("EL-KERNEL q4_1_rows_exact isa={isa}");
+            assert_eq!(field(&out, &tag, "cases"), "630", "{board} {isa}");
+        }
         assert!(!out.contains("EL-FAIL"), "{out}");
         // Instructions per MAC under -icount are deterministic: budgets, not timings.
         check_budget(&out, board, "kernels");
@@ -546,6 +551,9 @@ fn firmware_an547_mve_matches_reference_and_host() {
         // 1, 2 and 3 rows: MVE pairs rows and runs an odd last one alone.
         let tag = format!("EL-KERNEL row_counts_exact isa={isa}");
         assert_eq!(field(&out, &tag, "cases"), "45", "{isa}");
+        // Q4_1 x Q8_1 (MVE's own kernel), the same 9 x 7 x 10 shapes.
+        let tag = format!("EL-KERNEL q4_1_rows_exact isa={isa}");
+        assert_eq!(field(&out, &tag, "cases"), "630", "{isa}");
     }
     assert!(!out.contains("EL-FAIL"), "{out}");
     // Instruction counts under `-icount` are deterministic: budgets, not timings (measured

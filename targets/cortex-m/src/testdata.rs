@@ -4,7 +4,7 @@
 //! against `reference::vec_dot_*`, bit for bit. Linked only into the images that use it.
 
 use edgelora::kernels::{reference, Kernel};
-use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ8_0};
+use edgelora::quant::{to_f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
 /// xorshift64 (the high 32 bits of each state).
 pub struct Rng(pub u64);
@@ -123,6 +123,78 @@ pub fn check_rows(
                 }
                 if y[rows] != CANARY {
                     return Err("q4_0 rows wrote past the last row");
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Fill Q4_1 blocks: the nibbles as [`fill_q4`] (0 and 15 at the extremes), the scale and the
+/// min each from [`scale`].
+pub fn fill_q4_1(r: &mut Rng, b: &mut [BlockQ4_1], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        let c = case.wrapping_add(i as u32);
+        blk.d = scale(r, c);
+        blk.m = scale(r, c.wrapping_add(3));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 4 {
+                0 => 0x00,
+                1 => 0xff,
+                _ => r.next_u32() as u8,
+            };
+        }
+    }
+}
+
+/// Fill Q8_1 blocks: the bytes as [`fill_q8`], `d` and `s` each from [`scale`] (a kernel
+/// must take `s` as given, so it need not be `d * sum(qs)` here).
+pub fn fill_q8_1(r: &mut Rng, b: &mut [BlockQ8_1], case: u32) {
+    for (i, blk) in b.iter_mut().enumerate() {
+        let c = case.wrapping_add(i as u32);
+        blk.d = scale(r, c);
+        blk.s = scale(r, c.wrapping_add(5));
+        for q in blk.qs.iter_mut() {
+            *q = match case % 5 {
+                0 => 0x80,
+                1 => 0x7f,
+                _ => r.next_u32() as u8,
+            };
+        }
+    }
+}
+
+/// As [`check_rows`] for `k`'s Q4_1 x Q8_1 matvecs against `reference::vec_dot_q4_1_q8_1`.
+pub fn check_rows_q4_1(
+    k: &Kernel,
+    (w, x): (&mut [BlockQ4_1], &mut [BlockQ8_1]),
+    (rows, bprs, cases): (&[usize], &[usize], u32),
+    seed: u64,
+) -> Result<u32, &'static str> {
+    let mut r = Rng(seed);
+    let mut n = 0;
+    for &rows in rows {
+        for &bpr in bprs {
+            for case in 0..cases {
+                let (w, x) = (&mut w[..rows * bpr], &mut x[..bpr]);
+                fill_q4_1(&mut r, w, case);
+                fill_q8_1(&mut r, x, case + 2);
+                const CANARY: f32 = 1234.5;
+                let mut y = [CANARY; MAX_ROWS + 1];
+                k.matvec_q4_1(w, bpr, x, &mut y[..rows]);
+                for (row, &got) in w.chunks(bpr.max(1)).zip(&y[..rows]) {
+                    let want = if bpr == 0 {
+                        0.0
+                    } else {
+                        reference::vec_dot_q4_1_q8_1(row, x)
+                    };
+                    if !same(got, want) {
+                        return Err("q4_1 rows differ from the reference");
+                    }
+                }
+                if y[rows] != CANARY {
+                    return Err("q4_1 rows wrote past the last row");
                 }
                 n += 1;
             }

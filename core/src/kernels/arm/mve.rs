@@ -1,4 +1,4 @@
-//! Q8_0 and Q4_0 dots with Helium, the M-profile Vector Extension (Cortex-M55, M85).
+//! Q8_0, Q4_0 and Q4_1 dots with Helium, the M-profile Vector Extension (Cortex-M55, M85).
 //!
 //! MVE has 128-bit vectors (Q0-Q7, aliasing the FPU's D0-D15). `VLDRB.S8` loads sixteen int8
 //! lanes from any byte address (blocks are 34 or 18 bytes, so only 2-aligned), and
@@ -7,6 +7,8 @@
 //! instructions (as CMSIS-NN's `arm_nn_vec_mat_mult_t_s8` for MVE). Q4_0 nibbles are
 //! unpacked in-register: `VAND` with 0x0f gives elements 0-15 (the low nibbles), `VSHR.U8 #4`
 //! elements 16-31, and a vector-minus-scalar `VSUB.I8` takes the offset 8 from all sixteen.
+//! Q4_1 is the same without the offset (nibbles 0..15 are valid signed bytes), its min term
+//! `m_w * s_x` added in the float part.
 //! Every instruction is written in `asm!`: MVE intrinsics are not in stable Rust, and
 //! `cfg(target_feature = "mve")` is not stable either, so the build selects this file with
 //! the `cortex-m-mve` feature and must pass `-C target-cpu=cortex-m55` (the firmware's
@@ -22,7 +24,7 @@
 //!
 //! # What stays portable, and why
 //!
-//! Everything but the Q8_0 and Q4_0 rows, in particular the LoRA products (the f32 dots of
+//! Everything but the Q8_0, Q4_0 and Q4_1 rows, in particular the LoRA products (the f32 dots of
 //! A·x and the B·(A·x) update). Their summation order could be matched: the portable f32 dot
 //! keeps eight partial sums, accumulator `j` taking elements `j mod 8` with an unfused
 //! multiply then add, which is exactly two 4-lane vectors under `VMUL.F32` + `VADD.F32`
@@ -45,13 +47,14 @@
 use super::super::{portable, Isa, Kernel};
 #[cfg(doc)]
 use crate::quant::f16_le;
-use crate::quant::{BlockQ4_0, BlockQ8_0};
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use core::arch::asm;
 
-/// The MVE kernel table: Q8_0 and Q4_0 rows here, everything else portable.
+/// The MVE kernel table: Q8_0, Q4_0 and Q4_1 rows here, everything else portable.
 pub static KERNEL: Kernel = Kernel {
     isa: Isa::Mve,
     q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
     q8_0: q8_0_rows,
     ..portable::KERNEL
 };
@@ -109,6 +112,33 @@ pub fn block_q4_0(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
             w = in(reg) w.qs.as_ptr(),
             x = in(reg) x.qs.as_ptr(),
             eight = in(reg) 8u32,
+            lateout("r12") acc,
+            out("q0") _, out("q1") _, out("q2") _, out("q3") _,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// Integer part of a Q4_1 x Q8_1 block dot: `sum_j q_j x_j` with the nibbles unsigned
+/// (0..15), laid out as in Q4_0.
+#[inline(always)]
+pub fn block_q4_1(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
+    let acc: i32;
+    // SAFETY: reads the 16 bytes of `w.qs` and the 32 of `x.qs` (VLDRB: any alignment) and
+    // writes only the declared registers; r12 as in `block_q8_0`. No flags are written.
+    unsafe {
+        asm!(
+            "vldrb.u8 q0, [{w}]",
+            "vmov.i8 q3, #0xf",
+            "vand q1, q0, q3",
+            "vshr.u8 q0, q0, #4",
+            "vldrb.s8 q2, [{x}]",
+            "vldrb.s8 q3, [{x}, #16]",
+            "vmladav.s8 r12, q1, q2",
+            "vmladava.s8 r12, q0, q3",
+            w = in(reg) w.qs.as_ptr(),
+            x = in(reg) x.qs.as_ptr(),
             lateout("r12") acc,
             out("q0") _, out("q1") _, out("q2") _, out("q3") _,
             options(pure, readonly, nostack, preserves_flags)
@@ -208,20 +238,55 @@ fn pair_q4_0(w0: &BlockQ4_0, w1: &BlockQ4_0, x: &BlockQ8_0) -> (i32, i32) {
     (s0, s1)
 }
 
-/// `y[r] = sum_b s_b * (d_w * d_x)` over rows of `bpr` blocks, two rows at a time through
-/// `pair` (each activation block and its scale loaded once for both rows: 0.67 -> 0.55
-/// instructions per MAC for Q8_0, 0.79 -> 0.66 for Q4_0, measured under QEMU `-icount`,
-/// bin `kernels`), a last odd row through `one`. Every row's float sum
-/// is the portable kernel's, block for block, so pairing changes no bit.
+/// As [`pair_q4_0`] for two rows' Q4_1 blocks (unsigned nibbles, no offset).
 #[inline(always)]
-fn rows<W>(
+fn pair_q4_1(w0: &BlockQ4_1, w1: &BlockQ4_1, x: &BlockQ8_1) -> (i32, i32) {
+    let (s0, s1): (i32, i32);
+    // SAFETY: as `pair_q4_0`: reads the 16 bytes of each `w*.qs` and the 32 of `x.qs`, writes
+    // only the declared registers. No flags.
+    unsafe {
+        asm!(
+            "vldrb.s8 q0, [{x}]",
+            "vldrb.s8 q1, [{x}, #16]",
+            "vmov.i8 q4, #0xf",
+            "vldrb.u8 q2, [{a}]",
+            "vand q3, q2, q4",
+            "vshr.u8 q2, q2, #4",
+            "vmladav.s8 r12, q3, q0",
+            "vmladava.s8 r12, q2, q1",
+            "vldrb.u8 q2, [{b}]",
+            "vand q3, q2, q4",
+            "vshr.u8 q2, q2, #4",
+            "vmladav.s8 r10, q3, q0",
+            "vmladava.s8 r10, q2, q1",
+            x = in(reg) x.qs.as_ptr(),
+            a = in(reg) w0.qs.as_ptr(),
+            b = in(reg) w1.qs.as_ptr(),
+            lateout("r12") s0,
+            lateout("r10") s1,
+            out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    (s0, s1)
+}
+
+/// `y[r] = sum_b term(w_b, x_b, s_b, d_x)` over rows of `bpr` blocks, two rows at a time
+/// through `pair` (each activation block and its scale loaded once for both rows: 0.67 -> 0.55
+/// instructions per MAC for Q8_0, 0.79 -> 0.66 for Q4_0, measured under QEMU `-icount`,
+/// bin `kernels`), a last odd row through `one`. `term` is the portable kernel's float
+/// expression for one block (`s * (d_w * d_x)`, plus `m_w * s_x` for Q4_1) given the integer
+/// sum `s` and `d_x` as f32, and each row adds the terms in block order as it does, so pairing
+/// changes no bit.
+#[inline(always)]
+fn rows<W, X>(
     w: &[W],
     bpr: usize,
-    x: &[BlockQ8_0],
+    x: &[X],
     y: &mut [f32],
-    d: impl Fn(&W) -> [u8; 2],
-    pair: impl Fn(&W, &W, &BlockQ8_0) -> (i32, i32),
-    one: impl Fn(&W, &BlockQ8_0) -> i32,
+    dx: impl Fn(&X) -> [u8; 2],
+    term: impl Fn(&W, &X, i32, f32) -> f32,
+    (pair, one): (impl Fn(&W, &W, &X) -> (i32, i32), impl Fn(&W, &X) -> i32),
 ) {
     let n = y.len();
     let mut ys = y.chunks_exact_mut(2);
@@ -230,9 +295,9 @@ fn rows<W>(
         let (mut acc0, mut acc1) = (0.0f32, 0.0f32);
         for ((a0, a1), b) in r0.iter().zip(r1).zip(x) {
             let (s0, s1) = pair(a0, a1, b);
-            let dx = f16(b.d);
-            acc0 += s0 as f32 * (f16(d(a0)) * dx);
-            acc1 += s1 as f32 * (f16(d(a1)) * dx);
+            let d = f16(dx(b));
+            acc0 += term(a0, b, s0, d);
+            acc1 += term(a1, b, s1, d);
         }
         o[0] = acc0;
         o[1] = acc1;
@@ -241,16 +306,26 @@ fn rows<W>(
     if let (Some(row), [o]) = (last, ys.into_remainder()) {
         let mut acc = 0.0f32;
         for (a, b) in row.iter().zip(x) {
-            acc += one(a, b) as f32 * (f16(d(a)) * f16(b.d));
+            acc += term(a, b, one(a, b), f16(dx(b)));
         }
         *o = acc;
     }
 }
 
 fn q8_0_rows(w: &[BlockQ8_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    rows(w, bpr, x, y, |b| b.d, pair_q8_0, block_q8_0);
+    let term = |a: &BlockQ8_0, _: &BlockQ8_0, s: i32, dx: f32| s as f32 * (f16(a.d) * dx);
+    rows(w, bpr, x, y, |b| b.d, term, (pair_q8_0, block_q8_0));
 }
 
 fn q4_0_rows(w: &[BlockQ4_0], bpr: usize, x: &[BlockQ8_0], y: &mut [f32]) {
-    rows(w, bpr, x, y, |b| b.d, pair_q4_0, block_q4_0);
+    let term = |a: &BlockQ4_0, _: &BlockQ8_0, s: i32, dx: f32| s as f32 * (f16(a.d) * dx);
+    rows(w, bpr, x, y, |b| b.d, term, (pair_q4_0, block_q4_0));
+}
+
+fn q4_1_rows(w: &[BlockQ4_1], bpr: usize, x: &[BlockQ8_1], y: &mut [f32]) {
+    // The portable `acc += s * (d_w * d_x) + m_w * s_x`: the sum of both products first.
+    let term = |a: &BlockQ4_1, b: &BlockQ8_1, s: i32, dx: f32| {
+        s as f32 * (f16(a.d) * dx) + f16(a.m) * f16(b.s)
+    };
+    rows(w, bpr, x, y, |b| b.d, term, (pair_q4_1, block_q4_1));
 }

@@ -1,5 +1,5 @@
-//! Kernel checks on the device: the active kernel (DSP with feature `dsp`, else portable)
-//! against the scalar reference, and instructions per MAC measured with SysTick.
+//! Kernel checks on the device: the active kernel (DSP with feature `dsp`, MVE with `mve`, else
+//! portable) against the scalar reference, and instructions per MAC measured with SysTick.
 //!
 //! Integer parts: every block dot is compared as an `i32` with a plain loop (DSP build only:
 //! the DSP block functions are public for this; they run the row-group kernel itself). Whole
@@ -8,7 +8,8 @@
 //! size, below and above it: full groups, the moved-back last group, one-row groups) times 0,
 //! 1, 2, 3, 7, 64 and 128 blocks per row, random blocks and extreme ones (-128/127 bytes,
 //! nibbles 0/15, f16 max, subnormal and zero scales); an output past the last row must stay
-//! untouched.
+//! untouched. Q4_1 x Q8_1 rows over the same shapes, on every table built in (MVE has its own
+//! kernel; DSP and portable run the portable one).
 //!
 //! Speed: run under `qemu-system-arm -icount shift=0` (one instruction = 1 ns of virtual
 //! time), SysTick on the core clock counts virtual time; a calibration loop of known length
@@ -25,7 +26,7 @@ use core::fmt::Write;
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::entry;
 use edgelora::kernels::{self, Isa, Kernel};
-use edgelora::quant::{BlockQ4_0, BlockQ8_0, GgmlType};
+use edgelora::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
 use edgelora_firmware::testdata::{self, fill_q4, fill_q8, same, Rng};
 use edgelora_firmware::{exit, Out};
 
@@ -242,6 +243,19 @@ fn main() -> ! {
         d: [0; 2],
         qs: [0; 32],
     }; MAXB];
+    // Q4_1 weights and Q8_1 activations, one static (cortex-m-rt passes each as an argument).
+    static mut Q41: ([BlockQ4_1; NW], [BlockQ8_1; MAXB]) = (
+        [BlockQ4_1 {
+            d: [0; 2],
+            m: [0; 2],
+            qs: [0; 16],
+        }; NW],
+        [BlockQ8_1 {
+            d: [0; 2],
+            s: [0; 2],
+            qs: [0; 32],
+        }; MAXB],
+    );
     // LoRA factors as the GGUF holds them (little-endian f32 bytes, 4-aligned).
     static mut LA: [f32; RANK * DIM] = [0.0; RANK * DIM];
     static mut LB: [f32; DIM * RANK] = [0.0; DIM * RANK];
@@ -257,6 +271,7 @@ fn main() -> ! {
     p.SYST.enable_counter();
 
     let (w8, w4, x): (&mut [BlockQ8_0], &mut [BlockQ4_0], &mut [BlockQ8_0]) = (W8, W4, X);
+    let (w41, x1): (&mut [BlockQ4_1], &mut [BlockQ8_1]) = (&mut Q41.0, &mut Q41.1);
 
     let k = kernels::active();
     let _ = writeln!(out, "EL-KERNEL active={}", k.isa().name());
@@ -320,6 +335,22 @@ fn main() -> ! {
                 ok = false;
             }
         }
+        // Q4_1 (MVE has a kernel; DSP and portable run the portable one): the same shapes.
+        let bprs = [0usize, 1, 2, 3, 7, 64, MAXB];
+        let shapes = (&ROW_COUNTS[..], &bprs[..], 10);
+        match testdata::check_rows_q4_1(other, (w41, x1), shapes, 0x51_7cc1_b727_220a) {
+            Ok(n) => {
+                let _ = writeln!(
+                    out,
+                    "EL-KERNEL q4_1_rows_exact isa={} cases={n}",
+                    other.isa().name()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "EL-FAIL {}: {e}", other.isa().name());
+                ok = false;
+            }
+        }
         match check_row_counts(other, w8, w4, x) {
             Ok(n) => {
                 let _ = writeln!(
@@ -340,13 +371,15 @@ fn main() -> ! {
     fill_q8(&mut r, w8, 3);
     fill_q4(&mut r, w4, 3);
     fill_q8(&mut r, &mut x[..BPR], 3);
+    testdata::fill_q4_1(&mut r, w41, 3);
+    testdata::fill_q8_1(&mut r, &mut x1[..BPR], 3);
     let (la, lb): (&mut [f32], &mut [f32]) = (LA, LB);
     for v in la.iter_mut().chain(lb.iter_mut()) {
         *v = (r.next_u32() % 2000) as f32 / 1000.0 - 1.0;
     }
     let xf: [f32; DIM] = core::array::from_fn(|i| i as f32 / 64.0 - 0.5);
     let ipt = calibrate();
-    let mut active = [0f32; 6];
+    let mut active = [0f32; 7];
     // DSP beside the active table where both are built (the M55 image has DSP and MVE).
     let dsp = Isa::Dsp.kernel().filter(|d| d.isa() != k.isa());
     for (name, kern) in [
@@ -356,7 +389,7 @@ fn main() -> ! {
     ] {
         let Some(kern) = kern else { continue };
         let mut y = [0f32; BPR];
-        let mut f = [0f32; 6];
+        let mut f = [0f32; 7];
         for (i, rows) in [4usize, 64].into_iter().enumerate() {
             let (w8, w4, x, y) = (
                 &w8[..rows * BPR],
@@ -376,6 +409,12 @@ fn main() -> ! {
                 }
             });
         }
+        let (w41, x1, y4) = (&w41[..4 * BPR], &x1[..BPR], &mut y[..4]);
+        f[6] = ipm(ipt, REPS * 4 * BPR * 32, || {
+            for _ in 0..REPS {
+                kern.matvec_q4_1(w41, BPR, x1, y4);
+            }
+        });
         // LoRA: t = A x (RANK rows of DIM), then y += s B t (DIM rows of RANK), as
         // `AdapterSet::apply` runs them for an F32 adapter.
         let (ab, bb) = (f32_bytes(la), f32_bytes(lb));
@@ -394,14 +433,16 @@ fn main() -> ! {
         let _ = writeln!(
             out,
             "EL-IPM kernel={name}({}) q8_0={:.2} q4_0={:.2} insn/MAC (4 rows x {BPR} blocks); \
-             q8_0={:.2} q4_0={:.2} (64 rows); lora_a={:.2} lora_b={:.2} (f32, rank {RANK}, dim {DIM})",
+             q8_0={:.2} q4_0={:.2} (64 rows); lora_a={:.2} lora_b={:.2} (f32, rank {RANK}, dim {DIM}); \
+             q4_1={:.2} (4 rows)",
             kern.isa().name(),
             f[0],
             f[1],
             f[2],
             f[3],
             f[4],
-            f[5]
+            f[5],
+            f[6]
         );
         if name == "active" {
             active = f;
@@ -412,13 +453,14 @@ fn main() -> ! {
     let x100 = |v: f32| (v * 100.0) as u32 + 1;
     let _ = writeln!(
         out,
-        "EL-BUDGET q8_0_ipm_x100={} q4_0_ipm_x100={} q8_0_64rows_ipm_x100={} q4_0_64rows_ipm_x100={} lora_a_ipm_x100={} lora_b_ipm_x100={}",
+        "EL-BUDGET q8_0_ipm_x100={} q4_0_ipm_x100={} q8_0_64rows_ipm_x100={} q4_0_64rows_ipm_x100={} lora_a_ipm_x100={} lora_b_ipm_x100={} q4_1_ipm_x100={}",
         x100(active[0]),
         x100(active[1]),
         x100(active[2]),
         x100(active[3]),
         x100(active[4]),
-        x100(active[5])
+        x100(active[5]),
+        x100(active[6])
     );
     exit(ok)
 }
