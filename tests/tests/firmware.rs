@@ -647,8 +647,9 @@ fn run_qemu_defmt(elf: &Path, board: &str) -> String {
 /// The `demo` and `runtime` images logging through defmt (the firmware's feature `defmt`):
 /// their frames, decoded on the host by the knurling tools' `defmt-print`, must be exactly
 /// the lines the plain images print, i.e. the host's lines (the core's errors in the `reject`
-/// lines come through the core's own `defmt::Format`). An M4F with the portable kernel and an
-/// M33 with the DSP kernels (the two Arm targets). defmt is the crate's default logging path;
+/// lines come through the core's own `defmt::Format`). Every Arm board: the M4F with the
+/// portable kernel, the M7 and M33 with the DSP kernels, the M55 with MVE (thumbv7em and
+/// thumbv8m.main, both kernel families). defmt is the crate's default logging path;
 /// both images' budget lines are checked against `budget.txt` like the plain builds'.
 #[test]
 fn firmware_defmt_logs_decode_to_the_host_lines() {
@@ -664,7 +665,9 @@ fn firmware_defmt_logs_decode_to_the_host_lines() {
     let want_ids = host_runtime_ids();
     for (board, demo_kernels, runtime_kernels, kernel) in [
         ("an386", "defmt", "defmt", "portable"),
+        ("an500", "dsp,defmt", "dsp-only,defmt", "dsp"),
         ("an505", "dsp,defmt", "dsp-only,defmt", "dsp"),
+        ("an547", "mve,defmt", "mve-only,defmt", "mve"),
     ] {
         if qemu_missing(board) {
             continue;
