@@ -433,11 +433,13 @@ impl<'w, const L: usize> Model<'w, L> {
     }
 
     /// [`Model::from_gguf`], built directly in `slot`: no model-sized value passes through the
-    /// stack (a `Model` is about 250 bytes per layer of `L`, so ~8 KB at `L = 32`, and a
-    /// by-value constructor can hold two or three copies in its frames on a microcontroller).
+    /// stack (a `Model` is about 250 bytes per layer of `L` on 32-bit targets, so ~8 KB at
+    /// `L = 32`, and a by-value constructor can hold two or three copies in its frames on a
+    /// microcontroller).
     /// The C library's `el_model_open` builds its handle this way, in the caller's memory.
     ///
-    /// On error `slot` is left uninitialised (a `Model` owns nothing, so nothing leaks).
+    /// On error `slot` may be partly written and must be taken as uninitialised (a `Model` owns
+    /// nothing, so nothing leaks).
     ///
     /// # Errors
     /// As [`Model::from_gguf`].
