@@ -73,6 +73,30 @@ pub fn same(a: f32, b: f32) -> bool {
 /// Most rows [`check_rows`] takes.
 pub const MAX_ROWS: usize = 9;
 
+/// `run(w, y)` (a matvec of `rows` rows of `bpr` blocks in `w` into `y`) against `want(row)`
+/// per row (0 for empty rows), bit for bit; one output past the last row must keep its
+/// canary. `Err` with `msgs.0` for a differing row, `msgs.1` for a write past the end.
+fn same_rows<W>(
+    (w, bpr, rows): (&[W], usize, usize),
+    run: impl FnOnce(&[W], &mut [f32]),
+    want: impl Fn(&[W]) -> f32,
+    msgs: (&'static str, &'static str),
+) -> Result<(), &'static str> {
+    const CANARY: f32 = 1234.5;
+    let mut y = [CANARY; MAX_ROWS + 1];
+    run(w, &mut y[..rows]);
+    for (row, &got) in w.chunks(bpr.max(1)).zip(&y[..rows]) {
+        let want = if bpr == 0 { 0.0 } else { want(row) };
+        if !same(got, want) {
+            return Err(msgs.0);
+        }
+    }
+    if y[rows] != CANARY {
+        return Err(msgs.1);
+    }
+    Ok(())
+}
+
 /// `k`'s Q8_0 and Q4_0 matvecs against the reference, bit for bit, for every row count in
 /// `rows` (at most [`MAX_ROWS`]) x blocks per row in `bprs` x `cases` contents (random blocks
 /// from `seed`); an output past the last row must stay untouched. The buffers hold at least
@@ -93,37 +117,24 @@ pub fn check_rows(
                 fill_q8(&mut r, w8, case);
                 fill_q4(&mut r, w4, case + 1);
                 fill_q8(&mut r, x, case + 2);
-                // One more output than rows: a kernel writing past its rows changes it.
-                const CANARY: f32 = 1234.5;
-                let mut y = [CANARY; MAX_ROWS + 1];
-                k.matvec_q8_0(w8, bpr, x, &mut y[..rows]);
-                for (row, &got) in w8.chunks(bpr.max(1)).zip(&y[..rows]) {
-                    let want = if bpr == 0 {
-                        0.0
-                    } else {
-                        reference::vec_dot_q8_0_q8_0(row, x)
-                    };
-                    if !same(got, want) {
-                        return Err("q8_0 rows differ from the reference");
-                    }
-                }
-                if y[rows] != CANARY {
-                    return Err("q8_0 rows wrote past the last row");
-                }
-                k.matvec_q4_0(w4, bpr, x, &mut y[..rows]);
-                for (row, &got) in w4.chunks(bpr.max(1)).zip(&y[..rows]) {
-                    let want = if bpr == 0 {
-                        0.0
-                    } else {
-                        reference::vec_dot_q4_0_q8_0(row, x)
-                    };
-                    if !same(got, want) {
-                        return Err("q4_0 rows differ from the reference");
-                    }
-                }
-                if y[rows] != CANARY {
-                    return Err("q4_0 rows wrote past the last row");
-                }
+                same_rows(
+                    (w8, bpr, rows),
+                    |w, y| k.matvec_q8_0(w, bpr, x, y),
+                    |w| reference::vec_dot_q8_0_q8_0(w, x),
+                    (
+                        "q8_0 rows differ from the reference",
+                        "q8_0 rows wrote past the last row",
+                    ),
+                )?;
+                same_rows(
+                    (w4, bpr, rows),
+                    |w, y| k.matvec_q4_0(w, bpr, x, y),
+                    |w| reference::vec_dot_q4_0_q8_0(w, x),
+                    (
+                        "q4_0 rows differ from the reference",
+                        "q4_0 rows wrote past the last row",
+                    ),
+                )?;
                 n += 1;
             }
         }
@@ -180,22 +191,15 @@ pub fn check_rows_q4_1(
                 let (w, x) = (&mut w[..rows * bpr], &mut x[..bpr]);
                 fill_q4_1(&mut r, w, case);
                 fill_q8_1(&mut r, x, case + 2);
-                const CANARY: f32 = 1234.5;
-                let mut y = [CANARY; MAX_ROWS + 1];
-                k.matvec_q4_1(w, bpr, x, &mut y[..rows]);
-                for (row, &got) in w.chunks(bpr.max(1)).zip(&y[..rows]) {
-                    let want = if bpr == 0 {
-                        0.0
-                    } else {
-                        reference::vec_dot_q4_1_q8_1(row, x)
-                    };
-                    if !same(got, want) {
-                        return Err("q4_1 rows differ from the reference");
-                    }
-                }
-                if y[rows] != CANARY {
-                    return Err("q4_1 rows wrote past the last row");
-                }
+                same_rows(
+                    (w, bpr, rows),
+                    |w, y| k.matvec_q4_1(w, bpr, x, y),
+                    |w| reference::vec_dot_q4_1_q8_1(w, x),
+                    (
+                        "q4_1 rows differ from the reference",
+                        "q4_1 rows wrote past the last row",
+                    ),
+                )?;
                 n += 1;
             }
         }
