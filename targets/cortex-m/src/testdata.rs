@@ -19,38 +19,47 @@ impl Rng {
     }
 }
 
-/// Fill Q8_0 blocks: `case` picks all -128, all 127, a random mix of the two, or random
-/// bytes; each block's scale from [`scale`].
+/// A Q8 quant byte for `case`: all -128, all 127, a random mix of the two, or random.
+fn q8_byte(r: &mut Rng, case: u32) -> u8 {
+    match case % 5 {
+        0 => 0x80, // -128
+        1 => 0x7f,
+        2 => {
+            if r.next_u32() & 1 == 0 {
+                0x80
+            } else {
+                0x7f
+            }
+        }
+        _ => r.next_u32() as u8,
+    }
+}
+
+/// A byte of two Q4 nibbles for `case`: both 0, both 15, or random.
+fn q4_byte(r: &mut Rng, case: u32) -> u8 {
+    match case % 4 {
+        0 => 0x00,
+        1 => 0xff,
+        _ => r.next_u32() as u8,
+    }
+}
+
+/// Fill Q8_0 blocks: bytes from [`q8_byte`]; each block's scale from [`scale`].
 pub fn fill_q8(r: &mut Rng, b: &mut [BlockQ8_0], case: u32) {
     for (i, blk) in b.iter_mut().enumerate() {
         blk.d = scale(r, case.wrapping_add(i as u32));
         for q in blk.qs.iter_mut() {
-            *q = match case % 5 {
-                0 => 0x80, // -128
-                1 => 0x7f,
-                2 => {
-                    if r.next_u32() & 1 == 0 {
-                        0x80
-                    } else {
-                        0x7f
-                    }
-                }
-                _ => r.next_u32() as u8,
-            };
+            *q = q8_byte(r, case);
         }
     }
 }
 
-/// Fill Q4_0 blocks: `case` picks every weight -8, every weight 7, or random nibbles.
+/// Fill Q4_0 blocks: every weight -8, every weight 7, or random nibbles ([`q4_byte`]).
 pub fn fill_q4(r: &mut Rng, b: &mut [BlockQ4_0], case: u32) {
     for (i, blk) in b.iter_mut().enumerate() {
         blk.d = scale(r, case.wrapping_add(i as u32));
         for q in blk.qs.iter_mut() {
-            *q = match case % 4 {
-                0 => 0x00, // every weight -8
-                1 => 0xff, // every weight 7
-                _ => r.next_u32() as u8,
-            };
+            *q = q4_byte(r, case);
         }
     }
 }
@@ -68,6 +77,26 @@ pub fn scale(r: &mut Rng, case: u32) -> [u8; 2] {
 /// The same f32 bits (any NaN equals any NaN).
 pub fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// `check(rng, rows, blocks per row, case)` for every row count x blocks per row x case, one
+/// random stream from `seed`; the number of triples checked, or the first error.
+fn each_shape(
+    (rows, bprs, cases): (&[usize], &[usize], u32),
+    seed: u64,
+    mut check: impl FnMut(&mut Rng, usize, usize, u32) -> Result<(), &'static str>,
+) -> Result<u32, &'static str> {
+    let mut r = Rng(seed);
+    let mut n = 0;
+    for &rows in rows {
+        for &bpr in bprs {
+            for case in 0..cases {
+                check(&mut r, rows, bpr, case)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Most rows [`check_rows`] takes.
@@ -105,44 +134,36 @@ fn same_rows<W>(
 pub fn check_rows(
     k: &Kernel,
     (w8, w4, x): (&mut [BlockQ8_0], &mut [BlockQ4_0], &mut [BlockQ8_0]),
-    (rows, bprs, cases): (&[usize], &[usize], u32),
+    shapes: (&[usize], &[usize], u32),
     seed: u64,
 ) -> Result<u32, &'static str> {
-    let mut r = Rng(seed);
-    let mut n = 0;
-    for &rows in rows {
-        for &bpr in bprs {
-            for case in 0..cases {
-                let (w8, w4, x) = (&mut w8[..rows * bpr], &mut w4[..rows * bpr], &mut x[..bpr]);
-                fill_q8(&mut r, w8, case);
-                fill_q4(&mut r, w4, case + 1);
-                fill_q8(&mut r, x, case + 2);
-                same_rows(
-                    (w8, bpr, rows),
-                    |w, y| k.matvec_q8_0(w, bpr, x, y),
-                    |w| reference::vec_dot_q8_0_q8_0(w, x),
-                    (
-                        "q8_0 rows differ from the reference",
-                        "q8_0 rows wrote past the last row",
-                    ),
-                )?;
-                same_rows(
-                    (w4, bpr, rows),
-                    |w, y| k.matvec_q4_0(w, bpr, x, y),
-                    |w| reference::vec_dot_q4_0_q8_0(w, x),
-                    (
-                        "q4_0 rows differ from the reference",
-                        "q4_0 rows wrote past the last row",
-                    ),
-                )?;
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
+    each_shape(shapes, seed, |r, rows, bpr, case| {
+        let (w8, w4, x) = (&mut w8[..rows * bpr], &mut w4[..rows * bpr], &mut x[..bpr]);
+        fill_q8(r, w8, case);
+        fill_q4(r, w4, case + 1);
+        fill_q8(r, x, case + 2);
+        same_rows(
+            (w8, bpr, rows),
+            |w, y| k.matvec_q8_0(w, bpr, x, y),
+            |w| reference::vec_dot_q8_0_q8_0(w, x),
+            (
+                "q8_0 rows differ from the reference",
+                "q8_0 rows wrote past the last row",
+            ),
+        )?;
+        same_rows(
+            (w4, bpr, rows),
+            |w, y| k.matvec_q4_0(w, bpr, x, y),
+            |w| reference::vec_dot_q4_0_q8_0(w, x),
+            (
+                "q4_0 rows differ from the reference",
+                "q4_0 rows wrote past the last row",
+            ),
+        )
+    })
 }
 
-/// Fill Q4_1 blocks: the nibbles as [`fill_q4`] (0 and 15 at the extremes), the scale and the
+/// Fill Q4_1 blocks: nibbles from [`q4_byte`] (0 and 15 at the extremes), the scale and the
 /// min each from [`scale`].
 pub fn fill_q4_1(r: &mut Rng, b: &mut [BlockQ4_1], case: u32) {
     for (i, blk) in b.iter_mut().enumerate() {
@@ -150,16 +171,12 @@ pub fn fill_q4_1(r: &mut Rng, b: &mut [BlockQ4_1], case: u32) {
         blk.d = scale(r, c);
         blk.m = scale(r, c.wrapping_add(3));
         for q in blk.qs.iter_mut() {
-            *q = match case % 4 {
-                0 => 0x00,
-                1 => 0xff,
-                _ => r.next_u32() as u8,
-            };
+            *q = q4_byte(r, case);
         }
     }
 }
 
-/// Fill Q8_1 blocks: the bytes as [`fill_q8`], `d` and `s` each from [`scale`] (a kernel
+/// Fill Q8_1 blocks: bytes from [`q8_byte`], `d` and `s` each from [`scale`] (a kernel
 /// must take `s` as given, so it need not be `d * sum(qs)` here).
 pub fn fill_q8_1(r: &mut Rng, b: &mut [BlockQ8_1], case: u32) {
     for (i, blk) in b.iter_mut().enumerate() {
@@ -167,11 +184,7 @@ pub fn fill_q8_1(r: &mut Rng, b: &mut [BlockQ8_1], case: u32) {
         blk.d = scale(r, c);
         blk.s = scale(r, c.wrapping_add(5));
         for q in blk.qs.iter_mut() {
-            *q = match case % 5 {
-                0 => 0x80,
-                1 => 0x7f,
-                _ => r.next_u32() as u8,
-            };
+            *q = q8_byte(r, case);
         }
     }
 }
@@ -180,29 +193,21 @@ pub fn fill_q8_1(r: &mut Rng, b: &mut [BlockQ8_1], case: u32) {
 pub fn check_rows_q4_1(
     k: &Kernel,
     (w, x): (&mut [BlockQ4_1], &mut [BlockQ8_1]),
-    (rows, bprs, cases): (&[usize], &[usize], u32),
+    shapes: (&[usize], &[usize], u32),
     seed: u64,
 ) -> Result<u32, &'static str> {
-    let mut r = Rng(seed);
-    let mut n = 0;
-    for &rows in rows {
-        for &bpr in bprs {
-            for case in 0..cases {
-                let (w, x) = (&mut w[..rows * bpr], &mut x[..bpr]);
-                fill_q4_1(&mut r, w, case);
-                fill_q8_1(&mut r, x, case + 2);
-                same_rows(
-                    (w, bpr, rows),
-                    |w, y| k.matvec_q4_1(w, bpr, x, y),
-                    |w| reference::vec_dot_q4_1_q8_1(w, x),
-                    (
-                        "q4_1 rows differ from the reference",
-                        "q4_1 rows wrote past the last row",
-                    ),
-                )?;
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
+    each_shape(shapes, seed, |r, rows, bpr, case| {
+        let (w, x) = (&mut w[..rows * bpr], &mut x[..bpr]);
+        fill_q4_1(r, w, case);
+        fill_q8_1(r, x, case + 2);
+        same_rows(
+            (w, bpr, rows),
+            |w, y| k.matvec_q4_1(w, bpr, x, y),
+            |w| reference::vec_dot_q4_1_q8_1(w, x),
+            (
+                "q4_1 rows differ from the reference",
+                "q4_1 rows wrote past the last row",
+            ),
+        )
+    })
 }
