@@ -90,62 +90,107 @@ pub fn block_q8_0(w: &BlockQ8_0, x: &BlockQ8_0) -> i32 {
     acc
 }
 
-/// Integer part of a Q4_0 x Q8_0 block dot: `sum_j (q_j - 8) x_j`, where the low nibble of
-/// byte `j` is element `j` and the high nibble element `j + 16`.
-#[inline(always)]
-pub fn block_q4_0(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
-    let acc: i32;
-    // SAFETY: reads the 16 bytes of `w.qs` and the 32 of `x.qs` (VLDRB: any alignment) and
-    // writes only the declared registers; r12 as in `block_q8_0`. No flags are written.
-    unsafe {
-        asm!(
-            "vldrb.u8 q0, [{w}]",
-            "vmov.i8 q3, #0xf",
-            "vand q1, q0, q3",
-            "vshr.u8 q0, q0, #4",
-            "vsub.i8 q1, q1, {eight}",
-            "vsub.i8 q0, q0, {eight}",
-            "vldrb.s8 q2, [{x}]",
-            "vldrb.s8 q3, [{x}, #16]",
-            "vmladav.s8 r12, q1, q2",
-            "vmladava.s8 r12, q0, q3",
-            w = in(reg) w.qs.as_ptr(),
-            x = in(reg) x.qs.as_ptr(),
-            eight = in(reg) 8u32,
-            lateout("r12") acc,
-            out("q0") _, out("q1") _, out("q2") _, out("q3") _,
-            options(pure, readonly, nostack, preserves_flags)
-        );
-    }
-    acc
+/// The Q4 nibble kernels of one block type: `$block` (one block's integer dot, public for the
+/// in-QEMU check) and `$pair` (two rows' blocks against one activation block, loaded once;
+/// the nibble mask set up once). Per weight block: `VLDRB.U8` the 16 bytes, `VAND` 0x0f gives
+/// elements 0-15 (low nibbles), `VSHR.U8 #4` elements 16-31, then the type's `$off` lines
+/// (Q4_0 takes the offset 8 from all sixteen lanes with a vector-minus-scalar `VSUB.I8`;
+/// Q4_1 has none), and two `VMLADAVA.S8` against the activation's halves. Both functions run
+/// the same lines, so the pair's sums are the block's.
+macro_rules! nibble_kernels {
+    (
+        $(#[$bm:meta])* $block:ident,
+        $(#[$pm:meta])* $pair:ident,
+        $w:ty, $x:ty,
+        [$($off:literal),*] [$($op:tt)*]
+    ) => {
+        $(#[$bm])*
+        #[inline(always)]
+        pub fn $block(w: &$w, x: &$x) -> i32 {
+            let acc: i32;
+            // SAFETY: reads the 16 bytes of `w.qs` and the 32 of `x.qs` (VLDRB: any
+            // alignment) and writes only the declared registers; r12 as in `block_q8_0`. No
+            // flags are written.
+            unsafe {
+                asm!(
+                    "vldrb.u8 q2, [{w}]",
+                    "vmov.i8 q4, #0xf",
+                    "vand q3, q2, q4",
+                    "vshr.u8 q2, q2, #4",
+                    $($off,)*
+                    "vldrb.s8 q0, [{x}]",
+                    "vldrb.s8 q1, [{x}, #16]",
+                    "vmladav.s8 r12, q3, q0",
+                    "vmladava.s8 r12, q2, q1",
+                    w = in(reg) w.qs.as_ptr(),
+                    x = in(reg) x.qs.as_ptr(),
+                    $($op)*
+                    lateout("r12") acc,
+                    out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
+                    options(pure, readonly, nostack, preserves_flags)
+                );
+            }
+            acc
+        }
+
+        $(#[$pm])*
+        #[inline(always)]
+        fn $pair(w0: &$w, w1: &$w, x: &$x) -> (i32, i32) {
+            let (s0, s1): (i32, i32);
+            // SAFETY: reads the 16 bytes of each `w*.qs` and the 32 of `x.qs` (VLDRB: any
+            // alignment) and writes only the declared registers; accumulators as in
+            // `pair_q8_0`. No flags.
+            unsafe {
+                asm!(
+                    "vldrb.s8 q0, [{x}]",
+                    "vldrb.s8 q1, [{x}, #16]",
+                    "vmov.i8 q4, #0xf",
+                    "vldrb.u8 q2, [{a}]",
+                    "vand q3, q2, q4",
+                    "vshr.u8 q2, q2, #4",
+                    $($off,)*
+                    "vmladav.s8 r12, q3, q0",
+                    "vmladava.s8 r12, q2, q1",
+                    "vldrb.u8 q2, [{b}]",
+                    "vand q3, q2, q4",
+                    "vshr.u8 q2, q2, #4",
+                    $($off,)*
+                    "vmladav.s8 r10, q3, q0",
+                    "vmladava.s8 r10, q2, q1",
+                    x = in(reg) x.qs.as_ptr(),
+                    a = in(reg) w0.qs.as_ptr(),
+                    b = in(reg) w1.qs.as_ptr(),
+                    $($op)*
+                    lateout("r12") s0,
+                    lateout("r10") s1,
+                    out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
+                    options(pure, readonly, nostack, preserves_flags)
+                );
+            }
+            (s0, s1)
+        }
+    };
 }
 
-/// Integer part of a Q4_1 x Q8_1 block dot: `sum_j q_j x_j` with the nibbles unsigned
-/// (0..15), laid out as in Q4_0.
-#[inline(always)]
-pub fn block_q4_1(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
-    let acc: i32;
-    // SAFETY: reads the 16 bytes of `w.qs` and the 32 of `x.qs` (VLDRB: any alignment) and
-    // writes only the declared registers; r12 as in `block_q8_0`. No flags are written.
-    unsafe {
-        asm!(
-            "vldrb.u8 q0, [{w}]",
-            "vmov.i8 q3, #0xf",
-            "vand q1, q0, q3",
-            "vshr.u8 q0, q0, #4",
-            "vldrb.s8 q2, [{x}]",
-            "vldrb.s8 q3, [{x}, #16]",
-            "vmladav.s8 r12, q1, q2",
-            "vmladava.s8 r12, q0, q3",
-            w = in(reg) w.qs.as_ptr(),
-            x = in(reg) x.qs.as_ptr(),
-            lateout("r12") acc,
-            out("q0") _, out("q1") _, out("q2") _, out("q3") _,
-            options(pure, readonly, nostack, preserves_flags)
-        );
-    }
-    acc
-}
+nibble_kernels!(
+    /// Integer part of a Q4_0 x Q8_0 block dot: `sum_j (q_j - 8) x_j`, where the low nibble
+    /// of byte `j` is element `j` and the high nibble element `j + 16`.
+    block_q4_0,
+    /// As [`pair_q8_0`] for two rows' Q4_0 blocks.
+    pair_q4_0,
+    BlockQ4_0, BlockQ8_0,
+    ["vsub.i8 q3, q3, {eight}", "vsub.i8 q2, q2, {eight}"] [eight = in(reg) 8u32,]
+);
+
+nibble_kernels!(
+    /// Integer part of a Q4_1 x Q8_1 block dot: `sum_j q_j x_j` with the nibbles unsigned
+    /// (0..15: valid signed bytes), laid out as in Q4_0.
+    block_q4_1,
+    /// As [`pair_q4_0`] for two rows' Q4_1 blocks (no offset).
+    pair_q4_1,
+    BlockQ4_1, BlockQ8_1,
+    [] []
+);
 
 /// An f16 scale as f32 through the FPU's `VCVTB.F32.F16`: the same value as
 /// [`f16_le`]'s software conversion for every input (f16 to f32 is exact; subnormal halves
@@ -193,78 +238,6 @@ fn pair_q8_0(w0: &BlockQ8_0, w1: &BlockQ8_0, x: &BlockQ8_0) -> (i32, i32) {
             lateout("r12") s0,
             lateout("r10") s1,
             out("q0") _, out("q1") _, out("q2") _, out("q3") _,
-            options(pure, readonly, nostack, preserves_flags)
-        );
-    }
-    (s0, s1)
-}
-
-/// As [`pair_q8_0`] for two rows' Q4_0 blocks: the activation block is loaded once and the
-/// nibble mask and offset are set up once for both rows.
-#[inline(always)]
-fn pair_q4_0(w0: &BlockQ4_0, w1: &BlockQ4_0, x: &BlockQ8_0) -> (i32, i32) {
-    let (s0, s1): (i32, i32);
-    // SAFETY: reads the 16 bytes of each `w*.qs` and the 32 of `x.qs` (VLDRB: any alignment)
-    // and writes only the declared registers; accumulators as in `pair_q8_0`. No flags.
-    unsafe {
-        asm!(
-            "vldrb.s8 q0, [{x}]",
-            "vldrb.s8 q1, [{x}, #16]",
-            "vmov.i8 q4, #0xf",
-            "vldrb.u8 q2, [{a}]",
-            "vand q3, q2, q4",
-            "vshr.u8 q2, q2, #4",
-            "vsub.i8 q3, q3, {eight}",
-            "vsub.i8 q2, q2, {eight}",
-            "vmladav.s8 r12, q3, q0",
-            "vmladava.s8 r12, q2, q1",
-            "vldrb.u8 q2, [{b}]",
-            "vand q3, q2, q4",
-            "vshr.u8 q2, q2, #4",
-            "vsub.i8 q3, q3, {eight}",
-            "vsub.i8 q2, q2, {eight}",
-            "vmladav.s8 r10, q3, q0",
-            "vmladava.s8 r10, q2, q1",
-            x = in(reg) x.qs.as_ptr(),
-            a = in(reg) w0.qs.as_ptr(),
-            b = in(reg) w1.qs.as_ptr(),
-            eight = in(reg) 8u32,
-            lateout("r12") s0,
-            lateout("r10") s1,
-            out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
-            options(pure, readonly, nostack, preserves_flags)
-        );
-    }
-    (s0, s1)
-}
-
-/// As [`pair_q4_0`] for two rows' Q4_1 blocks (unsigned nibbles, no offset).
-#[inline(always)]
-fn pair_q4_1(w0: &BlockQ4_1, w1: &BlockQ4_1, x: &BlockQ8_1) -> (i32, i32) {
-    let (s0, s1): (i32, i32);
-    // SAFETY: as `pair_q4_0`: reads the 16 bytes of each `w*.qs` and the 32 of `x.qs`, writes
-    // only the declared registers. No flags.
-    unsafe {
-        asm!(
-            "vldrb.s8 q0, [{x}]",
-            "vldrb.s8 q1, [{x}, #16]",
-            "vmov.i8 q4, #0xf",
-            "vldrb.u8 q2, [{a}]",
-            "vand q3, q2, q4",
-            "vshr.u8 q2, q2, #4",
-            "vmladav.s8 r12, q3, q0",
-            "vmladava.s8 r12, q2, q1",
-            "vldrb.u8 q2, [{b}]",
-            "vand q3, q2, q4",
-            "vshr.u8 q2, q2, #4",
-            "vmladav.s8 r10, q3, q0",
-            "vmladava.s8 r10, q2, q1",
-            x = in(reg) x.qs.as_ptr(),
-            a = in(reg) w0.qs.as_ptr(),
-            b = in(reg) w1.qs.as_ptr(),
-            lateout("r12") s0,
-            lateout("r10") s1,
-            out("q0") _, out("q1") _, out("q2") _, out("q3") _, out("q4") _,
             options(pure, readonly, nostack, preserves_flags)
         );
     }
