@@ -6,8 +6,10 @@
 //! `--plain`, one line per turn, the way its task adapters are prompted. SmolLM2 (its own
 //! ChatML template) runs when `edgelora fetch smollm2` has put it in models/, else SKIPPED.
 
+mod common;
+
+use common::root;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const TINY: &str = "models/tiny/tiny-base.gguf";
@@ -15,10 +17,6 @@ const INTENT: &str = "models/tiny/intent/adapter.gguf";
 const SMOL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// A held-out input of the intent task (models/tiny/intent/predictions.jsonl).
 const Q: &str = "intent: please set the garage shades to 1 percent";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// What one chat printed.
 struct Chat {

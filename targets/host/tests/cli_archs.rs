@@ -14,12 +14,10 @@
 //! Numerical agreement with PEFT itself is `tests/tests/lora_arch_peft.rs`; this file checks
 //! that the commands users type reach that code on every architecture.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::root;
+use std::process::{Command, Output};
 
 fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     use std::io::Write;

@@ -4,21 +4,10 @@
 //! All on the committed tiny model and adapters (plus SmolLM2's committed adapter as a
 //! wrong-base file): nothing to fetch.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{edgelora, root};
 use std::process::{Command, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn edgelora(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_edgelora"))
-        .current_dir(root())
-        .env("RUST_BACKTRACE", "0")
-        .args(args)
-        .output()
-        .expect("running edgelora")
-}
 
 const A: &str = "models/tiny/intent/adapter.gguf";
 

@@ -3,20 +3,9 @@
 //! and bad requests fail with errors that say what is wrong. (Parity with PEFT is in
 //! tests/tests/lora_combine.rs.) Everything used ships in the repository: nothing skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn edgelora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgelora"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("running edgelora")
-}
+use common::edgelora;
 
 fn ok(args: &[&str]) -> (String, String) {
     let out = edgelora(args);

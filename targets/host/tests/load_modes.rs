@@ -7,12 +7,10 @@
 //! (`/sys/kernel/mm/transparent_hugepage/enabled`): where it says `[never]`, only the fallback
 //! to a plain mapping is checked.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::root;
+use std::process::Command;
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_edgelora"))

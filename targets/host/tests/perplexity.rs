@@ -15,21 +15,11 @@
 //! A model file that is not fetched, or whose bytes differ from the recorded ones, prints
 //! SKIPPED with the reason.
 
+mod common;
+
+use common::{edgelora, root};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn edgelora(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_edgelora"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("running edgelora")
-}
+use std::path::Path;
 
 fn sha256(path: &Path) -> String {
     let bytes = std::fs::read(path).expect("reading the model");

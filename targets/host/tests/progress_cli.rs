@@ -5,12 +5,11 @@
 //! the first line (`cmd 2>&1 | head -1`), and under a pseudo-terminal through util-linux's
 //! `script` (a bar is drawn); the three output files must be byte-identical.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::root;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 const A: &str = "models/tiny/intent/adapter.gguf";
 const B: &str = "models/tiny/reply/adapter.gguf";

@@ -26,15 +26,13 @@
 //! - the official `openai` Python client (`tests/openai_client.py`), when a Python with it is
 //!   found (SKIPPED otherwise).
 
+mod common;
+
+use common::root;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 const TINY: &str = "models/tiny/tiny-base.gguf";
 const TASKS: [&str; 3] = ["intent", "reply", "normalize"];

@@ -5,14 +5,12 @@
 //! Everything here ships in the repository (models/tiny, targets/trainer/data): nothing is
 //! downloaded, so none of these tests skip.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
 use std::process::Command;
 
 const TASKS: [&str; 3] = ["intent", "reply", "normalize"];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn edgelora(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_edgelora"))
